@@ -1,0 +1,170 @@
+//! The embedded log: a topic of partitions stored in one directory, nothing to install.
+//!
+//! ```text
+//! <dir>/manifest.json          partition count and partitioner, fixed at creation
+//! <dir>/LOCK                   held (flock) by the one process that has the log open
+//! <dir>/partition-NNN/         segments of partition NNN (see `segment`)
+//! ```
+//!
+//! Durability: an append is acknowledged after `fdatasync` of its frame; files and directories
+//! are synced when created. Recovery on open truncates a torn tail of each partition's last
+//! segment and reports any other damage as corruption. Records are kept forever: the log is
+//! the record of truth that state is rebuilt from.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::manifest::{Manifest, PARTITION_COUNT_MAX};
+use super::partition::{Partition, PartitionConfig, PartitionStats, sync_directory};
+use super::{AppendAck, KeyedRecord, Log, LogError, LogRecord, Offset, PartitionId};
+use crate::clock::{Clock, SystemClock};
+
+/// How to open (or create) an embedded log.
+#[derive(Debug, Clone)]
+pub struct EmbeddedLogOptions {
+    /// Partitions of a newly created log; an existing log keeps the count in its manifest.
+    pub partition_count: u32,
+    pub partition: PartitionConfig,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for EmbeddedLogOptions {
+    fn default() -> Self {
+        Self {
+            partition_count: 8,
+            partition: PartitionConfig::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// An open embedded log. Dropping it finishes queued appends and closes the files.
+#[derive(Debug)]
+pub struct EmbeddedLog {
+    dir: PathBuf,
+    partitions: Vec<Partition>,
+    /// Held for the lifetime of the log so no second process opens the same directory.
+    _lock: File,
+}
+
+impl EmbeddedLog {
+    /// Opens the log in `dir`, creating it with `options.partition_count` partitions if empty.
+    pub fn open(dir: &Path, options: EmbeddedLogOptions) -> Result<Self, LogError> {
+        std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+        let lock = lock_directory(dir)?;
+        let manifest = match Manifest::read(dir)? {
+            Some(manifest) => manifest,
+            None => create_manifest(dir, options.partition_count)?,
+        };
+        let partitions = (0..manifest.partition_count)
+            .map(|id| {
+                let partition_dir = dir.join(format!("partition-{id:03}"));
+                if !partition_dir.exists() {
+                    std::fs::create_dir(&partition_dir).map_err(|e| LogError::io(&partition_dir, e))?;
+                    sync_directory(dir)?;
+                }
+                Partition::open(id, &partition_dir, options.partition, Arc::clone(&options.clock))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            partitions,
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn partition(&self, partition: PartitionId) -> Result<&Partition, LogError> {
+        self.partitions
+            .get(partition as usize)
+            .ok_or(LogError::NoSuchPartition {
+                partition,
+                partition_count: self.partitions.len() as u32,
+            })
+    }
+
+    /// Appends to one partition from outside an async runtime (blocks until durable).
+    pub fn append_blocking(
+        &self,
+        partition: PartitionId,
+        records: Vec<KeyedRecord>,
+    ) -> Result<AppendAck, LogError> {
+        self.partition(partition)?.append_blocking(records)
+    }
+
+    pub fn stats(&self) -> Vec<PartitionStats> {
+        self.partitions.iter().map(Partition::stats).collect()
+    }
+
+    /// Reads and checks every frame of every partition; returns each partition's end offset.
+    pub fn verify(&self) -> Result<Vec<Offset>, LogError> {
+        self.partitions.iter().map(Partition::verify).collect()
+    }
+}
+
+#[async_trait]
+impl Log for EmbeddedLog {
+    fn partition_count(&self) -> u32 {
+        self.partitions.len() as u32
+    }
+
+    async fn append(
+        &self,
+        partition: PartitionId,
+        records: Vec<KeyedRecord>,
+    ) -> Result<AppendAck, LogError> {
+        self.partition(partition)?.append(records).await
+    }
+
+    /// Reads with positioned reads on the calling thread: bounded, and served from the page
+    /// cache for a consumer that keeps up, so not worth a hop to a blocking pool.
+    async fn read(
+        &self,
+        partition: PartitionId,
+        from: Offset,
+        records_max: usize,
+    ) -> Result<Vec<LogRecord>, LogError> {
+        self.partition(partition)?.read(from, records_max)
+    }
+
+    async fn end_offset(&self, partition: PartitionId) -> Result<Offset, LogError> {
+        Ok(self.partition(partition)?.end_offset())
+    }
+
+    async fn wait_for_offset(&self, partition: PartitionId, offset: Offset) -> Result<(), LogError> {
+        self.partition(partition)?.wait_for_offset(offset).await
+    }
+}
+
+fn create_manifest(dir: &Path, partition_count: u32) -> Result<Manifest, LogError> {
+    if !(1..=PARTITION_COUNT_MAX).contains(&partition_count) {
+        return Err(LogError::InvalidDirectory {
+            path: dir.to_owned(),
+            reason: format!("partition count must be 1 to {PARTITION_COUNT_MAX}, got {partition_count}"),
+        });
+    }
+    let manifest = Manifest::new(partition_count);
+    manifest.write(dir)?;
+    Ok(manifest)
+}
+
+fn lock_directory(dir: &Path) -> Result<File, LogError> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| LogError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::Locked { path: dir.to_owned() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(LogError::io(&path, e)),
+    }
+}

@@ -1,0 +1,642 @@
+//! One partition of the embedded log: its segments, its readers and its group-commit writer.
+//!
+//! Appends go through a bounded queue to one writer thread per partition. The writer takes
+//! every request waiting in the queue (up to a byte bound), encodes them as one frame, writes it
+//! with one `pwrite` and makes it durable with one `fdatasync`, then acknowledges every request
+//! in the group. Readers see a record only once its frame is durable.
+//!
+//! A failed write or sync is fatal for the partition (the "fsyncgate" lesson: after a failed
+//! `fsync` the kernel may have dropped the dirty pages, so retrying and reporting success would
+//! lie). The partition then refuses appends until the log is reopened, which re-runs recovery.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::frame::{self, FRAME_BODY_BYTES_MAX};
+use super::segment::{
+    self, IndexEntry, SealedIndex, SparseIndex, SEGMENT_HEADER_BYTES, check_segment_header,
+    index_file_name, parse_segment_file_name, scan_segment, segment_file_name, segment_header,
+    valid_frame_follows,
+};
+use super::{AppendAck, KeyedRecord, LogError, LogRecord, Offset, PartitionId};
+use crate::clock::Clock;
+
+/// Tunables of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionConfig {
+    /// A segment is sealed and a new one started once it reaches this size.
+    pub segment_bytes_max: u64,
+    /// Bytes of segment between two sparse index entries.
+    pub index_interval_bytes: u64,
+    /// A group commit stops taking queued requests once it holds this many bytes.
+    pub commit_bytes_max: usize,
+    /// Append requests waiting for the writer; senders wait when it is full (back-pressure).
+    pub queued_requests_max: usize,
+}
+
+impl Default for PartitionConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes_max: 128 * 1024 * 1024,
+            index_interval_bytes: 4096,
+            // Large enough to amortise one fdatasync (~0.5 ms) over thousands of records.
+            commit_bytes_max: 4 * 1024 * 1024,
+            queued_requests_max: 4096,
+        }
+    }
+}
+
+/// One segment as readers see it.
+#[derive(Debug, Clone)]
+struct SegmentView {
+    base_offset: Offset,
+    path: PathBuf,
+    file: Arc<File>,
+    index: SparseIndex,
+    /// Bytes of durable frames (plus the header).
+    end_position: u64,
+    end_offset: Offset,
+}
+
+/// What readers and the writer share.
+#[derive(Debug)]
+struct PartitionState {
+    segments: Vec<SegmentView>,
+    /// Set once a write or sync failed.
+    failure: Option<String>,
+}
+
+impl PartitionState {
+    fn end_offset(&self) -> Offset {
+        self.segments.last().map_or(0, |segment| segment.end_offset)
+    }
+
+    fn active(&mut self) -> &mut SegmentView {
+        self.segments.last_mut().expect("a partition always has a segment")
+    }
+}
+
+/// Counts and sizes of one partition, for operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub partition: PartitionId,
+    pub end_offset: Offset,
+    pub segments: usize,
+    pub bytes: u64,
+}
+
+struct AppendRequest {
+    records: Vec<KeyedRecord>,
+    bytes: usize,
+    reply: oneshot::Sender<Result<AppendAck, LogError>>,
+}
+
+/// An open partition. Dropping it stops its writer after the queued appends are done.
+#[derive(Debug)]
+pub struct Partition {
+    id: PartitionId,
+    state: Arc<RwLock<PartitionState>>,
+    end_offset_tx: watch::Sender<Offset>,
+    requests: Option<mpsc::Sender<AppendRequest>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for AppendRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendRequest")
+            .field("records", &self.records.len())
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+impl Partition {
+    /// Opens (creating if needed) the partition stored in `dir`, recovering its last segment.
+    pub fn open(
+        id: PartitionId,
+        dir: &Path,
+        config: PartitionConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, LogError> {
+        let segments = open_segments(dir, &config)?;
+        let state = Arc::new(RwLock::new(PartitionState {
+            segments,
+            failure: None,
+        }));
+        let end_offset = read_lock(&state).end_offset();
+        let (end_offset_tx, _) = watch::channel(end_offset);
+        let (requests, receiver) = mpsc::channel(config.queued_requests_max);
+        let writer = Writer {
+            partition: id,
+            dir: dir.to_owned(),
+            config,
+            clock,
+            state: Arc::clone(&state),
+            end_offset_tx: end_offset_tx.clone(),
+            encode_buffer: Vec::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("tally-log-p{id}"))
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| LogError::io(dir, e))?;
+        Ok(Self {
+            id,
+            state,
+            end_offset_tx,
+            requests: Some(requests),
+            writer: Some(handle),
+        })
+    }
+
+    pub fn id(&self) -> PartitionId {
+        self.id
+    }
+
+    /// Appends records in order; resolves once they are durable.
+    pub async fn append(&self, records: Vec<KeyedRecord>) -> Result<AppendAck, LogError> {
+        let (request, reply) = self.request(records)?;
+        let sender = self.requests.as_ref().ok_or(LogError::Closed)?;
+        sender.send(request).await.map_err(|_| LogError::Closed)?;
+        reply.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Like [`append`](Self::append), for callers outside an async runtime (it blocks).
+    pub fn append_blocking(&self, records: Vec<KeyedRecord>) -> Result<AppendAck, LogError> {
+        let (request, reply) = self.request(records)?;
+        let sender = self.requests.as_ref().ok_or(LogError::Closed)?;
+        sender.blocking_send(request).map_err(|_| LogError::Closed)?;
+        reply.blocking_recv().map_err(|_| LogError::Closed)?
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn request(
+        &self,
+        records: Vec<KeyedRecord>,
+    ) -> Result<(AppendRequest, oneshot::Receiver<Result<AppendAck, LogError>>), LogError> {
+        assert!(!records.is_empty(), "an append holds at least one record");
+        let bytes: usize = records.iter().map(frame::record_encoded_bytes).sum();
+        // The frame's fixed fields are few; leave them room under the body bound.
+        let bytes_max = FRAME_BODY_BYTES_MAX - 64;
+        if bytes > bytes_max {
+            return Err(LogError::AppendTooLarge {
+                bytes: bytes as u64,
+                bytes_max: bytes_max as u64,
+            });
+        }
+        if let Some(reason) = &read_lock(&self.state).failure {
+            return Err(LogError::Failed {
+                partition: self.id,
+                reason: reason.clone(),
+            });
+        }
+        let (reply, receiver) = oneshot::channel();
+        Ok((
+            AppendRequest {
+                records,
+                bytes,
+                reply,
+            },
+            receiver,
+        ))
+    }
+
+    pub fn end_offset(&self) -> Offset {
+        read_lock(&self.state).end_offset()
+    }
+
+    /// A receiver of the end offset, updated after every durable commit.
+    pub fn watch_end_offset(&self) -> watch::Receiver<Offset> {
+        self.end_offset_tx.subscribe()
+    }
+
+    /// Waits until the record at `offset` is durable and readable.
+    pub async fn wait_for_offset(&self, offset: Offset) -> Result<(), LogError> {
+        let mut end_offset = self.watch_end_offset();
+        end_offset
+            .wait_for(|&end| end > offset)
+            .await
+            .map(|_| ())
+            .map_err(|_| LogError::Closed)
+    }
+
+    /// Up to `records_max` durable records from `from` on, possibly spanning segments.
+    pub fn read(&self, from: Offset, records_max: usize) -> Result<Vec<LogRecord>, LogError> {
+        let mut records = Vec::new();
+        let mut next = from;
+        while records.len() < records_max {
+            let Some((segment, start)) = self.locate(next)? else {
+                break;
+            };
+            let mut batch = segment::read_records(
+                &segment.file,
+                &segment.path,
+                self.id,
+                start,
+                segment.end_position,
+                next,
+                records_max - records.len(),
+            )?;
+            let Some(last) = batch.last() else { break };
+            next = last.offset + 1;
+            records.append(&mut batch);
+        }
+        debug_assert!(records.windows(2).all(|pair| pair[0].offset + 1 == pair[1].offset));
+        debug_assert!(records.first().is_none_or(|first| first.offset == from));
+        Ok(records)
+    }
+
+    /// The segment holding `offset` and where to start scanning in it; `None` at the end.
+    fn locate(&self, offset: Offset) -> Result<Option<(SegmentView, IndexEntry)>, LogError> {
+        let state = read_lock(&self.state);
+        let end_offset = state.end_offset();
+        if offset > end_offset {
+            return Err(LogError::OffsetOutOfRange {
+                partition: self.id,
+                offset,
+                end_offset,
+            });
+        }
+        if offset == end_offset {
+            return Ok(None);
+        }
+        let at = state
+            .segments
+            .partition_point(|segment| segment.base_offset <= offset)
+            - 1;
+        let segment = &state.segments[at];
+        let start = segment.index.seek(segment.base_offset, offset);
+        // Cloning the view copies the index; only the fields below are needed, so build a view
+        // without it.
+        let view = SegmentView {
+            base_offset: segment.base_offset,
+            path: segment.path.clone(),
+            file: Arc::clone(&segment.file),
+            index: SparseIndex::new(0),
+            end_position: segment.end_position,
+            end_offset: segment.end_offset,
+        };
+        Ok(Some((view, start)))
+    }
+
+    pub fn stats(&self) -> PartitionStats {
+        let state = read_lock(&self.state);
+        PartitionStats {
+            partition: self.id,
+            end_offset: state.end_offset(),
+            segments: state.segments.len(),
+            bytes: state.segments.iter().map(|s| s.end_position).sum(),
+        }
+    }
+
+    /// Reads every frame of every segment, checking checksums and offset continuity.
+    pub fn verify(&self) -> Result<Offset, LogError> {
+        let segments: Vec<SegmentView> = read_lock(&self.state).segments.clone();
+        let mut expected = 0;
+        for view in segments {
+            let start = IndexEntry {
+                offset: view.base_offset,
+                position: SEGMENT_HEADER_BYTES,
+            };
+            let outcome = scan_segment(&view.file, &view.path, start, SparseIndex::new(u64::MAX))?;
+            let damaged = outcome.end_position < view.end_position;
+            if view.base_offset != expected || damaged {
+                let (position, reason) = match outcome.stopped_at {
+                    Some((position, problem)) => (position, format!("{problem:?}")),
+                    None => (0, format!("segment does not start at offset {expected}")),
+                };
+                return Err(LogError::Corruption {
+                    path: view.path.clone(),
+                    position,
+                    reason,
+                });
+            }
+            expected = view.end_offset;
+        }
+        Ok(expected)
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        drop(self.requests.take());
+        if let Some(writer) = self.writer.take() {
+            // A panicking writer has already failed its requests; nothing more to report here.
+            let _ = writer.join();
+        }
+    }
+}
+
+/// The single thread that writes a partition.
+struct Writer {
+    partition: PartitionId,
+    dir: PathBuf,
+    config: PartitionConfig,
+    clock: Arc<dyn Clock>,
+    state: Arc<RwLock<PartitionState>>,
+    end_offset_tx: watch::Sender<Offset>,
+    encode_buffer: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self, mut requests: mpsc::Receiver<AppendRequest>) {
+        let mut carried: Option<AppendRequest> = None;
+        loop {
+            let first = match carried.take() {
+                Some(request) => request,
+                None => match requests.blocking_recv() {
+                    Some(request) => request,
+                    None => return,
+                },
+            };
+            let mut group_bytes = first.bytes;
+            let mut group = vec![first];
+            while group_bytes < self.config.commit_bytes_max {
+                let Ok(next) = requests.try_recv() else { break };
+                if group_bytes + next.bytes > FRAME_BODY_BYTES_MAX - 64 {
+                    carried = Some(next);
+                    break;
+                }
+                group_bytes += next.bytes;
+                group.push(next);
+            }
+            self.commit(group);
+        }
+    }
+
+    fn commit(&mut self, group: Vec<AppendRequest>) {
+        let failure = write_lock(&self.state).failure.clone();
+        let result = match failure {
+            Some(reason) => Err(reason),
+            None => self.write_group(&group).map_err(|error| {
+                let reason = error.to_string();
+                tracing::error!(partition = self.partition, %reason, "log partition failed");
+                write_lock(&self.state).failure = Some(reason.clone());
+                reason
+            }),
+        };
+        let mut base_offset = match result {
+            Ok(base_offset) => base_offset,
+            Err(reason) => {
+                for request in group {
+                    let _ = request.reply.send(Err(LogError::Failed {
+                        partition: self.partition,
+                        reason: reason.clone(),
+                    }));
+                }
+                return;
+            }
+        };
+        for request in group {
+            let count = request.records.len() as u32;
+            // The requester may have given up waiting; the records are durable regardless.
+            let _ = request.reply.send(Ok(AppendAck {
+                partition: self.partition,
+                base_offset,
+                count,
+            }));
+            base_offset += u64::from(count);
+        }
+    }
+
+    /// Writes the group as one frame, syncs it, publishes it to readers; returns its base offset.
+    fn write_group(&mut self, group: &[AppendRequest]) -> Result<Offset, LogError> {
+        let (file, path, position, base_offset) = {
+            let mut state = write_lock(&self.state);
+            let active = state.active();
+            (Arc::clone(&active.file), active.path.clone(), active.end_position, active.end_offset)
+        };
+        self.encode_buffer.clear();
+        let records = group.iter().flat_map(|request| request.records.iter());
+        let info = frame::encode_frame(&mut self.encode_buffer, base_offset, self.clock.now_ms(), records);
+        file.write_all_at(&self.encode_buffer, position)
+            .map_err(|e| LogError::io(&path, e))?;
+        file.sync_data().map_err(|e| LogError::io(&path, e))?;
+        let end_offset = info.end_offset();
+        let segment_full = {
+            let mut state = write_lock(&self.state);
+            let active = state.active();
+            active.index.note_frame(base_offset, position);
+            active.end_position = position + info.frame_bytes as u64;
+            active.end_offset = end_offset;
+            active.end_position >= self.config.segment_bytes_max
+        };
+        self.end_offset_tx.send_replace(end_offset);
+        if segment_full {
+            self.roll()?;
+        }
+        Ok(base_offset)
+    }
+
+    /// Seals the active segment (writes its index) and starts a new one.
+    fn roll(&mut self) -> Result<(), LogError> {
+        let sealed = {
+            let mut state = write_lock(&self.state);
+            let active = state.active();
+            let sealed = SealedIndex {
+                index: active.index.clone(),
+                end_offset: active.end_offset,
+                end_position: active.end_position,
+            };
+            (active.base_offset, sealed)
+        };
+        let (base_offset, sealed) = sealed;
+        segment::write_index_file(&self.dir.join(index_file_name(base_offset)), base_offset, &sealed)?;
+        let next = create_segment(&self.dir, sealed.end_offset, &self.config)?;
+        write_lock(&self.state).segments.push(next);
+        Ok(())
+    }
+}
+
+fn read_lock(state: &RwLock<PartitionState>) -> RwLockReadGuard<'_, PartitionState> {
+    // Poisoning only means another thread panicked mid-update of plain counters; the failure
+    // flag still stops appends if the writer was the one that panicked.
+    state.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write_lock(state: &RwLock<PartitionState>) -> RwLockWriteGuard<'_, PartitionState> {
+    state.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Creates an empty segment starting at `base_offset`: header written, file and directory synced.
+fn create_segment(dir: &Path, base_offset: Offset, config: &PartitionConfig) -> Result<SegmentView, LogError> {
+    let path = dir.join(segment_file_name(base_offset));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|e| LogError::io(&path, e))?;
+    file.write_all_at(&segment_header(base_offset), 0)
+        .map_err(|e| LogError::io(&path, e))?;
+    file.sync_data().map_err(|e| LogError::io(&path, e))?;
+    sync_directory(dir)?;
+    Ok(SegmentView {
+        base_offset,
+        path,
+        file: Arc::new(file),
+        index: SparseIndex::new(config.index_interval_bytes),
+        end_position: SEGMENT_HEADER_BYTES,
+        end_offset: base_offset,
+    })
+}
+
+/// Makes a directory's entries (created or removed files) durable.
+pub fn sync_directory(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|e| LogError::io(dir, e))
+}
+
+/// Lists, checks and opens the segments of a partition directory, recovering the last one.
+fn open_segments(dir: &Path, config: &PartitionConfig) -> Result<Vec<SegmentView>, LogError> {
+    let mut base_offsets = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| LogError::io(dir, e))? {
+        let entry = entry.map_err(|e| LogError::io(dir, e))?;
+        if let Some(base) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+            base_offsets.push(base);
+        }
+    }
+    base_offsets.sort_unstable();
+    let Some((&last_base, sealed_bases)) = base_offsets.split_last() else {
+        return Ok(vec![create_segment(dir, 0, config)?]);
+    };
+    let mut segments = Vec::with_capacity(base_offsets.len());
+    let mut expected_base = 0;
+    for &base in sealed_bases {
+        let view = open_sealed_segment(dir, base, config)?;
+        check_continuity(&view.path, base, expected_base)?;
+        expected_base = view.end_offset;
+        segments.push(view);
+    }
+    let last = open_last_segment(dir, last_base, config)?;
+    check_continuity(&last.path, last_base, expected_base)?;
+    segments.push(last);
+    Ok(segments)
+}
+
+fn check_continuity(path: &Path, base: Offset, expected_base: Offset) -> Result<(), LogError> {
+    if base == expected_base {
+        return Ok(());
+    }
+    Err(LogError::Corruption {
+        path: path.to_owned(),
+        position: 0,
+        reason: format!("segment starts at offset {base} but the previous one ends at {expected_base}"),
+    })
+}
+
+fn open_sealed_segment(dir: &Path, base: Offset, config: &PartitionConfig) -> Result<SegmentView, LogError> {
+    let path = dir.join(segment_file_name(base));
+    let file = File::open(&path).map_err(|e| LogError::io(&path, e))?;
+    check_segment_header(&file, &path, base)?;
+    let file_len = file.metadata().map_err(|e| LogError::io(&path, e))?.len();
+    let index_path = dir.join(index_file_name(base));
+    let sealed = match segment::read_index_file(&index_path, base, config.index_interval_bytes) {
+        Some(sealed) => sealed,
+        None => {
+            tracing::info!(segment = %path.display(), "rebuilding missing or damaged segment index");
+            let sealed = rebuild_sealed_index(&file, &path, base, config)?;
+            segment::write_index_file(&index_path, base, &sealed)?;
+            sealed
+        }
+    };
+    if sealed.end_position != file_len {
+        return Err(LogError::Corruption {
+            path,
+            position: sealed.end_position.min(file_len),
+            reason: format!(
+                "sealed segment is {file_len} bytes but its frames end at byte {}",
+                sealed.end_position
+            ),
+        });
+    }
+    Ok(SegmentView {
+        base_offset: base,
+        path,
+        file: Arc::new(file),
+        index: sealed.index,
+        end_position: sealed.end_position,
+        end_offset: sealed.end_offset,
+    })
+}
+
+/// A sealed segment must scan cleanly to its very end: it was never written after sealing.
+fn rebuild_sealed_index(
+    file: &File,
+    path: &Path,
+    base: Offset,
+    config: &PartitionConfig,
+) -> Result<SealedIndex, LogError> {
+    let start = IndexEntry {
+        offset: base,
+        position: SEGMENT_HEADER_BYTES,
+    };
+    let outcome = scan_segment(file, path, start, SparseIndex::new(config.index_interval_bytes))?;
+    if let Some((position, problem)) = outcome.stopped_at {
+        return Err(LogError::Corruption {
+            path: path.to_owned(),
+            position,
+            reason: format!("sealed segment: {problem:?}"),
+        });
+    }
+    Ok(SealedIndex {
+        index: outcome.index,
+        end_offset: outcome.end_offset,
+        end_position: outcome.end_position,
+    })
+}
+
+/// Opens the segment being written: scans it, and truncates a torn tail back to the last whole
+/// frame; damage followed by valid frames is corruption and is reported, never skipped.
+fn open_last_segment(dir: &Path, base: Offset, config: &PartitionConfig) -> Result<SegmentView, LogError> {
+    let path = dir.join(segment_file_name(base));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| LogError::io(&path, e))?;
+    let file_len = file.metadata().map_err(|e| LogError::io(&path, e))?.len();
+    if file_len <= SEGMENT_HEADER_BYTES && check_segment_header(&file, &path, base).is_err() {
+        // Created by a roll that crashed before its header was durable: it holds no record.
+        tracing::warn!(segment = %path.display(), "re-creating a segment whose creation was cut short");
+        drop(file);
+        return create_segment(dir, base, config);
+    }
+    check_segment_header(&file, &path, base)?;
+    let start = IndexEntry {
+        offset: base,
+        position: SEGMENT_HEADER_BYTES,
+    };
+    let outcome = scan_segment(&file, &path, start, SparseIndex::new(config.index_interval_bytes))?;
+    if let Some((position, problem)) = &outcome.stopped_at {
+        if valid_frame_follows(&file, &path, *position, outcome.end_offset)? {
+            return Err(LogError::Corruption {
+                path,
+                position: *position,
+                reason: format!("damaged frame followed by valid frames: {problem:?}"),
+            });
+        }
+        tracing::warn!(
+            segment = %path.display(),
+            position,
+            bytes = file_len - position,
+            "truncating a torn tail back to the last whole frame"
+        );
+        file.set_len(*position).map_err(|e| LogError::io(&path, e))?;
+        file.sync_all().map_err(|e| LogError::io(&path, e))?;
+    }
+    Ok(SegmentView {
+        base_offset: base,
+        path,
+        file: Arc::new(file),
+        index: outcome.index,
+        end_position: outcome.end_position,
+        end_offset: outcome.end_offset,
+    })
+}

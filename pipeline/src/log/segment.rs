@@ -1,0 +1,397 @@
+//! Segment files and their sparse offset indexes: the embedded log's on-disk format.
+//!
+//! A partition directory holds segments named by the offset of their first record,
+//! `<base_offset:020>.seg`, each with a sparse index `<base_offset:020>.idx` once sealed.
+//!
+//! ```text
+//! segment file  = header, then batch frames back to back (see `frame`)
+//! header        = magic "TALLYSEG" (8) | format version u32 = 1 | reserved u32 = 0
+//!                 | base_offset u64                                    (24 bytes)
+//! index file    = magic "TALLYIDX" (8) | format version u32 = 1 | entry_count u32
+//!                 | base_offset u64 | end_offset u64 | end_position u64
+//!                 | entry_count × { offset u64, position u64 } | crc32c u32 of all before
+//! ```
+//!
+//! Invariants: frames in a segment have consecutive offsets starting at its base offset; the
+//! next segment's base offset is this segment's end offset; only the last segment is written
+//! to, so only it can end in a torn frame. The index of the last segment lives in memory and is
+//! rebuilt by scanning it on open; a sealed segment's index is written (and synced) when it is
+//! sealed, and rebuilt by a scan whenever it is missing or fails its checksum.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::frame::{self, FrameInfo, FrameProblem, FRAME_HEADER_BYTES, FRAME_MAGIC};
+use super::{LogError, LogRecord, Offset, PartitionId};
+
+pub const SEGMENT_MAGIC: [u8; 8] = *b"TALLYSEG";
+pub const INDEX_MAGIC: [u8; 8] = *b"TALLYIDX";
+pub const SEGMENT_FORMAT_VERSION: u32 = 1;
+pub const SEGMENT_HEADER_BYTES: u64 = 24;
+/// A read fetches at least this much of a segment per system call.
+const READ_CHUNK_BYTES: usize = 256 * 1024;
+
+pub fn segment_file_name(base_offset: Offset) -> String {
+    format!("{base_offset:020}.seg")
+}
+
+pub fn index_file_name(base_offset: Offset) -> String {
+    format!("{base_offset:020}.idx")
+}
+
+/// The base offset a segment file name stands for, if it is one.
+pub fn parse_segment_file_name(name: &str) -> Option<Offset> {
+    let digits = name.strip_suffix(".seg")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// The 24-byte header every segment file starts with.
+pub fn segment_header(base_offset: Offset) -> [u8; SEGMENT_HEADER_BYTES as usize] {
+    let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
+    header[0..8].copy_from_slice(&SEGMENT_MAGIC);
+    header[8..12].copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+    header[16..24].copy_from_slice(&base_offset.to_le_bytes());
+    header
+}
+
+/// Checks a segment's header against the base offset its name promises.
+pub fn check_segment_header(file: &File, path: &Path, base_offset: Offset) -> Result<(), LogError> {
+    let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
+    file.read_exact_at(&mut header, 0).map_err(|e| LogError::Corruption {
+        path: path.to_owned(),
+        position: 0,
+        reason: format!("segment header unreadable: {e}"),
+    })?;
+    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    let stored_base = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+    let problem = if header[0..8] != SEGMENT_MAGIC {
+        Some("not a tally segment (bad magic)".to_owned())
+    } else if version != SEGMENT_FORMAT_VERSION {
+        Some(format!("segment format version {version} is not known to this build"))
+    } else if stored_base != base_offset {
+        Some(format!("header says base offset {stored_base}, file name says {base_offset}"))
+    } else {
+        None
+    };
+    match problem {
+        Some(reason) => Err(LogError::Corruption {
+            path: path.to_owned(),
+            position: 0,
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// One entry of a sparse index: the frame holding `offset` starts at byte `position`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub offset: Offset,
+    pub position: u64,
+}
+
+/// Offsets → byte positions for every frame that starts at least `interval_bytes` after the
+/// previous entry, so a read seeks close to its offset instead of scanning from the start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparseIndex {
+    entries: Vec<IndexEntry>,
+    interval_bytes: u64,
+}
+
+impl SparseIndex {
+    pub fn new(interval_bytes: u64) -> Self {
+        Self {
+            entries: Vec::new(),
+            interval_bytes,
+        }
+    }
+
+    /// Notes a frame starting at `position` whose first record is `offset`.
+    pub fn note_frame(&mut self, offset: Offset, position: u64) {
+        let due = match self.entries.last() {
+            None => true,
+            Some(last) => position >= last.position + self.interval_bytes,
+        };
+        if due {
+            debug_assert!(self.entries.last().is_none_or(|last| last.offset < offset));
+            self.entries.push(IndexEntry { offset, position });
+        }
+    }
+
+    /// Where to start scanning for `offset` in a segment starting at `base_offset`: the last
+    /// indexed frame at or before it, else the first frame.
+    pub fn seek(&self, base_offset: Offset, offset: Offset) -> IndexEntry {
+        let after = self.entries.partition_point(|entry| entry.offset <= offset);
+        match after.checked_sub(1) {
+            Some(at) => self.entries[at],
+            None => IndexEntry {
+                offset: base_offset,
+                position: SEGMENT_HEADER_BYTES,
+            },
+        }
+    }
+
+    pub fn last(&self) -> Option<IndexEntry> {
+        self.entries.last().copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The extent of a sealed segment as its index file records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedIndex {
+    pub index: SparseIndex,
+    pub end_offset: Offset,
+    pub end_position: u64,
+}
+
+/// Writes a sealed segment's index file and syncs it.
+pub fn write_index_file(
+    path: &Path,
+    base_offset: Offset,
+    sealed: &SealedIndex,
+) -> Result<(), LogError> {
+    let mut bytes = Vec::with_capacity(40 + sealed.index.entries.len() * 16 + 4);
+    bytes.extend_from_slice(&INDEX_MAGIC);
+    bytes.extend_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(sealed.index.entries.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&base_offset.to_le_bytes());
+    bytes.extend_from_slice(&sealed.end_offset.to_le_bytes());
+    bytes.extend_from_slice(&sealed.end_position.to_le_bytes());
+    for entry in &sealed.index.entries {
+        bytes.extend_from_slice(&entry.offset.to_le_bytes());
+        bytes.extend_from_slice(&entry.position.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    let mut file = File::create(path).map_err(|e| LogError::io(path, e))?;
+    file.write_all(&bytes).map_err(|e| LogError::io(path, e))?;
+    file.sync_data().map_err(|e| LogError::io(path, e))
+}
+
+/// Reads a sealed segment's index file; `None` if it is missing or damaged (then the caller
+/// rebuilds it by scanning the segment).
+pub fn read_index_file(path: &Path, base_offset: Offset, interval_bytes: u64) -> Option<SealedIndex> {
+    let bytes = std::fs::read(path).ok()?;
+    let (body, crc_bytes) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
+    if crc32c::crc32c(body) != u32::from_le_bytes(crc_bytes.try_into().ok()?) {
+        return None;
+    }
+    let u32_at = |at: usize| body.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4")));
+    let u64_at = |at: usize| body.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8")));
+    if body.get(0..8)? != INDEX_MAGIC || u32_at(8)? != SEGMENT_FORMAT_VERSION {
+        return None;
+    }
+    let entry_count = u32_at(12)? as usize;
+    if u64_at(16)? != base_offset || body.len() != 40 + entry_count * 16 {
+        return None;
+    }
+    let mut index = SparseIndex::new(interval_bytes);
+    index.entries = (0..entry_count)
+        .map(|i| {
+            Some(IndexEntry {
+                offset: u64_at(40 + i * 16)?,
+                position: u64_at(48 + i * 16)?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(SealedIndex {
+        index,
+        end_offset: u64_at(24)?,
+        end_position: u64_at(32)?,
+    })
+}
+
+/// What a scan of a segment found.
+#[derive(Debug)]
+pub struct ScanOutcome {
+    pub index: SparseIndex,
+    /// Position just after the last whole, valid frame.
+    pub end_position: u64,
+    pub end_offset: Offset,
+    /// The first position at which no valid frame could be read, and why; `None` if the scan
+    /// reached the end of the file exactly at a frame boundary.
+    pub stopped_at: Option<(u64, FrameProblem)>,
+}
+
+/// Scans frames from `start` (a frame boundary holding `start_offset`) to the end of the file,
+/// checking each frame's checksum and that offsets continue without gaps.
+pub fn scan_segment(
+    file: &File,
+    path: &Path,
+    start: IndexEntry,
+    mut index: SparseIndex,
+) -> Result<ScanOutcome, LogError> {
+    let file_len = file.metadata().map_err(|e| LogError::io(path, e))?.len();
+    let mut position = start.position;
+    let mut expected_offset = start.offset;
+    let mut reader = ChunkReader::new(file, path, file_len);
+    let stopped_at = loop {
+        if position == file_len {
+            break None;
+        }
+        match reader.frame_at(position)? {
+            Ok((info, _)) if info.base_offset != expected_offset => {
+                break Some((
+                    position,
+                    FrameProblem::Invalid(format!(
+                        "frame starts at offset {}, expected {expected_offset}",
+                        info.base_offset
+                    )),
+                ));
+            }
+            Ok((info, _)) => {
+                index.note_frame(info.base_offset, position);
+                position += info.frame_bytes as u64;
+                expected_offset = info.end_offset();
+            }
+            Err(problem) => break Some((position, problem)),
+        }
+    };
+    Ok(ScanOutcome {
+        index,
+        end_position: position,
+        end_offset: expected_offset,
+        stopped_at,
+    })
+}
+
+/// Whether any valid frame holding offsets at or after `offset_min` starts after `position`.
+/// Tells a torn tail (nothing valid follows) from corruption in the middle (acknowledged
+/// records follow the damage).
+pub fn valid_frame_follows(
+    file: &File,
+    path: &Path,
+    position: u64,
+    offset_min: Offset,
+) -> Result<bool, LogError> {
+    let file_len = file.metadata().map_err(|e| LogError::io(path, e))?.len();
+    let Some(rest_len) = file_len.checked_sub(position + 1) else {
+        return Ok(false);
+    };
+    let mut rest = vec![0u8; rest_len as usize];
+    file.read_exact_at(&mut rest, position + 1)
+        .map_err(|e| LogError::io(path, e))?;
+    let found = rest
+        .windows(FRAME_MAGIC.len())
+        .enumerate()
+        .filter(|(_, window)| *window == FRAME_MAGIC)
+        .any(|(at, _)| {
+            frame::check_frame(&rest[at..]).is_ok_and(|info| info.base_offset >= offset_min)
+        });
+    Ok(found)
+}
+
+/// Reads up to `records_max` records from `from` on, from a segment whose durable frames end at
+/// `end_position`, starting the scan at `start` (from the sparse index).
+pub fn read_records(
+    file: &File,
+    path: &Path,
+    partition: PartitionId,
+    start: IndexEntry,
+    end_position: u64,
+    from: Offset,
+    records_max: usize,
+) -> Result<Vec<LogRecord>, LogError> {
+    let mut records = Vec::new();
+    let mut reader = ChunkReader::new(file, path, end_position);
+    let mut position = start.position;
+    while position < end_position && records.len() < records_max {
+        let (info, bytes) = match reader.frame_at(position)? {
+            Ok(found) => found,
+            Err(problem) => {
+                return Err(LogError::Corruption {
+                    path: path.to_owned(),
+                    position,
+                    reason: describe(&problem),
+                });
+            }
+        };
+        if info.end_offset() > from {
+            frame::decode_records(bytes, &info, partition, from, records_max, &mut records);
+        }
+        position += info.frame_bytes as u64;
+    }
+    Ok(records)
+}
+
+fn describe(problem: &FrameProblem) -> String {
+    match problem {
+        FrameProblem::Truncated => "frame cut short inside durable data".into(),
+        FrameProblem::Invalid(reason) => reason.clone(),
+    }
+}
+
+/// Reads a segment in large chunks and hands out whole frames.
+struct ChunkReader<'a> {
+    file: &'a File,
+    path: &'a Path,
+    limit: u64,
+    buffer: Vec<u8>,
+    buffer_position: u64,
+}
+
+impl<'a> ChunkReader<'a> {
+    fn new(file: &'a File, path: &'a Path, limit: u64) -> Self {
+        Self {
+            file,
+            path,
+            limit,
+            buffer: Vec::new(),
+            buffer_position: 0,
+        }
+    }
+
+    /// The frame at `position`: its info and its bytes, or why there is no valid frame there.
+    /// The outer error is an I/O failure; the inner one is about the bytes.
+    #[allow(clippy::type_complexity)]
+    fn frame_at(
+        &mut self,
+        position: u64,
+    ) -> Result<Result<(FrameInfo, &[u8]), FrameProblem>, LogError> {
+        self.ensure(position, FRAME_HEADER_BYTES)?;
+        let header = self.slice(position, FRAME_HEADER_BYTES);
+        let body_len = match frame::body_len_from_header(header) {
+            Ok(body_len) => body_len,
+            Err(problem) => return Ok(Err(problem)),
+        };
+        let frame_bytes = FRAME_HEADER_BYTES + body_len;
+        self.ensure(position, frame_bytes)?;
+        let bytes = self.slice(position, frame_bytes);
+        Ok(frame::check_frame(bytes).map(|info| (info, bytes)))
+    }
+
+    /// Makes `[position, position + len)` available in the buffer, as far as the limit allows.
+    fn ensure(&mut self, position: u64, len: usize) -> Result<(), LogError> {
+        let buffer_end = self.buffer_position + self.buffer.len() as u64;
+        if position >= self.buffer_position && position + len as u64 <= buffer_end {
+            return Ok(());
+        }
+        let available = self.limit.saturating_sub(position);
+        let want = (len.max(READ_CHUNK_BYTES) as u64).min(available) as usize;
+        self.buffer.resize(want, 0);
+        self.file
+            .read_exact_at(&mut self.buffer, position)
+            .map_err(|e| LogError::io(self.path, e))?;
+        self.buffer_position = position;
+        Ok(())
+    }
+
+    /// Up to `len` bytes from `position` (fewer at the limit).
+    fn slice(&self, position: u64, len: usize) -> &[u8] {
+        let start = (position - self.buffer_position) as usize;
+        let end = (start + len).min(self.buffer.len());
+        &self.buffer[start..end]
+    }
+}

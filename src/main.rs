@@ -1,0 +1,68 @@
+//! `tally`: the operator's entry point.
+//!
+//! Every command works on a data directory (`--data-dir`, default `./tally-data`) whose `log/`
+//! subdirectory is the embedded donation log. Failures are reported as one line on standard
+//! error with a non-zero exit status.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// tally records checkout donations exactly once and serves live campaign totals.
+#[derive(Debug, Parser)]
+#[command(name = "tally", version, about)]
+struct Cli {
+    /// Directory holding tally's log and state.
+    #[arg(long, global = true, env = "TALLY_DATA_DIR", default_value = "./tally-data")]
+    data_dir: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Append donations from an NDJSON file (one JSON event a line) to the log.
+    Import(commands::import::ImportArgs),
+    /// Inspect the donation log.
+    #[command(subcommand)]
+    Log(commands::log::LogCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let outcome = match cli.command {
+        Command::Import(args) => commands::import::run(&cli.data_dir, args),
+        Command::Log(command) => commands::log::run(&cli.data_dir, command),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("tally: {}", one_line(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, joined on one line.
+fn one_line(error: &anyhow::Error) -> String {
+    error
+        .chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
