@@ -16,7 +16,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "tally", version, about)]
 struct Cli {
     /// Directory holding tally's log and state.
-    #[arg(long, global = true, env = "TALLY_DATA_DIR", default_value = "./tally-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_DATA_DIR",
+        default_value = "./tally-data"
+    )]
     data_dir: PathBuf,
 
     #[command(subcommand)]

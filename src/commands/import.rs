@@ -40,7 +40,8 @@ pub fn run(data_dir: &Path, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let input: Box<dyn Read> = if args.file.as_os_str() == "-" {
         Box::new(std::io::stdin())
     } else {
-        let file = File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
+        let file = File::open(&args.file)
+            .with_context(|| format!("cannot open {}", args.file.display()))?;
         Box::new(file)
     };
     let log = super::open_log(data_dir, Some(args.partitions))?;
@@ -48,7 +49,9 @@ pub fn run(data_dir: &Path, args: ImportArgs) -> anyhow::Result<ExitCode> {
         amount_cents_max: args.amount_cents_max,
         ..DonationLimits::default()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let counts = runtime.block_on(import(&log, BufReader::new(input), &limits))?;
     println!(
         "imported {} donations into {}; rejected {} lines",
@@ -56,10 +59,18 @@ pub fn run(data_dir: &Path, args: ImportArgs) -> anyhow::Result<ExitCode> {
         super::log_dir(data_dir).display(),
         counts.rejected
     );
-    Ok(if counts.rejected == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if counts.rejected == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
-async fn import(log: &dyn Log, mut input: impl BufRead, limits: &DonationLimits) -> anyhow::Result<ImportCounts> {
+async fn import(
+    log: &dyn Log,
+    mut input: impl BufRead,
+    limits: &DonationLimits,
+) -> anyhow::Result<ImportCounts> {
     let mut counts = ImportCounts::default();
     let mut batch = Vec::with_capacity(IMPORT_BATCH_RECORDS);
     let mut line = Vec::new();
@@ -88,7 +99,9 @@ async fn flush(log: &dyn Log, batch: &mut Vec<KeyedRecord>) -> anyhow::Result<u6
     }
     let records = std::mem::take(batch);
     let count = records.len() as u64;
-    append_keyed(log, records).await.context("append to the log failed")?;
+    append_keyed(log, records)
+        .await
+        .context("append to the log failed")?;
     Ok(count)
 }
 
@@ -101,7 +114,8 @@ fn parse_line(line: &[u8], limits: &DonationLimits) -> Result<Option<KeyedRecord
         return Ok(None);
     }
     let value: Value = serde_json::from_slice(line).map_err(|e| format!("malformed JSON: {e}"))?;
-    let input = validate_donation(&value, limits, SystemClock.now_ms()).map_err(|e| e.to_string())?;
+    let input =
+        validate_donation(&value, limits, SystemClock.now_ms()).map_err(|e| e.to_string())?;
     let event = input.into_event(None).map_err(|e| e.to_string())?;
     Ok(Some(KeyedRecord {
         key: event.payment_ref.clone().into_bytes(),

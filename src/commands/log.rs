@@ -55,7 +55,10 @@ pub fn run(data_dir: &Path, command: LogCommand) -> anyhow::Result<ExitCode> {
         LogCommand::Verify => {
             let end_offsets = log.verify().context("log verification failed")?;
             let records: u64 = end_offsets.iter().sum();
-            println!("ok: {records} records in {} partitions verified", end_offsets.len());
+            println!(
+                "ok: {records} records in {} partitions verified",
+                end_offsets.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -78,9 +81,17 @@ fn stats(log: &tally_pipeline::log::EmbeddedLog, json: bool) -> anyhow::Result<E
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
-    writeln!(out, "{:>9}  {:>12}  {:>8}  {:>14}", "partition", "end_offset", "segments", "bytes")?;
+    writeln!(
+        out,
+        "{:>9}  {:>12}  {:>8}  {:>14}",
+        "partition", "end_offset", "segments", "bytes"
+    )?;
     for row in &rows {
-        writeln!(out, "{:>9}  {:>12}  {:>8}  {:>14}", row.partition, row.end_offset, row.segments, row.bytes)?;
+        writeln!(
+            out,
+            "{:>9}  {:>12}  {:>8}  {:>14}",
+            row.partition, row.end_offset, row.segments, row.bytes
+        )?;
     }
     let total = |f: fn(&PartitionRow) -> u64| rows.iter().map(f).sum::<u64>();
     writeln!(
@@ -104,8 +115,9 @@ fn tail(log: &tally_pipeline::log::EmbeddedLog, args: &TailArgs) -> anyhow::Resu
         let Some(last) = records.last() else { break };
         next = last.offset + 1;
         for record in records {
-            let event = envelope::decode(&record.value)
-                .with_context(|| format!("record {} of partition {}", record.offset, record.partition))?;
+            let event = envelope::decode(&record.value).with_context(|| {
+                format!("record {} of partition {}", record.offset, record.partition)
+            })?;
             let logged = LoggedDonation {
                 partition: record.partition,
                 offset: record.offset,

@@ -21,7 +21,8 @@ pub fn open_log(data_dir: &Path, partition_count: Option<u32>) -> anyhow::Result
         options.partition_count = count;
     }
     let dir = log_dir(data_dir);
-    EmbeddedLog::open(&dir, options).with_context(|| format!("cannot open the log in {}", dir.display()))
+    EmbeddedLog::open(&dir, options)
+        .with_context(|| format!("cannot open the log in {}", dir.display()))
 }
 
 /// Opens an existing log, refusing to create one where there is none.

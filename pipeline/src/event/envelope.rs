@@ -57,10 +57,12 @@ pub fn encode(event: &DonationEvent) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> Result<DonationEvent, EnvelopeError> {
     let (&version, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
     match version {
-        1 => codec().deserialize(body).map_err(|e| EnvelopeError::Malformed {
-            version,
-            reason: e.to_string(),
-        }),
+        1 => codec()
+            .deserialize(body)
+            .map_err(|e| EnvelopeError::Malformed {
+                version,
+                reason: e.to_string(),
+            }),
         other => Err(EnvelopeError::UnknownVersion(other)),
     }
 }
@@ -105,7 +107,10 @@ mod tests {
     fn unknown_version_and_garbage_are_errors() {
         let mut bytes = encode(&sample());
         bytes[0] = 9;
-        assert!(matches!(decode(&bytes), Err(EnvelopeError::UnknownVersion(9))));
+        assert!(matches!(
+            decode(&bytes),
+            Err(EnvelopeError::UnknownVersion(9))
+        ));
         assert!(matches!(decode(&[]), Err(EnvelopeError::Empty)));
         assert!(matches!(
             decode(&[1, 0xff, 0xff]),

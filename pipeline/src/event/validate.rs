@@ -196,7 +196,13 @@ fn reference(object: &Map<String, Value>, field: &str) -> Result<String, Rejecti
 fn campaign_id(object: &Map<String, Value>) -> Result<String, Rejection> {
     let text = string(object, "campaign_id")?;
     let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-');
-    check_token("campaign_id", text, CAMPAIGN_ID_CHARS_MAX, allowed, "[a-z0-9_-]")
+    check_token(
+        "campaign_id",
+        text,
+        CAMPAIGN_ID_CHARS_MAX,
+        allowed,
+        "[a-z0-9_-]",
+    )
 }
 
 /// Checks an identifier's length and alphabet; `parse_campaign_id` and friends reuse it.
@@ -228,15 +234,27 @@ fn amount_cents(object: &Map<String, Value>, amount_cents_max: u64) -> Result<u6
     let value = required(object, FIELD)?;
     let range = || format!("must be an integer from 1 to {amount_cents_max}");
     let Value::Number(number) = value else {
-        return Err(Rejection::invalid(FIELD, format!("{}, not a {}", range(), json_kind(value))));
+        return Err(Rejection::invalid(
+            FIELD,
+            format!("{}, not a {}", range(), json_kind(value)),
+        ));
     };
     match number.as_u64() {
         Some(cents) if (1..=amount_cents_max).contains(&cents) => Ok(cents),
-        Some(cents) => Err(Rejection::invalid(FIELD, format!("{}, got {cents}", range()))),
-        None if number.is_i64() => Err(Rejection::invalid(FIELD, format!("{}, got {number}", range()))),
+        Some(cents) => Err(Rejection::invalid(
+            FIELD,
+            format!("{}, got {cents}", range()),
+        )),
+        None if number.is_i64() => Err(Rejection::invalid(
+            FIELD,
+            format!("{}, got {number}", range()),
+        )),
         None => Err(Rejection::invalid(
             FIELD,
-            format!("{} (whole cents, no fraction or exponent), got {number}", range()),
+            format!(
+                "{} (whole cents, no fraction or exponent), got {number}",
+                range()
+            ),
         )),
     }
 }
@@ -269,7 +287,10 @@ fn paid_at(
     let time = EventTime::parse_rfc3339(text).map_err(|_| {
         Rejection::invalid(
             FIELD,
-            format!("must be an RFC 3339 timestamp such as \"2026-11-24T18:30:00Z\", got {:?}", truncate_for_message(text)),
+            format!(
+                "must be an RFC 3339 timestamp such as \"2026-11-24T18:30:00Z\", got {:?}",
+                truncate_for_message(text)
+            ),
         )
     })?;
     if time.unix_ms() > now_ms.saturating_add(future_skew_ms) {
@@ -345,15 +366,33 @@ mod tests {
 
     #[test]
     fn amount_must_be_a_whole_positive_bounded_integer() {
-        for bad in [json!("200"), json!(2.5), json!(-1), json!(1e30), json!(0), json!(10_000_001), json!(null), json!(true)] {
+        for bad in [
+            json!("200"),
+            json!(2.5),
+            json!(-1),
+            json!(1e30),
+            json!(0),
+            json!(10_000_001),
+            json!(null),
+            json!(true),
+        ] {
             let (code, field) = rejected_field(check(|o| {
                 o.insert("amount_cents".into(), bad.clone());
             }));
             assert_eq!(field, "amount_cents", "{bad}");
-            let expected = if bad.is_null() { RejectionCode::MissingField } else { RejectionCode::InvalidField };
+            let expected = if bad.is_null() {
+                RejectionCode::MissingField
+            } else {
+                RejectionCode::InvalidField
+            };
             assert_eq!(code, expected, "{bad}");
         }
-        assert!(check(|o| { o.insert("amount_cents".into(), json!(10_000_000)); }).is_ok());
+        assert!(
+            check(|o| {
+                o.insert("amount_cents".into(), json!(10_000_000));
+            })
+            .is_ok()
+        );
     }
 
     #[test]
@@ -370,9 +409,18 @@ mod tests {
             let (code, got_field) = rejected_field(check(|o| {
                 o.insert(field.into(), bad.clone());
             }));
-            assert_eq!((code, got_field.as_str()), (RejectionCode::InvalidField, field), "{bad}");
+            assert_eq!(
+                (code, got_field.as_str()),
+                (RejectionCode::InvalidField, field),
+                "{bad}"
+            );
         }
-        assert!(check(|o| { o.insert("order_id".into(), json!("x".repeat(128))); }).is_ok());
+        assert!(
+            check(|o| {
+                o.insert("order_id".into(), json!("x".repeat(128)));
+            })
+            .is_ok()
+        );
     }
 
     #[test]
@@ -380,11 +428,17 @@ mod tests {
         let (code, field) = rejected_field(check(|o| {
             o.insert("amount".into(), json!(1));
         }));
-        assert_eq!((code, field.as_str()), (RejectionCode::UnknownField, "amount"));
+        assert_eq!(
+            (code, field.as_str()),
+            (RejectionCode::UnknownField, "amount")
+        );
         let (code, field) = rejected_field(check(|o| {
             o.remove("order_id");
         }));
-        assert_eq!((code, field.as_str()), (RejectionCode::MissingField, "order_id"));
+        assert_eq!(
+            (code, field.as_str()),
+            (RejectionCode::MissingField, "order_id")
+        );
     }
 
     #[test]
@@ -393,31 +447,54 @@ mod tests {
             o.remove("currency");
         })
         .unwrap();
-        assert_eq!(input.clone().into_event(Some("EUR")).unwrap().currency, "EUR");
-        assert_eq!(input.into_event(None).unwrap_err().code, RejectionCode::MissingField);
+        assert_eq!(
+            input.clone().into_event(Some("EUR")).unwrap().currency,
+            "EUR"
+        );
+        assert_eq!(
+            input.into_event(None).unwrap_err().code,
+            RejectionCode::MissingField
+        );
         let (code, field) = rejected_field(check(|o| {
             o.insert("currency".into(), json!("usd"));
         }));
-        assert_eq!((code, field.as_str()), (RejectionCode::InvalidField, "currency"));
+        assert_eq!(
+            (code, field.as_str()),
+            (RejectionCode::InvalidField, "currency")
+        );
     }
 
     #[test]
     fn paid_at_must_parse_and_not_be_far_in_the_future() {
-        let future = EventTime(NOW_MS + PAID_AT_FUTURE_SKEW_MS_DEFAULT + 1).to_rfc3339().unwrap();
-        let near = EventTime(NOW_MS + PAID_AT_FUTURE_SKEW_MS_DEFAULT).to_rfc3339().unwrap();
+        let future = EventTime(NOW_MS + PAID_AT_FUTURE_SKEW_MS_DEFAULT + 1)
+            .to_rfc3339()
+            .unwrap();
+        let near = EventTime(NOW_MS + PAID_AT_FUTURE_SKEW_MS_DEFAULT)
+            .to_rfc3339()
+            .unwrap();
         for bad in [json!("tomorrow"), json!(1_795_000_000), json!(future)] {
             let (code, field) = rejected_field(check(|o| {
                 o.insert("paid_at".into(), bad.clone());
             }));
-            assert_eq!((code, field.as_str()), (RejectionCode::InvalidField, "paid_at"), "{bad}");
+            assert_eq!(
+                (code, field.as_str()),
+                (RejectionCode::InvalidField, "paid_at"),
+                "{bad}"
+            );
         }
-        assert!(check(|o| { o.insert("paid_at".into(), json!(near)); }).is_ok());
+        assert!(
+            check(|o| {
+                o.insert("paid_at".into(), json!(near));
+            })
+            .is_ok()
+        );
     }
 
     #[test]
     fn non_objects_are_rejected_without_a_field() {
         for bad in [json!([]), json!("x"), json!(1)] {
-            let rejection = validate_donation(&bad, &DonationLimits::default(), NOW_MS).unwrap_err();
+            let rejection =
+                validate_donation(&bad, &DonationLimits::default(), NOW_MS).unwrap_err();
             assert_eq!(rejection.code, RejectionCode::InvalidBody);
             assert!(rejection.field.is_none());
         }

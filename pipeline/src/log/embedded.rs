@@ -63,10 +63,16 @@ impl EmbeddedLog {
             .map(|id| {
                 let partition_dir = dir.join(format!("partition-{id:03}"));
                 if !partition_dir.exists() {
-                    std::fs::create_dir(&partition_dir).map_err(|e| LogError::io(&partition_dir, e))?;
+                    std::fs::create_dir(&partition_dir)
+                        .map_err(|e| LogError::io(&partition_dir, e))?;
                     sync_directory(dir)?;
                 }
-                Partition::open(id, &partition_dir, options.partition, Arc::clone(&options.clock))
+                Partition::open(
+                    id,
+                    &partition_dir,
+                    options.partition,
+                    Arc::clone(&options.clock),
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
@@ -137,7 +143,11 @@ impl Log for EmbeddedLog {
         Ok(self.partition(partition)?.end_offset())
     }
 
-    async fn wait_for_offset(&self, partition: PartitionId, offset: Offset) -> Result<(), LogError> {
+    async fn wait_for_offset(
+        &self,
+        partition: PartitionId,
+        offset: Offset,
+    ) -> Result<(), LogError> {
         self.partition(partition)?.wait_for_offset(offset).await
     }
 }
@@ -146,7 +156,9 @@ fn create_manifest(dir: &Path, partition_count: u32) -> Result<Manifest, LogErro
     if !(1..=PARTITION_COUNT_MAX).contains(&partition_count) {
         return Err(LogError::InvalidDirectory {
             path: dir.to_owned(),
-            reason: format!("partition count must be 1 to {PARTITION_COUNT_MAX}, got {partition_count}"),
+            reason: format!(
+                "partition count must be 1 to {PARTITION_COUNT_MAX}, got {partition_count}"
+            ),
         });
     }
     let manifest = Manifest::new(partition_count);
@@ -164,7 +176,9 @@ fn lock_directory(dir: &Path) -> Result<File, LogError> {
         .map_err(|e| LogError::io(&path, e))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::Locked { path: dir.to_owned() }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::Locked {
+            path: dir.to_owned(),
+        }),
         Err(std::fs::TryLockError::Error(e)) => Err(LogError::io(&path, e)),
     }
 }

@@ -73,7 +73,8 @@ pub fn encode_frame<'a>(
     let mut record_count: u32 = 0;
     for record in records {
         let key_len = u32::try_from(record.key.len()).expect("key bounded by the frame limit");
-        let value_len = u32::try_from(record.value.len()).expect("value bounded by the frame limit");
+        let value_len =
+            u32::try_from(record.value.len()).expect("value bounded by the frame limit");
         buffer.extend_from_slice(&key_len.to_le_bytes());
         buffer.extend_from_slice(&value_len.to_le_bytes());
         buffer.extend_from_slice(&record.key);
@@ -82,7 +83,10 @@ pub fn encode_frame<'a>(
     }
     assert!(record_count > 0, "a frame holds at least one record");
     let body_len = buffer.len() - body_start;
-    assert!(body_len <= FRAME_BODY_BYTES_MAX, "frame body of {body_len} bytes over the limit");
+    assert!(
+        body_len <= FRAME_BODY_BYTES_MAX,
+        "frame body of {body_len} bytes over the limit"
+    );
     buffer[body_start + 8..body_start + 12].copy_from_slice(&record_count.to_le_bytes());
     let crc = crc32c::crc32c(&buffer[body_start..]);
     buffer[frame_start + 4..frame_start + 8].copy_from_slice(&(body_len as u32).to_le_bytes());
@@ -105,7 +109,9 @@ pub fn body_len_from_header(header: &[u8]) -> Result<usize, FrameProblem> {
     }
     let body_len = read_u32(header, 4) as usize;
     if !(BODY_FIXED_BYTES..=FRAME_BODY_BYTES_MAX).contains(&body_len) {
-        return Err(FrameProblem::Invalid(format!("frame body length {body_len} out of bounds")));
+        return Err(FrameProblem::Invalid(format!(
+            "frame body length {body_len} out of bounds"
+        )));
     }
     Ok(body_len)
 }
@@ -176,7 +182,9 @@ fn check_record_layout(body: &[u8], record_count: u32) -> Result<(), FrameProble
     let mut position = BODY_FIXED_BYTES;
     for _ in 0..record_count {
         if position + RECORD_HEADER_BYTES > body.len() {
-            return Err(FrameProblem::Invalid("record header past the frame end".into()));
+            return Err(FrameProblem::Invalid(
+                "record header past the frame end".into(),
+            ));
         }
         let key_len = read_u32(body, position) as usize;
         let value_len = read_u32(body, position + 4) as usize;
@@ -222,10 +230,16 @@ mod tests {
         assert_eq!(checked.end_offset(), 45);
         let mut out = Vec::new();
         decode_records(&buffer, &checked, 3, 42, 2, &mut out);
-        assert_eq!(out.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![42, 43]);
+        assert_eq!(
+            out.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            vec![42, 43]
+        );
         assert_eq!(out[0].key, b"k2");
         assert_eq!(out[1].value, vec![3u8; 3]);
-        assert!(out.iter().all(|r| r.partition == 3 && r.append_time_ms == 1234));
+        assert!(
+            out.iter()
+                .all(|r| r.partition == 3 && r.append_time_ms == 1234)
+        );
     }
 
     #[test]
@@ -233,7 +247,11 @@ mod tests {
         let mut buffer = Vec::new();
         encode_frame(&mut buffer, 0, 1, &records(3));
         for cut in 0..buffer.len() {
-            assert_eq!(check_frame(&buffer[..cut]), Err(FrameProblem::Truncated), "cut {cut}");
+            assert_eq!(
+                check_frame(&buffer[..cut]),
+                Err(FrameProblem::Truncated),
+                "cut {cut}"
+            );
         }
     }
 

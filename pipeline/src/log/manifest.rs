@@ -6,9 +6,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::LogError;
 use super::partition::sync_directory;
 use super::partitioner::PARTITIONER_NAME;
-use super::LogError;
 
 pub const MANIFEST_FILE_NAME: &str = "manifest.json";
 pub const MANIFEST_FORMAT_VERSION: u32 = 1;
@@ -54,10 +54,16 @@ impl Manifest {
             )));
         }
         if manifest.partitioner != PARTITIONER_NAME {
-            return Err(invalid(format!("unknown partitioner {:?}", manifest.partitioner)));
+            return Err(invalid(format!(
+                "unknown partitioner {:?}",
+                manifest.partitioner
+            )));
         }
         if !(1..=PARTITION_COUNT_MAX).contains(&manifest.partition_count) {
-            return Err(invalid(format!("partition count {} out of range", manifest.partition_count)));
+            return Err(invalid(format!(
+                "partition count {} out of range",
+                manifest.partition_count
+            )));
         }
         Ok(Some(manifest))
     }

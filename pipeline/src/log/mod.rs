@@ -160,7 +160,8 @@ pub trait Log: Send + Sync + std::fmt::Debug {
 
     /// Returns once `partition`'s end offset is greater than `offset`, i.e. once the record at
     /// `offset` can be read. Waits without polling.
-    async fn wait_for_offset(&self, partition: PartitionId, offset: Offset) -> Result<(), LogError>;
+    async fn wait_for_offset(&self, partition: PartitionId, offset: Offset)
+    -> Result<(), LogError>;
 }
 
 /// Appends keyed records to whichever partitions their keys choose, all partitions at once.

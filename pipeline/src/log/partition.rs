@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::frame::{self, FRAME_BODY_BYTES_MAX};
 use super::segment::{
-    self, IndexEntry, SealedIndex, SparseIndex, SEGMENT_HEADER_BYTES, check_segment_header,
+    self, IndexEntry, SEGMENT_HEADER_BYTES, SealedIndex, SparseIndex, check_segment_header,
     index_file_name, parse_segment_file_name, scan_segment, segment_file_name, segment_header,
     valid_frame_follows,
 };
@@ -77,7 +77,9 @@ impl PartitionState {
     }
 
     fn active(&mut self) -> &mut SegmentView {
-        self.segments.last_mut().expect("a partition always has a segment")
+        self.segments
+            .last_mut()
+            .expect("a partition always has a segment")
     }
 }
 
@@ -169,7 +171,9 @@ impl Partition {
     pub fn append_blocking(&self, records: Vec<KeyedRecord>) -> Result<AppendAck, LogError> {
         let (request, reply) = self.request(records)?;
         let sender = self.requests.as_ref().ok_or(LogError::Closed)?;
-        sender.blocking_send(request).map_err(|_| LogError::Closed)?;
+        sender
+            .blocking_send(request)
+            .map_err(|_| LogError::Closed)?;
         reply.blocking_recv().map_err(|_| LogError::Closed)?
     }
 
@@ -177,7 +181,13 @@ impl Partition {
     fn request(
         &self,
         records: Vec<KeyedRecord>,
-    ) -> Result<(AppendRequest, oneshot::Receiver<Result<AppendAck, LogError>>), LogError> {
+    ) -> Result<
+        (
+            AppendRequest,
+            oneshot::Receiver<Result<AppendAck, LogError>>,
+        ),
+        LogError,
+    > {
         assert!(!records.is_empty(), "an append holds at least one record");
         let bytes: usize = records.iter().map(frame::record_encoded_bytes).sum();
         // The frame's fixed fields are few; leave them room under the body bound.
@@ -245,7 +255,11 @@ impl Partition {
             next = last.offset + 1;
             records.append(&mut batch);
         }
-        debug_assert!(records.windows(2).all(|pair| pair[0].offset + 1 == pair[1].offset));
+        debug_assert!(
+            records
+                .windows(2)
+                .all(|pair| pair[0].offset + 1 == pair[1].offset)
+        );
         debug_assert!(records.first().is_none_or(|first| first.offset == from));
         Ok(records)
     }
@@ -408,11 +422,21 @@ impl Writer {
         let (file, path, position, base_offset) = {
             let mut state = write_lock(&self.state);
             let active = state.active();
-            (Arc::clone(&active.file), active.path.clone(), active.end_position, active.end_offset)
+            (
+                Arc::clone(&active.file),
+                active.path.clone(),
+                active.end_position,
+                active.end_offset,
+            )
         };
         self.encode_buffer.clear();
         let records = group.iter().flat_map(|request| request.records.iter());
-        let info = frame::encode_frame(&mut self.encode_buffer, base_offset, self.clock.now_ms(), records);
+        let info = frame::encode_frame(
+            &mut self.encode_buffer,
+            base_offset,
+            self.clock.now_ms(),
+            records,
+        );
         file.write_all_at(&self.encode_buffer, position)
             .map_err(|e| LogError::io(&path, e))?;
         file.sync_data().map_err(|e| LogError::io(&path, e))?;
@@ -445,7 +469,11 @@ impl Writer {
             (active.base_offset, sealed)
         };
         let (base_offset, sealed) = sealed;
-        segment::write_index_file(&self.dir.join(index_file_name(base_offset)), base_offset, &sealed)?;
+        segment::write_index_file(
+            &self.dir.join(index_file_name(base_offset)),
+            base_offset,
+            &sealed,
+        )?;
         let next = create_segment(&self.dir, sealed.end_offset, &self.config)?;
         write_lock(&self.state).segments.push(next);
         Ok(())
@@ -463,7 +491,11 @@ fn write_lock(state: &RwLock<PartitionState>) -> RwLockWriteGuard<'_, PartitionS
 }
 
 /// Creates an empty segment starting at `base_offset`: header written, file and directory synced.
-fn create_segment(dir: &Path, base_offset: Offset, config: &PartitionConfig) -> Result<SegmentView, LogError> {
+fn create_segment(
+    dir: &Path,
+    base_offset: Offset,
+    config: &PartitionConfig,
+) -> Result<SegmentView, LogError> {
     let path = dir.join(segment_file_name(base_offset));
     let file = OpenOptions::new()
         .read(true)
@@ -527,11 +559,17 @@ fn check_continuity(path: &Path, base: Offset, expected_base: Offset) -> Result<
     Err(LogError::Corruption {
         path: path.to_owned(),
         position: 0,
-        reason: format!("segment starts at offset {base} but the previous one ends at {expected_base}"),
+        reason: format!(
+            "segment starts at offset {base} but the previous one ends at {expected_base}"
+        ),
     })
 }
 
-fn open_sealed_segment(dir: &Path, base: Offset, config: &PartitionConfig) -> Result<SegmentView, LogError> {
+fn open_sealed_segment(
+    dir: &Path,
+    base: Offset,
+    config: &PartitionConfig,
+) -> Result<SegmentView, LogError> {
     let path = dir.join(segment_file_name(base));
     let file = File::open(&path).map_err(|e| LogError::io(&path, e))?;
     check_segment_header(&file, &path, base)?;
@@ -577,7 +615,12 @@ fn rebuild_sealed_index(
         offset: base,
         position: SEGMENT_HEADER_BYTES,
     };
-    let outcome = scan_segment(file, path, start, SparseIndex::new(config.index_interval_bytes))?;
+    let outcome = scan_segment(
+        file,
+        path,
+        start,
+        SparseIndex::new(config.index_interval_bytes),
+    )?;
     if let Some((position, problem)) = outcome.stopped_at {
         return Err(LogError::Corruption {
             path: path.to_owned(),
@@ -594,7 +637,11 @@ fn rebuild_sealed_index(
 
 /// Opens the segment being written: scans it, and truncates a torn tail back to the last whole
 /// frame; damage followed by valid frames is corruption and is reported, never skipped.
-fn open_last_segment(dir: &Path, base: Offset, config: &PartitionConfig) -> Result<SegmentView, LogError> {
+fn open_last_segment(
+    dir: &Path,
+    base: Offset,
+    config: &PartitionConfig,
+) -> Result<SegmentView, LogError> {
     let path = dir.join(segment_file_name(base));
     let file = OpenOptions::new()
         .read(true)
@@ -613,7 +660,12 @@ fn open_last_segment(dir: &Path, base: Offset, config: &PartitionConfig) -> Resu
         offset: base,
         position: SEGMENT_HEADER_BYTES,
     };
-    let outcome = scan_segment(&file, &path, start, SparseIndex::new(config.index_interval_bytes))?;
+    let outcome = scan_segment(
+        &file,
+        &path,
+        start,
+        SparseIndex::new(config.index_interval_bytes),
+    )?;
     if let Some((position, problem)) = &outcome.stopped_at {
         if valid_frame_follows(&file, &path, *position, outcome.end_offset)? {
             return Err(LogError::Corruption {
@@ -628,7 +680,8 @@ fn open_last_segment(dir: &Path, base: Offset, config: &PartitionConfig) -> Resu
             bytes = file_len - position,
             "truncating a torn tail back to the last whole frame"
         );
-        file.set_len(*position).map_err(|e| LogError::io(&path, e))?;
+        file.set_len(*position)
+            .map_err(|e| LogError::io(&path, e))?;
         file.sync_all().map_err(|e| LogError::io(&path, e))?;
     }
     Ok(SegmentView {

@@ -63,6 +63,9 @@ mod tests {
         for i in 0..80_000 {
             counts[eight.partition_for_key(format!("pay_{i}").as_bytes()) as usize] += 1;
         }
-        assert!(counts.iter().all(|&n| (9_000..11_000).contains(&n)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&n| (9_000..11_000).contains(&n)),
+            "{counts:?}"
+        );
     }
 }

@@ -23,7 +23,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::frame::{self, FrameInfo, FrameProblem, FRAME_HEADER_BYTES, FRAME_MAGIC};
+use super::frame::{self, FRAME_HEADER_BYTES, FRAME_MAGIC, FrameInfo, FrameProblem};
 use super::{LogError, LogRecord, Offset, PartitionId};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TALLYSEG";
@@ -61,19 +61,24 @@ pub fn segment_header(base_offset: Offset) -> [u8; SEGMENT_HEADER_BYTES as usize
 /// Checks a segment's header against the base offset its name promises.
 pub fn check_segment_header(file: &File, path: &Path, base_offset: Offset) -> Result<(), LogError> {
     let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
-    file.read_exact_at(&mut header, 0).map_err(|e| LogError::Corruption {
-        path: path.to_owned(),
-        position: 0,
-        reason: format!("segment header unreadable: {e}"),
-    })?;
+    file.read_exact_at(&mut header, 0)
+        .map_err(|e| LogError::Corruption {
+            path: path.to_owned(),
+            position: 0,
+            reason: format!("segment header unreadable: {e}"),
+        })?;
     let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     let stored_base = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
     let problem = if header[0..8] != SEGMENT_MAGIC {
         Some("not a tally segment (bad magic)".to_owned())
     } else if version != SEGMENT_FORMAT_VERSION {
-        Some(format!("segment format version {version} is not known to this build"))
+        Some(format!(
+            "segment format version {version} is not known to this build"
+        ))
     } else if stored_base != base_offset {
-        Some(format!("header says base offset {stored_base}, file name says {base_offset}"))
+        Some(format!(
+            "header says base offset {stored_base}, file name says {base_offset}"
+        ))
     } else {
         None
     };
@@ -114,7 +119,7 @@ impl SparseIndex {
     pub fn note_frame(&mut self, offset: Offset, position: u64) {
         let due = match self.entries.last() {
             None => true,
-            Some(last) => position >= last.position + self.interval_bytes,
+            Some(last) => position >= last.position.saturating_add(self.interval_bytes),
         };
         if due {
             debug_assert!(self.entries.last().is_none_or(|last| last.offset < offset));
@@ -182,14 +187,24 @@ pub fn write_index_file(
 
 /// Reads a sealed segment's index file; `None` if it is missing or damaged (then the caller
 /// rebuilds it by scanning the segment).
-pub fn read_index_file(path: &Path, base_offset: Offset, interval_bytes: u64) -> Option<SealedIndex> {
+pub fn read_index_file(
+    path: &Path,
+    base_offset: Offset,
+    interval_bytes: u64,
+) -> Option<SealedIndex> {
     let bytes = std::fs::read(path).ok()?;
     let (body, crc_bytes) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
     if crc32c::crc32c(body) != u32::from_le_bytes(crc_bytes.try_into().ok()?) {
         return None;
     }
-    let u32_at = |at: usize| body.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4")));
-    let u64_at = |at: usize| body.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8")));
+    let u32_at = |at: usize| {
+        body.get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4")))
+    };
+    let u64_at = |at: usize| {
+        body.get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8")))
+    };
     if body.get(0..8)? != INDEX_MAGIC || u32_at(8)? != SEGMENT_FORMAT_VERSION {
         return None;
     }

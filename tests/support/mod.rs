@@ -1,0 +1,60 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use tally_pipeline::log::partition::PartitionConfig;
+use tally_pipeline::log::{
+    EmbeddedLog, EmbeddedLogOptions, KeyedRecord, LogRecord, Offset, PartitionId,
+};
+
+/// Options with tiny segments so that tests cross segment boundaries.
+pub fn small_segment_options(partition_count: u32) -> EmbeddedLogOptions {
+    EmbeddedLogOptions {
+        partition_count,
+        partition: PartitionConfig {
+            segment_bytes_max: 2048,
+            index_interval_bytes: 256,
+            ..PartitionConfig::default()
+        },
+        ..EmbeddedLogOptions::default()
+    }
+}
+
+pub fn open(dir: &Path, options: &EmbeddedLogOptions) -> EmbeddedLog {
+    EmbeddedLog::open(dir, options.clone()).expect("open log")
+}
+
+pub fn record(key: &str, value: &str) -> KeyedRecord {
+    KeyedRecord {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+/// Every record of a partition, read in small batches to exercise resumption.
+pub fn read_all(log: &EmbeddedLog, partition: PartitionId) -> Vec<LogRecord> {
+    let reader = log.partition(partition).unwrap();
+    let mut records = Vec::new();
+    let mut next: Offset = 0;
+    loop {
+        let batch = reader.read(next, 37).unwrap();
+        let Some(last) = batch.last() else { break };
+        next = last.offset + 1;
+        records.extend(batch);
+    }
+    assert_eq!(records.len() as u64, reader.end_offset());
+    records
+}
+
+/// The segment files of one partition, in offset order.
+pub fn segment_files(log_dir: &Path, partition: PartitionId) -> Vec<PathBuf> {
+    let dir = log_dir.join(format!("partition-{partition:03}"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
+        .collect();
+    files.sort();
+    files
+}
