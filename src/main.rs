@@ -35,6 +35,17 @@ enum Command {
     /// Inspect the donation log.
     #[command(subcommand)]
     Log(commands::log::LogCommand),
+    /// Run the pipeline over the log: catch up and exit, or keep following.
+    Process(commands::process::ProcessArgs),
+    /// List, save, restore and verify checkpoints.
+    #[command(subcommand)]
+    Checkpoint(commands::checkpoint::CheckpointCommand),
+    /// Campaign totals and statistics from the committed state.
+    #[command(subcommand)]
+    Campaign(commands::campaign::CampaignCommand),
+    /// Audit records.
+    #[command(subcommand)]
+    Audit(commands::audit::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +54,10 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Import(args) => commands::import::run(&cli.data_dir, args),
         Command::Log(command) => commands::log::run(&cli.data_dir, command),
+        Command::Process(args) => commands::process::run(&cli.data_dir, args),
+        Command::Checkpoint(command) => commands::checkpoint::run(&cli.data_dir, command),
+        Command::Campaign(command) => commands::campaign::run(&cli.data_dir, command),
+        Command::Audit(command) => commands::audit::run(&cli.data_dir, command),
     };
     match outcome {
         Ok(code) => code,

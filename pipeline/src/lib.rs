@@ -17,6 +17,12 @@
 //! [`Partitioner`](log::Partitioner) sends every retry of one payment to one partition. An append
 //! is acknowledged only once the record is durable; readers see durable records only.
 
+pub mod checkpoint;
 pub mod clock;
+pub mod codec;
 pub mod event;
 pub mod log;
+pub mod operators;
+pub mod processor;
+pub mod read_model;
+pub mod runner;

@@ -1,0 +1,342 @@
+//! Every operator's state for one partition, and how one log record changes it.
+//!
+//! `apply` is deterministic: the same records in the same order give the same state and the same
+//! digest, whatever the checkpoint cadence, cache contents or process restarts in between.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::digest::{self, StateDigest, element_hash, kind};
+use crate::event::DonationEvent;
+use crate::log::{Offset, PartitionId};
+use crate::operators::campaign_totals::{CampaignTotal, CampaignTotals};
+use crate::operators::conflict_audit::Conflict;
+use crate::operators::dedupe::{Candidate, DonationIndex, IndexChange, differing_fields};
+use crate::operators::event_time_windows::{BucketKey, EventTimeWindows, WindowBucket};
+use crate::operators::watermark::Watermark;
+
+/// Running counts of what a partition has applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionCounters {
+    /// Log records applied, of every outcome.
+    pub applied: u64,
+    pub recorded: u64,
+    pub duplicates: u64,
+    pub conflicts: u64,
+    /// Recorded donations that were older than the watermark when they arrived.
+    pub late: u64,
+}
+
+/// What applying one record did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Recorded { late: bool },
+    Duplicate { recorded_offset: Offset },
+    Conflict(Conflict),
+}
+
+/// Why a record could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("cannot read the recorded event at offset {offset} of partition {partition}: {reason}")]
+    RecordedEventUnavailable {
+        partition: PartitionId,
+        offset: Offset,
+        reason: String,
+    },
+}
+
+/// Reads back the event recorded at an offset of this partition (from the log).
+pub trait RecordedEvents {
+    fn recorded_event(&self, offset: Offset) -> Result<DonationEvent, ApplyError>;
+}
+
+/// The scalars that, with the digest components, make up the combined state digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateScalars {
+    pub partition: PartitionId,
+    pub next_offset: Offset,
+    pub counters: PartitionCounters,
+    pub watermark: Watermark,
+}
+
+/// What changed since the last checkpoint, ready to be committed.
+#[derive(Debug, Default)]
+pub struct StateChanges {
+    pub index: Vec<IndexChange>,
+    pub totals: Vec<(String, CampaignTotal)>,
+    pub buckets: Vec<(BucketKey, WindowBucket)>,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// One partition's state.
+#[derive(Debug)]
+pub struct PartitionState {
+    partition: PartitionId,
+    next_offset: Offset,
+    counters: PartitionCounters,
+    watermark: Watermark,
+    index: DonationIndex,
+    totals: CampaignTotals,
+    windows: EventTimeWindows,
+    pending_conflicts: Vec<Conflict>,
+    digest: StateDigest,
+    /// Element hashes as of the last checkpoint, to replace them in the digest.
+    total_hashes: HashMap<String, u64>,
+    bucket_hashes: HashMap<BucketKey, u64>,
+}
+
+impl PartitionState {
+    /// Empty state, to be applied from offset 0.
+    pub fn new(partition: PartitionId, allowed_lateness_ms: i64) -> Self {
+        Self {
+            partition,
+            next_offset: 0,
+            counters: PartitionCounters::default(),
+            watermark: Watermark::new(allowed_lateness_ms),
+            index: DonationIndex::default(),
+            totals: CampaignTotals::default(),
+            windows: EventTimeWindows::default(),
+            pending_conflicts: Vec::new(),
+            digest: StateDigest::default(),
+            total_hashes: HashMap::new(),
+            bucket_hashes: HashMap::new(),
+        }
+    }
+
+    /// State as a checkpoint stored it. The digest is recomputed from the parts, so the caller
+    /// can compare it with the digest the checkpoint recorded.
+    pub fn restore(
+        scalars: StateScalars,
+        index_changes: impl IntoIterator<Item = IndexChange>,
+        totals: Vec<(String, CampaignTotal)>,
+        buckets: Vec<(BucketKey, WindowBucket)>,
+        conflicts: &[Conflict],
+    ) -> Self {
+        let mut state = Self::new(scalars.partition, 0);
+        state.next_offset = scalars.next_offset;
+        state.counters = scalars.counters;
+        state.watermark = scalars.watermark;
+        state.index = DonationIndex::with_capacity(scalars.counters.recorded as usize);
+        let mut resends = HashMap::new();
+        for change in index_changes {
+            match &change {
+                IndexChange::Recorded { fingerprint, offset } => {
+                    digest::replace(&mut state.digest.recorded, None, recorded_hash(*fingerprint, *offset));
+                }
+                IndexChange::RecordedCollision { payment_ref, offset } => {
+                    let hash = element_hash(kind::RECORDED_COLLISION, payment_ref, offset);
+                    digest::replace(&mut state.digest.recorded, None, hash);
+                }
+                IndexChange::Resends { offset, counts } => {
+                    resends.insert(*offset, element_hash(kind::RESENDS, offset, counts));
+                }
+            }
+            state.index.restore(change);
+        }
+        state.digest.resends = resends.values().fold(0, |sum, hash| sum.wrapping_add(*hash));
+        for (campaign_id, total) in &totals {
+            let hash = element_hash(kind::CAMPAIGN_TOTAL, campaign_id, total);
+            digest::replace(&mut state.digest.totals, None, hash);
+            state.total_hashes.insert(campaign_id.clone(), hash);
+        }
+        for (key, bucket) in &buckets {
+            let hash = element_hash(kind::WINDOW_BUCKET, key, bucket);
+            digest::replace(&mut state.digest.windows, None, hash);
+            state.bucket_hashes.insert(key.clone(), hash);
+        }
+        for conflict in conflicts {
+            digest::replace(&mut state.digest.conflicts, None, conflict_hash(conflict));
+        }
+        state.totals = CampaignTotals::from_totals(totals);
+        state.windows = EventTimeWindows::from_buckets(buckets);
+        state
+    }
+
+    pub fn partition(&self) -> PartitionId {
+        self.partition
+    }
+
+    pub fn next_offset(&self) -> Offset {
+        self.next_offset
+    }
+
+    pub fn counters(&self) -> PartitionCounters {
+        self.counters
+    }
+
+    pub fn watermark(&self) -> Watermark {
+        self.watermark
+    }
+
+    pub fn totals(&self) -> &CampaignTotals {
+        &self.totals
+    }
+
+    pub fn windows(&self) -> &EventTimeWindows {
+        &self.windows
+    }
+
+    pub fn index(&self) -> &DonationIndex {
+        &self.index
+    }
+
+    pub fn scalars(&self) -> StateScalars {
+        StateScalars {
+            partition: self.partition,
+            next_offset: self.next_offset,
+            counters: self.counters,
+            watermark: self.watermark,
+        }
+    }
+
+    /// The digest components as of the last `take_changes` (or restore).
+    pub fn digest(&self) -> StateDigest {
+        self.digest
+    }
+
+    /// The combined digest as of the last `take_changes` (or restore).
+    pub fn state_digest(&self) -> u64 {
+        self.digest.combined(&self.scalars())
+    }
+
+    /// Applies the record at `offset`, which must be the next one.
+    pub fn apply(
+        &mut self,
+        offset: Offset,
+        event: DonationEvent,
+        recorded_events: &dyn RecordedEvents,
+    ) -> Result<Outcome, ApplyError> {
+        assert_eq!(offset, self.next_offset, "partition {} applies records in order", self.partition);
+        let outcome = match self.index.lookup(&event.payment_ref) {
+            Candidate::None => self.record(offset, &event),
+            Candidate::Exact(recorded_offset) => self.resend(recorded_offset, offset, event, recorded_events)?,
+            Candidate::Fingerprint(recorded_offset) => {
+                match self.confirm(recorded_offset, &event, recorded_events)? {
+                    Confirmation::OtherPayment => self.record(offset, &event),
+                    Confirmation::SamePayment => self.resend(recorded_offset, offset, event, recorded_events)?,
+                }
+            }
+        };
+        self.next_offset = offset + 1;
+        self.counters.applied += 1;
+        Ok(outcome)
+    }
+
+    fn record(&mut self, offset: Offset, event: &DonationEvent) -> Outcome {
+        let change = self.index.record(event, offset);
+        let hash = match &change {
+            IndexChange::Recorded { fingerprint, offset } => recorded_hash(*fingerprint, *offset),
+            IndexChange::RecordedCollision { payment_ref, offset } => {
+                element_hash(kind::RECORDED_COLLISION, payment_ref, offset)
+            }
+            IndexChange::Resends { .. } => unreachable!("record yields a recorded change"),
+        };
+        digest::replace(&mut self.digest.recorded, None, hash);
+        let paid_at_ms = event.paid_at.unix_ms();
+        let late = self.watermark.observe(paid_at_ms);
+        self.totals.record(&event.campaign_id, event.amount_cents);
+        self.windows.record(&event.campaign_id, paid_at_ms, event.amount_cents);
+        self.counters.recorded += 1;
+        self.counters.late += u64::from(late);
+        Outcome::Recorded { late }
+    }
+
+    /// Whether a fingerprint match is the same payment, from the recent checks or the log.
+    fn confirm(
+        &self,
+        recorded_offset: Offset,
+        event: &DonationEvent,
+        recorded_events: &dyn RecordedEvents,
+    ) -> Result<Confirmation, ApplyError> {
+        let same = match self.index.recent(recorded_offset) {
+            Some(checks) => checks.same_payment(event),
+            None => recorded_events.recorded_event(recorded_offset)?.payment_ref == event.payment_ref,
+        };
+        Ok(if same { Confirmation::SamePayment } else { Confirmation::OtherPayment })
+    }
+
+    fn resend(
+        &mut self,
+        recorded_offset: Offset,
+        offset: Offset,
+        event: DonationEvent,
+        recorded_events: &dyn RecordedEvents,
+    ) -> Result<Outcome, ApplyError> {
+        let duplicate = match self.index.recent(recorded_offset) {
+            Some(checks) if checks.same_content(&event) => None,
+            _ => {
+                let recorded = recorded_events.recorded_event(recorded_offset)?;
+                let differences = differing_fields(&recorded, &event);
+                (!differences.is_empty()).then_some(differences)
+            }
+        };
+        let old_counts = self.index.resends(recorded_offset);
+        let is_conflict = duplicate.is_some();
+        let change = self.index.count_resend(recorded_offset, is_conflict);
+        if let IndexChange::Resends { counts, .. } = &change {
+            let old = (old_counts != Default::default()).then(|| element_hash(kind::RESENDS, &recorded_offset, &old_counts));
+            digest::replace(&mut self.digest.resends, old, element_hash(kind::RESENDS, &recorded_offset, counts));
+        }
+        match duplicate {
+            None => {
+                self.counters.duplicates += 1;
+                Ok(Outcome::Duplicate { recorded_offset })
+            }
+            Some(differences) => {
+                self.counters.conflicts += 1;
+                let conflict = Conflict {
+                    payment_ref: event.payment_ref,
+                    partition: self.partition,
+                    recorded_offset,
+                    conflicting_offset: offset,
+                    differences,
+                };
+                digest::replace(&mut self.digest.conflicts, None, conflict_hash(&conflict));
+                self.pending_conflicts.push(conflict.clone());
+                Ok(Outcome::Conflict(conflict))
+            }
+        }
+    }
+
+    /// Everything changed since the last call, and brings the digest up to date with it.
+    pub fn take_changes(&mut self) -> StateChanges {
+        let totals = self.totals.take_dirty();
+        for (campaign_id, total) in &totals {
+            let hash = element_hash(kind::CAMPAIGN_TOTAL, campaign_id, total);
+            let old = self.total_hashes.insert(campaign_id.clone(), hash);
+            digest::replace(&mut self.digest.totals, old, hash);
+        }
+        let buckets = self.windows.take_dirty();
+        for (key, bucket) in &buckets {
+            let hash = element_hash(kind::WINDOW_BUCKET, key, bucket);
+            let old = self.bucket_hashes.insert(key.clone(), hash);
+            digest::replace(&mut self.digest.windows, old, hash);
+        }
+        StateChanges {
+            index: self.index.take_pending(),
+            totals,
+            buckets,
+            conflicts: std::mem::take(&mut self.pending_conflicts),
+        }
+    }
+
+    /// Whether anything changed since the last `take_changes`.
+    pub fn has_changes(&self) -> bool {
+        !self.pending_conflicts.is_empty() || self.windows.has_dirty()
+    }
+}
+
+enum Confirmation {
+    SamePayment,
+    OtherPayment,
+}
+
+fn recorded_hash(fingerprint: u64, offset: Offset) -> u64 {
+    element_hash(kind::RECORDED, &fingerprint, &offset)
+}
+
+fn conflict_hash(conflict: &Conflict) -> u64 {
+    element_hash(kind::CONFLICT, &(&conflict.payment_ref, conflict.conflicting_offset), conflict)
+}

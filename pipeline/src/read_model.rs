@@ -1,0 +1,294 @@
+//! The read model: what queries see. Each partition's runner publishes, after every checkpoint
+//! commit, the absolute values it changed (campaign totals, window buckets) together with the
+//! offset they reflect; readers merge the partitions.
+//!
+//! Only committed state is published, so a reader never sees a total that a crash could take
+//! back. Updates carry absolute values and the offset they reflect, so applying an older update
+//! after a newer one is detected and ignored: re-delivery and reordering are harmless.
+
+use std::collections::BTreeMap;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::clock::UnixMillis;
+use crate::log::{Offset, PartitionId};
+use crate::operators::campaign_totals::CampaignTotal;
+use crate::operators::event_time_windows::{
+    BucketKey, EventTimeWindows, Granularity, MINUTE_MS, WindowBucket, cover,
+};
+use crate::processor::{PartitionCounters, PartitionState};
+
+/// Series longer than this are refused: a day of minutes.
+pub const SERIES_POINTS_MAX: i64 = 1440;
+
+/// One partition's committed changes, as published after a checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionUpdate {
+    pub partition: PartitionId,
+    /// The state reflects records `0..next_offset`.
+    pub next_offset: Offset,
+    pub committed_at_ms: UnixMillis,
+    pub watermark_ms: Option<UnixMillis>,
+    pub counters: PartitionCounters,
+    pub totals: Vec<(String, CampaignTotal)>,
+    pub buckets: Vec<(BucketKey, WindowBucket)>,
+}
+
+impl PartitionUpdate {
+    /// The whole of a partition's state, as one update (after loading a checkpoint).
+    pub fn whole(state: &PartitionState, committed_at_ms: UnixMillis) -> Self {
+        Self {
+            partition: state.partition(),
+            next_offset: state.next_offset(),
+            committed_at_ms,
+            watermark_ms: state.watermark().current(),
+            counters: state.counters(),
+            totals: state.totals().iter().map(|(c, t)| (c.clone(), *t)).collect(),
+            buckets: state.windows().iter().map(|(k, b)| (k, b.clone())).collect(),
+        }
+    }
+}
+
+/// What a partition's committed state looks like to readers.
+#[derive(Debug, Clone, Default)]
+struct PartitionView {
+    next_offset: Offset,
+    committed_at_ms: UnixMillis,
+    watermark_ms: Option<UnixMillis>,
+    counters: PartitionCounters,
+    totals: BTreeMap<String, CampaignTotal>,
+    windows: EventTimeWindows,
+}
+
+/// Progress of one partition, for freshness reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PartitionProgress {
+    pub partition: PartitionId,
+    pub applied_offset: Offset,
+    pub committed_at_ms: UnixMillis,
+    pub watermark_ms: Option<UnixMillis>,
+    pub counters: PartitionCounters,
+}
+
+/// Statistics of one campaign's donations with `paid_at` in `[from_ms, to_ms)`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CampaignStats {
+    pub from_ms: UnixMillis,
+    pub to_ms: UnixMillis,
+    pub count: u64,
+    pub sum_cents: u64,
+    pub min_cents: Option<u64>,
+    pub max_cents: Option<u64>,
+    /// Rounded to the nearest cent.
+    pub mean_cents: Option<u64>,
+    pub p50_cents: Option<u64>,
+    pub p90_cents: Option<u64>,
+    pub p99_cents: Option<u64>,
+    /// Buckets before this event time will not change any more (the lowest partition
+    /// watermark); `None` until every partition has seen a donation.
+    pub complete_through_ms: Option<UnixMillis>,
+    pub series: Option<Vec<SeriesPoint>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SeriesPoint {
+    pub start_ms: UnixMillis,
+    pub count: u64,
+    pub sum_cents: u64,
+}
+
+/// Why a statistics query cannot be answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatsError {
+    #[error("`from` must be before `to`")]
+    EmptyRange,
+    #[error("the series would have {points} points; the limit is {SERIES_POINTS_MAX}")]
+    SeriesTooLong { points: i64 },
+}
+
+#[derive(Debug)]
+pub struct ReadModel {
+    partitions: RwLock<Vec<PartitionView>>,
+    /// Bumped on every published update; readers wait on it for changes.
+    version: watch::Sender<u64>,
+}
+
+impl ReadModel {
+    pub fn new(partition_count: u32) -> Self {
+        Self {
+            partitions: RwLock::new(vec![PartitionView::default(); partition_count as usize]),
+            version: watch::channel(0).0,
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Vec<PartitionView>> {
+        self.partitions.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies a partition's update; an update older than what is already there is ignored.
+    pub fn publish(&self, update: PartitionUpdate) {
+        {
+            let mut partitions = self.partitions.write().unwrap_or_else(PoisonError::into_inner);
+            let view = &mut partitions[update.partition as usize];
+            if update.next_offset < view.next_offset {
+                return;
+            }
+            view.next_offset = update.next_offset;
+            view.committed_at_ms = update.committed_at_ms;
+            view.watermark_ms = update.watermark_ms;
+            view.counters = update.counters;
+            view.totals.extend(update.totals);
+            for (key, bucket) in update.buckets {
+                view.windows.set(key, bucket);
+            }
+        }
+        self.version.send_modify(|version| *version += 1);
+    }
+
+    /// Forgets a partition's view (its state is being rebuilt from scratch).
+    pub fn reset_partition(&self, partition: PartitionId) {
+        let mut partitions = self.partitions.write().unwrap_or_else(PoisonError::into_inner);
+        partitions[partition as usize] = PartitionView::default();
+    }
+
+    /// A receiver that changes whenever any partition publishes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    pub fn progress(&self) -> Vec<PartitionProgress> {
+        self.read()
+            .iter()
+            .enumerate()
+            .map(|(partition, view)| PartitionProgress {
+                partition: partition as PartitionId,
+                applied_offset: view.next_offset,
+                committed_at_ms: view.committed_at_ms,
+                watermark_ms: view.watermark_ms,
+                counters: view.counters,
+            })
+            .collect()
+    }
+
+    /// A campaign's total over all partitions.
+    pub fn campaign_total(&self, campaign_id: &str) -> CampaignTotal {
+        let mut total = CampaignTotal::default();
+        for view in self.read().iter() {
+            if let Some(partial) = view.totals.get(campaign_id) {
+                total.add(*partial);
+            }
+        }
+        total
+    }
+
+    /// Every campaign's total over all partitions.
+    pub fn campaign_totals(&self) -> BTreeMap<String, CampaignTotal> {
+        let mut totals: BTreeMap<String, CampaignTotal> = BTreeMap::new();
+        for view in self.read().iter() {
+            for (campaign_id, partial) in &view.totals {
+                totals.entry(campaign_id.clone()).or_default().add(*partial);
+            }
+        }
+        totals
+    }
+
+    /// Statistics over `[from_ms, to_ms)`, both truncated to the minute, with an optional series.
+    pub fn stats(
+        &self,
+        campaign_id: &str,
+        from_ms: UnixMillis,
+        to_ms: UnixMillis,
+        series: Option<Granularity>,
+    ) -> Result<CampaignStats, StatsError> {
+        let from_ms = Granularity::Minute.bucket_start(from_ms);
+        let to_ms = Granularity::Minute.bucket_start(to_ms);
+        if from_ms >= to_ms {
+            return Err(StatsError::EmptyRange);
+        }
+        if let Some(granularity) = series {
+            let first = granularity.bucket_start(from_ms);
+            let last = granularity.bucket_start(to_ms - 1);
+            let points = (last - first) / granularity.width_ms() + 1;
+            if points > SERIES_POINTS_MAX {
+                return Err(StatsError::SeriesTooLong { points });
+            }
+        }
+        let partitions = self.read();
+        let whole = merged_range(&partitions, campaign_id, from_ms, to_ms);
+        let series = series.map(|granularity| series_points(&partitions, campaign_id, from_ms, to_ms, granularity));
+        // A bucket's quantile is its highest equivalent value, which can exceed the largest
+        // amount recorded; clamp into the observed range.
+        let quantiles = whole
+            .histogram
+            .quantiles([0.5, 0.9, 0.99])
+            .map(|values| values.map(|v| v.clamp(whole.min_cents, whole.max_cents)));
+        let any = whole.count > 0;
+        Ok(CampaignStats {
+            from_ms,
+            to_ms,
+            count: whole.count,
+            sum_cents: whole.sum_cents,
+            min_cents: any.then_some(whole.min_cents),
+            max_cents: any.then_some(whole.max_cents),
+            mean_cents: any.then(|| (whole.sum_cents + whole.count / 2) / whole.count),
+            p50_cents: quantiles.map(|q| q[0]),
+            p90_cents: quantiles.map(|q| q[1]),
+            p99_cents: quantiles.map(|q| q[2]),
+            complete_through_ms: complete_through(&partitions),
+            series,
+        })
+    }
+}
+
+fn complete_through(partitions: &[PartitionView]) -> Option<UnixMillis> {
+    partitions
+        .iter()
+        .map(|view| view.watermark_ms)
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .min()
+        .map(|watermark| Granularity::Minute.bucket_start(watermark))
+}
+
+/// All partitions' buckets covering `[from_ms, to_ms)`, merged into one.
+fn merged_range(partitions: &[PartitionView], campaign_id: &str, from_ms: UnixMillis, to_ms: UnixMillis) -> WindowBucket {
+    let mut merged = WindowBucket::default();
+    let campaigns: Vec<_> = partitions.iter().filter_map(|view| view.windows.campaign(campaign_id)).collect();
+    if campaigns.is_empty() {
+        return merged;
+    }
+    for (granularity, start_ms) in cover(from_ms, to_ms) {
+        for campaign in &campaigns {
+            if let Some(bucket) = campaign.get(granularity, start_ms) {
+                merged.merge(bucket);
+            }
+        }
+    }
+    merged
+}
+
+fn series_points(
+    partitions: &[PartitionView],
+    campaign_id: &str,
+    from_ms: UnixMillis,
+    to_ms: UnixMillis,
+    granularity: Granularity,
+) -> Vec<SeriesPoint> {
+    let mut points = Vec::new();
+    let mut start_ms = granularity.bucket_start(from_ms);
+    while start_ms < to_ms {
+        let piece_from = start_ms.max(from_ms);
+        let piece_to = (start_ms + granularity.width_ms()).min(to_ms);
+        debug_assert!(piece_from % MINUTE_MS == 0 && piece_to % MINUTE_MS == 0);
+        let bucket = merged_range(partitions, campaign_id, piece_from, piece_to);
+        points.push(SeriesPoint {
+            start_ms,
+            count: bucket.count,
+            sum_cents: bucket.sum_cents,
+        });
+        start_ms += granularity.width_ms();
+    }
+    points
+}

@@ -1,0 +1,367 @@
+//! Runs the operators over the log: one thread per partition, each reading its partition from
+//! the committed offset, applying records, and checkpointing every N records or T milliseconds.
+//!
+//! Per partition:
+//! ```text
+//! load checkpoint ──(missing or damaged: reset, rebuild from offset 0)──┐
+//!     │                                                               │
+//!     └──► read records from next_offset ─► apply ─► checkpoint due? ─┴─► commit + publish
+//! ```
+//! A partition thread owns its state; nothing else writes it. It runs its own single-threaded
+//! async runtime to wait on the log, so checkpoint syncs never block a server's executor.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::checkpoint::{CheckpointError, CheckpointMeta, CheckpointStore, LoadedPartition};
+use crate::clock::Clock;
+use crate::event::{DonationEvent, envelope};
+use crate::log::{Log, LogError, Offset, PartitionId};
+use crate::operators::watermark::ALLOWED_LATENESS_MS_DEFAULT;
+use crate::processor::partition_state::{ApplyError, RecordedEvents};
+use crate::processor::{PartitionState, StateChanges};
+use crate::read_model::{PartitionUpdate, ReadModel};
+
+/// How the pipeline runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineConfig {
+    /// Commit a checkpoint at least this often while records are applied; bounds how stale the
+    /// published totals can be.
+    pub checkpoint_interval: Duration,
+    /// …or after this many records, whichever comes first.
+    pub checkpoint_records_max: u64,
+    pub allowed_lateness_ms: i64,
+    /// Records read from the log per call.
+    pub read_batch_records: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            // 50 ms keeps totals fresh well under a second at ~20 small commits a second per
+            // partition.
+            checkpoint_interval: Duration::from_millis(50),
+            checkpoint_records_max: 50_000,
+            allowed_lateness_ms: ALLOWED_LATENESS_MS_DEFAULT,
+            read_batch_records: 4096,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("record {offset} of partition {partition} is not a donation event this build can read: {reason}")]
+    UndecodableRecord {
+        partition: PartitionId,
+        offset: Offset,
+        reason: String,
+    },
+    #[error("the log has {log} partitions but the state has {state}")]
+    PartitionCountMismatch { log: u32, state: u32 },
+    #[error("partition {partition}'s checkpoint is at offset {checkpoint_offset} but the log ends at {log_end}: records the checkpoint counted are missing from the log")]
+    CheckpointBeyondLog {
+        partition: PartitionId,
+        checkpoint_offset: Offset,
+        log_end: Offset,
+    },
+    #[error("could not start the runtime for partition {partition}: {source}")]
+    Runtime {
+        partition: PartitionId,
+        source: std::io::Error,
+    },
+    #[error("partition {partition}'s thread panicked")]
+    Panicked { partition: PartitionId },
+}
+
+/// Whether a run stops at the end of the log or keeps following it.
+#[derive(Debug, Clone)]
+pub enum RunMode {
+    /// Apply everything the log holds now, checkpoint, return.
+    CatchUp,
+    /// Keep applying new records until `shutdown` turns true; then checkpoint and return.
+    Follow { shutdown: watch::Receiver<bool> },
+}
+
+/// What one partition's run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionRunSummary {
+    pub partition: PartitionId,
+    pub started_at_offset: Offset,
+    pub next_offset: Offset,
+    pub rebuilt: bool,
+    pub last_checkpoint: Option<CheckpointMeta>,
+}
+
+/// The operators over a log, checkpointed into a store, publishing to a read model.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    log: Arc<dyn Log>,
+    store: Arc<CheckpointStore>,
+    read_model: Arc<ReadModel>,
+    clock: Arc<dyn Clock>,
+    config: PipelineConfig,
+}
+
+impl Pipeline {
+    pub fn new(
+        log: Arc<dyn Log>,
+        store: Arc<CheckpointStore>,
+        read_model: Arc<ReadModel>,
+        clock: Arc<dyn Clock>,
+        config: PipelineConfig,
+    ) -> Result<Self, PipelineError> {
+        if log.partition_count() != store.partition_count() {
+            return Err(PipelineError::PartitionCountMismatch {
+                log: log.partition_count(),
+                state: store.partition_count(),
+            });
+        }
+        Ok(Self {
+            log,
+            store,
+            read_model,
+            clock,
+            config,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<CheckpointStore> {
+        &self.store
+    }
+
+    pub fn read_model(&self) -> &Arc<ReadModel> {
+        &self.read_model
+    }
+
+    /// Loads every partition's checkpoint and publishes it to the read model, rebuilding any
+    /// partition whose checkpoint is damaged. Returns the states, ready to run.
+    pub fn load(&self) -> Result<Vec<(PartitionState, bool)>, PipelineError> {
+        (0..self.log.partition_count())
+            .map(|partition| self.load_partition(partition))
+            .collect()
+    }
+
+    fn load_partition(&self, partition: PartitionId) -> Result<(PartitionState, bool), PipelineError> {
+        match self.store.load(partition) {
+            Ok(LoadedPartition::Restored { state, meta }) => {
+                self.read_model.publish(PartitionUpdate::whole(&state, meta.committed_at_ms));
+                Ok((state, false))
+            }
+            Ok(LoadedPartition::Empty) => Ok((self.empty_state(partition), false)),
+            Err(CheckpointError::Corrupt { what, reason }) => {
+                tracing::warn!(partition, "rebuilding partition {partition} from the log: {what} is damaged: {reason}");
+                self.store.reset(partition)?;
+                self.read_model.reset_partition(partition);
+                Ok((self.empty_state(partition), true))
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    fn empty_state(&self, partition: PartitionId) -> PartitionState {
+        PartitionState::new(partition, self.config.allowed_lateness_ms)
+    }
+
+    /// Loads every partition and runs them all, one thread each, until done.
+    pub fn run(&self, mode: RunMode) -> Result<Vec<PartitionRunSummary>, PipelineError> {
+        let states = self.load()?;
+        let handles: Vec<_> = states
+            .into_iter()
+            .map(|(state, rebuilt)| {
+                let pipeline = self.clone();
+                let mode = mode.clone();
+                let partition = state.partition();
+                std::thread::Builder::new()
+                    .name(format!("tally-pipeline-p{partition}"))
+                    .spawn(move || pipeline.run_partition(state, rebuilt, mode))
+                    .map_err(|source| PipelineError::Runtime { partition, source })
+            })
+            .collect::<Result<_, _>>()?;
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(partition, handle)| {
+                handle.join().unwrap_or(Err(PipelineError::Panicked {
+                    partition: partition as PartitionId,
+                }))
+            })
+            .collect()
+    }
+
+    /// Runs one partition on the calling thread until the mode says stop.
+    pub fn run_partition(
+        &self,
+        mut state: PartitionState,
+        rebuilt: bool,
+        mode: RunMode,
+    ) -> Result<PartitionRunSummary, PipelineError> {
+        let partition = state.partition();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| PipelineError::Runtime { partition, source })?;
+        let log_end = runtime.block_on(self.log.end_offset(partition))?;
+        if state.next_offset() > log_end {
+            return Err(PipelineError::CheckpointBeyondLog {
+                partition,
+                checkpoint_offset: state.next_offset(),
+                log_end,
+            });
+        }
+        let mut summary = PartitionRunSummary {
+            partition,
+            started_at_offset: state.next_offset(),
+            next_offset: state.next_offset(),
+            rebuilt,
+            last_checkpoint: None,
+        };
+        let lookup = LogLookup {
+            log: self.log.as_ref(),
+            partition,
+            runtime: &runtime,
+        };
+        let mut shutdown = match &mode {
+            RunMode::CatchUp => None,
+            RunMode::Follow { shutdown } => Some(shutdown.clone()),
+        };
+        let mut applied_since_checkpoint = 0u64;
+        let mut last_checkpoint = Instant::now();
+        loop {
+            if shutdown.as_ref().is_some_and(|s| *s.borrow()) {
+                break;
+            }
+            let records = runtime.block_on(self.log.read(partition, state.next_offset(), self.config.read_batch_records))?;
+            if records.is_empty() {
+                if applied_since_checkpoint > 0 {
+                    summary.last_checkpoint = Some(self.checkpoint(&mut state)?);
+                    applied_since_checkpoint = 0;
+                    last_checkpoint = Instant::now();
+                }
+                let Some(shutdown) = shutdown.as_mut() else { break };
+                runtime.block_on(wait_for_records(self.log.as_ref(), partition, state.next_offset(), shutdown));
+                continue;
+            }
+            for record in records {
+                let event = decode(partition, record.offset, &record.value)?;
+                state.apply(record.offset, event, &lookup)?;
+                applied_since_checkpoint += 1;
+            }
+            if applied_since_checkpoint >= self.config.checkpoint_records_max
+                || last_checkpoint.elapsed() >= self.config.checkpoint_interval
+            {
+                summary.last_checkpoint = Some(self.checkpoint(&mut state)?);
+                applied_since_checkpoint = 0;
+                last_checkpoint = Instant::now();
+            }
+        }
+        if applied_since_checkpoint > 0 || summary.last_checkpoint.is_none() {
+            summary.last_checkpoint = Some(self.checkpoint(&mut state)?);
+        }
+        self.store.flush()?;
+        summary.next_offset = state.next_offset();
+        Ok(summary)
+    }
+
+    /// Rebuilds a partition's state from the log alone, in memory, applying records
+    /// `0..until`; its digest is up to date on return. `checkpoint verify` compares it with the
+    /// checkpoint's.
+    pub fn rebuild_in_memory(
+        &self,
+        partition: PartitionId,
+        until: Offset,
+        allowed_lateness_ms: i64,
+    ) -> Result<PartitionState, PipelineError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| PipelineError::Runtime { partition, source })?;
+        let lookup = LogLookup {
+            log: self.log.as_ref(),
+            partition,
+            runtime: &runtime,
+        };
+        let mut state = PartitionState::new(partition, allowed_lateness_ms);
+        while state.next_offset() < until {
+            let want = ((until - state.next_offset()) as usize).min(self.config.read_batch_records);
+            let records = runtime.block_on(self.log.read(partition, state.next_offset(), want))?;
+            if records.is_empty() {
+                let log_end = runtime.block_on(self.log.end_offset(partition))?;
+                return Err(PipelineError::CheckpointBeyondLog {
+                    partition,
+                    checkpoint_offset: until,
+                    log_end,
+                });
+            }
+            for record in records {
+                let event = decode(partition, record.offset, &record.value)?;
+                state.apply(record.offset, event, &lookup)?;
+            }
+            // Keep the pending change lists short; only the digest matters here.
+            state.take_changes();
+        }
+        Ok(state)
+    }
+
+    /// Commits the state's changes and publishes them.
+    fn checkpoint(&self, state: &mut PartitionState) -> Result<CheckpointMeta, PipelineError> {
+        let changes: StateChanges = state.take_changes();
+        let meta = self.store.commit(state, &changes, self.clock.now_ms())?;
+        self.read_model.publish(PartitionUpdate {
+            partition: state.partition(),
+            next_offset: state.next_offset(),
+            committed_at_ms: meta.committed_at_ms,
+            watermark_ms: state.watermark().current(),
+            counters: state.counters(),
+            totals: changes.totals,
+            buckets: changes.buckets,
+        });
+        Ok(meta)
+    }
+}
+
+/// Waits until the record at `offset` exists or shutdown is asked for.
+async fn wait_for_records(log: &dyn Log, partition: PartitionId, offset: Offset, shutdown: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = log.wait_for_offset(partition, offset) => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+fn decode(partition: PartitionId, offset: Offset, value: &[u8]) -> Result<DonationEvent, PipelineError> {
+    envelope::decode(value).map_err(|e| PipelineError::UndecodableRecord {
+        partition,
+        offset,
+        reason: e.to_string(),
+    })
+}
+
+/// Reads recorded events back from the log, for dedupe's exact comparisons.
+struct LogLookup<'a> {
+    log: &'a dyn Log,
+    partition: PartitionId,
+    runtime: &'a tokio::runtime::Runtime,
+}
+
+impl RecordedEvents for LogLookup<'_> {
+    fn recorded_event(&self, offset: Offset) -> Result<DonationEvent, ApplyError> {
+        let unavailable = |reason: String| ApplyError::RecordedEventUnavailable {
+            partition: self.partition,
+            offset,
+            reason,
+        };
+        let records = self
+            .runtime
+            .block_on(self.log.read(self.partition, offset, 1))
+            .map_err(|e| unavailable(e.to_string()))?;
+        let record = records.first().ok_or_else(|| unavailable("no such record".into()))?;
+        envelope::decode(&record.value).map_err(|e| unavailable(e.to_string()))
+    }
+}
