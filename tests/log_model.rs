@@ -9,6 +9,7 @@ use std::io::Write;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
+use proptest::test_runner::FileFailurePersistence;
 use support::{open, read_all, segment_files, small_segment_options};
 use tally_pipeline::log::{EmbeddedLog, KeyedRecord};
 
@@ -60,7 +61,11 @@ fn check_against_model(log: &EmbeddedLog, model: &[Vec<KeyedRecord>]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn log_matches_model(operations in prop::collection::vec(operation(), 1..40)) {

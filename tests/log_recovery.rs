@@ -147,8 +147,8 @@ fn log_with_frames(count: usize) -> tempfile::TempDir {
     dir
 }
 
-/// Every frame above has the same size: header 12 + fixed 20 + record header 8 + 8 + 10.
-const FRAME_BYTES: u64 = 12 + 20 + 8 + 8 + 10;
+/// Every frame above has the same size: header 12 + fixed 24 + record header 8 + 8 + 10.
+const FRAME_BYTES: u64 = 12 + 24 + 8 + 8 + 10;
 const SEGMENT_HEADER_BYTES: u64 = 24;
 
 #[test]
@@ -357,4 +357,89 @@ fn waiting_for_an_offset_wakes_on_append() {
         waiter.await.unwrap().unwrap();
         assert_eq!(log.read(0, 0, 10).await.unwrap().len(), 1);
     });
+}
+
+/// A log whose commits are cut into one-record frames: two commits of three records each.
+fn log_with_two_multi_frame_commits() -> (tempfile::TempDir, EmbeddedLogOptions) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = EmbeddedLogOptions {
+        partition_count: 1,
+        ..Default::default()
+    };
+    options.partition.frame_bytes_target = 30;
+    let log = open(dir.path(), &options);
+    for commit in 0..2 {
+        let records = (0..3)
+            .map(|i| {
+                record(
+                    &format!("key-{:04}", commit * 3 + i),
+                    &format!("value-{:04}", commit * 3 + i),
+                )
+            })
+            .collect();
+        log.append_blocking(0, records).unwrap();
+    }
+    drop(log);
+    let segment = segment_files(dir.path(), 0).pop().unwrap();
+    assert_eq!(
+        std::fs::metadata(&segment).unwrap().len(),
+        SEGMENT_HEADER_BYTES + 6 * FRAME_BYTES
+    );
+    (dir, options)
+}
+
+#[test]
+fn a_torn_multi_frame_commit_is_dropped_whole() {
+    let (dir, options) = log_with_two_multi_frame_commits();
+    let segment = segment_files(dir.path(), 0).pop().unwrap();
+    let file = OpenOptions::new().write(true).open(&segment).unwrap();
+    file.write_all_at(b"#", SEGMENT_HEADER_BYTES + 4 * FRAME_BYTES + 40)
+        .unwrap();
+    drop(file);
+    let log = open(dir.path(), &options);
+    let keys: Vec<_> = read_all(&log, 0)
+        .into_iter()
+        .map(|r| String::from_utf8(r.key).unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        ["key-0000", "key-0001", "key-0002"],
+        "the second commit goes whole, not in part"
+    );
+}
+
+#[test]
+fn an_unfinished_commit_is_dropped_whole() {
+    let (dir, options) = log_with_two_multi_frame_commits();
+    let segment = segment_files(dir.path(), 0).pop().unwrap();
+    // Cut at a frame boundary inside the second commit: its first frame is whole but its end is missing.
+    OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(SEGMENT_HEADER_BYTES + 4 * FRAME_BYTES)
+        .unwrap();
+    let log = open(dir.path(), &options);
+    assert_eq!(read_all(&log, 0).len(), 3);
+    assert_eq!(
+        log.append_blocking(0, vec![record("k", "v")])
+            .unwrap()
+            .base_offset,
+        3
+    );
+}
+
+#[test]
+fn damage_followed_by_a_later_commit_is_corruption() {
+    let (dir, options) = log_with_two_multi_frame_commits();
+    let segment = segment_files(dir.path(), 0).pop().unwrap();
+    let file = OpenOptions::new().write(true).open(&segment).unwrap();
+    file.write_all_at(b"#", SEGMENT_HEADER_BYTES + FRAME_BYTES + 40)
+        .unwrap();
+    drop(file);
+    let error = EmbeddedLog::open(dir.path(), options).unwrap_err();
+    assert!(
+        matches!(&error, LogError::Corruption { path, position, .. } if *path == segment && *position == SEGMENT_HEADER_BYTES + FRAME_BYTES),
+        "{error}"
+    );
 }

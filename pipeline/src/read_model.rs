@@ -45,8 +45,16 @@ impl PartitionUpdate {
             committed_at_ms,
             watermark_ms: state.watermark().current(),
             counters: state.counters(),
-            totals: state.totals().iter().map(|(c, t)| (c.clone(), *t)).collect(),
-            buckets: state.windows().iter().map(|(k, b)| (k, b.clone())).collect(),
+            totals: state
+                .totals()
+                .iter()
+                .map(|(c, t)| (c.clone(), *t))
+                .collect(),
+            buckets: state
+                .windows()
+                .iter()
+                .map(|(k, b)| (k, b.clone()))
+                .collect(),
         }
     }
 }
@@ -124,13 +132,18 @@ impl ReadModel {
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Vec<PartitionView>> {
-        self.partitions.read().unwrap_or_else(PoisonError::into_inner)
+        self.partitions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Applies a partition's update; an update older than what is already there is ignored.
     pub fn publish(&self, update: PartitionUpdate) {
         {
-            let mut partitions = self.partitions.write().unwrap_or_else(PoisonError::into_inner);
+            let mut partitions = self
+                .partitions
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
             let view = &mut partitions[update.partition as usize];
             if update.next_offset < view.next_offset {
                 return;
@@ -149,7 +162,10 @@ impl ReadModel {
 
     /// Forgets a partition's view (its state is being rebuilt from scratch).
     pub fn reset_partition(&self, partition: PartitionId) {
-        let mut partitions = self.partitions.write().unwrap_or_else(PoisonError::into_inner);
+        let mut partitions = self
+            .partitions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         partitions[partition as usize] = PartitionView::default();
     }
 
@@ -217,7 +233,9 @@ impl ReadModel {
         }
         let partitions = self.read();
         let whole = merged_range(&partitions, campaign_id, from_ms, to_ms);
-        let series = series.map(|granularity| series_points(&partitions, campaign_id, from_ms, to_ms, granularity));
+        let series = series.map(|granularity| {
+            series_points(&partitions, campaign_id, from_ms, to_ms, granularity)
+        });
         // A bucket's quantile is its highest equivalent value, which can exceed the largest
         // amount recorded; clamp into the observed range.
         let quantiles = whole
@@ -253,9 +271,17 @@ fn complete_through(partitions: &[PartitionView]) -> Option<UnixMillis> {
 }
 
 /// All partitions' buckets covering `[from_ms, to_ms)`, merged into one.
-fn merged_range(partitions: &[PartitionView], campaign_id: &str, from_ms: UnixMillis, to_ms: UnixMillis) -> WindowBucket {
+fn merged_range(
+    partitions: &[PartitionView],
+    campaign_id: &str,
+    from_ms: UnixMillis,
+    to_ms: UnixMillis,
+) -> WindowBucket {
     let mut merged = WindowBucket::default();
-    let campaigns: Vec<_> = partitions.iter().filter_map(|view| view.windows.campaign(campaign_id)).collect();
+    let campaigns: Vec<_> = partitions
+        .iter()
+        .filter_map(|view| view.windows.campaign(campaign_id))
+        .collect();
     if campaigns.is_empty() {
         return merged;
     }

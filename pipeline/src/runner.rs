@@ -58,7 +58,9 @@ pub enum PipelineError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
-    #[error("record {offset} of partition {partition} is not a donation event this build can read: {reason}")]
+    #[error(
+        "record {offset} of partition {partition} is not a donation event this build can read: {reason}"
+    )]
     UndecodableRecord {
         partition: PartitionId,
         offset: Offset,
@@ -66,7 +68,9 @@ pub enum PipelineError {
     },
     #[error("the log has {log} partitions but the state has {state}")]
     PartitionCountMismatch { log: u32, state: u32 },
-    #[error("partition {partition}'s checkpoint is at offset {checkpoint_offset} but the log ends at {log_end}: records the checkpoint counted are missing from the log")]
+    #[error(
+        "partition {partition}'s checkpoint is at offset {checkpoint_offset} but the log ends at {log_end}: records the checkpoint counted are missing from the log"
+    )]
     CheckpointBeyondLog {
         partition: PartitionId,
         checkpoint_offset: Offset,
@@ -149,15 +153,22 @@ impl Pipeline {
             .collect()
     }
 
-    fn load_partition(&self, partition: PartitionId) -> Result<(PartitionState, bool), PipelineError> {
+    fn load_partition(
+        &self,
+        partition: PartitionId,
+    ) -> Result<(PartitionState, bool), PipelineError> {
         match self.store.load(partition) {
             Ok(LoadedPartition::Restored { state, meta }) => {
-                self.read_model.publish(PartitionUpdate::whole(&state, meta.committed_at_ms));
-                Ok((state, false))
+                self.read_model
+                    .publish(PartitionUpdate::whole(&state, meta.committed_at_ms));
+                Ok((*state, false))
             }
             Ok(LoadedPartition::Empty) => Ok((self.empty_state(partition), false)),
             Err(CheckpointError::Corrupt { what, reason }) => {
-                tracing::warn!(partition, "rebuilding partition {partition} from the log: {what} is damaged: {reason}");
+                tracing::warn!(
+                    partition,
+                    "rebuilding partition {partition} from the log: {what} is damaged: {reason}"
+                );
                 self.store.reset(partition)?;
                 self.read_model.reset_partition(partition);
                 Ok((self.empty_state(partition), true))
@@ -238,15 +249,26 @@ impl Pipeline {
             if shutdown.as_ref().is_some_and(|s| *s.borrow()) {
                 break;
             }
-            let records = runtime.block_on(self.log.read(partition, state.next_offset(), self.config.read_batch_records))?;
+            let records = runtime.block_on(self.log.read(
+                partition,
+                state.next_offset(),
+                self.config.read_batch_records,
+            ))?;
             if records.is_empty() {
                 if applied_since_checkpoint > 0 {
                     summary.last_checkpoint = Some(self.checkpoint(&mut state)?);
                     applied_since_checkpoint = 0;
                     last_checkpoint = Instant::now();
                 }
-                let Some(shutdown) = shutdown.as_mut() else { break };
-                runtime.block_on(wait_for_records(self.log.as_ref(), partition, state.next_offset(), shutdown));
+                let Some(shutdown) = shutdown.as_mut() else {
+                    break;
+                };
+                runtime.block_on(wait_for_records(
+                    self.log.as_ref(),
+                    partition,
+                    state.next_offset(),
+                    shutdown,
+                ));
                 continue;
             }
             for record in records {
@@ -328,14 +350,23 @@ impl Pipeline {
 }
 
 /// Waits until the record at `offset` exists or shutdown is asked for.
-async fn wait_for_records(log: &dyn Log, partition: PartitionId, offset: Offset, shutdown: &mut watch::Receiver<bool>) {
+async fn wait_for_records(
+    log: &dyn Log,
+    partition: PartitionId,
+    offset: Offset,
+    shutdown: &mut watch::Receiver<bool>,
+) {
     tokio::select! {
         _ = log.wait_for_offset(partition, offset) => {}
         _ = shutdown.changed() => {}
     }
 }
 
-fn decode(partition: PartitionId, offset: Offset, value: &[u8]) -> Result<DonationEvent, PipelineError> {
+fn decode(
+    partition: PartitionId,
+    offset: Offset,
+    value: &[u8],
+) -> Result<DonationEvent, PipelineError> {
     envelope::decode(value).map_err(|e| PipelineError::UndecodableRecord {
         partition,
         offset,
@@ -361,7 +392,9 @@ impl RecordedEvents for LogLookup<'_> {
             .runtime
             .block_on(self.log.read(self.partition, offset, 1))
             .map_err(|e| unavailable(e.to_string()))?;
-        let record = records.first().ok_or_else(|| unavailable("no such record".into()))?;
+        let record = records
+            .first()
+            .ok_or_else(|| unavailable("no such record".into()))?;
         envelope::decode(&record.value).map_err(|e| unavailable(e.to_string()))
     }
 }

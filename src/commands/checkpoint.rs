@@ -48,7 +48,11 @@ fn list(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
-    writeln!(out, "{:>9}  {:>12}  {:>15}  {:>24}  {:>16}", "partition", "offset", "records_applied", "committed_at", "digest")?;
+    writeln!(
+        out,
+        "{:>9}  {:>12}  {:>15}  {:>24}  {:>16}",
+        "partition", "offset", "records_applied", "committed_at", "digest"
+    )?;
     for (partition, checkpoint) in checkpoints.iter().enumerate() {
         match checkpoint {
             Some(c) => writeln!(
@@ -60,7 +64,11 @@ fn list(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 super::rfc3339(c.committed_at_ms),
                 c.state_digest
             )?,
-            None => writeln!(out, "{partition:>9}  {:>12}  {:>15}  {:>24}  {:>16}", "-", "-", "none", "-")?,
+            None => writeln!(
+                out,
+                "{partition:>9}  {:>12}  {:>15}  {:>24}  {:>16}",
+                "-", "-", "none", "-"
+            )?,
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -71,7 +79,11 @@ fn create(data_dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     let store = super::open_store(data_dir, log.partition_count())?;
     let savepoint = savepoint::create(&store, out, SystemClock.now_ms())
         .with_context(|| format!("cannot write the savepoint {}", out.display()))?;
-    println!("savepoint {} written at offsets {:?}", out.display(), savepoint.offsets());
+    println!(
+        "savepoint {} written at offsets {:?}",
+        out.display(),
+        savepoint.offsets()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -93,7 +105,11 @@ fn restore(data_dir: &Path, path: &Path) -> anyhow::Result<ExitCode> {
     }
     let store = super::open_store(data_dir, log.partition_count())?;
     savepoint::restore(&store, &savepoint)?;
-    println!("restored {} at offsets {:?}; `tally process` continues from there", path.display(), savepoint.offsets());
+    println!(
+        "restored {} at offsets {:?}; `tally process` continues from there",
+        path.display(),
+        savepoint.offsets()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -115,9 +131,16 @@ fn verify(data_dir: &Path) -> anyhow::Result<ExitCode> {
             }
         };
         let scalars = stored.scalars;
-        let rebuilt = pipeline.rebuild_in_memory(partition, scalars.next_offset, scalars.watermark.allowed_lateness_ms())?;
+        let rebuilt = pipeline.rebuild_in_memory(
+            partition,
+            scalars.next_offset,
+            scalars.watermark.allowed_lateness_ms(),
+        )?;
         if rebuilt.state_digest() == stored.state_digest {
-            println!("partition {partition}: ok at offset {} (digest {:016x})", scalars.next_offset, stored.state_digest);
+            println!(
+                "partition {partition}: ok at offset {} (digest {:016x})",
+                scalars.next_offset, stored.state_digest
+            );
         } else {
             mismatches += 1;
             println!(

@@ -77,7 +77,9 @@ pub fn load_read_model(store: &CheckpointStore) -> anyhow::Result<ReadModel> {
     let read_model = ReadModel::new(store.partition_count());
     for partition in 0..store.partition_count() {
         let loaded = store.load(partition).with_context(|| {
-            format!("the state of partition {partition} cannot be read (`tally process` rebuilds it)")
+            format!(
+                "the state of partition {partition} cannot be read (`tally process` rebuilds it)"
+            )
         })?;
         if let LoadedPartition::Restored { state, meta } = loaded {
             read_model.publish(PartitionUpdate::whole(&state, meta.committed_at_ms));

@@ -37,18 +37,30 @@ pub fn run(data_dir: &Path, args: ProcessArgs) -> anyhow::Result<ExitCode> {
         RunMode::CatchUp
     };
     let summaries = pipeline.run(mode)?;
-    let applied: u64 = summaries.iter().map(|s| s.next_offset - s.started_at_offset).sum();
+    let applied: u64 = summaries
+        .iter()
+        .map(|s| s.next_offset - s.started_at_offset)
+        .sum();
     for summary in summaries.iter().filter(|s| s.rebuilt) {
         println!("partition {} was rebuilt from the log", summary.partition);
     }
-    let offsets: Vec<String> = summaries.iter().map(|s| s.next_offset.to_string()).collect();
-    println!("applied {applied} records; partitions now at offsets [{}]", offsets.join(", "));
+    let offsets: Vec<String> = summaries
+        .iter()
+        .map(|s| s.next_offset.to_string())
+        .collect();
+    println!(
+        "applied {applied} records; partitions now at offsets [{}]",
+        offsets.join(", ")
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 /// Turns SIGINT or SIGTERM into a shutdown request.
 fn wait_for_signal(shutdown: tokio::sync::watch::Sender<bool>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!("cannot listen for signals: {error}");
@@ -56,7 +68,9 @@ fn wait_for_signal(shutdown: tokio::sync::watch::Sender<bool>) {
         }
     };
     runtime.block_on(async {
-        let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let Ok(mut terminate) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
             return;
         };
         tokio::select! {

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod pipeline;
+
 use std::path::{Path, PathBuf};
 
 use tally_pipeline::log::partition::PartitionConfig;

@@ -97,7 +97,8 @@ impl Journal {
             .map_err(|e| self.corrupt(format!("unreadable header: {e}")))?;
         let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
         let owner = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes"));
-        if header[0..8] != JOURNAL_MAGIC || version != JOURNAL_FORMAT_VERSION || owner != partition {
+        if header[0..8] != JOURNAL_MAGIC || version != JOURNAL_FORMAT_VERSION || owner != partition
+        {
             return Err(self.corrupt(format!(
                 "header is not a version {JOURNAL_FORMAT_VERSION} journal of partition {partition}"
             )));
@@ -105,8 +106,16 @@ impl Journal {
         Ok(())
     }
 
-    fn replay(&mut self, committed_position: u64, apply: &mut impl FnMut(IndexChange)) -> Result<(), CheckpointError> {
-        let file_len = self.file.metadata().map_err(|e| CheckpointError::io(&self.path, e))?.len();
+    fn replay(
+        &mut self,
+        committed_position: u64,
+        apply: &mut impl FnMut(IndexChange),
+    ) -> Result<(), CheckpointError> {
+        let file_len = self
+            .file
+            .metadata()
+            .map_err(|e| CheckpointError::io(&self.path, e))?
+            .len();
         if committed_position < JOURNAL_HEADER_BYTES || committed_position > file_len {
             return Err(self.corrupt(format!(
                 "checkpoint says the journal ends at byte {committed_position}, the file has {file_len}"
@@ -122,7 +131,9 @@ impl Journal {
         let mut frame_bytes = Vec::new();
         while position < committed_position {
             frame_bytes.resize(FRAME_HEADER_BYTES, 0);
-            reader.read_exact(&mut frame_bytes).map_err(|e| self.corrupt(format!("at byte {position}: {e}")))?;
+            reader
+                .read_exact(&mut frame_bytes)
+                .map_err(|e| self.corrupt(format!("at byte {position}: {e}")))?;
             let body_len = frame::body_len_from_header(&frame_bytes)
                 .map_err(|problem| self.corrupt(format!("at byte {position}: {problem:?}")))?;
             frame_bytes.resize(FRAME_HEADER_BYTES + body_len, 0);
@@ -143,7 +154,9 @@ impl Journal {
             self.frames += 1;
         }
         if position != committed_position {
-            return Err(self.corrupt(format!("no frame boundary at the committed byte {committed_position}")));
+            return Err(self.corrupt(format!(
+                "no frame boundary at the committed byte {committed_position}"
+            )));
         }
         self.end_position = position;
         Ok(())
@@ -157,9 +170,11 @@ impl Journal {
             value: codec::encode(changes),
         };
         self.encode_buffer.clear();
-        let info = frame::encode_frame(&mut self.encode_buffer, self.frames, 0, [&record]);
+        let info = frame::encode_frame(&mut self.encode_buffer, self.frames, 0, true, [&record]);
         let io = |e| CheckpointError::io(&self.path, e);
-        self.file.write_all_at(&self.encode_buffer, self.end_position).map_err(io)?;
+        self.file
+            .write_all_at(&self.encode_buffer, self.end_position)
+            .map_err(io)?;
         self.file.sync_data().map_err(io)?;
         self.end_position += info.frame_bytes as u64;
         self.frames += 1;

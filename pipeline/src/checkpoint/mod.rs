@@ -34,7 +34,9 @@ mod store;
 
 use std::path::PathBuf;
 
-pub use store::{CheckpointInfo, CheckpointMeta, CheckpointStore, LoadedPartition, PartitionSavepoint};
+pub use store::{
+    CheckpointInfo, CheckpointMeta, CheckpointStore, LoadedPartition, PartitionSavepoint,
+};
 
 /// Format version of checkpoint meta records and savepoints written by this build.
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;

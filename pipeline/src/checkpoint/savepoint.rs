@@ -43,7 +43,11 @@ impl Savepoint {
 
 /// Reads every partition's checkpoint (each checked against its digest) into a savepoint file,
 /// written to a temporary name, synced and renamed into place.
-pub fn create(store: &CheckpointStore, path: &Path, now_ms: UnixMillis) -> Result<Savepoint, CheckpointError> {
+pub fn create(
+    store: &CheckpointStore,
+    path: &Path,
+    now_ms: UnixMillis,
+) -> Result<Savepoint, CheckpointError> {
     let partitions = (0..store.partition_count())
         .map(|partition| store.export(partition))
         .collect::<Result<Vec<_>, _>>()?;
@@ -78,14 +82,20 @@ pub fn read(path: &Path) -> Result<Savepoint, CheckpointError> {
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version != CHECKPOINT_FORMAT_VERSION {
-        return Err(invalid(format!("format version {version} is not known to this build")));
+        return Err(invalid(format!(
+            "format version {version} is not known to this build"
+        )));
     }
     let body_len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as usize;
     if bytes.len() != HEADER_BYTES + body_len + 4 {
         return Err(invalid("file is truncated or has trailing bytes".into()));
     }
     let body = &bytes[HEADER_BYTES..HEADER_BYTES + body_len];
-    let stored_crc = u32::from_le_bytes(bytes[HEADER_BYTES + body_len..].try_into().expect("4 bytes"));
+    let stored_crc = u32::from_le_bytes(
+        bytes[HEADER_BYTES + body_len..]
+            .try_into()
+            .expect("4 bytes"),
+    );
     if crc32c::crc32c(body) != stored_crc {
         return Err(invalid("checksum mismatch".into()));
     }
@@ -94,7 +104,11 @@ pub fn read(path: &Path) -> Result<Savepoint, CheckpointError> {
 
 /// Replaces the store's state with the savepoint's.
 pub fn restore(store: &CheckpointStore, savepoint: &Savepoint) -> Result<(), CheckpointError> {
-    assert_eq!(savepoint.partition_count, store.partition_count(), "caller checks the partition count");
+    assert_eq!(
+        savepoint.partition_count,
+        store.partition_count(),
+        "caller checks the partition count"
+    );
     for (partition, exported) in savepoint.partitions.iter().enumerate() {
         match exported {
             Some(exported) => store.install(exported)?,

@@ -15,8 +15,8 @@ use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::conflict_audit::Conflict;
 use crate::operators::dedupe::IndexChange;
 use crate::operators::event_time_windows::{BucketKey, Granularity, WindowBucket};
-use crate::processor::partition_state::{PartitionState, StateChanges, StateScalars};
 use crate::processor::StateDigest;
+use crate::processor::partition_state::{PartitionState, StateChanges, StateScalars};
 
 const META_KEY: &[u8] = b"meta";
 const TOTAL_PREFIX: &[u8] = b"t/";
@@ -80,7 +80,10 @@ pub struct PartitionSavepoint {
 #[derive(Debug)]
 pub enum LoadedPartition {
     /// A checkpoint that passed every check.
-    Restored { state: PartitionState, meta: CheckpointMeta },
+    Restored {
+        state: Box<PartitionState>,
+        meta: CheckpointMeta,
+    },
     /// No checkpoint yet: start from offset 0.
     Empty,
 }
@@ -109,7 +112,8 @@ impl CheckpointStore {
             Ok(db) => db,
             Err(error) => {
                 let aside = dir.join(format!("sled.unreadable-{}", std::process::id()));
-                std::fs::rename(&sled_dir, &aside).map_err(|e| CheckpointError::io(&sled_dir, e))?;
+                std::fs::rename(&sled_dir, &aside)
+                    .map_err(|e| CheckpointError::io(&sled_dir, e))?;
                 notes.push(format!(
                     "sled state failed to open ({error}); moved it to {} and rebuilding all partitions from the log",
                     aside.display()
@@ -188,11 +192,17 @@ impl CheckpointStore {
         }
         *lock(&self.journals[partition as usize]) = Some(journal);
         *lock(&self.sequences[partition as usize]) = meta.sequence;
-        Ok(LoadedPartition::Restored { state, meta })
+        Ok(LoadedPartition::Restored {
+            state: Box::new(state),
+            meta,
+        })
     }
 
     /// A partition's whole checkpoint, checked against its digest; `None` without a checkpoint.
-    pub fn export(&self, partition: PartitionId) -> Result<Option<PartitionSavepoint>, CheckpointError> {
+    pub fn export(
+        &self,
+        partition: PartitionId,
+    ) -> Result<Option<PartitionSavepoint>, CheckpointError> {
         let Some(meta) = self.meta(partition)? else {
             return Ok(None);
         };
@@ -245,7 +255,10 @@ impl CheckpointStore {
             batch.insert(bucket_key(key), codec::encode(bucket));
         }
         for conflict in &exported.conflicts {
-            batch.insert(conflict_key(&conflict.payment_ref, conflict.conflicting_offset), codec::encode(conflict));
+            batch.insert(
+                conflict_key(&conflict.payment_ref, conflict.conflicting_offset),
+                codec::encode(conflict),
+            );
         }
         batch.insert(META_KEY, encode_meta(&meta));
         self.tree(partition).apply_batch(batch)?;
@@ -272,7 +285,9 @@ impl CheckpointStore {
     ) -> Result<CheckpointMeta, CheckpointError> {
         let partition = state.partition();
         let mut journal_slot = lock(&self.journals[partition as usize]);
-        let journal = journal_slot.as_mut().expect("a partition is loaded or reset before it commits");
+        let journal = journal_slot
+            .as_mut()
+            .expect("a partition is loaded or reset before it commits");
         let journal_end_position = if changes.index.is_empty() {
             journal.end_position()
         } else {
@@ -297,7 +312,10 @@ impl CheckpointStore {
             batch.insert(bucket_key(key), codec::encode(bucket));
         }
         for conflict in &changes.conflicts {
-            batch.insert(conflict_key(&conflict.payment_ref, conflict.conflicting_offset), codec::encode(conflict));
+            batch.insert(
+                conflict_key(&conflict.payment_ref, conflict.conflicting_offset),
+                codec::encode(conflict),
+            );
         }
         batch.insert(META_KEY, encode_meta(&meta));
         self.tree(partition).apply_batch(batch)?;
@@ -310,13 +328,19 @@ impl CheckpointStore {
         Ok(())
     }
 
-    pub fn totals(&self, partition: PartitionId) -> Result<Vec<(String, CampaignTotal)>, CheckpointError> {
+    pub fn totals(
+        &self,
+        partition: PartitionId,
+    ) -> Result<Vec<(String, CampaignTotal)>, CheckpointError> {
         self.scan(partition, TOTAL_PREFIX, |key| {
             String::from_utf8(key.to_vec()).map_err(|e| e.to_string())
         })
     }
 
-    pub fn buckets(&self, partition: PartitionId) -> Result<Vec<(BucketKey, WindowBucket)>, CheckpointError> {
+    pub fn buckets(
+        &self,
+        partition: PartitionId,
+    ) -> Result<Vec<(BucketKey, WindowBucket)>, CheckpointError> {
         self.scan(partition, BUCKET_PREFIX, parse_bucket_key)
     }
 
@@ -347,12 +371,20 @@ impl CheckpointStore {
     }
 }
 
+/// Opens sled, turning a panic during recovery (seen with damaged files) into an error so the
+/// caller can move the files aside and rebuild.
 fn open_sled(dir: &Path) -> Result<sled::Db, sled::Error> {
-    sled::Config::new()
+    let config = sled::Config::new()
         .path(dir)
         .cache_capacity(SLED_CACHE_BYTES)
-        .flush_every_ms(Some(500))
-        .open()
+        .flush_every_ms(Some(500));
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open())).unwrap_or_else(
+        |_| {
+            Err(sled::Error::Unsupported(
+                "sled panicked while opening its files".into(),
+            ))
+        },
+    )
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -369,7 +401,9 @@ fn lock_directory(dir: &Path) -> Result<File, CheckpointError> {
         .map_err(|e| CheckpointError::io(&path, e))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(CheckpointError::Locked { path: dir.to_owned() }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CheckpointError::Locked {
+            path: dir.to_owned(),
+        }),
         Err(std::fs::TryLockError::Error(e)) => Err(CheckpointError::io(&path, e)),
     }
 }
@@ -395,10 +429,16 @@ fn decode_meta(partition: PartitionId, bytes: &[u8]) -> Result<CheckpointMeta, C
     }
     let meta: CheckpointMeta = codec::decode(body).map_err(|e| corrupt(e.to_string()))?;
     if meta.format_version != CHECKPOINT_FORMAT_VERSION {
-        return Err(corrupt(format!("format version {} is not known to this build", meta.format_version)));
+        return Err(corrupt(format!(
+            "format version {} is not known to this build",
+            meta.format_version
+        )));
     }
     if meta.scalars.partition != partition {
-        return Err(corrupt(format!("it belongs to partition {}", meta.scalars.partition)));
+        return Err(corrupt(format!(
+            "it belongs to partition {}",
+            meta.scalars.partition
+        )));
     }
     Ok(meta)
 }
@@ -420,15 +460,25 @@ fn bucket_key(key: &BucketKey) -> Vec<u8> {
 }
 
 fn parse_bucket_key(bytes: &[u8]) -> Result<BucketKey, String> {
-    let separator = bytes.len().checked_sub(10).filter(|&at| bytes[at] == 0).ok_or("bad bucket key")?;
-    let campaign_id = std::str::from_utf8(&bytes[..separator]).map_err(|e| e.to_string())?.to_owned();
+    let separator = bytes
+        .len()
+        .checked_sub(10)
+        .filter(|&at| bytes[at] == 0)
+        .ok_or("bad bucket key")?;
+    let campaign_id = std::str::from_utf8(&bytes[..separator])
+        .map_err(|e| e.to_string())?
+        .to_owned();
     let granularity = match bytes[separator + 1] {
         0 => Granularity::Minute,
         1 => Granularity::Hour,
         2 => Granularity::Day,
         other => return Err(format!("bad granularity {other}")),
     };
-    let ordered = u64::from_be_bytes(bytes[separator + 2..].try_into().map_err(|_| "bad bucket start")?);
+    let ordered = u64::from_be_bytes(
+        bytes[separator + 2..]
+            .try_into()
+            .map_err(|_| "bad bucket start")?,
+    );
     Ok(BucketKey {
         campaign_id,
         granularity,
@@ -437,7 +487,13 @@ fn parse_bucket_key(bytes: &[u8]) -> Result<BucketKey, String> {
 }
 
 fn conflict_key(payment_ref: &str, conflicting_offset: Offset) -> Vec<u8> {
-    [CONFLICT_PREFIX, payment_ref.as_bytes(), b"\0", &conflicting_offset.to_be_bytes()].concat()
+    [
+        CONFLICT_PREFIX,
+        payment_ref.as_bytes(),
+        b"\0",
+        &conflicting_offset.to_be_bytes(),
+    ]
+    .concat()
 }
 
 #[cfg(test)]
@@ -457,7 +513,10 @@ mod tests {
         let encoded: Vec<Vec<u8>> = keys.iter().map(bucket_key).collect();
         assert!(encoded.windows(2).all(|pair| pair[0] < pair[1]));
         for (key, bytes) in keys.iter().zip(&encoded) {
-            assert_eq!(&parse_bucket_key(&bytes[BUCKET_PREFIX.len()..]).unwrap(), key);
+            assert_eq!(
+                &parse_bucket_key(&bytes[BUCKET_PREFIX.len()..]).unwrap(),
+                key
+            );
         }
     }
 }

@@ -1,7 +1,10 @@
-//! The batch frame: the unit the embedded log writes, syncs and checks.
+//! The batch frame: the unit the embedded log checks and reads.
 //!
-//! One group commit writes exactly one frame, so a crash can tear at most the last frame of a
-//! segment. All integers are little-endian.
+//! One group commit writes one or more frames with one write and one sync; the last frame of a
+//! commit carries the `COMMIT_END` flag. Frames are kept small (64 KiB by default) so that a
+//! read of one record checks little more than that record, while a commit stays one sync. A
+//! crash can only tear the last commit, and recovery drops that commit whole. All integers are
+//! little-endian.
 //!
 //! ```text
 //! offset  size  field
@@ -10,8 +13,9 @@
 //! 8       4     crc32c of the body (Castagnoli)
 //! 12      8     base_offset: offset of the first record
 //! 20      4     record_count (≥ 1)
-//! 24      8     append_time_ms: commit time, Unix milliseconds
-//! 32      ...   record_count × { key_len: u32, value_len: u32, key, value }
+//! 24      4     flags: bit 0 = COMMIT_END (last frame of its commit); other bits 0
+//! 28      8     append_time_ms: commit time, Unix milliseconds
+//! 36      ...   record_count × { key_len: u32, value_len: u32, key, value }
 //! ```
 
 use super::{KeyedRecord, LogRecord, Offset, PartitionId};
@@ -19,7 +23,9 @@ use crate::clock::UnixMillis;
 
 pub const FRAME_MAGIC: [u8; 4] = *b"TLYF";
 pub const FRAME_HEADER_BYTES: usize = 12;
-const BODY_FIXED_BYTES: usize = 20;
+const BODY_FIXED_BYTES: usize = 24;
+/// Flag of the last frame of a commit.
+pub const FLAG_COMMIT_END: u32 = 1;
 const RECORD_HEADER_BYTES: usize = 8;
 /// Largest frame body: bounds what one commit writes and what a reader allocates for one frame.
 pub const FRAME_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -30,6 +36,8 @@ pub struct FrameInfo {
     pub base_offset: Offset,
     pub record_count: u32,
     pub append_time_ms: UnixMillis,
+    /// Whether this is the last frame of its commit.
+    pub commit_end: bool,
     /// Header plus body.
     pub frame_bytes: usize,
 }
@@ -61,6 +69,7 @@ pub fn encode_frame<'a>(
     buffer: &mut Vec<u8>,
     base_offset: Offset,
     append_time_ms: UnixMillis,
+    commit_end: bool,
     records: impl IntoIterator<Item = &'a KeyedRecord>,
 ) -> FrameInfo {
     let frame_start = buffer.len();
@@ -69,6 +78,8 @@ pub fn encode_frame<'a>(
     let body_start = buffer.len();
     buffer.extend_from_slice(&base_offset.to_le_bytes());
     buffer.extend_from_slice(&[0; 4]); // record_count, filled in below
+    let flags = if commit_end { FLAG_COMMIT_END } else { 0 };
+    buffer.extend_from_slice(&flags.to_le_bytes());
     buffer.extend_from_slice(&append_time_ms.to_le_bytes());
     let mut record_count: u32 = 0;
     for record in records {
@@ -95,6 +106,7 @@ pub fn encode_frame<'a>(
         base_offset,
         record_count,
         append_time_ms,
+        commit_end,
         frame_bytes: buffer.len() - frame_start,
     }
 }
@@ -131,10 +143,17 @@ pub fn check_frame(bytes: &[u8]) -> Result<FrameInfo, FrameProblem> {
             "checksum mismatch (stored {stored_crc:#010x}, computed {actual_crc:#010x})"
         )));
     }
+    let flags = read_u32(body, 12);
+    if flags & !FLAG_COMMIT_END != 0 {
+        return Err(FrameProblem::Invalid(format!(
+            "unknown frame flags {flags:#x}"
+        )));
+    }
     let info = FrameInfo {
         base_offset: read_u64(body, 0),
         record_count: read_u32(body, 8),
-        append_time_ms: read_u64(body, 12) as i64,
+        append_time_ms: read_u64(body, 16) as i64,
+        commit_end: flags & FLAG_COMMIT_END != 0,
         frame_bytes,
     };
     check_record_layout(body, info.record_count)?;
@@ -224,9 +243,10 @@ mod tests {
     fn encode_check_decode_roundtrip() {
         let input = records(5);
         let mut buffer = Vec::new();
-        let written = encode_frame(&mut buffer, 40, 1234, &input);
+        let written = encode_frame(&mut buffer, 40, 1234, true, &input);
         let checked = check_frame(&buffer).unwrap();
         assert_eq!(written, checked);
+        assert!(checked.commit_end);
         assert_eq!(checked.end_offset(), 45);
         let mut out = Vec::new();
         decode_records(&buffer, &checked, 3, 42, 2, &mut out);
@@ -245,7 +265,7 @@ mod tests {
     #[test]
     fn every_truncation_is_detected_as_truncated() {
         let mut buffer = Vec::new();
-        encode_frame(&mut buffer, 0, 1, &records(3));
+        encode_frame(&mut buffer, 0, 1, false, &records(3));
         for cut in 0..buffer.len() {
             assert_eq!(
                 check_frame(&buffer[..cut]),
@@ -258,7 +278,7 @@ mod tests {
     #[test]
     fn every_single_bit_flip_is_detected() {
         let mut buffer = Vec::new();
-        encode_frame(&mut buffer, 7, 1, &records(3));
+        encode_frame(&mut buffer, 7, 1, true, &records(3));
         for byte in 0..buffer.len() {
             for bit in 0..8 {
                 let mut damaged = buffer.clone();

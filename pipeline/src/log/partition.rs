@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::frame::{self, FRAME_BODY_BYTES_MAX};
 use super::segment::{
     self, IndexEntry, SEGMENT_HEADER_BYTES, SealedIndex, SparseIndex, check_segment_header,
-    index_file_name, parse_segment_file_name, scan_segment, segment_file_name, segment_header,
-    valid_frame_follows,
+    index_file_name, later_commit_follows, parse_segment_file_name, scan_segment,
+    segment_file_name, segment_header,
 };
 use super::{AppendAck, KeyedRecord, LogError, LogRecord, Offset, PartitionId};
 use crate::clock::Clock;
@@ -35,6 +35,9 @@ pub struct PartitionConfig {
     pub index_interval_bytes: u64,
     /// A group commit stops taking queued requests once it holds this many bytes.
     pub commit_bytes_max: usize,
+    /// A commit is cut into frames of about this many body bytes (a larger record gets a frame
+    /// of its own); a read of one record checks at most one frame.
+    pub frame_bytes_target: usize,
     /// Append requests waiting for the writer; senders wait when it is full (back-pressure).
     pub queued_requests_max: usize,
 }
@@ -46,6 +49,7 @@ impl Default for PartitionConfig {
             index_interval_bytes: 4096,
             // Large enough to amortise one fdatasync (~0.5 ms) over thousands of records.
             commit_bytes_max: 4 * 1024 * 1024,
+            frame_bytes_target: 64 * 1024,
             queued_requests_max: 4096,
         }
     }
@@ -317,7 +321,8 @@ impl Partition {
                 position: SEGMENT_HEADER_BYTES,
             };
             let outcome = scan_segment(&view.file, &view.path, start, SparseIndex::new(u64::MAX))?;
-            let damaged = outcome.end_position < view.end_position;
+            let damaged = outcome.end_position < view.end_position
+                || outcome.commit_end_position != view.end_position;
             if view.base_offset != expected || damaged {
                 let (position, reason) = match outcome.stopped_at {
                     Some((position, problem)) => (position, format!("{problem:?}")),
@@ -429,23 +434,20 @@ impl Writer {
                 active.end_offset,
             )
         };
-        self.encode_buffer.clear();
-        let records = group.iter().flat_map(|request| request.records.iter());
-        let info = frame::encode_frame(
-            &mut self.encode_buffer,
-            base_offset,
-            self.clock.now_ms(),
-            records,
-        );
+        let frames = self.encode_commit(group, base_offset);
         file.write_all_at(&self.encode_buffer, position)
             .map_err(|e| LogError::io(&path, e))?;
         file.sync_data().map_err(|e| LogError::io(&path, e))?;
-        let end_offset = info.end_offset();
+        let end_offset = frames.last().expect("a commit has a frame").end_offset();
         let segment_full = {
             let mut state = write_lock(&self.state);
             let active = state.active();
-            active.index.note_frame(base_offset, position);
-            active.end_position = position + info.frame_bytes as u64;
+            let mut frame_position = position;
+            for info in &frames {
+                active.index.note_frame(info.base_offset, frame_position);
+                frame_position += info.frame_bytes as u64;
+            }
+            active.end_position = frame_position;
             active.end_offset = end_offset;
             active.end_position >= self.config.segment_bytes_max
         };
@@ -454,6 +456,47 @@ impl Writer {
             self.roll()?;
         }
         Ok(base_offset)
+    }
+
+    /// Encodes the group's records into `encode_buffer` as frames of about
+    /// `frame_bytes_target` body bytes, the last one flagged as the end of the commit.
+    fn encode_commit(
+        &mut self,
+        group: &[AppendRequest],
+        base_offset: Offset,
+    ) -> Vec<frame::FrameInfo> {
+        self.encode_buffer.clear();
+        let append_time_ms = self.clock.now_ms();
+        let records: Vec<&KeyedRecord> = group
+            .iter()
+            .flat_map(|request| request.records.iter())
+            .collect();
+        let mut frames = Vec::new();
+        let mut first = 0;
+        let mut next_offset = base_offset;
+        while first < records.len() {
+            let mut last = first + 1;
+            let mut bytes = frame::record_encoded_bytes(records[first]);
+            while last < records.len()
+                && bytes + frame::record_encoded_bytes(records[last])
+                    <= self.config.frame_bytes_target
+            {
+                bytes += frame::record_encoded_bytes(records[last]);
+                last += 1;
+            }
+            let commit_end = last == records.len();
+            let info = frame::encode_frame(
+                &mut self.encode_buffer,
+                next_offset,
+                append_time_ms,
+                commit_end,
+                records[first..last].iter().copied(),
+            );
+            next_offset = info.end_offset();
+            frames.push(info);
+            first = last;
+        }
+        frames
     }
 
     /// Seals the active segment (writes its index) and starts a new one.
@@ -628,6 +671,13 @@ fn rebuild_sealed_index(
             reason: format!("sealed segment: {problem:?}"),
         });
     }
+    if outcome.commit_end_position != outcome.end_position {
+        return Err(LogError::Corruption {
+            path: path.to_owned(),
+            position: outcome.commit_end_position,
+            reason: "sealed segment ends inside a commit".into(),
+        });
+    }
     Ok(SealedIndex {
         index: outcome.index,
         end_offset: outcome.end_offset,
@@ -660,36 +710,40 @@ fn open_last_segment(
         offset: base,
         position: SEGMENT_HEADER_BYTES,
     };
-    let outcome = scan_segment(
+    let mut outcome = scan_segment(
         &file,
         &path,
         start,
         SparseIndex::new(config.index_interval_bytes),
     )?;
-    if let Some((position, problem)) = &outcome.stopped_at {
-        if valid_frame_follows(&file, &path, *position, outcome.end_offset)? {
-            return Err(LogError::Corruption {
-                path,
-                position: *position,
-                reason: format!("damaged frame followed by valid frames: {problem:?}"),
-            });
-        }
+    if let Some((position, problem)) = &outcome.stopped_at
+        && later_commit_follows(&file, &path, *position, outcome.end_offset)?
+    {
+        return Err(LogError::Corruption {
+            path,
+            position: *position,
+            reason: format!("damaged frame followed by later commits: {problem:?}"),
+        });
+    }
+    if outcome.commit_end_position != file_len {
+        // A torn or unfinished last commit: it was never acknowledged, so it goes whole.
         tracing::warn!(
             segment = %path.display(),
-            position,
-            bytes = file_len - position,
-            "truncating a torn tail back to the last whole frame"
+            position = outcome.commit_end_position,
+            bytes = file_len - outcome.commit_end_position,
+            "truncating a torn tail back to the last whole commit"
         );
-        file.set_len(*position)
+        file.set_len(outcome.commit_end_position)
             .map_err(|e| LogError::io(&path, e))?;
         file.sync_all().map_err(|e| LogError::io(&path, e))?;
+        outcome.index.truncate(outcome.commit_end_position);
     }
     Ok(SegmentView {
         base_offset: base,
         path,
         file: Arc::new(file),
         index: outcome.index,
-        end_position: outcome.end_position,
-        end_offset: outcome.end_offset,
+        end_position: outcome.commit_end_position,
+        end_offset: outcome.commit_end_offset,
     })
 }

@@ -31,7 +31,7 @@ pub const INDEX_MAGIC: [u8; 8] = *b"TALLYIDX";
 pub const SEGMENT_FORMAT_VERSION: u32 = 1;
 pub const SEGMENT_HEADER_BYTES: u64 = 24;
 /// A read fetches at least this much of a segment per system call.
-const READ_CHUNK_BYTES: usize = 256 * 1024;
+const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 pub fn segment_file_name(base_offset: Offset) -> String {
     format!("{base_offset:020}.seg")
@@ -140,6 +140,11 @@ impl SparseIndex {
         }
     }
 
+    /// Drops entries at or after `position` (frames cut off by recovery).
+    pub fn truncate(&mut self, position: u64) {
+        self.entries.retain(|entry| entry.position < position);
+    }
+
     pub fn last(&self) -> Option<IndexEntry> {
         self.entries.last().copied()
     }
@@ -235,6 +240,10 @@ pub struct ScanOutcome {
     /// Position just after the last whole, valid frame.
     pub end_position: u64,
     pub end_offset: Offset,
+    /// Position and offset just after the last whole commit (its `COMMIT_END` frame), or the
+    /// scan's start if no commit ended.
+    pub commit_end_position: u64,
+    pub commit_end_offset: Offset,
     /// The first position at which no valid frame could be read, and why; `None` if the scan
     /// reached the end of the file exactly at a frame boundary.
     pub stopped_at: Option<(u64, FrameProblem)>,
@@ -251,6 +260,7 @@ pub fn scan_segment(
     let file_len = file.metadata().map_err(|e| LogError::io(path, e))?.len();
     let mut position = start.position;
     let mut expected_offset = start.offset;
+    let (mut commit_end_position, mut commit_end_offset) = (position, expected_offset);
     let mut reader = ChunkReader::new(file, path, file_len);
     let stopped_at = loop {
         if position == file_len {
@@ -270,6 +280,9 @@ pub fn scan_segment(
                 index.note_frame(info.base_offset, position);
                 position += info.frame_bytes as u64;
                 expected_offset = info.end_offset();
+                if info.commit_end {
+                    (commit_end_position, commit_end_offset) = (position, expected_offset);
+                }
             }
             Err(problem) => break Some((position, problem)),
         }
@@ -278,14 +291,20 @@ pub fn scan_segment(
         index,
         end_position: position,
         end_offset: expected_offset,
+        commit_end_position,
+        commit_end_offset,
         stopped_at,
     })
 }
 
-/// Whether any valid frame holding offsets at or after `offset_min` starts after `position`.
-/// Tells a torn tail (nothing valid follows) from corruption in the middle (acknowledged
-/// records follow the damage).
-pub fn valid_frame_follows(
+/// Whether a later commit follows damage at `position`: a valid frame (holding offsets at or
+/// after `offset_min`) after a valid `COMMIT_END` frame, both after `position`.
+///
+/// Tells a torn tail from corruption in the middle. A crash can only tear the last commit, so
+/// every valid frame after torn bytes belongs to that same commit, and nothing valid follows its
+/// end. Anything after a commit that ended is a later commit, which was acknowledged only if the
+/// damaged one was: then the damage is corruption of acknowledged records.
+pub fn later_commit_follows(
     file: &File,
     path: &Path,
     position: u64,
@@ -298,14 +317,24 @@ pub fn valid_frame_follows(
     let mut rest = vec![0u8; rest_len as usize];
     file.read_exact_at(&mut rest, position + 1)
         .map_err(|e| LogError::io(path, e))?;
-    let found = rest
+    let mut commit_ended = false;
+    for (at, _) in rest
         .windows(FRAME_MAGIC.len())
         .enumerate()
         .filter(|(_, window)| *window == FRAME_MAGIC)
-        .any(|(at, _)| {
-            frame::check_frame(&rest[at..]).is_ok_and(|info| info.base_offset >= offset_min)
-        });
-    Ok(found)
+    {
+        let Ok(info) = frame::check_frame(&rest[at..]) else {
+            continue;
+        };
+        if info.base_offset < offset_min {
+            continue;
+        }
+        if commit_ended {
+            return Ok(true);
+        }
+        commit_ended = info.commit_end;
+    }
+    Ok(false)
 }
 
 /// Reads up to `records_max` records from `from` on, from a segment whose durable frames end at

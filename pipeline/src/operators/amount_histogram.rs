@@ -40,7 +40,10 @@ pub struct AmountHistogram {
 impl AmountHistogram {
     pub fn record(&mut self, amount_cents: u64) {
         let bucket = bucket_of(amount_cents);
-        match self.buckets.binary_search_by_key(&bucket, |&(value, _)| value) {
+        match self
+            .buckets
+            .binary_search_by_key(&bucket, |&(value, _)| value)
+        {
             Ok(at) => self.buckets[at].1 += 1,
             Err(at) => self.buckets.insert(at, (bucket, 1)),
         }
@@ -48,7 +51,10 @@ impl AmountHistogram {
 
     pub fn merge(&mut self, other: &AmountHistogram) {
         let mut merged = Vec::with_capacity(self.buckets.len() + other.buckets.len());
-        let (mut left, mut right) = (self.buckets.iter().peekable(), other.buckets.iter().peekable());
+        let (mut left, mut right) = (
+            self.buckets.iter().peekable(),
+            other.buckets.iter().peekable(),
+        );
         loop {
             let next = match (left.peek(), right.peek()) {
                 (Some(&&(a, n)), Some(&&(b, m))) if a == b => {
@@ -117,14 +123,20 @@ mod tests {
         }
         for amount in [1_234, 99_999, 5_000_000, 10_000_000] {
             let bucket = bucket_of(amount);
-            assert!(bucket <= amount && (amount - bucket) * 100 <= amount, "{amount} -> {bucket}");
+            assert!(
+                bucket <= amount && (amount - bucket) * 100 <= amount,
+                "{amount} -> {bucket}"
+            );
         }
     }
 
     #[test]
     fn merge_equals_recording_everything_in_one() {
         let (mut a, mut b, mut all) = Default::default();
-        for (i, amount) in [100u64, 200, 37, 100, 5_000, 63, 100, 12_345].iter().enumerate() {
+        for (i, amount) in [100u64, 200, 37, 100, 5_000, 63, 100, 12_345]
+            .iter()
+            .enumerate()
+        {
             let target: &mut AmountHistogram = if i % 2 == 0 { &mut a } else { &mut b };
             target.record(*amount);
             AmountHistogram::record(&mut all, *amount);

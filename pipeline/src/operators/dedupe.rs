@@ -41,7 +41,12 @@ fn identity_check(payment_ref: &str) -> u64 {
 /// A digest of the fields that must match for a resend to be a duplicate.
 fn content_digest(event: &DonationEvent) -> u64 {
     let mut bytes = Vec::with_capacity(128);
-    for field in [&event.order_id, &event.user_id, &event.campaign_id, &event.currency] {
+    for field in [
+        &event.order_id,
+        &event.user_id,
+        &event.campaign_id,
+        &event.currency,
+    ] {
         bytes.extend_from_slice(&(field.len() as u32).to_le_bytes());
         bytes.extend_from_slice(field.as_bytes());
     }
@@ -50,7 +55,10 @@ fn content_digest(event: &DonationEvent) -> u64 {
 }
 
 /// The fields in which a resend differs from the recorded donation (`paid_at` is not one).
-pub fn differing_fields(recorded: &DonationEvent, received: &DonationEvent) -> Vec<FieldDifference> {
+pub fn differing_fields(
+    recorded: &DonationEvent,
+    received: &DonationEvent,
+) -> Vec<FieldDifference> {
     let mut differences = Vec::new();
     let mut compare = |field: &str, recorded: String, received: String| {
         if recorded != received {
@@ -61,11 +69,31 @@ pub fn differing_fields(recorded: &DonationEvent, received: &DonationEvent) -> V
             });
         }
     };
-    compare("amount_cents", recorded.amount_cents.to_string(), received.amount_cents.to_string());
-    compare("campaign_id", recorded.campaign_id.clone(), received.campaign_id.clone());
-    compare("currency", recorded.currency.clone(), received.currency.clone());
-    compare("order_id", recorded.order_id.clone(), received.order_id.clone());
-    compare("user_id", recorded.user_id.clone(), received.user_id.clone());
+    compare(
+        "amount_cents",
+        recorded.amount_cents.to_string(),
+        received.amount_cents.to_string(),
+    );
+    compare(
+        "campaign_id",
+        recorded.campaign_id.clone(),
+        received.campaign_id.clone(),
+    );
+    compare(
+        "currency",
+        recorded.currency.clone(),
+        received.currency.clone(),
+    );
+    compare(
+        "order_id",
+        recorded.order_id.clone(),
+        received.order_id.clone(),
+    );
+    compare(
+        "user_id",
+        recorded.user_id.clone(),
+        received.user_id.clone(),
+    );
     differences
 }
 
@@ -92,7 +120,10 @@ pub enum IndexChange {
     /// A new donation whose fingerprint another `payment_ref` already has.
     RecordedCollision { payment_ref: String, offset: Offset },
     /// The resend counts of the donation recorded at `offset`, absolute.
-    Resends { offset: Offset, counts: ResendCounts },
+    Resends {
+        offset: Offset,
+        counts: ResendCounts,
+    },
 }
 
 /// What a fingerprint lookup found.
@@ -175,11 +206,17 @@ impl DonationIndex {
     /// Replays a checkpointed change (on load); the change is not pending.
     pub fn restore(&mut self, change: IndexChange) {
         match change {
-            IndexChange::Recorded { fingerprint, offset } => {
+            IndexChange::Recorded {
+                fingerprint,
+                offset,
+            } => {
                 let previous = self.first_offsets.insert(fingerprint, offset);
                 assert!(previous.is_none(), "a fingerprint is recorded once");
             }
-            IndexChange::RecordedCollision { payment_ref, offset } => {
+            IndexChange::RecordedCollision {
+                payment_ref,
+                offset,
+            } => {
                 self.collisions.insert(payment_ref, offset);
             }
             IndexChange::Resends { offset, counts } => {
@@ -189,10 +226,10 @@ impl DonationIndex {
     }
 
     pub fn lookup(&self, payment_ref: &str) -> Candidate {
-        if !self.collisions.is_empty() {
-            if let Some(&offset) = self.collisions.get(payment_ref) {
-                return Candidate::Exact(offset);
-            }
+        if !self.collisions.is_empty()
+            && let Some(&offset) = self.collisions.get(payment_ref)
+        {
+            return Candidate::Exact(offset);
         }
         match self.first_offsets.get(&fingerprint(payment_ref)) {
             Some(&offset) => Candidate::Fingerprint(offset),
@@ -202,7 +239,9 @@ impl DonationIndex {
 
     /// Checks of a recently recorded donation, if still remembered.
     pub fn recent(&self, offset: Offset) -> Option<RecentChecks> {
-        self.recent.iter().find_map(|generation| generation.get(&offset).copied())
+        self.recent
+            .iter()
+            .find_map(|generation| generation.get(&offset).copied())
     }
 
     /// Records a new donation whose `payment_ref` is not in the index.
@@ -214,7 +253,10 @@ impl DonationIndex {
                 offset,
             }
         } else {
-            IndexChange::Recorded { fingerprint, offset }
+            IndexChange::Recorded {
+                fingerprint,
+                offset,
+            }
         };
         self.restore(change.clone());
         self.pending.push(change.clone());
@@ -288,7 +330,13 @@ mod tests {
         assert!(checks.same_content(&event("pay_1", 100)));
         assert!(!checks.same_content(&event("pay_1", 200)));
         assert!(!checks.same_payment(&event("pay_2", 100)));
-        assert_eq!(index.take_pending(), vec![IndexChange::Recorded { fingerprint: fingerprint("pay_1"), offset: 7 }]);
+        assert_eq!(
+            index.take_pending(),
+            vec![IndexChange::Recorded {
+                fingerprint: fingerprint("pay_1"),
+                offset: 7
+            }]
+        );
     }
 
     #[test]
@@ -297,7 +345,10 @@ mod tests {
         index.record(&event("pay_1", 100), 1);
         // Simulate a second payment_ref with the same fingerprint.
         let change = index.record(&event("pay_1_twin", 100), 2);
-        assert!(matches!(change, IndexChange::Recorded { .. }), "different fingerprints here");
+        assert!(
+            matches!(change, IndexChange::Recorded { .. }),
+            "different fingerprints here"
+        );
         index.collisions.insert("pay_x".into(), 3);
         assert_eq!(index.lookup("pay_x"), Candidate::Exact(3));
         assert_eq!(index.recorded(), 3);
@@ -309,8 +360,23 @@ mod tests {
         index.record(&event("pay_1", 100), 1);
         index.count_resend(1, false);
         let change = index.count_resend(1, true);
-        assert_eq!(change, IndexChange::Resends { offset: 1, counts: ResendCounts { duplicates: 1, conflicts: 1 } });
-        assert_eq!(index.resends(1), ResendCounts { duplicates: 1, conflicts: 1 });
+        assert_eq!(
+            change,
+            IndexChange::Resends {
+                offset: 1,
+                counts: ResendCounts {
+                    duplicates: 1,
+                    conflicts: 1
+                }
+            }
+        );
+        assert_eq!(
+            index.resends(1),
+            ResendCounts {
+                duplicates: 1,
+                conflicts: 1
+            }
+        );
     }
 
     #[test]
@@ -319,7 +385,10 @@ mod tests {
         let mut received = event("p", 250);
         received.user_id = "someone-else".into();
         received.paid_at = EventTime(99);
-        let fields: Vec<_> = differing_fields(&recorded, &received).into_iter().map(|d| d.field).collect();
+        let fields: Vec<_> = differing_fields(&recorded, &received)
+            .into_iter()
+            .map(|d| d.field)
+            .collect();
         assert_eq!(fields, vec!["amount_cents", "user_id"]);
     }
 }

@@ -69,7 +69,11 @@ pub struct WindowBucket {
 
 impl WindowBucket {
     pub fn add(&mut self, amount_cents: u64) {
-        self.min_cents = if self.count == 0 { amount_cents } else { self.min_cents.min(amount_cents) };
+        self.min_cents = if self.count == 0 {
+            amount_cents
+        } else {
+            self.min_cents.min(amount_cents)
+        };
         self.max_cents = self.max_cents.max(amount_cents);
         self.count += 1;
         self.sum_cents += amount_cents;
@@ -80,7 +84,11 @@ impl WindowBucket {
         if other.count == 0 {
             return;
         }
-        self.min_cents = if self.count == 0 { other.min_cents } else { self.min_cents.min(other.min_cents) };
+        self.min_cents = if self.count == 0 {
+            other.min_cents
+        } else {
+            self.min_cents.min(other.min_cents)
+        };
         self.max_cents = self.max_cents.max(other.max_cents);
         self.count += other.count;
         self.sum_cents += other.sum_cents;
@@ -136,7 +144,8 @@ impl EventTimeWindows {
     /// Adds a recorded donation to its minute, hour and day buckets.
     pub fn record(&mut self, campaign_id: &str, paid_at_ms: UnixMillis, amount_cents: u64) {
         if !self.campaigns.contains_key(campaign_id) {
-            self.campaigns.insert(campaign_id.to_owned(), CampaignBuckets::default());
+            self.campaigns
+                .insert(campaign_id.to_owned(), CampaignBuckets::default());
         }
         let campaign = self.campaigns.get_mut(campaign_id).expect("inserted above");
         for granularity in Granularity::ALL {
@@ -163,23 +172,25 @@ impl EventTimeWindows {
     }
 
     pub fn get(&self, key: &BucketKey) -> Option<&WindowBucket> {
-        self.campaigns.get(&key.campaign_id)?.get(key.granularity, key.start_ms)
+        self.campaigns
+            .get(&key.campaign_id)?
+            .get(key.granularity, key.start_ms)
     }
 
     /// Every bucket, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (BucketKey, &WindowBucket)> {
         self.campaigns.iter().flat_map(|(campaign_id, campaign)| {
             Granularity::ALL.into_iter().flat_map(move |granularity| {
-                campaign.by_granularity[granularity as usize]
-                    .iter()
-                    .map(move |(&start_ms, bucket)| {
+                campaign.by_granularity[granularity as usize].iter().map(
+                    move |(&start_ms, bucket)| {
                         let key = BucketKey {
                             campaign_id: campaign_id.clone(),
                             granularity,
                             start_ms,
                         };
                         (key, bucket)
-                    })
+                    },
+                )
             })
         })
     }
@@ -202,7 +213,9 @@ impl EventTimeWindows {
     }
 
     pub fn has_dirty(&self) -> bool {
-        self.campaigns.values().any(|campaign| !campaign.dirty.is_empty())
+        self.campaigns
+            .values()
+            .any(|campaign| !campaign.dirty.is_empty())
     }
 
     pub fn bucket_count(&self) -> usize {
@@ -216,7 +229,10 @@ impl EventTimeWindows {
 /// The buckets that exactly cover the minute-aligned range `[from_ms, to_ms)`: whole days where
 /// possible, then whole hours, then minutes. `from_ms` and `to_ms` must be minute-aligned.
 pub fn cover(from_ms: UnixMillis, to_ms: UnixMillis) -> Vec<(Granularity, UnixMillis)> {
-    assert!(from_ms % MINUTE_MS == 0 && to_ms % MINUTE_MS == 0, "range must be minute-aligned");
+    assert!(
+        from_ms % MINUTE_MS == 0 && to_ms % MINUTE_MS == 0,
+        "range must be minute-aligned"
+    );
     let mut pieces = Vec::new();
     let mut cursor = from_ms;
     while cursor < to_ms {
@@ -239,11 +255,17 @@ mod tests {
         let mut windows = EventTimeWindows::default();
         let paid_at = 3 * DAY_MS + 5 * HOUR_MS + 7 * MINUTE_MS + 1234;
         windows.record("meals", paid_at, 250);
-        let starts: Vec<_> = windows.iter().map(|(k, _)| (k.granularity, k.start_ms)).collect();
+        let starts: Vec<_> = windows
+            .iter()
+            .map(|(k, _)| (k.granularity, k.start_ms))
+            .collect();
         assert_eq!(
             starts,
             vec![
-                (Granularity::Minute, 3 * DAY_MS + 5 * HOUR_MS + 7 * MINUTE_MS),
+                (
+                    Granularity::Minute,
+                    3 * DAY_MS + 5 * HOUR_MS + 7 * MINUTE_MS
+                ),
                 (Granularity::Hour, 3 * DAY_MS + 5 * HOUR_MS),
                 (Granularity::Day, 3 * DAY_MS),
             ]
@@ -275,7 +297,11 @@ mod tests {
 
     #[test]
     fn bucket_merge_matches_adding_everything() {
-        let (mut a, mut b, mut all) = (WindowBucket::default(), WindowBucket::default(), WindowBucket::default());
+        let (mut a, mut b, mut all) = (
+            WindowBucket::default(),
+            WindowBucket::default(),
+            WindowBucket::default(),
+        );
         for amount in [500, 100, 37] {
             a.add(amount);
             all.add(amount);
@@ -287,6 +313,9 @@ mod tests {
         a.merge(&b);
         a.merge(&WindowBucket::default());
         assert_eq!(a, all);
-        assert_eq!((all.min_cents, all.max_cents, all.sum_cents), (12, 900, 1549));
+        assert_eq!(
+            (all.min_cents, all.max_cents, all.sum_cents),
+            (12, 900, 1549)
+        );
     }
 }

@@ -27,8 +27,13 @@ impl Watermark {
 
     /// Notes a donation's event time; returns whether it is late.
     pub fn observe(&mut self, paid_at_ms: UnixMillis) -> bool {
-        let late = self.current().is_some_and(|watermark| paid_at_ms < watermark);
-        self.paid_at_ms_max = Some(self.paid_at_ms_max.map_or(paid_at_ms, |max| max.max(paid_at_ms)));
+        let late = self
+            .current()
+            .is_some_and(|watermark| paid_at_ms < watermark);
+        self.paid_at_ms_max = Some(
+            self.paid_at_ms_max
+                .map_or(paid_at_ms, |max| max.max(paid_at_ms)),
+        );
         late
     }
 
@@ -56,7 +61,11 @@ mod tests {
         assert!(!watermark.observe(950), "within the allowed lateness");
         assert!(watermark.observe(899));
         assert!(!watermark.observe(2_000));
-        assert_eq!(watermark.current(), Some(1_900), "the watermark never moves back");
+        assert_eq!(
+            watermark.current(),
+            Some(1_900),
+            "the watermark never moves back"
+        );
         assert!(!watermark.observe(1_950));
     }
 }

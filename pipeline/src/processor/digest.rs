@@ -14,7 +14,11 @@ use crate::codec;
 const ELEMENT_SEED: u64 = 0x7461_6c6c_795f_6467; // "tally_dg"
 
 /// The hash of one state element: its kind, key and value in canonical encoding.
-pub fn element_hash<K: Serialize + ?Sized, V: Serialize + ?Sized>(kind: u8, key: &K, value: &V) -> u64 {
+pub fn element_hash<K: Serialize + ?Sized, V: Serialize + ?Sized>(
+    kind: u8,
+    key: &K,
+    value: &V,
+) -> u64 {
     let mut bytes = vec![kind];
     bytes.extend_from_slice(&codec::encode(key));
     bytes.extend_from_slice(&codec::encode(value));
@@ -61,7 +65,11 @@ mod tests {
 
     #[test]
     fn order_does_not_matter_and_replacement_is_exact() {
-        let (a, b, c) = (element_hash(1, "a", &1u64), element_hash(1, "b", &2u64), element_hash(1, "c", &3u64));
+        let (a, b, c) = (
+            element_hash(1, "a", &1u64),
+            element_hash(1, "b", &2u64),
+            element_hash(1, "c", &3u64),
+        );
         let mut forward = 0u64;
         for hash in [a, b, c] {
             replace(&mut forward, None, hash);
@@ -78,6 +86,10 @@ mod tests {
             replace(&mut fresh, None, hash);
         }
         assert_eq!(forward, fresh);
-        assert_ne!(element_hash(1, "b", &2u64), element_hash(2, "b", &2u64), "kinds separate");
+        assert_ne!(
+            element_hash(1, "b", &2u64),
+            element_hash(2, "b", &2u64),
+            "kinds separate"
+        );
     }
 }

@@ -7,4 +7,6 @@ pub mod digest;
 pub mod partition_state;
 
 pub use digest::StateDigest;
-pub use partition_state::{Outcome, PartitionCounters, PartitionState, RecordedEvents, StateChanges};
+pub use partition_state::{
+    Outcome, PartitionCounters, PartitionState, RecordedEvents, StateChanges,
+};

@@ -122,10 +122,20 @@ impl PartitionState {
         let mut resends = HashMap::new();
         for change in index_changes {
             match &change {
-                IndexChange::Recorded { fingerprint, offset } => {
-                    digest::replace(&mut state.digest.recorded, None, recorded_hash(*fingerprint, *offset));
+                IndexChange::Recorded {
+                    fingerprint,
+                    offset,
+                } => {
+                    digest::replace(
+                        &mut state.digest.recorded,
+                        None,
+                        recorded_hash(*fingerprint, *offset),
+                    );
                 }
-                IndexChange::RecordedCollision { payment_ref, offset } => {
+                IndexChange::RecordedCollision {
+                    payment_ref,
+                    offset,
+                } => {
                     let hash = element_hash(kind::RECORDED_COLLISION, payment_ref, offset);
                     digest::replace(&mut state.digest.recorded, None, hash);
                 }
@@ -135,7 +145,9 @@ impl PartitionState {
             }
             state.index.restore(change);
         }
-        state.digest.resends = resends.values().fold(0, |sum, hash| sum.wrapping_add(*hash));
+        state.digest.resends = resends
+            .values()
+            .fold(0, |sum, hash| sum.wrapping_add(*hash));
         for (campaign_id, total) in &totals {
             let hash = element_hash(kind::CAMPAIGN_TOTAL, campaign_id, total);
             digest::replace(&mut state.digest.totals, None, hash);
@@ -208,14 +220,22 @@ impl PartitionState {
         event: DonationEvent,
         recorded_events: &dyn RecordedEvents,
     ) -> Result<Outcome, ApplyError> {
-        assert_eq!(offset, self.next_offset, "partition {} applies records in order", self.partition);
+        assert_eq!(
+            offset, self.next_offset,
+            "partition {} applies records in order",
+            self.partition
+        );
         let outcome = match self.index.lookup(&event.payment_ref) {
             Candidate::None => self.record(offset, &event),
-            Candidate::Exact(recorded_offset) => self.resend(recorded_offset, offset, event, recorded_events)?,
+            Candidate::Exact(recorded_offset) => {
+                self.resend(recorded_offset, offset, event, recorded_events)?
+            }
             Candidate::Fingerprint(recorded_offset) => {
                 match self.confirm(recorded_offset, &event, recorded_events)? {
                     Confirmation::OtherPayment => self.record(offset, &event),
-                    Confirmation::SamePayment => self.resend(recorded_offset, offset, event, recorded_events)?,
+                    Confirmation::SamePayment => {
+                        self.resend(recorded_offset, offset, event, recorded_events)?
+                    }
                 }
             }
         };
@@ -227,17 +247,22 @@ impl PartitionState {
     fn record(&mut self, offset: Offset, event: &DonationEvent) -> Outcome {
         let change = self.index.record(event, offset);
         let hash = match &change {
-            IndexChange::Recorded { fingerprint, offset } => recorded_hash(*fingerprint, *offset),
-            IndexChange::RecordedCollision { payment_ref, offset } => {
-                element_hash(kind::RECORDED_COLLISION, payment_ref, offset)
-            }
+            IndexChange::Recorded {
+                fingerprint,
+                offset,
+            } => recorded_hash(*fingerprint, *offset),
+            IndexChange::RecordedCollision {
+                payment_ref,
+                offset,
+            } => element_hash(kind::RECORDED_COLLISION, payment_ref, offset),
             IndexChange::Resends { .. } => unreachable!("record yields a recorded change"),
         };
         digest::replace(&mut self.digest.recorded, None, hash);
         let paid_at_ms = event.paid_at.unix_ms();
         let late = self.watermark.observe(paid_at_ms);
         self.totals.record(&event.campaign_id, event.amount_cents);
-        self.windows.record(&event.campaign_id, paid_at_ms, event.amount_cents);
+        self.windows
+            .record(&event.campaign_id, paid_at_ms, event.amount_cents);
         self.counters.recorded += 1;
         self.counters.late += u64::from(late);
         Outcome::Recorded { late }
@@ -252,9 +277,15 @@ impl PartitionState {
     ) -> Result<Confirmation, ApplyError> {
         let same = match self.index.recent(recorded_offset) {
             Some(checks) => checks.same_payment(event),
-            None => recorded_events.recorded_event(recorded_offset)?.payment_ref == event.payment_ref,
+            None => {
+                recorded_events.recorded_event(recorded_offset)?.payment_ref == event.payment_ref
+            }
         };
-        Ok(if same { Confirmation::SamePayment } else { Confirmation::OtherPayment })
+        Ok(if same {
+            Confirmation::SamePayment
+        } else {
+            Confirmation::OtherPayment
+        })
     }
 
     fn resend(
@@ -276,8 +307,13 @@ impl PartitionState {
         let is_conflict = duplicate.is_some();
         let change = self.index.count_resend(recorded_offset, is_conflict);
         if let IndexChange::Resends { counts, .. } = &change {
-            let old = (old_counts != Default::default()).then(|| element_hash(kind::RESENDS, &recorded_offset, &old_counts));
-            digest::replace(&mut self.digest.resends, old, element_hash(kind::RESENDS, &recorded_offset, counts));
+            let old = (old_counts != Default::default())
+                .then(|| element_hash(kind::RESENDS, &recorded_offset, &old_counts));
+            digest::replace(
+                &mut self.digest.resends,
+                old,
+                element_hash(kind::RESENDS, &recorded_offset, counts),
+            );
         }
         match duplicate {
             None => {
@@ -338,5 +374,9 @@ fn recorded_hash(fingerprint: u64, offset: Offset) -> u64 {
 }
 
 fn conflict_hash(conflict: &Conflict) -> u64 {
-    element_hash(kind::CONFLICT, &(&conflict.payment_ref, conflict.conflicting_offset), conflict)
+    element_hash(
+        kind::CONFLICT,
+        &(&conflict.payment_ref, conflict.conflicting_offset),
+        conflict,
+    )
 }
