@@ -148,8 +148,24 @@ impl Pipeline {
     /// Loads every partition's checkpoint and publishes it to the read model, rebuilding any
     /// partition whose checkpoint is damaged. Returns the states, ready to run.
     pub fn load(&self) -> Result<Vec<(PartitionState, bool)>, PipelineError> {
-        (0..self.log.partition_count())
-            .map(|partition| self.load_partition(partition))
+        let loaders = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let partitions: Vec<PartitionId> = (0..self.log.partition_count()).collect();
+        let mut loaded: Vec<Option<Result<(PartitionState, bool), PipelineError>>> =
+            (0..partitions.len()).map(|_| None).collect();
+        // Loading is reading and hashing: spread the partitions over the cores.
+        std::thread::scope(|scope| {
+            let chunk = partitions.len().div_ceil(loaders).max(1);
+            for (slots, ids) in loaded.chunks_mut(chunk).zip(partitions.chunks(chunk)) {
+                scope.spawn(move || {
+                    for (slot, &partition) in slots.iter_mut().zip(ids) {
+                        *slot = Some(self.load_partition(partition));
+                    }
+                });
+            }
+        });
+        loaded
+            .into_iter()
+            .map(|slot| slot.expect("every partition was loaded"))
             .collect()
     }
 

@@ -16,7 +16,9 @@ use crate::operators::conflict_audit::Conflict;
 use crate::operators::dedupe::IndexChange;
 use crate::operators::event_time_windows::{BucketKey, Granularity, WindowBucket};
 use crate::processor::StateDigest;
-use crate::processor::partition_state::{PartitionState, StateChanges, StateScalars};
+use crate::processor::partition_state::{
+    IndexRestorer, PartitionState, StateChanges, StateScalars,
+};
 
 const META_KEY: &[u8] = b"meta";
 const TOTAL_PREFIX: &[u8] = b"t/";
@@ -169,17 +171,17 @@ impl CheckpointStore {
             self.reset(partition)?;
             return Ok(LoadedPartition::Empty);
         };
-        let mut changes = Vec::with_capacity(meta.scalars.counters.recorded as usize);
+        let mut restorer = IndexRestorer::new(meta.scalars.counters.recorded);
         let journal = Journal::open(
             &self.journal_path(partition),
             partition,
             Some(meta.journal_end_position),
-            |change| changes.push(change),
+            |change| restorer.add(change),
         )?;
         let totals = self.totals(partition)?;
         let buckets = self.buckets(partition)?;
         let conflicts = self.conflicts(partition)?;
-        let state = PartitionState::restore(meta.scalars, changes, totals, buckets, &conflicts);
+        let state = PartitionState::restore(meta.scalars, restorer, totals, buckets, &conflicts);
         if state.digest() != meta.digest || state.state_digest() != meta.state_digest {
             return Err(CheckpointError::Corrupt {
                 what: format!("checkpoint of partition {partition}"),
@@ -220,9 +222,15 @@ impl CheckpointStore {
             buckets: self.buckets(partition)?,
             conflicts: self.conflicts(partition)?,
         };
+        let mut restorer = IndexRestorer::new(meta.scalars.counters.recorded);
+        exported
+            .index_changes
+            .iter()
+            .cloned()
+            .for_each(|change| restorer.add(change));
         let state = PartitionState::restore(
             meta.scalars,
-            exported.index_changes.iter().cloned(),
+            restorer,
             exported.totals.clone(),
             exported.buckets.clone(),
             &exported.conflicts,

@@ -25,6 +25,16 @@ pub fn element_hash<K: Serialize + ?Sized, V: Serialize + ?Sized>(
     xxh3_64_with_seed(&bytes, ELEMENT_SEED)
 }
 
+/// `element_hash(kind, &a, &b)` for two `u64`s (their canonical encoding is 8 little-endian
+/// bytes each), computed on the stack.
+pub fn element_hash_of_two_u64(kind: u8, a: u64, b: u64) -> u64 {
+    let mut bytes = [0u8; 17];
+    bytes[0] = kind;
+    bytes[1..9].copy_from_slice(&a.to_le_bytes());
+    bytes[9..17].copy_from_slice(&b.to_le_bytes());
+    xxh3_64_with_seed(&bytes, ELEMENT_SEED)
+}
+
 /// Element kinds, part of every element hash.
 pub mod kind {
     pub const RECORDED: u8 = 1;

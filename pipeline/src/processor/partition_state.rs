@@ -70,6 +70,52 @@ pub struct StateChanges {
     pub conflicts: Vec<Conflict>,
 }
 
+/// Rebuilds a partition's donation index from checkpointed changes, one at a time (the journal
+/// is streamed, never held whole), keeping the digest components they make up.
+#[derive(Debug)]
+pub struct IndexRestorer {
+    index: DonationIndex,
+    recorded_digest: u64,
+    resend_hashes: HashMap<Offset, u64>,
+}
+
+impl IndexRestorer {
+    pub fn new(recorded: u64) -> Self {
+        Self {
+            index: DonationIndex::with_capacity(recorded as usize),
+            recorded_digest: 0,
+            resend_hashes: HashMap::new(),
+        }
+    }
+
+    pub fn add(&mut self, change: IndexChange) {
+        match &change {
+            IndexChange::Recorded {
+                fingerprint,
+                offset,
+            } => {
+                digest::replace(
+                    &mut self.recorded_digest,
+                    None,
+                    recorded_hash(*fingerprint, *offset),
+                );
+            }
+            IndexChange::RecordedCollision {
+                payment_ref,
+                offset,
+            } => {
+                let hash = element_hash(kind::RECORDED_COLLISION, payment_ref, offset);
+                digest::replace(&mut self.recorded_digest, None, hash);
+            }
+            IndexChange::Resends { offset, counts } => {
+                self.resend_hashes
+                    .insert(*offset, element_hash(kind::RESENDS, offset, counts));
+            }
+        }
+        self.index.restore(change);
+    }
+}
+
 /// One partition's state.
 #[derive(Debug)]
 pub struct PartitionState {
@@ -109,7 +155,7 @@ impl PartitionState {
     /// can compare it with the digest the checkpoint recorded.
     pub fn restore(
         scalars: StateScalars,
-        index_changes: impl IntoIterator<Item = IndexChange>,
+        index: IndexRestorer,
         totals: Vec<(String, CampaignTotal)>,
         buckets: Vec<(BucketKey, WindowBucket)>,
         conflicts: &[Conflict],
@@ -118,36 +164,12 @@ impl PartitionState {
         state.next_offset = scalars.next_offset;
         state.counters = scalars.counters;
         state.watermark = scalars.watermark;
-        state.index = DonationIndex::with_capacity(scalars.counters.recorded as usize);
-        let mut resends = HashMap::new();
-        for change in index_changes {
-            match &change {
-                IndexChange::Recorded {
-                    fingerprint,
-                    offset,
-                } => {
-                    digest::replace(
-                        &mut state.digest.recorded,
-                        None,
-                        recorded_hash(*fingerprint, *offset),
-                    );
-                }
-                IndexChange::RecordedCollision {
-                    payment_ref,
-                    offset,
-                } => {
-                    let hash = element_hash(kind::RECORDED_COLLISION, payment_ref, offset);
-                    digest::replace(&mut state.digest.recorded, None, hash);
-                }
-                IndexChange::Resends { offset, counts } => {
-                    resends.insert(*offset, element_hash(kind::RESENDS, offset, counts));
-                }
-            }
-            state.index.restore(change);
-        }
-        state.digest.resends = resends
+        state.digest.recorded = index.recorded_digest;
+        state.digest.resends = index
+            .resend_hashes
             .values()
             .fold(0, |sum, hash| sum.wrapping_add(*hash));
+        state.index = index.index;
         for (campaign_id, total) in &totals {
             let hash = element_hash(kind::CAMPAIGN_TOTAL, campaign_id, total);
             digest::replace(&mut state.digest.totals, None, hash);
@@ -369,8 +391,10 @@ enum Confirmation {
     OtherPayment,
 }
 
+/// `element_hash(kind::RECORDED, &fingerprint, &offset)`, without allocating: it runs once per
+/// recorded donation, and once per entry when a checkpoint is loaded.
 fn recorded_hash(fingerprint: u64, offset: Offset) -> u64 {
-    element_hash(kind::RECORDED, &fingerprint, &offset)
+    digest::element_hash_of_two_u64(kind::RECORDED, fingerprint, offset)
 }
 
 fn conflict_hash(conflict: &Conflict) -> u64 {

@@ -13,11 +13,14 @@
 //! and comparing every field exactly. Two different `payment_ref`s that share a fingerprint are
 //! kept apart by an exact side table, so the index never merges two payments.
 
+mod fingerprint_table;
+
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+pub use fingerprint_table::FingerprintTable;
 
 use crate::event::DonationEvent;
 use crate::log::Offset;
@@ -161,32 +164,10 @@ impl RecentChecks {
     }
 }
 
-/// A hasher for keys that are already uniformly distributed hashes.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PrehashedKey(u64);
-
-impl Hasher for PrehashedKey {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-}
-
-type PrehashedMap<V> = HashMap<u64, V, BuildHasherDefault<PrehashedKey>>;
-
 /// The recorded donations of one partition.
 #[derive(Debug, Default)]
 pub struct DonationIndex {
-    first_offsets: PrehashedMap<Offset>,
+    first_offsets: FingerprintTable,
     /// `payment_ref`s whose fingerprint was taken by another `payment_ref`.
     collisions: BTreeMap<String, Offset>,
     /// Keyed by the offset of the recorded donation.
@@ -198,9 +179,10 @@ pub struct DonationIndex {
 
 impl DonationIndex {
     pub fn with_capacity(recorded: usize) -> Self {
-        let mut index = Self::default();
-        index.first_offsets.reserve(recorded);
-        index
+        Self {
+            first_offsets: FingerprintTable::with_capacity(recorded),
+            ..Self::default()
+        }
     }
 
     /// Replays a checkpointed change (on load); the change is not pending.
@@ -210,8 +192,7 @@ impl DonationIndex {
                 fingerprint,
                 offset,
             } => {
-                let previous = self.first_offsets.insert(fingerprint, offset);
-                assert!(previous.is_none(), "a fingerprint is recorded once");
+                self.first_offsets.insert(fingerprint, offset);
             }
             IndexChange::RecordedCollision {
                 payment_ref,
@@ -231,8 +212,8 @@ impl DonationIndex {
         {
             return Candidate::Exact(offset);
         }
-        match self.first_offsets.get(&fingerprint(payment_ref)) {
-            Some(&offset) => Candidate::Fingerprint(offset),
+        match self.first_offsets.get(fingerprint(payment_ref)) {
+            Some(offset) => Candidate::Fingerprint(offset),
             None => Candidate::None,
         }
     }
@@ -247,7 +228,7 @@ impl DonationIndex {
     /// Records a new donation whose `payment_ref` is not in the index.
     pub fn record(&mut self, event: &DonationEvent, offset: Offset) -> IndexChange {
         let fingerprint = fingerprint(&event.payment_ref);
-        let change = if self.first_offsets.contains_key(&fingerprint) {
+        let change = if self.first_offsets.contains(fingerprint) {
             IndexChange::RecordedCollision {
                 payment_ref: event.payment_ref.clone(),
                 offset,
