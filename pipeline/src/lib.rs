@@ -17,6 +17,7 @@
 //! [`Partitioner`](log::Partitioner) sends every retry of one payment to one partition. An append
 //! is acknowledged only once the record is durable; readers see durable records only.
 
+pub mod campaigns;
 pub mod checkpoint;
 pub mod clock;
 pub mod codec;

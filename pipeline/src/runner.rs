@@ -20,7 +20,7 @@ use crate::clock::Clock;
 use crate::event::{DonationEvent, envelope};
 use crate::log::{Log, LogError, Offset, PartitionId};
 use crate::operators::watermark::ALLOWED_LATENESS_MS_DEFAULT;
-use crate::processor::partition_state::{ApplyError, RecordedEvents};
+use crate::processor::partition_state::{ApplyError, RecordedEvents, SharedIndex};
 use crate::processor::{PartitionState, StateChanges};
 use crate::read_model::{PartitionUpdate, ReadModel};
 
@@ -104,12 +104,42 @@ pub struct PartitionRunSummary {
     pub last_checkpoint: Option<CheckpointMeta>,
 }
 
+/// Each partition's donation index, as the running partitions share them with readers.
+#[derive(Debug)]
+pub struct DonationDirectory {
+    partitions: Vec<std::sync::RwLock<SharedIndex>>,
+}
+
+impl DonationDirectory {
+    fn new(partition_count: u32) -> Self {
+        Self {
+            partitions: (0..partition_count).map(|_| Default::default()).collect(),
+        }
+    }
+
+    fn install(&self, partition: PartitionId, index: SharedIndex) {
+        *self.partitions[partition as usize]
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = index;
+    }
+
+    /// The index of a partition (empty until the partition has been loaded).
+    pub fn index(&self, partition: PartitionId) -> SharedIndex {
+        Arc::clone(
+            &self.partitions[partition as usize]
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
 /// The operators over a log, checkpointed into a store, publishing to a read model.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     log: Arc<dyn Log>,
     store: Arc<CheckpointStore>,
     read_model: Arc<ReadModel>,
+    directory: Arc<DonationDirectory>,
     clock: Arc<dyn Clock>,
     config: PipelineConfig,
 }
@@ -128,10 +158,12 @@ impl Pipeline {
                 state: store.partition_count(),
             });
         }
+        let directory = Arc::new(DonationDirectory::new(log.partition_count()));
         Ok(Self {
             log,
             store,
             read_model,
+            directory,
             clock,
             config,
         })
@@ -139,6 +171,14 @@ impl Pipeline {
 
     pub fn store(&self) -> &Arc<CheckpointStore> {
         &self.store
+    }
+
+    pub fn directory(&self) -> &Arc<DonationDirectory> {
+        &self.directory
+    }
+
+    pub fn log(&self) -> &Arc<dyn Log> {
+        &self.log
     }
 
     pub fn read_model(&self) -> &Arc<ReadModel> {
@@ -231,6 +271,7 @@ impl Pipeline {
         mode: RunMode,
     ) -> Result<PartitionRunSummary, PipelineError> {
         let partition = state.partition();
+        self.directory.install(partition, state.shared_index());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

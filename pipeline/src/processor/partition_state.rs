@@ -4,6 +4,7 @@
 //! digest, whatever the checkpoint cadence, cache contents or process restarts in between.
 
 use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +71,9 @@ pub struct StateChanges {
     pub conflicts: Vec<Conflict>,
 }
 
+/// A partition's donation index as readers share it.
+pub type SharedIndex = Arc<RwLock<DonationIndex>>;
+
 /// Rebuilds a partition's donation index from checkpointed changes, one at a time (the journal
 /// is streamed, never held whole), keeping the digest components they make up.
 #[derive(Debug)]
@@ -123,7 +127,8 @@ pub struct PartitionState {
     next_offset: Offset,
     counters: PartitionCounters,
     watermark: Watermark,
-    index: DonationIndex,
+    /// Shared with readers (donation look-ups, reconciliation), written only by this state.
+    index: SharedIndex,
     totals: CampaignTotals,
     windows: EventTimeWindows,
     pending_conflicts: Vec<Conflict>,
@@ -141,7 +146,7 @@ impl PartitionState {
             next_offset: 0,
             counters: PartitionCounters::default(),
             watermark: Watermark::new(allowed_lateness_ms),
-            index: DonationIndex::default(),
+            index: SharedIndex::default(),
             totals: CampaignTotals::default(),
             windows: EventTimeWindows::default(),
             pending_conflicts: Vec::new(),
@@ -169,7 +174,7 @@ impl PartitionState {
             .resend_hashes
             .values()
             .fold(0, |sum, hash| sum.wrapping_add(*hash));
-        state.index = index.index;
+        state.index = Arc::new(RwLock::new(index.index));
         for (campaign_id, total) in &totals {
             let hash = element_hash(kind::CAMPAIGN_TOTAL, campaign_id, total);
             digest::replace(&mut state.digest.totals, None, hash);
@@ -212,8 +217,13 @@ impl PartitionState {
         &self.windows
     }
 
-    pub fn index(&self) -> &DonationIndex {
-        &self.index
+    /// The donation index, shared: readers look donations up while this state applies records.
+    pub fn shared_index(&self) -> SharedIndex {
+        Arc::clone(&self.index)
+    }
+
+    fn index(&self) -> RwLockWriteGuard<'_, DonationIndex> {
+        self.index.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn scalars(&self) -> StateScalars {
@@ -247,7 +257,8 @@ impl PartitionState {
             "partition {} applies records in order",
             self.partition
         );
-        let outcome = match self.index.lookup(&event.payment_ref) {
+        let candidate = self.index().lookup(&event.payment_ref);
+        let outcome = match candidate {
             Candidate::None => self.record(offset, &event),
             Candidate::Exact(recorded_offset) => {
                 self.resend(recorded_offset, offset, event, recorded_events)?
@@ -267,7 +278,7 @@ impl PartitionState {
     }
 
     fn record(&mut self, offset: Offset, event: &DonationEvent) -> Outcome {
-        let change = self.index.record(event, offset);
+        let change = self.index().record(event, offset);
         let hash = match &change {
             IndexChange::Recorded {
                 fingerprint,
@@ -297,7 +308,8 @@ impl PartitionState {
         event: &DonationEvent,
         recorded_events: &dyn RecordedEvents,
     ) -> Result<Confirmation, ApplyError> {
-        let same = match self.index.recent(recorded_offset) {
+        let recent = self.index().recent(recorded_offset);
+        let same = match recent {
             Some(checks) => checks.same_payment(event),
             None => {
                 recorded_events.recorded_event(recorded_offset)?.payment_ref == event.payment_ref
@@ -317,7 +329,8 @@ impl PartitionState {
         event: DonationEvent,
         recorded_events: &dyn RecordedEvents,
     ) -> Result<Outcome, ApplyError> {
-        let duplicate = match self.index.recent(recorded_offset) {
+        let recent = self.index().recent(recorded_offset);
+        let duplicate = match recent {
             Some(checks) if checks.same_content(&event) => None,
             _ => {
                 let recorded = recorded_events.recorded_event(recorded_offset)?;
@@ -325,9 +338,9 @@ impl PartitionState {
                 (!differences.is_empty()).then_some(differences)
             }
         };
-        let old_counts = self.index.resends(recorded_offset);
+        let old_counts = self.index().resends(recorded_offset);
         let is_conflict = duplicate.is_some();
-        let change = self.index.count_resend(recorded_offset, is_conflict);
+        let change = self.index().count_resend(recorded_offset, is_conflict);
         if let IndexChange::Resends { counts, .. } = &change {
             let old = (old_counts != Default::default())
                 .then(|| element_hash(kind::RESENDS, &recorded_offset, &old_counts));
@@ -372,8 +385,9 @@ impl PartitionState {
             let old = self.bucket_hashes.insert(key.clone(), hash);
             digest::replace(&mut self.digest.windows, old, hash);
         }
+        let index = self.index().take_pending();
         StateChanges {
-            index: self.index.take_pending(),
+            index,
             totals,
             buckets,
             conflicts: std::mem::take(&mut self.pending_conflicts),

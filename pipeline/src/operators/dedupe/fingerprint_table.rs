@@ -93,6 +93,15 @@ impl FingerprintTable {
         self.len += 1;
     }
 
+    /// Every `(fingerprint, offset)`, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Offset)> + '_ {
+        self.fingerprints
+            .iter()
+            .enumerate()
+            .filter(|&(_, &fingerprint)| fingerprint != EMPTY)
+            .map(|(slot, &fingerprint)| (fingerprint, self.offset_at(slot, fingerprint)))
+    }
+
     /// Heap bytes used, for operators.
     pub fn heap_bytes(&self) -> usize {
         self.fingerprints.len() * (8 + 4) + self.wide_offsets.len() * 32
@@ -164,6 +173,9 @@ mod tests {
             assert_eq!(table.get(spread(i)), Some(i * 3));
         }
         assert_eq!(table.get(spread(50_001)), None);
+        let mut offsets: Vec<u64> = table.iter().map(|(_, offset)| offset).collect();
+        offsets.sort_unstable();
+        assert_eq!(offsets, (1..50_000u64).map(|i| i * 3).collect::<Vec<_>>());
         assert!(table.fingerprints.len() as f64 * LOAD_FACTOR_MAX >= table.len() as f64);
     }
 

@@ -278,6 +278,28 @@ impl DonationIndex {
         std::mem::take(&mut self.pending)
     }
 
+    /// Offsets of every recorded donation below `end`, ascending.
+    pub fn recorded_offsets_below(&self, end: Offset) -> Vec<Offset> {
+        let mut offsets: Vec<Offset> = self
+            .first_offsets
+            .iter()
+            .map(|(_, offset)| offset)
+            .chain(self.collisions.values().copied())
+            .filter(|&offset| offset < end)
+            .collect();
+        offsets.sort_unstable();
+        offsets
+    }
+
+    /// Whether the record at `offset`, whose `payment_ref` is given, is a recorded donation (the
+    /// first event of its payment) rather than a duplicate or conflict.
+    pub fn is_recorded_at(&self, payment_ref: &str, offset: Offset) -> bool {
+        match self.lookup(payment_ref) {
+            Candidate::Exact(recorded) | Candidate::Fingerprint(recorded) => recorded == offset,
+            Candidate::None => false,
+        }
+    }
+
     pub fn recorded(&self) -> usize {
         self.first_offsets.len() + self.collisions.len()
     }
