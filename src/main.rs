@@ -5,6 +5,7 @@
 //! error with a non-zero exit status.
 
 mod commands;
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +31,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run tally: take payment callbacks, process them exactly once, serve totals and statistics.
+    Serve(server::ServeArgs),
     /// Append donations from an NDJSON file (one JSON event a line) to the log.
     Import(commands::import::ImportArgs),
     /// Inspect the donation log.
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let outcome = match cli.command {
+        Command::Serve(args) => serve(cli.data_dir, args),
         Command::Import(args) => commands::import::run(&cli.data_dir, args),
         Command::Log(command) => commands::log::run(&cli.data_dir, command),
         Command::Process(args) => commands::process::run(&cli.data_dir, args),
@@ -85,4 +89,33 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+fn serve(data_dir: PathBuf, args: server::ServeArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        server::run(listener, data_dir, args, shutdown_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
 }

@@ -4,5 +4,15 @@
 //! owned by `tally-pipeline`. It validates and authenticates each callback, answers only after
 //! the event is on disk, and never decides totals: that is the pipeline's job.
 //!
-//! This crate is the entry point of data into tally; its routes are added by the `tally serve`
-//! work. Until then donations enter through `tally import`.
+//! Donations enter through these routes (`tally serve`) or, for backfills, `tally import`.
+//!
+//! - [`routes`]: `POST /v1/donations` and `POST /v1/donations/batch`.
+//! - [`error`]: the API's one error type and its JSON shape, shared with the query side.
+//! - [`signature`]: the `Tally-Signature` header, HMAC-SHA256 signing and replay-safe checking
+//!   of callbacks.
+//! - [`rate_limit`]: per-user token buckets in bounded memory, answering how long to wait.
+
+pub mod error;
+pub mod rate_limit;
+pub mod routes;
+pub mod signature;

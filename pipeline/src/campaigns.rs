@@ -72,9 +72,19 @@ pub struct Campaign {
 /// One change to the registry, as stored in the control log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum CampaignEvent {
-    Created { definition: CampaignDefinition, at: EventTime },
-    CloseStarted { campaign_id: String, close_offsets: Vec<Offset> },
-    Closed { campaign_id: String, at: EventTime, reconciliation: Reconciliation },
+    Created {
+        definition: CampaignDefinition,
+        at: EventTime,
+    },
+    CloseStarted {
+        campaign_id: String,
+        close_offsets: Vec<Offset>,
+    },
+    Closed {
+        campaign_id: String,
+        at: EventTime,
+        reconciliation: Reconciliation,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,10 +133,11 @@ impl CampaignRegistry {
             let Some(last) = records.last() else { break };
             next = last.offset + 1;
             for record in records {
-                let event: CampaignEvent = codec::decode(&record.value).map_err(|e| CampaignError::Undecodable {
-                    offset: record.offset,
-                    reason: e.to_string(),
-                })?;
+                let event: CampaignEvent =
+                    codec::decode(&record.value).map_err(|e| CampaignError::Undecodable {
+                        offset: record.offset,
+                        reason: e.to_string(),
+                    })?;
                 apply(&mut campaigns, event);
             }
         }
@@ -145,19 +156,33 @@ impl CampaignRegistry {
     }
 
     /// Creates a campaign, durably.
-    pub fn create(&self, definition: CampaignDefinition, now: EventTime) -> Result<Campaign, CampaignError> {
+    pub fn create(
+        &self,
+        definition: CampaignDefinition,
+        now: EventTime,
+    ) -> Result<Campaign, CampaignError> {
         let mut campaigns = self.write();
         if campaigns.contains_key(&definition.campaign_id) {
             return Err(CampaignError::AlreadyExists(definition.campaign_id));
         }
         let campaign_id = definition.campaign_id.clone();
-        self.record(&mut campaigns, CampaignEvent::Created { definition, at: now })?;
+        self.record(
+            &mut campaigns,
+            CampaignEvent::Created {
+                definition,
+                at: now,
+            },
+        )?;
         Ok(campaigns[&campaign_id].clone())
     }
 
     /// Stops a campaign accepting donations, durably, noting the log end offsets at that moment.
     /// The caller guarantees no donation for it is being appended while this runs.
-    pub fn start_close(&self, campaign_id: &str, close_offsets: Vec<Offset>) -> Result<Campaign, CampaignError> {
+    pub fn start_close(
+        &self,
+        campaign_id: &str,
+        close_offsets: Vec<Offset>,
+    ) -> Result<Campaign, CampaignError> {
         let mut campaigns = self.write();
         let campaign = campaigns
             .get(campaign_id)
@@ -165,7 +190,9 @@ impl CampaignRegistry {
         match campaign.status {
             CampaignStatus::Open => {}
             CampaignStatus::Closing => return Ok(campaign.clone()),
-            CampaignStatus::Closed => return Err(CampaignError::AlreadyClosed(campaign_id.to_owned())),
+            CampaignStatus::Closed => {
+                return Err(CampaignError::AlreadyClosed(campaign_id.to_owned()));
+            }
         }
         let event = CampaignEvent::CloseStarted {
             campaign_id: campaign_id.to_owned(),
@@ -202,12 +229,15 @@ impl CampaignRegistry {
         Ok(campaigns[campaign_id].clone())
     }
 
-    fn record(&self, campaigns: &mut BTreeMap<String, Campaign>, event: CampaignEvent) -> Result<(), CampaignError> {
+    fn record(
+        &self,
+        campaigns: &mut BTreeMap<String, Campaign>,
+        event: CampaignEvent,
+    ) -> Result<(), CampaignError> {
         let key = match &event {
             CampaignEvent::Created { definition, .. } => definition.campaign_id.clone(),
-            CampaignEvent::CloseStarted { campaign_id, .. } | CampaignEvent::Closed { campaign_id, .. } => {
-                campaign_id.clone()
-            }
+            CampaignEvent::CloseStarted { campaign_id, .. }
+            | CampaignEvent::Closed { campaign_id, .. } => campaign_id.clone(),
         };
         let record = KeyedRecord {
             key: key.into_bytes(),
@@ -219,11 +249,15 @@ impl CampaignRegistry {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Campaign>> {
-        self.campaigns.read().unwrap_or_else(PoisonError::into_inner)
+        self.campaigns
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Campaign>> {
-        self.campaigns.write().unwrap_or_else(PoisonError::into_inner)
+        self.campaigns
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -242,13 +276,20 @@ fn apply(campaigns: &mut BTreeMap<String, Campaign>, event: CampaignEvent) {
                 },
             );
         }
-        CampaignEvent::CloseStarted { campaign_id, close_offsets } => {
+        CampaignEvent::CloseStarted {
+            campaign_id,
+            close_offsets,
+        } => {
             if let Some(campaign) = campaigns.get_mut(&campaign_id) {
                 campaign.status = CampaignStatus::Closing;
                 campaign.close_offsets = Some(close_offsets);
             }
         }
-        CampaignEvent::Closed { campaign_id, at, reconciliation } => {
+        CampaignEvent::Closed {
+            campaign_id,
+            at,
+            reconciliation,
+        } => {
             if let Some(campaign) = campaigns.get_mut(&campaign_id) {
                 campaign.status = CampaignStatus::Closed;
                 campaign.closed_at = Some(at);
@@ -279,8 +320,13 @@ mod tests {
         {
             let registry = CampaignRegistry::open(dir.path()).unwrap();
             registry.create(definition("meals"), EventTime(1)).unwrap();
-            registry.create(definition("shelter"), EventTime(2)).unwrap();
-            assert!(matches!(registry.create(definition("meals"), EventTime(3)), Err(CampaignError::AlreadyExists(_))));
+            registry
+                .create(definition("shelter"), EventTime(2))
+                .unwrap();
+            assert!(matches!(
+                registry.create(definition("meals"), EventTime(3)),
+                Err(CampaignError::AlreadyExists(_))
+            ));
             registry.start_close("shelter", vec![5, 7]).unwrap();
             let reconciliation = Reconciliation {
                 final_total_cents: 10,
@@ -289,7 +335,9 @@ mod tests {
                 running_donations: 1,
                 matched: true,
             };
-            registry.finish_close("shelter", reconciliation, EventTime(9)).unwrap();
+            registry
+                .finish_close("shelter", reconciliation, EventTime(9))
+                .unwrap();
         }
         let registry = CampaignRegistry::open(dir.path()).unwrap();
         let campaigns = registry.list();
@@ -299,7 +347,13 @@ mod tests {
         assert_eq!(shelter.status, CampaignStatus::Closed);
         assert_eq!(shelter.close_offsets, Some(vec![5, 7]));
         assert!(shelter.reconciliation.unwrap().matched);
-        assert!(matches!(registry.start_close("shelter", vec![]), Err(CampaignError::AlreadyClosed(_))));
-        assert!(matches!(registry.start_close("nope", vec![]), Err(CampaignError::NotFound(_))));
+        assert!(matches!(
+            registry.start_close("shelter", vec![]),
+            Err(CampaignError::AlreadyClosed(_))
+        ));
+        assert!(matches!(
+            registry.start_close("nope", vec![]),
+            Err(CampaignError::NotFound(_))
+        ));
     }
 }

@@ -30,6 +30,8 @@ pub struct PartitionUpdate {
     /// The state reflects records `0..next_offset`.
     pub next_offset: Offset,
     pub committed_at_ms: UnixMillis,
+    /// How long the checkpoint commit took.
+    pub checkpoint_duration_us: u64,
     pub watermark_ms: Option<UnixMillis>,
     pub counters: PartitionCounters,
     pub totals: Vec<(String, CampaignTotal)>,
@@ -43,6 +45,7 @@ impl PartitionUpdate {
             partition: state.partition(),
             next_offset: state.next_offset(),
             committed_at_ms,
+            checkpoint_duration_us: 0,
             watermark_ms: state.watermark().current(),
             counters: state.counters(),
             totals: state
@@ -64,6 +67,7 @@ impl PartitionUpdate {
 struct PartitionView {
     next_offset: Offset,
     committed_at_ms: UnixMillis,
+    checkpoint_duration_us: u64,
     watermark_ms: Option<UnixMillis>,
     counters: PartitionCounters,
     totals: BTreeMap<String, CampaignTotal>,
@@ -76,6 +80,7 @@ pub struct PartitionProgress {
     pub partition: PartitionId,
     pub applied_offset: Offset,
     pub committed_at_ms: UnixMillis,
+    pub checkpoint_duration_us: u64,
     pub watermark_ms: Option<UnixMillis>,
     pub counters: PartitionCounters,
 }
@@ -150,6 +155,7 @@ impl ReadModel {
             }
             view.next_offset = update.next_offset;
             view.committed_at_ms = update.committed_at_ms;
+            view.checkpoint_duration_us = update.checkpoint_duration_us;
             view.watermark_ms = update.watermark_ms;
             view.counters = update.counters;
             view.totals.extend(update.totals);
@@ -182,6 +188,7 @@ impl ReadModel {
                 partition: partition as PartitionId,
                 applied_offset: view.next_offset,
                 committed_at_ms: view.committed_at_ms,
+                checkpoint_duration_us: view.checkpoint_duration_us,
                 watermark_ms: view.watermark_ms,
                 counters: view.counters,
             })

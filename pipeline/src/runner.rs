@@ -391,12 +391,14 @@ impl Pipeline {
 
     /// Commits the state's changes and publishes them.
     fn checkpoint(&self, state: &mut PartitionState) -> Result<CheckpointMeta, PipelineError> {
+        let started = Instant::now();
         let changes: StateChanges = state.take_changes();
         let meta = self.store.commit(state, &changes, self.clock.now_ms())?;
         self.read_model.publish(PartitionUpdate {
             partition: state.partition(),
             next_offset: state.next_offset(),
             committed_at_ms: meta.committed_at_ms,
+            checkpoint_duration_us: started.elapsed().as_micros() as u64,
             watermark_ms: state.watermark().current(),
             counters: state.counters(),
             totals: changes.totals,

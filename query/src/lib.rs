@@ -1,6 +1,12 @@
 //! # tally-query
 //!
-//! The HTTP side that serves campaign totals and time-range statistics from the state the
-//! `tally-pipeline` operators maintain. It reads; it never writes donations.
+//! The HTTP side that serves campaign totals and time-range statistics from the read model the
+//! `tally-pipeline` operators publish to, and looks recorded donations up. It reads; it never
+//! writes donations. Errors use the API's one error type, [`tally_ingest::error::ApiError`].
 //!
-//! Its routes are added by the `tally serve` work.
+//! - [`routes`]: `GET /v1/campaigns`, `/v1/campaigns/{id}`, `/v1/campaigns/{id}/stats`,
+//!   `/v1/campaigns/{id}/live` (Server-Sent Events) and `/v1/donations/{payment_ref}`.
+//! - [`views`]: the JSON shapes those routes answer with.
+
+pub mod routes;
+pub mod views;

@@ -21,6 +21,7 @@ use crate::processor::partition_state::{
 };
 
 const META_KEY: &[u8] = b"meta";
+const NOTIFICATIONS_TREE: &str = "notifications";
 const TOTAL_PREFIX: &[u8] = b"t/";
 const BUCKET_PREFIX: &[u8] = b"w/";
 const CONFLICT_PREFIX: &[u8] = b"c/";
@@ -328,6 +329,32 @@ impl CheckpointStore {
         batch.insert(META_KEY, encode_meta(&meta));
         self.tree(partition).apply_batch(batch)?;
         Ok(meta)
+    }
+
+    /// Where notification delivery of a partition has got to: every recorded donation below this
+    /// offset has been delivered. Kept apart from the checkpointed state (it is not derived from
+    /// the log, and survives a rebuild of the partition).
+    pub fn notification_cursor(&self, partition: PartitionId) -> Result<Offset, CheckpointError> {
+        let tree = self.db.open_tree(NOTIFICATIONS_TREE)?;
+        Ok(match tree.get(partition.to_be_bytes())? {
+            Some(bytes) => u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| {
+                CheckpointError::Corrupt {
+                    what: format!("notification cursor of partition {partition}"),
+                    reason: "not 8 bytes".into(),
+                }
+            })?),
+            None => 0,
+        })
+    }
+
+    pub fn set_notification_cursor(
+        &self,
+        partition: PartitionId,
+        next_offset: Offset,
+    ) -> Result<(), CheckpointError> {
+        let tree = self.db.open_tree(NOTIFICATIONS_TREE)?;
+        tree.insert(partition.to_be_bytes(), &next_offset.to_be_bytes())?;
+        Ok(())
     }
 
     /// Asks sled to write its buffers out (best effort: see the module documentation).

@@ -291,6 +291,15 @@ impl DonationIndex {
         offsets
     }
 
+    /// The offset that may hold this payment's recorded donation: certain for the exact side
+    /// table, to be confirmed (read the record, compare `payment_ref`) for a fingerprint match.
+    pub fn recorded_offset_candidate(&self, payment_ref: &str) -> Option<Offset> {
+        match self.lookup(payment_ref) {
+            Candidate::Exact(offset) | Candidate::Fingerprint(offset) => Some(offset),
+            Candidate::None => None,
+        }
+    }
+
     /// Whether the record at `offset`, whose `payment_ref` is given, is a recorded donation (the
     /// first event of its payment) rather than a duplicate or conflict.
     pub fn is_recorded_at(&self, payment_ref: &str, offset: Offset) -> bool {

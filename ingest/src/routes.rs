@@ -1,0 +1,366 @@
+//! The ingest routes: `POST /v1/donations` and `POST /v1/donations/batch`.
+//!
+//! A callback is checked in this order — content type, size, signature, JSON, fields, rate limit,
+//! campaign — and appended to the log only when all pass. The answer is 202 only once the event
+//! is durable in the log; anything else is an [`ApiError`] and nothing was recorded.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::post;
+use serde::Serialize;
+use serde_json::Value;
+use tally_pipeline::campaigns::{CampaignRegistry, CampaignStatus};
+use tally_pipeline::clock::Clock;
+use tally_pipeline::event::validate::{DonationInput, DonationLimits, validate_donation};
+use tally_pipeline::event::{DonationEvent, envelope};
+use tally_pipeline::log::{KeyedRecord, Log, Offset, PartitionId, append_keyed};
+use tally_pipeline::runner::DonationDirectory;
+
+use crate::error::ApiError;
+use crate::rate_limit::RateLimiter;
+use crate::signature::{self, SIGNATURE_HEADER, SigningSecret};
+
+/// Bounds on what one request may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestLimits {
+    /// A donation callback is a few hundred bytes; 16 KiB leaves room and stops abuse early.
+    pub body_bytes_max: usize,
+    /// Items in one batch request.
+    pub batch_items_max: usize,
+    /// Bytes of one batch request: about `batch_items_max` donations.
+    pub batch_bytes_max: usize,
+    pub donation: DonationLimits,
+    pub signature_tolerance_s: i64,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self {
+            body_bytes_max: 16 * 1024,
+            batch_items_max: 1000,
+            batch_bytes_max: 1024 * 1024,
+            donation: DonationLimits::default(),
+            signature_tolerance_s: signature::SIGNATURE_TOLERANCE_S_DEFAULT,
+        }
+    }
+}
+
+/// Counters the ingest side keeps for `/metrics`.
+#[derive(Debug, Default)]
+pub struct IngestMetrics {
+    pub appended_records: AtomicU64,
+    pub rate_limited: AtomicU64,
+}
+
+/// Everything the ingest routes need.
+#[derive(Debug)]
+pub struct IngestContext {
+    pub log: Arc<dyn Log>,
+    pub campaigns: Arc<CampaignRegistry>,
+    /// Donation appends hold it shared; closing a campaign holds it exclusively for an instant, so
+    /// that no donation validated against an open campaign lands after its close point.
+    pub intake: Arc<tokio::sync::RwLock<()>>,
+    pub directory: Arc<DonationDirectory>,
+    pub signing_secret: SigningSecret,
+    pub limits: IngestLimits,
+    pub rate_limiter: RateLimiter,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: IngestMetrics,
+}
+
+pub fn routes(context: Arc<IngestContext>) -> Router {
+    Router::new()
+        .route("/v1/donations", post(post_donation))
+        .route("/v1/donations/batch", post(post_batch))
+        .with_state(context)
+}
+
+/// The 202 answer: where the donation is, durably.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub status: &'static str,
+    pub payment_ref: String,
+    pub partition: PartitionId,
+    pub offset: Offset,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchOutcome {
+    pub accepted: usize,
+    pub rejected: Vec<BatchRejection>,
+    pub results: Vec<BatchResult>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchRejection {
+    pub index: usize,
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchResult {
+    pub index: usize,
+    pub payment_ref: String,
+    pub partition: PartitionId,
+    pub offset: Offset,
+}
+
+/// What to do with a valid donation.
+enum Admission {
+    Append(DonationEvent),
+    /// Its payment is already recorded (a retry for a campaign that closed since): answer with
+    /// where it is, append nothing.
+    AlreadyRecorded(PartitionId, Offset),
+}
+
+async fn post_donation(
+    State(context): State<Arc<IngestContext>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, axum::Json<Accepted>), ApiError> {
+    let bytes = context
+        .authenticated_body(&headers, body, context.limits.body_bytes_max)
+        .await?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(ApiError::malformed_json)?;
+    let input = validate_donation(&value, &context.limits.donation, context.clock.now_ms())?;
+    if let Err(retry) = context.rate_limiter.check(&input.user_id) {
+        context.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::rate_limited(retry.seconds));
+    }
+    let payment_ref = input.payment_ref.clone();
+    let _intake = context.intake.read().await;
+    let (partition, offset) = match context.admit(input).await? {
+        Admission::AlreadyRecorded(partition, offset) => (partition, offset),
+        Admission::Append(event) => context.append(vec![event]).await?[0],
+    };
+    let accepted = Accepted {
+        status: "accepted",
+        payment_ref,
+        partition,
+        offset,
+    };
+    Ok((StatusCode::ACCEPTED, axum::Json(accepted)))
+}
+
+async fn post_batch(
+    State(context): State<Arc<IngestContext>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<axum::Json<BatchOutcome>, ApiError> {
+    let bytes = context
+        .authenticated_body(&headers, body, context.limits.batch_bytes_max)
+        .await?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(ApiError::malformed_json)?;
+    let Value::Array(items) = value else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "a batch must be a JSON array of donations",
+        ));
+    };
+    if items.len() > context.limits.batch_items_max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "a batch holds at most {} donations, got {}",
+                context.limits.batch_items_max,
+                items.len()
+            ),
+        ));
+    }
+    let now_ms = context.clock.now_ms();
+    let mut rejected = Vec::new();
+    let mut results = Vec::new();
+    let mut to_append: Vec<(usize, DonationEvent)> = Vec::new();
+    let _intake = context.intake.read().await;
+    for (index, item) in items.iter().enumerate() {
+        let admitted = match validate_donation(item, &context.limits.donation, now_ms) {
+            Err(rejection) => Err(ApiError::from(rejection)),
+            Ok(input) => match context.rate_limiter.check(&input.user_id) {
+                Err(retry) => {
+                    context.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    Err(ApiError::rate_limited(retry.seconds))
+                }
+                Ok(()) => context.admit(input).await,
+            },
+        };
+        match admitted {
+            Ok(Admission::Append(event)) => to_append.push((index, event)),
+            Ok(Admission::AlreadyRecorded(partition, offset)) => results.push(BatchResult {
+                index,
+                payment_ref: item["payment_ref"].as_str().unwrap_or_default().to_owned(),
+                partition,
+                offset,
+            }),
+            Err(error) => rejected.push(BatchRejection {
+                index,
+                code: error.code,
+                field: error.field,
+                message: error.message,
+            }),
+        }
+    }
+    let (indexes, events): (Vec<usize>, Vec<DonationEvent>) = to_append.into_iter().unzip();
+    let refs: Vec<String> = events.iter().map(|e| e.payment_ref.clone()).collect();
+    let placements = context.append(events).await?;
+    for ((index, payment_ref), (partition, offset)) in indexes.into_iter().zip(refs).zip(placements)
+    {
+        results.push(BatchResult {
+            index,
+            payment_ref,
+            partition,
+            offset,
+        });
+    }
+    results.sort_by_key(|result| result.index);
+    Ok(axum::Json(BatchOutcome {
+        accepted: results.len(),
+        rejected,
+        results,
+    }))
+}
+
+impl IngestContext {
+    /// The request body, once it is JSON, within `bytes_max`, and signed with our secret.
+    async fn authenticated_body(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        bytes_max: usize,
+    ) -> Result<Bytes, ApiError> {
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::unsupported_media_type());
+        }
+        let bytes = read_body(body, bytes_max).await?;
+        let header = headers
+            .get(SIGNATURE_HEADER)
+            .and_then(|value| value.to_str().ok());
+        let now_s = self.clock.now_ms().div_euclid(1000);
+        signature::verify(
+            &self.signing_secret,
+            header,
+            &bytes,
+            now_s,
+            self.limits.signature_tolerance_s,
+        )
+        .map_err(|error| ApiError::unauthorized(error.code(), error.to_string()))?;
+        Ok(bytes)
+    }
+
+    /// Checks a valid donation against its campaign.
+    async fn admit(&self, input: DonationInput) -> Result<Admission, ApiError> {
+        let Some(campaign) = self.campaigns.get(&input.campaign_id) else {
+            return Err(ApiError::unprocessable(
+                "unknown_campaign",
+                "campaign_id",
+                format!("there is no campaign {:?}", input.campaign_id),
+            ));
+        };
+        if campaign.status != CampaignStatus::Open {
+            if let Some(placement) = self.recorded_placement(&input.payment_ref).await {
+                return Ok(Admission::AlreadyRecorded(placement.0, placement.1));
+            }
+            return Err(ApiError::unprocessable(
+                "campaign_closed",
+                "campaign_id",
+                format!(
+                    "campaign {:?} is closed and takes no more donations",
+                    input.campaign_id
+                ),
+            ));
+        }
+        if let Some(currency) = &input.currency
+            && *currency != campaign.definition.currency
+        {
+            return Err(ApiError::unprocessable(
+                "currency_mismatch",
+                "currency",
+                format!(
+                    "campaign {:?} is in {}, not {currency}",
+                    input.campaign_id, campaign.definition.currency
+                ),
+            ));
+        }
+        let currency = campaign.definition.currency.clone();
+        Ok(Admission::Append(input.into_event(Some(&currency))?))
+    }
+
+    /// Where a payment's donation is recorded, if it is.
+    async fn recorded_placement(&self, payment_ref: &str) -> Option<(PartitionId, Offset)> {
+        let partition = self.log.partition_for_key(payment_ref.as_bytes());
+        let candidate = {
+            let index = self.directory.index(partition);
+            let index = index
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            index.recorded_offset_candidate(payment_ref)
+        };
+        let offset = candidate?;
+        let records = self.log.read(partition, offset, 1).await.ok()?;
+        let record = records.first()?;
+        let event = envelope::decode(&record.value).ok()?;
+        (event.payment_ref == payment_ref).then_some((partition, offset))
+    }
+
+    /// Appends events durably; their placements in order.
+    async fn append(
+        &self,
+        events: Vec<DonationEvent>,
+    ) -> Result<Vec<(PartitionId, Offset)>, ApiError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let count = events.len() as u64;
+        let records = events
+            .iter()
+            .map(|event| KeyedRecord {
+                key: event.payment_ref.clone().into_bytes(),
+                value: envelope::encode(event),
+            })
+            .collect();
+        let placements = append_keyed(self.log.as_ref(), records)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "append failed; answering 503");
+                ApiError::log_unavailable(error)
+            })?;
+        self.metrics
+            .appended_records
+            .fetch_add(count, Ordering::Relaxed);
+        Ok(placements)
+    }
+}
+
+/// Reads a body of at most `bytes_max` bytes.
+async fn read_body(body: Body, bytes_max: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, bytes_max)
+        .await
+        .map_err(|error| {
+            let too_large =
+                std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())
+                    .any(|e| e.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiError::body_too_large(bytes_max)
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unreadable_body",
+                    format!("the body could not be read: {error}"),
+                )
+            }
+        })
+}

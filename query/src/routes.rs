@@ -1,0 +1,272 @@
+//! The query routes. Totals and statistics come from the read model (committed state only);
+//! a donation look-up reads its recorded event back from the log.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::get;
+use futures_util::Stream;
+use tally_ingest::error::ApiError;
+use tally_pipeline::campaigns::{Campaign, CampaignRegistry};
+use tally_pipeline::clock::Clock;
+use tally_pipeline::event::{EventTime, envelope};
+use tally_pipeline::log::Log;
+use tally_pipeline::operators::event_time_windows::Granularity;
+use tally_pipeline::read_model::{ReadModel, StatsError};
+use tally_pipeline::runner::DonationDirectory;
+
+use crate::views::{CampaignView, DonationView, Freshness, StatsView, rfc3339};
+
+/// Live updates are coalesced to at most one per this interval (about ten a second).
+const LIVE_UPDATE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Everything the query routes need.
+#[derive(Debug)]
+pub struct QueryContext {
+    pub read_model: Arc<ReadModel>,
+    pub campaigns: Arc<CampaignRegistry>,
+    pub log: Arc<dyn Log>,
+    pub directory: Arc<DonationDirectory>,
+    pub clock: Arc<dyn Clock>,
+}
+
+pub fn routes(context: Arc<QueryContext>) -> Router {
+    Router::new()
+        .route("/v1/campaigns", get(list_campaigns))
+        .route("/v1/campaigns/{campaign_id}", get(get_campaign))
+        .route("/v1/campaigns/{campaign_id}/stats", get(get_stats))
+        .route("/v1/campaigns/{campaign_id}/live", get(get_live))
+        .route("/v1/donations/{payment_ref}", get(get_donation))
+        .with_state(context)
+}
+
+impl QueryContext {
+    fn campaign(&self, campaign_id: &str) -> Result<Campaign, ApiError> {
+        self.campaigns.get(campaign_id).ok_or_else(|| {
+            ApiError::not_found(
+                "campaign_not_found",
+                format!("there is no campaign {campaign_id:?}"),
+            )
+        })
+    }
+
+    /// Applied offsets against the log's end offsets.
+    pub async fn freshness(&self) -> Result<Freshness, ApiError> {
+        let progress = self.read_model.progress();
+        let mut log_end_offsets = Vec::with_capacity(progress.len());
+        for partition in &progress {
+            let end = self
+                .log
+                .end_offset(partition.partition)
+                .await
+                .map_err(ApiError::log_unavailable)?;
+            log_end_offsets.push(end);
+        }
+        let now_ms = self.clock.now_ms();
+        let behind = progress
+            .iter()
+            .zip(&log_end_offsets)
+            .filter(|(p, end)| p.applied_offset < **end);
+        let lag_records = behind.clone().map(|(p, end)| end - p.applied_offset).sum();
+        let lag_ms = behind
+            .map(|(p, _)| (now_ms - p.committed_at_ms).max(0))
+            .max()
+            .unwrap_or(0);
+        Ok(Freshness {
+            applied_offsets: progress.iter().map(|p| p.applied_offset).collect(),
+            log_end_offsets,
+            lag_records,
+            lag_ms,
+        })
+    }
+}
+
+async fn list_campaigns(State(context): State<Arc<QueryContext>>) -> axum::Json<Vec<CampaignView>> {
+    let totals = context.read_model.campaign_totals();
+    let views = context
+        .campaigns
+        .list()
+        .iter()
+        .map(|campaign| {
+            let total = totals
+                .get(&campaign.definition.campaign_id)
+                .copied()
+                .unwrap_or_default();
+            CampaignView::new(campaign, total, None)
+        })
+        .collect();
+    axum::Json(views)
+}
+
+async fn get_campaign(
+    State(context): State<Arc<QueryContext>>,
+    Path(campaign_id): Path<String>,
+) -> Result<axum::Json<CampaignView>, ApiError> {
+    let campaign = context.campaign(&campaign_id)?;
+    let total = context.read_model.campaign_total(&campaign_id);
+    let freshness = context.freshness().await?;
+    Ok(axum::Json(CampaignView::new(
+        &campaign,
+        total,
+        Some(freshness),
+    )))
+}
+
+async fn get_stats(
+    State(context): State<Arc<QueryContext>>,
+    Path(campaign_id): Path<String>,
+    Query(parameters): Query<HashMap<String, String>>,
+) -> Result<axum::Json<StatsView>, ApiError> {
+    context.campaign(&campaign_id)?;
+    if let Some(unknown) = parameters
+        .keys()
+        .find(|k| !["from", "to", "bucket"].contains(&k.as_str()))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_field",
+            "is not a statistics parameter (from, to, bucket)",
+        )
+        .with_field(unknown.clone()));
+    }
+    let time = |name: &str| -> Result<i64, ApiError> {
+        let text = parameters.get(name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_field",
+                "is required (RFC 3339)",
+            )
+            .with_field(name)
+        })?;
+        EventTime::parse_rfc3339(text)
+            .map(EventTime::unix_ms)
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_field",
+                    format!("must be an RFC 3339 timestamp, got {text:?}"),
+                )
+                .with_field(name)
+            })
+    };
+    let (from_ms, to_ms) = (time("from")?, time("to")?);
+    let bucket = match parameters.get("bucket").map(String::as_str) {
+        None => None,
+        Some("minute") => Some(Granularity::Minute),
+        Some("hour") => Some(Granularity::Hour),
+        Some("day") => Some(Granularity::Day),
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                format!("must be minute, hour or day, got {other:?}"),
+            )
+            .with_field("bucket"));
+        }
+    };
+    let stats = context
+        .read_model
+        .stats(&campaign_id, from_ms, to_ms, bucket)
+        .map_err(|error| match error {
+            StatsError::EmptyRange => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_range",
+                format!("{error} (after truncating both to the minute)"),
+            )
+            .with_field("to"),
+            StatsError::SeriesTooLong { .. } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "series_too_long",
+                error.to_string(),
+            )
+            .with_field("bucket"),
+        })?;
+    Ok(axum::Json(StatsView::new(&campaign_id, stats)))
+}
+
+/// Server-Sent Events: the campaign's total now, then on every change, at most ~10 a second.
+async fn get_live(
+    State(context): State<Arc<QueryContext>>,
+    Path(campaign_id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    context.campaign(&campaign_id)?;
+    let changes = context.read_model.subscribe();
+    let stream = futures_util::stream::unfold(
+        (changes, None, context, campaign_id),
+        |(mut changes, last, context, campaign_id)| async move {
+            loop {
+                let total = context.read_model.campaign_total(&campaign_id);
+                if last != Some(total) {
+                    let data = serde_json::json!({
+                        "campaign_id": campaign_id,
+                        "total_cents": total.total_cents,
+                        "donations": total.donations,
+                        "at": rfc3339(context.clock.now_ms()),
+                    });
+                    let event = Event::default().event("total").data(data.to_string());
+                    return Some((Ok(event), (changes, Some(total), context, campaign_id)));
+                }
+                if changes.changed().await.is_err() {
+                    return None;
+                }
+                tokio::time::sleep(LIVE_UPDATE_INTERVAL).await;
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+async fn get_donation(
+    State(context): State<Arc<QueryContext>>,
+    Path(payment_ref): Path<String>,
+) -> Result<axum::Json<DonationView>, ApiError> {
+    let not_found = || {
+        ApiError::not_found(
+            "donation_not_found",
+            format!("no donation is recorded for payment {payment_ref:?}"),
+        )
+    };
+    let partition = context.log.partition_for_key(payment_ref.as_bytes());
+    let index = context.directory.index(partition);
+    let Some(offset) = index
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .recorded_offset_candidate(&payment_ref)
+    else {
+        return Err(not_found());
+    };
+    let records = context
+        .log
+        .read(partition, offset, 1)
+        .await
+        .map_err(ApiError::log_unavailable)?;
+    let record = records.first().ok_or_else(not_found)?;
+    let event = envelope::decode(&record.value).map_err(|e| ApiError::internal(e.to_string()))?;
+    if event.payment_ref != payment_ref {
+        return Err(not_found());
+    }
+    let resends = index
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .resends(offset);
+    Ok(axum::Json(DonationView {
+        payment_ref: event.payment_ref,
+        order_id: event.order_id,
+        user_id: event.user_id,
+        campaign_id: event.campaign_id,
+        amount_cents: event.amount_cents,
+        currency: event.currency,
+        paid_at: rfc3339(event.paid_at.unix_ms()),
+        partition,
+        offset,
+        recorded_at: rfc3339(record.append_time_ms),
+        duplicates: resends.duplicates,
+        conflicts: resends.conflicts,
+    }))
+}

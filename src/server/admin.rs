@@ -1,0 +1,418 @@
+//! Admin routes (bearer token): campaigns, their close and reconciliation, the notification
+//! outbox, checkpoints.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use tally_ingest::error::ApiError;
+use tally_pipeline::campaigns::{
+    Campaign, CampaignDefinition, CampaignError, CampaignStatus, Reconciliation,
+};
+use tally_pipeline::checkpoint::CheckpointInfo;
+use tally_pipeline::event::currency::is_iso_4217;
+use tally_pipeline::event::validate::{CAMPAIGN_ID_CHARS_MAX, check_token};
+use tally_pipeline::event::{EventTime, envelope};
+use tally_pipeline::log::{Offset, PartitionId};
+use tally_query::views::CampaignView;
+
+use super::AppState;
+use super::notifications::{PAGE_LIMIT_MAX, Page};
+
+/// Admin request bodies are small.
+const ADMIN_BODY_BYTES_MAX: usize = 16 * 1024;
+const CAMPAIGN_NAME_CHARS_MAX: usize = 200;
+/// How long a close waits for the pipeline to apply the log up to the close point.
+const CLOSE_WAIT_MAX: Duration = Duration::from_secs(60);
+/// Records read per step when recomputing a campaign's total.
+const RECONCILE_READ_RECORDS: usize = 4096;
+
+pub fn routes(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/campaigns", post(create_campaign))
+        .route("/v1/campaigns/{campaign_id}/close", post(close_campaign))
+        .route("/v1/notifications", get(list_notifications))
+        .route("/v1/notifications/ack", post(ack_notifications))
+        .route("/v1/checkpoints", get(list_checkpoints))
+        .with_state(state)
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "admin_token_missing",
+                "admin routes need Authorization: Bearer <admin token>",
+            )
+        })?;
+    if bool::from(presented.as_bytes().ct_eq(state.admin_token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized(
+            "admin_token_invalid",
+            "the admin token is not valid",
+        ))
+    }
+}
+
+async fn json_body<T: for<'de> Deserialize<'de>>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !is_json {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, ADMIN_BODY_BYTES_MAX)
+        .await
+        .map_err(|_| ApiError::body_too_large(ADMIN_BODY_BYTES_MAX))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let field = e.to_string().split('`').nth(1).map(str::to_owned);
+        let error = ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string());
+        match field {
+            Some(field) => error.with_field(field),
+            None => error,
+        }
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateCampaign {
+    campaign_id: String,
+    name: String,
+    currency: String,
+    goal_cents: Option<u64>,
+    starts_at: Option<String>,
+    ends_at: Option<String>,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message).with_field(field)
+}
+
+impl CreateCampaign {
+    fn into_definition(self) -> Result<CampaignDefinition, ApiError> {
+        let allowed =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-');
+        let campaign_id = check_token(
+            "campaign_id",
+            &self.campaign_id,
+            CAMPAIGN_ID_CHARS_MAX,
+            allowed,
+            "[a-z0-9_-]",
+        )?;
+        let name_chars = self.name.chars().count();
+        if name_chars == 0 || name_chars > CAMPAIGN_NAME_CHARS_MAX {
+            return Err(invalid(
+                "name",
+                format!("must be 1 to {CAMPAIGN_NAME_CHARS_MAX} characters"),
+            ));
+        }
+        if !is_iso_4217(&self.currency) {
+            return Err(invalid(
+                "currency",
+                "must be an ISO 4217 code such as \"USD\"",
+            ));
+        }
+        if self.goal_cents == Some(0) {
+            return Err(invalid("goal_cents", "must be at least 1"));
+        }
+        let time = |field: &str, text: Option<String>| -> Result<Option<EventTime>, ApiError> {
+            text.map(|t| {
+                EventTime::parse_rfc3339(&t)
+                    .map_err(|_| invalid(field, "must be an RFC 3339 timestamp"))
+            })
+            .transpose()
+        };
+        let starts_at = time("starts_at", self.starts_at)?;
+        let ends_at = time("ends_at", self.ends_at)?;
+        if let (Some(start), Some(end)) = (starts_at, ends_at)
+            && start >= end
+        {
+            return Err(invalid("ends_at", "must be after starts_at"));
+        }
+        Ok(CampaignDefinition {
+            campaign_id,
+            name: self.name,
+            currency: self.currency,
+            goal_cents: self.goal_cents,
+            starts_at,
+            ends_at,
+        })
+    }
+}
+
+async fn create_campaign(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<CampaignView>), ApiError> {
+    authorize(&state, &headers)?;
+    let request: CreateCampaign = json_body(&headers, body).await?;
+    let definition = request.into_definition()?;
+    let campaigns = Arc::clone(&state.campaigns);
+    let now = EventTime(state.clock.now_ms());
+    let created = tokio::task::spawn_blocking(move || campaigns.create(definition, now))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(campaign_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CampaignView::new(&created, Default::default(), None)),
+    ))
+}
+
+fn campaign_error(error: CampaignError) -> ApiError {
+    match error {
+        CampaignError::AlreadyExists(id) => ApiError::new(
+            StatusCode::CONFLICT,
+            "campaign_exists",
+            format!("campaign {id:?} already exists"),
+        )
+        .with_field("campaign_id"),
+        CampaignError::NotFound(id) => {
+            ApiError::not_found("campaign_not_found", format!("there is no campaign {id:?}"))
+        }
+        CampaignError::AlreadyClosed(id) => ApiError::new(
+            StatusCode::CONFLICT,
+            "campaign_closed",
+            format!("campaign {id:?} is already closed"),
+        ),
+        CampaignError::Log(error) => ApiError::log_unavailable(error),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+/// Stops the campaign taking donations, waits until every partition has applied the log up to
+/// that point, recomputes the total from the donation records and compares it with the running
+/// total, and records the reconciled final total.
+async fn close_campaign(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(campaign_id): Path<String>,
+) -> Result<Json<CampaignView>, ApiError> {
+    authorize(&state, &headers)?;
+    let campaign = state.campaigns.get(&campaign_id).ok_or_else(|| {
+        ApiError::not_found(
+            "campaign_not_found",
+            format!("there is no campaign {campaign_id:?}"),
+        )
+    })?;
+    let campaign = match campaign.status {
+        CampaignStatus::Closed => return Ok(Json(view(&state, &campaign))),
+        CampaignStatus::Closing => campaign,
+        CampaignStatus::Open => stop_intake(&state, &campaign_id).await?,
+    };
+    let close_offsets = campaign
+        .close_offsets
+        .clone()
+        .expect("a closing campaign has its close offsets");
+    wait_until_applied(&state, &close_offsets).await?;
+    let (final_total_cents, final_donations) =
+        recompute_total(&state, &campaign_id, &close_offsets).await?;
+    let running = state.read_model.campaign_total(&campaign_id);
+    let reconciliation = Reconciliation {
+        final_total_cents,
+        final_donations,
+        running_total_cents: running.total_cents,
+        running_donations: running.donations,
+        matched: (final_total_cents, final_donations) == (running.total_cents, running.donations),
+    };
+    if !reconciliation.matched {
+        tracing::error!(
+            campaign_id,
+            ?reconciliation,
+            "campaign close: recomputed total differs from the running total"
+        );
+    }
+    let campaigns = Arc::clone(&state.campaigns);
+    let now = EventTime(state.clock.now_ms());
+    let closed = tokio::task::spawn_blocking(move || {
+        campaigns.finish_close(&campaign_id, reconciliation, now)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(campaign_error)?;
+    Ok(Json(view(&state, &closed)))
+}
+
+fn view(state: &AppState, campaign: &Campaign) -> CampaignView {
+    CampaignView::new(
+        campaign,
+        state
+            .read_model
+            .campaign_total(&campaign.definition.campaign_id),
+        None,
+    )
+}
+
+/// Marks the campaign closing with no donation for it in flight, noting the log end offsets.
+async fn stop_intake(state: &Arc<AppState>, campaign_id: &str) -> Result<Campaign, ApiError> {
+    let _no_appends = state.ingest.intake.write().await;
+    let mut close_offsets = Vec::new();
+    for partition in 0..state.log.partition_count() {
+        close_offsets.push(
+            state
+                .log
+                .end_offset(partition)
+                .await
+                .map_err(ApiError::log_unavailable)?,
+        );
+    }
+    let campaigns = Arc::clone(&state.campaigns);
+    let campaign_id = campaign_id.to_owned();
+    tokio::task::spawn_blocking(move || campaigns.start_close(&campaign_id, close_offsets))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(campaign_error)
+}
+
+async fn wait_until_applied(state: &AppState, close_offsets: &[Offset]) -> Result<(), ApiError> {
+    let mut changes = state.read_model.subscribe();
+    let caught_up = || {
+        state
+            .read_model
+            .progress()
+            .iter()
+            .zip(close_offsets)
+            .all(|(progress, close)| progress.applied_offset >= *close)
+    };
+    let wait = async {
+        while !caught_up() {
+            if changes.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(CLOSE_WAIT_MAX, wait)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_caught_up",
+                "the pipeline has not applied the log up to the close point yet; retry the close",
+            )
+            .with_retry_after(5)
+        })?;
+    Ok(())
+}
+
+/// The campaign's total recomputed from the donation records: every recorded donation below
+/// the close point, read back from the log.
+async fn recompute_total(
+    state: &AppState,
+    campaign_id: &str,
+    close_offsets: &[Offset],
+) -> Result<(u64, u64), ApiError> {
+    let (mut total_cents, mut donations) = (0u64, 0u64);
+    for (partition, &close) in close_offsets.iter().enumerate() {
+        let partition = partition as PartitionId;
+        let recorded = state
+            .directory
+            .index(partition)
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .recorded_offsets_below(close);
+        let mut wanted = recorded.iter().peekable();
+        while let Some(&&from) = wanted.peek() {
+            let records = state
+                .log
+                .read(partition, from, RECONCILE_READ_RECORDS)
+                .await
+                .map_err(ApiError::log_unavailable)?;
+            if records.is_empty() {
+                return Err(ApiError::internal(format!(
+                    "recorded offset {from} of partition {partition} is not in the log"
+                )));
+            }
+            for record in records {
+                if wanted.peek() != Some(&&record.offset) {
+                    continue;
+                }
+                wanted.next();
+                let event = envelope::decode(&record.value)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                if event.campaign_id == campaign_id {
+                    total_cents += event.amount_cents;
+                    donations += 1;
+                }
+            }
+        }
+    }
+    Ok((total_cents, donations))
+}
+
+async fn list_notifications(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(parameters): Query<HashMap<String, String>>,
+) -> Result<Json<Page>, ApiError> {
+    authorize(&state, &headers)?;
+    let number = |name: &str| -> Result<Option<u64>, ApiError> {
+        parameters
+            .get(name)
+            .map(|text| {
+                text.parse::<u64>()
+                    .map_err(|_| invalid(name, "must be a non-negative integer"))
+            })
+            .transpose()
+    };
+    let partition = number("partition")?.unwrap_or(0) as PartitionId;
+    let after = number("after")?;
+    let limit = number("limit")?
+        .map_or(100, |l| l as usize)
+        .min(PAGE_LIMIT_MAX);
+    Ok(Json(
+        state.notifications.page(partition, after, limit).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ack {
+    partition: PartitionId,
+    next_offset: Offset,
+}
+
+async fn ack_notifications(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let ack: Ack = json_body(&headers, body).await?;
+    let next_offset = state.notifications.ack(ack.partition, ack.next_offset)?;
+    Ok(Json(
+        serde_json::json!({"partition": ack.partition, "next_offset": next_offset}),
+    ))
+}
+
+async fn list_checkpoints(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Option<CheckpointInfo>>>, ApiError> {
+    authorize(&state, &headers)?;
+    state
+        .store
+        .list()
+        .map(Json)
+        .map_err(|e| ApiError::internal(e.to_string()))
+}

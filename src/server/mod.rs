@@ -1,0 +1,240 @@
+//! `tally serve`: one process that takes payment callbacks, runs the pipeline, serves totals and
+//! statistics, and notifies donors.
+//!
+//! ```text
+//! HTTP ─► ingest routes ─► log (durable) ─► pipeline threads ─► read model ─► query routes ─► HTTP
+//!                                                   └──────────► notifications ─► webhook
+//! ```
+//! [`run`] takes the listener and the shutdown signal from its caller, so tests drive the same
+//! code as `main`.
+
+mod admin;
+mod metrics;
+pub mod notifications;
+mod secrets;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use clap::Args;
+use tally_ingest::rate_limit::{RateLimitConfig, RateLimiter};
+use tally_ingest::routes::{IngestContext, IngestLimits};
+use tally_pipeline::campaigns::CampaignRegistry;
+use tally_pipeline::checkpoint::CheckpointStore;
+use tally_pipeline::clock::{Clock, SystemClock};
+use tally_pipeline::log::Log;
+use tally_pipeline::read_model::ReadModel;
+use tally_pipeline::runner::{DonationDirectory, Pipeline, PipelineConfig, RunMode};
+use tally_query::routes::QueryContext;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use notifications::{Notifications, Webhook};
+
+/// Requests served at once; more wait for a slot. Bounds memory under overload.
+const CONCURRENT_REQUESTS_MAX: usize = 4096;
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "TALLY_LISTEN")]
+    pub listen: SocketAddr,
+    /// Secret that signs callbacks (Tally-Signature); default: generated into the data directory.
+    #[arg(long, env = "TALLY_SIGNING_SECRET", hide_env_values = true)]
+    pub signing_secret: Option<String>,
+    /// Bearer token for admin routes; default: generated into the data directory.
+    #[arg(long, env = "TALLY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Deliver donor notifications to this URL (signed JSON POSTs); without it, consumers page
+    /// through GET /v1/notifications.
+    #[arg(long, env = "TALLY_NOTIFY_WEBHOOK")]
+    pub notify_webhook: Option<String>,
+    /// Partitions of the log if this start creates it.
+    #[arg(long, default_value_t = 8)]
+    pub partitions: u32,
+    /// Largest accepted donation, in cents.
+    #[arg(long, default_value_t = IngestLimits::default().donation.amount_cents_max)]
+    pub amount_cents_max: u64,
+    /// Donations a user may send in a burst before being rate limited.
+    #[arg(long, default_value_t = RateLimitConfig::default().burst)]
+    pub rate_limit_burst: u32,
+    /// Donations per second a user's allowance refills by.
+    #[arg(long, default_value_t = RateLimitConfig::default().refill_per_second)]
+    pub rate_limit_per_second: f64,
+    /// Commit a checkpoint at least this often while records are applied.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub checkpoint_interval: Duration,
+    /// …or after this many records.
+    #[arg(long, default_value_t = PipelineConfig::default().checkpoint_records_max)]
+    pub checkpoint_records: u64,
+}
+
+/// What every route can reach.
+#[derive(Debug)]
+pub struct AppState {
+    pub log: Arc<dyn Log>,
+    pub store: Arc<CheckpointStore>,
+    pub campaigns: Arc<CampaignRegistry>,
+    pub read_model: Arc<ReadModel>,
+    pub directory: Arc<DonationDirectory>,
+    pub ingest: Arc<IngestContext>,
+    pub notifications: Arc<Notifications>,
+    pub requests: Arc<metrics::RequestCounter>,
+    pub admin_token: String,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Runs the server on `listener` until `shutdown` resolves; then stops taking requests, lets the
+/// in-flight ones finish, stops the pipeline and commits its checkpoints.
+pub async fn run(
+    listener: TcpListener,
+    data_dir: PathBuf,
+    args: ServeArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let log: Arc<dyn Log> = Arc::new(crate::commands::open_log(&data_dir, Some(args.partitions))?);
+    let store = Arc::new(crate::commands::open_store(
+        &data_dir,
+        log.partition_count(),
+    )?);
+    let campaigns = Arc::new(
+        CampaignRegistry::open(&data_dir.join("control"))
+            .context("cannot open the campaign registry")?,
+    );
+    let read_model = Arc::new(ReadModel::new(log.partition_count()));
+    let config = PipelineConfig {
+        checkpoint_interval: args.checkpoint_interval,
+        checkpoint_records_max: args.checkpoint_records.max(1),
+        ..PipelineConfig::default()
+    };
+    let pipeline = Pipeline::new(
+        Arc::clone(&log),
+        Arc::clone(&store),
+        Arc::clone(&read_model),
+        Arc::clone(&clock),
+        config,
+    )?;
+    let directory = Arc::clone(pipeline.directory());
+
+    let signing_secret = secrets::signing_secret(&data_dir, args.signing_secret.as_deref())?;
+    let admin_token = secrets::admin_token(&data_dir, args.admin_token.as_deref())?;
+    if let Some(path) = &signing_secret.path {
+        println!("signing secret: {}", path.display());
+    }
+    if let Some(path) = &admin_token.path {
+        println!("admin token: {}", path.display());
+    }
+    let rate_limit = RateLimitConfig {
+        burst: args.rate_limit_burst,
+        refill_per_second: args.rate_limit_per_second,
+        ..RateLimitConfig::default()
+    };
+    let mut limits = IngestLimits::default();
+    limits.donation.amount_cents_max = args.amount_cents_max;
+    let ingest = Arc::new(IngestContext {
+        log: Arc::clone(&log),
+        campaigns: Arc::clone(&campaigns),
+        intake: Arc::new(tokio::sync::RwLock::new(())),
+        directory: Arc::clone(&directory),
+        signing_secret: signing_secret.value.clone(),
+        limits,
+        rate_limiter: RateLimiter::new(rate_limit, Arc::clone(&clock))
+            .context("invalid rate limit")?,
+        clock: Arc::clone(&clock),
+        metrics: Default::default(),
+    });
+    let webhook = args.notify_webhook.clone().map(|url| Webhook {
+        url,
+        secret: signing_secret.value.clone(),
+        client: reqwest::Client::new(),
+    });
+    let notifications = Arc::new(Notifications::new(
+        Arc::clone(&store),
+        Arc::clone(&log),
+        Arc::clone(&directory),
+        Arc::clone(&read_model),
+        Arc::clone(&clock),
+        webhook,
+    )?);
+    let state = Arc::new(AppState {
+        log: Arc::clone(&log),
+        store,
+        campaigns: Arc::clone(&campaigns),
+        read_model: Arc::clone(&read_model),
+        directory: Arc::clone(&directory),
+        ingest: Arc::clone(&ingest),
+        notifications: Arc::clone(&notifications),
+        requests: Default::default(),
+        admin_token: admin_token.value,
+        clock: Arc::clone(&clock),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let pipeline_thread = {
+        let mode = RunMode::Follow {
+            shutdown: stop_rx.clone(),
+        };
+        std::thread::Builder::new()
+            .name("tally-pipeline".into())
+            .spawn(move || pipeline.run(mode))?
+    };
+    let deliveries = notifications.spawn_delivery(stop_rx.clone());
+    let router = router(Arc::clone(&state));
+    let address = listener.local_addr()?;
+    println!("listening on {address}");
+    tracing::info!(%address, "tally serve ready");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("the HTTP server failed")?;
+    tracing::info!("stopped taking requests; committing checkpoints");
+    let _ = stop_tx.send(true);
+    for delivery in deliveries {
+        let _ = delivery.await;
+    }
+    let summaries = tokio::task::spawn_blocking(move || pipeline_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
+    let offsets: Vec<u64> = summaries.iter().map(|s| s.next_offset).collect();
+    tracing::info!(?offsets, "pipeline stopped at a checkpoint");
+    Ok(())
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    let query = Arc::new(QueryContext {
+        read_model: Arc::clone(&state.read_model),
+        campaigns: Arc::clone(&state.campaigns),
+        log: Arc::clone(&state.log),
+        directory: Arc::clone(&state.directory),
+        clock: Arc::clone(&state.clock),
+    });
+    let requests = Arc::clone(&state.requests);
+    Router::new()
+        .merge(tally_ingest::routes::routes(Arc::clone(&state.ingest)))
+        .merge(tally_query::routes::routes(query))
+        .merge(admin::routes(Arc::clone(&state)))
+        .route("/healthz", get(metrics::healthz))
+        .route(
+            "/metrics",
+            get(metrics::metrics).with_state(Arc::clone(&state)),
+        )
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            requests,
+            metrics::count_requests,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            CONCURRENT_REQUESTS_MAX,
+        ))
+}
+
+async fn not_found() -> tally_ingest::error::ApiError {
+    tally_ingest::error::ApiError::not_found("not_found", "no such route")
+}
