@@ -215,11 +215,18 @@ impl Pipeline {
     ) -> Result<(PartitionState, bool), PipelineError> {
         match self.store.load(partition) {
             Ok(LoadedPartition::Restored { state, meta }) => {
+                // The index first: a reader that sees the published offsets must find every
+                // donation recorded below them.
+                self.directory.install(partition, state.shared_index());
                 self.read_model
                     .publish(PartitionUpdate::whole(&state, meta.committed_at_ms));
                 Ok((*state, false))
             }
-            Ok(LoadedPartition::Empty) => Ok((self.empty_state(partition), false)),
+            Ok(LoadedPartition::Empty) => {
+                let state = self.empty_state(partition);
+                self.directory.install(partition, state.shared_index());
+                Ok((state, false))
+            }
             Err(CheckpointError::Corrupt { what, reason }) => {
                 tracing::warn!(
                     partition,
@@ -227,7 +234,9 @@ impl Pipeline {
                 );
                 self.store.reset(partition)?;
                 self.read_model.reset_partition(partition);
-                Ok((self.empty_state(partition), true))
+                let state = self.empty_state(partition);
+                self.directory.install(partition, state.shared_index());
+                Ok((state, true))
             }
             Err(other) => Err(other.into()),
         }

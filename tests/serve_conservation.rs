@@ -1,0 +1,268 @@
+//! The conservation test: concurrent clients send donations — with immediate, concurrent and
+//! late retries and conflicting resends — while the server is SIGKILLed and restarted several
+//! times. Clients retry until they get a 2xx, as payment systems do. At the end every donation
+//! that got a 2xx is counted exactly once: totals and stats equal the ground truth, and
+//! `tally checkpoint verify` passes.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use support::server::{ServerProcess, client, create_campaign, donation_json, post_signed};
+
+const CLIENTS: usize = 4;
+const DONATIONS_PER_CLIENT: usize = 1500;
+const KILLS: usize = 4;
+const CAMPAIGNS: [&str; 2] = ["meals", "shelter"];
+/// Every client must be done by then; a hang fails the test instead of running forever.
+const RUN_DEADLINE: Duration = Duration::from_secs(240);
+
+/// A donation and what the ground truth says it adds.
+#[derive(Debug, Clone)]
+struct Planned {
+    body: serde_json::Value,
+    campaign: &'static str,
+    amount_cents: u64,
+}
+
+fn plan(client_id: usize, rng: &mut StdRng) -> Vec<Planned> {
+    (0..DONATIONS_PER_CLIENT)
+        .map(|i| {
+            let campaign = CAMPAIGNS[rng.gen_range(0..CAMPAIGNS.len())];
+            let amount_cents = rng.gen_range(1..500);
+            let user = format!("usr-{}", rng.gen_range(0..10_000));
+            Planned {
+                body: donation_json(
+                    &format!("pay-{client_id}-{i}"),
+                    campaign,
+                    amount_cents,
+                    &user,
+                ),
+                campaign,
+                amount_cents,
+            }
+        })
+        .collect()
+}
+
+/// Sends `body` until it gets a 2xx, following the server across restarts.
+fn send_until_accepted(
+    http: &reqwest::blocking::Client,
+    base: &RwLock<String>,
+    path: &str,
+    body: &serde_json::Value,
+    deadline: Instant,
+) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    loop {
+        assert!(Instant::now() < deadline, "a donation was never accepted");
+        let url = format!("{}{path}", base.read().unwrap());
+        match post_signed(http, &url, &bytes) {
+            Ok(response) if response.status().is_success() => return,
+            Ok(response) if response.status().is_server_error() || response.status() == 429 => {}
+            Ok(response) => panic!(
+                "unexpected {}: {}",
+                response.status(),
+                response.text().unwrap_or_default()
+            ),
+            Err(_) => {} // the server was killed mid-request; it is being restarted
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn every_acknowledged_donation_counts_once_across_sigkills() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--checkpoint-interval",
+        "20ms",
+        "--rate-limit-burst",
+        "1000000",
+        "--rate-limit-per-second",
+        "1000000",
+    ];
+    let mut server = ServerProcess::start(dir.path(), &args);
+    let http = client();
+    for campaign in CAMPAIGNS {
+        create_campaign(&http, &server, campaign, "USD");
+    }
+    let base = Arc::new(RwLock::new(server.base.clone()));
+    let ground_truth: Arc<Mutex<BTreeMap<String, (u64, u64)>>> = Default::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let clients_finished = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + RUN_DEADLINE;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client_id| {
+            let (base, ground_truth) = (Arc::clone(&base), Arc::clone(&ground_truth));
+            let clients_finished = Arc::clone(&clients_finished);
+            std::thread::spawn(move || {
+                let http = client();
+                let mut rng = StdRng::seed_from_u64(client_id as u64);
+                let planned = plan(client_id, &mut rng);
+                for (i, donation) in planned.iter().enumerate() {
+                    send_until_accepted(&http, &base, "/v1/donations", &donation.body, deadline);
+                    let mut truth = ground_truth.lock().unwrap();
+                    let total = truth.entry(donation.campaign.to_owned()).or_default();
+                    total.0 += donation.amount_cents;
+                    total.1 += 1;
+                    drop(truth);
+                    // Retries: one in five again at once, one in ten later, one in twenty as a
+                    // conflicting resend (different amount), and every tenth batch carries an
+                    // earlier donation again.
+                    match rng.gen_range(0..20) {
+                        0..4 => send_until_accepted(
+                            &http,
+                            &base,
+                            "/v1/donations",
+                            &donation.body,
+                            deadline,
+                        ),
+                        4..6 if i > 10 => send_until_accepted(
+                            &http,
+                            &base,
+                            "/v1/donations",
+                            &planned[i - 10].body,
+                            deadline,
+                        ),
+                        6 => {
+                            let mut conflicting = donation.body.clone();
+                            conflicting["amount_cents"] =
+                                serde_json::json!(donation.amount_cents + 1);
+                            send_until_accepted(
+                                &http,
+                                &base,
+                                "/v1/donations",
+                                &conflicting,
+                                deadline,
+                            );
+                        }
+                        7 if i > 0 => {
+                            let batch = serde_json::json!([planned[i - 1].body, donation.body]);
+                            send_until_accepted(
+                                &http,
+                                &base,
+                                "/v1/donations/batch",
+                                &batch,
+                                deadline,
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                clients_finished.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    let concurrent_retries = {
+        // Two threads racing the same payments at once.
+        let (base, done) = (Arc::clone(&base), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let http = client();
+            let mut rng = StdRng::seed_from_u64(99);
+            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let client_id = rng.gen_range(0..CLIENTS);
+                let planned = plan(client_id, &mut StdRng::seed_from_u64(client_id as u64));
+                let donation = &planned[rng.gen_range(0..20)];
+                let url = format!("{}/v1/donations", base.read().unwrap());
+                let _ = post_signed(&http, &url, &serde_json::to_vec(&donation.body).unwrap());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+
+    let mut rng = StdRng::seed_from_u64(7);
+    for kill in 0..KILLS {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(100..500)));
+        assert!(
+            clients_finished.load(Ordering::SeqCst) < CLIENTS,
+            "kill {kill} came after the traffic ended"
+        );
+        server.kill(); // SIGKILL
+        server = ServerProcess::start(dir.path(), &args);
+        *base.write().unwrap() = server.base.clone();
+    }
+    for client in clients {
+        client.join().unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    concurrent_retries.join().unwrap();
+
+    let expected = ground_truth.lock().unwrap().clone();
+    assert_eq!(
+        expected.values().map(|t| t.1).sum::<u64>(),
+        (CLIENTS * DONATIONS_PER_CLIENT) as u64
+    );
+    let http = client();
+    for campaign in CAMPAIGNS {
+        let view = wait_until_caught_up(&http, &server, campaign, deadline);
+        let (sum, count) = expected.get(campaign).copied().unwrap_or_default();
+        assert_eq!(
+            (
+                view["total_cents"].as_u64().unwrap(),
+                view["donations"].as_u64().unwrap()
+            ),
+            (sum, count),
+            "{campaign}"
+        );
+        let stats: serde_json::Value = http
+            .get(server.url(&format!(
+                "/v1/campaigns/{campaign}/stats?from=2026-11-24T00:00:00Z&to=2026-11-25T00:00:00Z"
+            )))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(
+            (
+                stats["sum_cents"].as_u64().unwrap(),
+                stats["count"].as_u64().unwrap()
+            ),
+            (sum, count),
+            "{campaign} stats"
+        );
+    }
+    assert!(server.terminate().success(), "graceful shutdown");
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["checkpoint", "verify"])
+        .env("TALLY_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+/// The campaign once the server reports no lag.
+fn wait_until_caught_up(
+    http: &reqwest::blocking::Client,
+    server: &ServerProcess,
+    campaign: &str,
+    deadline: Instant,
+) -> serde_json::Value {
+    loop {
+        let view: serde_json::Value = http
+            .get(server.url(&format!("/v1/campaigns/{campaign}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if view["freshness"]["lag_records"] == 0 {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pipeline never caught up: {view}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
