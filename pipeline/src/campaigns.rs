@@ -28,6 +28,7 @@ pub struct CampaignDefinition {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CampaignStatus {
     Open,
     /// No longer accepting donations; the final total is being reconciled.

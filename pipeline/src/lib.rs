@@ -26,4 +26,5 @@ pub mod log;
 pub mod operators;
 pub mod processor;
 pub mod read_model;
+pub mod reconcile;
 pub mod runner;

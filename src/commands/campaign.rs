@@ -11,8 +11,35 @@ use tally_pipeline::event::EventTime;
 use tally_pipeline::log::Log;
 use tally_pipeline::operators::event_time_windows::Granularity;
 
+/// Where campaign commands act: a running server, or the data directory itself.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// A running `tally serve` (e.g. http://127.0.0.1:8080); without it, the data directory is
+    /// used directly (no server may be running on it).
+    #[arg(long, env = "TALLY_SERVER")]
+    server: Option<String>,
+    /// The server's admin token; default: the data directory's `admin-token` file.
+    #[arg(long, env = "TALLY_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum CampaignCommand {
+    /// Create a campaign.
+    Create(CreateArgs),
+    /// List campaigns with their totals and status.
+    List {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a campaign taking donations and reconcile its final total.
+    Close {
+        campaign_id: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Every campaign's total cents and donation count.
     Totals {
         #[arg(long)]
@@ -20,6 +47,26 @@ pub enum CampaignCommand {
     },
     /// Statistics of one campaign's donations with `paid_at` in [FROM, TO).
     Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    campaign_id: String,
+    #[arg(long)]
+    name: String,
+    /// ISO 4217 code, e.g. USD.
+    #[arg(long)]
+    currency: String,
+    #[arg(long)]
+    goal_cents: Option<u64>,
+    /// RFC 3339.
+    #[arg(long)]
+    starts_at: Option<String>,
+    /// RFC 3339.
+    #[arg(long)]
+    ends_at: Option<String>,
+    #[command(flatten)]
+    target: Target,
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +110,15 @@ struct TotalRow<'a> {
 }
 
 pub fn run(data_dir: &Path, command: CampaignCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        CampaignCommand::Create(args) => return admin::create(data_dir, args),
+        CampaignCommand::List { target, json } => return admin::list(data_dir, &target, json),
+        CampaignCommand::Close {
+            campaign_id,
+            target,
+        } => return admin::close(data_dir, &campaign_id, &target),
+        _ => {}
+    }
     let log = super::open_existing_log(data_dir)?;
     let store = super::open_store(data_dir, log.partition_count())?;
     let read_model = super::load_read_model(&store)?;
@@ -95,6 +151,11 @@ pub fn run(data_dir: &Path, command: CampaignCommand) -> anyhow::Result<ExitCode
                     )?;
                 }
             }
+        }
+        CampaignCommand::Create(_)
+        | CampaignCommand::List { .. }
+        | CampaignCommand::Close { .. } => {
+            unreachable!("handled above")
         }
         CampaignCommand::Stats(args) => {
             let parse = |name: &str, text: &str| {
@@ -152,4 +213,209 @@ pub fn run(data_dir: &Path, command: CampaignCommand) -> anyhow::Result<ExitCode
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Campaign administration, against a server or the data directory.
+mod admin {
+    use std::path::Path;
+    use std::process::ExitCode;
+    use std::sync::Arc;
+
+    use anyhow::Context;
+    use tally_pipeline::campaigns::{CampaignDefinition, CampaignRegistry, Reconciliation};
+    use tally_pipeline::event::EventTime;
+    use tally_pipeline::runner::{PipelineConfig, RunMode};
+
+    use super::{CreateArgs, Target};
+
+    fn now() -> EventTime {
+        use tally_pipeline::clock::{Clock, SystemClock};
+        EventTime(SystemClock.now_ms())
+    }
+
+    /// Sends an admin request to the server and prints the JSON answer; an error answer is a
+    /// one-line error.
+    fn request(
+        data_dir: &Path,
+        target: &Target,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let server = target.server.as_deref().expect("called with a server");
+        let token = match &target.admin_token {
+            Some(token) => token.clone(),
+            None => std::fs::read_to_string(data_dir.join("admin-token"))
+                .context("no --admin-token and no admin-token file in the data directory")?
+                .trim()
+                .to_owned(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let url = format!("{}{path}", server.trim_end_matches('/'));
+            let mut request = reqwest::Client::new()
+                .request(method, &url)
+                .bearer_auth(token);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {url}"))?;
+            let status = response.status();
+            let answer: serde_json::Value = response
+                .json()
+                .await
+                .context("the server's answer is not JSON")?;
+            if !status.is_success() {
+                let message = answer["error"]["message"]
+                    .as_str()
+                    .unwrap_or("request failed");
+                anyhow::bail!(
+                    "{status}: {} ({message})",
+                    answer["error"]["code"].as_str().unwrap_or("")
+                );
+            }
+            Ok(answer)
+        })
+    }
+
+    fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+        println!("{}", serde_json::to_string_pretty(value)?);
+        Ok(())
+    }
+
+    fn registry(data_dir: &Path) -> anyhow::Result<CampaignRegistry> {
+        CampaignRegistry::open(&data_dir.join("control")).context("cannot open the campaign registry (is a server running on this data directory? use --server)")
+    }
+
+    pub fn create(data_dir: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
+        let body = serde_json::json!({
+            "campaign_id": args.campaign_id, "name": args.name, "currency": args.currency,
+            "goal_cents": args.goal_cents, "starts_at": args.starts_at, "ends_at": args.ends_at,
+        });
+        if args.target.server.is_some() {
+            print_json(&request(
+                data_dir,
+                &args.target,
+                reqwest::Method::POST,
+                "/v1/campaigns",
+                Some(body),
+            )?)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        anyhow::ensure!(
+            tally_pipeline::event::currency::is_iso_4217(&args.currency),
+            "--currency {:?} is not an ISO 4217 code",
+            args.currency
+        );
+        let allowed =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-');
+        let campaign_id = tally_pipeline::event::validate::check_token(
+            "campaign_id",
+            &args.campaign_id,
+            64,
+            allowed,
+            "[a-z0-9_-]",
+        )?;
+        let time = |text: Option<String>| text.map(|t| EventTime::parse_rfc3339(&t)).transpose();
+        let definition = CampaignDefinition {
+            campaign_id,
+            name: args.name,
+            currency: args.currency,
+            goal_cents: args.goal_cents,
+            starts_at: time(args.starts_at)?,
+            ends_at: time(args.ends_at)?,
+        };
+        let created = registry(data_dir)?.create(definition, now())?;
+        print_json(&created)?;
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub fn list(data_dir: &Path, target: &Target, json: bool) -> anyhow::Result<ExitCode> {
+        if target.server.is_some() {
+            print_json(&request(
+                data_dir,
+                target,
+                reqwest::Method::GET,
+                "/v1/campaigns",
+                None,
+            )?)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let campaigns = registry(data_dir)?.list();
+        if json {
+            print_json(&campaigns)?;
+        } else {
+            println!(
+                "{:<32}  {:<8}  {:<8}  name",
+                "campaign_id", "currency", "status"
+            );
+            for campaign in campaigns {
+                let d = &campaign.definition;
+                println!(
+                    "{:<32}  {:<8}  {:<8}  {}",
+                    d.campaign_id,
+                    d.currency,
+                    campaign.status.as_str(),
+                    d.name
+                );
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Closes through the server, or on the data directory: stop intake at the log's end, run
+    /// the pipeline to that point, recompute from the donation records, record the result.
+    pub fn close(data_dir: &Path, campaign_id: &str, target: &Target) -> anyhow::Result<ExitCode> {
+        if target.server.is_some() {
+            let path = format!("/v1/campaigns/{campaign_id}/close");
+            print_json(&request(
+                data_dir,
+                target,
+                reqwest::Method::POST,
+                &path,
+                None,
+            )?)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let registry = registry(data_dir)?;
+        let pipeline = crate::commands::open_pipeline(data_dir, PipelineConfig::default())?;
+        let log = Arc::clone(pipeline.log());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let close_offsets = (0..log.partition_count())
+            .map(|p| runtime.block_on(log.end_offset(p)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let closing = registry.start_close(campaign_id, close_offsets)?;
+        let close_offsets = closing.close_offsets.clone().unwrap_or_default();
+        pipeline.run(RunMode::CatchUp)?;
+        let (final_total_cents, final_donations) =
+            runtime.block_on(tally_pipeline::reconcile::recompute_campaign_total(
+                log.as_ref(),
+                pipeline.directory(),
+                campaign_id,
+                &close_offsets,
+            ))?;
+        let running = pipeline.read_model().campaign_total(campaign_id);
+        let reconciliation = Reconciliation {
+            final_total_cents,
+            final_donations,
+            running_total_cents: running.total_cents,
+            running_donations: running.donations,
+            matched: (final_total_cents, final_donations)
+                == (running.total_cents, running.donations),
+        };
+        let closed = registry.finish_close(campaign_id, reconciliation, now())?;
+        print_json(&closed)?;
+        Ok(if reconciliation.matched {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    }
 }

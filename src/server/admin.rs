@@ -17,9 +17,9 @@ use tally_pipeline::campaigns::{
     Campaign, CampaignDefinition, CampaignError, CampaignStatus, Reconciliation,
 };
 use tally_pipeline::checkpoint::CheckpointInfo;
+use tally_pipeline::event::EventTime;
 use tally_pipeline::event::currency::is_iso_4217;
 use tally_pipeline::event::validate::{CAMPAIGN_ID_CHARS_MAX, check_token};
-use tally_pipeline::event::{EventTime, envelope};
 use tally_pipeline::log::{Offset, PartitionId};
 use tally_query::views::CampaignView;
 
@@ -31,8 +31,6 @@ const ADMIN_BODY_BYTES_MAX: usize = 16 * 1024;
 const CAMPAIGN_NAME_CHARS_MAX: usize = 200;
 /// How long a close waits for the pipeline to apply the log up to the close point.
 const CLOSE_WAIT_MAX: Duration = Duration::from_secs(60);
-/// Records read per step when recomputing a campaign's total.
-const RECONCILE_READ_RECORDS: usize = 4096;
 
 pub fn routes(state: Arc<AppState>) -> Router {
     Router::new()
@@ -315,49 +313,19 @@ async fn wait_until_applied(state: &AppState, close_offsets: &[Offset]) -> Resul
     Ok(())
 }
 
-/// The campaign's total recomputed from the donation records: every recorded donation below
-/// the close point, read back from the log.
 async fn recompute_total(
     state: &AppState,
     campaign_id: &str,
     close_offsets: &[Offset],
 ) -> Result<(u64, u64), ApiError> {
-    let (mut total_cents, mut donations) = (0u64, 0u64);
-    for (partition, &close) in close_offsets.iter().enumerate() {
-        let partition = partition as PartitionId;
-        let recorded = state
-            .directory
-            .index(partition)
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .recorded_offsets_below(close);
-        let mut wanted = recorded.iter().peekable();
-        while let Some(&&from) = wanted.peek() {
-            let records = state
-                .log
-                .read(partition, from, RECONCILE_READ_RECORDS)
-                .await
-                .map_err(ApiError::log_unavailable)?;
-            if records.is_empty() {
-                return Err(ApiError::internal(format!(
-                    "recorded offset {from} of partition {partition} is not in the log"
-                )));
-            }
-            for record in records {
-                if wanted.peek() != Some(&&record.offset) {
-                    continue;
-                }
-                wanted.next();
-                let event = envelope::decode(&record.value)
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
-                if event.campaign_id == campaign_id {
-                    total_cents += event.amount_cents;
-                    donations += 1;
-                }
-            }
-        }
-    }
-    Ok((total_cents, donations))
+    tally_pipeline::reconcile::recompute_campaign_total(
+        state.log.as_ref(),
+        &state.directory,
+        campaign_id,
+        close_offsets,
+    )
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 async fn list_notifications(
