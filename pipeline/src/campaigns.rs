@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -112,7 +112,8 @@ pub enum CampaignError {
 #[derive(Debug)]
 pub struct CampaignRegistry {
     control: EmbeddedLog,
-    campaigns: RwLock<BTreeMap<String, Campaign>>,
+    /// Shared snapshots: a look-up on the ingest path is a reference count, not a copy.
+    campaigns: RwLock<BTreeMap<String, Arc<Campaign>>>,
 }
 
 /// Control records replayed per read.
@@ -148,11 +149,11 @@ impl CampaignRegistry {
         })
     }
 
-    pub fn get(&self, campaign_id: &str) -> Option<Campaign> {
+    pub fn get(&self, campaign_id: &str) -> Option<Arc<Campaign>> {
         self.read().get(campaign_id).cloned()
     }
 
-    pub fn list(&self) -> Vec<Campaign> {
+    pub fn list(&self) -> Vec<Arc<Campaign>> {
         self.read().values().cloned().collect()
     }
 
@@ -174,7 +175,7 @@ impl CampaignRegistry {
                 at: now,
             },
         )?;
-        Ok(campaigns[&campaign_id].clone())
+        Ok(Campaign::clone(&campaigns[&campaign_id]))
     }
 
     /// Stops a campaign accepting donations, durably, noting the log end offsets at that moment.
@@ -190,7 +191,7 @@ impl CampaignRegistry {
             .ok_or_else(|| CampaignError::NotFound(campaign_id.to_owned()))?;
         match campaign.status {
             CampaignStatus::Open => {}
-            CampaignStatus::Closing => return Ok(campaign.clone()),
+            CampaignStatus::Closing => return Ok(Campaign::clone(campaign)),
             CampaignStatus::Closed => {
                 return Err(CampaignError::AlreadyClosed(campaign_id.to_owned()));
             }
@@ -200,7 +201,7 @@ impl CampaignRegistry {
             close_offsets,
         };
         self.record(&mut campaigns, event)?;
-        Ok(campaigns[campaign_id].clone())
+        Ok(Campaign::clone(&campaigns[campaign_id]))
     }
 
     /// Records the reconciled final total of a closing campaign, durably.
@@ -227,12 +228,12 @@ impl CampaignRegistry {
             reconciliation,
         };
         self.record(&mut campaigns, event)?;
-        Ok(campaigns[campaign_id].clone())
+        Ok(Campaign::clone(&campaigns[campaign_id]))
     }
 
     fn record(
         &self,
-        campaigns: &mut BTreeMap<String, Campaign>,
+        campaigns: &mut BTreeMap<String, Arc<Campaign>>,
         event: CampaignEvent,
     ) -> Result<(), CampaignError> {
         let key = match &event {
@@ -249,32 +250,32 @@ impl CampaignRegistry {
         Ok(())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Campaign>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Campaign>>> {
         self.campaigns
             .read()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Campaign>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Campaign>>> {
         self.campaigns
             .write()
             .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-fn apply(campaigns: &mut BTreeMap<String, Campaign>, event: CampaignEvent) {
+fn apply(campaigns: &mut BTreeMap<String, Arc<Campaign>>, event: CampaignEvent) {
     match event {
         CampaignEvent::Created { definition, at } => {
             campaigns.insert(
                 definition.campaign_id.clone(),
-                Campaign {
+                Arc::new(Campaign {
                     definition,
                     created_at: at,
                     status: CampaignStatus::Open,
                     close_offsets: None,
                     closed_at: None,
                     reconciliation: None,
-                },
+                }),
             );
         }
         CampaignEvent::CloseStarted {
@@ -282,6 +283,7 @@ fn apply(campaigns: &mut BTreeMap<String, Campaign>, event: CampaignEvent) {
             close_offsets,
         } => {
             if let Some(campaign) = campaigns.get_mut(&campaign_id) {
+                let campaign = Arc::make_mut(campaign);
                 campaign.status = CampaignStatus::Closing;
                 campaign.close_offsets = Some(close_offsets);
             }
@@ -292,6 +294,7 @@ fn apply(campaigns: &mut BTreeMap<String, Campaign>, event: CampaignEvent) {
             reconciliation,
         } => {
             if let Some(campaign) = campaigns.get_mut(&campaign_id) {
+                let campaign = Arc::make_mut(campaign);
                 campaign.status = CampaignStatus::Closed;
                 campaign.closed_at = Some(at);
                 campaign.reconciliation = Some(reconciliation);

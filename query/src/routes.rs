@@ -47,7 +47,7 @@ pub fn routes(context: Arc<QueryContext>) -> Router {
 }
 
 impl QueryContext {
-    fn campaign(&self, campaign_id: &str) -> Result<Campaign, ApiError> {
+    fn campaign(&self, campaign_id: &str) -> Result<Arc<Campaign>, ApiError> {
         self.campaigns.get(campaign_id).ok_or_else(|| {
             ApiError::not_found(
                 "campaign_not_found",

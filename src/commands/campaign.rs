@@ -348,6 +348,8 @@ mod admin {
         }
         let campaigns = registry(data_dir)?.list();
         if json {
+            let campaigns: Vec<&tally_pipeline::campaigns::Campaign> =
+                campaigns.iter().map(|c| c.as_ref()).collect();
             print_json(&campaigns)?;
         } else {
             println!(

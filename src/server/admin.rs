@@ -216,7 +216,7 @@ async fn close_campaign(
     })?;
     let campaign = match campaign.status {
         CampaignStatus::Closed => return Ok(Json(view(&state, &campaign))),
-        CampaignStatus::Closing => campaign,
+        CampaignStatus::Closing => Campaign::clone(&campaign),
         CampaignStatus::Open => stop_intake(&state, &campaign_id).await?,
     };
     let close_offsets = campaign
