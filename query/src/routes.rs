@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use futures_util::Stream;
-use tally_ingest::error::ApiError;
+use tally_ingest::error::{ApiError, PathParameter};
 use tally_pipeline::campaigns::{Campaign, CampaignRegistry};
 use tally_pipeline::clock::Clock;
 use tally_pipeline::event::{EventTime, envelope};
@@ -106,7 +106,7 @@ async fn list_campaigns(State(context): State<Arc<QueryContext>>) -> axum::Json<
 
 async fn get_campaign(
     State(context): State<Arc<QueryContext>>,
-    Path(campaign_id): Path<String>,
+    PathParameter(campaign_id): PathParameter,
 ) -> Result<axum::Json<CampaignView>, ApiError> {
     let campaign = context.campaign(&campaign_id)?;
     let total = context.read_model.campaign_total(&campaign_id);
@@ -120,7 +120,7 @@ async fn get_campaign(
 
 async fn get_stats(
     State(context): State<Arc<QueryContext>>,
-    Path(campaign_id): Path<String>,
+    PathParameter(campaign_id): PathParameter,
     Query(parameters): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<StatsView>, ApiError> {
     context.campaign(&campaign_id)?;
@@ -193,7 +193,7 @@ async fn get_stats(
 /// Server-Sent Events: the campaign's total now, then on every change, at most ~10 a second.
 async fn get_live(
     State(context): State<Arc<QueryContext>>,
-    Path(campaign_id): Path<String>,
+    PathParameter(campaign_id): PathParameter,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     context.campaign(&campaign_id)?;
     let changes = context.read_model.subscribe();
@@ -224,7 +224,7 @@ async fn get_live(
 
 async fn get_donation(
     State(context): State<Arc<QueryContext>>,
-    Path(payment_ref): Path<String>,
+    PathParameter(payment_ref): PathParameter,
 ) -> Result<axum::Json<DonationView>, ApiError> {
     let not_found = || {
         ApiError::not_found(

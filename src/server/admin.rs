@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
-use tally_ingest::error::ApiError;
+use tally_ingest::error::{ApiError, PathParameter};
 use tally_pipeline::campaigns::{
     Campaign, CampaignDefinition, CampaignError, CampaignStatus, Reconciliation,
 };
@@ -205,9 +205,10 @@ fn campaign_error(error: CampaignError) -> ApiError {
 async fn close_campaign(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(campaign_id): Path<String>,
+    PathParameter(campaign_id): PathParameter,
 ) -> Result<Json<CampaignView>, ApiError> {
     authorize(&state, &headers)?;
+    let _one_close_at_a_time = state.close_lock.lock().await;
     let campaign = state.campaigns.get(&campaign_id).ok_or_else(|| {
         ApiError::not_found(
             "campaign_not_found",
@@ -343,7 +344,8 @@ async fn list_notifications(
             })
             .transpose()
     };
-    let partition = number("partition")?.unwrap_or(0) as PartitionId;
+    let partition = PartitionId::try_from(number("partition")?.unwrap_or(0))
+        .map_err(|_| invalid("partition", "must be below the partition count"))?;
     let after = number("after")?;
     let limit = number("limit")?
         .map_or(100, |l| l as usize)

@@ -173,16 +173,19 @@ async fn render(state: &AppState) -> String {
             .map(|(p, e)| e.saturating_sub(p.applied_offset).to_string())
             .collect(),
     );
-    per_partition(
-        &mut out,
-        "tally_checkpoint_age_seconds",
-        "gauge",
-        "Time since the last checkpoint commit.",
-        progress
-            .iter()
-            .map(|p| format!("{:.3}", (now_ms - p.committed_at_ms).max(0) as f64 / 1000.0))
-            .collect(),
+    // A partition that has not committed since start has no age yet: it is left out.
+    let _ = writeln!(
+        out,
+        "# HELP tally_checkpoint_age_seconds Time since the last checkpoint commit.\n# TYPE tally_checkpoint_age_seconds gauge"
     );
+    for p in progress.iter().filter(|p| p.committed_at_ms > 0) {
+        let age_s = (now_ms - p.committed_at_ms).max(0) as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "tally_checkpoint_age_seconds{{partition=\"{}\"}} {age_s:.3}",
+            p.partition
+        );
+    }
     per_partition(
         &mut out,
         "tally_checkpoint_duration_seconds",

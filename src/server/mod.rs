@@ -87,6 +87,8 @@ pub struct AppState {
     pub requests: Arc<metrics::RequestCounter>,
     pub admin_token: String,
     pub clock: Arc<dyn Clock>,
+    /// Closes run one at a time, so that racing closes of one campaign all see it through.
+    pub close_lock: tokio::sync::Mutex<()>,
 }
 
 /// Runs the server on `listener` until `shutdown` resolves; then stops taking requests, lets the
@@ -173,6 +175,7 @@ pub async fn run(
         requests: Default::default(),
         admin_token: admin_token.value,
         clock: Arc::clone(&clock),
+        close_lock: tokio::sync::Mutex::new(()),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -225,6 +228,7 @@ fn router(state: Arc<AppState>) -> Router {
             get(metrics::metrics).with_state(Arc::clone(&state)),
         )
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             requests,
             metrics::count_requests,
@@ -233,6 +237,14 @@ fn router(state: Arc<AppState>) -> Router {
         .layer(tower::limit::ConcurrencyLimitLayer::new(
             CONCURRENT_REQUESTS_MAX,
         ))
+}
+
+async fn method_not_allowed() -> tally_ingest::error::ApiError {
+    tally_ingest::error::ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
 }
 
 async fn not_found() -> tally_ingest::error::ApiError {
