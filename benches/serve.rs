@@ -117,72 +117,102 @@ struct Phase {
     latency_us: Histogram<u64>,
 }
 
-/// Closed loop: `concurrency` tasks each sending requests back to back for `duration`.
-async fn closed_loop(
-    base: &str,
-    concurrency: usize,
-    items: usize,
-    duration: Duration,
-    run: u64,
-) -> Phase {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()
-        .expect("client");
+/// A lean HTTP/1.1 keep-alive connection: the bench's client shares the machine with the server,
+/// so it spends as little CPU per request as it can (a general client library costs several times
+/// more than the server's work per donation).
+struct Connection {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    host: String,
+}
+
+impl Connection {
+    async fn open(base: &str) -> std::io::Result<Self> {
+        let host = base.trim_start_matches("http://").to_owned();
+        let stream = tokio::net::TcpStream::connect(&host).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self { stream: tokio::io::BufReader::new(stream), host })
+    }
+
+    /// POSTs a signed JSON body; returns the response status.
+    async fn post(&mut self, path: &str, body: &str, signature: &str) -> std::io::Result<u16> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nTally-Signature: {signature}\r\nContent-Length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        );
+        self.stream.get_mut().write_all(request.as_bytes()).await?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await?;
+        let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut content_length = 0usize;
+        loop {
+            line.clear();
+            if self.stream.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; content_length];
+        self.stream.read_exact(&mut body).await?;
+        Ok(status)
+    }
+}
+
+/// Closed loop: `concurrency` connections each sending requests back to back for `duration`.
+async fn closed_loop(base: &str, concurrency: usize, items: usize, duration: Duration, run: u64) -> Phase {
     let secret = Arc::new(SigningSecret::from_text(SECRET));
     let accepted = Arc::new(AtomicU64::new(0));
     let requests = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let stop_at = Instant::now() + duration;
-    let url = if items == 1 {
-        format!("{base}/v1/donations")
-    } else {
-        format!("{base}/v1/donations/batch")
-    };
+    let path = if items == 1 { "/v1/donations" } else { "/v1/donations/batch" };
     let tasks: Vec<_> = (0..concurrency)
         .map(|task| {
-            let (client, secret, url) = (client.clone(), Arc::clone(&secret), url.clone());
-            let (accepted, requests, errors) = (
-                Arc::clone(&accepted),
-                Arc::clone(&requests),
-                Arc::clone(&errors),
-            );
+            let (secret, base) = (Arc::clone(&secret), base.to_owned());
+            let (accepted, requests, errors) = (Arc::clone(&accepted), Arc::clone(&requests), Arc::clone(&errors));
             tokio::spawn(async move {
-                let mut latency =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+                let Ok(mut connection) = Connection::open(&base).await else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    return latency;
+                };
                 let mut sequence = 0u64;
                 while Instant::now() < stop_at {
                     let bodies: Vec<String> = (0..items)
                         .map(|_| {
                             sequence += 1;
-                            donation(
-                                &format!("r{run}-t{task}-{sequence}"),
-                                "bench",
-                                1 + sequence % 500,
-                            )
+                            donation(&format!("r{run}-t{task}-{sequence}"), "bench", 1 + sequence % 500)
                         })
                         .collect();
-                    let body = if items == 1 {
-                        bodies.into_iter().next().unwrap_or_default()
-                    } else {
-                        format!("[{}]", bodies.join(","))
-                    };
+                    let body = if items == 1 { bodies.into_iter().next().unwrap_or_default() } else { format!("[{}]", bodies.join(",")) };
+                    let signature = sign(&secret, now_s(), body.as_bytes());
                     let started = Instant::now();
-                    let outcome = signed(&client, &secret, &url, body).send().await;
-                    let ok = match outcome {
-                        Ok(response) => {
-                            let success = response.status().is_success();
-                            let _ = response.bytes().await;
-                            success
-                        }
-                        Err(_) => false,
-                    };
+                    let status = connection.post(path, &body, &signature).await;
                     let _ = latency.record(started.elapsed().as_micros() as u64);
                     requests.fetch_add(1, Ordering::Relaxed);
-                    if ok {
-                        accepted.fetch_add(items as u64, Ordering::Relaxed);
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    match status {
+                        Ok(status) if (200..300).contains(&status) => {
+                            accepted.fetch_add(items as u64, Ordering::Relaxed);
+                        }
+                        Ok(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            match Connection::open(&base).await {
+                                Ok(fresh) => connection = fresh,
+                                Err(_) => return latency,
+                            }
+                        }
                     }
                 }
                 latency
@@ -198,11 +228,7 @@ async fn closed_loop(
     }
     let seconds = started.elapsed().as_secs_f64().max(duration.as_secs_f64());
     Phase {
-        name: if items == 1 {
-            format!("single, {concurrency} connections")
-        } else {
-            format!("batch of {items}, {concurrency} connections")
-        },
+        name: if items == 1 { format!("single, {concurrency} connections") } else { format!("batch of {items}, {concurrency} connections") },
         donations_per_s: accepted.load(Ordering::Relaxed) as f64 / seconds,
         requests_per_s: requests.load(Ordering::Relaxed) as f64 / seconds,
         errors: errors.load(Ordering::Relaxed),
@@ -251,6 +277,13 @@ async fn freshness(base: &str, duration: Duration) -> Histogram<u64> {
                 seen += 1;
                 let _ = freshness_us.record(accepted_at.elapsed().as_micros() as u64);
                 break;
+            }
+            // Not visible after this long means the pipeline is stuck: report it, stop probing.
+            if accepted_at.elapsed() > Duration::from_secs(10) {
+                eprintln!("a probe donation was not visible after 10 s: {view}");
+                busy.store(false, Ordering::Relaxed);
+                let _ = background.await;
+                return freshness_us;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

@@ -40,9 +40,10 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
-            // 50 ms keeps totals fresh well under a second at ~20 small commits a second per
-            // partition.
-            checkpoint_interval: Duration::from_millis(50),
+            // 250 ms keeps totals fresh well under a second at four small commits a second per
+            // partition. More frequent commits rewrite sled's pages faster, and sled 0.34's file
+            // truncation can then deadlock it (see the checkpoint module).
+            checkpoint_interval: Duration::from_millis(250),
             checkpoint_records_max: 50_000,
             allowed_lateness_ms: ALLOWED_LATENESS_MS_DEFAULT,
             read_batch_records: 4096,

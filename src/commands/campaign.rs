@@ -6,22 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
+
+use super::Target;
 use serde::Serialize;
 use tally_pipeline::event::EventTime;
 use tally_pipeline::log::Log;
 use tally_pipeline::operators::event_time_windows::Granularity;
-
-/// Where campaign commands act: a running server, or the data directory itself.
-#[derive(Debug, Clone, Args)]
-pub struct Target {
-    /// A running `tally serve` (e.g. http://127.0.0.1:8080); without it, the data directory is
-    /// used directly (no server may be running on it).
-    #[arg(long, env = "TALLY_SERVER")]
-    server: Option<String>,
-    /// The server's admin token; default: the data directory's `admin-token` file.
-    #[arg(long, env = "TALLY_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
-}
 
 #[derive(Debug, Subcommand)]
 pub enum CampaignCommand {
@@ -226,61 +216,12 @@ mod admin {
     use tally_pipeline::event::EventTime;
     use tally_pipeline::runner::{PipelineConfig, RunMode};
 
-    use super::{CreateArgs, Target};
+    use super::CreateArgs;
+    use crate::commands::{Target, server_request as request};
 
     fn now() -> EventTime {
         use tally_pipeline::clock::{Clock, SystemClock};
         EventTime(SystemClock.now_ms())
-    }
-
-    /// Sends an admin request to the server and prints the JSON answer; an error answer is a
-    /// one-line error.
-    fn request(
-        data_dir: &Path,
-        target: &Target,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> anyhow::Result<serde_json::Value> {
-        let server = target.server.as_deref().expect("called with a server");
-        let token = match &target.admin_token {
-            Some(token) => token.clone(),
-            None => std::fs::read_to_string(data_dir.join("admin-token"))
-                .context("no --admin-token and no admin-token file in the data directory")?
-                .trim()
-                .to_owned(),
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            let url = format!("{}{path}", server.trim_end_matches('/'));
-            let mut request = reqwest::Client::new()
-                .request(method, &url)
-                .bearer_auth(token);
-            if let Some(body) = body {
-                request = request.json(&body);
-            }
-            let response = request
-                .send()
-                .await
-                .with_context(|| format!("cannot reach {url}"))?;
-            let status = response.status();
-            let answer: serde_json::Value = response
-                .json()
-                .await
-                .context("the server's answer is not JSON")?;
-            if !status.is_success() {
-                let message = answer["error"]["message"]
-                    .as_str()
-                    .unwrap_or("request failed");
-                anyhow::bail!(
-                    "{status}: {} ({message})",
-                    answer["error"]["code"].as_str().unwrap_or("")
-                );
-            }
-            Ok(answer)
-        })
     }
 
     fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {

@@ -11,30 +11,64 @@ use tally_pipeline::clock::{Clock, SystemClock};
 use tally_pipeline::log::Log;
 use tally_pipeline::runner::PipelineConfig;
 
+use super::{Target, server_request};
+
 #[derive(Debug, Subcommand)]
 pub enum CheckpointCommand {
     /// Per partition: committed offset, records applied, commit time, state digest.
     List {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        target: Target,
     },
-    /// Write a savepoint: one consistent file with every partition's state and offsets.
+    /// Write a savepoint: one consistent file with every partition's state and offsets (with
+    /// --server, the path is on the server's machine).
     Create {
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        target: Target,
     },
-    /// Replace the state with a savepoint; processing continues from its offsets.
+    /// Replace the state with a savepoint; processing continues from its offsets. Needs the
+    /// server stopped.
     Restore { path: PathBuf },
     /// Rebuild the state from the log up to the committed offsets and compare digests.
-    Verify,
+    Verify {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 pub fn run(data_dir: &Path, command: CheckpointCommand) -> anyhow::Result<ExitCode> {
     match command {
-        CheckpointCommand::List { json } => list(data_dir, json),
-        CheckpointCommand::Create { out } => create(data_dir, &out),
+        CheckpointCommand::List { target, .. } if target.server.is_some() => {
+            let answer = server_request(data_dir, &target, reqwest::Method::GET, "/v1/checkpoints", None)?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        CheckpointCommand::Create { out, target } if target.server.is_some() => {
+            let body = serde_json::json!({"out": out});
+            let answer = server_request(data_dir, &target, reqwest::Method::POST, "/v1/checkpoints/savepoint", Some(body))?;
+            println!("savepoint {} written by the server at offsets {}", answer["path"], answer["offsets"]);
+            Ok(ExitCode::SUCCESS)
+        }
+        CheckpointCommand::Verify { target } if target.server.is_some() => {
+            let answer = server_request(data_dir, &target, reqwest::Method::POST, "/v1/checkpoints/verify", None)?;
+            for partition in answer["partitions"].as_array().into_iter().flatten() {
+                println!("{partition}");
+            }
+            if answer["ok"] == true {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("tally: some partitions do not match the log");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        CheckpointCommand::List { json, .. } => list(data_dir, json),
+        CheckpointCommand::Create { out, .. } => create(data_dir, &out),
         CheckpointCommand::Restore { path } => restore(data_dir, &path),
-        CheckpointCommand::Verify => verify(data_dir),
+        CheckpointCommand::Verify { .. } => verify(data_dir),
     }
 }
 

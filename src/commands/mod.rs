@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use clap::Args;
 use tally_pipeline::checkpoint::{CheckpointStore, LoadedPartition};
 use tally_pipeline::clock::{Clock, SystemClock};
 use tally_pipeline::log::{EmbeddedLog, EmbeddedLogOptions, Log};
@@ -93,4 +94,51 @@ pub fn rfc3339(unix_ms: i64) -> String {
     tally_pipeline::event::EventTime(unix_ms)
         .to_rfc3339()
         .unwrap_or_else(|_| unix_ms.to_string())
+}
+
+/// Where an operator command acts: a running server, or the data directory itself.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// A running `tally serve` (e.g. http://127.0.0.1:8080); without it, the data directory is
+    /// used directly (no server may be running on it).
+    #[arg(long, env = "TALLY_SERVER")]
+    pub server: Option<String>,
+    /// The server's admin token; default: the data directory's `admin-token` file.
+    #[arg(long, env = "TALLY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+/// Sends an admin request to `target.server` and returns its JSON answer; an error answer
+/// becomes a one-line error.
+pub fn server_request(
+    data_dir: &Path,
+    target: &Target,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let server = target.server.as_deref().context("no --server given")?;
+    let token = match &target.admin_token {
+        Some(token) => token.clone(),
+        None => std::fs::read_to_string(data_dir.join("admin-token"))
+            .context("no --admin-token and no admin-token file in the data directory")?
+            .trim()
+            .to_owned(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let url = format!("{}{path}", server.trim_end_matches('/'));
+        let mut request = reqwest::Client::new().request(method, &url).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| format!("cannot reach {url}"))?;
+        let status = response.status();
+        let answer: serde_json::Value = response.json().await.context("the server's answer is not JSON")?;
+        if !status.is_success() {
+            let message = answer["error"]["message"].as_str().unwrap_or("request failed");
+            anyhow::bail!("{status}: {} ({message})", answer["error"]["code"].as_str().unwrap_or(""));
+        }
+        Ok(answer)
+    })
 }

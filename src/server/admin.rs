@@ -39,6 +39,8 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/notifications", get(list_notifications))
         .route("/v1/notifications/ack", post(ack_notifications))
         .route("/v1/checkpoints", get(list_checkpoints))
+        .route("/v1/checkpoints/savepoint", post(create_savepoint))
+        .route("/v1/checkpoints/verify", post(verify_checkpoints))
         .with_state(state)
 }
 
@@ -385,4 +387,75 @@ async fn list_checkpoints(
         .list()
         .map(Json)
         .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavepointRequest {
+    /// Path on the server's file system.
+    out: String,
+}
+
+/// Writes a savepoint of the running server's committed state to a file on its machine.
+async fn create_savepoint(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let request: SavepointRequest = json_body(&headers, body).await?;
+    if request.out.is_empty() {
+        return Err(invalid("out", "must be a file path on the server"));
+    }
+    let store = Arc::clone(&state.store);
+    let now_ms = state.clock.now_ms();
+    let path = std::path::PathBuf::from(&request.out);
+    let written = path.clone();
+    let savepoint = tokio::task::spawn_blocking(move || {
+        tally_pipeline::checkpoint::savepoint::create(&store, &written, now_ms)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "savepoint_failed", e.to_string()))?;
+    Ok(Json(serde_json::json!({"path": request.out, "offsets": savepoint.offsets()})))
+}
+
+/// Rebuilds each partition's state from the log up to its committed offset, in memory, and
+/// compares digests with the committed checkpoints.
+async fn verify_checkpoints(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let pipeline = state.pipeline.clone();
+    let partitions = tokio::task::spawn_blocking(move || {
+        let store = pipeline.store();
+        (0..store.partition_count())
+            .map(|partition| verify_partition(&pipeline, partition))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let ok = partitions.iter().all(|p| p["ok"] == true);
+    Ok(Json(serde_json::json!({"ok": ok, "partitions": partitions})))
+}
+
+fn verify_partition(pipeline: &tally_pipeline::runner::Pipeline, partition: PartitionId) -> serde_json::Value {
+    let exported = match pipeline.store().export(partition) {
+        Ok(Some(exported)) => exported,
+        Ok(None) => return serde_json::json!({"partition": partition, "ok": true, "checkpoint": null}),
+        Err(error) => return serde_json::json!({"partition": partition, "ok": false, "error": error.to_string()}),
+    };
+    let scalars = exported.meta.scalars;
+    let lateness_ms = scalars.watermark.allowed_lateness_ms();
+    match pipeline.rebuild_in_memory(partition, scalars.next_offset, lateness_ms) {
+        Ok(rebuilt) => serde_json::json!({
+            "partition": partition,
+            "offset": scalars.next_offset,
+            "checkpoint_digest": format!("{:016x}", exported.meta.state_digest),
+            "rebuilt_digest": format!("{:016x}", rebuilt.state_digest()),
+            "ok": rebuilt.state_digest() == exported.meta.state_digest,
+        }),
+        Err(error) => serde_json::json!({"partition": partition, "ok": false, "error": error.to_string()}),
+    }
 }

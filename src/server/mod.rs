@@ -67,7 +67,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = RateLimitConfig::default().refill_per_second)]
     pub rate_limit_per_second: f64,
     /// Commit a checkpoint at least this often while records are applied.
-    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
     pub checkpoint_interval: Duration,
     /// …or after this many records.
     #[arg(long, default_value_t = PipelineConfig::default().checkpoint_records_max)]
@@ -87,6 +87,8 @@ pub struct AppState {
     pub requests: Arc<metrics::RequestCounter>,
     pub admin_token: String,
     pub clock: Arc<dyn Clock>,
+    /// For checkpoint verification against the log while serving.
+    pub pipeline: Pipeline,
     /// Closes run one at a time, so that racing closes of one campaign all see it through.
     pub close_lock: tokio::sync::Mutex<()>,
 }
@@ -176,6 +178,7 @@ pub async fn run(
         admin_token: admin_token.value,
         clock: Arc::clone(&clock),
         close_lock: tokio::sync::Mutex::new(()),
+        pipeline: pipeline.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

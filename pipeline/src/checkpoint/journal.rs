@@ -75,6 +75,26 @@ impl Journal {
         Ok(journal)
     }
 
+    /// Reads the changes up to `committed_position` without changing the file: for reading a
+    /// partition's checkpoint while its writer may append after that position.
+    pub fn read_committed(
+        path: &Path,
+        partition: PartitionId,
+        committed_position: u64,
+        mut apply: impl FnMut(IndexChange),
+    ) -> Result<(), CheckpointError> {
+        let file = File::open(path).map_err(|e| CheckpointError::io(path, e))?;
+        let mut journal = Self {
+            path: path.to_owned(),
+            file,
+            end_position: JOURNAL_HEADER_BYTES,
+            frames: 0,
+            encode_buffer: Vec::new(),
+        };
+        journal.check_header(partition)?;
+        journal.replay(committed_position, &mut apply)
+    }
+
     /// Empties the journal (a partition starting from scratch).
     pub fn reset(&mut self, partition: PartitionId) -> Result<(), CheckpointError> {
         let mut header = [0u8; JOURNAL_HEADER_BYTES as usize];

@@ -27,6 +27,13 @@
 //! replaying more of the log, and every load recomputes the state's digest from what it read and
 //! compares it with the digest the checkpoint recorded. If sled does not open, or a checkpoint
 //! fails its checks, that state is rebuilt from the log, and the log output says so.
+//!
+//! One failure cannot be designed around from outside: sled 0.34.7 can deadlock. A writer that
+//! needs a new segment waits, holding sled's segment accountant, for a file truncation queued in
+//! sled's I/O pool, whose workers wait for that accountant (sled issues #804, #1412). It shows
+//! when pages are rewritten fast and the CPU is saturated; it was seen under HTTP load with
+//! commits every 50 ms. Writes go through one lock (`sled_writes`) and commits default to every
+//! 250 ms, which makes it rarer, not impossible.
 
 mod journal;
 pub mod savepoint;

@@ -99,6 +99,13 @@ pub struct CheckpointStore {
     trees: Vec<sled::Tree>,
     journals: Vec<Mutex<Option<Journal>>>,
     sequences: Vec<Mutex<u64>>,
+    notifications: sled::Tree,
+    /// Every write to sled goes through this one at a time. sled 0.34 can deadlock when several
+    /// threads write at once (its segment accountant waits on a file truncation queued behind
+    /// I/O tasks that wait for the accountant; sled issues #804, #1412): seen here with eight
+    /// partitions committing under load. One writer at a time costs little — a commit is a
+    /// small batch — and keeps sled's I/O pool from filling up.
+    sled_writes: Mutex<()>,
     _lock: File,
 }
 
@@ -127,10 +134,13 @@ impl CheckpointStore {
         let trees = (0..partition_count)
             .map(|partition| db.open_tree(format!("partition-{partition:03}")))
             .collect::<Result<Vec<_>, _>>()?;
+        let notifications = db.open_tree(NOTIFICATIONS_TREE)?;
         let store = Self {
             dir: dir.to_owned(),
             db,
             trees,
+            notifications,
+            sled_writes: Mutex::new(()),
             journals: (0..partition_count).map(|_| Mutex::new(None)).collect(),
             sequences: (0..partition_count).map(|_| Mutex::new(0)).collect(),
             _lock: lock,
@@ -206,14 +216,17 @@ impl CheckpointStore {
         &self,
         partition: PartitionId,
     ) -> Result<Option<PartitionSavepoint>, CheckpointError> {
+        // Holding the journal slot keeps the partition's commits out until the export has read
+        // the meta, the journal and the trees: one consistent checkpoint, even while it runs.
+        let _no_commit = lock(&self.journals[partition as usize]);
         let Some(meta) = self.meta(partition)? else {
             return Ok(None);
         };
         let mut index_changes = Vec::with_capacity(meta.scalars.counters.recorded as usize);
-        Journal::open(
+        Journal::read_committed(
             &self.journal_path(partition),
             partition,
-            Some(meta.journal_end_position),
+            meta.journal_end_position,
             |change| index_changes.push(change),
         )?;
         let exported = PartitionSavepoint {
@@ -270,14 +283,14 @@ impl CheckpointStore {
             );
         }
         batch.insert(META_KEY, encode_meta(&meta));
-        self.tree(partition).apply_batch(batch)?;
+        self.sled_write(|| self.tree(partition).apply_batch(batch))?;
         *lock(&self.sequences[partition as usize]) = meta.sequence;
         self.flush()
     }
 
     /// Forgets a partition's checkpoint: it will be rebuilt from offset 0.
     pub fn reset(&self, partition: PartitionId) -> Result<(), CheckpointError> {
-        self.tree(partition).clear()?;
+        self.sled_write(|| self.tree(partition).clear())?;
         let journal = Journal::open(&self.journal_path(partition), partition, None, |_| {})?;
         *lock(&self.journals[partition as usize]) = Some(journal);
         *lock(&self.sequences[partition as usize]) = 0;
@@ -327,7 +340,7 @@ impl CheckpointStore {
             );
         }
         batch.insert(META_KEY, encode_meta(&meta));
-        self.tree(partition).apply_batch(batch)?;
+        self.sled_write(|| self.tree(partition).apply_batch(batch))?;
         Ok(meta)
     }
 
@@ -335,8 +348,7 @@ impl CheckpointStore {
     /// offset has been delivered. Kept apart from the checkpointed state (it is not derived from
     /// the log, and survives a rebuild of the partition).
     pub fn notification_cursor(&self, partition: PartitionId) -> Result<Offset, CheckpointError> {
-        let tree = self.db.open_tree(NOTIFICATIONS_TREE)?;
-        Ok(match tree.get(partition.to_be_bytes())? {
+        Ok(match self.notifications.get(partition.to_be_bytes())? {
             Some(bytes) => u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| {
                 CheckpointError::Corrupt {
                     what: format!("notification cursor of partition {partition}"),
@@ -352,15 +364,19 @@ impl CheckpointStore {
         partition: PartitionId,
         next_offset: Offset,
     ) -> Result<(), CheckpointError> {
-        let tree = self.db.open_tree(NOTIFICATIONS_TREE)?;
-        tree.insert(partition.to_be_bytes(), &next_offset.to_be_bytes())?;
+        self.sled_write(|| self.notifications.insert(partition.to_be_bytes(), &next_offset.to_be_bytes()))?;
         Ok(())
     }
 
     /// Asks sled to write its buffers out (best effort: see the module documentation).
     pub fn flush(&self) -> Result<(), CheckpointError> {
-        self.db.flush()?;
+        self.sled_write(|| self.db.flush())?;
         Ok(())
+    }
+
+    fn sled_write<T>(&self, write: impl FnOnce() -> sled::Result<T>) -> sled::Result<T> {
+        let _one_writer = lock(&self.sled_writes);
+        write()
     }
 
     pub fn totals(
