@@ -130,7 +130,10 @@ impl Connection {
         let host = base.trim_start_matches("http://").to_owned();
         let stream = tokio::net::TcpStream::connect(&host).await?;
         stream.set_nodelay(true)?;
-        Ok(Self { stream: tokio::io::BufReader::new(stream), host })
+        Ok(Self {
+            stream: tokio::io::BufReader::new(stream),
+            host,
+        })
     }
 
     /// POSTs a signed JSON body; returns the response status.
@@ -144,7 +147,11 @@ impl Connection {
         self.stream.get_mut().write_all(request.as_bytes()).await?;
         let mut line = String::new();
         self.stream.read_line(&mut line).await?;
-        let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         let mut content_length = 0usize;
         loop {
             line.clear();
@@ -168,19 +175,34 @@ impl Connection {
 }
 
 /// Closed loop: `concurrency` connections each sending requests back to back for `duration`.
-async fn closed_loop(base: &str, concurrency: usize, items: usize, duration: Duration, run: u64) -> Phase {
+async fn closed_loop(
+    base: &str,
+    concurrency: usize,
+    items: usize,
+    duration: Duration,
+    run: u64,
+) -> Phase {
     let secret = Arc::new(SigningSecret::from_text(SECRET));
     let accepted = Arc::new(AtomicU64::new(0));
     let requests = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let stop_at = Instant::now() + duration;
-    let path = if items == 1 { "/v1/donations" } else { "/v1/donations/batch" };
+    let path = if items == 1 {
+        "/v1/donations"
+    } else {
+        "/v1/donations/batch"
+    };
     let tasks: Vec<_> = (0..concurrency)
         .map(|task| {
             let (secret, base) = (Arc::clone(&secret), base.to_owned());
-            let (accepted, requests, errors) = (Arc::clone(&accepted), Arc::clone(&requests), Arc::clone(&errors));
+            let (accepted, requests, errors) = (
+                Arc::clone(&accepted),
+                Arc::clone(&requests),
+                Arc::clone(&errors),
+            );
             tokio::spawn(async move {
-                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+                let mut latency =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
                 let Ok(mut connection) = Connection::open(&base).await else {
                     errors.fetch_add(1, Ordering::Relaxed);
                     return latency;
@@ -190,10 +212,18 @@ async fn closed_loop(base: &str, concurrency: usize, items: usize, duration: Dur
                     let bodies: Vec<String> = (0..items)
                         .map(|_| {
                             sequence += 1;
-                            donation(&format!("r{run}-t{task}-{sequence}"), "bench", 1 + sequence % 500)
+                            donation(
+                                &format!("r{run}-t{task}-{sequence}"),
+                                "bench",
+                                1 + sequence % 500,
+                            )
                         })
                         .collect();
-                    let body = if items == 1 { bodies.into_iter().next().unwrap_or_default() } else { format!("[{}]", bodies.join(",")) };
+                    let body = if items == 1 {
+                        bodies.into_iter().next().unwrap_or_default()
+                    } else {
+                        format!("[{}]", bodies.join(","))
+                    };
                     let signature = sign(&secret, now_s(), body.as_bytes());
                     let started = Instant::now();
                     let status = connection.post(path, &body, &signature).await;
@@ -228,7 +258,11 @@ async fn closed_loop(base: &str, concurrency: usize, items: usize, duration: Dur
     }
     let seconds = started.elapsed().as_secs_f64().max(duration.as_secs_f64());
     Phase {
-        name: if items == 1 { format!("single, {concurrency} connections") } else { format!("batch of {items}, {concurrency} connections") },
+        name: if items == 1 {
+            format!("single, {concurrency} connections")
+        } else {
+            format!("batch of {items}, {concurrency} connections")
+        },
         donations_per_s: accepted.load(Ordering::Relaxed) as f64 / seconds,
         requests_per_s: requests.load(Ordering::Relaxed) as f64 / seconds,
         errors: errors.load(Ordering::Relaxed),

@@ -43,18 +43,39 @@ pub enum CheckpointCommand {
 pub fn run(data_dir: &Path, command: CheckpointCommand) -> anyhow::Result<ExitCode> {
     match command {
         CheckpointCommand::List { target, .. } if target.server.is_some() => {
-            let answer = server_request(data_dir, &target, reqwest::Method::GET, "/v1/checkpoints", None)?;
+            let answer = server_request(
+                data_dir,
+                &target,
+                reqwest::Method::GET,
+                "/v1/checkpoints",
+                None,
+            )?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(ExitCode::SUCCESS)
         }
         CheckpointCommand::Create { out, target } if target.server.is_some() => {
             let body = serde_json::json!({"out": out});
-            let answer = server_request(data_dir, &target, reqwest::Method::POST, "/v1/checkpoints/savepoint", Some(body))?;
-            println!("savepoint {} written by the server at offsets {}", answer["path"], answer["offsets"]);
+            let answer = server_request(
+                data_dir,
+                &target,
+                reqwest::Method::POST,
+                "/v1/checkpoints/savepoint",
+                Some(body),
+            )?;
+            println!(
+                "savepoint {} written by the server at offsets {}",
+                answer["path"], answer["offsets"]
+            );
             Ok(ExitCode::SUCCESS)
         }
         CheckpointCommand::Verify { target } if target.server.is_some() => {
-            let answer = server_request(data_dir, &target, reqwest::Method::POST, "/v1/checkpoints/verify", None)?;
+            let answer = server_request(
+                data_dir,
+                &target,
+                reqwest::Method::POST,
+                "/v1/checkpoints/verify",
+                None,
+            )?;
             for partition in answer["partitions"].as_array().into_iter().flatten() {
                 println!("{partition}");
             }

@@ -82,7 +82,7 @@ pub fn load_read_model(store: &CheckpointStore) -> anyhow::Result<ReadModel> {
                 "the state of partition {partition} cannot be read (`tally process` rebuilds it)"
             )
         })?;
-        if let LoadedPartition::Restored { state, meta } = loaded {
+        if let LoadedPartition::Restored { state, meta, .. } = loaded {
             read_model.publish(PartitionUpdate::whole(&state, meta.committed_at_ms));
         }
     }
@@ -125,19 +125,34 @@ pub fn server_request(
             .trim()
             .to_owned(),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let url = format!("{}{path}", server.trim_end_matches('/'));
-        let mut request = reqwest::Client::new().request(method, &url).bearer_auth(token);
+        let mut request = reqwest::Client::new()
+            .request(method, &url)
+            .bearer_auth(token);
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.with_context(|| format!("cannot reach {url}"))?;
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
         let status = response.status();
-        let answer: serde_json::Value = response.json().await.context("the server's answer is not JSON")?;
+        let answer: serde_json::Value = response
+            .json()
+            .await
+            .context("the server's answer is not JSON")?;
         if !status.is_success() {
-            let message = answer["error"]["message"].as_str().unwrap_or("request failed");
-            anyhow::bail!("{status}: {} ({message})", answer["error"]["code"].as_str().unwrap_or(""));
+            let message = answer["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed");
+            anyhow::bail!(
+                "{status}: {} ({message})",
+                answer["error"]["code"].as_str().unwrap_or("")
+            );
         }
         Ok(answer)
     })

@@ -13,7 +13,7 @@ pub struct ProcessArgs {
     #[arg(long)]
     follow: bool,
     /// Commit a checkpoint at least this often while records are applied.
-    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     checkpoint_interval: Duration,
     /// …or after this many records.
     #[arg(long, default_value_t = PipelineConfig::default().checkpoint_records_max)]

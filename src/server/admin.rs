@@ -416,8 +416,16 @@ async fn create_savepoint(
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "savepoint_failed", e.to_string()))?;
-    Ok(Json(serde_json::json!({"path": request.out, "offsets": savepoint.offsets()})))
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "savepoint_failed",
+            e.to_string(),
+        )
+    })?;
+    Ok(Json(
+        serde_json::json!({"path": request.out, "offsets": savepoint.offsets()}),
+    ))
 }
 
 /// Rebuilds each partition's state from the log up to its committed offset, in memory, and
@@ -437,14 +445,23 @@ async fn verify_checkpoints(
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?;
     let ok = partitions.iter().all(|p| p["ok"] == true);
-    Ok(Json(serde_json::json!({"ok": ok, "partitions": partitions})))
+    Ok(Json(
+        serde_json::json!({"ok": ok, "partitions": partitions}),
+    ))
 }
 
-fn verify_partition(pipeline: &tally_pipeline::runner::Pipeline, partition: PartitionId) -> serde_json::Value {
+fn verify_partition(
+    pipeline: &tally_pipeline::runner::Pipeline,
+    partition: PartitionId,
+) -> serde_json::Value {
     let exported = match pipeline.store().export(partition) {
         Ok(Some(exported)) => exported,
-        Ok(None) => return serde_json::json!({"partition": partition, "ok": true, "checkpoint": null}),
-        Err(error) => return serde_json::json!({"partition": partition, "ok": false, "error": error.to_string()}),
+        Ok(None) => {
+            return serde_json::json!({"partition": partition, "ok": true, "checkpoint": null});
+        }
+        Err(error) => {
+            return serde_json::json!({"partition": partition, "ok": false, "error": error.to_string()});
+        }
     };
     let scalars = exported.meta.scalars;
     let lateness_ms = scalars.watermark.allowed_lateness_ms();
@@ -456,6 +473,8 @@ fn verify_partition(pipeline: &tally_pipeline::runner::Pipeline, partition: Part
             "rebuilt_digest": format!("{:016x}", rebuilt.state_digest()),
             "ok": rebuilt.state_digest() == exported.meta.state_digest,
         }),
-        Err(error) => serde_json::json!({"partition": partition, "ok": false, "error": error.to_string()}),
+        Err(error) => {
+            serde_json::json!({"partition": partition, "ok": false, "error": error.to_string()})
+        }
     }
 }

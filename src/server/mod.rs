@@ -67,7 +67,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = RateLimitConfig::default().refill_per_second)]
     pub rate_limit_per_second: f64,
     /// Commit a checkpoint at least this often while records are applied.
-    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     pub checkpoint_interval: Duration,
     /// …or after this many records.
     #[arg(long, default_value_t = PipelineConfig::default().checkpoint_records_max)]

@@ -1,17 +1,18 @@
-//! The index journal of one partition: the donation index changes of every checkpoint, in
-//! commit order.
+//! The checkpoint journal of one partition: every checkpoint it committed, in order.
 //!
-//! The index grows by one entry per recorded donation — far too many small writes for sled, which
-//! handles tens of thousands of inserts a second. So each checkpoint appends its index changes to
-//! this file as one frame (the log's frame format: length, CRC32C, records), syncs it, and only
-//! then commits the sled batch that records the journal's new end position. The sled commit is
-//! the atomic step: bytes past the committed position belong to a checkpoint that never
-//! committed, and are cut off when the journal is opened.
+//! A checkpoint is one frame (the log's frame format: length, CRC32C, commit flag) holding the
+//! partition's next offset, counters, watermark and digest together with everything that changed
+//! since the previous checkpoint: new index entries, changed campaign totals and window buckets,
+//! new conflicts. Appending that frame and syncing it is the atomic step: a checkpoint whose frame
+//! is whole and checks out counts, one that is not does not. Loading replays the frames (later
+//! values of a total or bucket replace earlier ones). A very large checkpoint (a restored
+//! savepoint) sends its index entries ahead in `IndexChanges` frames, which count only once the
+//! `Checkpoint` frame after them is whole.
 //!
 //! ```text
-//! header (24 bytes) = magic "TALLYJNL" | format version u32 = 1 | partition u32 | reserved u64
-//! frames            = one per checkpoint; frame base_offset = checkpoint sequence number,
-//!                     one record whose value is the encoded Vec<IndexChange>
+//! header (24 bytes) = magic "TALLYCKJ" | format version u32 = 1 | partition u32 | reserved u64
+//! frames            = frame base_offset = frame sequence number, one record whose value is an
+//!                     encoded JournalEntry
 //! ```
 
 use std::fs::{File, OpenOptions};
@@ -19,17 +20,59 @@ use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use super::CheckpointError;
+use super::store::CheckpointMeta;
 use crate::codec;
 use crate::log::frame::{self, FRAME_HEADER_BYTES};
 use crate::log::{KeyedRecord, PartitionId};
+use crate::operators::campaign_totals::CampaignTotal;
+use crate::operators::conflict_audit::Conflict;
 use crate::operators::dedupe::IndexChange;
+use crate::operators::event_time_windows::{BucketKey, WindowBucket};
 
-const JOURNAL_MAGIC: [u8; 8] = *b"TALLYJNL";
+const JOURNAL_MAGIC: [u8; 8] = *b"TALLYCKJ";
 const JOURNAL_FORMAT_VERSION: u32 = 1;
 pub const JOURNAL_HEADER_BYTES: u64 = 24;
 
-/// An open index journal positioned at its committed end.
+/// What one checkpoint committed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointContent {
+    pub index: Vec<IndexChange>,
+    pub totals: Vec<(String, CampaignTotal)>,
+    pub buckets: Vec<(BucketKey, WindowBucket)>,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// One frame of the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JournalEntry {
+    /// Index entries of the checkpoint that follows; they count only once it is whole.
+    IndexChanges(Vec<IndexChange>),
+    Checkpoint {
+        meta: CheckpointMeta,
+        content: Box<CheckpointContent>,
+    },
+}
+
+/// Receives the committed content of a journal as it is replayed.
+pub trait Replay {
+    fn index_change(&mut self, change: IndexChange);
+    fn checkpoint(&mut self, meta: CheckpointMeta, content: CheckpointContent);
+}
+
+/// What replaying found beyond the last whole checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub position: u64,
+    pub reason: String,
+    /// The bad frame runs to the end of the file: a commit a crash cut short (or damage that
+    /// looks just like one).
+    pub torn: bool,
+}
+
+/// An open journal positioned after its last whole checkpoint.
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
@@ -40,14 +83,14 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens the journal, reads the changes up to `committed_position` (calling `apply` for each)
-    /// and cuts off anything after it. `None` as position means "no checkpoint": start empty.
+    /// Opens (creating if needed) the journal and replays its whole checkpoints into `replay`.
+    /// Anything after the last whole checkpoint — a torn frame, index entries whose checkpoint
+    /// never came, damaged bytes — is cut off and reported as [`Damage`].
     pub fn open(
         path: &Path,
         partition: PartitionId,
-        committed_position: Option<u64>,
-        mut apply: impl FnMut(IndexChange),
-    ) -> Result<Self, CheckpointError> {
+        replay: &mut dyn Replay,
+    ) -> Result<(Self, Option<Damage>), CheckpointError> {
         let io = |e| CheckpointError::io(path, e);
         let file = OpenOptions::new()
             .read(true)
@@ -63,26 +106,27 @@ impl Journal {
             frames: 0,
             encode_buffer: Vec::new(),
         };
-        match committed_position {
-            None => journal.reset(partition)?,
-            Some(position) => {
-                journal.check_header(partition)?;
-                journal.replay(position, &mut apply)?;
-                journal.file.set_len(position).map_err(io)?;
-                journal.file.sync_all().map_err(io)?;
-            }
+        let file_len = journal.file.metadata().map_err(io)?.len();
+        if file_len == 0 {
+            journal.reset(partition)?;
+            return Ok((journal, None));
         }
-        Ok(journal)
+        journal.check_header(partition)?;
+        let damage = journal.replay(replay)?;
+        if journal.end_position != file_len {
+            journal.file.set_len(journal.end_position).map_err(io)?;
+            journal.file.sync_all().map_err(io)?;
+        }
+        Ok((journal, damage))
     }
 
-    /// Reads the changes up to `committed_position` without changing the file: for reading a
-    /// partition's checkpoint while its writer may append after that position.
-    pub fn read_committed(
+    /// Replays the whole checkpoints of a journal without changing the file, for reading a
+    /// partition's checkpoint while its writer may be appending.
+    pub fn read(
         path: &Path,
         partition: PartitionId,
-        committed_position: u64,
-        mut apply: impl FnMut(IndexChange),
-    ) -> Result<(), CheckpointError> {
+        replay: &mut dyn Replay,
+    ) -> Result<Option<Damage>, CheckpointError> {
         let file = File::open(path).map_err(|e| CheckpointError::io(path, e))?;
         let mut journal = Self {
             path: path.to_owned(),
@@ -92,7 +136,7 @@ impl Journal {
             encode_buffer: Vec::new(),
         };
         journal.check_header(partition)?;
-        journal.replay(committed_position, &mut apply)
+        journal.replay(replay)
     }
 
     /// Empties the journal (a partition starting from scratch).
@@ -105,6 +149,9 @@ impl Journal {
         self.file.set_len(0).map_err(io)?;
         self.file.write_all_at(&header, 0).map_err(io)?;
         self.file.sync_all().map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
         self.end_position = JOURNAL_HEADER_BYTES;
         self.frames = 0;
         Ok(())
@@ -120,27 +167,19 @@ impl Journal {
         if header[0..8] != JOURNAL_MAGIC || version != JOURNAL_FORMAT_VERSION || owner != partition
         {
             return Err(self.corrupt(format!(
-                "header is not a version {JOURNAL_FORMAT_VERSION} journal of partition {partition}"
+                "header is not a version {JOURNAL_FORMAT_VERSION} checkpoint journal of partition {partition}"
             )));
         }
         Ok(())
     }
 
-    fn replay(
-        &mut self,
-        committed_position: u64,
-        apply: &mut impl FnMut(IndexChange),
-    ) -> Result<(), CheckpointError> {
+    /// Replays whole checkpoints; leaves `end_position` after the last one.
+    fn replay(&mut self, replay: &mut dyn Replay) -> Result<Option<Damage>, CheckpointError> {
         let file_len = self
             .file
             .metadata()
             .map_err(|e| CheckpointError::io(&self.path, e))?
             .len();
-        if committed_position < JOURNAL_HEADER_BYTES || committed_position > file_len {
-            return Err(self.corrupt(format!(
-                "checkpoint says the journal ends at byte {committed_position}, the file has {file_len}"
-            )));
-        }
         let mut reader = BufReader::with_capacity(1 << 20, &self.file);
         reader
             .by_ref()
@@ -148,46 +187,53 @@ impl Journal {
             .read_to_end(&mut Vec::new())
             .map_err(|e| CheckpointError::io(&self.path, e))?;
         let mut position = JOURNAL_HEADER_BYTES;
+        let mut pending: Vec<IndexChange> = Vec::new();
         let mut frame_bytes = Vec::new();
-        while position < committed_position {
-            frame_bytes.resize(FRAME_HEADER_BYTES, 0);
-            reader
-                .read_exact(&mut frame_bytes)
-                .map_err(|e| self.corrupt(format!("at byte {position}: {e}")))?;
-            let body_len = frame::body_len_from_header(&frame_bytes)
-                .map_err(|problem| self.corrupt(format!("at byte {position}: {problem:?}")))?;
-            frame_bytes.resize(FRAME_HEADER_BYTES + body_len, 0);
-            reader
-                .read_exact(&mut frame_bytes[FRAME_HEADER_BYTES..])
-                .map_err(|e| self.corrupt(format!("at byte {position}: {e}")))?;
-            let info = frame::check_frame(&frame_bytes)
-                .map_err(|problem| self.corrupt(format!("at byte {position}: {problem:?}")))?;
-            if info.base_offset != self.frames || info.record_count != 1 {
-                return Err(self.corrupt(format!("frame at byte {position} is out of sequence")));
+        let mut frames = 0;
+        let damage = loop {
+            if position == file_len {
+                break None;
             }
-            let mut records = Vec::with_capacity(1);
-            frame::decode_records(&frame_bytes, &info, 0, 0, 1, &mut records);
-            let changes: Vec<IndexChange> = codec::decode(&records[0].value)
-                .map_err(|e| self.corrupt(format!("frame at byte {position}: {e}")))?;
-            changes.into_iter().for_each(&mut *apply);
-            position += info.frame_bytes as u64;
-            self.frames += 1;
-        }
-        if position != committed_position {
-            return Err(self.corrupt(format!(
-                "no frame boundary at the committed byte {committed_position}"
-            )));
-        }
-        self.end_position = position;
-        Ok(())
+            let entry = match read_frame(&mut reader, &mut frame_bytes, frames) {
+                Ok(entry) => entry,
+                Err(reason) => {
+                    let torn = position + frame_bytes.len() as u64 >= file_len;
+                    break Some(Damage {
+                        position,
+                        reason,
+                        torn,
+                    });
+                }
+            };
+            position += frame_bytes.len() as u64;
+            frames += 1;
+            if position == file_len && matches!(entry, JournalEntry::IndexChanges(_)) {
+                break Some(Damage {
+                    position,
+                    reason: "index entries of a checkpoint that never completed".into(),
+                    torn: true,
+                });
+            }
+            match entry {
+                JournalEntry::IndexChanges(changes) => pending.extend(changes),
+                JournalEntry::Checkpoint { meta, content } => {
+                    pending
+                        .drain(..)
+                        .for_each(|change| replay.index_change(change));
+                    replay.checkpoint(meta, *content);
+                    self.end_position = position;
+                    self.frames = frames;
+                }
+            }
+        };
+        Ok(damage)
     }
 
-    /// Appends one checkpoint's changes and syncs them; returns the new end position, which the
-    /// checkpoint must record to make them count.
-    pub fn append(&mut self, changes: &[IndexChange]) -> Result<u64, CheckpointError> {
+    /// Appends one encoded [`JournalEntry`] and syncs it; returns the journal's new end position.
+    pub fn append(&mut self, encoded_entry: &[u8]) -> Result<u64, CheckpointError> {
         let record = KeyedRecord {
             key: Vec::new(),
-            value: codec::encode(changes),
+            value: encoded_entry.to_vec(),
         };
         self.encode_buffer.clear();
         let info = frame::encode_frame(&mut self.encode_buffer, self.frames, 0, true, [&record]);
@@ -201,14 +247,39 @@ impl Journal {
         Ok(self.end_position)
     }
 
-    pub fn end_position(&self) -> u64 {
-        self.end_position
-    }
-
     fn corrupt(&self, reason: String) -> CheckpointError {
         CheckpointError::Corrupt {
-            what: format!("index journal {}", self.path.display()),
+            what: format!("checkpoint journal {}", self.path.display()),
             reason,
         }
     }
+}
+
+/// Reads the next frame into `frame_bytes` and decodes its entry; the error says why it is not a
+/// whole, valid frame (then `frame_bytes` holds what could be read).
+fn read_frame(
+    reader: &mut impl Read,
+    frame_bytes: &mut Vec<u8>,
+    sequence: u64,
+) -> Result<JournalEntry, String> {
+    frame_bytes.clear();
+    reader
+        .by_ref()
+        .take(FRAME_HEADER_BYTES as u64)
+        .read_to_end(frame_bytes)
+        .map_err(|e| e.to_string())?;
+    let body_len =
+        frame::body_len_from_header(frame_bytes).map_err(|problem| format!("{problem:?}"))?;
+    reader
+        .by_ref()
+        .take(body_len as u64)
+        .read_to_end(frame_bytes)
+        .map_err(|e| e.to_string())?;
+    let info = frame::check_frame(frame_bytes).map_err(|problem| format!("{problem:?}"))?;
+    if info.base_offset != sequence || info.record_count != 1 {
+        return Err(format!("frame out of sequence (expected {sequence})"));
+    }
+    let mut records = Vec::with_capacity(1);
+    frame::decode_records(frame_bytes, &info, 0, 0, 1, &mut records);
+    codec::decode(&records[0].value).map_err(|e| e.to_string())
 }

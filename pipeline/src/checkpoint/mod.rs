@@ -2,38 +2,33 @@
 //!
 //! # Layout (`<data-dir>/state/`)
 //! ```text
-//! LOCK                       held (flock) by the one process using the state
-//! sled/                      one sled tree per partition, "partition-NNN":
-//!   meta                     CheckpointMeta + crc32c: format version, next offset, counters,
-//!                            watermark, journal end position, digest, commit time
-//!   t/<campaign>             CampaignTotal
-//!   w/<campaign>\0<g><start> WindowBucket (g: 0 minute, 1 hour, 2 day; start: i64 as
-//!                            order-preserving big-endian u64)
-//!   c/<payment_ref>\0<off>   Conflict (off: conflicting offset, big-endian)
-//! journal-NNN                the partition's index journal (see `journal`)
+//! LOCK                            held (flock) by the one process using the state
+//! checkpoints-NNN.journal         partition NNN's checkpoint journal (see `journal`)
+//! notifications-NNN.cursor        how far donor notifications of partition NNN were delivered
 //! ```
 //!
 //! # The atomic step
-//! A checkpoint first appends the partition's new index changes to its journal and syncs it,
-//! then applies one sled batch on the partition's tree holding the changed totals, buckets and
-//! conflicts **and** the meta record with the next offset and the journal's new end. A sled
-//! batch on one tree is atomic, so after a crash a partition has either all of a checkpoint or
-//! none of it, and resumes from the offset that matches its state.
+//! A checkpoint is one frame appended to the partition's journal and synced: the next offset,
+//! counters, watermark and state digest together with everything that changed since the last
+//! checkpoint (new index entries, changed totals and buckets, new conflicts). The frame's
+//! checksum makes it all or nothing, so after a crash a partition has either all of a checkpoint
+//! or none of it, and resumes from the offset that matches its state.
 //!
-//! # sled is derived state
-//! The log is the record of truth. sled 0.34's `flush` is not a guaranteed fsync, writes that
-//! were not flushed can vanish in a crash, and a killed process has occasionally left a tree that
-//! fails to reopen. None of that can make tally count wrong: losing recent checkpoints only means
-//! replaying more of the log, and every load recomputes the state's digest from what it read and
-//! compares it with the digest the checkpoint recorded. If sled does not open, or a checkpoint
-//! fails its checks, that state is rebuilt from the log, and the log output says so.
+//! # The state is derived
+//! The log is the record of truth. Every load replays the journal, recomputes the state's digest
+//! from what it read and compares it with the digest the last checkpoint recorded. A torn last
+//! frame is cut off (that checkpoint never completed); damage further back cuts the journal at
+//! the damage, and a digest that does not match resets the partition: either way the state is
+//! rebuilt from the log from the last good checkpoint (or from offset 0), and the log output
+//! says so. Nothing is served from state that failed its check.
 //!
-//! One failure cannot be designed around from outside: sled 0.34.7 can deadlock. A writer that
-//! needs a new segment waits, holding sled's segment accountant, for a file truncation queued in
-//! sled's I/O pool, whose workers wait for that accountant (sled issues #804, #1412). It shows
-//! when pages are rewritten fast and the CPU is saturated; it was seen under HTTP load with
-//! commits every 50 ms. Writes go through one lock (`sled_writes`) and commits default to every
-//! 250 ms, which makes it rarer, not impossible.
+//! # Why not sled
+//! The checkpoints lived in sled 0.34.7 first. Under HTTP load with the CPU saturated it
+//! deadlocked, twice in a minute: a writer that needs a new segment waits, holding sled's segment
+//! accountant, for a file truncation queued in sled's I/O pool, whose workers all wait for that
+//! accountant (sled issues #804, #1412; 0.34 is the last release). Serializing writes and
+//! committing less often did not prevent it. A checkpoint here is one append and one
+//! `fdatasync` to a file of our own format, which needs none of sled's machinery.
 
 mod journal;
 pub mod savepoint;
@@ -41,6 +36,7 @@ mod store;
 
 use std::path::PathBuf;
 
+pub use journal::Damage;
 pub use store::{
     CheckpointInfo, CheckpointMeta, CheckpointStore, LoadedPartition, PartitionSavepoint,
 };
@@ -56,8 +52,6 @@ pub enum CheckpointError {
         #[source]
         source: std::io::Error,
     },
-    #[error("sled error: {0}")]
-    Sled(#[from] sled::Error),
     /// Stored state that fails its checks: rebuild it from the log.
     #[error("{what} is damaged: {reason}")]
     Corrupt { what: String, reason: String },

@@ -1,12 +1,15 @@
-//! The sled-backed checkpoint store: load, commit and list per-partition checkpoints.
+//! The checkpoint store: load, commit and list per-partition checkpoints, each partition's in
+//! its own checkpoint journal (see `journal`).
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use super::journal::Journal;
+use super::journal::{CheckpointContent, Damage, Journal, Replay};
 use super::{CHECKPOINT_FORMAT_VERSION, CheckpointError};
 use crate::clock::UnixMillis;
 use crate::codec;
@@ -14,31 +17,23 @@ use crate::log::{Offset, PartitionId};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::conflict_audit::Conflict;
 use crate::operators::dedupe::IndexChange;
-use crate::operators::event_time_windows::{BucketKey, Granularity, WindowBucket};
+use crate::operators::event_time_windows::{BucketKey, WindowBucket};
 use crate::processor::StateDigest;
 use crate::processor::partition_state::{
     IndexRestorer, PartitionState, StateChanges, StateScalars,
 };
 
-const META_KEY: &[u8] = b"meta";
-const NOTIFICATIONS_TREE: &str = "notifications";
-const TOTAL_PREFIX: &[u8] = b"t/";
-const BUCKET_PREFIX: &[u8] = b"w/";
-const CONFLICT_PREFIX: &[u8] = b"c/";
-/// Index changes per journal frame when installing a savepoint (frames stay well under the
-/// frame size limit: a change encodes to at most a few hundred bytes).
+/// Index changes per frame when installing a savepoint (frames stay far below the frame size
+/// limit: a change encodes to at most a few hundred bytes).
 const INSTALL_CHANGES_PER_FRAME: usize = 100_000;
-/// sled's page cache: the trees hold only totals, buckets and conflicts, so a small cache does.
-const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// The record that makes a checkpoint count: where the partition is and what its state is.
+/// What makes a checkpoint a checkpoint: where the partition is and what its state is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointMeta {
     pub format_version: u32,
     pub scalars: StateScalars,
     /// Checkpoints committed so far for this partition (this one included).
     pub sequence: u64,
-    pub journal_end_position: u64,
     pub digest: StateDigest,
     pub state_digest: u64,
     pub committed_at_ms: UnixMillis,
@@ -72,7 +67,7 @@ impl From<&CheckpointMeta> for CheckpointInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionSavepoint {
     pub meta: CheckpointMeta,
-    /// The index journal's changes, in commit order.
+    /// The index changes, in commit order.
     pub index_changes: Vec<IndexChange>,
     pub totals: Vec<(String, CampaignTotal)>,
     pub buckets: Vec<(BucketKey, WindowBucket)>,
@@ -82,117 +77,75 @@ pub struct PartitionSavepoint {
 /// What loading a partition gave.
 #[derive(Debug)]
 pub enum LoadedPartition {
-    /// A checkpoint that passed every check.
+    /// A checkpoint that passed every check. `damage` reports anything found (and cut off)
+    /// after an earlier whole checkpoint: the partition resumes from that one.
     Restored {
         state: Box<PartitionState>,
         meta: CheckpointMeta,
+        damage: Option<Damage>,
     },
-    /// No checkpoint yet: start from offset 0.
-    Empty,
+    /// No checkpoint: start from offset 0 (`damage` says if a journal was there but unusable).
+    Empty { damage: Option<Damage> },
 }
 
-/// One process's handle on the state directory.
-#[derive(Debug)]
-pub struct CheckpointStore {
-    dir: PathBuf,
-    db: sled::Db,
-    trees: Vec<sled::Tree>,
-    journals: Vec<Mutex<Option<Journal>>>,
-    sequences: Vec<Mutex<u64>>,
-    notifications: sled::Tree,
-    /// Every write to sled goes through this one at a time. sled 0.34 can deadlock when several
-    /// threads write at once (its segment accountant waits on a file truncation queued behind
-    /// I/O tasks that wait for the accountant; sled issues #804, #1412): seen here with eight
-    /// partitions committing under load. One writer at a time costs little — a commit is a
-    /// small batch — and keeps sled's I/O pool from filling up.
-    sled_writes: Mutex<()>,
-    _lock: File,
+/// Collects a journal's committed content.
+#[derive(Debug, Default)]
+struct Collected {
+    meta: Option<CheckpointMeta>,
+    restorer: Option<IndexRestorer>,
+    /// Kept only when exporting.
+    raw_index: Option<Vec<IndexChange>>,
+    totals: BTreeMap<String, CampaignTotal>,
+    buckets: BTreeMap<BucketKey, WindowBucket>,
+    conflicts: Vec<Conflict>,
 }
 
-impl CheckpointStore {
-    /// Opens the state directory for `partition_count` partitions. If sled cannot open its
-    /// files, they are moved aside and an empty store is created (every partition then rebuilds
-    /// from the log); the returned notes say so.
-    pub fn open(dir: &Path, partition_count: u32) -> Result<(Self, Vec<String>), CheckpointError> {
-        std::fs::create_dir_all(dir).map_err(|e| CheckpointError::io(dir, e))?;
-        let lock = lock_directory(dir)?;
-        let mut notes = Vec::new();
-        let sled_dir = dir.join("sled");
-        let db = match open_sled(&sled_dir) {
-            Ok(db) => db,
-            Err(error) => {
-                let aside = dir.join(format!("sled.unreadable-{}", std::process::id()));
-                std::fs::rename(&sled_dir, &aside)
-                    .map_err(|e| CheckpointError::io(&sled_dir, e))?;
-                notes.push(format!(
-                    "sled state failed to open ({error}); moved it to {} and rebuilding all partitions from the log",
-                    aside.display()
-                ));
-                open_sled(&sled_dir)?
-            }
-        };
-        let trees = (0..partition_count)
-            .map(|partition| db.open_tree(format!("partition-{partition:03}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let notifications = db.open_tree(NOTIFICATIONS_TREE)?;
-        let store = Self {
-            dir: dir.to_owned(),
-            db,
-            trees,
-            notifications,
-            sled_writes: Mutex::new(()),
-            journals: (0..partition_count).map(|_| Mutex::new(None)).collect(),
-            sequences: (0..partition_count).map(|_| Mutex::new(0)).collect(),
-            _lock: lock,
-        };
-        Ok((store, notes))
+impl Collected {
+    fn for_loading() -> Self {
+        Self {
+            restorer: Some(IndexRestorer::new(0)),
+            ..Self::default()
+        }
     }
 
-    pub fn partition_count(&self) -> u32 {
-        self.trees.len() as u32
+    fn for_exporting() -> Self {
+        Self {
+            restorer: Some(IndexRestorer::new(0)),
+            raw_index: Some(Vec::new()),
+            ..Self::default()
+        }
     }
 
-    fn tree(&self, partition: PartitionId) -> &sled::Tree {
-        &self.trees[partition as usize]
-    }
-
-    fn journal_path(&self, partition: PartitionId) -> PathBuf {
-        self.dir.join(format!("journal-{partition:03}"))
-    }
-
-    /// The committed checkpoint meta of a partition, if any.
-    pub fn meta(&self, partition: PartitionId) -> Result<Option<CheckpointMeta>, CheckpointError> {
-        let Some(bytes) = self.tree(partition).get(META_KEY)? else {
+    /// The state the collected checkpoints make, checked against the last one's digest.
+    fn into_state(
+        self,
+        partition: PartitionId,
+    ) -> Result<Option<LoadedCheckpoint>, CheckpointError> {
+        let Some(meta) = self.meta else {
             return Ok(None);
         };
-        decode_meta(partition, &bytes).map(Some)
-    }
-
-    /// Every partition's checkpoint, for `checkpoint list`.
-    pub fn list(&self) -> Result<Vec<Option<CheckpointInfo>>, CheckpointError> {
-        (0..self.partition_count())
-            .map(|partition| Ok(self.meta(partition)?.as_ref().map(CheckpointInfo::from)))
-            .collect()
-    }
-
-    /// Loads and checks a partition's checkpoint. A `Corrupt` error means: reset it and rebuild
-    /// from the log.
-    pub fn load(&self, partition: PartitionId) -> Result<LoadedPartition, CheckpointError> {
-        let Some(meta) = self.meta(partition)? else {
-            self.reset(partition)?;
-            return Ok(LoadedPartition::Empty);
+        if meta.format_version != CHECKPOINT_FORMAT_VERSION || meta.scalars.partition != partition {
+            return Err(CheckpointError::Corrupt {
+                what: format!("checkpoint of partition {partition}"),
+                reason: format!(
+                    "format version {} of partition {}",
+                    meta.format_version, meta.scalars.partition
+                ),
+            });
+        }
+        let parts = Parts {
+            totals: self.totals.into_iter().collect(),
+            buckets: self.buckets.into_iter().collect(),
+            conflicts: self.conflicts,
         };
-        let mut restorer = IndexRestorer::new(meta.scalars.counters.recorded);
-        let journal = Journal::open(
-            &self.journal_path(partition),
-            partition,
-            Some(meta.journal_end_position),
-            |change| restorer.add(change),
-        )?;
-        let totals = self.totals(partition)?;
-        let buckets = self.buckets(partition)?;
-        let conflicts = self.conflicts(partition)?;
-        let state = PartitionState::restore(meta.scalars, restorer, totals, buckets, &conflicts);
+        let restorer = self.restorer.expect("collecting keeps a restorer");
+        let state = PartitionState::restore(
+            meta.scalars,
+            restorer,
+            parts.totals.clone(),
+            parts.buckets.clone(),
+            &parts.conflicts,
+        );
         if state.digest() != meta.digest || state.state_digest() != meta.state_digest {
             return Err(CheckpointError::Corrupt {
                 what: format!("checkpoint of partition {partition}"),
@@ -203,59 +156,180 @@ impl CheckpointStore {
                 ),
             });
         }
+        Ok(Some((state, meta, self.raw_index, parts)))
+    }
+}
+
+/// A loaded checkpoint: the state, its meta, the raw index changes (when exporting), the parts.
+type LoadedCheckpoint = (
+    PartitionState,
+    CheckpointMeta,
+    Option<Vec<IndexChange>>,
+    Parts,
+);
+
+#[derive(Debug)]
+struct Parts {
+    totals: Vec<(String, CampaignTotal)>,
+    buckets: Vec<(BucketKey, WindowBucket)>,
+    conflicts: Vec<Conflict>,
+}
+
+impl Replay for Collected {
+    fn index_change(&mut self, change: IndexChange) {
+        if let Some(raw) = &mut self.raw_index {
+            raw.push(change.clone());
+        }
+        if let Some(restorer) = &mut self.restorer {
+            restorer.add(change);
+        }
+    }
+
+    fn checkpoint(&mut self, meta: CheckpointMeta, content: CheckpointContent) {
+        for change in content.index {
+            self.index_change(change);
+        }
+        self.totals.extend(content.totals);
+        self.buckets.extend(content.buckets);
+        self.conflicts.extend(content.conflicts);
+        self.meta = Some(meta);
+    }
+}
+
+/// Collects only the last checkpoint's meta.
+#[derive(Debug, Default)]
+struct LastMeta(Option<CheckpointMeta>);
+
+impl Replay for LastMeta {
+    fn index_change(&mut self, _change: IndexChange) {}
+
+    fn checkpoint(&mut self, meta: CheckpointMeta, _content: CheckpointContent) {
+        self.0 = Some(meta);
+    }
+}
+
+/// The borrowed form of a `JournalEntry::Checkpoint`: the same encoding, without copying.
+#[derive(Serialize)]
+enum CheckpointEntryRef<'a> {
+    #[allow(dead_code)]
+    IndexChanges(&'a [IndexChange]),
+    Checkpoint {
+        meta: &'a CheckpointMeta,
+        content: CheckpointContentRef<'a>,
+    },
+}
+
+#[derive(Serialize)]
+struct CheckpointContentRef<'a> {
+    index: &'a [IndexChange],
+    totals: &'a [(String, CampaignTotal)],
+    buckets: &'a [(BucketKey, WindowBucket)],
+    conflicts: &'a [Conflict],
+}
+
+/// One process's handle on the state directory.
+#[derive(Debug)]
+pub struct CheckpointStore {
+    dir: PathBuf,
+    partition_count: u32,
+    /// Each partition's journal once loaded; holding the slot keeps its commits out.
+    journals: Vec<Mutex<Option<Journal>>>,
+    /// Each partition's last committed checkpoint, once known.
+    latest: Vec<Mutex<Option<CheckpointMeta>>>,
+    _lock: File,
+}
+
+impl CheckpointStore {
+    /// Opens the state directory for `partition_count` partitions. The notes it returns are for
+    /// the operator (none today; kept so callers report whatever a future version finds).
+    pub fn open(dir: &Path, partition_count: u32) -> Result<(Self, Vec<String>), CheckpointError> {
+        std::fs::create_dir_all(dir).map_err(|e| CheckpointError::io(dir, e))?;
+        let lock = lock_directory(dir)?;
+        let store = Self {
+            dir: dir.to_owned(),
+            partition_count,
+            journals: (0..partition_count).map(|_| Mutex::new(None)).collect(),
+            latest: (0..partition_count).map(|_| Mutex::new(None)).collect(),
+            _lock: lock,
+        };
+        Ok((store, Vec::new()))
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.partition_count
+    }
+
+    fn journal_path(&self, partition: PartitionId) -> PathBuf {
+        self.dir.join(format!("checkpoints-{partition:03}.journal"))
+    }
+
+    /// The last committed checkpoint meta of a partition, if any.
+    pub fn meta(&self, partition: PartitionId) -> Result<Option<CheckpointMeta>, CheckpointError> {
+        if let Some(meta) = *lock(&self.latest[partition as usize]) {
+            return Ok(Some(meta));
+        }
+        let path = self.journal_path(partition);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let mut last = LastMeta::default();
+        let _no_commit = lock(&self.journals[partition as usize]);
+        Journal::read(&path, partition, &mut last)?;
+        Ok(last.0)
+    }
+
+    /// Every partition's checkpoint, for `checkpoint list`.
+    pub fn list(&self) -> Result<Vec<Option<CheckpointInfo>>, CheckpointError> {
+        (0..self.partition_count)
+            .map(|partition| Ok(self.meta(partition)?.as_ref().map(CheckpointInfo::from)))
+            .collect()
+    }
+
+    /// Loads and checks a partition's checkpoint. A `Corrupt` error means: reset it and rebuild
+    /// from the log.
+    pub fn load(&self, partition: PartitionId) -> Result<LoadedPartition, CheckpointError> {
+        let mut collected = Collected::for_loading();
+        let (journal, damage) =
+            Journal::open(&self.journal_path(partition), partition, &mut collected)?;
+        let loaded = collected.into_state(partition)?;
         *lock(&self.journals[partition as usize]) = Some(journal);
-        *lock(&self.sequences[partition as usize]) = meta.sequence;
-        Ok(LoadedPartition::Restored {
-            state: Box::new(state),
-            meta,
+        Ok(match loaded {
+            Some((state, meta, _, _)) => {
+                *lock(&self.latest[partition as usize]) = Some(meta);
+                LoadedPartition::Restored {
+                    state: Box::new(state),
+                    meta,
+                    damage,
+                }
+            }
+            None => LoadedPartition::Empty { damage },
         })
     }
 
     /// A partition's whole checkpoint, checked against its digest; `None` without a checkpoint.
+    /// Safe while the partition runs: its commits wait until this has read the journal.
     pub fn export(
         &self,
         partition: PartitionId,
     ) -> Result<Option<PartitionSavepoint>, CheckpointError> {
-        // Holding the journal slot keeps the partition's commits out until the export has read
-        // the meta, the journal and the trees: one consistent checkpoint, even while it runs.
-        let _no_commit = lock(&self.journals[partition as usize]);
-        let Some(meta) = self.meta(partition)? else {
+        let path = self.journal_path(partition);
+        if !path.exists() {
             return Ok(None);
-        };
-        let mut index_changes = Vec::with_capacity(meta.scalars.counters.recorded as usize);
-        Journal::read_committed(
-            &self.journal_path(partition),
-            partition,
-            meta.journal_end_position,
-            |change| index_changes.push(change),
-        )?;
-        let exported = PartitionSavepoint {
-            meta,
-            index_changes,
-            totals: self.totals(partition)?,
-            buckets: self.buckets(partition)?,
-            conflicts: self.conflicts(partition)?,
-        };
-        let mut restorer = IndexRestorer::new(meta.scalars.counters.recorded);
-        exported
-            .index_changes
-            .iter()
-            .cloned()
-            .for_each(|change| restorer.add(change));
-        let state = PartitionState::restore(
-            meta.scalars,
-            restorer,
-            exported.totals.clone(),
-            exported.buckets.clone(),
-            &exported.conflicts,
-        );
-        if state.state_digest() != meta.state_digest {
-            return Err(CheckpointError::Corrupt {
-                what: format!("checkpoint of partition {partition}"),
-                reason: "state read back does not match its digest".into(),
-            });
         }
-        Ok(Some(exported))
+        let mut collected = Collected::for_exporting();
+        {
+            let _no_commit = lock(&self.journals[partition as usize]);
+            Journal::read(&path, partition, &mut collected)?;
+        }
+        Ok(collected
+            .into_state(partition)?
+            .map(|(_, meta, raw_index, parts)| PartitionSavepoint {
+                meta,
+                index_changes: raw_index.unwrap_or_default(),
+                totals: parts.totals,
+                buckets: parts.buckets,
+                conflicts: parts.conflicts,
+            }))
     }
 
     /// Replaces a partition's checkpoint with an exported one (from a savepoint).
@@ -265,40 +339,40 @@ impl CheckpointStore {
         let mut journal_slot = lock(&self.journals[partition as usize]);
         let journal = journal_slot.as_mut().expect("reset opens the journal");
         for chunk in exported.index_changes.chunks(INSTALL_CHANGES_PER_FRAME) {
-            journal.append(chunk)?;
+            journal.append(&codec::encode(&CheckpointEntryRef::IndexChanges(chunk)))?;
         }
-        let mut meta = exported.meta;
-        meta.journal_end_position = journal.end_position();
-        let mut batch = sled::Batch::default();
-        for (campaign_id, total) in &exported.totals {
-            batch.insert(total_key(campaign_id), codec::encode(total));
-        }
-        for (key, bucket) in &exported.buckets {
-            batch.insert(bucket_key(key), codec::encode(bucket));
-        }
-        for conflict in &exported.conflicts {
-            batch.insert(
-                conflict_key(&conflict.payment_ref, conflict.conflicting_offset),
-                codec::encode(conflict),
-            );
-        }
-        batch.insert(META_KEY, encode_meta(&meta));
-        self.sled_write(|| self.tree(partition).apply_batch(batch))?;
-        *lock(&self.sequences[partition as usize]) = meta.sequence;
-        self.flush()
+        let entry = CheckpointEntryRef::Checkpoint {
+            meta: &exported.meta,
+            content: CheckpointContentRef {
+                index: &[],
+                totals: &exported.totals,
+                buckets: &exported.buckets,
+                conflicts: &exported.conflicts,
+            },
+        };
+        journal.append(&codec::encode(&entry))?;
+        *lock(&self.latest[partition as usize]) = Some(exported.meta);
+        Ok(())
     }
 
     /// Forgets a partition's checkpoint: it will be rebuilt from offset 0.
     pub fn reset(&self, partition: PartitionId) -> Result<(), CheckpointError> {
-        self.sled_write(|| self.tree(partition).clear())?;
-        let journal = Journal::open(&self.journal_path(partition), partition, None, |_| {})?;
-        *lock(&self.journals[partition as usize]) = Some(journal);
-        *lock(&self.sequences[partition as usize]) = 0;
+        let mut journal_slot = lock(&self.journals[partition as usize]);
+        match journal_slot.as_mut() {
+            Some(journal) => journal.reset(partition)?,
+            None => {
+                let path = self.journal_path(partition);
+                let _ = std::fs::remove_file(&path);
+                let (journal, _) = Journal::open(&path, partition, &mut LastMeta::default())?;
+                *journal_slot = Some(journal);
+            }
+        }
+        *lock(&self.latest[partition as usize]) = None;
         Ok(())
     }
 
     /// Commits `changes` (what changed in `state` since its last checkpoint, from
-    /// `PartitionState::take_changes`) with the state's next offset, in one atomic step.
+    /// `PartitionState::take_changes`) with the state's next offset: one synced journal frame.
     pub fn commit(
         &self,
         state: &PartitionState,
@@ -310,132 +384,82 @@ impl CheckpointStore {
         let journal = journal_slot
             .as_mut()
             .expect("a partition is loaded or reset before it commits");
-        let journal_end_position = if changes.index.is_empty() {
-            journal.end_position()
-        } else {
-            journal.append(&changes.index)?
-        };
-        let mut sequence = lock(&self.sequences[partition as usize]);
-        *sequence += 1;
+        let mut latest = lock(&self.latest[partition as usize]);
         let meta = CheckpointMeta {
             format_version: CHECKPOINT_FORMAT_VERSION,
             scalars: state.scalars(),
-            sequence: *sequence,
-            journal_end_position,
+            sequence: latest.map_or(0, |m| m.sequence) + 1,
             digest: state.digest(),
             state_digest: state.state_digest(),
             committed_at_ms: now_ms,
         };
-        let mut batch = sled::Batch::default();
-        for (campaign_id, total) in &changes.totals {
-            batch.insert(total_key(campaign_id), codec::encode(total));
-        }
-        for (key, bucket) in &changes.buckets {
-            batch.insert(bucket_key(key), codec::encode(bucket));
-        }
-        for conflict in &changes.conflicts {
-            batch.insert(
-                conflict_key(&conflict.payment_ref, conflict.conflicting_offset),
-                codec::encode(conflict),
-            );
-        }
-        batch.insert(META_KEY, encode_meta(&meta));
-        self.sled_write(|| self.tree(partition).apply_batch(batch))?;
+        let entry = CheckpointEntryRef::Checkpoint {
+            meta: &meta,
+            content: CheckpointContentRef {
+                index: &changes.index,
+                totals: &changes.totals,
+                buckets: &changes.buckets,
+                conflicts: &changes.conflicts,
+            },
+        };
+        journal.append(&codec::encode(&entry))?;
+        *latest = Some(meta);
         Ok(meta)
     }
 
-    /// Where notification delivery of a partition has got to: every recorded donation below this
-    /// offset has been delivered. Kept apart from the checkpointed state (it is not derived from
-    /// the log, and survives a rebuild of the partition).
-    pub fn notification_cursor(&self, partition: PartitionId) -> Result<Offset, CheckpointError> {
-        Ok(match self.notifications.get(partition.to_be_bytes())? {
-            Some(bytes) => u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| {
-                CheckpointError::Corrupt {
-                    what: format!("notification cursor of partition {partition}"),
-                    reason: "not 8 bytes".into(),
-                }
-            })?),
-            None => 0,
-        })
+    /// Checkpoints are synced when committed; nothing is buffered.
+    pub fn flush(&self) -> Result<(), CheckpointError> {
+        Ok(())
     }
 
+    /// The conflicts a partition's checkpoint holds.
+    pub fn conflicts(&self, partition: PartitionId) -> Result<Vec<Conflict>, CheckpointError> {
+        let path = self.journal_path(partition);
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let mut collected = Collected::default();
+        let _no_commit = lock(&self.journals[partition as usize]);
+        Journal::read(&path, partition, &mut collected)?;
+        Ok(collected.conflicts)
+    }
+
+    /// Where notification delivery of a partition has got to: every recorded donation below this
+    /// offset has been delivered. Kept apart from the checkpoints (it is not derived from the
+    /// log, and survives a rebuild of the partition).
+    pub fn notification_cursor(&self, partition: PartitionId) -> Result<Offset, CheckpointError> {
+        let path = self.cursor_path(partition);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(u64::from_le_bytes(bytes.as_slice().try_into().map_err(
+                |_| CheckpointError::Corrupt {
+                    what: path.display().to_string(),
+                    reason: "not 8 bytes".into(),
+                },
+            )?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(CheckpointError::io(path, e)),
+        }
+    }
+
+    /// Stores a notification cursor: a synced temporary file renamed into place.
     pub fn set_notification_cursor(
         &self,
         partition: PartitionId,
         next_offset: Offset,
     ) -> Result<(), CheckpointError> {
-        self.sled_write(|| self.notifications.insert(partition.to_be_bytes(), &next_offset.to_be_bytes()))?;
-        Ok(())
+        let path = self.cursor_path(partition);
+        let temporary = path.with_extension("partial");
+        let mut file = File::create(&temporary).map_err(|e| CheckpointError::io(&temporary, e))?;
+        file.write_all(&next_offset.to_le_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(|e| CheckpointError::io(&temporary, e))?;
+        std::fs::rename(&temporary, &path).map_err(|e| CheckpointError::io(&path, e))
     }
 
-    /// Asks sled to write its buffers out (best effort: see the module documentation).
-    pub fn flush(&self) -> Result<(), CheckpointError> {
-        self.sled_write(|| self.db.flush())?;
-        Ok(())
+    fn cursor_path(&self, partition: PartitionId) -> PathBuf {
+        self.dir
+            .join(format!("notifications-{partition:03}.cursor"))
     }
-
-    fn sled_write<T>(&self, write: impl FnOnce() -> sled::Result<T>) -> sled::Result<T> {
-        let _one_writer = lock(&self.sled_writes);
-        write()
-    }
-
-    pub fn totals(
-        &self,
-        partition: PartitionId,
-    ) -> Result<Vec<(String, CampaignTotal)>, CheckpointError> {
-        self.scan(partition, TOTAL_PREFIX, |key| {
-            String::from_utf8(key.to_vec()).map_err(|e| e.to_string())
-        })
-    }
-
-    pub fn buckets(
-        &self,
-        partition: PartitionId,
-    ) -> Result<Vec<(BucketKey, WindowBucket)>, CheckpointError> {
-        self.scan(partition, BUCKET_PREFIX, parse_bucket_key)
-    }
-
-    pub fn conflicts(&self, partition: PartitionId) -> Result<Vec<Conflict>, CheckpointError> {
-        let pairs: Vec<((), Conflict)> = self.scan(partition, CONFLICT_PREFIX, |_| Ok(()))?;
-        Ok(pairs.into_iter().map(|(_, conflict)| conflict).collect())
-    }
-
-    fn scan<K, V: serde::de::DeserializeOwned>(
-        &self,
-        partition: PartitionId,
-        prefix: &[u8],
-        parse_key: impl Fn(&[u8]) -> Result<K, String>,
-    ) -> Result<Vec<(K, V)>, CheckpointError> {
-        let corrupt = |reason: String| CheckpointError::Corrupt {
-            what: format!("state of partition {partition}"),
-            reason,
-        };
-        self.tree(partition)
-            .scan_prefix(prefix)
-            .map(|entry| {
-                let (key, value) = entry?;
-                let parsed = parse_key(&key[prefix.len()..]).map_err(&corrupt)?;
-                let value = codec::decode(&value).map_err(|e| corrupt(e.to_string()))?;
-                Ok((parsed, value))
-            })
-            .collect()
-    }
-}
-
-/// Opens sled, turning a panic during recovery (seen with damaged files) into an error so the
-/// caller can move the files aside and rebuild.
-fn open_sled(dir: &Path) -> Result<sled::Db, sled::Error> {
-    let config = sled::Config::new()
-        .path(dir)
-        .cache_capacity(SLED_CACHE_BYTES)
-        .flush_every_ms(Some(500));
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open())).unwrap_or_else(
-        |_| {
-            Err(sled::Error::Unsupported(
-                "sled panicked while opening its files".into(),
-            ))
-        },
-    )
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -459,115 +483,21 @@ fn lock_directory(dir: &Path) -> Result<File, CheckpointError> {
     }
 }
 
-fn encode_meta(meta: &CheckpointMeta) -> Vec<u8> {
-    let mut bytes = codec::encode(meta);
-    let crc = crc32c::crc32c(&bytes);
-    bytes.extend_from_slice(&crc.to_le_bytes());
-    bytes
-}
-
-fn decode_meta(partition: PartitionId, bytes: &[u8]) -> Result<CheckpointMeta, CheckpointError> {
-    let corrupt = |reason: String| CheckpointError::Corrupt {
-        what: format!("checkpoint meta of partition {partition}"),
-        reason,
-    };
-    let (body, crc) = bytes
-        .split_at_checked(bytes.len().saturating_sub(4))
-        .ok_or_else(|| corrupt("too short".into()))?;
-    let stored_crc = u32::from_le_bytes(crc.try_into().map_err(|_| corrupt("too short".into()))?);
-    if crc32c::crc32c(body) != stored_crc {
-        return Err(corrupt("checksum mismatch".into()));
-    }
-    let meta: CheckpointMeta = codec::decode(body).map_err(|e| corrupt(e.to_string()))?;
-    if meta.format_version != CHECKPOINT_FORMAT_VERSION {
-        return Err(corrupt(format!(
-            "format version {} is not known to this build",
-            meta.format_version
-        )));
-    }
-    if meta.scalars.partition != partition {
-        return Err(corrupt(format!(
-            "it belongs to partition {}",
-            meta.scalars.partition
-        )));
-    }
-    Ok(meta)
-}
-
-fn total_key(campaign_id: &str) -> Vec<u8> {
-    [TOTAL_PREFIX, campaign_id.as_bytes()].concat()
-}
-
-/// `i64` → `u64` that sorts the same way as big-endian bytes.
-fn ordered_start(start_ms: UnixMillis) -> [u8; 8] {
-    ((start_ms as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-fn bucket_key(key: &BucketKey) -> Vec<u8> {
-    let mut bytes = [BUCKET_PREFIX, key.campaign_id.as_bytes(), b"\0"].concat();
-    bytes.push(key.granularity as u8);
-    bytes.extend_from_slice(&ordered_start(key.start_ms));
-    bytes
-}
-
-fn parse_bucket_key(bytes: &[u8]) -> Result<BucketKey, String> {
-    let separator = bytes
-        .len()
-        .checked_sub(10)
-        .filter(|&at| bytes[at] == 0)
-        .ok_or("bad bucket key")?;
-    let campaign_id = std::str::from_utf8(&bytes[..separator])
-        .map_err(|e| e.to_string())?
-        .to_owned();
-    let granularity = match bytes[separator + 1] {
-        0 => Granularity::Minute,
-        1 => Granularity::Hour,
-        2 => Granularity::Day,
-        other => return Err(format!("bad granularity {other}")),
-    };
-    let ordered = u64::from_be_bytes(
-        bytes[separator + 2..]
-            .try_into()
-            .map_err(|_| "bad bucket start")?,
-    );
-    Ok(BucketKey {
-        campaign_id,
-        granularity,
-        start_ms: (ordered ^ (1 << 63)) as i64,
-    })
-}
-
-fn conflict_key(payment_ref: &str, conflicting_offset: Offset) -> Vec<u8> {
-    [
-        CONFLICT_PREFIX,
-        payment_ref.as_bytes(),
-        b"\0",
-        &conflicting_offset.to_be_bytes(),
-    ]
-    .concat()
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::journal::JournalEntry;
     use super::*;
 
     #[test]
-    fn bucket_keys_roundtrip_and_sort_by_start() {
-        let keys: Vec<BucketKey> = [-120_000i64, -60_000, 0, 60_000, 1_795_546_800_000]
-            .iter()
-            .map(|&start_ms| BucketKey {
-                campaign_id: "meals".into(),
-                granularity: Granularity::Hour,
-                start_ms,
-            })
-            .collect();
-        let encoded: Vec<Vec<u8>> = keys.iter().map(bucket_key).collect();
-        assert!(encoded.windows(2).all(|pair| pair[0] < pair[1]));
-        for (key, bytes) in keys.iter().zip(&encoded) {
-            assert_eq!(
-                &parse_bucket_key(&bytes[BUCKET_PREFIX.len()..]).unwrap(),
-                key
-            );
-        }
+    fn the_borrowed_entry_encodes_like_the_owned_one() {
+        let changes = vec![IndexChange::Recorded {
+            fingerprint: 7,
+            offset: 9,
+        }];
+        let owned = JournalEntry::IndexChanges(changes.clone());
+        assert_eq!(
+            codec::encode(&owned),
+            codec::encode(&CheckpointEntryRef::IndexChanges(&changes))
+        );
     }
 }
