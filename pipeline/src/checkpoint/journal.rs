@@ -10,7 +10,9 @@
 //! `Checkpoint` frame after them is whole.
 //!
 //! ```text
-//! header (24 bytes) = magic "TALLYCKJ" | format version u32 = 1 | partition u32 | reserved u64
+//! header (24 bytes) = magic "TALLYCKJ" | format version u32 = 1 | partition u32
+//!                     | recorded_hint u64 (donations recorded as of a recent checkpoint: sizes
+//!                       the index before a load; a hint only, never trusted for anything else)
 //! frames            = frame base_offset = frame sequence number, one record whose value is an
 //!                     encoded JournalEntry
 //! ```
@@ -227,6 +229,26 @@ impl Journal {
             }
         };
         Ok(damage)
+    }
+
+    /// Notes how many donations are recorded, for sizing the index when the journal is next
+    /// loaded; made durable by the next append's sync.
+    pub fn set_recorded_hint(&mut self, recorded: u64) -> Result<(), CheckpointError> {
+        self.file
+            .write_all_at(&recorded.to_le_bytes(), 16)
+            .map_err(|e| CheckpointError::io(&self.path, e))
+    }
+
+    /// The recorded-donations hint of a journal file; 0 if there is none. Capped by what the
+    /// file could hold (an index entry takes more than 16 bytes of journal), so a damaged hint
+    /// cannot make a load allocate wildly.
+    pub fn recorded_hint(path: &Path) -> u64 {
+        let Ok(file) = File::open(path) else { return 0 };
+        let file_len = file.metadata().map_or(0, |m| m.len());
+        let mut bytes = [0u8; 8];
+        file.read_exact_at(&mut bytes, 16)
+            .map_or(0, |()| u64::from_le_bytes(bytes))
+            .min(file_len / 16)
     }
 
     /// Appends one encoded [`JournalEntry`] and syncs it; returns the journal's new end position.

@@ -101,9 +101,9 @@ struct Collected {
 }
 
 impl Collected {
-    fn for_loading() -> Self {
+    fn for_loading(recorded_hint: u64) -> Self {
         Self {
-            restorer: Some(IndexRestorer::new(0)),
+            restorer: Some(IndexRestorer::new(recorded_hint)),
             ..Self::default()
         }
     }
@@ -288,9 +288,10 @@ impl CheckpointStore {
     /// Loads and checks a partition's checkpoint. A `Corrupt` error means: reset it and rebuild
     /// from the log.
     pub fn load(&self, partition: PartitionId) -> Result<LoadedPartition, CheckpointError> {
-        let mut collected = Collected::for_loading();
-        let (journal, damage) =
-            Journal::open(&self.journal_path(partition), partition, &mut collected)?;
+        let path = self.journal_path(partition);
+        // Sized up front, the index is built once instead of grown (and copied) step by step.
+        let mut collected = Collected::for_loading(Journal::recorded_hint(&path));
+        let (journal, damage) = Journal::open(&path, partition, &mut collected)?;
         let loaded = collected.into_state(partition)?;
         *lock(&self.journals[partition as usize]) = Some(journal);
         Ok(match loaded {
@@ -350,6 +351,7 @@ impl CheckpointStore {
                 conflicts: &exported.conflicts,
             },
         };
+        journal.set_recorded_hint(exported.meta.scalars.counters.recorded)?;
         journal.append(&codec::encode(&entry))?;
         *lock(&self.latest[partition as usize]) = Some(exported.meta);
         Ok(())
@@ -402,6 +404,7 @@ impl CheckpointStore {
                 conflicts: &changes.conflicts,
             },
         };
+        journal.set_recorded_hint(meta.scalars.counters.recorded)?;
         journal.append(&codec::encode(&entry))?;
         *latest = Some(meta);
         Ok(meta)

@@ -3,7 +3,7 @@
 //!
 //! An entry is the log position of the recorded event (partition, offset); the donor, amount and
 //! campaign are read from the log when the notification is delivered, so the outbox costs eight
-//! bytes per donation. In the checkpoint the entries travel inside the index journal (a
+//! bytes per donation. In the checkpoint the entries travel inside the checkpoint journal (a
 //! `Recorded` change is exactly "this donation was recorded, notify its donor"), in commit order.
 
 use serde::{Deserialize, Serialize};
