@@ -2,18 +2,11 @@
 //! one; `tally log stats|tail|verify` report what is stored; failures are one line and a
 //! non-zero exit status.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod support;
 
-fn tally(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env("TALLY_LOG", "warn")
-        .output()
-        .unwrap()
-}
+use support::tally;
+
+use std::process::Output;
 
 fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()

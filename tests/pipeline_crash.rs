@@ -5,9 +5,11 @@
 
 mod support;
 
+use support::tally;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -21,16 +23,6 @@ const ROUNDS: usize = 5;
 const INITIAL_EVENTS: usize = 300_000;
 const EVENTS_PER_ROUND: usize = 60_000;
 const CAMPAIGNS: [&str; 4] = ["meals", "meals", "food-bank", "shelter"];
-
-fn tally(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env("TALLY_LOG", "warn")
-        .output()
-        .unwrap()
-}
 
 /// Makes `count` events: mostly new, some duplicates of earlier ones, a few conflicts.
 fn events(rng: &mut StdRng, issued: &mut Vec<DonationEvent>, count: usize) -> Vec<DonationEvent> {

@@ -3,22 +3,13 @@
 
 mod support;
 
-use std::process::Command;
+use support::tally;
+
 use std::time::{Duration, Instant};
 
 use support::server::{
     ADMIN_TOKEN, ServerProcess, client, create_campaign, donation_json, post_signed,
 };
-
-fn tally(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env("TALLY_LOG", "warn")
-        .output()
-        .unwrap()
-}
 
 #[test]
 fn checkpoint_commands_work_against_a_running_server() {

@@ -5,25 +5,17 @@
 
 mod support;
 
+use support::tally;
+
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::pipeline::{DataDir, donation};
 
 const PARTITIONS: u32 = 4;
-
-fn tally(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env("TALLY_LOG", "warn")
-        .output()
-        .unwrap()
-}
 
 fn success(output: Output) -> Output {
     assert!(

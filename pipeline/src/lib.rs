@@ -21,6 +21,7 @@ pub mod campaigns;
 pub mod checkpoint;
 pub mod clock;
 pub mod codec;
+mod directory_lock;
 pub mod event;
 pub mod log;
 pub mod operators;

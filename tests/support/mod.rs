@@ -61,3 +61,14 @@ pub fn segment_files(log_dir: &Path, partition: PartitionId) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// Runs the `tally` binary on a data directory and waits for it.
+pub fn tally(data_dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("TALLY_LOG", "warn")
+        .output()
+        .expect("run tally")
+}

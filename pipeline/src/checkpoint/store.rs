@@ -2,7 +2,7 @@
 //! its own checkpoint journal (see `journal`).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -470,20 +470,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn lock_directory(dir: &Path) -> Result<File, CheckpointError> {
-    let path = dir.join("LOCK");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| CheckpointError::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(CheckpointError::Locked {
+    crate::directory_lock::lock_directory(dir).map_err(|error| match error {
+        crate::directory_lock::DirectoryLockError::Held => CheckpointError::Locked {
             path: dir.to_owned(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(CheckpointError::io(&path, e)),
-    }
+        },
+        crate::directory_lock::DirectoryLockError::Io(e) => {
+            CheckpointError::io(dir.join("LOCK"), e)
+        }
+    })
 }
 
 #[cfg(test)]

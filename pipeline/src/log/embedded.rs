@@ -11,7 +11,7 @@
 //! segment and reports any other damage as corruption. Records are kept forever: the log is
 //! the record of truth that state is rebuilt from.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -167,18 +167,10 @@ fn create_manifest(dir: &Path, partition_count: u32) -> Result<Manifest, LogErro
 }
 
 fn lock_directory(dir: &Path) -> Result<File, LogError> {
-    let path = dir.join("LOCK");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| LogError::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::Locked {
+    crate::directory_lock::lock_directory(dir).map_err(|error| match error {
+        crate::directory_lock::DirectoryLockError::Held => LogError::Locked {
             path: dir.to_owned(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(LogError::io(&path, e)),
-    }
+        },
+        crate::directory_lock::DirectoryLockError::Io(e) => LogError::io(dir.join("LOCK"), e),
+    })
 }
