@@ -17,6 +17,9 @@
 //! `TALLY_BENCH_EVENTS` (default 10,000,000), `TALLY_BENCH_MEMORY_DONATIONS` (default
 //! 30,000,000; 0 skips the memory phase).
 
+#[path = "support/machine.rs"]
+mod machine;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -332,21 +335,7 @@ fn print_table(rows: &[Row]) {
 }
 
 fn print_machine() {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map_or("unknown CPU".to_owned(), |m| m.trim().to_owned());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let memory_gib = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("machine: {cores} cores, {memory_gib:.1} GiB memory, {model}");
+    println!("machine: {}", machine::describe());
     println!(
         "pipeline: {PARTITIONS} partitions, {DUPLICATE_PERCENT}% duplicates, one campaign with {HOT_CAMPAIGN_PERCENT}% of traffic, default checkpoint cadence"
     );

@@ -11,6 +11,9 @@
 //!
 //! Run: `cargo bench --bench serve`. `TALLY_BENCH_SECONDS` sets each phase's duration (default 8).
 
+#[path = "support/machine.rs"]
+mod machine;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -399,21 +402,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn print_machine() {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map_or("unknown CPU".to_owned(), |m| m.trim().to_owned());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let memory_gib = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "machine: {cores} cores, {memory_gib:.1} GiB memory, {model}; client and server share the machine, over loopback"
+        "machine: {}; client and server share the machine, over loopback",
+        machine::describe()
     );
 }
