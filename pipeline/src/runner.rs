@@ -41,8 +41,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             // 50 ms keeps totals fresh well under a second at about twenty small commits (one
-            // append and one fdatasync each) a second per partition while records flow. A
-            // caught-up partition commits as soon as it has applied what there was.
+            // append and one fdatasync each) a second per partition while records flow.
             checkpoint_interval: Duration::from_millis(50),
             checkpoint_records_max: 50_000,
             allowed_lateness_ms: ALLOWED_LATENESS_MS_DEFAULT,
@@ -332,19 +331,26 @@ impl Pipeline {
                 self.config.read_batch_records,
             ))?;
             if records.is_empty() {
-                if applied_since_checkpoint > 0 {
+                let Some(shutdown) = shutdown.as_mut() else {
+                    break; // caught up: the checkpoint after the loop commits what was applied
+                };
+                // Caught up while following: commit once the interval is over, not at every
+                // wake-up (each commit is an fdatasync; under steady load the partition is caught
+                // up after almost every read).
+                let commit_at = (applied_since_checkpoint > 0)
+                    .then(|| last_checkpoint + self.config.checkpoint_interval);
+                if commit_at.is_some_and(|at| Instant::now() >= at) {
                     summary.last_checkpoint = Some(self.checkpoint(&mut state)?);
                     applied_since_checkpoint = 0;
                     last_checkpoint = Instant::now();
+                    continue;
                 }
-                let Some(shutdown) = shutdown.as_mut() else {
-                    break;
-                };
                 runtime.block_on(wait_for_records(
                     self.log.as_ref(),
                     partition,
                     state.next_offset(),
                     shutdown,
+                    commit_at,
                 ));
                 continue;
             }
@@ -455,16 +461,24 @@ fn warn_damage(
     }
 }
 
-/// Waits until the record at `offset` exists or shutdown is asked for.
+/// Waits until the record at `offset` exists, shutdown is asked for, or `until` comes.
 async fn wait_for_records(
     log: &dyn Log,
     partition: PartitionId,
     offset: Offset,
     shutdown: &mut watch::Receiver<bool>,
+    until: Option<Instant>,
 ) {
+    let deadline = async {
+        match until {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = log.wait_for_offset(partition, offset) => {}
         _ = shutdown.changed() => {}
+        _ = deadline => {}
     }
 }
 
