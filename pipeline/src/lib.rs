@@ -10,12 +10,21 @@
 //! - [`log`]: the partitioned, keyed, append-only log that is the record of truth. The
 //!   [`Log`](log::Log) trait is the interface; [`EmbeddedLog`](log::EmbeddedLog) is the default
 //!   backend: segment files in one directory, group-committed with `fdatasync`.
-//! - [`clock`]: the injectable wall clock.
+//! - [`operators`]: the stream operators (dedupe, totals, windows, watermark, outbox, conflicts).
+//! - [`processor`]: one partition's state, how a record changes it, and its digest.
+//! - [`checkpoint`]: committing state and offsets together; savepoints.
+//! - [`runner`]: one thread per partition from the log through the operators to checkpoints.
+//! - [`read_model`]: what queries see — committed totals and buckets of every partition.
+//! - [`campaigns`]: campaign definitions and closes, on a control log of their own.
+//! - [`reconcile`]: a campaign's total recomputed from the donation records.
+//! - [`clock`], [`codec`]: the injectable clock; the one encoding of checkpointed state.
 //!
 //! # Data flow
 //! A validated event is encoded into its envelope and appended under its `payment_ref` key; the
 //! [`Partitioner`](log::Partitioner) sends every retry of one payment to one partition. An append
-//! is acknowledged only once the record is durable; readers see durable records only.
+//! is acknowledged only once the record is durable; readers see durable records only. Each
+//! partition's runner applies records in order, commits a checkpoint (state and next offset in
+//! one step) every few milliseconds, and publishes what it committed to the read model.
 
 pub mod campaigns;
 pub mod checkpoint;
