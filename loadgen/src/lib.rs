@@ -1,5 +1,11 @@
 //! # tally-loadgen
 //!
 //! Replays dinner-rush checkout traffic against a running tally server and checks the totals it
-//! reports against the ground truth of what was acknowledged. The binary and its traffic shapes
-//! are added by the load generator work; the crate stands outside tally's data path.
+//! reports against the ground truth of what was acknowledged. The crate stands outside tally's
+//! data path: it talks to the server over HTTP only.
+//!
+//! - [`schedule`]: traffic shapes (`steady`, `dinner-rush`, `spike`) as open-loop due times.
+//! - [`ground_truth`]: what the server must report, from the donations it acknowledged.
+
+pub mod ground_truth;
+pub mod schedule;

@@ -1,0 +1,139 @@
+//! What tally must report, computed from what it acknowledged.
+//!
+//! Every donation that got a 2xx counts once, with the fields of the first event of its payment
+//! that the server acknowledged; later resends — identical or conflicting — count nothing. The
+//! load generator only sends a conflicting resend after the original was acknowledged, so the
+//! original is the one in the log first and the one tally records.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// A donation as the load generator sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentDonation {
+    pub payment_ref: String,
+    pub campaign_id: String,
+    pub amount_cents: u64,
+    /// Unix milliseconds.
+    pub paid_at_ms: i64,
+}
+
+/// A campaign's expected total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpectedTotal {
+    pub total_cents: u64,
+    pub donations: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct GroundTruth {
+    recorded: HashMap<String, SentDonation>,
+    totals: BTreeMap<String, ExpectedTotal>,
+    resends_acknowledged: u64,
+}
+
+impl GroundTruth {
+    /// Notes a 2xx for `donation`; returns whether it was the payment's first.
+    pub fn acknowledged(&mut self, donation: &SentDonation) -> bool {
+        if self.recorded.contains_key(&donation.payment_ref) {
+            self.resends_acknowledged += 1;
+            return false;
+        }
+        let total = self.totals.entry(donation.campaign_id.clone()).or_default();
+        total.total_cents += donation.amount_cents;
+        total.donations += 1;
+        self.recorded
+            .insert(donation.payment_ref.clone(), donation.clone());
+        true
+    }
+
+    pub fn is_recorded(&self, payment_ref: &str) -> bool {
+        self.recorded.contains_key(payment_ref)
+    }
+
+    pub fn totals(&self) -> &BTreeMap<String, ExpectedTotal> {
+        &self.totals
+    }
+
+    /// Expected count and sum of a campaign's donations with `paid_at` in `[from_ms, to_ms)`.
+    pub fn range(&self, campaign_id: &str, from_ms: i64, to_ms: i64) -> ExpectedTotal {
+        let mut expected = ExpectedTotal::default();
+        for donation in self.recorded.values() {
+            if donation.campaign_id == campaign_id
+                && (from_ms..to_ms).contains(&donation.paid_at_ms)
+            {
+                expected.total_cents += donation.amount_cents;
+                expected.donations += 1;
+            }
+        }
+        expected
+    }
+
+    pub fn recorded_count(&self) -> usize {
+        self.recorded.len()
+    }
+
+    pub fn resends_acknowledged(&self) -> u64 {
+        self.resends_acknowledged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn donation(
+        payment_ref: &str,
+        campaign_id: &str,
+        amount_cents: u64,
+        paid_at_ms: i64,
+    ) -> SentDonation {
+        SentDonation {
+            payment_ref: payment_ref.into(),
+            campaign_id: campaign_id.into(),
+            amount_cents,
+            paid_at_ms,
+        }
+    }
+
+    #[test]
+    fn a_payment_counts_once_with_its_first_acknowledged_fields() {
+        let mut truth = GroundTruth::default();
+        assert!(truth.acknowledged(&donation("p1", "meals", 100, 0)));
+        assert!(
+            !truth.acknowledged(&donation("p1", "meals", 100, 5)),
+            "a retry"
+        );
+        assert!(
+            !truth.acknowledged(&donation("p1", "shelter", 999, 0)),
+            "a conflicting resend"
+        );
+        assert!(truth.acknowledged(&donation("p2", "meals", 250, 60_000)));
+        assert_eq!(
+            truth.totals()["meals"],
+            ExpectedTotal {
+                total_cents: 350,
+                donations: 2
+            }
+        );
+        assert!(!truth.totals().contains_key("shelter"));
+        assert_eq!(truth.resends_acknowledged(), 2);
+        assert_eq!(truth.recorded_count(), 2);
+    }
+
+    #[test]
+    fn ranges_follow_paid_at_with_an_exclusive_end() {
+        let mut truth = GroundTruth::default();
+        for (i, paid_at_ms) in [0, 59_999, 60_000, 120_000].into_iter().enumerate() {
+            truth.acknowledged(&donation(&format!("p{i}"), "meals", 10, paid_at_ms));
+        }
+        assert_eq!(
+            truth.range("meals", 0, 60_000),
+            ExpectedTotal {
+                total_cents: 20,
+                donations: 2
+            }
+        );
+        assert_eq!(truth.range("meals", 60_000, 120_000).donations, 1);
+        assert_eq!(truth.range("shelter", 0, 1_000_000).donations, 0);
+    }
+}
