@@ -1,0 +1,322 @@
+//! What a checkout rush sends: donations and the resends, conflicts and bad requests that come
+//! with them, reproducible from a seed.
+//!
+//! - Campaigns: the first one is hot (80% of donations by default), the rest share the remainder.
+//! - Amounts: $1 (40%), $2 (20%), round-up cents 1–99 (35%), a custom amount $3–$50 (5%).
+//! - `paid_at`: the moment of sending, except one in twenty paid up to ten minutes earlier (a late
+//!   callback) — so event time arrives out of order, and some of it late.
+//! - Resends of a donation already sent (a payment-callback retry, counted once by tally):
+//!   immediately, concurrently with the original, or minutes later.
+//! - Conflicting resends: same `payment_ref`, a different amount (counted nowhere).
+//! - Invalid requests: a body tally must refuse (wrong amount type, unknown field, bad id).
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+use crate::ground_truth::SentDonation;
+
+/// When a resend goes out, relative to its original.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResendTiming {
+    /// Right after the original was acknowledged.
+    Immediate,
+    /// At the same time as the original, racing it.
+    Concurrent,
+    /// This many milliseconds of run time later (minutes of the day, compressed).
+    Later { delay_ms: u64 },
+}
+
+/// Shares and sizes of a traffic mix; `Default` is a plausible dinner rush.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrafficConfig {
+    pub seed: u64,
+    pub campaigns: Vec<String>,
+    pub hot_campaign_share: f64,
+    pub users: u32,
+    pub resend_share: f64,
+    pub conflict_share: f64,
+    pub invalid_share: f64,
+    pub late_share: f64,
+    /// The longest a late callback lags its payment.
+    pub lateness_ms_max: i64,
+    /// The longest a "later" resend waits, in run time.
+    pub later_resend_ms_max: u64,
+}
+
+impl Default for TrafficConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            campaigns: vec![
+                "meals-for-kids".into(),
+                "food-bank".into(),
+                "shelter".into(),
+            ],
+            hot_campaign_share: 0.8,
+            users: 50_000,
+            resend_share: 0.10,
+            conflict_share: 0.01,
+            invalid_share: 0.01,
+            late_share: 0.05,
+            lateness_ms_max: 10 * 60 * 1000,
+            later_resend_ms_max: 30_000,
+        }
+    }
+}
+
+/// One request to send, and what it means for the ground truth.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Planned {
+    /// A new payment's donation.
+    Donation(SentDonation, Value),
+    /// The same donation again.
+    Resend {
+        of: SentDonation,
+        body: Value,
+        timing: ResendTiming,
+    },
+    /// Same `payment_ref`, different amount: tally keeps it as a conflict, counts nothing.
+    Conflict { payment_ref: String, body: Value },
+    /// A request tally must refuse with a 400.
+    Invalid { body: Value },
+}
+
+/// Generates the traffic of one run.
+#[derive(Debug)]
+pub struct Traffic {
+    config: TrafficConfig,
+    rng: StdRng,
+    next_payment: u64,
+}
+
+impl Traffic {
+    pub fn new(config: TrafficConfig) -> Self {
+        assert!(!config.campaigns.is_empty(), "traffic needs a campaign");
+        let rng = StdRng::seed_from_u64(config.seed);
+        Self {
+            config,
+            rng,
+            next_payment: 0,
+        }
+    }
+
+    /// The requests for one checkout at wall-clock `now_ms`: its donation, and maybe a resend,
+    /// a conflict or a bad request riding along.
+    pub fn checkout(&mut self, now_ms: i64) -> Vec<Planned> {
+        let (donation, body) = self.donation(now_ms);
+        let mut planned = vec![Planned::Donation(donation.clone(), body.clone())];
+        let roll: f64 = self.rng.r#gen();
+        if roll < self.config.resend_share {
+            let timing = self.resend_timing();
+            planned.push(Planned::Resend {
+                of: donation.clone(),
+                body: body.clone(),
+                timing,
+            });
+        } else if roll < self.config.resend_share + self.config.conflict_share {
+            let mut conflicting = body;
+            conflicting["amount_cents"] = json!(donation.amount_cents + 1);
+            planned.push(Planned::Conflict {
+                payment_ref: donation.payment_ref.clone(),
+                body: conflicting,
+            });
+        }
+        if self.rng.r#gen::<f64>() < self.config.invalid_share {
+            planned.push(Planned::Invalid {
+                body: self.invalid_body(now_ms),
+            });
+        }
+        planned
+    }
+
+    fn donation(&mut self, now_ms: i64) -> (SentDonation, Value) {
+        self.next_payment += 1;
+        let payment_ref = format!(
+            "pay_{:08x}_{:010}",
+            self.config.seed as u32, self.next_payment
+        );
+        let campaign_id = self.campaign().to_owned();
+        let amount_cents = self.amount_cents();
+        let paid_at_ms = if self.rng.r#gen::<f64>() < self.config.late_share {
+            now_ms - self.rng.gen_range(0..=self.config.lateness_ms_max)
+        } else {
+            now_ms
+        };
+        let user = self.rng.gen_range(0..self.config.users);
+        let body = json!({
+            "payment_ref": payment_ref,
+            "order_id": format!("ord_{:010}", self.next_payment),
+            "user_id": format!("usr_{user:07}"),
+            "campaign_id": campaign_id,
+            "amount_cents": amount_cents,
+            "paid_at": rfc3339(paid_at_ms),
+        });
+        let donation = SentDonation {
+            payment_ref,
+            campaign_id,
+            amount_cents,
+            paid_at_ms,
+        };
+        (donation, body)
+    }
+
+    fn campaign(&mut self) -> &str {
+        let campaigns = &self.config.campaigns;
+        if campaigns.len() == 1 || self.rng.r#gen::<f64>() < self.config.hot_campaign_share {
+            &campaigns[0]
+        } else {
+            &campaigns[self.rng.gen_range(1..campaigns.len())]
+        }
+    }
+
+    fn amount_cents(&mut self) -> u64 {
+        match self.rng.gen_range(0..100) {
+            0..40 => 100,
+            40..60 => 200,
+            60..95 => self.rng.gen_range(1..=99),
+            _ => self.rng.gen_range(300..=5_000),
+        }
+    }
+
+    fn resend_timing(&mut self) -> ResendTiming {
+        match self.rng.gen_range(0..10) {
+            0..5 => ResendTiming::Immediate,
+            5..7 => ResendTiming::Concurrent,
+            _ => ResendTiming::Later {
+                delay_ms: self
+                    .rng
+                    .gen_range(1_000..=self.config.later_resend_ms_max.max(1_000)),
+            },
+        }
+    }
+
+    fn invalid_body(&mut self, now_ms: i64) -> Value {
+        let (_, mut body) = self.donation(now_ms);
+        match self.rng.gen_range(0..3) {
+            0 => body["amount_cents"] = json!("200"),
+            1 => body["tip_cents"] = json!(5),
+            _ => body["campaign_id"] = json!("Not A Campaign!"),
+        }
+        body
+    }
+}
+
+/// RFC 3339 (UTC, milliseconds) without a time library: civil date from days since the epoch.
+pub fn rfc3339(unix_ms: i64) -> String {
+    let days = unix_ms.div_euclid(86_400_000);
+    let ms_of_day = unix_ms.rem_euclid(86_400_000);
+    let (year, month, day) = civil_from_days(days);
+    let (hour, minute) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60);
+    let (second, millis) = (ms_of_day / 1000 % 60, ms_of_day % 1000);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z")
+}
+
+/// Howard Hinnant's `civil_from_days`: the proleptic Gregorian date of a day count.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW_MS: i64 = 1_795_546_800_000; // 2026-11-24T19:00:00Z
+
+    fn run(checkouts: usize) -> Vec<Planned> {
+        let mut traffic = Traffic::new(TrafficConfig::default());
+        (0..checkouts)
+            .flat_map(|i| traffic.checkout(NOW_MS + i as i64))
+            .collect()
+    }
+
+    #[test]
+    fn the_mix_follows_its_shares() {
+        let planned = run(20_000);
+        let count = |f: &dyn Fn(&Planned) -> bool| {
+            planned.iter().filter(|p| f(p)).count() as f64 / 20_000.0
+        };
+        assert!((count(&|p| matches!(p, Planned::Resend { .. })) - 0.10).abs() < 0.01);
+        assert!((count(&|p| matches!(p, Planned::Conflict { .. })) - 0.01).abs() < 0.004);
+        assert!((count(&|p| matches!(p, Planned::Invalid { .. })) - 0.01).abs() < 0.004);
+        let donations: Vec<&SentDonation> = planned
+            .iter()
+            .filter_map(|p| match p {
+                Planned::Donation(d, _) => Some(d),
+                _ => None,
+            })
+            .collect();
+        let hot = donations
+            .iter()
+            .filter(|d| d.campaign_id == "meals-for-kids")
+            .count() as f64;
+        assert!((hot / donations.len() as f64 - 0.8).abs() < 0.02);
+        let dollars = donations.iter().filter(|d| d.amount_cents == 100).count() as f64;
+        assert!((dollars / donations.len() as f64 - 0.4).abs() < 0.02);
+        let late = donations
+            .iter()
+            .filter(|d| d.paid_at_ms < NOW_MS - 1000)
+            .count() as f64;
+        assert!(late > 0.0 && late / (donations.len() as f64) < 0.06);
+    }
+
+    #[test]
+    fn payments_are_unique_and_resends_repeat_them_exactly() {
+        let planned = run(5_000);
+        let mut refs = std::collections::HashSet::new();
+        for p in &planned {
+            match p {
+                Planned::Donation(d, body) => {
+                    assert!(
+                        refs.insert(d.payment_ref.clone()),
+                        "a payment_ref is new once"
+                    );
+                    assert_eq!(body["amount_cents"], d.amount_cents);
+                }
+                Planned::Resend { of, body, .. } => {
+                    assert_eq!(body["payment_ref"], of.payment_ref.as_str());
+                    assert_eq!(body["amount_cents"], of.amount_cents);
+                }
+                Planned::Conflict { payment_ref, body } => {
+                    assert_eq!(body["payment_ref"], payment_ref.as_str())
+                }
+                Planned::Invalid { .. } => {}
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_seed_replays_the_same_traffic() {
+        assert_eq!(run(500), run(500));
+        let other = {
+            let mut traffic = Traffic::new(TrafficConfig {
+                seed: 2,
+                ..TrafficConfig::default()
+            });
+            traffic.checkout(NOW_MS)
+        };
+        assert_ne!(run(1), other);
+    }
+
+    #[test]
+    fn rfc3339_matches_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(NOW_MS), "2026-11-24T19:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000 + 1), "2000-02-29T00:00:00.001Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999Z");
+    }
+}
