@@ -173,7 +173,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         );
         tasks.spawn(async move {
             let _permit = permit;
-            send_checkout(&client, &target, &secret, &shared, plan, started + due).await;
+            let sender = Sender {
+                client: &client,
+                target: &target,
+                secret: &secret,
+                tally: &shared,
+            };
+            send_checkout(&sender, plan, started + due).await;
         });
         while tasks.try_join_next().is_some() {}
         if last_progress.elapsed() >= Duration::from_secs(1) {
@@ -194,19 +200,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     verify(&client, &args.target, &config.campaigns, &tally.truth).await
 }
 
-async fn send_checkout(
-    client: &reqwest::Client,
-    target: &str,
-    secret: &SigningSecret,
-    tally: &Mutex<Tally>,
-    plan: Vec<Planned>,
-    due: Instant,
-) {
+async fn send_checkout(sender: &Sender<'_>, plan: Vec<Planned>, due: Instant) {
+    let tally = sender.tally;
     let mut concurrent = Vec::new();
     for planned in plan {
         match planned {
             Planned::Donation(donation, body) => {
-                if send(client, target, secret, tally, &body, Some(&donation), due).await {
+                if sender.send(&body, Some(&donation), due).await {
                     lock(tally).truth.acknowledged(&donation);
                 }
             }
@@ -214,124 +214,105 @@ async fn send_checkout(
                 lock(tally).resends_sent += 1;
                 match timing {
                     ResendTiming::Immediate => {
-                        send(
-                            client,
-                            target,
-                            secret,
-                            tally,
-                            &body,
-                            Some(&of),
-                            Instant::now(),
-                        )
-                        .await;
+                        sender.send(&body, Some(&of), Instant::now()).await;
                     }
                     ResendTiming::Concurrent => concurrent.push((of, body)),
                     ResendTiming::Later { delay_ms } => {
                         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                        send(
-                            client,
-                            target,
-                            secret,
-                            tally,
-                            &body,
-                            Some(&of),
-                            Instant::now(),
-                        )
-                        .await;
+                        sender.send(&body, Some(&of), Instant::now()).await;
                     }
                 }
             }
             Planned::Conflict { body, .. } => {
                 lock(tally).conflicts_sent += 1;
-                send(client, target, secret, tally, &body, None, Instant::now()).await;
+                sender.send(&body, None, Instant::now()).await;
             }
             Planned::Invalid { body } => {
                 lock(tally).invalid_sent += 1;
-                send(client, target, secret, tally, &body, None, Instant::now()).await;
+                sender.send(&body, None, Instant::now()).await;
             }
         }
     }
     for (of, body) in concurrent {
-        send(
+        sender.send(&body, Some(&of), Instant::now()).await;
+    }
+}
+
+/// Where and how requests go.
+struct Sender<'a> {
+    client: &'a reqwest::Client,
+    target: &'a str,
+    secret: &'a SigningSecret,
+    tally: &'a Mutex<Tally>,
+}
+
+impl Sender<'_> {
+    /// Sends one donation body, retrying 429/503 and lost connections within the retry window.
+    /// Returns whether it was acknowledged (2xx).
+    async fn send(&self, body: &Value, donation: Option<&SentDonation>, due: Instant) -> bool {
+        let Sender {
             client,
             target,
             secret,
             tally,
-            &body,
-            Some(&of),
-            Instant::now(),
-        )
-        .await;
-    }
-}
-
-/// Sends one donation body, retrying 429/503 and lost connections within the retry window.
-/// Returns whether it was acknowledged (2xx).
-async fn send(
-    client: &reqwest::Client,
-    target: &str,
-    secret: &SigningSecret,
-    tally: &Mutex<Tally>,
-    body: &Value,
-    donation: Option<&SentDonation>,
-    due: Instant,
-) -> bool {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let give_up = Instant::now() + RETRY_WINDOW;
-    lock(tally).sent += 1;
-    loop {
-        let signature = sign(secret, now_ms().div_euclid(1000), &bytes);
-        let response = client
-            .post(format!("{target}/v1/donations"))
-            .header("Content-Type", "application/json")
-            .header(SIGNATURE_HEADER, signature)
-            .body(bytes.clone())
-            .send()
-            .await;
-        let retry_after = match response {
-            Ok(response) if response.status().is_success() => {
-                let mut tally = lock(tally);
-                tally.acknowledged += 1;
-                if let Some(histogram) = tally.latency_us.as_mut() {
-                    let _ = histogram.record(due.elapsed().as_micros().max(1) as u64);
+        } = *self;
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        let give_up = Instant::now() + RETRY_WINDOW;
+        lock(tally).sent += 1;
+        loop {
+            let signature = sign(secret, now_ms().div_euclid(1000), &bytes);
+            let response = client
+                .post(format!("{target}/v1/donations"))
+                .header("Content-Type", "application/json")
+                .header(SIGNATURE_HEADER, signature)
+                .body(bytes.clone())
+                .send()
+                .await;
+            let retry_after = match response {
+                Ok(response) if response.status().is_success() => {
+                    let mut tally = lock(tally);
+                    tally.acknowledged += 1;
+                    if let Some(histogram) = tally.latency_us.as_mut() {
+                        let _ = histogram.record(due.elapsed().as_micros().max(1) as u64);
+                    }
+                    return true;
                 }
-                return true;
-            }
-            Ok(response) if matches!(response.status().as_u16(), 429 | 503) => {
-                let seconds = response
-                    .headers()
-                    .get("Retry-After")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1);
-                Duration::from_secs(seconds)
-            }
-            Ok(response) => {
-                let status = response.status();
-                let answer: Value = response.json().await.unwrap_or_default();
-                let code = answer["error"]["code"]
-                    .as_str()
-                    .unwrap_or("unknown")
-                    .to_owned();
+                Ok(response) if matches!(response.status().as_u16(), 429 | 503) => {
+                    let seconds = response
+                        .headers()
+                        .get("Retry-After")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1);
+                    Duration::from_secs(seconds)
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let answer: Value = response.json().await.unwrap_or_default();
+                    let code = answer["error"]["code"]
+                        .as_str()
+                        .unwrap_or("unknown")
+                        .to_owned();
+                    *lock(tally)
+                        .refused_by_code
+                        .entry(format!("{} {code}", status.as_u16()))
+                        .or_default() += 1;
+                    if donation.is_some() {
+                        eprintln!("tally-loadgen: a valid donation was refused: {status} {answer}");
+                    }
+                    return false;
+                }
+                Err(_) => Duration::from_millis(200),
+            };
+            if Instant::now() + retry_after > give_up {
                 *lock(tally)
                     .refused_by_code
-                    .entry(format!("{} {code}", status.as_u16()))
+                    .entry("gave up retrying".into())
                     .or_default() += 1;
-                if donation.is_some() {
-                    eprintln!("tally-loadgen: a valid donation was refused: {status} {answer}");
-                }
                 return false;
             }
-            Err(_) => Duration::from_millis(200),
-        };
-        if Instant::now() + retry_after > give_up {
-            *lock(tally)
-                .refused_by_code
-                .entry("gave up retrying".into())
-                .or_default() += 1;
-            return false;
+            tokio::time::sleep(retry_after).await;
         }
-        tokio::time::sleep(retry_after).await;
     }
 }
 

@@ -370,7 +370,6 @@ impl Pipeline {
         if applied_since_checkpoint > 0 || summary.last_checkpoint.is_none() {
             summary.last_checkpoint = Some(self.checkpoint(&mut state)?);
         }
-        self.store.flush()?;
         summary.next_offset = state.next_offset();
         Ok(summary)
     }

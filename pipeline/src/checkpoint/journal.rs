@@ -101,13 +101,7 @@ impl Journal {
             .truncate(false)
             .open(path)
             .map_err(io)?;
-        let mut journal = Self {
-            path: path.to_owned(),
-            file,
-            end_position: JOURNAL_HEADER_BYTES,
-            frames: 0,
-            encode_buffer: Vec::new(),
-        };
+        let mut journal = Self::over(path, file);
         let file_len = journal.file.metadata().map_err(io)?.len();
         if file_len == 0 {
             journal.reset(partition)?;
@@ -122,6 +116,17 @@ impl Journal {
         Ok((journal, damage))
     }
 
+    /// A journal over an open file, positioned just after the header.
+    fn over(path: &Path, file: File) -> Self {
+        Self {
+            path: path.to_owned(),
+            file,
+            end_position: JOURNAL_HEADER_BYTES,
+            frames: 0,
+            encode_buffer: Vec::new(),
+        }
+    }
+
     /// Replays the whole checkpoints of a journal without changing the file, for reading a
     /// partition's checkpoint while its writer may be appending.
     pub fn read(
@@ -130,13 +135,7 @@ impl Journal {
         replay: &mut dyn Replay,
     ) -> Result<Option<Damage>, CheckpointError> {
         let file = File::open(path).map_err(|e| CheckpointError::io(path, e))?;
-        let mut journal = Self {
-            path: path.to_owned(),
-            file,
-            end_position: JOURNAL_HEADER_BYTES,
-            frames: 0,
-            encode_buffer: Vec::new(),
-        };
+        let mut journal = Self::over(path, file);
         journal.check_header(partition)?;
         journal.replay(replay)
     }

@@ -410,11 +410,6 @@ impl CheckpointStore {
         Ok(meta)
     }
 
-    /// Checkpoints are synced when committed; nothing is buffered.
-    pub fn flush(&self) -> Result<(), CheckpointError> {
-        Ok(())
-    }
-
     /// The conflicts a partition's checkpoint holds.
     pub fn conflicts(&self, partition: PartitionId) -> Result<Vec<Conflict>, CheckpointError> {
         let path = self.journal_path(partition);
