@@ -13,76 +13,22 @@
 
 #[path = "support/machine.rs"]
 mod machine;
+#[path = "support/server.rs"]
+mod server;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use hdrhistogram::Histogram;
 use tally_ingest::signature::{SigningSecret, sign};
 
-const SECRET: &str = "bench-signing-secret";
-const ADMIN_TOKEN: &str = "bench-admin-token";
+use server::{ADMIN_TOKEN, Connection, SIGNING_SECRET, start_server};
+
 const SINGLE_CONCURRENCY: [usize; 3] = [16, 64, 256];
 const BATCH_ITEMS: usize = 1000;
 const BATCH_CONCURRENCY: [usize; 2] = [2, 8];
 const FRESHNESS_PROBES: usize = 200;
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(data_dir: &std::path::Path) -> anyhow::Result<Server> {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--signing-secret",
-            SECRET,
-            "--admin-token",
-            ADMIN_TOKEN,
-        ])
-        .args([
-            "--rate-limit-burst",
-            "1000000000",
-            "--rate-limit-per-second",
-            "1000000000",
-        ])
-        .env("TALLY_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("cannot start tally serve")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let address = loop {
-        let line = lines.next().context("tally serve exited")??;
-        if let Some(address) = line.strip_prefix("listening on ") {
-            break address.to_owned();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    Ok(Server {
-        child,
-        base: format!("http://{address}"),
-    })
-}
 
 fn now_s() -> i64 {
     SystemTime::now()
@@ -120,63 +66,6 @@ struct Phase {
     latency_us: Histogram<u64>,
 }
 
-/// A lean HTTP/1.1 keep-alive connection: the bench's client shares the machine with the server,
-/// so it spends as little CPU per request as it can (a general client library costs several times
-/// more than the server's work per donation).
-struct Connection {
-    stream: tokio::io::BufReader<tokio::net::TcpStream>,
-    host: String,
-}
-
-impl Connection {
-    async fn open(base: &str) -> std::io::Result<Self> {
-        let host = base.trim_start_matches("http://").to_owned();
-        let stream = tokio::net::TcpStream::connect(&host).await?;
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            stream: tokio::io::BufReader::new(stream),
-            host,
-        })
-    }
-
-    /// POSTs a signed JSON body; returns the response status.
-    async fn post(&mut self, path: &str, body: &str, signature: &str) -> std::io::Result<u16> {
-        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nTally-Signature: {signature}\r\nContent-Length: {}\r\n\r\n{body}",
-            self.host,
-            body.len()
-        );
-        self.stream.get_mut().write_all(request.as_bytes()).await?;
-        let mut line = String::new();
-        self.stream.read_line(&mut line).await?;
-        let status: u16 = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let mut content_length = 0usize;
-        loop {
-            line.clear();
-            if self.stream.read_line(&mut line).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                content_length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0u8; content_length];
-        self.stream.read_exact(&mut body).await?;
-        Ok(status)
-    }
-}
-
 /// Closed loop: `concurrency` connections each sending requests back to back for `duration`.
 async fn closed_loop(
     base: &str,
@@ -185,7 +74,7 @@ async fn closed_loop(
     duration: Duration,
     run: u64,
 ) -> Phase {
-    let secret = Arc::new(SigningSecret::from_text(SECRET));
+    let secret = Arc::new(SigningSecret::from_text(SIGNING_SECRET));
     let accepted = Arc::new(AtomicU64::new(0));
     let requests = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -276,7 +165,7 @@ async fn closed_loop(
 /// Time from a 202 to the donation showing in GET /v1/campaigns/probe, under background load.
 async fn freshness(base: &str, duration: Duration) -> Histogram<u64> {
     let client = reqwest::Client::new();
-    let secret = SigningSecret::from_text(SECRET);
+    let secret = SigningSecret::from_text(SIGNING_SECRET);
     let busy = Arc::new(AtomicBool::new(true));
     let background = {
         let (base, busy) = (base.to_owned(), Arc::clone(&busy));

@@ -24,6 +24,16 @@ pub struct ExpectedTotal {
     pub donations: u64,
 }
 
+/// What a stats query over a range must answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpectedStats {
+    pub count: u64,
+    pub sum_cents: u64,
+    pub min_cents: Option<u64>,
+    pub max_cents: Option<u64>,
+    pub per_minute: BTreeMap<i64, ExpectedTotal>,
+}
+
 #[derive(Debug, Default)]
 pub struct GroundTruth {
     recorded: HashMap<String, SentDonation>,
@@ -56,16 +66,46 @@ impl GroundTruth {
 
     /// Expected count and sum of a campaign's donations with `paid_at` in `[from_ms, to_ms)`.
     pub fn range(&self, campaign_id: &str, from_ms: i64, to_ms: i64) -> ExpectedTotal {
-        let mut expected = ExpectedTotal::default();
-        for donation in self.recorded.values() {
-            if donation.campaign_id == campaign_id
-                && (from_ms..to_ms).contains(&donation.paid_at_ms)
-            {
-                expected.total_cents += donation.amount_cents;
-                expected.donations += 1;
-            }
+        let stats = self.range_stats(campaign_id, from_ms, to_ms);
+        ExpectedTotal {
+            total_cents: stats.sum_cents,
+            donations: stats.count,
         }
-        expected
+    }
+
+    /// Count, sum, smallest and largest of a campaign's donations paid in `[from_ms, to_ms)`,
+    /// and their per-minute series (minute start in unix ms → count and sum).
+    pub fn range_stats(&self, campaign_id: &str, from_ms: i64, to_ms: i64) -> ExpectedStats {
+        let mut stats = ExpectedStats::default();
+        let paid_in_range = self.recorded.values().filter(|donation| {
+            donation.campaign_id == campaign_id && (from_ms..to_ms).contains(&donation.paid_at_ms)
+        });
+        for donation in paid_in_range {
+            stats.count += 1;
+            stats.sum_cents += donation.amount_cents;
+            stats.min_cents = Some(
+                stats
+                    .min_cents
+                    .map_or(donation.amount_cents, |m| m.min(donation.amount_cents)),
+            );
+            stats.max_cents = Some(
+                stats
+                    .max_cents
+                    .map_or(donation.amount_cents, |m| m.max(donation.amount_cents)),
+            );
+            let minute = stats
+                .per_minute
+                .entry(donation.paid_at_ms.div_euclid(60_000) * 60_000)
+                .or_default();
+            minute.donations += 1;
+            minute.total_cents += donation.amount_cents;
+        }
+        stats
+    }
+
+    /// Counts a donation the server recorded although its request was never answered.
+    pub fn recorded_without_answer(&mut self, donation: &SentDonation) -> bool {
+        self.acknowledged(donation)
     }
 
     pub fn recorded_count(&self) -> usize {
@@ -135,5 +175,38 @@ mod tests {
         );
         assert_eq!(truth.range("meals", 60_000, 120_000).donations, 1);
         assert_eq!(truth.range("shelter", 0, 1_000_000).donations, 0);
+    }
+
+    #[test]
+    fn range_stats_hold_extremes_and_a_per_minute_series() {
+        let mut truth = GroundTruth::default();
+        truth.acknowledged(&donation("a", "meals", 300, 1_000));
+        truth.acknowledged(&donation("b", "meals", 5, 59_000));
+        truth.acknowledged(&donation("c", "meals", 1_000, 61_000));
+        truth.acknowledged(&donation("d", "meals", 1, 200_000));
+        let stats = truth.range_stats("meals", 0, 120_000);
+        assert_eq!((stats.count, stats.sum_cents), (3, 1_305));
+        assert_eq!((stats.min_cents, stats.max_cents), (Some(5), Some(1_000)));
+        assert_eq!(
+            stats.per_minute.into_iter().collect::<Vec<_>>(),
+            vec![
+                (
+                    0,
+                    ExpectedTotal {
+                        total_cents: 305,
+                        donations: 2
+                    }
+                ),
+                (
+                    60_000,
+                    ExpectedTotal {
+                        total_cents: 1_000,
+                        donations: 1
+                    }
+                )
+            ]
+        );
+        let empty = truth.range_stats("meals", 300_000, 360_000);
+        assert_eq!(empty, ExpectedStats::default());
     }
 }

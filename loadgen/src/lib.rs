@@ -1,13 +1,23 @@
 //! # tally-loadgen
 //!
-//! Replays dinner-rush checkout traffic against a running tally server and checks the totals it
-//! reports against the ground truth of what was acknowledged. The crate stands outside tally's
-//! data path: it talks to the server over HTTP only.
+//! Replays dinner-rush checkout traffic against a running tally server and checks the totals and
+//! statistics it reports against the ground truth of what was acknowledged. The crate stands
+//! outside tally's data path: it talks to the server over HTTP only.
 //!
 //! - [`schedule`]: traffic shapes (`steady`, `dinner-rush`, `spike`) as open-loop due times.
-//! - [`traffic`]: donations with their resends, conflicts and bad requests, from a seed.
+//! - [`traffic`]: donations with their resends, conflicts, bursts and bad requests, from a seed.
 //! - [`ground_truth`]: what the server must report, from the donations it acknowledged.
+//! - [`client`]: the server's HTTP API, answers reduced to what a run needs.
+//! - [`run`]: one run: replay, retries, freshness probes, the crash timer, verification.
+//! - [`chaos`]: a server process the run owns and SIGKILLs on a timer.
+//! - [`verify`]: the comparison of the server's totals and statistics with the ground truth.
+//! - [`report`]: the progress line, the end-of-run table and the JSON report.
 
+pub mod chaos;
+pub mod client;
 pub mod ground_truth;
+pub mod report;
+pub mod run;
 pub mod schedule;
 pub mod traffic;
+pub mod verify;

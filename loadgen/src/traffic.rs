@@ -9,6 +9,9 @@
 //!   immediately, concurrently with the original, or minutes later.
 //! - Conflicting resends: same `payment_ref`, a different amount (counted nowhere).
 //! - Invalid requests: a body tally must refuse (wrong amount type, unknown field, bad id).
+//! - Per-user bursts: now and then one user checks out many times at once — more than the
+//!   server's per-user allowance, so some are answered 429 and sent again after `Retry-After`.
+//! - `payment_ref`s carry a run id, so a second run against the same server sends new payments.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -31,6 +34,8 @@ pub enum ResendTiming {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrafficConfig {
     pub seed: u64,
+    /// Part of every `payment_ref`: one run's payments never repeat another's.
+    pub run_id: String,
     pub campaigns: Vec<String>,
     pub hot_campaign_share: f64,
     pub users: u32,
@@ -38,6 +43,9 @@ pub struct TrafficConfig {
     pub conflict_share: f64,
     pub invalid_share: f64,
     pub late_share: f64,
+    /// Share of checkouts that are a burst of `burst_size` donations from one user.
+    pub burst_share: f64,
+    pub burst_size: usize,
     /// The longest a late callback lags its payment.
     pub lateness_ms_max: i64,
     /// The longest a "later" resend waits, in run time.
@@ -48,6 +56,7 @@ impl Default for TrafficConfig {
     fn default() -> Self {
         Self {
             seed: 1,
+            run_id: "run".into(),
             campaigns: vec![
                 "meals-for-kids".into(),
                 "food-bank".into(),
@@ -59,6 +68,8 @@ impl Default for TrafficConfig {
             conflict_share: 0.01,
             invalid_share: 0.01,
             late_share: 0.05,
+            burst_share: 0.002,
+            burst_size: 30,
             lateness_ms_max: 10 * 60 * 1000,
             later_resend_ms_max: 30_000,
         }
@@ -104,8 +115,15 @@ impl Traffic {
     /// The requests for one checkout at wall-clock `now_ms`: its donation, and maybe a resend,
     /// a conflict or a bad request riding along.
     pub fn checkout(&mut self, now_ms: i64) -> Vec<Planned> {
-        let (donation, body) = self.donation(now_ms);
+        let user = self.rng.gen_range(0..self.config.users);
+        let (donation, body) = self.donation(now_ms, user);
         let mut planned = vec![Planned::Donation(donation.clone(), body.clone())];
+        if self.rng.r#gen::<f64>() < self.config.burst_share {
+            for _ in 1..self.config.burst_size {
+                let (donation, body) = self.donation(now_ms, user);
+                planned.push(Planned::Donation(donation, body));
+            }
+        }
         let roll: f64 = self.rng.r#gen();
         if roll < self.config.resend_share {
             let timing = self.resend_timing();
@@ -130,11 +148,11 @@ impl Traffic {
         planned
     }
 
-    fn donation(&mut self, now_ms: i64) -> (SentDonation, Value) {
+    fn donation(&mut self, now_ms: i64, user: u32) -> (SentDonation, Value) {
         self.next_payment += 1;
         let payment_ref = format!(
-            "pay_{:08x}_{:010}",
-            self.config.seed as u32, self.next_payment
+            "pay_{}_{:08x}_{:010}",
+            self.config.run_id, self.config.seed as u32, self.next_payment
         );
         let campaign_id = self.campaign().to_owned();
         let amount_cents = self.amount_cents();
@@ -143,7 +161,6 @@ impl Traffic {
         } else {
             now_ms
         };
-        let user = self.rng.gen_range(0..self.config.users);
         let body = json!({
             "payment_ref": payment_ref,
             "order_id": format!("ord_{:010}", self.next_payment),
@@ -192,7 +209,8 @@ impl Traffic {
     }
 
     fn invalid_body(&mut self, now_ms: i64) -> Value {
-        let (_, mut body) = self.donation(now_ms);
+        let user = self.rng.gen_range(0..self.config.users);
+        let (_, mut body) = self.donation(now_ms, user);
         match self.rng.gen_range(0..3) {
             0 => body["amount_cents"] = json!("200"),
             1 => body["tip_cents"] = json!(5),
@@ -310,6 +328,49 @@ mod tests {
             traffic.checkout(NOW_MS)
         };
         assert_ne!(run(1), other);
+    }
+
+    #[test]
+    fn bursts_come_from_one_user_and_exceed_the_allowance() {
+        let mut traffic = Traffic::new(TrafficConfig {
+            burst_share: 1.0,
+            resend_share: 0.0,
+            conflict_share: 0.0,
+            invalid_share: 0.0,
+            ..TrafficConfig::default()
+        });
+        let planned = traffic.checkout(NOW_MS);
+        assert_eq!(planned.len(), 30);
+        let users: std::collections::HashSet<&Value> = planned
+            .iter()
+            .map(|p| match p {
+                Planned::Donation(_, body) => &body["user_id"],
+                other => panic!("a burst is donations only: {other:?}"),
+            })
+            .collect();
+        assert_eq!(users.len(), 1);
+        let bursts = run(20_000)
+            .iter()
+            .filter(|p| matches!(p, Planned::Donation(..)))
+            .count();
+        // 0.2% of 20,000 checkouts add 29 donations each: about 1,160 extra.
+        assert!((20_600..21_800).contains(&bursts), "{bursts}");
+    }
+
+    #[test]
+    fn the_run_id_keeps_payments_of_two_runs_apart() {
+        let refs = |run_id: &str| {
+            let mut traffic = Traffic::new(TrafficConfig {
+                run_id: run_id.into(),
+                ..TrafficConfig::default()
+            });
+            match &traffic.checkout(NOW_MS)[0] {
+                Planned::Donation(d, _) => d.payment_ref.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_ne!(refs("a"), refs("b"));
+        assert!(refs("a").starts_with("pay_a_"));
     }
 
     #[test]

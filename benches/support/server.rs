@@ -1,0 +1,148 @@
+//! A `tally serve` process for the benches, and a lean HTTP/1.1 connection to it.
+//!
+//! [`start_server`] runs the release binary on 127.0.0.1 (a free port) with a fixed signing
+//! secret and admin token and the rate limits out of the way; dropping the [`Server`] stops it
+//! (SIGTERM, then waits), also when a bench fails half-way.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context;
+use tally_ingest::signature::SIGNATURE_HEADER;
+
+/// The callback signing secret the bench server takes, as text.
+pub const SIGNING_SECRET: &str = "bench-signing-secret";
+/// The bench server's admin token.
+pub const ADMIN_TOKEN: &str = "bench-admin-token";
+/// Rate limit burst and refill per second: far above anything one machine sends, so the benches
+/// measure ingest, not the limiter.
+const RATE_LIMIT_OFF: &str = "1000000000";
+
+/// A running `tally serve`; stopped on drop.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `tally serve` on a fresh `data_dir` and waits until it listens.
+pub fn start_server(data_dir: &Path) -> anyhow::Result<Server> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--signing-secret", SIGNING_SECRET])
+        .args(["--admin-token", ADMIN_TOKEN])
+        .args(["--rate-limit-burst", RATE_LIMIT_OFF])
+        .args(["--rate-limit-per-second", RATE_LIMIT_OFF])
+        .env("TALLY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start tally serve")?;
+    let stdout = child.stdout.take().context("tally serve has no stdout")?;
+    // From here on, `server` owns the child: an early return below stops it.
+    let mut server = Server {
+        child,
+        base: String::new(),
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    let address = loop {
+        let line = lines
+            .next()
+            .context("tally serve exited before listening")?
+            .context("reading tally serve's output")?;
+        if let Some(address) = line.strip_prefix("listening on ") {
+            break address.to_owned();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    server.base = format!("http://{address}");
+    Ok(server)
+}
+
+/// A lean HTTP/1.1 keep-alive connection: the bench's client shares the machine with the server,
+/// so it spends as little CPU per request as it can (a general client library costs several times
+/// more than the server's work per donation).
+#[derive(Debug)]
+pub struct Connection {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    host: String,
+}
+
+impl Connection {
+    pub async fn open(base: &str) -> std::io::Result<Self> {
+        let host = base.trim_start_matches("http://").to_owned();
+        let stream = tokio::net::TcpStream::connect(&host).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream: tokio::io::BufReader::new(stream),
+            host,
+        })
+    }
+
+    /// POSTs a signed JSON body; returns the response status.
+    pub async fn post(&mut self, path: &str, body: &str, signature: &str) -> std::io::Result<u16> {
+        let (status, _body) = self.post_reading_body(path, body, signature).await?;
+        Ok(status)
+    }
+
+    /// POSTs a signed JSON body; returns the response status and body.
+    pub async fn post_reading_body(
+        &mut self,
+        path: &str,
+        body: &str,
+        signature: &str,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{SIGNATURE_HEADER}: {signature}\r\nContent-Length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        );
+        self.stream.get_mut().write_all(request.as_bytes()).await?;
+        let (status, content_length) = self.read_head().await?;
+        let mut body = vec![0u8; content_length];
+        self.stream.read_exact(&mut body).await?;
+        Ok((status, body))
+    }
+
+    /// Reads a response's status line and headers; returns the status and the body's length.
+    async fn read_head(&mut self) -> std::io::Result<(u16, usize)> {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await?;
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut content_length = 0usize;
+        loop {
+            line.clear();
+            if self.stream.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                return Ok((status, content_length));
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+}

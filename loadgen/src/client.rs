@@ -1,0 +1,271 @@
+//! The load generator's view of a tally server: signed donation callbacks, admin calls and the
+//! read endpoints, each answer reduced to what the run needs to know.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tally_ingest::signature::{SIGNATURE_HEADER, SigningSecret, sign};
+
+/// Where one accepted donation landed in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub partition: usize,
+    pub offset: u64,
+}
+
+/// The answer to one `POST /v1/donations`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SingleAnswer {
+    /// 2xx: durable in the log.
+    Accepted(Placement),
+    /// A final refusal: the status and the error code.
+    Refused { status: u16, code: String },
+    /// 429 or 503: come back after `wait`.
+    RetryAfter { status: u16, wait: Duration },
+    /// No answer at all (refused or cut connection): the outcome is unknown.
+    Unreachable,
+}
+
+/// The answer to one `POST /v1/donations/batch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchAnswer {
+    /// 200: per item, accepted with its placement or rejected with a code.
+    Answered {
+        accepted: Vec<(usize, Placement)>,
+        rejected: Vec<(usize, String)>,
+    },
+    Refused {
+        status: u16,
+        code: String,
+    },
+    RetryAfter {
+        status: u16,
+        wait: Duration,
+    },
+    Unreachable,
+}
+
+/// A tally server over HTTP.
+#[derive(Debug, Clone)]
+pub struct Server {
+    http: reqwest::Client,
+    base: String,
+    secret: std::sync::Arc<SigningSecret>,
+    admin_token: String,
+}
+
+/// How long one request may take before it counts as unanswered.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Server {
+    pub fn new(
+        base: &str,
+        secret: SigningSecret,
+        admin_token: String,
+        connections: usize,
+    ) -> reqwest::Result<Self> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections)
+            .timeout(REQUEST_TIMEOUT)
+            .build()?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            secret: std::sync::Arc::new(secret),
+            admin_token,
+        })
+    }
+
+    /// A client for `/healthz` only, before the credentials are known.
+    pub fn health_probe(base: &str) -> reqwest::Result<Self> {
+        Self::new(base, SigningSecret::from_text(""), String::new(), 1)
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Creates a USD campaign; one that exists already is fine.
+    pub async fn create_campaign(&self, campaign_id: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(format!("{}/v1/campaigns", self.base))
+            .bearer_auth(&self.admin_token)
+            .json(&serde_json::json!({
+                "campaign_id": campaign_id,
+                "name": campaign_id,
+                "currency": "USD",
+            }))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", self.base))?;
+        let status = response.status();
+        anyhow::ensure!(
+            status.is_success() || status == 409,
+            "creating campaign {campaign_id}: {status} {}",
+            response.text().await.unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    pub async fn post_donation(&self, body: &[u8]) -> SingleAnswer {
+        let response = match self.signed_post("/v1/donations", body).await {
+            Ok(response) => response,
+            Err(_) => return SingleAnswer::Unreachable,
+        };
+        let status = response.status();
+        if let Some(wait) = retry_after(&response) {
+            let status = status.as_u16();
+            return SingleAnswer::RetryAfter { status, wait };
+        }
+        let answer: Value = match response.json().await {
+            Ok(answer) => answer,
+            Err(_) if status.is_success() => return SingleAnswer::Unreachable,
+            Err(_) => Value::Null,
+        };
+        if status.is_success() {
+            match placement(&answer) {
+                Some(placement) => SingleAnswer::Accepted(placement),
+                None => SingleAnswer::Unreachable,
+            }
+        } else {
+            SingleAnswer::Refused {
+                status: status.as_u16(),
+                code: error_code(&answer),
+            }
+        }
+    }
+
+    pub async fn post_batch(&self, body: &[u8]) -> BatchAnswer {
+        let response = match self.signed_post("/v1/donations/batch", body).await {
+            Ok(response) => response,
+            Err(_) => return BatchAnswer::Unreachable,
+        };
+        let status = response.status();
+        if let Some(wait) = retry_after(&response) {
+            let status = status.as_u16();
+            return BatchAnswer::RetryAfter { status, wait };
+        }
+        let answer: Value = match response.json().await {
+            Ok(answer) => answer,
+            Err(_) if status.is_success() => return BatchAnswer::Unreachable,
+            Err(_) => Value::Null,
+        };
+        if !status.is_success() {
+            return BatchAnswer::Refused {
+                status: status.as_u16(),
+                code: error_code(&answer),
+            };
+        }
+        let index = |item: &Value| item["index"].as_u64().map(|i| i as usize);
+        let accepted = answer["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| Some((index(item)?, placement(item)?)))
+            .collect();
+        let rejected = answer["rejected"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| Some((index(item)?, item["code"].as_str()?.to_owned())))
+            .collect();
+        BatchAnswer::Answered { accepted, rejected }
+    }
+
+    /// `GET /v1/campaigns/{id}`, or `None` while the server does not answer.
+    pub async fn campaign(&self, campaign_id: &str) -> Option<Value> {
+        self.get_json(&format!("/v1/campaigns/{campaign_id}")).await
+    }
+
+    /// `GET /v1/campaigns/{id}/stats` over `[from_ms, to_ms)` with a per-minute series.
+    pub async fn stats(&self, campaign_id: &str, from_ms: i64, to_ms: i64) -> Option<Value> {
+        let (from, to) = (
+            crate::traffic::rfc3339(from_ms),
+            crate::traffic::rfc3339(to_ms),
+        );
+        self.get_json(&format!(
+            "/v1/campaigns/{campaign_id}/stats?from={from}&to={to}&bucket=minute"
+        ))
+        .await
+    }
+
+    /// Whether the server recorded this payment: `Some(true)` 200, `Some(false)` 404.
+    pub async fn is_recorded(&self, payment_ref: &str) -> Option<bool> {
+        let url = format!("{}/v1/donations/{payment_ref}", self.base);
+        let response = self.http.get(url).send().await.ok()?;
+        match response.status().as_u16() {
+            200 => Some(true),
+            404 => Some(false),
+            _ => None,
+        }
+    }
+
+    pub async fn is_healthy(&self) -> bool {
+        let url = format!("{}/healthz", self.base);
+        self.http
+            .get(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    async fn get_json(&self, path: &str) -> Option<Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
+    async fn signed_post(&self, path: &str, body: &[u8]) -> reqwest::Result<reqwest::Response> {
+        let signature = sign(&self.secret, unix_seconds(), body);
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json")
+            .header(SIGNATURE_HEADER, signature)
+            .body(body.to_vec())
+            .send()
+            .await
+    }
+}
+
+fn unix_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// For 429 and 503: the wait the server asked for (a second when it named none).
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    if !matches!(response.status().as_u16(), 429 | 503) {
+        return None;
+    }
+    let seconds = response
+        .headers()
+        .get("Retry-After")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1);
+    Some(Duration::from_secs(seconds))
+}
+
+fn placement(answer: &Value) -> Option<Placement> {
+    Some(Placement {
+        partition: answer["partition"].as_u64()? as usize,
+        offset: answer["offset"].as_u64()?,
+    })
+}
+
+fn error_code(answer: &Value) -> String {
+    answer["error"]["code"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_owned()
+}

@@ -1,0 +1,670 @@
+//! One load run: create the campaigns, note what the server holds, replay the schedule open
+//! loop (single or batch requests, bounded in flight), measure latency and freshness, maybe
+//! crash the server on a timer, then verify the server against the ground truth.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tally_ingest::signature::SigningSecret;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::chaos::ManagedServer;
+use crate::client::{BatchAnswer, Placement, Server, SingleAnswer};
+use crate::ground_truth::{GroundTruth, SentDonation};
+use crate::report::{Report, ReportContext, RunStats, VerificationReport};
+use crate::schedule::{Profile, Schedule};
+use crate::traffic::{Planned, ResendTiming, Traffic, TrafficConfig};
+use crate::verify;
+
+/// A request refused with 429/503, or left unanswered, is sent again for this long at most.
+const RETRY_WINDOW: Duration = Duration::from_secs(120);
+/// How long verification waits for the server to apply everything.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(120);
+/// One freshness probe at most this often.
+const FRESHNESS_PROBE_EVERY: Duration = Duration::from_millis(100);
+/// A probe not visible after this long is dropped (and reported).
+const FRESHNESS_PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Everything a run is asked to do.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub profile: Profile,
+    pub duration: Duration,
+    /// Average checkouts per second over the run.
+    pub rate: f64,
+    pub seed: u64,
+    pub run_id: String,
+    /// Donations per request: 1 sends `POST /v1/donations`, more sends batches.
+    pub batch: usize,
+    /// Requests in flight at most (and HTTP connections kept).
+    pub connections: usize,
+    pub verify: bool,
+    pub progress: bool,
+    /// Start the server with this shell command (and own it).
+    pub server_cmd: Option<String>,
+    /// SIGKILL and restart the owned server this often.
+    pub kill_every: Option<Duration>,
+}
+
+impl RunConfig {
+    fn traffic(&self) -> TrafficConfig {
+        TrafficConfig {
+            seed: self.seed,
+            run_id: self.run_id.clone(),
+            // "Minutes later" in a day compressed into the run: at most a quarter of the run.
+            later_resend_ms_max: (self.duration.as_millis() as u64 / 4).clamp(1_000, 30_000),
+            ..TrafficConfig::default()
+        }
+    }
+
+    fn settings(&self, target: &str) -> BTreeMap<String, String> {
+        let mut settings = BTreeMap::from([
+            ("target".to_owned(), target.to_owned()),
+            ("profile".to_owned(), format!("{:?}", self.profile)),
+            (
+                "duration".to_owned(),
+                humantime::format_duration(self.duration).to_string(),
+            ),
+            ("rate (average/s)".to_owned(), self.rate.to_string()),
+            ("seed".to_owned(), self.seed.to_string()),
+            ("run id".to_owned(), self.run_id.clone()),
+            ("donations per request".to_owned(), self.batch.to_string()),
+            ("connections".to_owned(), self.connections.to_string()),
+        ]);
+        if let Some(every) = self.kill_every {
+            settings.insert(
+                "kill every".to_owned(),
+                humantime::format_duration(every).to_string(),
+            );
+        }
+        settings
+    }
+}
+
+/// One request's worth of donation bodies and what each means for the ground truth.
+#[derive(Debug, Clone)]
+struct Item {
+    body: Value,
+    /// The donation a 2xx records (originals and resends); `None` for conflicts and bad bodies.
+    donation: Option<SentDonation>,
+}
+
+/// A freshness probe: a donation acknowledged at `acknowledged_at`, visible once its partition's
+/// applied offset passes its offset.
+#[derive(Debug, Clone)]
+struct Probe {
+    campaign_id: String,
+    placement: Placement,
+    acknowledged_at: Instant,
+}
+
+/// State the sending tasks share.
+#[derive(Debug)]
+struct Shared {
+    server: Server,
+    started: Instant,
+    slots: Semaphore,
+    stats: Mutex<RunStats>,
+    truth: Mutex<GroundTruth>,
+    /// Donations whose requests were never answered within the retry window.
+    unknown: Mutex<Vec<SentDonation>>,
+    probe: Mutex<ProbeSlot>,
+    /// Wakes the freshness prober when the slot it asked for is filled.
+    probe_filled: Notify,
+}
+
+/// The freshness prober asks for the next acknowledged donation, then follows it.
+#[derive(Debug)]
+enum ProbeSlot {
+    Idle,
+    Wanted,
+    Filled(Probe),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs the load against `target` and, unless told not to, the verification; the report says
+/// how both went. `credentials` (signing secret, admin token) are read once the server is up: a
+/// server started by `server_cmd` may generate them on its first start.
+pub async fn run(
+    config: &RunConfig,
+    target: &str,
+    credentials: impl FnOnce() -> anyhow::Result<(SigningSecret, String)>,
+) -> anyhow::Result<Report> {
+    let mut managed = match &config.server_cmd {
+        Some(command) => Some(ManagedServer::start(command, &Server::health_probe(target)?).await?),
+        None => None,
+    };
+    let (secret, admin_token) = credentials()?;
+    let server = Server::new(target, secret, admin_token, config.connections)?;
+    let traffic_config = config.traffic();
+    for campaign in &traffic_config.campaigns {
+        server.create_campaign(campaign).await?;
+    }
+    let start_ms = unix_ms();
+    let ranges = verify::ranges_for_run(
+        start_ms,
+        start_ms + config.duration.as_millis() as i64,
+        traffic_config.lateness_ms_max,
+    );
+    let baseline = if config.verify {
+        verify::wait_caught_up(&server, &traffic_config.campaigns, CATCH_UP_WAIT).await?;
+        Some(verify::snapshot(&server, &traffic_config.campaigns, &ranges).await?)
+    } else {
+        None
+    };
+
+    let shared = Arc::new(Shared {
+        server: server.clone(),
+        started: Instant::now(),
+        slots: Semaphore::new(config.connections.max(1)),
+        stats: Mutex::new(RunStats::new()),
+        truth: Mutex::new(GroundTruth::default()),
+        unknown: Mutex::new(Vec::new()),
+        probe: Mutex::new(ProbeSlot::Idle),
+        probe_filled: Notify::new(),
+    });
+    let finished = Arc::new(Notify::new());
+    let helpers = Helpers::start(config, &shared, &finished, managed.take());
+    replay(config, &shared, Traffic::new(traffic_config.clone())).await;
+    let elapsed = shared.started.elapsed();
+    let managed = helpers.stop(&finished).await?;
+
+    let stats_snapshot = {
+        let truth = lock(&shared.truth);
+        lock(&shared.stats).report(ReportContext {
+            elapsed,
+            scheduled: config.duration,
+            distinct_recorded: truth.recorded_count(),
+            settings: config.settings(server.base()),
+        })
+    };
+    let mut report = stats_snapshot;
+    if let Some(before) = baseline {
+        let outcome = verify_run(&shared, &traffic_config.campaigns, &ranges, &before).await;
+        report.distinct_donations_recorded = lock(&shared.truth).recorded_count();
+        report.verification = Some(outcome?);
+    }
+    if let Some(managed) = managed {
+        managed.stop();
+    }
+    Ok(report)
+}
+
+/// Sends the schedule's checkouts as they fall due, then waits for every request to finish.
+async fn replay(config: &RunConfig, shared: &Arc<Shared>, mut traffic: Traffic) {
+    let schedule = Schedule::new(config.profile, config.duration, config.rate);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut pending: Vec<Vec<Planned>> = Vec::new();
+    let mut last_due = shared.started;
+    for due in schedule.due_times() {
+        let due = shared.started + due;
+        tokio::time::sleep_until(due.into()).await;
+        pending.push(traffic.checkout(unix_ms()));
+        last_due = due;
+        if pending.len() >= config.batch {
+            spawn_requests(
+                &mut tasks,
+                shared,
+                config.batch,
+                std::mem::take(&mut pending),
+                due,
+            );
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    if !pending.is_empty() {
+        spawn_requests(&mut tasks, shared, config.batch, pending, last_due);
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn spawn_requests(
+    tasks: &mut tokio::task::JoinSet<()>,
+    shared: &Arc<Shared>,
+    batch: usize,
+    plans: Vec<Vec<Planned>>,
+    due: Instant,
+) {
+    let shared = Arc::clone(shared);
+    if batch <= 1 {
+        for plan in plans {
+            let shared = Arc::clone(&shared);
+            tasks.spawn(async move { send_singles(&shared, plan, due).await });
+        }
+    } else {
+        tasks.spawn(async move { send_batches(&shared, plans, due).await });
+    }
+}
+
+/// What a checkout's requests become, in the order they must go.
+#[derive(Debug, Default)]
+struct Waves {
+    /// Originals and bad requests, sent when due.
+    first: Vec<Item>,
+    /// Resends racing their originals.
+    concurrent: Vec<Item>,
+    /// Resends and conflicting resends that go once the originals were answered.
+    after: Vec<Item>,
+    /// Resends that go this long after the originals were answered.
+    later: Vec<(Duration, Item)>,
+}
+
+impl Waves {
+    fn new(plans: Vec<Vec<Planned>>, stats: &mut RunStats) -> Self {
+        let mut waves = Waves::default();
+        for planned in plans.into_iter().flatten() {
+            match planned {
+                Planned::Donation(donation, body) => waves.first.push(Item {
+                    body,
+                    donation: Some(donation),
+                }),
+                Planned::Invalid { body } => {
+                    stats.invalid_sent += 1;
+                    waves.first.push(Item {
+                        body,
+                        donation: None,
+                    });
+                }
+                Planned::Resend { of, body, timing } => {
+                    stats.resends_sent += 1;
+                    let item = Item {
+                        body,
+                        donation: Some(of),
+                    };
+                    match timing {
+                        ResendTiming::Immediate => waves.after.push(item),
+                        ResendTiming::Concurrent => waves.concurrent.push(item),
+                        ResendTiming::Later { delay_ms } => {
+                            waves.later.push((Duration::from_millis(delay_ms), item));
+                        }
+                    }
+                }
+                Planned::Conflict { body, .. } => {
+                    stats.conflicts_sent += 1;
+                    waves.after.push(Item {
+                        body,
+                        donation: None,
+                    });
+                }
+            }
+        }
+        waves.later.sort_by_key(|(delay, _)| *delay);
+        waves
+    }
+}
+
+/// Single requests: the checkout's originals in order, resends racing or following them.
+async fn send_singles(shared: &Shared, plan: Vec<Planned>, due: Instant) {
+    let waves = Waves::new(vec![plan], &mut lock(&shared.stats));
+    // A checkout's donations (several for a user's burst) go out at once, as a burst would.
+    let originals = futures_util::future::join_all(
+        waves
+            .first
+            .iter()
+            .map(|item| send_single(shared, item, due)),
+    );
+    let racing = async {
+        for item in &waves.concurrent {
+            send_single(shared, item, Instant::now()).await;
+        }
+    };
+    tokio::join!(originals, racing);
+    for item in &waves.after {
+        send_single(shared, item, Instant::now()).await;
+    }
+    let answered = Instant::now();
+    for (delay, item) in &waves.later {
+        tokio::time::sleep_until((answered + *delay).into()).await;
+        send_single(shared, item, Instant::now()).await;
+    }
+}
+
+/// Batches: the originals in one request, racing resends in another, then the rest.
+async fn send_batches(shared: &Shared, plans: Vec<Vec<Planned>>, due: Instant) {
+    let waves = Waves::new(plans, &mut lock(&shared.stats));
+    tokio::join!(
+        send_batch(shared, waves.first, due),
+        send_batch(shared, waves.concurrent, Instant::now())
+    );
+    send_batch(shared, waves.after, Instant::now()).await;
+    let answered = Instant::now();
+    for (delay, item) in waves.later {
+        tokio::time::sleep_until((answered + delay).into()).await;
+        send_batch(shared, vec![item], Instant::now()).await;
+    }
+}
+
+impl Shared {
+    fn second(&self) -> usize {
+        self.started.elapsed().as_secs() as usize
+    }
+
+    fn acknowledged(&self, item: &Item, placement: Placement) {
+        let Some(donation) = &item.donation else {
+            return;
+        };
+        lock(&self.truth).acknowledged(donation);
+        let mut probe = lock(&self.probe);
+        if matches!(*probe, ProbeSlot::Wanted) {
+            *probe = ProbeSlot::Filled(Probe {
+                campaign_id: donation.campaign_id.clone(),
+                placement,
+                acknowledged_at: Instant::now(),
+            });
+            self.probe_filled.notify_one();
+        }
+    }
+
+    fn refused(&self, item: &Item, status: u16, code: &str) {
+        lock(&self.stats).refused(self.second(), status, code, 1);
+        if item.donation.is_some() {
+            eprintln!(
+                "tally-loadgen: a valid donation was refused: {status} {code}: {}",
+                item.body
+            );
+        }
+    }
+
+    fn retried(&self, status: u16, count: u64) {
+        let mut stats = lock(&self.stats);
+        if status == 429 {
+            stats.rate_limited_retries += count;
+        } else {
+            stats.unavailable_retries += count;
+        }
+    }
+
+    fn gave_up(&self, items: &[Item]) {
+        let donations: Vec<SentDonation> =
+            items.iter().filter_map(|i| i.donation.clone()).collect();
+        lock(&self.stats).gave_up += donations.len() as u64;
+        lock(&self.unknown).extend(donations);
+    }
+}
+
+async fn send_single(shared: &Shared, item: &Item, mut due: Instant) {
+    let body = serde_json::to_vec(&item.body).unwrap_or_default();
+    let give_up = Instant::now() + RETRY_WINDOW;
+    {
+        let mut stats = lock(&shared.stats);
+        stats.requests_sent += 1;
+        stats.donations_sent += 1;
+    }
+    loop {
+        let answer = {
+            let _slot = shared.slots.acquire().await;
+            shared.server.post_donation(&body).await
+        };
+        let (status, wait) = match answer {
+            SingleAnswer::Accepted(placement) => {
+                lock(&shared.stats).answered(shared.second(), due.elapsed(), 1);
+                shared.acknowledged(item, placement);
+                return;
+            }
+            SingleAnswer::Refused { status, code } => {
+                lock(&shared.stats).answered(shared.second(), due.elapsed(), 0);
+                shared.refused(item, status, &code);
+                return;
+            }
+            SingleAnswer::RetryAfter { status, wait } => (status, wait),
+            SingleAnswer::Unreachable => (0, Duration::from_millis(100)),
+        };
+        shared.retried(status, 1);
+        if Instant::now() + wait > give_up {
+            shared.gave_up(std::slice::from_ref(item));
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        due = due_after_retry(status, due);
+    }
+}
+
+async fn send_batch(shared: &Shared, mut items: Vec<Item>, mut due: Instant) {
+    if items.is_empty() {
+        return;
+    }
+    let give_up = Instant::now() + RETRY_WINDOW;
+    lock(&shared.stats).donations_sent += items.len() as u64;
+    loop {
+        let bodies: Vec<&Value> = items.iter().map(|i| &i.body).collect();
+        let body = serde_json::to_vec(&bodies).unwrap_or_default();
+        lock(&shared.stats).requests_sent += 1;
+        let answer = {
+            let _slot = shared.slots.acquire().await;
+            shared.server.post_batch(&body).await
+        };
+        let (status, wait) = match answer {
+            BatchAnswer::Answered { accepted, rejected } => {
+                let acknowledged = accepted.len() as u64;
+                lock(&shared.stats).answered(shared.second(), due.elapsed(), acknowledged);
+                for (index, placement) in accepted {
+                    if let Some(item) = items.get(index) {
+                        shared.acknowledged(item, placement);
+                    }
+                }
+                let mut limited = Vec::new();
+                for (index, code) in rejected {
+                    let Some(item) = items.get(index) else {
+                        continue;
+                    };
+                    if code == "rate_limited" {
+                        limited.push(item.clone());
+                    } else {
+                        shared.refused(item, 400, &code);
+                    }
+                }
+                if limited.is_empty() {
+                    return;
+                }
+                items = limited;
+                (429, Duration::from_secs(1))
+            }
+            BatchAnswer::Refused { status, code } => {
+                lock(&shared.stats).answered(shared.second(), due.elapsed(), 0);
+                for item in &items {
+                    shared.refused(item, status, &code);
+                }
+                return;
+            }
+            BatchAnswer::RetryAfter { status, wait } => (status, wait),
+            BatchAnswer::Unreachable => (0, Duration::from_millis(100)),
+        };
+        shared.retried(status, items.len() as u64);
+        if Instant::now() + wait > give_up {
+            shared.gave_up(&items);
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        due = due_after_retry(status, due);
+    }
+}
+
+/// A request sent again after a 429 is due when its `Retry-After` ends: the wait is the rate
+/// limit working as asked, not the server being slow. After a 503 or no answer it keeps its
+/// first due time, so unavailability shows in the latency.
+fn due_after_retry(status: u16, due: Instant) -> Instant {
+    if status == 429 { Instant::now() } else { due }
+}
+
+/// The tasks that run beside the replay: progress, freshness probes, the crash timer.
+struct Helpers {
+    progress: tokio::task::JoinHandle<()>,
+    freshness: tokio::task::JoinHandle<()>,
+    chaos: tokio::task::JoinHandle<anyhow::Result<Option<ManagedServer>>>,
+}
+
+impl Helpers {
+    fn start(
+        config: &RunConfig,
+        shared: &Arc<Shared>,
+        finished: &Arc<Notify>,
+        managed: Option<ManagedServer>,
+    ) -> Self {
+        let progress = tokio::spawn(show_progress(
+            Arc::clone(shared),
+            Arc::clone(finished),
+            config.duration,
+            config.progress,
+        ));
+        let freshness = tokio::spawn(probe_freshness(Arc::clone(shared), Arc::clone(finished)));
+        let chaos = tokio::spawn(crash_on_timer(
+            Arc::clone(shared),
+            Arc::clone(finished),
+            managed,
+            config.kill_every,
+        ));
+        Self {
+            progress,
+            freshness,
+            chaos,
+        }
+    }
+
+    async fn stop(self, finished: &Notify) -> anyhow::Result<Option<ManagedServer>> {
+        finished.notify_waiters();
+        let _ = self.progress.await;
+        let _ = self.freshness.await;
+        self.chaos.await?
+    }
+}
+
+async fn show_progress(shared: Arc<Shared>, finished: Arc<Notify>, planned: Duration, on: bool) {
+    let terminal = std::io::stderr().is_terminal();
+    let every = if terminal {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(5)
+    };
+    let stop = finished.notified();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            () = tokio::time::sleep(every) => {}
+        }
+        if !on {
+            continue;
+        }
+        let line = lock(&shared.stats).progress_line(shared.started.elapsed(), planned);
+        if terminal {
+            eprint!("\r{line}\x1b[K");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+    if on && terminal {
+        eprintln!();
+    }
+}
+
+async fn probe_freshness(shared: Arc<Shared>, finished: Arc<Notify>) {
+    let stop = finished.notified();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(FRESHNESS_PROBE_EVERY) => {}
+        }
+        *lock(&shared.probe) = ProbeSlot::Wanted;
+        tokio::select! {
+            () = &mut stop => return,
+            () = shared.probe_filled.notified() => {}
+        }
+        let ProbeSlot::Filled(probe) =
+            std::mem::replace(&mut *lock(&shared.probe), ProbeSlot::Idle)
+        else {
+            continue;
+        };
+        tokio::select! {
+            () = &mut stop => return,
+            visible = wait_visible(&shared.server, &probe) => {
+                if visible {
+                    lock(&shared.stats).freshness(probe.acknowledged_at.elapsed());
+                } else {
+                    eprintln!("tally-loadgen: a donation was not visible {FRESHNESS_PROBE_TIMEOUT:?} after its 202: {probe:?}");
+                }
+            }
+        }
+    }
+}
+
+/// Polls the campaign until its applied offset for the probe's partition passes the probe.
+async fn wait_visible(server: &Server, probe: &Probe) -> bool {
+    while probe.acknowledged_at.elapsed() < FRESHNESS_PROBE_TIMEOUT {
+        if let Some(view) = server.campaign(&probe.campaign_id).await {
+            let applied = view["freshness"]["applied_offsets"][probe.placement.partition].as_u64();
+            if applied.is_some_and(|applied| applied > probe.placement.offset) {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
+}
+
+async fn crash_on_timer(
+    shared: Arc<Shared>,
+    finished: Arc<Notify>,
+    mut managed: Option<ManagedServer>,
+    every: Option<Duration>,
+) -> anyhow::Result<Option<ManagedServer>> {
+    let (Some(server), Some(every)) = (managed.as_mut(), every) else {
+        return Ok(managed);
+    };
+    let stop = finished.notified();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return Ok(managed),
+            () = tokio::time::sleep(every) => {}
+        }
+        server.kill_and_restart(&shared.server).await?;
+        lock(&shared.stats).server_restarts += 1;
+    }
+}
+
+/// After the run: settle unanswered donations, wait for the server, compare.
+async fn verify_run(
+    shared: &Shared,
+    campaigns: &[String],
+    ranges: &[verify::TimeRange],
+    before: &verify::Snapshot,
+) -> anyhow::Result<VerificationReport> {
+    let unknown = std::mem::take(&mut *lock(&shared.unknown));
+    let mut recorded_without_answer = 0;
+    for donation in unknown {
+        match shared.server.is_recorded(&donation.payment_ref).await {
+            Some(true) => {
+                if lock(&shared.truth).recorded_without_answer(&donation) {
+                    recorded_without_answer += 1;
+                }
+            }
+            Some(false) => {}
+            None => anyhow::bail!(
+                "cannot ask the server whether {} was recorded",
+                donation.payment_ref
+            ),
+        }
+    }
+    verify::wait_caught_up(&shared.server, campaigns, CATCH_UP_WAIT).await?;
+    let after = verify::snapshot(&shared.server, campaigns, ranges).await?;
+    let comparison = verify::compare(before, &after, &lock(&shared.truth), ranges);
+    Ok(VerificationReport {
+        passed: comparison.mismatches.is_empty(),
+        checks: comparison.checks,
+        mismatches: comparison.mismatches,
+        recorded_without_answer,
+    })
+}

@@ -1,0 +1,354 @@
+//! The end-of-run check: once the server reports no lag, every campaign's total and donation
+//! count, and its statistics over several time ranges (count, sum, extremes, and the per-minute
+//! series), must equal what was there before the run plus the ground truth of what this run got
+//! acknowledged.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::client::Server;
+use crate::ground_truth::{ExpectedStats, ExpectedTotal, GroundTruth};
+
+const MINUTE_MS: i64 = 60_000;
+
+/// A `[from_ms, to_ms)` range of `paid_at`, whole minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimeRange {
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+/// The ranges checked for a run of `[start_ms, end_ms)` whose late callbacks are paid up to
+/// `lateness_ms` before they are sent: all of it, the late stretch before the start, the first
+/// half, and the last minute onwards.
+pub fn ranges_for_run(start_ms: i64, end_ms: i64, lateness_ms: i64) -> Vec<TimeRange> {
+    let minute = |ms: i64| ms.div_euclid(MINUTE_MS) * MINUTE_MS;
+    let (start, end) = (minute(start_ms), minute(end_ms));
+    let middle = minute(start_ms + (end_ms - start_ms) / 2);
+    let candidates = [
+        (
+            minute(start_ms - lateness_ms) - MINUTE_MS,
+            end + 2 * MINUTE_MS,
+        ),
+        (minute(start_ms - lateness_ms), start),
+        (start, middle),
+        (end - MINUTE_MS, end + 2 * MINUTE_MS),
+    ];
+    let mut ranges: Vec<TimeRange> = candidates
+        .into_iter()
+        .filter(|(from_ms, to_ms)| from_ms < to_ms)
+        .map(|(from_ms, to_ms)| TimeRange { from_ms, to_ms })
+        .collect();
+    ranges.sort();
+    ranges.dedup();
+    ranges
+}
+
+/// What the server reported for the campaigns and ranges, at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub totals: BTreeMap<String, ExpectedTotal>,
+    pub stats: BTreeMap<(String, TimeRange), ExpectedStats>,
+}
+
+/// Waits until every campaign's view reports zero lag, up to `wait`.
+pub async fn wait_caught_up(
+    server: &Server,
+    campaigns: &[String],
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + wait;
+    for campaign in campaigns {
+        loop {
+            let view = server.campaign(campaign).await;
+            if view
+                .as_ref()
+                .is_some_and(|v| v["freshness"]["lag_records"] == 0)
+            {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the server did not catch up within {wait:?} (last view of {campaign}: {view:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Reads every campaign's total and its stats over every range.
+pub async fn snapshot(
+    server: &Server,
+    campaigns: &[String],
+    ranges: &[TimeRange],
+) -> anyhow::Result<Snapshot> {
+    let mut snapshot = Snapshot::default();
+    for campaign in campaigns {
+        let view = server
+            .campaign(campaign)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("cannot read campaign {campaign}"))?;
+        snapshot.totals.insert(
+            campaign.clone(),
+            ExpectedTotal {
+                total_cents: number(&view["total_cents"]),
+                donations: number(&view["donations"]),
+            },
+        );
+        for range in ranges {
+            let stats = server
+                .stats(campaign, range.from_ms, range.to_ms)
+                .await
+                .ok_or_else(|| anyhow::anyhow!("cannot read stats of {campaign}"))?;
+            snapshot
+                .stats
+                .insert((campaign.clone(), *range), parse_stats(&stats)?);
+        }
+    }
+    Ok(snapshot)
+}
+
+fn number(value: &Value) -> u64 {
+    value.as_u64().unwrap_or(u64::MAX)
+}
+
+fn parse_stats(stats: &Value) -> anyhow::Result<ExpectedStats> {
+    let mut per_minute = BTreeMap::new();
+    for point in stats["series"].as_array().into_iter().flatten() {
+        let start = point["start"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("a series point without a start: {point}"))?;
+        let total = ExpectedTotal {
+            total_cents: number(&point["sum_cents"]),
+            donations: number(&point["count"]),
+        };
+        if total.donations > 0 {
+            per_minute.insert(parse_minute(start)?, total);
+        }
+    }
+    Ok(ExpectedStats {
+        count: number(&stats["count"]),
+        sum_cents: number(&stats["sum_cents"]),
+        min_cents: stats["min_cents"].as_u64(),
+        max_cents: stats["max_cents"].as_u64(),
+        per_minute,
+    })
+}
+
+/// The unix ms of an RFC 3339 minute the server wrote ("2026-11-24T19:00:00Z", maybe with
+/// fractional seconds).
+fn parse_minute(text: &str) -> anyhow::Result<i64> {
+    let bad = || anyhow::anyhow!("not an RFC 3339 UTC time: {text:?}");
+    let field = |range: std::ops::Range<usize>| -> anyhow::Result<i64> {
+        text.get(range).and_then(|s| s.parse().ok()).ok_or_else(bad)
+    };
+    let (year, month, day) = (field(0..4)?, field(5..7)?, field(8..10)?);
+    let (hour, minute) = (field(11..13)?, field(14..16)?);
+    let days = days_from_civil(year, month, day);
+    Ok(((days * 24 + hour) * 60 + minute) * MINUTE_MS)
+}
+
+/// Howard Hinnant's `days_from_civil`: days since the epoch of a proleptic Gregorian date.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month_index = if month > 2 { month - 3 } else { month + 9 };
+    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// What differs between the server's `after` and `before` plus the ground truth.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Comparison {
+    pub checks: usize,
+    pub mismatches: Vec<String>,
+}
+
+pub fn compare(
+    before: &Snapshot,
+    after: &Snapshot,
+    truth: &GroundTruth,
+    ranges: &[TimeRange],
+) -> Comparison {
+    let mut comparison = Comparison::default();
+    for (campaign, got) in &after.totals {
+        let base = before.totals.get(campaign).copied().unwrap_or_default();
+        let run = truth.totals().get(campaign).copied().unwrap_or_default();
+        let expected = ExpectedTotal {
+            total_cents: base.total_cents + run.total_cents,
+            donations: base.donations + run.donations,
+        };
+        comparison.check(*got == expected, || {
+            format!("{campaign} total: server {got:?}, expected {expected:?}")
+        });
+        for range in ranges {
+            let key = (campaign.clone(), *range);
+            let (Some(got), Some(base)) = (after.stats.get(&key), before.stats.get(&key)) else {
+                continue;
+            };
+            let run = truth.range_stats(campaign, range.from_ms, range.to_ms);
+            compare_stats(&mut comparison, campaign, range, got, base, &run);
+        }
+    }
+    comparison
+}
+
+fn compare_stats(
+    comparison: &mut Comparison,
+    campaign: &str,
+    range: &TimeRange,
+    got: &ExpectedStats,
+    base: &ExpectedStats,
+    run: &ExpectedStats,
+) {
+    let name = format!(
+        "{campaign} stats [{}, {})",
+        crate::traffic::rfc3339(range.from_ms),
+        crate::traffic::rfc3339(range.to_ms)
+    );
+    let expected = (base.count + run.count, base.sum_cents + run.sum_cents);
+    comparison.check((got.count, got.sum_cents) == expected, || {
+        format!(
+            "{name}: server count/sum {:?}, expected {expected:?}",
+            (got.count, got.sum_cents)
+        )
+    });
+    if base.count == 0 {
+        comparison.check(
+            (got.min_cents, got.max_cents) == (run.min_cents, run.max_cents),
+            || {
+                format!(
+                    "{name}: server min/max {:?}, expected {:?}",
+                    (got.min_cents, got.max_cents),
+                    (run.min_cents, run.max_cents)
+                )
+            },
+        );
+    }
+    let minutes: std::collections::BTreeSet<i64> = got
+        .per_minute
+        .keys()
+        .chain(run.per_minute.keys())
+        .copied()
+        .collect();
+    for minute in minutes {
+        let got = got.per_minute.get(&minute).copied().unwrap_or_default();
+        let base = base.per_minute.get(&minute).copied().unwrap_or_default();
+        let run = run.per_minute.get(&minute).copied().unwrap_or_default();
+        let expected = ExpectedTotal {
+            total_cents: base.total_cents + run.total_cents,
+            donations: base.donations + run.donations,
+        };
+        comparison.check(got == expected, || {
+            format!(
+                "{name}: minute {}: server {got:?}, expected {expected:?}",
+                crate::traffic::rfc3339(minute)
+            )
+        });
+    }
+}
+
+impl Comparison {
+    fn check(&mut self, holds: bool, describe: impl FnOnce() -> String) {
+        self.checks += 1;
+        if !holds {
+            self.mismatches.push(describe());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ground_truth::SentDonation;
+
+    const START_MS: i64 = 1_795_546_800_000; // 2026-11-24T19:00:00Z
+
+    #[test]
+    fn ranges_cover_the_run_and_its_late_callbacks_in_whole_minutes() {
+        let ranges = ranges_for_run(START_MS + 30_000, START_MS + 150_000, 600_000);
+        assert!(
+            ranges
+                .iter()
+                .all(|r| r.from_ms % MINUTE_MS == 0 && r.to_ms % MINUTE_MS == 0)
+        );
+        let whole = ranges.iter().map(|r| r.to_ms - r.from_ms).max().unwrap();
+        assert!(whole >= 600_000 + 120_000, "{ranges:?}");
+        assert!(ranges.iter().all(|r| r.from_ms < r.to_ms));
+        assert_eq!(ranges.len(), 4, "{ranges:?}");
+    }
+
+    #[test]
+    fn minutes_parse_back_from_the_servers_text() {
+        assert_eq!(parse_minute("2026-11-24T19:00:00Z").unwrap(), START_MS);
+        assert_eq!(
+            parse_minute("2026-11-24T19:01:00.000Z").unwrap(),
+            START_MS + MINUTE_MS
+        );
+        assert_eq!(
+            parse_minute(&crate::traffic::rfc3339(951_782_400_000)).unwrap(),
+            951_782_400_000
+        );
+        assert!(parse_minute("yesterday").is_err());
+    }
+
+    #[test]
+    fn a_missing_or_extra_donation_is_a_mismatch_and_the_baseline_is_subtracted() {
+        let mut truth = GroundTruth::default();
+        truth.acknowledged(&SentDonation {
+            payment_ref: "p1".into(),
+            campaign_id: "meals".into(),
+            amount_cents: 100,
+            paid_at_ms: START_MS + 1_000,
+        });
+        let range = TimeRange {
+            from_ms: START_MS,
+            to_ms: START_MS + MINUTE_MS,
+        };
+        let total = |cents, donations| ExpectedTotal {
+            total_cents: cents,
+            donations,
+        };
+        let stats = |count, sum_cents, minute: Option<ExpectedTotal>| ExpectedStats {
+            count,
+            sum_cents,
+            min_cents: None,
+            max_cents: None,
+            per_minute: minute.into_iter().map(|t| (START_MS, t)).collect(),
+        };
+        let before = Snapshot {
+            totals: [("meals".to_owned(), total(500, 2))].into(),
+            stats: [(
+                ("meals".to_owned(), range),
+                stats(2, 500, Some(total(500, 2))),
+            )]
+            .into(),
+        };
+        let right = Snapshot {
+            totals: [("meals".to_owned(), total(600, 3))].into(),
+            stats: [(
+                ("meals".to_owned(), range),
+                stats(3, 600, Some(total(600, 3))),
+            )]
+            .into(),
+        };
+        let comparison = compare(&before, &right, &truth, &[range]);
+        assert!(comparison.mismatches.is_empty(), "{comparison:?}");
+        assert_eq!(comparison.checks, 3);
+        let double_counted = Snapshot {
+            totals: [("meals".to_owned(), total(700, 4))].into(),
+            stats: [(
+                ("meals".to_owned(), range),
+                stats(4, 700, Some(total(700, 4))),
+            )]
+            .into(),
+        };
+        let comparison = compare(&before, &double_counted, &truth, &[range]);
+        assert_eq!(comparison.mismatches.len(), 3, "{comparison:?}");
+    }
+}
