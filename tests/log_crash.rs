@@ -62,9 +62,7 @@ fn crash_child() {
                     let lines: String = keys
                         .iter()
                         .enumerate()
-                        .map(|(i, key)| {
-                            format!("ack {partition} {} {key}\n", ack.base_offset + i as u64)
-                        })
+                        .map(|(i, key)| format!("ack {partition} {} {key}\n", ack.offsets[i]))
                         .collect();
                     use std::io::Write;
                     let mut out = std::io::stdout().lock();

@@ -70,7 +70,7 @@ fn reopen_after_clean_close_keeps_records_and_continues_offsets() {
     let ack = log
         .append_blocking(0, vec![record("after", "reopen")])
         .unwrap();
-    assert_eq!(ack.base_offset, 50);
+    assert_eq!(ack.offsets, [50]);
     assert_eq!(read_all(&log, 0).last().unwrap().key, b"after");
 }
 
@@ -182,7 +182,7 @@ fn torn_tail_is_truncated_back_to_the_last_whole_record() {
         SEGMENT_HEADER_BYTES + 9 * FRAME_BYTES
     );
     let ack = log.append_blocking(0, vec![record("next", "one")]).unwrap();
-    assert_eq!(ack.base_offset, 9);
+    assert_eq!(ack.offsets, [9]);
     drop(log);
     assert_eq!(read_all(&open(dir.path(), &options), 0).len(), 10);
 }
@@ -312,9 +312,13 @@ fn concurrent_appenders_get_unique_contiguous_offsets() {
     assert_eq!(stored.len(), total);
     let mut covered = vec![false; total];
     for (ack, records) in &acks {
-        assert_eq!(ack.count as usize, records.len());
-        for (i, record) in records.iter().enumerate() {
-            let offset = ack.base_offset as usize + i;
+        assert_eq!(ack.count(), records.len());
+        assert!(
+            ack.offsets.windows(2).all(|pair| pair[1] == pair[0] + 1),
+            "one append's offsets are consecutive on the embedded log"
+        );
+        for (&offset, record) in ack.offsets.iter().zip(records) {
+            let offset = offset as usize;
             assert!(!covered[offset], "offset {offset} acknowledged twice");
             covered[offset] = true;
             assert_eq!(stored[offset].key, record.key);
@@ -424,8 +428,8 @@ fn an_unfinished_commit_is_dropped_whole() {
     assert_eq!(
         log.append_blocking(0, vec![record("k", "v")])
             .unwrap()
-            .base_offset,
-        3
+            .offsets,
+        [3]
     );
 }
 

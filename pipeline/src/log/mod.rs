@@ -13,9 +13,13 @@
 //! - [`embedded`]: the default backend, segment files in one directory ([`EmbeddedLog`]).
 //! - [`frame`] and [`segment`]: its on-disk format and recovery.
 //! - [`partition`]: one partition's reads and its group-commit writer.
+//! - [`fluvio`]: the backend on a Fluvio cluster ([`FluvioLog`]).
+//! - [`location`]: where a log lives, as the command line names it ([`LogLocation`]).
 
 pub mod embedded;
+pub mod fluvio;
 pub mod frame;
+pub mod location;
 mod manifest;
 pub mod partition;
 mod partitioner;
@@ -26,6 +30,8 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 
 pub use embedded::{EmbeddedLog, EmbeddedLogOptions};
+pub use fluvio::{FluvioLog, FluvioLogOptions};
+pub use location::{LogLocation, LogLocationError};
 pub use partitioner::Partitioner;
 
 use crate::clock::UnixMillis;
@@ -53,12 +59,26 @@ pub struct LogRecord {
     pub value: Vec<u8>,
 }
 
-/// Where an acknowledged append landed: records got offsets `base_offset..base_offset+count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where an acknowledged append landed: the offset of every record, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendAck {
     pub partition: PartitionId,
-    pub base_offset: Offset,
-    pub count: u32,
+    /// One offset per record, strictly increasing. Consecutive on the embedded log; on a Fluvio
+    /// cluster, records that other producers appended at the same time may sit between them.
+    pub offsets: Vec<Offset>,
+}
+
+impl AppendAck {
+    /// The offset of the append's first record.
+    pub fn first_offset(&self) -> Offset {
+        // An append holds at least one record: every backend rejects an empty one.
+        self.offsets[0]
+    }
+
+    /// How many records the append held.
+    pub fn count(&self) -> usize {
+        self.offsets.len()
+    }
 }
 
 /// Everything that can go wrong with a log, with whether the caller may retry.
@@ -103,6 +123,17 @@ pub enum LogError {
     Locked { path: PathBuf },
     #[error("the log is unavailable: {reason}")]
     Unavailable { reason: String },
+    #[error("topic {topic} cannot hold this log: {reason}")]
+    TopicMismatch { topic: String, reason: String },
+    #[error(
+        "partition {partition} lost acknowledged records at offset {offset} \
+         (stopping rather than reusing offsets): {reason}"
+    )]
+    RecordsLost {
+        partition: PartitionId,
+        offset: Offset,
+        reason: String,
+    },
     #[error("the log is closed")]
     Closed,
 }
@@ -125,11 +156,15 @@ impl LogError {
 /// A partitioned, keyed, append-only log.
 ///
 /// Contract for every implementation:
-/// - `append` returns `Ok` only once the records are durable by the backend's standard, and
-///   their offsets are consecutive and in the order given.
+/// - `append` returns `Ok` only once the records are durable by the backend's standard, with
+///   their offsets strictly increasing in the order given (consecutive on the embedded log). An
+///   append that fails may have stored some of its records on a backend without atomic
+///   appends (Fluvio): callers retry, and dedupe by key keeps the retry from counting twice.
 /// - `read` returns only acknowledged records, in offset order, never skipping one: a record
 ///   that cannot be read is an error, not a gap.
-/// - `end_offset` is the offset the next appended record will get.
+/// - `end_offset` is the offset the next appended record will get. An end below an offset a
+///   checkpoint already consumed means the backend lost records: the pipeline stops that
+///   partition ([`crate::runner`]'s `CheckpointBeyondLog`) instead of reusing offsets.
 #[async_trait]
 pub trait Log: Send + Sync + std::fmt::Debug {
     fn partition_count(&self) -> u32;
@@ -176,7 +211,7 @@ pub async fn append_keyed(
     for record in records {
         let partition = log.partition_for_key(&record.key);
         let slot = &mut by_partition[partition as usize];
-        placement.push((partition, slot.len() as u64));
+        placement.push((partition, slot.len()));
         slot.push(record);
     }
     let appends = by_partition
@@ -185,13 +220,13 @@ pub async fn append_keyed(
         .filter(|(_, records)| !records.is_empty())
         .map(|(partition, records)| log.append(partition as PartitionId, records));
     let acks = futures_join_all(appends).await?;
-    let mut base_offsets = vec![0; partition_count];
+    let mut offsets: Vec<Vec<Offset>> = vec![Vec::new(); partition_count];
     for ack in acks {
-        base_offsets[ack.partition as usize] = ack.base_offset;
+        offsets[ack.partition as usize] = ack.offsets;
     }
     Ok(placement
         .into_iter()
-        .map(|(partition, index)| (partition, base_offsets[partition as usize] + index))
+        .map(|(partition, index)| (partition, offsets[partition as usize][index]))
         .collect())
 }
 

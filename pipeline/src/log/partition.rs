@@ -411,14 +411,13 @@ impl Writer {
             }
         };
         for request in group {
-            let count = request.records.len() as u32;
+            let end_offset = base_offset + request.records.len() as u64;
             // The requester may have given up waiting; the records are durable regardless.
             let _ = request.reply.send(Ok(AppendAck {
                 partition: self.partition,
-                base_offset,
-                count,
+                offsets: (base_offset..end_offset).collect(),
             }));
-            base_offset += u64::from(count);
+            base_offset = end_offset;
         }
     }
 
