@@ -24,6 +24,11 @@ use crate::processor::partition_state::{ApplyError, RecordedEvents, SharedIndex}
 use crate::processor::{PartitionState, StateChanges};
 use crate::read_model::{PartitionUpdate, ReadModel};
 
+/// A following partition whose log does not answer reads again after this pause, doubling up
+/// to the maximum while it stays away.
+const UNAVAILABLE_PAUSE_MIN: Duration = Duration::from_millis(100);
+const UNAVAILABLE_PAUSE_MAX: Duration = Duration::from_secs(2);
+
 /// How the pipeline runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PipelineConfig {
@@ -321,15 +326,31 @@ impl Pipeline {
         };
         let mut applied_since_checkpoint = 0u64;
         let mut last_checkpoint = Instant::now();
+        let mut unavailable_pause = UNAVAILABLE_PAUSE_MIN;
         loop {
             if shutdown.as_ref().is_some_and(|s| *s.borrow()) {
                 break;
             }
-            let records = runtime.block_on(self.log.read(
+            let read = runtime.block_on(self.log.read(
                 partition,
                 state.next_offset(),
                 self.config.read_batch_records,
-            ))?;
+            ));
+            let records = match (read, shutdown.as_mut()) {
+                (Ok(records), _) => {
+                    unavailable_pause = UNAVAILABLE_PAUSE_MIN;
+                    records
+                }
+                // Following, a log that does not answer (a Fluvio cluster away) is waited for:
+                // nothing was applied, and the next read starts at the same offset.
+                (Err(error), Some(shutdown)) if error.is_retryable() => {
+                    tracing::warn!(partition, %error, "the log is unavailable; reading again in {unavailable_pause:?}");
+                    runtime.block_on(pause(shutdown, unavailable_pause));
+                    unavailable_pause = (unavailable_pause * 2).min(UNAVAILABLE_PAUSE_MAX);
+                    continue;
+                }
+                (Err(error), _) => return Err(error.into()),
+            };
             if records.is_empty() {
                 let Some(shutdown) = shutdown.as_mut() else {
                     break; // caught up: the checkpoint after the loop commits what was applied
@@ -478,6 +499,14 @@ async fn wait_for_records(
         _ = log.wait_for_offset(partition, offset) => {}
         _ = shutdown.changed() => {}
         _ = deadline => {}
+    }
+}
+
+/// Sleeps `duration`, or until shutdown is asked for.
+async fn pause(shutdown: &mut watch::Receiver<bool>, duration: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => {}
+        _ = shutdown.changed() => {}
     }
 }
 

@@ -5,6 +5,7 @@ pub mod campaign;
 pub mod checkpoint;
 pub mod import;
 pub mod log;
+pub mod log_binding;
 pub mod process;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ pub fn log_dir(data_dir: &Path) -> PathBuf {
 /// Opens the data directory's embedded log, creating it with `partition_count` partitions if
 /// it does not exist yet.
 pub fn open_log(data_dir: &Path, partition_count: Option<u32>) -> anyhow::Result<EmbeddedLog> {
+    log_binding::ensure_embedded(data_dir)?;
     let mut options = EmbeddedLogOptions::default();
     if let Some(count) = partition_count {
         options.partition_count = count;

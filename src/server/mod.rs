@@ -27,7 +27,7 @@ use tally_ingest::routes::{IngestContext, IngestLimits};
 use tally_pipeline::campaigns::CampaignRegistry;
 use tally_pipeline::checkpoint::CheckpointStore;
 use tally_pipeline::clock::{Clock, SystemClock};
-use tally_pipeline::log::Log;
+use tally_pipeline::log::{FluvioLog, FluvioLogOptions, Log, LogLocation};
 use tally_pipeline::read_model::ReadModel;
 use tally_pipeline::runner::{DonationDirectory, Pipeline, PipelineConfig, RunMode};
 use tally_query::routes::QueryContext;
@@ -54,9 +54,18 @@ pub struct ServeArgs {
     /// through GET /v1/notifications.
     #[arg(long, env = "TALLY_NOTIFY_WEBHOOK")]
     pub notify_webhook: Option<String>,
+    /// Where the donation log lives: `embedded` (in the data directory) or
+    /// `fluvio://HOST:PORT/TOPIC` (a topic on a Fluvio cluster, created if missing). The first
+    /// start binds the data directory to it.
+    #[arg(long = "log", env = "TALLY_LOG_LOCATION", default_value = "embedded")]
+    pub log_location: LogLocation,
     /// Partitions of the log if this start creates it.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub partitions: u32,
+    /// Replicas of each partition when tally creates the Fluvio topic: 1 suits a one-SPU test
+    /// cluster; use at least 2 in production, where durability comes from replication.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub fluvio_replication: u32,
     /// Largest accepted donation, in cents.
     #[arg(long, default_value_t = IngestLimits::default().donation.amount_cents_max)]
     pub amount_cents_max: u64,
@@ -93,6 +102,30 @@ pub struct AppState {
     pub close_lock: tokio::sync::Mutex<()>,
 }
 
+/// Opens the log the data directory is bound to (binding it on first start).
+async fn open_log(data_dir: &std::path::Path, args: &ServeArgs) -> anyhow::Result<Arc<dyn Log>> {
+    use crate::commands::log_binding;
+    let bound_partitions = log_binding::bind(data_dir, &args.log_location, args.partitions)?;
+    match &args.log_location {
+        LogLocation::Embedded => Ok(Arc::new(crate::commands::open_log(
+            data_dir,
+            Some(args.partitions),
+        )?)),
+        LogLocation::Fluvio(location) => {
+            let partitions = bound_partitions.unwrap_or(args.partitions);
+            let options = FluvioLogOptions {
+                replication_factor: args.fluvio_replication,
+                ..FluvioLogOptions::default()
+            };
+            let log = FluvioLog::connect(&location.endpoint, &location.topic, partitions, options)
+                .await
+                .with_context(|| format!("cannot use the log at {}", args.log_location))?;
+            tracing::info!(log = %args.log_location, partitions, "log on a Fluvio cluster");
+            Ok(Arc::new(log))
+        }
+    }
+}
+
 /// Runs the server on `listener` until `shutdown` resolves; then stops taking requests, lets the
 /// in-flight ones finish, stops the pipeline and commits its checkpoints.
 pub async fn run(
@@ -102,7 +135,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let log: Arc<dyn Log> = Arc::new(crate::commands::open_log(&data_dir, Some(args.partitions))?);
+    let log = open_log(&data_dir, &args).await?;
     let store = Arc::new(crate::commands::open_store(
         &data_dir,
         log.partition_count(),
