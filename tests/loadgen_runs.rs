@@ -48,8 +48,8 @@ fn assert_verified(report: &Report) {
         "mismatches: {:#?}",
         verification.mismatches
     );
-    assert!(report.donations_acknowledged > 1_000, "{report:?}");
-    assert!(report.resends_sent > 0 && report.conflicts_sent > 0);
+    assert!(report.counters.donations_acknowledged > 1_000, "{report:?}");
+    assert!(report.counters.resends_sent > 0 && report.counters.conflicts_sent > 0);
 }
 
 /// A loopback port that was free a moment ago: the restarted server must come back on it.
@@ -74,7 +74,7 @@ fn a_run_with_the_server_sigkilled_and_restarted_still_verifies() {
         &format!("http://127.0.0.1:{port}"),
     );
     assert_verified(&report);
-    assert!(report.server_restarts >= 1, "{report:?}");
+    assert!(report.counters.server_restarts >= 1, "{report:?}");
 }
 
 #[test]
@@ -83,5 +83,5 @@ fn a_batched_run_verifies() {
     let server = ServerProcess::start(data_dir.path(), &[]);
     let report = block_on(&config(25, None, None), &server.base);
     assert_verified(&report);
-    assert!(report.requests_sent < report.donations_sent);
+    assert!(report.counters.requests_sent < report.counters.donations_sent);
 }

@@ -216,6 +216,15 @@ async fn drive_units<C: Callbacks>(stream: &Arc<Stream>, workers: Vec<C>) -> Out
             tokio::spawn(work_units(callbacks, stream, next_unit, deadline))
         })
         .collect();
+    let mut outcome = merge_workers(tasks).await;
+    outcome.elapsed = started.elapsed();
+    let taken = next_unit.load(Ordering::Relaxed).min(stream.units.len());
+    outcome.unsent = stream.units.len() - taken;
+    outcome
+}
+
+/// The workers' outcomes as one; a worker that panicked is an error.
+async fn merge_workers(tasks: Vec<tokio::task::JoinHandle<Outcome>>) -> Outcome {
     let mut outcome = Outcome::new();
     for task in tasks {
         match task.await {
@@ -223,9 +232,6 @@ async fn drive_units<C: Callbacks>(stream: &Arc<Stream>, workers: Vec<C>) -> Out
             Err(error) => outcome.note_error(&anyhow::anyhow!("a worker panicked: {error}")),
         }
     }
-    outcome.elapsed = started.elapsed();
-    let taken = next_unit.load(Ordering::Relaxed).min(stream.units.len());
-    outcome.unsent = stream.units.len() - taken;
     outcome
 }
 

@@ -217,13 +217,7 @@ async fn send_batches(
             })
         })
         .collect();
-    let mut outcome = Outcome::new();
-    for task in tasks {
-        match task.await {
-            Ok(worker) => outcome.merge(worker),
-            Err(error) => outcome.note_error(&anyhow::anyhow!("a worker panicked: {error}")),
-        }
-    }
+    let mut outcome = merge_workers(tasks).await;
     outcome.unsent = batches.len() - next_batch.load(Ordering::Relaxed).min(batches.len());
     outcome
 }

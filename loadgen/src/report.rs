@@ -14,9 +14,9 @@ use serde::Serialize;
 /// Latency histograms go from 1 µs to 10 minutes.
 const LATENCY_US_MAX: u64 = 600_000_000;
 
-/// Counters and histograms of one run, updated by the sending tasks.
-#[derive(Debug)]
-pub struct RunStats {
+/// What a run counted: the same in the live stats and in the report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
     pub requests_sent: u64,
     pub donations_sent: u64,
     pub donations_acknowledged: u64,
@@ -32,6 +32,12 @@ pub struct RunStats {
     /// Donations whose outcome stayed unknown after the retry window.
     pub gave_up: u64,
     pub server_restarts: u64,
+}
+
+/// Counters and histograms of one run, updated by the sending tasks.
+#[derive(Debug)]
+pub struct RunStats {
+    pub counters: Counters,
     latency_us: Histogram<u64>,
     freshness_us: Histogram<u64>,
     per_second: Vec<SecondStats>,
@@ -48,17 +54,7 @@ struct SecondStats {
 impl RunStats {
     pub fn new() -> Self {
         Self {
-            requests_sent: 0,
-            donations_sent: 0,
-            donations_acknowledged: 0,
-            resends_sent: 0,
-            conflicts_sent: 0,
-            invalid_sent: 0,
-            rate_limited_retries: 0,
-            unavailable_retries: 0,
-            refused_by_code: BTreeMap::new(),
-            gave_up: 0,
-            server_restarts: 0,
+            counters: Counters::default(),
             latency_us: latency_histogram(3),
             freshness_us: latency_histogram(3),
             per_second: Vec::new(),
@@ -70,7 +66,7 @@ impl RunStats {
     pub fn answered(&mut self, second: usize, latency: Duration, acknowledged: u64) {
         let us = (latency.as_micros() as u64).clamp(1, LATENCY_US_MAX);
         let _ = self.latency_us.record(us);
-        self.donations_acknowledged += acknowledged;
+        self.counters.donations_acknowledged += acknowledged;
         let slot = self.second(second);
         slot.requests_completed += 1;
         slot.donations_acknowledged += acknowledged;
@@ -79,6 +75,7 @@ impl RunStats {
 
     pub fn refused(&mut self, second: usize, status: u16, code: &str, count: u64) {
         *self
+            .counters
             .refused_by_code
             .entry(format!("{status} {code}"))
             .or_default() += count;
@@ -103,7 +100,7 @@ impl RunStats {
     }
 
     pub fn refused_total(&self) -> u64 {
-        self.refused_by_code.values().sum()
+        self.counters.refused_by_code.values().sum()
     }
 
     /// One line for the progress display.
@@ -120,9 +117,9 @@ impl RunStats {
             "[{bar}] {:>3.0}% {:>6.1}s  {recent:>6}/s  acked {}  refused {}  retried {}  p99 {:.1} ms",
             done * 100.0,
             elapsed.as_secs_f64(),
-            self.donations_acknowledged,
+            self.counters.donations_acknowledged,
             self.refused_total(),
-            self.rate_limited_retries + self.unavailable_retries,
+            self.counters.rate_limited_retries + self.counters.unavailable_retries,
             ms(&self.latency_us, 0.99),
         )
     }
@@ -149,18 +146,8 @@ impl RunStats {
                 (r + s.requests_completed, d + s.donations_acknowledged)
             });
         Report {
-            requests_sent: self.requests_sent,
-            donations_sent: self.donations_sent,
-            donations_acknowledged: self.donations_acknowledged,
+            counters: self.counters.clone(),
             distinct_donations_recorded: context.distinct_recorded,
-            resends_sent: self.resends_sent,
-            conflicts_sent: self.conflicts_sent,
-            invalid_sent: self.invalid_sent,
-            rate_limited_retries: self.rate_limited_retries,
-            unavailable_retries: self.unavailable_retries,
-            refused_by_code: self.refused_by_code.clone(),
-            gave_up: self.gave_up,
-            server_restarts: self.server_restarts,
             elapsed_s: seconds,
             achieved_requests_per_s: requests_in_schedule as f64 / scheduled_s,
             achieved_donations_per_s: donations_in_schedule as f64 / scheduled_s,
@@ -236,18 +223,9 @@ pub struct SecondReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub settings: BTreeMap<String, String>,
-    pub requests_sent: u64,
-    pub donations_sent: u64,
-    pub donations_acknowledged: u64,
+    #[serde(flatten)]
+    pub counters: Counters,
     pub distinct_donations_recorded: usize,
-    pub resends_sent: u64,
-    pub conflicts_sent: u64,
-    pub invalid_sent: u64,
-    pub rate_limited_retries: u64,
-    pub unavailable_retries: u64,
-    pub refused_by_code: BTreeMap<String, u64>,
-    pub gave_up: u64,
-    pub server_restarts: u64,
     pub elapsed_s: f64,
     /// Requests answered during the schedule, per second of it.
     pub achieved_requests_per_s: f64,
@@ -279,54 +257,66 @@ impl Report {
         for (name, value) in &self.settings {
             row(out, name, value.clone())?;
         }
-        row(out, "requests sent", self.requests_sent.to_string())?;
-        row(out, "donations sent", self.donations_sent.to_string())?;
+        row(
+            out,
+            "requests sent",
+            self.counters.requests_sent.to_string(),
+        )?;
+        row(
+            out,
+            "donations sent",
+            self.counters.donations_sent.to_string(),
+        )?;
         row(
             out,
             "  of which resends (same payment)",
-            self.resends_sent.to_string(),
+            self.counters.resends_sent.to_string(),
         )?;
         row(
             out,
             "  of which conflicting resends",
-            self.conflicts_sent.to_string(),
+            self.counters.conflicts_sent.to_string(),
         )?;
-        row(out, "invalid requests sent", self.invalid_sent.to_string())?;
+        row(
+            out,
+            "invalid requests sent",
+            self.counters.invalid_sent.to_string(),
+        )?;
         row(
             out,
             "donations acknowledged (2xx)",
-            self.donations_acknowledged.to_string(),
+            self.counters.donations_acknowledged.to_string(),
         )?;
         row(
             out,
             "distinct donations recorded",
             self.distinct_donations_recorded.to_string(),
         )?;
-        for (code, count) in &self.refused_by_code {
+        for (code, count) in &self.counters.refused_by_code {
             row(out, &format!("rejected {code}"), count.to_string())?;
         }
         row(
             out,
             "rate limited (429), retried",
-            self.rate_limited_retries.to_string(),
+            self.counters.rate_limited_retries.to_string(),
         )?;
         row(
             out,
             "unavailable/unanswered, retried",
-            self.unavailable_retries.to_string(),
+            self.counters.unavailable_retries.to_string(),
         )?;
-        if self.server_restarts > 0 {
+        if self.counters.server_restarts > 0 {
             row(
                 out,
                 "server SIGKILLed and restarted",
-                self.server_restarts.to_string(),
+                self.counters.server_restarts.to_string(),
             )?;
         }
-        if self.gave_up > 0 {
+        if self.counters.gave_up > 0 {
             row(
                 out,
                 "gave up retrying (outcome unknown)",
-                self.gave_up.to_string(),
+                self.counters.gave_up.to_string(),
             )?;
         }
         row(
@@ -391,7 +381,7 @@ mod tests {
             distinct_recorded: 1100,
             settings: BTreeMap::new(),
         });
-        assert_eq!(report.donations_acknowledged, 1100);
+        assert_eq!(report.counters.donations_acknowledged, 1100);
         assert!(
             (report.achieved_donations_per_s - 50.0).abs() < 1e-9,
             "seconds 0 and 1 of 2"
@@ -402,7 +392,7 @@ mod tests {
         assert_eq!(report.per_second[2].donations_acknowledged, 1000);
         assert!((report.latency.p50_ms - 51.0).abs() < 1.0, "{report:?}");
         assert!((report.latency.max_ms - 500.0).abs() < 1.0);
-        assert_eq!(report.refused_by_code["400 invalid_field"], 3);
+        assert_eq!(report.counters.refused_by_code["400 invalid_field"], 3);
         let mut table = Vec::new();
         report.write_table(&mut table).unwrap();
         let table = String::from_utf8(table).unwrap();

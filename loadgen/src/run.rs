@@ -271,14 +271,14 @@ impl Waves {
                     donation: Some(donation),
                 }),
                 Planned::Invalid { body } => {
-                    stats.invalid_sent += 1;
+                    stats.counters.invalid_sent += 1;
                     waves.first.push(Item {
                         body,
                         donation: None,
                     });
                 }
                 Planned::Resend { of, body, timing } => {
-                    stats.resends_sent += 1;
+                    stats.counters.resends_sent += 1;
                     let item = Item {
                         body,
                         donation: Some(of),
@@ -292,7 +292,7 @@ impl Waves {
                     }
                 }
                 Planned::Conflict { body, .. } => {
-                    stats.conflicts_sent += 1;
+                    stats.counters.conflicts_sent += 1;
                     waves.after.push(Item {
                         body,
                         donation: None,
@@ -380,16 +380,16 @@ impl Shared {
     fn retried(&self, status: u16, count: u64) {
         let mut stats = lock(&self.stats);
         if status == 429 {
-            stats.rate_limited_retries += count;
+            stats.counters.rate_limited_retries += count;
         } else {
-            stats.unavailable_retries += count;
+            stats.counters.unavailable_retries += count;
         }
     }
 
     fn gave_up(&self, items: &[Item]) {
         let donations: Vec<SentDonation> =
             items.iter().filter_map(|i| i.donation.clone()).collect();
-        lock(&self.stats).gave_up += donations.len() as u64;
+        lock(&self.stats).counters.gave_up += donations.len() as u64;
         lock(&self.unknown).extend(donations);
     }
 }
@@ -399,8 +399,8 @@ async fn send_single(shared: &Shared, item: &Item, mut due: Instant) {
     let give_up = Instant::now() + RETRY_WINDOW;
     {
         let mut stats = lock(&shared.stats);
-        stats.requests_sent += 1;
-        stats.donations_sent += 1;
+        stats.counters.requests_sent += 1;
+        stats.counters.donations_sent += 1;
     }
     loop {
         let answer = {
@@ -436,11 +436,11 @@ async fn send_batch(shared: &Shared, mut items: Vec<Item>, mut due: Instant) {
         return;
     }
     let give_up = Instant::now() + RETRY_WINDOW;
-    lock(&shared.stats).donations_sent += items.len() as u64;
+    lock(&shared.stats).counters.donations_sent += items.len() as u64;
     loop {
         let bodies: Vec<&Value> = items.iter().map(|i| &i.body).collect();
         let body = serde_json::to_vec(&bodies).unwrap_or_default();
-        lock(&shared.stats).requests_sent += 1;
+        lock(&shared.stats).counters.requests_sent += 1;
         let answer = {
             let _slot = shared.slots.acquire().await;
             shared.server.post_batch(&body).await
@@ -631,7 +631,7 @@ async fn crash_on_timer(
             () = tokio::time::sleep(every) => {}
         }
         server.kill_and_restart(&shared.server).await?;
-        lock(&shared.stats).server_restarts += 1;
+        lock(&shared.stats).counters.server_restarts += 1;
     }
 }
 
