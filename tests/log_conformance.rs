@@ -19,6 +19,11 @@ use tally_pipeline::log::{
 const ENDPOINT_VAR: &str = "TALLY_FLUVIO_ENDPOINT";
 /// Eight partitions, so the partitioner's pinned values apply.
 const PARTITIONS: u32 = 8;
+/// Segments of the Fluvio suite's topic: room for a few of the producer's 64 KiB batches.
+const SMALL_SEGMENT_BYTES: u32 = 256 * 1024;
+/// Records of the segment check, about five small segments' worth.
+const ACROSS_RECORDS: u64 = 1300;
+const ACROSS_VALUE_BYTES: usize = 1000;
 /// No check takes this long on a healthy backend; a hung one fails instead of hanging the run.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -42,7 +47,12 @@ fn fluvio_conformance_when_tally_fluvio_endpoint_is_set() {
     let topic = format!("tally-conformance-{}-{}", std::process::id(), unix_millis());
     eprintln!("fluvio: running the conformance suite on {endpoint}, topic {topic}");
     runtime().block_on(async {
-        let log = FluvioLog::connect(&endpoint, &topic, PARTITIONS, FluvioLogOptions::default())
+        // Small segments, so the suite's records fill several and reads cross their boundaries.
+        let options = FluvioLogOptions {
+            segment_bytes: SMALL_SEGMENT_BYTES,
+            ..FluvioLogOptions::default()
+        };
+        let log = FluvioLog::connect(&endpoint, &topic, PARTITIONS, options)
             .await
             .unwrap_or_else(|error| panic!("connecting to {endpoint}: {error}"));
         run_suite("fluvio", Arc::new(log)).await;
@@ -74,6 +84,7 @@ async fn run_suite(backend: &str, log: Arc<dyn Log>) {
     check(backend, "concurrent appenders", concurrent_appenders(&log)).await;
     check(backend, "partition for key", partition_for_key(&log)).await;
     check(backend, "large batch", large_batch(&log)).await;
+    check(backend, "reads across segments", across_segments(&log)).await;
 }
 
 async fn check(backend: &str, name: &str, body: impl Future<Output = ()>) {
@@ -312,6 +323,81 @@ async fn large_batch(log: &Arc<dyn Log>) {
     for ((got, offset), want) in by_offset.into_iter().zip(&ack.offsets).zip(&records) {
         assert_same(got, partition, *offset, want);
     }
+}
+
+/// Records filling several segments (on the Fluvio suite's topic): a follower that waits for
+/// each append reads them in order as they come, then they are read back in order, one by one
+/// at scattered offsets, and in short runs from scattered offsets.
+async fn across_segments(log: &Arc<dyn Log>) {
+    let partition = 7;
+    let start = log.end_offset(partition).await.unwrap();
+    let records: Vec<KeyedRecord> = (0..ACROSS_RECORDS)
+        .map(|i| record("across", i, ACROSS_VALUE_BYTES))
+        .collect();
+    let follower = {
+        let log = Arc::clone(log);
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut next = start;
+            while next < start + ACROSS_RECORDS {
+                let batch = log.read(partition, next, 500).await.unwrap();
+                if batch.is_empty() {
+                    log.wait_for_offset(partition, next).await.unwrap();
+                    continue;
+                }
+                next += batch.len() as u64;
+                got.extend(batch);
+            }
+            got
+        })
+    };
+    let mut offsets = Vec::new();
+    for chunk in records.chunks(100) {
+        let ack = log.append(partition, chunk.to_vec()).await.unwrap();
+        offsets.extend(ack.offsets);
+    }
+    // This check is the partition's only appender: its records are consecutive.
+    let end = start + ACROSS_RECORDS;
+    assert_eq!(offsets, (start..end).collect::<Vec<_>>());
+    let followed = follower.await.unwrap();
+    assert_eq!(followed.len() as u64, ACROSS_RECORDS);
+    for ((got, offset), want) in followed.iter().zip(start..).zip(&records) {
+        assert_same(got, partition, offset, want);
+    }
+    let in_order = read_range(log, partition, start, end).await;
+    for ((got, offset), want) in in_order.iter().zip(start..).zip(&records) {
+        assert_same(got, partition, offset, want);
+    }
+    // Scattered offsets (a fixed permutation), one record and then short runs.
+    let scattered = (0..ACROSS_RECORDS).map(|i| (i * 7919) % ACROSS_RECORDS);
+    for index in scattered.clone().step_by(3) {
+        let read = log.read(partition, start + index, 1).await.unwrap();
+        assert_eq!(read.len(), 1, "one record at {}", start + index);
+        assert_same(&read[0], partition, start + index, &records[index as usize]);
+    }
+    for index in scattered.step_by(29) {
+        let read = log.read(partition, start + index, 40).await.unwrap();
+        assert!(!read.is_empty(), "records at {}", start + index);
+        for (got, offset) in read.iter().zip(start + index..) {
+            assert_same(got, partition, offset, &records[(offset - start) as usize]);
+        }
+    }
+    // Waiting across the boundaries: the last record is there, the next one wakes a waiter.
+    log.wait_for_offset(partition, end - 1).await.unwrap();
+    let waiter = {
+        let log = Arc::clone(log);
+        tokio::spawn(async move { log.wait_for_offset(partition, end).await })
+    };
+    let last = record("across-last", 0, ACROSS_VALUE_BYTES);
+    let ack = log.append(partition, vec![last.clone()]).await.unwrap();
+    assert_eq!(ack.offsets, vec![end]);
+    waiter.await.unwrap().unwrap();
+    assert_same(
+        &log.read(partition, end, 1).await.unwrap()[0],
+        partition,
+        end,
+        &last,
+    );
 }
 
 /// Records `from..to` of a partition, read in batches, checking each starts where asked.

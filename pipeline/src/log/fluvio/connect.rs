@@ -19,10 +19,11 @@ use crate::log::LogError;
 const RETENTION_SECONDS: u32 = u32::MAX;
 /// ... and no size limit that would delete old segments.
 const PARTITION_BYTES_MAX: u64 = u64::MAX;
-/// Segments of a topic the log creates. A consumer fetches at most the rest of one segment, so
-/// with fetches as large as a segment no fetch ever ends inside a batch (see `reader`); small
-/// enough that such a fetch is a modest buffer (16 MiB, some 80,000 donations).
-const SEGMENT_BYTES: u32 = 16 * 1024 * 1024;
+/// Segments of a topic the log creates (the default of `FluvioLogOptions::segment_bytes`). A
+/// consumer fetches at most the rest of one segment, so with fetches as large as a segment no
+/// fetch ever ends inside a batch (see `reader`); small enough that such a fetch is a modest
+/// buffer (16 MiB, some 100,000 donations).
+pub(super) const SEGMENT_BYTES: u32 = 16 * 1024 * 1024;
 const _: () = assert!(SEGMENT_BYTES <= super::reader::FETCH_BYTES_MAX);
 
 /// Connects to the SC's public endpoint, with no profile file.
@@ -117,7 +118,7 @@ async fn create_topic(
         time_in_seconds: RETENTION_SECONDS,
     }));
     spec.set_storage(TopicStorageConfig {
-        segment_size: Some(SEGMENT_BYTES),
+        segment_size: Some(options.segment_bytes),
         max_partition_size: Some(PARTITION_BYTES_MAX),
     });
     let what = format!("creating topic {topic}");
@@ -129,8 +130,13 @@ async fn create_topic(
     .await;
     match created {
         Ok(()) => {
-            tracing::info!(topic, partition_count, "created the log's topic");
-            Ok(Some(SEGMENT_BYTES))
+            tracing::info!(
+                topic,
+                partition_count,
+                segment_bytes = options.segment_bytes,
+                "created the log's topic"
+            );
+            Ok(Some(options.segment_bytes))
         }
         // Another process created it first: check it like any existing topic.
         Err(error) => match find_topic(admin, topic, options.request_timeout).await? {

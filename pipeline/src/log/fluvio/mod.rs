@@ -35,7 +35,8 @@
 //! client's automatic consumer retry is off: it could skip records the cluster evicted and
 //! resume at an offset of its own choosing, where this log reconnects itself from the offset
 //! the caller asked for. Topics the log creates have 16 MiB segments and streams fetch a whole
-//! segment, because the client mishandles a fetch that ends inside a batch (see `reader`).
+//! segment, because the client mishandles a fetch that ends inside a batch (see `reader`); a
+//! read of one record where no stream waits uses a one-shot stream with a small fetch instead.
 //!
 //! # Limits
 //! Every wait on the cluster is bounded by [`FluvioLogOptions::request_timeout`] (the client
@@ -83,6 +84,11 @@ pub struct FluvioLogOptions {
     pub topic_ready_timeout: Duration,
     /// How long the producer waits for more records before sending a batch.
     pub linger: Duration,
+    /// Segment size of a topic the log creates (16 MiB); no effect on a topic that exists.
+    /// Streams fetch a whole segment, so it must stay within 64 MiB, and the SPU refuses a batch
+    /// larger than a segment, so it must stay well above the producer's 64 KiB batches. Tests
+    /// use a small one (a few hundred KiB) to cross segment boundaries cheaply.
+    pub segment_bytes: u32,
 }
 
 impl Default for FluvioLogOptions {
@@ -97,6 +103,7 @@ impl Default for FluvioLogOptions {
             // Long enough to gather concurrent appends into one produce request, short enough
             // not to show in the latency of an acknowledgement.
             linger: Duration::from_millis(1),
+            segment_bytes: connect::SEGMENT_BYTES,
         }
     }
 }

@@ -26,9 +26,9 @@ use super::connect::bounded;
 use crate::log::{KeyedRecord, LogError, Offset, PartitionId};
 
 /// The producer's batch size: large enough that a busy partition sends few requests.
-const BATCH_BYTES: usize = 64 * 1024;
+pub(super) const BATCH_BYTES: usize = 64 * 1024;
 /// A record's key and value at most. A donation is a few hundred bytes.
-const RECORD_BYTES_MAX: usize = 16 * 1024;
+pub(super) const RECORD_BYTES_MAX: usize = 16 * 1024;
 /// Bytes handed to one partition's producer and not yet answered for, at most.
 const IN_FLIGHT_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// Batches the producer queues per partition (Fluvio's default, set explicitly).

@@ -9,6 +9,16 @@
 //! A cursor that fails, or a read that is cancelled half-way, is dropped, never reused: the
 //! next read reopens a stream at the offset it asks for.
 //!
+//! # Reading one record elsewhere
+//! A stream's first fetch sends everything from the asked offset to the end of its segment, up
+//! to the fetch size. For a read of a single record where no cursor waits (dedupe reading a
+//! recorded donation back, often far behind the end) a whole-segment fetch would move and decode
+//! up to a whole segment (16 MiB) for one record, and, pooled, the stream would push the in-order
+//! cursor out of the pool. Such a read opens a one-shot stream with a small fetch
+//! ([`LOOKUP_FETCH_BYTES`], several of the log's largest batches): the SPU starts a fetch at the
+//! batch holding the offset, so that batch arrives whole and the record is in it. The stream is
+//! dropped after the read, never pooled.
+//!
 //! # Fetches that end inside a batch
 //! A stream fetches at most a fetch size of bytes at a time, and the SPU cuts the fetch at
 //! that size even inside a batch. The Fluvio 0.50 client then hands out the cut batch's first
@@ -41,6 +51,14 @@ pub(super) const FETCH_BYTES_MAX: u32 = 64 * 1024 * 1024;
 /// The fetch size for segments of unknown size (the SPU's default is 1 GiB).
 const FETCH_BYTES_DEFAULT: u32 = FETCH_BYTES_MAX;
 const _: () = assert!(FETCH_BYTES_MAX <= i32::MAX as u32);
+/// The fetch size of a one-shot stream reading a single record: several times the largest batch
+/// the log's producer writes, so the batch holding the record always arrives whole.
+pub(super) const LOOKUP_FETCH_BYTES: u32 = 1024 * 1024;
+const _: () = assert!(
+    LOOKUP_FETCH_BYTES as usize
+        >= 4 * (super::producer::BATCH_BYTES + super::producer::RECORD_BYTES_MAX)
+);
+const _: () = assert!(LOOKUP_FETCH_BYTES <= FETCH_BYTES_MAX);
 
 /// The fetch size for a topic's segment size: a whole segment, so no fetch ends inside a batch,
 /// as long as that stays within [`FETCH_BYTES_MAX`].
@@ -95,9 +113,22 @@ impl PartitionReader {
         from: Offset,
         count: u64,
     ) -> Result<Vec<LogRecord>, LogError> {
-        let mut cursor = match self.take(from) {
-            Some(cursor) => cursor,
-            None => self.open(client, topic, options, from).await?,
+        let (mut cursor, one_shot) = match self.take(from) {
+            Some(cursor) => (cursor, false),
+            // A single record where no cursor waits: most likely a read far from the in-order
+            // cursor. A small fetch holds its batch whole; the stream is not kept.
+            None if count == 1 => {
+                let cursor = self
+                    .open(client, topic, options, from, LOOKUP_FETCH_BYTES)
+                    .await?;
+                (cursor, true)
+            }
+            None => {
+                let cursor = self
+                    .open(client, topic, options, from, self.fetch_bytes)
+                    .await?;
+                (cursor, false)
+            }
         };
         let pulled = self.pull(client, topic, options, &mut cursor, count);
         let records = match tokio::time::timeout(options.request_timeout, pulled).await {
@@ -112,7 +143,9 @@ impl PartitionReader {
                 });
             }
         };
-        self.put_back(cursor);
+        if !one_shot {
+            self.put_back(cursor);
+        }
         Ok(records)
     }
 
@@ -127,7 +160,10 @@ impl PartitionReader {
     ) -> Result<(), LogError> {
         let cursor = match self.take(offset) {
             Some(cursor) => cursor,
-            None => self.open(client, topic, options, offset).await?,
+            None => {
+                self.open(client, topic, options, offset, self.fetch_bytes)
+                    .await?
+            }
         };
         // If the wait is cancelled, the cursor goes back to the pool: peeking consumes nothing.
         let mut lease = Lease {
@@ -153,7 +189,8 @@ impl PartitionReader {
     ///
     /// A stream can skip records the cluster still has (a fetch that ended inside a batch, see
     /// the module doc), so a stream that skips, fails or ends is replaced by one opened at the
-    /// offset due, once per offset; only if that one skips too are the records lost.
+    /// offset due with the whole-segment fetch size, once per offset; only if that one skips too
+    /// are the records lost.
     async fn pull(
         &self,
         client: &Fluvio,
@@ -176,7 +213,9 @@ impl PartitionReader {
                 _ if reopened_at != Some(expected) => {
                     tracing::debug!(partition = self.partition, expected, "reopening a stream");
                     reopened_at = Some(expected);
-                    *cursor = self.open(client, topic, options, expected).await?;
+                    *cursor = self
+                        .open(client, topic, options, expected, self.fetch_bytes)
+                        .await?;
                 }
                 Some(Ok(record)) => return Err(skipped(self.partition, expected, &record)),
                 Some(Err(code)) => return Err(stream_error(self.partition, expected, &code)),
@@ -192,6 +231,7 @@ impl PartitionReader {
         topic: &str,
         options: &FluvioLogOptions,
         offset: Offset,
+        fetch_bytes: u32,
     ) -> Result<Cursor, LogError> {
         let what = format!(
             "opening a stream on partition {} at offset {offset}",
@@ -201,7 +241,7 @@ impl PartitionReader {
             reason: format!("{what}: {reason}"),
         };
         // The fetch size is at most FETCH_BYTES_MAX, well within an i32.
-        let fetch_bytes_wire = i32::try_from(self.fetch_bytes).unwrap_or(i32::MAX);
+        let fetch_bytes_wire = i32::try_from(fetch_bytes).unwrap_or(i32::MAX);
         // Offsets stay far below i64::MAX: a partition would need 2^63 records.
         let start = i64::try_from(offset).map_err(|error| invalid(error.to_string()))?;
         let start = fluvio::Offset::absolute(start).map_err(|error| invalid(error.to_string()))?;
