@@ -150,12 +150,9 @@ fn generate(root: &Path, count: u64, duplicate_percent: u64) -> anyhow::Result<(
             }
             event
         };
-        let key = event.payment_ref.clone().into_bytes();
-        let partition = partitioner.partition_for_key(&key);
-        batch[partition as usize].push(KeyedRecord {
-            key,
-            value: envelope::encode(&event),
-        });
+        let record = envelope::keyed_record(&event);
+        let partition = partitioner.partition_for_key(&record.key);
+        batch[partition as usize].push(record);
         if batch[partition as usize].len() >= APPEND_BATCH {
             let records = std::mem::take(&mut batch[partition as usize]);
             runtime.block_on(log.append(partition, records))?;

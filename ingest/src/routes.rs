@@ -18,7 +18,7 @@ use tally_pipeline::campaigns::{CampaignRegistry, CampaignStatus};
 use tally_pipeline::clock::Clock;
 use tally_pipeline::event::validate::{DonationInput, DonationLimits, validate_donation};
 use tally_pipeline::event::{DonationEvent, envelope};
-use tally_pipeline::log::{KeyedRecord, Log, Offset, PartitionId, append_keyed};
+use tally_pipeline::log::{Log, Offset, PartitionId, append_keyed};
 use tally_pipeline::runner::DonationDirectory;
 
 use crate::error::ApiError;
@@ -325,13 +325,7 @@ impl IngestContext {
             return Ok(Vec::new());
         }
         let count = events.len() as u64;
-        let records = events
-            .iter()
-            .map(|event| KeyedRecord {
-                key: event.payment_ref.clone().into_bytes(),
-                value: envelope::encode(event),
-            })
-            .collect();
+        let records = events.iter().map(envelope::keyed_record).collect();
         let placements = append_keyed(self.log.as_ref(), records)
             .await
             .map_err(|error| {

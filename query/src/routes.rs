@@ -21,7 +21,7 @@ use tally_pipeline::operators::event_time_windows::Granularity;
 use tally_pipeline::read_model::{ReadModel, StatsError};
 use tally_pipeline::runner::DonationDirectory;
 
-use crate::views::{CampaignView, DonationView, Freshness, StatsView, rfc3339};
+use crate::views::{CampaignView, DonationView, Freshness, RecordedDonation, StatsView, rfc3339};
 
 /// Live updates are coalesced to at most one per this interval (about ten a second).
 const LIVE_UPDATE_INTERVAL: Duration = Duration::from_millis(100);
@@ -256,15 +256,7 @@ async fn get_donation(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .resends(offset);
     Ok(axum::Json(DonationView {
-        payment_ref: event.payment_ref,
-        order_id: event.order_id,
-        user_id: event.user_id,
-        campaign_id: event.campaign_id,
-        amount_cents: event.amount_cents,
-        currency: event.currency,
-        paid_at: rfc3339(event.paid_at.unix_ms()),
-        partition,
-        offset,
+        donation: RecordedDonation::new(event, partition, offset),
         recorded_at: rfc3339(record.append_time_ms),
         duplicates: resends.duplicates,
         conflicts: resends.conflicts,

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use tally_pipeline::campaigns::{Campaign, Reconciliation};
-use tally_pipeline::event::EventTime;
+use tally_pipeline::event::{DonationEvent, EventTime};
 use tally_pipeline::log::{Offset, PartitionId};
 use tally_pipeline::operators::campaign_totals::CampaignTotal;
 use tally_pipeline::read_model::{CampaignStats, SeriesPoint};
@@ -116,9 +116,10 @@ impl StatsView {
     }
 }
 
-/// A recorded donation, with how often its payment was sent again.
+/// A donation as the log records it, and where: the shape both the donation lookup and donor
+/// notifications answer with.
 #[derive(Debug, Clone, Serialize)]
-pub struct DonationView {
+pub struct RecordedDonation {
     pub payment_ref: String,
     pub order_id: String,
     pub user_id: String,
@@ -128,6 +129,29 @@ pub struct DonationView {
     pub paid_at: String,
     pub partition: PartitionId,
     pub offset: Offset,
+}
+
+impl RecordedDonation {
+    pub fn new(event: DonationEvent, partition: PartitionId, offset: Offset) -> Self {
+        Self {
+            payment_ref: event.payment_ref,
+            order_id: event.order_id,
+            user_id: event.user_id,
+            campaign_id: event.campaign_id,
+            amount_cents: event.amount_cents,
+            currency: event.currency,
+            paid_at: rfc3339(event.paid_at.unix_ms()),
+            partition,
+            offset,
+        }
+    }
+}
+
+/// A recorded donation, with how often its payment was sent again.
+#[derive(Debug, Clone, Serialize)]
+pub struct DonationView {
+    #[serde(flatten)]
+    pub donation: RecordedDonation,
     pub recorded_at: String,
     pub duplicates: u32,
     pub conflicts: u32,

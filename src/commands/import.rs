@@ -117,10 +117,7 @@ fn parse_line(line: &[u8], limits: &DonationLimits) -> Result<Option<KeyedRecord
     let input =
         validate_donation(&value, limits, SystemClock.now_ms()).map_err(|e| e.to_string())?;
     let event = input.into_event(None).map_err(|e| e.to_string())?;
-    Ok(Some(KeyedRecord {
-        key: event.payment_ref.clone().into_bytes(),
-        value: envelope::encode(&event),
-    }))
+    Ok(Some(envelope::keyed_record(&event)))
 }
 
 /// Reads one line into `line` (without its newline), keeping at most `LINE_BYTES_MAX + 1`

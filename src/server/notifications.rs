@@ -21,6 +21,7 @@ use tally_pipeline::event::envelope;
 use tally_pipeline::log::{Log, Offset, PartitionId};
 use tally_pipeline::read_model::{PartitionProgress, ReadModel};
 use tally_pipeline::runner::DonationDirectory;
+use tally_query::views::RecordedDonation;
 use tokio::sync::watch;
 
 /// Records read from the log per scan step.
@@ -33,18 +34,7 @@ const RETRY_DELAY_MAX: Duration = Duration::from_secs(10);
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One notification: a recorded donation, as the donor is told about it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Notification {
-    pub partition: PartitionId,
-    pub offset: Offset,
-    pub payment_ref: String,
-    pub order_id: String,
-    pub user_id: String,
-    pub campaign_id: String,
-    pub amount_cents: u64,
-    pub currency: String,
-    pub paid_at: String,
-}
+pub type Notification = RecordedDonation;
 
 #[derive(Debug, Serialize)]
 pub struct Page {
@@ -185,17 +175,7 @@ impl Notifications {
                     .is_recorded_at(&event.payment_ref, record.offset);
                 next = record.offset + 1;
                 if recorded {
-                    found.push(Notification {
-                        partition,
-                        offset: record.offset,
-                        payment_ref: event.payment_ref,
-                        order_id: event.order_id,
-                        user_id: event.user_id,
-                        campaign_id: event.campaign_id,
-                        amount_cents: event.amount_cents,
-                        currency: event.currency,
-                        paid_at: tally_query::views::rfc3339(event.paid_at.unix_ms()),
-                    });
+                    found.push(Notification::new(event, partition, record.offset));
                     if found.len() >= limit {
                         break;
                     }

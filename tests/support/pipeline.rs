@@ -9,7 +9,7 @@ use tally_pipeline::checkpoint::CheckpointStore;
 use tally_pipeline::clock::SystemClock;
 use tally_pipeline::event::{DonationEvent, EventTime, envelope};
 use tally_pipeline::log::{
-    EmbeddedLog, EmbeddedLogOptions, KeyedRecord, Log, Offset, PartitionId, append_keyed,
+    EmbeddedLog, EmbeddedLogOptions, Log, Offset, PartitionId, append_keyed,
 };
 use tally_pipeline::read_model::ReadModel;
 use tally_pipeline::runner::{Pipeline, PipelineConfig, RunMode};
@@ -50,13 +50,7 @@ impl DataDir {
         log: &EmbeddedLog,
         events: &[DonationEvent],
     ) -> Vec<(PartitionId, Offset)> {
-        let records = events
-            .iter()
-            .map(|event| KeyedRecord {
-                key: event.payment_ref.clone().into_bytes(),
-                value: envelope::encode(event),
-            })
-            .collect();
+        let records = events.iter().map(envelope::keyed_record).collect();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

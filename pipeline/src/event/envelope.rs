@@ -40,6 +40,15 @@ pub enum EnvelopeError {
     Malformed { version: u8, reason: String },
 }
 
+/// An event as a log record: keyed by its `payment_ref`, which picks its partition, so every
+/// resend of one payment lands in one partition.
+pub fn keyed_record(event: &DonationEvent) -> crate::log::KeyedRecord {
+    crate::log::KeyedRecord {
+        key: event.payment_ref.clone().into_bytes(),
+        value: encode(event),
+    }
+}
+
 /// Encodes an event in the current format.
 pub fn encode(event: &DonationEvent) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(encoded_len_hint(event));
