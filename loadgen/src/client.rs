@@ -45,6 +45,34 @@ pub enum BatchAnswer {
     Unreachable,
 }
 
+/// How a signed POST ended without a 2xx answer to read.
+#[derive(Debug)]
+enum Unanswered {
+    Refused { status: u16, code: String },
+    RetryAfter { status: u16, wait: Duration },
+    Unreachable,
+}
+
+impl From<Unanswered> for SingleAnswer {
+    fn from(unanswered: Unanswered) -> Self {
+        match unanswered {
+            Unanswered::Refused { status, code } => SingleAnswer::Refused { status, code },
+            Unanswered::RetryAfter { status, wait } => SingleAnswer::RetryAfter { status, wait },
+            Unanswered::Unreachable => SingleAnswer::Unreachable,
+        }
+    }
+}
+
+impl From<Unanswered> for BatchAnswer {
+    fn from(unanswered: Unanswered) -> Self {
+        match unanswered {
+            Unanswered::Refused { status, code } => BatchAnswer::Refused { status, code },
+            Unanswered::RetryAfter { status, wait } => BatchAnswer::RetryAfter { status, wait },
+            Unanswered::Unreachable => BatchAnswer::Unreachable,
+        }
+    }
+}
+
 /// A tally server over HTTP.
 #[derive(Debug, Clone)]
 pub struct Server {
@@ -109,54 +137,21 @@ impl Server {
     }
 
     pub async fn post_donation(&self, body: &[u8]) -> SingleAnswer {
-        let response = match self.signed_post("/v1/donations", body).await {
-            Ok(response) => response,
-            Err(_) => return SingleAnswer::Unreachable,
-        };
-        let status = response.status();
-        if let Some(wait) = retry_after(&response) {
-            let status = status.as_u16();
-            return SingleAnswer::RetryAfter { status, wait };
-        }
-        let answer: Value = match response.json().await {
+        let answer = match self.post_signed_json("/v1/donations", body).await {
             Ok(answer) => answer,
-            Err(_) if status.is_success() => return SingleAnswer::Unreachable,
-            Err(_) => Value::Null,
+            Err(unanswered) => return unanswered.into(),
         };
-        if status.is_success() {
-            match placement(&answer) {
-                Some(placement) => SingleAnswer::Accepted(placement),
-                None => SingleAnswer::Unreachable,
-            }
-        } else {
-            SingleAnswer::Refused {
-                status: status.as_u16(),
-                code: error_code(&answer),
-            }
+        match placement(&answer) {
+            Some(placement) => SingleAnswer::Accepted(placement),
+            None => SingleAnswer::Unreachable,
         }
     }
 
     pub async fn post_batch(&self, body: &[u8]) -> BatchAnswer {
-        let response = match self.signed_post("/v1/donations/batch", body).await {
-            Ok(response) => response,
-            Err(_) => return BatchAnswer::Unreachable,
-        };
-        let status = response.status();
-        if let Some(wait) = retry_after(&response) {
-            let status = status.as_u16();
-            return BatchAnswer::RetryAfter { status, wait };
-        }
-        let answer: Value = match response.json().await {
+        let answer = match self.post_signed_json("/v1/donations/batch", body).await {
             Ok(answer) => answer,
-            Err(_) if status.is_success() => return BatchAnswer::Unreachable,
-            Err(_) => Value::Null,
+            Err(unanswered) => return unanswered.into(),
         };
-        if !status.is_success() {
-            return BatchAnswer::Refused {
-                status: status.as_u16(),
-                code: error_code(&answer),
-            };
-        }
         let index = |item: &Value| item["index"].as_u64().map(|i| i as usize);
         let accepted = answer["results"]
             .as_array()
@@ -222,6 +217,28 @@ impl Server {
             return None;
         }
         response.json().await.ok()
+    }
+
+    /// A signed POST's JSON answer when it is a 2xx; otherwise how it ended.
+    async fn post_signed_json(&self, path: &str, body: &[u8]) -> Result<Value, Unanswered> {
+        let response = self
+            .signed_post(path, body)
+            .await
+            .map_err(|_| Unanswered::Unreachable)?;
+        let status = response.status();
+        if let Some(wait) = retry_after(&response) {
+            let status = status.as_u16();
+            return Err(Unanswered::RetryAfter { status, wait });
+        }
+        match response.json::<Value>().await {
+            Ok(answer) if status.is_success() => Ok(answer),
+            // A 2xx whose body did not arrive: the outcome is unknown.
+            Err(_) if status.is_success() => Err(Unanswered::Unreachable),
+            answer => Err(Unanswered::Refused {
+                status: status.as_u16(),
+                code: error_code(&answer.unwrap_or_default()),
+            }),
+        }
     }
 
     async fn signed_post(&self, path: &str, body: &[u8]) -> reqwest::Result<reqwest::Response> {
