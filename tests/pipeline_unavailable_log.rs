@@ -1,6 +1,7 @@
 //! A following pipeline waits out a log that does not answer (a Fluvio cluster away): reads that
-//! fail as unavailable are retried from the same offset, so every record is still applied once;
-//! a catch-up run reports the error instead.
+//! fail as unavailable — of the next records, or of a recorded donation dedupe compares a resend
+//! with — are retried from the same offset, so every record is still applied once; a catch-up
+//! run reports the error instead.
 
 mod support;
 
@@ -25,11 +26,13 @@ const UNAVAILABLE_READS: u32 = 6;
 /// Bound on waiting for the follower to apply everything; reaching it fails the test.
 const APPLY_WAIT: Duration = Duration::from_secs(60);
 
-/// The embedded log, but its first `failures` reads answer `Unavailable`.
+/// The embedded log, but its first `failures_left` reads answer `Unavailable` (only reads of
+/// one record, dedupe's look-ups, with `only_lookups`).
 #[derive(Debug)]
 struct FlakyLog {
     inner: Arc<EmbeddedLog>,
     failures_left: AtomicU32,
+    only_lookups: bool,
 }
 
 #[async_trait]
@@ -52,10 +55,11 @@ impl Log for FlakyLog {
         from: Offset,
         records_max: usize,
     ) -> Result<Vec<LogRecord>, LogError> {
-        let failing = self
-            .failures_left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
+        let failing = (records_max == 1 || !self.only_lookups)
+            && self
+                .failures_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
         if failing {
             return Err(LogError::Unavailable {
                 reason: "the cluster did not answer in time".into(),
@@ -77,15 +81,27 @@ impl Log for FlakyLog {
     }
 }
 
+fn donations() -> Vec<tally_pipeline::event::DonationEvent> {
+    (0..DONATIONS)
+        .map(|i| donation(&format!("pay-{i}"), "meals", 100 + i, 1_795_546_800_000, 1))
+        .collect()
+}
+
 fn flaky_pipeline(dir: &DataDir) -> (Pipeline, Arc<FlakyLog>) {
     let inner = dir.open_log();
-    let events: Vec<_> = (0..DONATIONS)
-        .map(|i| donation(&format!("pay-{i}"), "meals", 100 + i, 1_795_546_800_000, 1))
-        .collect();
-    dir.append(&inner, &events);
+    dir.append(&inner, &donations());
+    pipeline_over(dir, inner, false)
+}
+
+fn pipeline_over(
+    dir: &DataDir,
+    inner: Arc<EmbeddedLog>,
+    only_lookups: bool,
+) -> (Pipeline, Arc<FlakyLog>) {
     let log = Arc::new(FlakyLog {
         inner,
         failures_left: AtomicU32::new(UNAVAILABLE_READS),
+        only_lookups,
     });
     let (store, _notes) = CheckpointStore::open(&dir.state_dir(), PARTITIONS).expect("state");
     let config = PipelineConfig {
@@ -114,13 +130,52 @@ fn a_following_pipeline_waits_out_an_unavailable_log_and_applies_everything_once
     let root = tempfile::tempdir().expect("temp dir");
     let dir = DataDir::new(root.path(), PARTITIONS);
     let (pipeline, log) = flaky_pipeline(&dir);
+    follow_until_applied(&pipeline, &log, DONATIONS, DONATIONS);
+}
+
+/// Resends of donations recorded before a restart are compared with the recorded ones read back
+/// from the log; those reads fail for a while, and the follower waits instead of stopping.
+#[test]
+fn a_following_pipeline_waits_out_an_unavailable_log_when_comparing_resends() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let dir = DataDir::new(root.path(), PARTITIONS);
+    let inner = dir.open_log();
+    dir.append(&inner, &donations());
+    {
+        let (first_run, _) = pipeline_over(&dir, Arc::clone(&inner), true);
+        first_run
+            .run(RunMode::CatchUp)
+            .expect("no look-up fails without resends");
+    }
+    dir.append(&inner, &donations());
+    let (pipeline, log) = pipeline_over(&dir, inner, true);
+    follow_until_applied(&pipeline, &log, DONATIONS, 2 * DONATIONS);
+    let duplicates: u64 = pipeline
+        .read_model()
+        .progress()
+        .iter()
+        .map(|p| p.counters.duplicates)
+        .sum();
+    assert_eq!(duplicates, DONATIONS, "every resend is a duplicate");
+}
+
+/// Follows until every partition applied `records` in all, then checks each donation counted once.
+fn follow_until_applied(pipeline: &Pipeline, log: &FlakyLog, donations: u64, records: u64) {
+    let applied_records = || -> u64 {
+        pipeline
+            .read_model()
+            .progress()
+            .iter()
+            .map(|p| p.applied_offset)
+            .sum()
+    };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let follower = {
         let pipeline = pipeline.clone();
         std::thread::spawn(move || pipeline.run(RunMode::Follow { shutdown }))
     };
     let deadline = Instant::now() + APPLY_WAIT;
-    while pipeline.read_model().campaign_total("meals").donations < DONATIONS {
+    while applied_records() < records {
         assert!(
             Instant::now() < deadline,
             "the follower did not apply every donation after the log came back"
@@ -138,11 +193,11 @@ fn a_following_pipeline_waits_out_an_unavailable_log_and_applies_everything_once
         "every failure was met"
     );
     let applied: Offset = summaries.iter().map(|s| s.next_offset).sum();
-    assert_eq!(applied, DONATIONS);
+    assert_eq!(applied, records);
     let total = pipeline.read_model().campaign_total("meals");
     assert_eq!(
         (total.donations, total.total_cents),
-        (DONATIONS, expected_total_cents()),
+        (donations, expected_total_cents()),
         "each donation counted once"
     );
 }

@@ -11,8 +11,10 @@
 //! - [`signature`]: the `Tally-Signature` header, HMAC-SHA256 signing and replay-safe checking
 //!   of callbacks.
 //! - [`rate_limit`]: per-user token buckets in bounded memory, answering how long to wait.
+//! - [`remote`]: donations in partitions another node runs, asked of that node.
 
 pub mod error;
 pub mod rate_limit;
+pub mod remote;
 pub mod routes;
 pub mod signature;

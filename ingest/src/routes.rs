@@ -23,6 +23,7 @@ use tally_pipeline::runner::DonationDirectory;
 
 use crate::error::ApiError;
 use crate::rate_limit::RateLimiter;
+use crate::remote::RemoteDonations;
 use crate::signature::{self, SIGNATURE_HEADER, SigningSecret};
 
 /// Bounds on what one request may carry.
@@ -66,6 +67,8 @@ pub struct IngestContext {
     /// that no donation validated against an open campaign lands after its close point.
     pub intake: Arc<tokio::sync::RwLock<()>>,
     pub directory: Arc<DonationDirectory>,
+    /// Asks other nodes about partitions they run (on a shared log).
+    pub remote: Option<Arc<dyn RemoteDonations>>,
     pub signing_secret: SigningSecret,
     pub limits: IngestLimits,
     pub rate_limiter: RateLimiter,
@@ -263,7 +266,12 @@ impl IngestContext {
 
     /// Checks a valid donation against its campaign.
     async fn admit(&self, input: DonationInput) -> Result<Admission, ApiError> {
-        let Some(campaign) = self.campaigns.get(&input.campaign_id) else {
+        let campaign = self
+            .campaigns
+            .get_fresh(&input.campaign_id)
+            .await
+            .map_err(ApiError::log_unavailable)?;
+        let Some(campaign) = campaign else {
             return Err(ApiError::unprocessable(
                 "unknown_campaign",
                 "campaign_id",
@@ -271,7 +279,7 @@ impl IngestContext {
             ));
         };
         if campaign.status != CampaignStatus::Open {
-            if let Some(placement) = self.recorded_placement(&input.payment_ref).await {
+            if let Some(placement) = self.recorded_placement(&input.payment_ref).await? {
                 return Ok(Admission::AlreadyRecorded(placement.0, placement.1));
             }
             return Err(ApiError::unprocessable(
@@ -299,9 +307,28 @@ impl IngestContext {
         Ok(Admission::Append(input.into_event(Some(&currency))?))
     }
 
-    /// Where a payment's donation is recorded, if it is.
-    async fn recorded_placement(&self, payment_ref: &str) -> Option<(PartitionId, Offset)> {
+    /// Where a payment's donation is recorded, if it is. A log or node that cannot tell is an
+    /// error (503), never "not recorded": the payment system must not hear that a counted
+    /// donation was refused.
+    async fn recorded_placement(
+        &self,
+        payment_ref: &str,
+    ) -> Result<Option<(PartitionId, Offset)>, ApiError> {
         let partition = self.log.partition_for_key(payment_ref.as_bytes());
+        if let Some(remote) = &self.remote
+            && let Some(answer) = remote.lookup(partition, payment_ref).await
+        {
+            let answer = answer?;
+            if answer.status.is_server_error() {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "owner_unavailable",
+                    "the node that runs this payment's partition cannot tell whether it is recorded; retry",
+                )
+                .with_retry_after(1));
+            }
+            return Ok(answer.placement());
+        }
         let candidate = {
             let index = self.directory.index(partition);
             let index = index
@@ -309,11 +336,20 @@ impl IngestContext {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             index.recorded_offset_candidate(payment_ref)
         };
-        let offset = candidate?;
-        let records = self.log.read(partition, offset, 1).await.ok()?;
-        let record = records.first()?;
-        let event = envelope::decode(&record.value).ok()?;
-        (event.payment_ref == payment_ref).then_some((partition, offset))
+        let Some(offset) = candidate else {
+            return Ok(None);
+        };
+        let records = self
+            .log
+            .read(partition, offset, 1)
+            .await
+            .map_err(ApiError::log_unavailable)?;
+        let Some(record) = records.first() else {
+            return Ok(None);
+        };
+        let event =
+            envelope::decode(&record.value).map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok((event.payment_ref == payment_ref).then_some((partition, offset)))
     }
 
     /// Appends events durably; their placements in order.

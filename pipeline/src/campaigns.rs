@@ -1,19 +1,34 @@
 //! Campaigns: what donations may be given to, and the reconciled final total of a closed one.
 //!
 //! Campaign definitions are not derived from donations, so they have a log of their own: the
-//! control log (`<data-dir>/control/`, an embedded log of one partition). Every change — created,
-//! closing, closed — is appended there durably before it takes effect, and replaying it on start
-//! gives the registry back. Like the donation log, it is a record of truth.
+//! control log — `<data-dir>/control/` (an embedded log of one partition) beside the embedded
+//! donation log, or the `<topic>-campaigns` topic on a Fluvio cluster, shared by every node.
+//! Every change is appended there durably, and takes effect when the registry **folds** it: the
+//! log's order decides, so two nodes creating one campaign at once get one winner, and every
+//! node validates donations against the same campaigns. Like the donation log, it is a record
+//! of truth.
+//!
+//! Closing spans every node taking donations:
+//! ```text
+//! CloseRequested ─► each live node stops intake for it, then appends IntakeStopped
+//!                ─► CloseStarted (the donation log's end offsets: the close point)
+//!                ─► Closed (the reconciled final total)
+//! ```
+//! A folded `CloseRequested` already makes every node refuse new donations for the campaign;
+//! `IntakeStopped` says a node has no donation for it still being appended. Later records of
+//! a step that already happened (a second close racing the first) change nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::codec;
 use crate::event::EventTime;
-use crate::log::{EmbeddedLog, EmbeddedLogOptions, KeyedRecord, LogError, Offset};
+use crate::log::{EmbeddedLog, EmbeddedLogOptions, KeyedRecord, Log, LogError, Offset};
 
 /// What an operator states when creating a campaign.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,13 +79,20 @@ pub struct Campaign {
     pub definition: CampaignDefinition,
     pub created_at: EventTime,
     pub status: CampaignStatus,
+    /// Where its `Created` record sits in the control log.
+    #[serde(default)]
+    pub created_offset: Offset,
+    /// Nodes that stopped taking donations for it since a close was requested.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub intake_stopped: BTreeSet<String>,
     /// Per partition, the log end when the campaign stopped accepting donations.
     pub close_offsets: Option<Vec<Offset>>,
     pub closed_at: Option<EventTime>,
     pub reconciliation: Option<Reconciliation>,
 }
 
-/// One change to the registry, as stored in the control log.
+/// One change to the registry, as stored in the control log. New kinds go at the end: the
+/// encoding numbers them in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum CampaignEvent {
     Created {
@@ -86,6 +108,26 @@ enum CampaignEvent {
         at: EventTime,
         reconciliation: Reconciliation,
     },
+    CloseRequested {
+        campaign_id: String,
+        node_id: String,
+    },
+    IntakeStopped {
+        campaign_id: String,
+        node_id: String,
+    },
+}
+
+impl CampaignEvent {
+    fn campaign_id(&self) -> &str {
+        match self {
+            CampaignEvent::Created { definition, .. } => &definition.campaign_id,
+            CampaignEvent::CloseStarted { campaign_id, .. }
+            | CampaignEvent::Closed { campaign_id, .. }
+            | CampaignEvent::CloseRequested { campaign_id, .. }
+            | CampaignEvent::IntakeStopped { campaign_id, .. } => campaign_id,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,193 +150,371 @@ pub enum CampaignError {
     Undecodable { offset: Offset, reason: String },
 }
 
-/// Campaigns by id, backed by the control log.
+/// The registry as folded from the control log.
+#[derive(Debug, Default)]
+struct Folded {
+    next_offset: Offset,
+    /// Shared snapshots: a look-up on the ingest path is a reference count, not a copy.
+    campaigns: BTreeMap<String, Arc<Campaign>>,
+}
+
+/// Campaigns by id, folded from the control log.
 #[derive(Debug)]
 pub struct CampaignRegistry {
-    control: EmbeddedLog,
-    /// Shared snapshots: a look-up on the ingest path is a reference count, not a copy.
-    campaigns: RwLock<BTreeMap<String, Arc<Campaign>>>,
+    control: Arc<dyn Log>,
+    folded: RwLock<Folded>,
+    /// One fold at a time.
+    folding: tokio::sync::Mutex<()>,
+    /// When a look-up of an unknown campaign last read the control log.
+    unknown_refreshed: std::sync::Mutex<Option<Instant>>,
+    /// The offset folded through, for waiters.
+    progress: watch::Sender<Offset>,
 }
 
 /// Control records replayed per read.
 const REPLAY_BATCH: usize = 1024;
+/// A look-up of a campaign this node does not know reads the control log at most this often.
+const UNKNOWN_REFRESH_INTERVAL: Duration = Duration::from_millis(50);
 
 impl CampaignRegistry {
-    /// Opens (creating if needed) the control log in `dir` and replays it.
-    pub fn open(dir: &Path) -> Result<Self, CampaignError> {
+    /// Opens (creating if needed) the embedded control log in `dir` and replays it.
+    pub async fn open_embedded(dir: &Path) -> Result<Self, CampaignError> {
         let options = EmbeddedLogOptions {
             partition_count: 1,
             ..EmbeddedLogOptions::default()
         };
-        let control = EmbeddedLog::open(dir, options)?;
-        let mut campaigns = BTreeMap::new();
-        let partition = control.partition(0)?;
-        let mut next = 0;
+        let control: Arc<dyn Log> = Arc::new(EmbeddedLog::open(dir, options)?);
+        Self::open(control).await
+    }
+
+    /// Replays a control log of one partition.
+    pub async fn open(control: Arc<dyn Log>) -> Result<Self, CampaignError> {
+        let registry = Self {
+            control,
+            folded: RwLock::new(Folded::default()),
+            folding: tokio::sync::Mutex::new(()),
+            unknown_refreshed: std::sync::Mutex::new(None),
+            progress: watch::channel(0).0,
+        };
+        registry.sync().await?;
+        Ok(registry)
+    }
+
+    pub fn control(&self) -> &Arc<dyn Log> {
+        &self.control
+    }
+
+    pub fn get(&self, campaign_id: &str) -> Option<Arc<Campaign>> {
+        self.read().campaigns.get(campaign_id).cloned()
+    }
+
+    /// A campaign, reading the control log first if this node does not know it yet (another
+    /// node may have just created it).
+    pub async fn get_fresh(
+        &self,
+        campaign_id: &str,
+    ) -> Result<Option<Arc<Campaign>>, CampaignError> {
+        if let Some(campaign) = self.get(campaign_id) {
+            return Ok(Some(campaign));
+        }
+        let due = {
+            let mut last = self
+                .unknown_refreshed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let due = last.is_none_or(|at| at.elapsed() >= UNKNOWN_REFRESH_INTERVAL);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            self.sync().await?;
+        }
+        Ok(self.get(campaign_id))
+    }
+
+    pub fn list(&self) -> Vec<Arc<Campaign>> {
+        self.read().campaigns.values().cloned().collect()
+    }
+
+    /// A receiver of the offset folded through, changing on every fold that applied something.
+    pub fn subscribe(&self) -> watch::Receiver<Offset> {
+        self.progress.subscribe()
+    }
+
+    /// The offset the next control record will be folded from.
+    pub fn next_offset(&self) -> Offset {
+        self.read().next_offset
+    }
+
+    /// Folds the control log up to its end.
+    pub async fn sync(&self) -> Result<(), CampaignError> {
+        let _one_fold = self.folding.lock().await;
+        self.fold_locked(None).await
+    }
+
+    /// Folds the control log at least through `offset`.
+    async fn sync_through(&self, offset: Offset) -> Result<(), CampaignError> {
+        let _one_fold = self.folding.lock().await;
+        self.fold_locked(Some(offset + 1)).await
+    }
+
+    async fn fold_locked(&self, until: Option<Offset>) -> Result<(), CampaignError> {
         loop {
-            let records = partition.read(next, REPLAY_BATCH)?;
-            let Some(last) = records.last() else { break };
-            next = last.offset + 1;
-            for record in records {
+            let next = self.next_offset();
+            if until.is_some_and(|until| next >= until) {
+                return Ok(());
+            }
+            let records = self.control.read(0, next, REPLAY_BATCH).await?;
+            if records.is_empty() {
+                if until.is_none() {
+                    return Ok(());
+                }
+                self.control.wait_for_offset(0, next).await?;
+                continue;
+            }
+            let mut events = Vec::with_capacity(records.len());
+            for record in &records {
                 let event: CampaignEvent =
                     codec::decode(&record.value).map_err(|e| CampaignError::Undecodable {
                         offset: record.offset,
                         reason: e.to_string(),
                     })?;
-                apply(&mut campaigns, event);
+                events.push((record.offset, event));
             }
+            let last = {
+                let mut folded = self.write();
+                for (offset, event) in events {
+                    apply(&mut folded.campaigns, offset, event);
+                    folded.next_offset = offset + 1;
+                }
+                folded.next_offset
+            };
+            self.progress.send_replace(last);
         }
-        Ok(Self {
-            control,
-            campaigns: RwLock::new(campaigns),
-        })
     }
 
-    pub fn get(&self, campaign_id: &str) -> Option<Arc<Campaign>> {
-        self.read().get(campaign_id).cloned()
+    /// Appends one change and folds the log through it.
+    async fn record(&self, event: CampaignEvent) -> Result<Offset, CampaignError> {
+        let record = KeyedRecord {
+            key: event.campaign_id().as_bytes().to_vec(),
+            value: codec::encode(&event),
+        };
+        let offset = self.control.append(0, vec![record]).await?.first_offset();
+        self.sync_through(offset).await?;
+        Ok(offset)
     }
 
-    pub fn list(&self) -> Vec<Arc<Campaign>> {
-        self.read().values().cloned().collect()
+    fn existing(&self, campaign_id: &str) -> Result<Arc<Campaign>, CampaignError> {
+        self.get(campaign_id)
+            .ok_or_else(|| CampaignError::NotFound(campaign_id.to_owned()))
     }
 
-    /// Creates a campaign, durably.
-    pub fn create(
+    /// Creates a campaign, durably. Of two creations of one id, the first in the log wins.
+    pub async fn create(
         &self,
         definition: CampaignDefinition,
         now: EventTime,
     ) -> Result<Campaign, CampaignError> {
-        let mut campaigns = self.write();
-        if campaigns.contains_key(&definition.campaign_id) {
-            return Err(CampaignError::AlreadyExists(definition.campaign_id));
-        }
+        self.sync().await?;
         let campaign_id = definition.campaign_id.clone();
-        self.record(
-            &mut campaigns,
-            CampaignEvent::Created {
+        if self.get(&campaign_id).is_some() {
+            return Err(CampaignError::AlreadyExists(campaign_id));
+        }
+        let offset = self
+            .record(CampaignEvent::Created {
                 definition,
                 at: now,
-            },
-        )?;
-        Ok(Campaign::clone(&campaigns[&campaign_id]))
+            })
+            .await?;
+        let created = self.existing(&campaign_id)?;
+        if created.created_offset != offset {
+            return Err(CampaignError::AlreadyExists(campaign_id));
+        }
+        Ok(Campaign::clone(&created))
     }
 
-    /// Stops a campaign accepting donations, durably, noting the log end offsets at that moment.
-    /// The caller guarantees no donation for it is being appended while this runs.
-    pub fn start_close(
+    /// Asks every node to stop taking donations for an open campaign; from the moment this is
+    /// folded, none accepts new ones. A campaign already closing or closed is returned as is.
+    pub async fn request_close(
+        &self,
+        campaign_id: &str,
+        node_id: &str,
+    ) -> Result<Campaign, CampaignError> {
+        self.sync().await?;
+        if self.existing(campaign_id)?.status == CampaignStatus::Open {
+            self.record(CampaignEvent::CloseRequested {
+                campaign_id: campaign_id.to_owned(),
+                node_id: node_id.to_owned(),
+            })
+            .await?;
+        }
+        Ok(Campaign::clone(&*self.existing(campaign_id)?))
+    }
+
+    /// Campaigns whose close was requested and for which `node_id` has not yet said it stopped
+    /// taking donations.
+    pub fn intake_to_stop(&self, node_id: &str) -> Vec<String> {
+        self.read()
+            .campaigns
+            .values()
+            .filter(|c| c.status == CampaignStatus::Closing && c.close_offsets.is_none())
+            .filter(|c| !c.intake_stopped.contains(node_id))
+            .map(|c| c.definition.campaign_id.clone())
+            .collect()
+    }
+
+    /// Says `node_id` takes no more donations for the campaign and has none being appended.
+    pub async fn confirm_intake_stopped(
+        &self,
+        campaign_id: &str,
+        node_id: &str,
+    ) -> Result<(), CampaignError> {
+        self.record(CampaignEvent::IntakeStopped {
+            campaign_id: campaign_id.to_owned(),
+            node_id: node_id.to_owned(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Notes the close point — the donation log's end offsets once no node takes donations for
+    /// the campaign. The first close point in the log wins; the campaign is returned with it.
+    /// The caller guarantees no donation for it is being appended (every node confirmed, or
+    /// nothing else takes donations).
+    pub async fn start_close(
         &self,
         campaign_id: &str,
         close_offsets: Vec<Offset>,
     ) -> Result<Campaign, CampaignError> {
-        let mut campaigns = self.write();
-        let campaign = campaigns
-            .get(campaign_id)
-            .ok_or_else(|| CampaignError::NotFound(campaign_id.to_owned()))?;
+        self.sync().await?;
+        let campaign = self.existing(campaign_id)?;
         match campaign.status {
-            CampaignStatus::Open => {}
-            CampaignStatus::Closing => return Ok(Campaign::clone(campaign)),
             CampaignStatus::Closed => {
                 return Err(CampaignError::AlreadyClosed(campaign_id.to_owned()));
             }
+            _ if campaign.close_offsets.is_some() => return Ok(Campaign::clone(&campaign)),
+            _ => {}
         }
-        let event = CampaignEvent::CloseStarted {
+        self.record(CampaignEvent::CloseStarted {
             campaign_id: campaign_id.to_owned(),
             close_offsets,
-        };
-        self.record(&mut campaigns, event)?;
-        Ok(Campaign::clone(&campaigns[campaign_id]))
+        })
+        .await?;
+        Ok(Campaign::clone(&*self.existing(campaign_id)?))
     }
 
-    /// Records the reconciled final total of a closing campaign, durably.
-    pub fn finish_close(
+    /// Records the reconciled final total of a closing campaign, durably. The first in the log
+    /// wins; the campaign is returned with it.
+    pub async fn finish_close(
         &self,
         campaign_id: &str,
         reconciliation: Reconciliation,
         now: EventTime,
     ) -> Result<Campaign, CampaignError> {
-        let mut campaigns = self.write();
-        let campaign = campaigns
-            .get(campaign_id)
-            .ok_or_else(|| CampaignError::NotFound(campaign_id.to_owned()))?;
-        if campaign.status != CampaignStatus::Closing {
+        self.sync().await?;
+        let campaign = self.existing(campaign_id)?;
+        if campaign.status == CampaignStatus::Closed {
+            return Ok(Campaign::clone(&campaign));
+        }
+        if campaign.close_offsets.is_none() {
             return Err(CampaignError::WrongStatus {
                 campaign_id: campaign_id.to_owned(),
                 status: campaign.status.as_str(),
                 expected: CampaignStatus::Closing.as_str(),
             });
         }
-        let event = CampaignEvent::Closed {
+        self.record(CampaignEvent::Closed {
             campaign_id: campaign_id.to_owned(),
             at: now,
             reconciliation,
-        };
-        self.record(&mut campaigns, event)?;
-        Ok(Campaign::clone(&campaigns[campaign_id]))
+        })
+        .await?;
+        Ok(Campaign::clone(&*self.existing(campaign_id)?))
     }
 
-    fn record(
-        &self,
-        campaigns: &mut BTreeMap<String, Arc<Campaign>>,
-        event: CampaignEvent,
-    ) -> Result<(), CampaignError> {
-        let key = match &event {
-            CampaignEvent::Created { definition, .. } => definition.campaign_id.clone(),
-            CampaignEvent::CloseStarted { campaign_id, .. }
-            | CampaignEvent::Closed { campaign_id, .. } => campaign_id.clone(),
-        };
-        let record = KeyedRecord {
-            key: key.into_bytes(),
-            value: codec::encode(&event),
-        };
-        self.control.append_blocking(0, vec![record])?;
-        apply(campaigns, event);
-        Ok(())
+    /// Folds what other nodes append, until `shutdown`; an unavailable log is waited out.
+    pub async fn follow(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut pause = Duration::from_millis(100);
+        while !*shutdown.borrow() {
+            let next = self.next_offset();
+            tokio::select! {
+                waited = self.control.wait_for_offset(0, next) => {
+                    if let Err(error) = waited {
+                        tracing::warn!(%error, "cannot follow the control log; retrying in {pause:?}");
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+            match self.sync().await {
+                Ok(()) => pause = Duration::from_millis(100),
+                Err(error) => tracing::warn!(%error, "cannot fold the control log"),
+            }
+        }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Campaign>>> {
-        self.campaigns
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Folded> {
+        self.folded.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Campaign>>> {
-        self.campaigns
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Folded> {
+        self.folded.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-fn apply(campaigns: &mut BTreeMap<String, Arc<Campaign>>, event: CampaignEvent) {
-    match event {
-        CampaignEvent::Created { definition, at } => {
-            campaigns.insert(
-                definition.campaign_id.clone(),
+/// Applies one control record. Steps out of order or repeated are ignored: the log's first
+/// record of each step wins.
+fn apply(campaigns: &mut BTreeMap<String, Arc<Campaign>>, offset: Offset, event: CampaignEvent) {
+    if let CampaignEvent::Created { definition, at } = event {
+        campaigns
+            .entry(definition.campaign_id.clone())
+            .or_insert_with(|| {
                 Arc::new(Campaign {
                     definition,
                     created_at: at,
                     status: CampaignStatus::Open,
+                    created_offset: offset,
+                    intake_stopped: BTreeSet::new(),
                     close_offsets: None,
                     closed_at: None,
                     reconciliation: None,
-                }),
-            );
+                })
+            });
+        return;
+    }
+    let Some(campaign) = campaigns.get_mut(event.campaign_id()) else {
+        return;
+    };
+    let campaign = Arc::make_mut(campaign);
+    match event {
+        CampaignEvent::Created { .. } => unreachable!("handled above"),
+        CampaignEvent::CloseRequested { .. } => {
+            if campaign.status == CampaignStatus::Open {
+                campaign.status = CampaignStatus::Closing;
+            }
         }
-        CampaignEvent::CloseStarted {
-            campaign_id,
-            close_offsets,
-        } => {
-            if let Some(campaign) = campaigns.get_mut(&campaign_id) {
-                let campaign = Arc::make_mut(campaign);
+        CampaignEvent::IntakeStopped { node_id, .. } => {
+            if campaign.status == CampaignStatus::Closing && campaign.close_offsets.is_none() {
+                campaign.intake_stopped.insert(node_id);
+            }
+        }
+        CampaignEvent::CloseStarted { close_offsets, .. } => {
+            if campaign.status != CampaignStatus::Closed && campaign.close_offsets.is_none() {
                 campaign.status = CampaignStatus::Closing;
                 campaign.close_offsets = Some(close_offsets);
             }
         }
         CampaignEvent::Closed {
-            campaign_id,
-            at,
-            reconciliation,
+            at, reconciliation, ..
         } => {
-            if let Some(campaign) = campaigns.get_mut(&campaign_id) {
-                let campaign = Arc::make_mut(campaign);
+            if campaign.status == CampaignStatus::Closing && campaign.close_offsets.is_some() {
                 campaign.status = CampaignStatus::Closed;
                 campaign.closed_at = Some(at);
                 campaign.reconciliation = Some(reconciliation);
@@ -318,32 +538,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn changes_survive_reopening() {
+    fn reconciliation() -> Reconciliation {
+        Reconciliation {
+            final_total_cents: 10,
+            final_donations: 1,
+            running_total_cents: 10,
+            running_donations: 1,
+            matched: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn changes_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let registry = CampaignRegistry::open(dir.path()).unwrap();
-            registry.create(definition("meals"), EventTime(1)).unwrap();
+            let registry = CampaignRegistry::open_embedded(dir.path()).await.unwrap();
+            registry
+                .create(definition("meals"), EventTime(1))
+                .await
+                .unwrap();
             registry
                 .create(definition("shelter"), EventTime(2))
+                .await
                 .unwrap();
             assert!(matches!(
-                registry.create(definition("meals"), EventTime(3)),
+                registry.create(definition("meals"), EventTime(3)).await,
                 Err(CampaignError::AlreadyExists(_))
             ));
-            registry.start_close("shelter", vec![5, 7]).unwrap();
-            let reconciliation = Reconciliation {
-                final_total_cents: 10,
-                final_donations: 1,
-                running_total_cents: 10,
-                running_donations: 1,
-                matched: true,
-            };
+            registry.start_close("shelter", vec![5, 7]).await.unwrap();
             registry
-                .finish_close("shelter", reconciliation, EventTime(9))
+                .finish_close("shelter", reconciliation(), EventTime(9))
+                .await
                 .unwrap();
         }
-        let registry = CampaignRegistry::open(dir.path()).unwrap();
+        let registry = CampaignRegistry::open_embedded(dir.path()).await.unwrap();
         let campaigns = registry.list();
         assert_eq!(campaigns.len(), 2);
         assert_eq!(registry.get("meals").unwrap().status, CampaignStatus::Open);
@@ -352,12 +580,56 @@ mod tests {
         assert_eq!(shelter.close_offsets, Some(vec![5, 7]));
         assert!(shelter.reconciliation.unwrap().matched);
         assert!(matches!(
-            registry.start_close("shelter", vec![]),
+            registry.start_close("shelter", vec![]).await,
             Err(CampaignError::AlreadyClosed(_))
         ));
         assert!(matches!(
-            registry.start_close("nope", vec![]),
+            registry.start_close("nope", vec![]).await,
             Err(CampaignError::NotFound(_))
         ));
+    }
+
+    /// Two registries over one control log stand for two nodes.
+    #[tokio::test]
+    async fn two_nodes_agree_on_one_winner_at_every_step_of_a_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = CampaignRegistry::open_embedded(dir.path()).await.unwrap();
+        let b = CampaignRegistry::open(Arc::clone(a.control()))
+            .await
+            .unwrap();
+        a.create(definition("meals"), EventTime(1)).await.unwrap();
+        // b has not folded it yet, but a fresh look-up finds it; creating it again loses.
+        assert!(b.get_fresh("meals").await.unwrap().is_some());
+        assert!(matches!(
+            b.create(definition("meals"), EventTime(2)).await,
+            Err(CampaignError::AlreadyExists(_))
+        ));
+
+        let closing = a.request_close("meals", "a").await.unwrap();
+        assert_eq!(closing.status, CampaignStatus::Closing);
+        b.sync().await.unwrap();
+        assert_eq!(b.get("meals").unwrap().status, CampaignStatus::Closing);
+        assert_eq!(b.intake_to_stop("b"), vec!["meals".to_owned()]);
+        b.confirm_intake_stopped("meals", "b").await.unwrap();
+        a.confirm_intake_stopped("meals", "a").await.unwrap();
+        assert!(a.intake_to_stop("a").is_empty());
+        let stopped = &a.get("meals").unwrap().intake_stopped;
+        assert_eq!(stopped.iter().cloned().collect::<Vec<_>>(), vec!["a", "b"]);
+
+        // Racing close points: the first in the log wins on both nodes.
+        let first = a.start_close("meals", vec![4, 4]).await.unwrap();
+        let second = b.start_close("meals", vec![9, 9]).await.unwrap();
+        assert_eq!(first.close_offsets, Some(vec![4, 4]));
+        assert_eq!(second.close_offsets, Some(vec![4, 4]));
+        let closed = b
+            .finish_close("meals", reconciliation(), EventTime(5))
+            .await
+            .unwrap();
+        assert_eq!(closed.status, CampaignStatus::Closed);
+        a.sync().await.unwrap();
+        assert_eq!(
+            a.get("meals").unwrap().reconciliation,
+            Some(reconciliation())
+        );
     }
 }

@@ -16,6 +16,8 @@
 //! - [`runner`]: one thread per partition from the log through the operators to checkpoints.
 //! - [`read_model`]: what queries see — committed totals and buckets of every partition.
 //! - [`campaigns`]: campaign definitions and closes, on a control log of their own.
+//! - [`cluster`]: several nodes on one shared log: partition ownership, membership, and the
+//!   results topic through which every node sees every partition's results.
 //! - [`reconcile`]: a campaign's total recomputed from the donation records.
 //! - [`clock`], [`codec`]: the injectable clock; the one encoding of checkpointed state.
 //!
@@ -29,6 +31,7 @@
 pub mod campaigns;
 pub mod checkpoint;
 pub mod clock;
+pub mod cluster;
 pub mod codec;
 mod directory_lock;
 pub mod event;

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::clock::UnixMillis;
@@ -23,8 +23,9 @@ use crate::processor::{PartitionCounters, PartitionState};
 /// Series longer than this are refused: a day of minutes.
 pub const SERIES_POINTS_MAX: i64 = 1440;
 
-/// One partition's committed changes, as published after a checkpoint.
-#[derive(Debug, Clone, Default)]
+/// One partition's committed changes, as published after a checkpoint (and, between nodes, on
+/// the results topic: [`crate::cluster::results`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PartitionUpdate {
     pub partition: PartitionId,
     /// The state reflects records `0..next_offset`.
@@ -39,6 +40,20 @@ pub struct PartitionUpdate {
 }
 
 impl PartitionUpdate {
+    /// The update without its totals and buckets.
+    pub fn clone_header(&self) -> Self {
+        Self {
+            partition: self.partition,
+            next_offset: self.next_offset,
+            committed_at_ms: self.committed_at_ms,
+            checkpoint_duration_us: self.checkpoint_duration_us,
+            watermark_ms: self.watermark_ms,
+            counters: self.counters,
+            totals: Vec::new(),
+            buckets: Vec::new(),
+        }
+    }
+
     /// The whole of a partition's state, as one update (after loading a checkpoint).
     pub fn whole(state: &PartitionState, committed_at_ms: UnixMillis) -> Self {
         Self {
@@ -134,6 +149,10 @@ impl ReadModel {
             partitions: RwLock::new(vec![PartitionView::default(); partition_count as usize]),
             version: watch::channel(0).0,
         }
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.read().len() as u32
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Vec<PartitionView>> {

@@ -1,10 +1,13 @@
-//! Reconciliation: a campaign's total recomputed from the donation records — every recorded
-//! donation below a close point, read back from the log — to compare with the running total the
-//! operators kept.
+//! Reconciliation: a campaign's total recomputed from the donation records alone — every
+//! record below a close point read back from the log and deduplicated by `payment_ref` (the
+//! first record of a payment is its donation, as in the dedupe operator) — to compare with the
+//! running total the operators kept. It shares no state with the operators, so any node can
+//! run it for every partition, owned or not.
+
+use std::collections::HashSet;
 
 use crate::event::envelope;
 use crate::log::{Log, LogError, Offset, PartitionId};
-use crate::runner::DonationDirectory;
 
 /// Records read per step while recomputing.
 const READ_RECORDS: usize = 4096;
@@ -13,9 +16,7 @@ const READ_RECORDS: usize = 4096;
 pub enum ReconcileError {
     #[error(transparent)]
     Log(#[from] LogError),
-    #[error(
-        "recorded donation at offset {offset} of partition {partition} cannot be read back: {reason}"
-    )]
+    #[error("record {offset} of partition {partition} cannot be read back: {reason}")]
     RecordMissing {
         partition: PartitionId,
         offset: Offset,
@@ -27,43 +28,51 @@ pub enum ReconcileError {
 /// `close_offsets[p]` in each partition `p`.
 pub async fn recompute_campaign_total(
     log: &dyn Log,
-    directory: &DonationDirectory,
     campaign_id: &str,
     close_offsets: &[Offset],
 ) -> Result<(u64, u64), ReconcileError> {
     let (mut total_cents, mut donations) = (0u64, 0u64);
     for (partition, &close) in close_offsets.iter().enumerate() {
-        let partition = partition as PartitionId;
-        let recorded = directory
-            .index(partition)
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .recorded_offsets_below(close);
-        let mut wanted = recorded.iter().peekable();
-        while let Some(&&from) = wanted.peek() {
-            let records = log.read(partition, from, READ_RECORDS).await?;
-            if records.is_empty() {
-                return Err(ReconcileError::RecordMissing {
+        let (cents, count) =
+            recompute_partition(log, partition as PartitionId, campaign_id, close).await?;
+        total_cents += cents;
+        donations += count;
+    }
+    Ok((total_cents, donations))
+}
+
+async fn recompute_partition(
+    log: &dyn Log,
+    partition: PartitionId,
+    campaign_id: &str,
+    close: Offset,
+) -> Result<(u64, u64), ReconcileError> {
+    let (mut total_cents, mut donations) = (0u64, 0u64);
+    let mut payments_seen: HashSet<String> = HashSet::new();
+    let mut next = 0;
+    while next < close {
+        let want = ((close - next) as usize).min(READ_RECORDS);
+        let records = log.read(partition, next, want).await?;
+        if records.is_empty() {
+            return Err(ReconcileError::RecordMissing {
+                partition,
+                offset: next,
+                reason: "past the end of the log".into(),
+            });
+        }
+        for record in records {
+            debug_assert_eq!(record.offset, next, "reads never skip a record");
+            next = record.offset + 1;
+            let event =
+                envelope::decode(&record.value).map_err(|e| ReconcileError::RecordMissing {
                     partition,
-                    offset: from,
-                    reason: "past the end of the log".into(),
-                });
-            }
-            for record in records {
-                if wanted.peek() != Some(&&record.offset) {
-                    continue;
-                }
-                wanted.next();
-                let event =
-                    envelope::decode(&record.value).map_err(|e| ReconcileError::RecordMissing {
-                        partition,
-                        offset: record.offset,
-                        reason: e.to_string(),
-                    })?;
-                if event.campaign_id == campaign_id {
-                    total_cents += event.amount_cents;
-                    donations += 1;
-                }
+                    offset: record.offset,
+                    reason: e.to_string(),
+                })?;
+            let first_of_payment = payments_seen.insert(event.payment_ref);
+            if first_of_payment && event.campaign_id == campaign_id {
+                total_cents += event.amount_cents;
+                donations += 1;
             }
         }
     }

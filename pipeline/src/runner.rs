@@ -138,6 +138,12 @@ impl DonationDirectory {
     }
 }
 
+/// Takes every committed update a partition publishes, beside the local read model (the
+/// results topic's publisher, so other nodes see them).
+pub trait UpdateSink: Send + Sync + std::fmt::Debug {
+    fn offer(&self, update: &PartitionUpdate);
+}
+
 /// The operators over a log, checkpointed into a store, publishing to a read model.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -147,6 +153,7 @@ pub struct Pipeline {
     directory: Arc<DonationDirectory>,
     clock: Arc<dyn Clock>,
     config: PipelineConfig,
+    sink: Option<Arc<dyn UpdateSink>>,
 }
 
 impl Pipeline {
@@ -171,7 +178,22 @@ impl Pipeline {
             directory,
             clock,
             config,
+            sink: None,
         })
+    }
+
+    /// Also offers every published update to `sink`.
+    pub fn with_sink(mut self, sink: Arc<dyn UpdateSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Publishes a committed update to the read model and the sink.
+    fn publish(&self, update: PartitionUpdate) {
+        if let Some(sink) = &self.sink {
+            sink.offer(&update);
+        }
+        self.read_model.publish(update);
     }
 
     pub fn store(&self) -> &Arc<CheckpointStore> {
@@ -193,8 +215,16 @@ impl Pipeline {
     /// Loads every partition's checkpoint and publishes it to the read model, rebuilding any
     /// partition whose checkpoint is damaged. Returns the states, ready to run.
     pub fn load(&self) -> Result<Vec<(PartitionState, bool)>, PipelineError> {
-        let loaders = std::thread::available_parallelism().map_or(1, |n| n.get());
         let partitions: Vec<PartitionId> = (0..self.log.partition_count()).collect();
+        self.load_partitions(&partitions)
+    }
+
+    /// [`Pipeline::load`] for some partitions only.
+    pub fn load_partitions(
+        &self,
+        partitions: &[PartitionId],
+    ) -> Result<Vec<(PartitionState, bool)>, PipelineError> {
+        let loaders = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut loaded: Vec<Option<Result<(PartitionState, bool), PipelineError>>> =
             (0..partitions.len()).map(|_| None).collect();
         // Loading is reading and hashing: spread the partitions over the cores.
@@ -230,8 +260,7 @@ impl Pipeline {
                 // The index first: a reader that sees the published offsets must find every
                 // donation recorded below them.
                 self.directory.install(partition, state.shared_index());
-                self.read_model
-                    .publish(PartitionUpdate::whole(&state, meta.committed_at_ms));
+                self.publish(PartitionUpdate::whole(&state, meta.committed_at_ms));
                 Ok((*state, damage.as_ref().is_some_and(|d| !d.torn)))
             }
             Ok(LoadedPartition::Empty { damage }) => {
@@ -263,7 +292,17 @@ impl Pipeline {
 
     /// Loads every partition and runs them all, one thread each, until done.
     pub fn run(&self, mode: RunMode) -> Result<Vec<PartitionRunSummary>, PipelineError> {
-        let states = self.load()?;
+        let partitions: Vec<PartitionId> = (0..self.log.partition_count()).collect();
+        self.run_partitions(mode, &partitions)
+    }
+
+    /// Loads and runs the given partitions only (the ones this node owns), one thread each.
+    pub fn run_partitions(
+        &self,
+        mode: RunMode,
+        partitions: &[PartitionId],
+    ) -> Result<Vec<PartitionRunSummary>, PipelineError> {
+        let states = self.load_partitions(partitions)?;
         let handles: Vec<_> = states
             .into_iter()
             .map(|(state, rebuilt)| {
@@ -278,11 +317,11 @@ impl Pipeline {
             .collect::<Result<_, _>>()?;
         handles
             .into_iter()
-            .enumerate()
-            .map(|(partition, handle)| {
-                handle.join().unwrap_or(Err(PipelineError::Panicked {
-                    partition: partition as PartitionId,
-                }))
+            .zip(partitions)
+            .map(|(handle, &partition)| {
+                handle
+                    .join()
+                    .unwrap_or(Err(PipelineError::Panicked { partition }))
             })
             .collect()
     }
@@ -375,10 +414,29 @@ impl Pipeline {
                 ));
                 continue;
             }
+            let mut waiting_for_log = None;
             for record in records {
                 let event = decode(partition, record.offset, &record.value)?;
-                state.apply(record.offset, event, &lookup)?;
-                applied_since_checkpoint += 1;
+                match (
+                    state.apply(record.offset, event, &lookup),
+                    shutdown.as_ref(),
+                ) {
+                    (Ok(_), _) => applied_since_checkpoint += 1,
+                    // Following, a recorded event that cannot be read back because the log
+                    // is away is waited for like a failed read: the record changed nothing and
+                    // is applied again from the same offset.
+                    (Err(error), Some(_)) if error.is_retryable() => {
+                        waiting_for_log = Some(error);
+                        break;
+                    }
+                    (Err(error), _) => return Err(error.into()),
+                }
+            }
+            if let (Some(error), Some(shutdown)) = (waiting_for_log, shutdown.as_mut()) {
+                tracing::warn!(partition, %error, "the log is unavailable; applying again in {unavailable_pause:?}");
+                runtime.block_on(pause(shutdown, unavailable_pause));
+                unavailable_pause = (unavailable_pause * 2).min(UNAVAILABLE_PAUSE_MAX);
+                continue;
             }
             if applied_since_checkpoint >= self.config.checkpoint_records_max
                 || last_checkpoint.elapsed() >= self.config.checkpoint_interval
@@ -440,7 +498,7 @@ impl Pipeline {
         let started = Instant::now();
         let changes: StateChanges = state.take_changes();
         let meta = self.store.commit(state, &changes, self.clock.now_ms())?;
-        self.read_model.publish(PartitionUpdate {
+        self.publish(PartitionUpdate {
             partition: state.partition(),
             next_offset: state.next_offset(),
             committed_at_ms: meta.committed_at_ms,
@@ -531,18 +589,19 @@ struct LogLookup<'a> {
 
 impl RecordedEvents for LogLookup<'_> {
     fn recorded_event(&self, offset: Offset) -> Result<DonationEvent, ApplyError> {
-        let unavailable = |reason: String| ApplyError::RecordedEventUnavailable {
+        let unavailable = |reason: String, retryable: bool| ApplyError::RecordedEventUnavailable {
             partition: self.partition,
             offset,
             reason,
+            retryable,
         };
         let records = self
             .runtime
             .block_on(self.log.read(self.partition, offset, 1))
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(e.to_string(), e.is_retryable()))?;
         let record = records
             .first()
-            .ok_or_else(|| unavailable("no such record".into()))?;
-        envelope::decode(&record.value).map_err(|e| unavailable(e.to_string()))
+            .ok_or_else(|| unavailable("no such record".into(), false))?;
+        envelope::decode(&record.value).map_err(|e| unavailable(e.to_string(), false))
     }
 }

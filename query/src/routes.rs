@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::Stream;
 use tally_ingest::error::{ApiError, PathParameter};
+use tally_ingest::remote::RemoteDonations;
 use tally_pipeline::campaigns::{Campaign, CampaignRegistry};
 use tally_pipeline::clock::Clock;
 use tally_pipeline::event::{EventTime, envelope};
@@ -33,6 +35,8 @@ pub struct QueryContext {
     pub campaigns: Arc<CampaignRegistry>,
     pub log: Arc<dyn Log>,
     pub directory: Arc<DonationDirectory>,
+    /// Asks other nodes about partitions they run (on a shared log).
+    pub remote: Option<Arc<dyn RemoteDonations>>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -47,8 +51,14 @@ pub fn routes(context: Arc<QueryContext>) -> Router {
 }
 
 impl QueryContext {
-    fn campaign(&self, campaign_id: &str) -> Result<Arc<Campaign>, ApiError> {
-        self.campaigns.get(campaign_id).ok_or_else(|| {
+    /// A campaign; one another node just created is found too.
+    async fn campaign(&self, campaign_id: &str) -> Result<Arc<Campaign>, ApiError> {
+        let campaign = self
+            .campaigns
+            .get_fresh(campaign_id)
+            .await
+            .map_err(ApiError::log_unavailable)?;
+        campaign.ok_or_else(|| {
             ApiError::not_found(
                 "campaign_not_found",
                 format!("there is no campaign {campaign_id:?}"),
@@ -108,7 +118,7 @@ async fn get_campaign(
     State(context): State<Arc<QueryContext>>,
     PathParameter(campaign_id): PathParameter,
 ) -> Result<axum::Json<CampaignView>, ApiError> {
-    let campaign = context.campaign(&campaign_id)?;
+    let campaign = context.campaign(&campaign_id).await?;
     let total = context.read_model.campaign_total(&campaign_id);
     let freshness = context.freshness().await?;
     Ok(axum::Json(CampaignView::new(
@@ -123,7 +133,7 @@ async fn get_stats(
     PathParameter(campaign_id): PathParameter,
     Query(parameters): Query<HashMap<String, String>>,
 ) -> Result<axum::Json<StatsView>, ApiError> {
-    context.campaign(&campaign_id)?;
+    context.campaign(&campaign_id).await?;
     if let Some(unknown) = parameters
         .keys()
         .find(|k| !["from", "to", "bucket"].contains(&k.as_str()))
@@ -195,7 +205,7 @@ async fn get_live(
     State(context): State<Arc<QueryContext>>,
     PathParameter(campaign_id): PathParameter,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    context.campaign(&campaign_id)?;
+    context.campaign(&campaign_id).await?;
     let changes = context.read_model.subscribe();
     let stream = futures_util::stream::unfold(
         (changes, None, context, campaign_id),
@@ -225,6 +235,24 @@ async fn get_live(
 async fn get_donation(
     State(context): State<Arc<QueryContext>>,
     PathParameter(payment_ref): PathParameter,
+) -> Result<Response, ApiError> {
+    let partition = context.log.partition_for_key(payment_ref.as_bytes());
+    if let Some(remote) = &context.remote
+        && let Some(answer) = remote.lookup(partition, &payment_ref).await
+    {
+        let answer = answer?;
+        let headers = [(header::CONTENT_TYPE, "application/json")];
+        return Ok((answer.status, headers, answer.body).into_response());
+    }
+    local_donation(&context, payment_ref)
+        .await
+        .map(IntoResponse::into_response)
+}
+
+/// A donation in a partition this node runs.
+async fn local_donation(
+    context: &QueryContext,
+    payment_ref: String,
 ) -> Result<axum::Json<DonationView>, ApiError> {
     let not_found = || {
         ApiError::not_found(

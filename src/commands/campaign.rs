@@ -229,8 +229,20 @@ mod admin {
         Ok(())
     }
 
-    fn registry(data_dir: &Path) -> anyhow::Result<CampaignRegistry> {
-        CampaignRegistry::open(&data_dir.join("control")).context("cannot open the campaign registry (is a server running on this data directory? use --server)")
+    fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+        Ok(tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?)
+    }
+
+    fn registry(
+        runtime: &tokio::runtime::Runtime,
+        data_dir: &Path,
+    ) -> anyhow::Result<CampaignRegistry> {
+        crate::commands::log_binding::ensure_embedded(data_dir)?;
+        runtime
+            .block_on(CampaignRegistry::open_embedded(&data_dir.join("control")))
+            .context("cannot open the campaign registry (is a server running on this data directory? use --server)")
     }
 
     pub fn create(data_dir: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
@@ -271,7 +283,8 @@ mod admin {
             starts_at: time(args.starts_at)?,
             ends_at: time(args.ends_at)?,
         };
-        let created = registry(data_dir)?.create(definition, now())?;
+        let runtime = runtime()?;
+        let created = runtime.block_on(registry(&runtime, data_dir)?.create(definition, now()))?;
         print_json(&created)?;
         Ok(ExitCode::SUCCESS)
     }
@@ -287,7 +300,7 @@ mod admin {
             )?)?;
             return Ok(ExitCode::SUCCESS);
         }
-        let campaigns = registry(data_dir)?.list();
+        let campaigns = registry(&runtime()?, data_dir)?.list();
         if json {
             let campaigns: Vec<&tally_pipeline::campaigns::Campaign> =
                 campaigns.iter().map(|c| c.as_ref()).collect();
@@ -325,22 +338,20 @@ mod admin {
             )?)?;
             return Ok(ExitCode::SUCCESS);
         }
-        let registry = registry(data_dir)?;
+        let runtime = runtime()?;
+        let registry = registry(&runtime, data_dir)?;
         let pipeline = crate::commands::open_pipeline(data_dir, PipelineConfig::default())?;
         let log = Arc::clone(pipeline.log());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let close_offsets = (0..log.partition_count())
             .map(|p| runtime.block_on(log.end_offset(p)))
             .collect::<Result<Vec<_>, _>>()?;
-        let closing = registry.start_close(campaign_id, close_offsets)?;
+        // Nothing else takes donations while this command holds the data directory.
+        let closing = runtime.block_on(registry.start_close(campaign_id, close_offsets))?;
         let close_offsets = closing.close_offsets.clone().unwrap_or_default();
         pipeline.run(RunMode::CatchUp)?;
         let (final_total_cents, final_donations) =
             runtime.block_on(tally_pipeline::reconcile::recompute_campaign_total(
                 log.as_ref(),
-                pipeline.directory(),
                 campaign_id,
                 &close_offsets,
             ))?;
@@ -353,7 +364,7 @@ mod admin {
             matched: (final_total_cents, final_donations)
                 == (running.total_cents, running.donations),
         };
-        let closed = registry.finish_close(campaign_id, reconciliation, now())?;
+        let closed = runtime.block_on(registry.finish_close(campaign_id, reconciliation, now()))?;
         print_json(&closed)?;
         Ok(if reconciliation.matched {
             ExitCode::SUCCESS

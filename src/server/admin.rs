@@ -168,11 +168,11 @@ async fn create_campaign(
     authorize(&state, &headers)?;
     let request: CreateCampaign = json_body(&headers, body).await?;
     let definition = request.into_definition()?;
-    let campaigns = Arc::clone(&state.campaigns);
     let now = EventTime(state.clock.now_ms());
-    let created = tokio::task::spawn_blocking(move || campaigns.create(definition, now))
+    let created = state
+        .campaigns
+        .create(definition, now)
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(campaign_error)?;
     Ok((
         StatusCode::CREATED,
@@ -201,9 +201,11 @@ fn campaign_error(error: CampaignError) -> ApiError {
     }
 }
 
-/// Stops the campaign taking donations, waits until every partition has applied the log up to
-/// that point, recomputes the total from the donation records and compares it with the running
-/// total, and records the reconciled final total.
+/// Stops the campaign taking donations on every live node, notes the log's end offsets as the
+/// close point, waits until every partition's owner has applied the log up to it, recomputes
+/// the total from the donation records and compares it with the running total, and records the
+/// reconciled final total. Any node can close; every step is decided by the control log, so
+/// racing closes agree.
 async fn close_campaign(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -211,21 +213,33 @@ async fn close_campaign(
 ) -> Result<Json<CampaignView>, ApiError> {
     authorize(&state, &headers)?;
     let _one_close_at_a_time = state.close_lock.lock().await;
-    let campaign = state.campaigns.get(&campaign_id).ok_or_else(|| {
+    let campaigns = &state.campaigns;
+    campaigns.sync().await.map_err(campaign_error)?;
+    let campaign = campaigns.get(&campaign_id).ok_or_else(|| {
         ApiError::not_found(
             "campaign_not_found",
             format!("there is no campaign {campaign_id:?}"),
         )
     })?;
-    let campaign = match campaign.status {
-        CampaignStatus::Closed => return Ok(Json(view(&state, &campaign))),
-        CampaignStatus::Closing => Campaign::clone(&campaign),
-        CampaignStatus::Open => stop_intake(&state, &campaign_id).await?,
-    };
+    if campaign.status == CampaignStatus::Closed {
+        return Ok(Json(view(&state, &campaign)));
+    }
+    let mut campaign = campaigns
+        .request_close(&campaign_id, &state.node.node_id)
+        .await
+        .map_err(campaign_error)?;
+    if campaign.close_offsets.is_none() {
+        wait_until_intake_stopped(&state, &campaign_id).await?;
+        let ends = log_end_offsets(&state).await?;
+        campaign = campaigns
+            .start_close(&campaign_id, ends)
+            .await
+            .map_err(campaign_error)?;
+    }
     let close_offsets = campaign
         .close_offsets
         .clone()
-        .expect("a closing campaign has its close offsets");
+        .expect("a campaign past its close point has its close offsets");
     wait_until_applied(&state, &close_offsets).await?;
     let (final_total_cents, final_donations) =
         recompute_total(&state, &campaign_id, &close_offsets).await?;
@@ -244,14 +258,11 @@ async fn close_campaign(
             "campaign close: recomputed total differs from the running total"
         );
     }
-    let campaigns = Arc::clone(&state.campaigns);
     let now = EventTime(state.clock.now_ms());
-    let closed = tokio::task::spawn_blocking(move || {
-        campaigns.finish_close(&campaign_id, reconciliation, now)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(campaign_error)?;
+    let closed = campaigns
+        .finish_close(&campaign_id, reconciliation, now)
+        .await
+        .map_err(campaign_error)?;
     Ok(Json(view(&state, &closed)))
 }
 
@@ -265,12 +276,54 @@ fn view(state: &AppState, campaign: &Campaign) -> CampaignView {
     )
 }
 
-/// Marks the campaign closing with no donation for it in flight, noting the log end offsets.
-async fn stop_intake(state: &Arc<AppState>, campaign_id: &str) -> Result<Campaign, ApiError> {
-    let _no_appends = state.ingest.intake.write().await;
-    let mut close_offsets = Vec::new();
+/// Waits until every live node has said it takes no more donations for the campaign.
+async fn wait_until_intake_stopped(state: &AppState, campaign_id: &str) -> Result<(), ApiError> {
+    // Who is live now: a node that joined before the close request was folded must confirm.
+    state.node.refresh().await;
+    let mut changes = state.campaigns.subscribe();
+    let waiting = || -> Vec<String> {
+        let stopped = state
+            .campaigns
+            .get(campaign_id)
+            .map(|c| c.intake_stopped.clone())
+            .unwrap_or_default();
+        state
+            .node
+            .live_node_ids()
+            .into_iter()
+            .filter(|node| !stopped.contains(node))
+            .collect()
+    };
+    let wait = async {
+        loop {
+            if waiting().is_empty() {
+                return;
+            }
+            // Also look again now and then: a node whose lease runs out is no longer waited for.
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    };
+    if tokio::time::timeout(CLOSE_WAIT_MAX, wait).await.is_err() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_caught_up",
+            format!(
+                "nodes {} have not confirmed that they stopped taking donations for the campaign; retry the close",
+                waiting().join(", ")
+            ),
+        )
+        .with_retry_after(5));
+    }
+    Ok(())
+}
+
+async fn log_end_offsets(state: &AppState) -> Result<Vec<Offset>, ApiError> {
+    let mut ends = Vec::new();
     for partition in 0..state.log.partition_count() {
-        close_offsets.push(
+        ends.push(
             state
                 .log
                 .end_offset(partition)
@@ -278,12 +331,7 @@ async fn stop_intake(state: &Arc<AppState>, campaign_id: &str) -> Result<Campaig
                 .map_err(ApiError::log_unavailable)?,
         );
     }
-    let campaigns = Arc::clone(&state.campaigns);
-    let campaign_id = campaign_id.to_owned();
-    tokio::task::spawn_blocking(move || campaigns.start_close(&campaign_id, close_offsets))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(campaign_error)
+    Ok(ends)
 }
 
 async fn wait_until_applied(state: &AppState, close_offsets: &[Offset]) -> Result<(), ApiError> {
@@ -323,7 +371,6 @@ async fn recompute_total(
 ) -> Result<(u64, u64), ApiError> {
     tally_pipeline::reconcile::recompute_campaign_total(
         state.log.as_ref(),
-        &state.directory,
         campaign_id,
         close_offsets,
     )

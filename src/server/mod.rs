@@ -10,7 +10,9 @@
 
 mod admin;
 mod metrics;
+mod node;
 pub mod notifications;
+mod remote;
 mod secrets;
 
 use std::net::SocketAddr;
@@ -27,6 +29,11 @@ use tally_ingest::routes::{IngestContext, IngestLimits};
 use tally_pipeline::campaigns::CampaignRegistry;
 use tally_pipeline::checkpoint::CheckpointStore;
 use tally_pipeline::clock::{Clock, SystemClock};
+use tally_pipeline::cluster::{
+    COMPANION_SUFFIX_BYTES_MAX, CompanionTopics, Membership, NodeAnnouncement, PartitionSet,
+    ResultsPublisher,
+};
+use tally_pipeline::log::location::FluvioLocation;
 use tally_pipeline::log::{FluvioLog, FluvioLogOptions, Log, LogLocation};
 use tally_pipeline::read_model::ReadModel;
 use tally_pipeline::runner::{DonationDirectory, Pipeline, PipelineConfig, RunMode};
@@ -34,6 +41,7 @@ use tally_query::routes::QueryContext;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use node::{ClusterLink, Node};
 use notifications::{Notifications, Webhook};
 
 /// Requests served at once; more wait for a slot. Bounds memory under overload.
@@ -66,6 +74,17 @@ pub struct ServeArgs {
     /// cluster; use at least 2 in production, where durability comes from replication.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub fluvio_replication: u32,
+    /// Partitions whose pipeline this node runs (`all`, or e.g. `0-3`, `0,2,4-5`). On a shared
+    /// Fluvio log, several nodes split the partitions; two live nodes never own the same one.
+    #[arg(long, default_value = "all", env = "TALLY_OWNS")]
+    pub owns: PartitionSet,
+    /// This node's id among the nodes on a shared log; default: generated into the data
+    /// directory, so a restart on it is the same node.
+    #[arg(long, env = "TALLY_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The base URL other nodes reach this one at (default: http:// and the listen address).
+    #[arg(long, env = "TALLY_ADVERTISE")]
+    pub advertise: Option<String>,
     /// Largest accepted donation, in cents.
     #[arg(long, default_value_t = IngestLimits::default().donation.amount_cents_max)]
     pub amount_cents_max: u64,
@@ -87,6 +106,7 @@ pub struct ServeArgs {
 #[derive(Debug)]
 pub struct AppState {
     pub log: Arc<dyn Log>,
+    pub remote: Option<Arc<dyn tally_ingest::remote::RemoteDonations>>,
     pub store: Arc<CheckpointStore>,
     pub campaigns: Arc<CampaignRegistry>,
     pub read_model: Arc<ReadModel>,
@@ -100,30 +120,139 @@ pub struct AppState {
     pub pipeline: Pipeline,
     /// Closes run one at a time, so that racing closes of one campaign all see it through.
     pub close_lock: tokio::sync::Mutex<()>,
+    pub node: Arc<Node>,
 }
 
-/// Opens the log the data directory is bound to (binding it on first start).
-async fn open_log(data_dir: &std::path::Path, args: &ServeArgs) -> anyhow::Result<Arc<dyn Log>> {
+/// The logs a node works with: donations, and the campaigns' control log; on a Fluvio
+/// cluster also the nodes and results topics.
+struct Logs {
+    donations: Arc<dyn Log>,
+    campaigns: CampaignRegistry,
+    shared: Option<SharedTopics>,
+}
+
+struct SharedTopics {
+    nodes: Arc<dyn Log>,
+    results: Arc<dyn Log>,
+}
+
+/// Opens the logs the data directory is bound to (binding it on first start).
+async fn open_logs(data_dir: &std::path::Path, args: &ServeArgs) -> anyhow::Result<Logs> {
     use crate::commands::log_binding;
     let bound_partitions = log_binding::bind(data_dir, &args.log_location, args.partitions)?;
     match &args.log_location {
-        LogLocation::Embedded => Ok(Arc::new(crate::commands::open_log(
-            data_dir,
-            Some(args.partitions),
-        )?)),
+        LogLocation::Embedded => {
+            let donations: Arc<dyn Log> =
+                Arc::new(crate::commands::open_log(data_dir, Some(args.partitions))?);
+            let campaigns = CampaignRegistry::open_embedded(&data_dir.join("control"))
+                .await
+                .context("cannot open the campaign registry")?;
+            Ok(Logs {
+                donations,
+                campaigns,
+                shared: None,
+            })
+        }
         LogLocation::Fluvio(location) => {
             let partitions = bound_partitions.unwrap_or(args.partitions);
-            let options = FluvioLogOptions {
-                replication_factor: args.fluvio_replication,
-                ..FluvioLogOptions::default()
+            let connect = |topic: String, partitions: u32| {
+                let options = FluvioLogOptions {
+                    replication_factor: args.fluvio_replication,
+                    ..FluvioLogOptions::default()
+                };
+                let endpoint = location.endpoint.clone();
+                async move {
+                    let log = FluvioLog::connect(&endpoint, &topic, partitions, options)
+                        .await
+                        .with_context(|| format!("cannot use the topic {topic}"))?;
+                    anyhow::Ok(Arc::new(log) as Arc<dyn Log>)
+                }
             };
-            let log = FluvioLog::connect(&location.endpoint, &location.topic, partitions, options)
+            let companions = companion_topics(location)?;
+            let donations = connect(location.topic.clone(), partitions)
                 .await
                 .with_context(|| format!("cannot use the log at {}", args.log_location))?;
+            let campaigns = CampaignRegistry::open(connect(companions.campaigns, 1).await?)
+                .await
+                .context("cannot read the campaigns topic")?;
+            let shared = SharedTopics {
+                nodes: connect(companions.nodes, 1).await?,
+                results: connect(companions.results, 1).await?,
+            };
             tracing::info!(log = %args.log_location, partitions, "log on a Fluvio cluster");
-            Ok(Arc::new(log))
+            Ok(Logs {
+                donations,
+                campaigns,
+                shared: Some(shared),
+            })
         }
     }
+}
+
+fn companion_topics(location: &FluvioLocation) -> anyhow::Result<CompanionTopics> {
+    const TOPIC_NAME_BYTES_MAX: usize = 63;
+    anyhow::ensure!(
+        location.topic.len() + COMPANION_SUFFIX_BYTES_MAX <= TOPIC_NAME_BYTES_MAX,
+        "the topic name {:?} is too long: tally adds topics named after it (-campaigns, -nodes, \
+         -results), so it may have at most {} characters",
+        location.topic,
+        TOPIC_NAME_BYTES_MAX - COMPANION_SUFFIX_BYTES_MAX
+    );
+    Ok(CompanionTopics::of(&location.topic))
+}
+
+/// Joins the other nodes on a shared log (refusing partitions a live node owns), or stands
+/// alone on the embedded log.
+async fn join(
+    data_dir: &std::path::Path,
+    args: &ServeArgs,
+    address: SocketAddr,
+    partition_count: u32,
+    shared: Option<&SharedTopics>,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<Node> {
+    let owns = args
+        .owns
+        .resolve(partition_count)
+        .context("invalid --owns")?;
+    anyhow::ensure!(!owns.is_empty(), "--owns names no partition");
+    let node_id = secrets::node_id(data_dir, args.node_id.as_deref())?;
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{address}"));
+    let Some(shared) = shared else {
+        anyhow::ensure!(
+            owns.len() == partition_count as usize,
+            "--owns {} needs a shared log (--log fluvio://…): on the embedded log one node runs \
+             every partition",
+            args.owns
+        );
+        return Ok(Node {
+            node_id,
+            owns,
+            advertise,
+            cluster: None,
+        });
+    };
+    let me = NodeAnnouncement {
+        node_id: node_id.clone(),
+        owns: owns.clone(),
+        advertise: advertise.clone(),
+    };
+    let membership = Membership::join(Arc::clone(&shared.nodes), me, Arc::clone(clock))
+        .await
+        .context("cannot join the other nodes")?;
+    tracing::info!(node_id, owns = %args.owns, %advertise, "joined the nodes on the shared log");
+    Ok(Node {
+        node_id,
+        owns,
+        advertise,
+        cluster: Some(ClusterLink {
+            membership: Arc::new(membership),
+            results: Arc::clone(&shared.results),
+        }),
+    })
 }
 
 /// Runs the server on `listener` until `shutdown` resolves; then stops taking requests, lets the
@@ -135,29 +264,53 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let log = open_log(&data_dir, &args).await?;
+    let logs = open_logs(&data_dir, &args).await?;
+    let log = logs.donations;
+    let node = Arc::new(
+        join(
+            &data_dir,
+            &args,
+            listener.local_addr()?,
+            log.partition_count(),
+            logs.shared.as_ref(),
+            &clock,
+        )
+        .await?,
+    );
     let store = Arc::new(crate::commands::open_store(
         &data_dir,
         log.partition_count(),
     )?);
-    let campaigns = Arc::new(
-        CampaignRegistry::open(&data_dir.join("control"))
-            .context("cannot open the campaign registry")?,
-    );
+    let campaigns = Arc::new(logs.campaigns);
     let read_model = Arc::new(ReadModel::new(log.partition_count()));
+    let results_from = catch_up_results(&node, &read_model).await?;
     let config = PipelineConfig {
         checkpoint_interval: args.checkpoint_interval,
         checkpoint_records_max: args.checkpoint_records.max(1),
         ..PipelineConfig::default()
     };
-    let pipeline = Pipeline::new(
+    let mut pipeline = Pipeline::new(
         Arc::clone(&log),
         Arc::clone(&store),
         Arc::clone(&read_model),
         Arc::clone(&clock),
         config,
     )?;
+    let publisher = node
+        .cluster
+        .as_ref()
+        .map(|link| Arc::new(ResultsPublisher::new(Arc::clone(&link.results))));
+    if let Some(publisher) = &publisher {
+        pipeline = pipeline.with_sink(Arc::clone(publisher) as _);
+    }
     let directory = Arc::clone(pipeline.directory());
+    let remote: Option<Arc<dyn tally_ingest::remote::RemoteDonations>> =
+        node.cluster.as_ref().map(|_| {
+            Arc::new(remote::ForwardToOwner {
+                node: Arc::clone(&node),
+                client: reqwest::Client::new(),
+            }) as _
+        });
 
     let signing_secret = secrets::signing_secret(&data_dir, args.signing_secret.as_deref())?;
     let admin_token = secrets::admin_token(&data_dir, args.admin_token.as_deref())?;
@@ -179,6 +332,7 @@ pub async fn run(
         campaigns: Arc::clone(&campaigns),
         intake: Arc::new(tokio::sync::RwLock::new(())),
         directory: Arc::clone(&directory),
+        remote: remote.clone(),
         signing_secret: signing_secret.value.clone(),
         limits,
         rate_limiter: RateLimiter::new(rate_limit, Arc::clone(&clock))
@@ -198,9 +352,11 @@ pub async fn run(
         Arc::clone(&read_model),
         Arc::clone(&clock),
         webhook,
+        node.owns.clone(),
     )?);
     let state = Arc::new(AppState {
         log: Arc::clone(&log),
+        remote: remote.clone(),
         store,
         campaigns: Arc::clone(&campaigns),
         read_model: Arc::clone(&read_model),
@@ -212,6 +368,7 @@ pub async fn run(
         clock: Arc::clone(&clock),
         close_lock: tokio::sync::Mutex::new(()),
         pipeline: pipeline.clone(),
+        node: Arc::clone(&node),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -219,11 +376,40 @@ pub async fn run(
         let mode = RunMode::Follow {
             shutdown: stop_rx.clone(),
         };
+        let owned = node.owns.clone();
         std::thread::Builder::new()
             .name("tally-pipeline".into())
-            .spawn(move || pipeline.run(mode))?
+            .spawn(move || pipeline.run_partitions(mode, &owned))?
     };
     let deliveries = notifications.spawn_delivery(stop_rx.clone());
+    let mut background = vec![
+        tokio::spawn({
+            let campaigns = Arc::clone(&campaigns);
+            let stop = stop_rx.clone();
+            async move { campaigns.follow(stop).await }
+        }),
+        tokio::spawn(stop_intake_when_asked(
+            Arc::clone(&campaigns),
+            Arc::clone(&ingest),
+            node.node_id.clone(),
+            stop_rx.clone(),
+        )),
+        tokio::spawn(Arc::clone(&node).keep_lease(stop_rx.clone())),
+    ];
+    if let Some(publisher) = &publisher {
+        let publisher = Arc::clone(publisher);
+        let stop = stop_rx.clone();
+        background.push(tokio::spawn(async move { publisher.run(stop).await }));
+    }
+    if let Some(link) = &node.cluster {
+        background.push(tokio::spawn(tally_pipeline::cluster::follow_results(
+            Arc::clone(&link.results),
+            Arc::clone(&read_model),
+            node.owns.clone(),
+            results_from,
+            stop_rx.clone(),
+        )));
+    }
     let router = router(Arc::clone(&state));
     let address = listener.local_addr()?;
     println!("listening on {address}");
@@ -242,7 +428,55 @@ pub async fn run(
         .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
     let offsets: Vec<u64> = summaries.iter().map(|s| s.next_offset).collect();
     tracing::info!(?offsets, "pipeline stopped at a checkpoint");
+    if let Some(publisher) = publisher {
+        // Publish the last checkpoints' results before giving the partitions up.
+        let (_, stopped) = watch::channel(true);
+        publisher.run(stopped).await;
+    }
+    for task in background {
+        let _ = task.await;
+    }
+    node.withdraw().await;
     Ok(())
+}
+
+/// Reads the results the other nodes published so far, before serving; returns where to go on.
+async fn catch_up_results(node: &Node, read_model: &ReadModel) -> anyhow::Result<u64> {
+    let Some(link) = &node.cluster else {
+        return Ok(0);
+    };
+    tally_pipeline::cluster::catch_up_results(link.results.as_ref(), read_model, &node.owns, 0)
+        .await
+        .context("cannot read the results topic")
+}
+
+/// Stops taking donations for every campaign whose close was requested, and says so on the
+/// control log, until `shutdown`.
+async fn stop_intake_when_asked(
+    campaigns: Arc<CampaignRegistry>,
+    ingest: Arc<IngestContext>,
+    node_id: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut changes = campaigns.subscribe();
+    while !*shutdown.borrow() {
+        for campaign_id in campaigns.intake_to_stop(&node_id) {
+            // The campaign already shows as closing, so no new donation for it is admitted;
+            // taking the intake lock exclusively waits out the ones being appended.
+            drop(ingest.intake.write().await);
+            if let Err(error) = campaigns
+                .confirm_intake_stopped(&campaign_id, &node_id)
+                .await
+            {
+                tracing::warn!(%error, campaign_id, "cannot confirm that intake stopped; retrying");
+            }
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = shutdown.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -251,6 +485,7 @@ fn router(state: Arc<AppState>) -> Router {
         campaigns: Arc::clone(&state.campaigns),
         log: Arc::clone(&state.log),
         directory: Arc::clone(&state.directory),
+        remote: state.remote.clone(),
         clock: Arc::clone(&state.clock),
     });
     let requests = Arc::clone(&state.requests);
@@ -259,6 +494,10 @@ fn router(state: Arc<AppState>) -> Router {
         .merge(tally_query::routes::routes(query))
         .merge(admin::routes(Arc::clone(&state)))
         .route("/healthz", get(metrics::healthz))
+        .route(
+            "/v1/cluster",
+            get(node::cluster_view).with_state(Arc::clone(&state)),
+        )
         .route(
             "/metrics",
             get(metrics::metrics).with_state(Arc::clone(&state)),

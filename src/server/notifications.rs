@@ -60,6 +60,8 @@ pub struct Notifications {
     clock: Arc<dyn Clock>,
     cursors: Vec<AtomicU64>,
     webhook: Option<Webhook>,
+    /// The partitions this node runs: only they have an outbox here.
+    owned: Vec<PartitionId>,
 }
 
 impl Notifications {
@@ -70,6 +72,7 @@ impl Notifications {
         read_model: Arc<ReadModel>,
         clock: Arc<dyn Clock>,
         webhook: Option<Webhook>,
+        owned: Vec<PartitionId>,
     ) -> anyhow::Result<Self> {
         let cursors = (0..log.partition_count())
             .map(|p| store.notification_cursor(p).map(AtomicU64::new))
@@ -82,6 +85,7 @@ impl Notifications {
             clock,
             cursors,
             webhook,
+            owned,
         })
     }
 
@@ -90,6 +94,9 @@ impl Notifications {
         progress
             .iter()
             .map(|p| {
+                if !self.owned.contains(&p.partition) {
+                    return 0;
+                }
                 p.applied_offset
                     .saturating_sub(self.cursors[p.partition as usize].load(Ordering::Relaxed))
             })
@@ -97,15 +104,27 @@ impl Notifications {
     }
 
     fn partition_checked(&self, partition: PartitionId) -> Result<(), ApiError> {
-        if (partition as usize) < self.cursors.len() {
-            return Ok(());
+        if (partition as usize) >= self.cursors.len() {
+            return Err(ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_field",
+                format!("must be below the partition count {}", self.cursors.len()),
+            )
+            .with_field("partition"));
         }
-        Err(ApiError::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            "invalid_field",
-            format!("must be below the partition count {}", self.cursors.len()),
-        )
-        .with_field("partition"))
+        if !self.owned.contains(&partition) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "partition_not_owned",
+                format!(
+                    "partition {partition} is run by another node, which keeps its outbox; this \
+                     node runs {}",
+                    tally_pipeline::cluster::partition_set::format_ranges(&self.owned)
+                ),
+            )
+            .with_field("partition"));
+        }
+        Ok(())
     }
 
     /// Up to `limit` notifications of `partition` from `after` (default: the cursor) on.
@@ -194,8 +213,9 @@ impl Notifications {
         if self.webhook.is_none() {
             return Vec::new();
         }
-        (0..self.cursors.len() as PartitionId)
-            .map(|partition| {
+        self.owned
+            .iter()
+            .map(|&partition| {
                 let notifications = Arc::clone(self);
                 let shutdown = shutdown.clone();
                 tokio::spawn(

@@ -56,6 +56,34 @@ pub fn admin_token(data_dir: &Path, given: Option<&str>) -> anyhow::Result<Loade
     })
 }
 
+/// This node's id: `given`, else `<data-dir>/node-id`, generated on first start. A node restarted
+/// on its data directory keeps its id, and with it its partitions.
+pub fn node_id(data_dir: &Path, given: Option<&str>) -> anyhow::Result<String> {
+    let id = match given {
+        Some(id) => id.to_owned(),
+        None => {
+            let path = data_dir.join("node-id");
+            let random = read_or_generate(&path)?;
+            let random = random.trim();
+            if random.starts_with("node-") {
+                random.to_owned()
+            } else {
+                format!("node-{}", &random[..random.len().min(12)])
+            }
+        }
+    };
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    anyhow::ensure!(
+        valid,
+        "invalid node id {id:?}: 1 to 64 letters, digits, '.', '_' or '-'"
+    );
+    Ok(id)
+}
+
 /// The file's contents, or 32 fresh random bytes as hex written to it with mode 0600.
 fn read_or_generate(path: &Path) -> anyhow::Result<String> {
     match std::fs::read_to_string(path) {

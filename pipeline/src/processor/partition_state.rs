@@ -45,7 +45,19 @@ pub enum ApplyError {
         partition: PartitionId,
         offset: Offset,
         reason: String,
+        /// The log was only unavailable: the same record may apply later.
+        retryable: bool,
     },
+}
+
+impl ApplyError {
+    /// Whether applying the same record again later may succeed. Nothing was changed by a
+    /// failed apply: look-ups come before any change.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApplyError::RecordedEventUnavailable { retryable, .. } => *retryable,
+        }
+    }
 }
 
 /// Reads back the event recorded at an offset of this partition (from the log).

@@ -1,0 +1,48 @@
+//! Several tally nodes on one shared log: who owns which partitions, and how every node sees
+//! the results of partitions it does not own.
+//!
+//! Every node takes donations for every partition (ingest appends to the shared log), but runs
+//! the pipeline only for the partitions it owns. Three small topics beside the donation topic
+//! tie the nodes together:
+//!
+//! ```text
+//! <topic>            donations (the record of truth), P partitions
+//! <topic>-campaigns  campaign definitions and closes (crate::campaigns), 1 partition
+//! <topic>-nodes      claims, heartbeats and withdrawals of nodes (membership), 1 partition
+//! <topic>-results    each owner's committed per-partition results (results), 1 partition
+//! ```
+//!
+//! - [`partition_set`]: the partitions a node owns (`--owns 0-3`).
+//! - [`membership`]: joining with a claim, refusing a claim that overlaps a live node's, the
+//!   lease kept alive by heartbeats, and the view of live nodes.
+//! - [`results`]: owners publish what they committed as absolute values with the offset they
+//!   reflect; every node folds them into its read model, so any node answers any query.
+
+pub mod membership;
+pub mod partition_set;
+pub mod results;
+
+pub use membership::{ClusterError, Membership, NodeAnnouncement, NodeView};
+pub use partition_set::{PartitionSet, PartitionSetError};
+pub use results::{ResultsPublisher, catch_up_results, follow_results};
+
+/// The names of the topics that go with a donation topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompanionTopics {
+    pub campaigns: String,
+    pub nodes: String,
+    pub results: String,
+}
+
+/// The longest suffix a companion topic adds to the donation topic's name.
+pub const COMPANION_SUFFIX_BYTES_MAX: usize = "-campaigns".len();
+
+impl CompanionTopics {
+    pub fn of(topic: &str) -> Self {
+        Self {
+            campaigns: format!("{topic}-campaigns"),
+            nodes: format!("{topic}-nodes"),
+            results: format!("{topic}-results"),
+        }
+    }
+}

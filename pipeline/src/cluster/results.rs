@@ -1,0 +1,364 @@
+//! The results topic: every owner's committed per-partition results, folded by every node.
+//!
+//! After each checkpoint commit an owner offers the [`PartitionUpdate`] it published locally —
+//! campaign totals and window buckets **as absolute values, with the offset they reflect** — to
+//! its [`ResultsPublisher`], which appends it to the results topic. An owner that starts
+//! offers its whole loaded state once, which covers anything committed but not published
+//! before a crash. Every node folds the topic into its read model for the partitions it does
+//! not own ([`follow_results`]); applying an update for an offset below what a partition
+//! already shows is ignored, so re-delivery, reordering and two owners publishing the same
+//! partition are harmless.
+//!
+//! Updates waiting for the cluster are merged per partition (later absolute values replace
+//! earlier ones), so a cluster away for a while costs memory for the changed keys only.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+
+use crate::codec;
+use crate::log::{KeyedRecord, Log, LogError, Offset, PartitionId};
+use crate::operators::campaign_totals::CampaignTotal;
+use crate::operators::event_time_windows::{BucketKey, WindowBucket};
+use crate::read_model::{PartitionUpdate, ReadModel};
+use crate::runner::UpdateSink;
+
+/// Totals and buckets in one record of the results topic; a larger update is split into
+/// several records for the same offset. Buckets are tens of bytes.
+const ENTRIES_PER_RECORD: usize = 1024;
+/// Records read per step while folding.
+const READ_RECORDS: usize = 1024;
+const RETRY_PAUSE_MIN: Duration = Duration::from_millis(100);
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
+
+/// One record of the results topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum ResultsRecord {
+    Update(PartitionUpdate),
+}
+
+/// A partition's updates not yet on the topic, merged.
+#[derive(Debug)]
+struct Pending {
+    latest: PartitionUpdate,
+    totals: BTreeMap<String, CampaignTotal>,
+    buckets: BTreeMap<BucketKey, WindowBucket>,
+}
+
+impl Pending {
+    fn new(update: &PartitionUpdate) -> Self {
+        let mut pending = Self {
+            latest: PartitionUpdate::default(),
+            totals: BTreeMap::new(),
+            buckets: BTreeMap::new(),
+        };
+        pending.absorb(update);
+        pending
+    }
+
+    /// Takes in a later update.
+    fn absorb(&mut self, update: &PartitionUpdate) {
+        debug_assert!(update.next_offset >= self.latest.next_offset);
+        self.latest = PartitionUpdate {
+            totals: Vec::new(),
+            buckets: Vec::new(),
+            ..update.clone_header()
+        };
+        self.totals.extend(update.totals.iter().cloned());
+        self.buckets.extend(update.buckets.iter().cloned());
+    }
+
+    /// Takes in an earlier, unpublished pending (its values yield to this one's).
+    fn absorb_earlier(&mut self, earlier: Pending) {
+        let mut totals = earlier.totals;
+        totals.append(&mut self.totals);
+        self.totals = totals;
+        let mut buckets = earlier.buckets;
+        buckets.append(&mut self.buckets);
+        self.buckets = buckets;
+    }
+
+    /// The records that publish it: every one carries the header, the entries are spread out.
+    fn into_records(self) -> Vec<KeyedRecord> {
+        let key = self.latest.partition.to_be_bytes().to_vec();
+        let mut totals = self.totals.into_iter().peekable();
+        let mut buckets = self.buckets.into_iter().peekable();
+        let mut records = Vec::new();
+        loop {
+            let mut update = self.latest.clone_header();
+            update.totals = totals.by_ref().take(ENTRIES_PER_RECORD).collect();
+            let room = ENTRIES_PER_RECORD - update.totals.len();
+            update.buckets = buckets.by_ref().take(room).collect();
+            records.push(KeyedRecord {
+                key: key.clone(),
+                value: codec::encode(&ResultsRecord::Update(update)),
+            });
+            if totals.peek().is_none() && buckets.peek().is_none() {
+                return records;
+            }
+        }
+    }
+}
+
+/// Publishes an owner's committed updates to the results topic.
+#[derive(Debug)]
+pub struct ResultsPublisher {
+    log: Arc<dyn Log>,
+    pending: Mutex<BTreeMap<PartitionId, Pending>>,
+    wake: Notify,
+}
+
+impl UpdateSink for ResultsPublisher {
+    fn offer(&self, update: &PartitionUpdate) {
+        let mut pending = self.lock();
+        match pending.get_mut(&update.partition) {
+            Some(waiting) => waiting.absorb(update),
+            None => {
+                pending.insert(update.partition, Pending::new(update));
+            }
+        }
+        drop(pending);
+        self.wake.notify_one();
+    }
+}
+
+impl ResultsPublisher {
+    pub fn new(log: Arc<dyn Log>) -> Self {
+        Self {
+            log,
+            pending: Mutex::new(BTreeMap::new()),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PartitionId, Pending>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends whatever is offered until `shutdown`, then makes one last attempt.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut pause = RETRY_PAUSE_MIN;
+        loop {
+            let stopping = *shutdown.borrow();
+            match self.publish_pending().await {
+                Ok(()) => pause = RETRY_PAUSE_MIN,
+                Err(error) if !stopping => {
+                    tracing::warn!(%error, "cannot publish results; retrying in {pause:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "results not published at shutdown; the next start publishes them");
+                }
+            }
+            if stopping {
+                return;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Appends every pending update; on failure puts them back under any newer ones.
+    async fn publish_pending(&self) -> Result<(), LogError> {
+        let taken = std::mem::take(&mut *self.lock());
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<KeyedRecord> = taken
+            .values()
+            .flat_map(|pending| {
+                Pending {
+                    latest: pending.latest.clone_header(),
+                    totals: pending.totals.clone(),
+                    buckets: pending.buckets.clone(),
+                }
+                .into_records()
+            })
+            .collect();
+        match self.log.append(0, records).await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                let mut pending = self.lock();
+                for (partition, earlier) in taken {
+                    match pending.get_mut(&partition) {
+                        Some(later) => later.absorb_earlier(earlier),
+                        None => {
+                            pending.insert(partition, earlier);
+                        }
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Folds the results topic from `from` up to its end into `read_model`, skipping the partitions
+/// this node owns (their runners publish locally). Returns where to go on from.
+pub async fn catch_up_results(
+    log: &dyn Log,
+    read_model: &ReadModel,
+    owned: &[PartitionId],
+    mut from: Offset,
+) -> Result<Offset, LogError> {
+    loop {
+        let records = log.read(0, from, READ_RECORDS).await?;
+        let Some(last) = records.last() else {
+            return Ok(from);
+        };
+        from = last.offset + 1;
+        for record in records {
+            match codec::decode::<ResultsRecord>(&record.value) {
+                Ok(ResultsRecord::Update(update)) => {
+                    if !owned.contains(&update.partition)
+                        && update.partition < read_model.partition_count()
+                    {
+                        read_model.publish(update);
+                    }
+                }
+                Err(error) => tracing::error!(
+                    offset = record.offset,
+                    %error,
+                    "skipping a results record this build cannot read"
+                ),
+            }
+        }
+    }
+}
+
+/// Follows the results topic from `from` until `shutdown`, waiting out an unavailable cluster.
+pub async fn follow_results(
+    log: Arc<dyn Log>,
+    read_model: Arc<ReadModel>,
+    owned: Vec<PartitionId>,
+    mut from: Offset,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut pause = RETRY_PAUSE_MIN;
+    while !*shutdown.borrow() {
+        match catch_up_results(log.as_ref(), &read_model, &owned, from).await {
+            Ok(next) => {
+                from = next;
+                pause = RETRY_PAUSE_MIN;
+                tokio::select! {
+                    _ = log.wait_for_offset(0, from) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the results topic; retrying in {pause:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.changed() => {}
+                }
+                pause = (pause * 2).min(RETRY_PAUSE_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{EmbeddedLog, EmbeddedLogOptions};
+    use crate::operators::event_time_windows::Granularity;
+
+    fn update(partition: PartitionId, next_offset: Offset, total_cents: u64) -> PartitionUpdate {
+        let mut bucket = WindowBucket::default();
+        bucket.add(total_cents);
+        PartitionUpdate {
+            partition,
+            next_offset,
+            totals: vec![(
+                "meals".into(),
+                CampaignTotal {
+                    total_cents,
+                    donations: next_offset,
+                },
+            )],
+            buckets: vec![(
+                BucketKey {
+                    campaign_id: "meals".into(),
+                    granularity: Granularity::Minute,
+                    start_ms: 60_000,
+                },
+                bucket,
+            )],
+            ..PartitionUpdate::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn published_updates_reach_another_nodes_read_model_once_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = EmbeddedLogOptions {
+            partition_count: 1,
+            ..EmbeddedLogOptions::default()
+        };
+        let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(dir.path(), options).unwrap());
+        let publisher = ResultsPublisher::new(Arc::clone(&log));
+        publisher.offer(&update(1, 10, 500));
+        publisher.offer(&update(1, 12, 700));
+        publisher.offer(&update(0, 3, 100));
+        publisher.publish_pending().await.unwrap();
+        // A stale update re-delivered after a newer one changes nothing.
+        publisher.offer(&update(1, 11, 600));
+        publisher.publish_pending().await.unwrap();
+
+        let reader = ReadModel::new(2);
+        let next = catch_up_results(log.as_ref(), &reader, &[], 0)
+            .await
+            .unwrap();
+        assert_eq!(reader.campaign_total("meals").total_cents, 800);
+        assert_eq!(reader.progress()[1].applied_offset, 12);
+        let stats = reader.stats("meals", 0, 120_000, None).unwrap();
+        assert_eq!(stats.sum_cents, 800);
+
+        // A node that owns partition 0 leaves it to its own runner.
+        let owner = ReadModel::new(2);
+        catch_up_results(log.as_ref(), &owner, &[0], 0)
+            .await
+            .unwrap();
+        assert_eq!(owner.campaign_total("meals").total_cents, 700);
+        assert_eq!(
+            catch_up_results(log.as_ref(), &reader, &[], next)
+                .await
+                .unwrap(),
+            next
+        );
+    }
+
+    #[test]
+    fn a_large_update_is_split_into_records_for_one_offset() {
+        let mut big = update(2, 99, 1);
+        big.buckets = (0..2500)
+            .map(|minute| {
+                let key = BucketKey {
+                    campaign_id: "meals".into(),
+                    granularity: Granularity::Minute,
+                    start_ms: minute * 60_000,
+                };
+                (key, WindowBucket::default())
+            })
+            .collect();
+        let records = Pending::new(&big).into_records();
+        assert_eq!(records.len(), 3);
+        let mut buckets = 0;
+        for record in records {
+            let ResultsRecord::Update(part) = codec::decode(&record.value).unwrap();
+            assert_eq!((part.partition, part.next_offset), (2, 99));
+            buckets += part.buckets.len();
+        }
+        assert_eq!(buckets, 2500);
+    }
+}
