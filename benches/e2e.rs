@@ -88,7 +88,7 @@ async fn cell(batch: usize, rate: f64, duration: Duration) -> anyhow::Result<Rep
             server::ADMIN_TOKEN.to_owned(),
         ))
     };
-    let report = run(&config, &process.base, credentials).await;
+    let report = run(&config, std::slice::from_ref(&process.base), credentials).await;
     drop(process);
     report
 }

@@ -37,7 +37,7 @@ fn block_on(config: &RunConfig, target: &str) -> Report {
     };
     tokio::runtime::Runtime::new()
         .expect("a runtime")
-        .block_on(run(config, target, credentials))
+        .block_on(run(config, &[target.to_owned()], credentials))
         .expect("the run completes")
 }
 

@@ -113,7 +113,7 @@ impl Server {
         &self.base
     }
 
-    /// Creates a USD campaign; one that exists already is fine.
+    /// Creates a USD campaign; one that exists already (409 `campaign_exists`) is fine.
     pub async fn create_campaign(&self, campaign_id: &str) -> anyhow::Result<()> {
         let response = self
             .http
@@ -128,11 +128,14 @@ impl Server {
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", self.base))?;
         let status = response.status();
-        anyhow::ensure!(
-            status.is_success() || status == 409,
-            "creating campaign {campaign_id}: {status} {}",
-            response.text().await.unwrap_or_default()
-        );
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = response.text().await.unwrap_or_default();
+        let exists = status == 409
+            && serde_json::from_str::<Value>(&text)
+                .is_ok_and(|v| error_code(&v) == "campaign_exists");
+        anyhow::ensure!(exists, "creating campaign {campaign_id}: {status} {text}");
         Ok(())
     }
 

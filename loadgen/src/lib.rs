@@ -1,13 +1,15 @@
 //! # tally-loadgen
 //!
-//! Replays dinner-rush checkout traffic against a running tally server and checks the totals and
-//! statistics it reports against the ground truth of what was acknowledged. The crate stands
-//! outside tally's data path: it talks to the server over HTTP only.
+//! Replays dinner-rush checkout traffic against a running tally server, or several nodes sharing
+//! one log, and checks the totals and statistics each reports against the ground truth of what
+//! was acknowledged. The crate stands outside tally's data path: it talks to the servers over
+//! HTTP only.
 //!
 //! - [`schedule`]: traffic shapes (`steady`, `dinner-rush`, `spike`) as open-loop due times.
 //! - [`traffic`]: donations with their resends, conflicts, bursts and bad requests, from a seed.
 //! - [`ground_truth`]: what the server must report, from the donations it acknowledged.
 //! - [`client`]: the server's HTTP API, answers reduced to what a run needs.
+//! - [`targets`]: the servers a run drives, and how requests and probes spread over them.
 //! - [`run`]: one run: replay, retries, freshness probes, the crash timer, verification.
 //! - [`chaos`]: a server process the run owns and SIGKILLs on a timer.
 //! - [`verify`]: the comparison of the server's totals and statistics with the ground truth.
@@ -19,5 +21,6 @@ pub mod ground_truth;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod targets;
 pub mod traffic;
 pub mod verify;

@@ -1,6 +1,6 @@
-//! `tally-loadgen`: replays checkout traffic against a running tally server, open loop, then
-//! checks every campaign's totals and statistics against the ground truth of what the server
-//! acknowledged.
+//! `tally-loadgen`: replays checkout traffic against a running tally server, or several nodes
+//! sharing one log, open loop, then checks every campaign's totals and statistics against the
+//! ground truth of what was acknowledged.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,8 +19,16 @@ use tally_loadgen::schedule::Profile;
     about = "Replays checkout donation traffic against a tally server and verifies its totals"
 )]
 struct Args {
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    target: String,
+    /// A server to send to; repeat it, or list several separated by commas, to spread the load
+    /// over several nodes sharing one log.
+    #[arg(
+        long = "target",
+        value_name = "URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080",
+        value_parser = target_url
+    )]
+    targets: Vec<String>,
     /// The server's callback signing secret (as text); default: from --data-dir.
     #[arg(long, env = "TALLY_SIGNING_SECRET", hide_env_values = true)]
     signing_secret: Option<String>,
@@ -68,6 +76,15 @@ fn positive_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
         _ => Err(format!("must be a positive number, got {text:?}")),
+    }
+}
+
+fn target_url(text: &str) -> Result<String, String> {
+    let url = text.trim();
+    if url.is_empty() {
+        Err("must be a URL such as http://127.0.0.1:8080".into())
+    } else {
+        Ok(url.to_owned())
     }
 }
 
@@ -119,7 +136,7 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
         server_cmd: args.server_cmd.clone(),
         kill_every: args.kill_every,
     };
-    let report = run(&config, &args.target, || secret_and_token(&args)).await?;
+    let report = run(&config, &args.targets, || secret_and_token(&args)).await?;
     if let Some(verification) = &report.verification {
         for mismatch in &verification.mismatches {
             println!("MISMATCH {mismatch}");
@@ -169,4 +186,34 @@ fn secret_and_token(args: &Args) -> anyhow::Result<(SigningSecret, String)> {
         }
     };
     Ok((secret, token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets(command_line: &[&str]) -> Vec<String> {
+        let arguments = std::iter::once("tally-loadgen").chain(command_line.iter().copied());
+        Args::try_parse_from(arguments)
+            .expect("a valid command line")
+            .targets
+    }
+
+    #[test]
+    fn targets_repeat_or_come_as_a_comma_separated_list() {
+        assert_eq!(targets(&[]), ["http://127.0.0.1:8080"]);
+        assert_eq!(targets(&["--target", "http://a:1"]), ["http://a:1"]);
+        assert_eq!(
+            targets(&[
+                "--target",
+                "http://a:1, http://b:2",
+                "--target",
+                "http://c:3"
+            ]),
+            ["http://a:1", "http://b:2", "http://c:3"]
+        );
+        assert!(
+            Args::try_parse_from(["tally-loadgen", "--target", "http://a:1,,http://b:2"]).is_err()
+        );
+    }
 }

@@ -34,10 +34,20 @@ pub struct Counters {
     pub server_restarts: u64,
 }
 
+/// What one of several targets was sent and acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetCounters {
+    pub target: String,
+    /// Donation requests sent to it, retries included.
+    pub requests_sent: u64,
+    pub donations_acknowledged: u64,
+}
+
 /// Counters and histograms of one run, updated by the sending tasks.
 #[derive(Debug)]
 pub struct RunStats {
     pub counters: Counters,
+    per_target: Vec<TargetCounters>,
     latency_us: Histogram<u64>,
     freshness_us: Histogram<u64>,
     per_second: Vec<SecondStats>,
@@ -53,8 +63,21 @@ struct SecondStats {
 
 impl RunStats {
     pub fn new() -> Self {
+        Self::with_targets(&[])
+    }
+
+    /// Stats that also count requests and acknowledgements per target, in `targets`' order.
+    pub fn with_targets(targets: &[String]) -> Self {
         Self {
             counters: Counters::default(),
+            per_target: targets
+                .iter()
+                .map(|target| TargetCounters {
+                    target: target.clone(),
+                    requests_sent: 0,
+                    donations_acknowledged: 0,
+                })
+                .collect(),
             latency_us: latency_histogram(3),
             freshness_us: latency_histogram(3),
             per_second: Vec::new(),
@@ -71,6 +94,20 @@ impl RunStats {
         slot.requests_completed += 1;
         slot.donations_acknowledged += acknowledged;
         let _ = slot.latency_us.record(us);
+    }
+
+    /// A donation request (first attempt or retry) went to target `target`.
+    pub fn sent_to(&mut self, target: usize) {
+        if let Some(counters) = self.per_target.get_mut(target) {
+            counters.requests_sent += 1;
+        }
+    }
+
+    /// Target `target` acknowledged `count` donations.
+    pub fn acknowledged_by(&mut self, target: usize, count: u64) {
+        if let Some(counters) = self.per_target.get_mut(target) {
+            counters.donations_acknowledged += count;
+        }
     }
 
     pub fn refused(&mut self, second: usize, status: u16, code: &str, count: u64) {
@@ -166,6 +203,11 @@ impl RunStats {
                 })
                 .collect(),
             settings: context.settings,
+            per_target: if self.per_target.len() > 1 {
+                self.per_target.clone()
+            } else {
+                Vec::new()
+            },
             verification: None,
         }
     }
@@ -236,6 +278,9 @@ pub struct Report {
     /// From a 202 to the donation being counted in `GET /v1/campaigns/{id}`.
     pub freshness: Quantiles,
     pub per_second: Vec<SecondReport>,
+    /// With several targets: what each was sent and acknowledged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_target: Vec<TargetCounters>,
     pub verification: Option<VerificationReport>,
 }
 
@@ -287,6 +332,16 @@ impl Report {
             "donations acknowledged (2xx)",
             self.counters.donations_acknowledged.to_string(),
         )?;
+        for target in &self.per_target {
+            row(
+                out,
+                &format!("  by {}", target.target),
+                format!(
+                    "{} ({} requests sent)",
+                    target.donations_acknowledged, target.requests_sent
+                ),
+            )?;
+        }
         row(
             out,
             "distinct donations recorded",
@@ -401,6 +456,55 @@ mod tests {
             serde_json::to_string(&report)
                 .unwrap()
                 .contains("per_second")
+        );
+    }
+
+    fn context() -> ReportContext {
+        ReportContext {
+            elapsed: Duration::from_secs(1),
+            scheduled: Duration::from_secs(1),
+            distinct_recorded: 0,
+            settings: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn several_targets_are_counted_each_and_one_target_is_not_broken_down() {
+        let targets = [
+            "http://127.0.0.1:8081".to_owned(),
+            "http://127.0.0.1:8082".to_owned(),
+        ];
+        let mut stats = RunStats::with_targets(&targets);
+        stats.sent_to(0);
+        stats.sent_to(1);
+        stats.sent_to(1);
+        stats.acknowledged_by(1, 25);
+        stats.sent_to(7);
+        let report = stats.report(context());
+        assert_eq!(report.per_target[0].requests_sent, 1);
+        assert_eq!(report.per_target[1].requests_sent, 2);
+        assert_eq!(report.per_target[1].donations_acknowledged, 25);
+        let mut table = Vec::new();
+        report.write_table(&mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        assert!(
+            table.contains("by http://127.0.0.1:8082") && table.contains("25 (2 requests sent)"),
+            "{table}"
+        );
+        assert!(
+            serde_json::to_string(&report)
+                .unwrap()
+                .contains("per_target")
+        );
+
+        let mut one = RunStats::with_targets(&targets[..1]);
+        one.sent_to(0);
+        let report = one.report(context());
+        assert!(report.per_target.is_empty());
+        assert!(
+            !serde_json::to_string(&report)
+                .unwrap()
+                .contains("per_target")
         );
     }
 }

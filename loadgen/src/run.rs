@@ -1,6 +1,7 @@
-//! One load run: create the campaigns, note what the server holds, replay the schedule open
-//! loop (single or batch requests, bounded in flight), measure latency and freshness, maybe
-//! crash the server on a timer, then verify the server against the ground truth.
+//! One load run: create the campaigns, note what the servers hold, replay the schedule open
+//! loop (single or batch requests, bounded in flight, spread over the targets), measure latency
+//! and freshness, maybe crash the (one) server on a timer, then verify every target against the
+//! ground truth and against each other.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -16,12 +17,13 @@ use crate::client::{BatchAnswer, Placement, Server, SingleAnswer};
 use crate::ground_truth::{GroundTruth, SentDonation};
 use crate::report::{Report, ReportContext, RunStats, VerificationReport};
 use crate::schedule::{Profile, Schedule};
+use crate::targets::{Targets, first_target};
 use crate::traffic::{Planned, ResendTiming, Traffic, TrafficConfig};
 use crate::verify;
 
 /// A request refused with 429/503, or left unanswered, is sent again for this long at most.
 const RETRY_WINDOW: Duration = Duration::from_secs(120);
-/// How long verification waits for the server to apply everything.
+/// How long verification waits for each server to apply everything.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(120);
 /// One freshness probe at most this often.
 const FRESHNESS_PROBE_EVERY: Duration = Duration::from_millis(100);
@@ -60,9 +62,9 @@ impl RunConfig {
         }
     }
 
-    fn settings(&self, target: &str) -> BTreeMap<String, String> {
+    fn settings(&self, targets: &[String]) -> BTreeMap<String, String> {
         let mut settings = BTreeMap::from([
-            ("target".to_owned(), target.to_owned()),
+            target_setting(targets),
             ("profile".to_owned(), format!("{:?}", self.profile)),
             (
                 "duration".to_owned(),
@@ -84,6 +86,17 @@ impl RunConfig {
     }
 }
 
+/// The target setting: the URL of one target, or how many there were and their URLs.
+fn target_setting(targets: &[String]) -> (String, String) {
+    match targets {
+        [one] => ("target".to_owned(), one.clone()),
+        several => (
+            "targets".to_owned(),
+            format!("{}: {}", several.len(), several.join(", ")),
+        ),
+    }
+}
+
 /// One request's worth of donation bodies and what each means for the ground truth.
 #[derive(Debug, Clone)]
 struct Item {
@@ -92,19 +105,20 @@ struct Item {
     donation: Option<SentDonation>,
 }
 
-/// A freshness probe: a donation acknowledged at `acknowledged_at`, visible once its partition's
-/// applied offset passes its offset.
+/// A freshness probe: a donation acknowledged by target `acknowledged_by` at `acknowledged_at`,
+/// visible once its partition's applied offset passes its offset.
 #[derive(Debug, Clone)]
 struct Probe {
     campaign_id: String,
     placement: Placement,
+    acknowledged_by: usize,
     acknowledged_at: Instant,
 }
 
 /// State the sending tasks share.
 #[derive(Debug)]
 struct Shared {
-    server: Server,
+    targets: Targets,
     started: Instant,
     slots: Semaphore,
     stats: Mutex<RunStats>,
@@ -134,23 +148,26 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Runs the load against `target` and, unless told not to, the verification; the report says
-/// how both went. `credentials` (signing secret, admin token) are read once the server is up: a
-/// server started by `server_cmd` may generate them on its first start.
+/// Runs the load against `targets` (one server, or several nodes sharing one log) and, unless
+/// told not to, the verification; the report says how both went. `credentials` (signing secret,
+/// admin token, the same for every target) are read once the server is up: a server started by
+/// `server_cmd` may generate them on its first start. A run that starts the server itself takes
+/// exactly one target.
 pub async fn run(
     config: &RunConfig,
-    target: &str,
+    targets: &[String],
     credentials: impl FnOnce() -> anyhow::Result<(SigningSecret, String)>,
 ) -> anyhow::Result<Report> {
+    let first = first_target(targets, config.server_cmd.is_some())?;
     let mut managed = match &config.server_cmd {
-        Some(command) => Some(ManagedServer::start(command, &Server::health_probe(target)?).await?),
+        Some(command) => Some(ManagedServer::start(command, &Server::health_probe(first)?).await?),
         None => None,
     };
     let (secret, admin_token) = credentials()?;
-    let server = Server::new(target, secret, admin_token, config.connections)?;
+    let targets = Targets::new(targets, &secret, &admin_token, config.connections)?;
     let traffic_config = config.traffic();
     for campaign in &traffic_config.campaigns {
-        server.create_campaign(campaign).await?;
+        targets.first().create_campaign(campaign).await?;
     }
     let start_ms = unix_ms();
     let ranges = verify::ranges_for_run(
@@ -158,18 +175,23 @@ pub async fn run(
         start_ms + config.duration.as_millis() as i64,
         traffic_config.lateness_ms_max,
     );
+    // Every node must know the campaigns before it is sent donations for them.
+    if config.verify || targets.several() {
+        verify::wait_every_caught_up(targets.all(), &traffic_config.campaigns, CATCH_UP_WAIT)
+            .await?;
+    }
     let baseline = if config.verify {
-        verify::wait_caught_up(&server, &traffic_config.campaigns, CATCH_UP_WAIT).await?;
-        Some(verify::snapshot(&server, &traffic_config.campaigns, &ranges).await?)
+        Some(verify::snapshot_every(targets.all(), &traffic_config.campaigns, &ranges).await?)
     } else {
         None
     };
 
+    let bases = targets.bases();
     let shared = Arc::new(Shared {
-        server: server.clone(),
+        targets,
         started: Instant::now(),
         slots: Semaphore::new(config.connections.max(1)),
-        stats: Mutex::new(RunStats::new()),
+        stats: Mutex::new(RunStats::with_targets(&bases)),
         truth: Mutex::new(GroundTruth::default()),
         unknown: Mutex::new(Vec::new()),
         probe: Mutex::new(ProbeSlot::Idle),
@@ -187,7 +209,7 @@ pub async fn run(
             elapsed,
             scheduled: config.duration,
             distinct_recorded: truth.recorded_count(),
-            settings: config.settings(server.base()),
+            settings: config.settings(&bases),
         })
     };
     let mut report = stats_snapshot;
@@ -351,7 +373,8 @@ impl Shared {
         self.started.elapsed().as_secs() as usize
     }
 
-    fn acknowledged(&self, item: &Item, placement: Placement) {
+    /// Target `target` acknowledged `item` at `placement`.
+    fn acknowledged(&self, item: &Item, placement: Placement, target: usize) {
         let Some(donation) = &item.donation else {
             return;
         };
@@ -361,6 +384,7 @@ impl Shared {
             *probe = ProbeSlot::Filled(Probe {
                 campaign_id: donation.campaign_id.clone(),
                 placement,
+                acknowledged_by: target,
                 acknowledged_at: Instant::now(),
             });
             self.probe_filled.notify_one();
@@ -403,14 +427,20 @@ async fn send_single(shared: &Shared, item: &Item, mut due: Instant) {
         stats.counters.donations_sent += 1;
     }
     loop {
+        let (target, server) = shared.targets.next_for_request();
+        lock(&shared.stats).sent_to(target);
         let answer = {
             let _slot = shared.slots.acquire().await;
-            shared.server.post_donation(&body).await
+            server.post_donation(&body).await
         };
         let (status, wait) = match answer {
             SingleAnswer::Accepted(placement) => {
-                lock(&shared.stats).answered(shared.second(), due.elapsed(), 1);
-                shared.acknowledged(item, placement);
+                {
+                    let mut stats = lock(&shared.stats);
+                    stats.answered(shared.second(), due.elapsed(), 1);
+                    stats.acknowledged_by(target, 1);
+                }
+                shared.acknowledged(item, placement, target);
                 return;
             }
             SingleAnswer::Refused { status, code } => {
@@ -440,18 +470,27 @@ async fn send_batch(shared: &Shared, mut items: Vec<Item>, mut due: Instant) {
     loop {
         let bodies: Vec<&Value> = items.iter().map(|i| &i.body).collect();
         let body = serde_json::to_vec(&bodies).unwrap_or_default();
-        lock(&shared.stats).counters.requests_sent += 1;
+        let (target, server) = shared.targets.next_for_request();
+        {
+            let mut stats = lock(&shared.stats);
+            stats.counters.requests_sent += 1;
+            stats.sent_to(target);
+        }
         let answer = {
             let _slot = shared.slots.acquire().await;
-            shared.server.post_batch(&body).await
+            server.post_batch(&body).await
         };
         let (status, wait) = match answer {
             BatchAnswer::Answered { accepted, rejected } => {
                 let acknowledged = accepted.len() as u64;
-                lock(&shared.stats).answered(shared.second(), due.elapsed(), acknowledged);
+                {
+                    let mut stats = lock(&shared.stats);
+                    stats.answered(shared.second(), due.elapsed(), acknowledged);
+                    stats.acknowledged_by(target, acknowledged);
+                }
                 for (index, placement) in accepted {
                     if let Some(item) = items.get(index) {
-                        shared.acknowledged(item, placement);
+                        shared.acknowledged(item, placement, target);
                     }
                 }
                 let mut limited = Vec::new();
@@ -587,20 +626,25 @@ async fn probe_freshness(shared: Arc<Shared>, finished: Arc<Notify>) {
         else {
             continue;
         };
+        let (_, reader) = shared.targets.next_for_probe(probe.acknowledged_by);
         tokio::select! {
             () = &mut stop => return,
-            visible = wait_visible(&shared.server, &probe) => {
+            visible = wait_visible(reader, &probe) => {
                 if visible {
                     lock(&shared.stats).freshness(probe.acknowledged_at.elapsed());
                 } else {
-                    eprintln!("tally-loadgen: a donation was not visible {FRESHNESS_PROBE_TIMEOUT:?} after its 202: {probe:?}");
+                    eprintln!(
+                        "tally-loadgen: a donation was not visible at {} {FRESHNESS_PROBE_TIMEOUT:?} after its 202: {probe:?}",
+                        reader.base()
+                    );
                 }
             }
         }
     }
 }
 
-/// Polls the campaign until its applied offset for the probe's partition passes the probe.
+/// Polls the campaign on `server` until its applied offset for the probe's partition passes the
+/// probe.
 async fn wait_visible(server: &Server, probe: &Probe) -> bool {
     while probe.acknowledged_at.elapsed() < FRESHNESS_PROBE_TIMEOUT {
         if let Some(view) = server.campaign(&probe.campaign_id).await {
@@ -630,22 +674,40 @@ async fn crash_on_timer(
             () = &mut stop => return Ok(managed),
             () = tokio::time::sleep(every) => {}
         }
-        server.kill_and_restart(&shared.server).await?;
+        server.kill_and_restart(shared.targets.first()).await?;
         lock(&shared.stats).counters.server_restarts += 1;
     }
 }
 
-/// After the run: settle unanswered donations, wait for the server, compare.
+/// After the run: settle unanswered donations, wait for every target, compare each with the
+/// ground truth and with the others.
 async fn verify_run(
     shared: &Shared,
     campaigns: &[String],
     ranges: &[verify::TimeRange],
-    before: &verify::Snapshot,
+    before: &[verify::TargetSnapshot],
 ) -> anyhow::Result<VerificationReport> {
+    let recorded_without_answer = settle_unanswered(shared).await?;
+    let servers = shared.targets.all();
+    verify::wait_every_caught_up(servers, campaigns, CATCH_UP_WAIT).await?;
+    let after = verify::snapshot_every(servers, campaigns, ranges).await?;
+    let comparison = verify::compare_targets(before, &after, &lock(&shared.truth), ranges);
+    Ok(VerificationReport {
+        passed: comparison.mismatches.is_empty(),
+        checks: comparison.checks,
+        mismatches: comparison.mismatches,
+        recorded_without_answer,
+    })
+}
+
+/// Asks the first target whether each donation whose requests were never answered was recorded,
+/// and adds those that were to the ground truth; returns how many.
+async fn settle_unanswered(shared: &Shared) -> anyhow::Result<u64> {
     let unknown = std::mem::take(&mut *lock(&shared.unknown));
+    let server = shared.targets.first();
     let mut recorded_without_answer = 0;
     for donation in unknown {
-        match shared.server.is_recorded(&donation.payment_ref).await {
+        match server.is_recorded(&donation.payment_ref).await {
             Some(true) => {
                 if lock(&shared.truth).recorded_without_answer(&donation) {
                     recorded_without_answer += 1;
@@ -658,13 +720,5 @@ async fn verify_run(
             ),
         }
     }
-    verify::wait_caught_up(&shared.server, campaigns, CATCH_UP_WAIT).await?;
-    let after = verify::snapshot(&shared.server, campaigns, ranges).await?;
-    let comparison = verify::compare(before, &after, &lock(&shared.truth), ranges);
-    Ok(VerificationReport {
-        passed: comparison.mismatches.is_empty(),
-        checks: comparison.checks,
-        mismatches: comparison.mismatches,
-        recorded_without_answer,
-    })
+    Ok(recorded_without_answer)
 }

@@ -1,10 +1,14 @@
 //! The end-of-run check: once the server reports no lag, every campaign's total and donation
 //! count, and its statistics over several time ranges (count, sum, extremes, and the per-minute
 //! series), must equal what was there before the run plus the ground truth of what this run got
-//! acknowledged.
+//! acknowledged. With several target nodes sharing one log, each is checked so, and all of them
+//! must report the same.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
 use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 use serde_json::Value;
 
@@ -51,6 +55,50 @@ pub fn ranges_for_run(start_ms: i64, end_ms: i64, lateness_ms: i64) -> Vec<TimeR
 pub struct Snapshot {
     pub totals: BTreeMap<String, ExpectedTotal>,
     pub stats: BTreeMap<(String, TimeRange), ExpectedStats>,
+}
+
+/// What one target reported, named by its base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSnapshot {
+    pub target: String,
+    pub snapshot: Snapshot,
+}
+
+/// Waits until every target's view of every campaign reports zero lag, up to `wait` each.
+pub async fn wait_every_caught_up(
+    servers: &[Server],
+    campaigns: &[String],
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let several = servers.len() > 1;
+    for server in servers {
+        let caught_up = wait_caught_up(server, campaigns, wait).await;
+        if several {
+            caught_up.with_context(|| format!("target {}", server.base()))?;
+        } else {
+            caught_up?;
+        }
+    }
+    Ok(())
+}
+
+/// Every target's snapshot, in `servers`' order.
+pub async fn snapshot_every(
+    servers: &[Server],
+    campaigns: &[String],
+    ranges: &[TimeRange],
+) -> anyhow::Result<Vec<TargetSnapshot>> {
+    let mut snapshots = Vec::with_capacity(servers.len());
+    for server in servers {
+        let snapshot = snapshot(server, campaigns, ranges)
+            .await
+            .with_context(|| format!("target {}", server.base()))?;
+        snapshots.push(TargetSnapshot {
+            target: server.base().to_owned(),
+            snapshot,
+        });
+    }
+    Ok(snapshots)
 }
 
 /// Waits until every campaign's view reports zero lag, up to `wait`.
@@ -169,6 +217,123 @@ pub struct Comparison {
     pub mismatches: Vec<String>,
 }
 
+/// Compares each target's `after` with its own `before` plus the ground truth; with several
+/// targets, also compares every target's `after` with the first's, and every mismatch names its
+/// target. `before` and `after` list the same targets in the same order.
+pub fn compare_targets(
+    before: &[TargetSnapshot],
+    after: &[TargetSnapshot],
+    truth: &GroundTruth,
+    ranges: &[TimeRange],
+) -> Comparison {
+    let mut comparison = Comparison::default();
+    let several = after.len() > 1;
+    for (before, after) in before.iter().zip(after) {
+        let target = compare(&before.snapshot, &after.snapshot, truth, ranges);
+        comparison.absorb(if several {
+            target.naming(&after.target)
+        } else {
+            target
+        });
+    }
+    if several {
+        comparison.absorb(agreement(after));
+    }
+    comparison
+}
+
+/// Where the targets' snapshots differ from the first target's: every campaign total, and every
+/// stats range's count and sum, extremes and per-minute series; each mismatch names the target
+/// that differs.
+pub fn agreement(snapshots: &[TargetSnapshot]) -> Comparison {
+    let mut comparison = Comparison::default();
+    let Some((first, others)) = snapshots.split_first() else {
+        return comparison;
+    };
+    for other in others {
+        let pair = TargetPair { first, other };
+        let (first, other) = (&first.snapshot, &other.snapshot);
+        for campaign in union(&first.totals, &other.totals) {
+            let totals = (first.totals.get(campaign), other.totals.get(campaign));
+            pair.check(&mut comparison, &format!("{campaign} total"), totals);
+        }
+        for key in union(&first.stats, &other.stats) {
+            let name = stats_name(&key.0, &key.1);
+            match (first.stats.get(key), other.stats.get(key)) {
+                (Some(expected), Some(got)) => {
+                    pair.check_stats(&mut comparison, &name, expected, got);
+                }
+                either => pair.check(&mut comparison, &name, either),
+            }
+        }
+    }
+    comparison
+}
+
+/// The keys either map holds.
+fn union<'a, K: Ord, V>(a: &'a BTreeMap<K, V>, b: &'a BTreeMap<K, V>) -> BTreeSet<&'a K> {
+    a.keys().chain(b.keys()).collect()
+}
+
+/// The first target, whose answers the other's must equal.
+#[derive(Debug, Clone, Copy)]
+struct TargetPair<'a> {
+    first: &'a TargetSnapshot,
+    other: &'a TargetSnapshot,
+}
+
+impl TargetPair<'_> {
+    /// One check: the first's and the other's answers under `name` (`None`: not answered).
+    fn check<T: PartialEq + Debug>(
+        &self,
+        comparison: &mut Comparison,
+        name: &str,
+        (expected, got): (Option<T>, Option<T>),
+    ) {
+        comparison.check(expected == got, || {
+            format!(
+                "[{}] {name}: {}, but [{}] {}",
+                self.other.target,
+                shown(got),
+                self.first.target,
+                shown(expected)
+            )
+        });
+    }
+
+    fn check_stats(
+        &self,
+        comparison: &mut Comparison,
+        name: &str,
+        expected: &ExpectedStats,
+        got: &ExpectedStats,
+    ) {
+        let count_sum = |s: &ExpectedStats| Some((s.count, s.sum_cents));
+        let count_sums = (count_sum(expected), count_sum(got));
+        self.check(comparison, &format!("{name}: count/sum"), count_sums);
+        let extremes = |s: &ExpectedStats| Some((s.min_cents, s.max_cents));
+        let extremes = (extremes(expected), extremes(got));
+        self.check(comparison, &format!("{name}: min/max"), extremes);
+        for minute in union(&expected.per_minute, &got.per_minute) {
+            let name = format!("{name}: minute {}", crate::traffic::rfc3339(*minute));
+            let series = (expected.per_minute.get(minute), got.per_minute.get(minute));
+            self.check(comparison, &name, series);
+        }
+    }
+}
+
+fn shown(value: Option<impl Debug>) -> String {
+    value.map_or_else(|| "nothing".to_owned(), |value| format!("{value:?}"))
+}
+
+fn stats_name(campaign: &str, range: &TimeRange) -> String {
+    format!(
+        "{campaign} stats [{}, {})",
+        crate::traffic::rfc3339(range.from_ms),
+        crate::traffic::rfc3339(range.to_ms)
+    )
+}
+
 pub fn compare(
     before: &Snapshot,
     after: &Snapshot,
@@ -206,11 +371,7 @@ fn compare_stats(
     base: &ExpectedStats,
     run: &ExpectedStats,
 ) {
-    let name = format!(
-        "{campaign} stats [{}, {})",
-        crate::traffic::rfc3339(range.from_ms),
-        crate::traffic::rfc3339(range.to_ms)
-    );
+    let name = stats_name(campaign, range);
     let expected = (base.count + run.count, base.sum_cents + run.sum_cents);
     comparison.check((got.count, got.sum_cents) == expected, || {
         format!(
@@ -258,6 +419,23 @@ impl Comparison {
         self.checks += 1;
         if !holds {
             self.mismatches.push(describe());
+        }
+    }
+
+    fn absorb(&mut self, other: Comparison) {
+        self.checks += other.checks;
+        self.mismatches.extend(other.mismatches);
+    }
+
+    /// The same comparison, every mismatch prefixed with `[target]`.
+    fn naming(self, target: &str) -> Self {
+        Self {
+            checks: self.checks,
+            mismatches: self
+                .mismatches
+                .into_iter()
+                .map(|mismatch| format!("[{target}] {mismatch}"))
+                .collect(),
         }
     }
 }
@@ -350,5 +528,145 @@ mod tests {
         };
         let comparison = compare(&before, &double_counted, &truth, &[range]);
         assert_eq!(comparison.mismatches.len(), 3, "{comparison:?}");
+    }
+
+    const FIRST: &str = "http://127.0.0.1:8081";
+    const SECOND: &str = "http://127.0.0.1:8082";
+
+    fn minute_range() -> TimeRange {
+        TimeRange {
+            from_ms: START_MS,
+            to_ms: START_MS + MINUTE_MS,
+        }
+    }
+
+    /// A target reporting `donations` donations of 100 cents to "meals", all in the first
+    /// minute.
+    fn meals(target: &str, donations: u64) -> TargetSnapshot {
+        let total = ExpectedTotal {
+            total_cents: 100 * donations,
+            donations,
+        };
+        let stats = ExpectedStats {
+            count: donations,
+            sum_cents: 100 * donations,
+            min_cents: (donations > 0).then_some(100),
+            max_cents: (donations > 0).then_some(100),
+            per_minute: (donations > 0)
+                .then_some((START_MS, total))
+                .into_iter()
+                .collect(),
+        };
+        TargetSnapshot {
+            target: target.to_owned(),
+            snapshot: Snapshot {
+                totals: [("meals".to_owned(), total)].into(),
+                stats: [(("meals".to_owned(), minute_range()), stats)].into(),
+            },
+        }
+    }
+
+    fn one_acknowledged() -> GroundTruth {
+        let mut truth = GroundTruth::default();
+        truth.acknowledged(&SentDonation {
+            payment_ref: "p1".into(),
+            campaign_id: "meals".into(),
+            amount_cents: 100,
+            paid_at_ms: START_MS + 1_000,
+        });
+        truth
+    }
+
+    #[test]
+    fn identical_targets_agree() {
+        let comparison = agreement(&[meals(FIRST, 3), meals(SECOND, 3)]);
+        assert!(comparison.mismatches.is_empty(), "{comparison:?}");
+        assert_eq!(
+            comparison.checks, 4,
+            "a total; a range's count/sum, min/max and one minute"
+        );
+        assert_eq!(agreement(&[meals(FIRST, 3)]), Comparison::default());
+    }
+
+    #[test]
+    fn targets_that_differ_are_mismatches_naming_the_one_that_differs() {
+        let comparison = agreement(&[meals(FIRST, 3), meals(SECOND, 4)]);
+        assert_eq!(comparison.mismatches.len(), 3, "{comparison:?}");
+        assert!(
+            comparison.mismatches[0].starts_with(&format!("[{SECOND}] meals total: ")),
+            "{comparison:?}"
+        );
+        assert!(
+            comparison.mismatches[1].starts_with(&format!("[{SECOND}] meals stats [")),
+            "{comparison:?}"
+        );
+        assert!(
+            comparison.mismatches[1].contains("count/sum: (4, 400), but"),
+            "{comparison:?}"
+        );
+        assert!(
+            comparison.mismatches[2].contains("minute 2026-11-24T19:00:00.000Z"),
+            "{comparison:?}"
+        );
+        assert!(
+            comparison
+                .mismatches
+                .iter()
+                .all(|m| m.contains(&format!("but [{FIRST}]"))),
+            "{comparison:?}"
+        );
+        let mut missing_campaign = meals(SECOND, 3);
+        missing_campaign.snapshot.totals.clear();
+        missing_campaign.snapshot.stats.clear();
+        let comparison = agreement(&[meals(FIRST, 3), missing_campaign]);
+        assert_eq!(comparison.mismatches.len(), 2, "{comparison:?}");
+        assert!(
+            comparison.mismatches[0].contains("meals total: nothing, but"),
+            "{comparison:?}"
+        );
+    }
+
+    #[test]
+    fn every_target_is_checked_against_the_ground_truth_and_the_others() {
+        let truth = one_acknowledged();
+        let range = minute_range();
+        let before = [meals(FIRST, 2), meals(SECOND, 2)];
+        let right = [meals(FIRST, 3), meals(SECOND, 3)];
+        let comparison = compare_targets(&before, &right, &truth, &[range]);
+        assert!(comparison.mismatches.is_empty(), "{comparison:?}");
+        assert_eq!(comparison.checks, 2 * 3 + 4, "per target, then agreement");
+
+        let second_double_counted = [meals(FIRST, 3), meals(SECOND, 4)];
+        let comparison = compare_targets(&before, &second_double_counted, &truth, &[range]);
+        assert!(!comparison.mismatches.is_empty());
+        assert!(
+            comparison
+                .mismatches
+                .iter()
+                .all(|m| m.starts_with(&format!("[{SECOND}] "))),
+            "{comparison:?}"
+        );
+        assert!(
+            comparison
+                .mismatches
+                .iter()
+                .any(|m| m.starts_with(&format!("[{SECOND}] meals total: server "))),
+            "{comparison:?}"
+        );
+    }
+
+    #[test]
+    fn one_target_keeps_its_mismatches_unnamed() {
+        let truth = one_acknowledged();
+        let range = minute_range();
+        let comparison = compare_targets(&[meals(FIRST, 2)], &[meals(FIRST, 4)], &truth, &[range]);
+        let alone = compare(
+            &meals(FIRST, 2).snapshot,
+            &meals(FIRST, 4).snapshot,
+            &truth,
+            &[range],
+        );
+        assert_eq!(comparison, alone);
+        assert!(!alone.mismatches.is_empty());
     }
 }
