@@ -39,10 +39,16 @@ impl Drop for Server {
 
 /// Starts `tally serve` on a fresh `data_dir` and waits until it listens.
 pub fn start_server(data_dir: &Path) -> anyhow::Result<Server> {
+    start_server_with(data_dir, &[])
+}
+
+/// [`start_server`] with more `serve` arguments (`--log`, `--owns`, …).
+pub fn start_server_with(data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Server> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
         .arg("--data-dir")
         .arg(data_dir)
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra_args)
         .args(["--signing-secret", SIGNING_SECRET])
         .args(["--admin-token", ADMIN_TOKEN])
         .args(["--rate-limit-burst", RATE_LIMIT_OFF])

@@ -29,6 +29,7 @@ use tally_ingest::routes::{IngestContext, IngestLimits};
 use tally_pipeline::campaigns::CampaignRegistry;
 use tally_pipeline::checkpoint::CheckpointStore;
 use tally_pipeline::clock::{Clock, SystemClock};
+use tally_pipeline::cluster::results::RESULTS_RECORD_BYTES_MAX;
 use tally_pipeline::cluster::{
     COMPANION_SUFFIX_BYTES_MAX, CompanionTopics, Membership, NodeAnnouncement, PartitionSet,
     ResultsPublisher,
@@ -155,11 +156,11 @@ async fn open_logs(data_dir: &std::path::Path, args: &ServeArgs) -> anyhow::Resu
         }
         LogLocation::Fluvio(location) => {
             let partitions = bound_partitions.unwrap_or(args.partitions);
-            let connect = |topic: String, partitions: u32| {
-                let options = FluvioLogOptions {
-                    replication_factor: args.fluvio_replication,
-                    ..FluvioLogOptions::default()
-                };
+            let defaults = FluvioLogOptions {
+                replication_factor: args.fluvio_replication,
+                ..FluvioLogOptions::default()
+            };
+            let connect = |topic: String, partitions: u32, options: FluvioLogOptions| {
                 let endpoint = location.endpoint.clone();
                 async move {
                     let log = FluvioLog::connect(&endpoint, &topic, partitions, options)
@@ -169,15 +170,20 @@ async fn open_logs(data_dir: &std::path::Path, args: &ServeArgs) -> anyhow::Resu
                 }
             };
             let companions = companion_topics(location)?;
-            let donations = connect(location.topic.clone(), partitions)
+            let donations = connect(location.topic.clone(), partitions, defaults.clone())
                 .await
                 .with_context(|| format!("cannot use the log at {}", args.log_location))?;
-            let campaigns = CampaignRegistry::open(connect(companions.campaigns, 1).await?)
-                .await
-                .context("cannot read the campaigns topic")?;
+            let campaigns =
+                CampaignRegistry::open(connect(companions.campaigns, 1, defaults.clone()).await?)
+                    .await
+                    .context("cannot read the campaigns topic")?;
+            let results_options = FluvioLogOptions {
+                record_bytes_max: RESULTS_RECORD_BYTES_MAX,
+                ..defaults.clone()
+            };
             let shared = SharedTopics {
-                nodes: connect(companions.nodes, 1).await?,
-                results: connect(companions.results, 1).await?,
+                nodes: connect(companions.nodes, 1, defaults).await?,
+                results: connect(companions.results, 1, results_options).await?,
             };
             tracing::info!(log = %args.log_location, partitions, "log on a Fluvio cluster");
             Ok(Logs {

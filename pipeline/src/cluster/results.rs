@@ -26,9 +26,18 @@ use crate::operators::event_time_windows::{BucketKey, WindowBucket};
 use crate::read_model::{PartitionUpdate, ReadModel};
 use crate::runner::UpdateSink;
 
-/// Totals and buckets in one record of the results topic; a larger update is split into
-/// several records for the same offset. Buckets are tens of bytes.
-const ENTRIES_PER_RECORD: usize = 1024;
+/// The largest record of the results topic, key and value: the topic is opened with it. A
+/// window bucket's histogram is at most a few tens of KiB (one pair per distinct amount bucket).
+pub const RESULTS_RECORD_BYTES_MAX: usize = 192 * 1024;
+/// Records are filled up to this much; a larger update is split into several records for the
+/// same offset.
+const RECORD_FILL_BYTES: usize = 64 * 1024;
+/// One append carries at most this much (the log bounds what waits for the cluster).
+const APPEND_FILL_BYTES: usize = 512 * 1024;
+/// Updates are gathered this long after a publish before the next one: a few checkpoints of a
+/// busy partition go out as one update, which halves the topic's volume at the cost of as much
+/// freshness on other nodes.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 /// Records read per step while folding.
 const READ_RECORDS: usize = 1024;
 const RETRY_PAUSE_MIN: Duration = Duration::from_millis(100);
@@ -81,25 +90,41 @@ impl Pending {
         self.buckets = buckets;
     }
 
-    /// The records that publish it: every one carries the header, the entries are spread out.
+    /// The records that publish it: every one carries the header, the entries are spread out
+    /// so that each record stays near [`RECORD_FILL_BYTES`].
     fn into_records(self) -> Vec<KeyedRecord> {
         let key = self.latest.partition.to_be_bytes().to_vec();
-        let mut totals = self.totals.into_iter().peekable();
-        let mut buckets = self.buckets.into_iter().peekable();
         let mut records = Vec::new();
-        loop {
-            let mut update = self.latest.clone_header();
-            update.totals = totals.by_ref().take(ENTRIES_PER_RECORD).collect();
-            let room = ENTRIES_PER_RECORD - update.totals.len();
-            update.buckets = buckets.by_ref().take(room).collect();
+        let mut update = self.latest.clone_header();
+        let mut bytes = 0;
+        let mut seal = |update: &mut PartitionUpdate, bytes: &mut usize| {
+            let full = std::mem::replace(update, self.latest.clone_header());
+            let value = codec::encode(&ResultsRecord::Update(full));
+            debug_assert!(key.len() + value.len() <= RESULTS_RECORD_BYTES_MAX);
             records.push(KeyedRecord {
                 key: key.clone(),
-                value: codec::encode(&ResultsRecord::Update(update)),
+                value,
             });
-            if totals.peek().is_none() && buckets.peek().is_none() {
-                return records;
+            *bytes = 0;
+        };
+        for (campaign_id, total) in self.totals {
+            let entry_bytes = campaign_id.len() + 32;
+            if bytes > 0 && bytes + entry_bytes > RECORD_FILL_BYTES {
+                seal(&mut update, &mut bytes);
             }
+            bytes += entry_bytes;
+            update.totals.push((campaign_id, total));
         }
+        for (bucket_key, bucket) in self.buckets {
+            let entry_bytes = bucket_key.campaign_id.len() + 64 + 16 * bucket.histogram.len();
+            if bytes > 0 && bytes + entry_bytes > RECORD_FILL_BYTES {
+                seal(&mut update, &mut bytes);
+            }
+            bytes += entry_bytes;
+            update.buckets.push((bucket_key, bucket));
+        }
+        seal(&mut update, &mut bytes);
+        records
     }
 }
 
@@ -163,6 +188,10 @@ impl ResultsPublisher {
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
+                _ = shutdown.changed() => continue,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PUBLISH_INTERVAL) => {}
                 _ = shutdown.changed() => {}
             }
         }
@@ -185,8 +214,8 @@ impl ResultsPublisher {
                 .into_records()
             })
             .collect();
-        match self.log.append(0, records).await {
-            Ok(_) => Ok(()),
+        match self.append_all(records).await {
+            Ok(()) => Ok(()),
             Err(error) => {
                 let mut pending = self.lock();
                 for (partition, earlier) in taken {
@@ -200,6 +229,27 @@ impl ResultsPublisher {
                 Err(error)
             }
         }
+    }
+}
+
+impl ResultsPublisher {
+    /// Appends the records in order, in appends of at most [`APPEND_FILL_BYTES`].
+    async fn append_all(&self, records: Vec<KeyedRecord>) -> Result<(), LogError> {
+        let mut append = Vec::new();
+        let mut bytes = 0;
+        for record in records {
+            let record_bytes = record.key.len() + record.value.len();
+            if !append.is_empty() && bytes + record_bytes > APPEND_FILL_BYTES {
+                self.log.append(0, std::mem::take(&mut append)).await?;
+                bytes = 0;
+            }
+            bytes += record_bytes;
+            append.push(record);
+        }
+        if !append.is_empty() {
+            self.log.append(0, append).await?;
+        }
+        Ok(())
     }
 }
 
@@ -341,18 +391,29 @@ mod tests {
     #[test]
     fn a_large_update_is_split_into_records_for_one_offset() {
         let mut big = update(2, 99, 1);
-        big.buckets = (0..2500)
+        big.buckets = (0..2500i64)
             .map(|minute| {
                 let key = BucketKey {
                     campaign_id: "meals".into(),
                     granularity: Granularity::Minute,
                     start_ms: minute * 60_000,
                 };
-                (key, WindowBucket::default())
+                let mut bucket = WindowBucket::default();
+                for amount in 1..=20 {
+                    bucket.add(amount * 1000 + minute as u64);
+                }
+                (key, bucket)
             })
             .collect();
         let records = Pending::new(&big).into_records();
-        assert_eq!(records.len(), 3);
+        assert!(records.len() > 5, "{} records", records.len());
+        for record in &records {
+            assert!(
+                record.value.len() <= RECORD_FILL_BYTES * 2,
+                "{}",
+                record.value.len()
+            );
+        }
         let mut buckets = 0;
         for record in records {
             let ResultsRecord::Update(part) = codec::decode(&record.value).unwrap();

@@ -91,6 +91,11 @@ impl AmountHistogram {
         self.buckets.iter().map(|&(_, count)| count).sum()
     }
 
+    /// How many distinct amount buckets hold something.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
     }

@@ -89,6 +89,8 @@ pub struct FluvioLogOptions {
     /// larger than a segment, so it must stay well above the producer's 64 KiB batches. Tests
     /// use a small one (a few hundred KiB) to cross segment boundaries cheaply.
     pub segment_bytes: u32,
+    /// A record's key and value at most (the producer's batches hold at least four).
+    pub record_bytes_max: usize,
 }
 
 impl Default for FluvioLogOptions {
@@ -104,6 +106,7 @@ impl Default for FluvioLogOptions {
             // not to show in the latency of an acknowledgement.
             linger: Duration::from_millis(1),
             segment_bytes: connect::SEGMENT_BYTES,
+            record_bytes_max: producer::RECORD_BYTES_MAX,
         }
     }
 }

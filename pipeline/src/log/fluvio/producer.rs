@@ -27,7 +27,7 @@ use crate::log::{KeyedRecord, LogError, Offset, PartitionId};
 
 /// The producer's batch size: large enough that a busy partition sends few requests.
 pub(super) const BATCH_BYTES: usize = 64 * 1024;
-/// A record's key and value at most. A donation is a few hundred bytes.
+/// A record's key and value at most, by default. A donation is a few hundred bytes.
 pub(super) const RECORD_BYTES_MAX: usize = 16 * 1024;
 /// Bytes handed to one partition's producer and not yet answered for, at most.
 const IN_FLIGHT_BYTES_MAX: usize = 2 * 1024 * 1024;
@@ -82,7 +82,7 @@ impl PartitionProducer {
         records: Vec<KeyedRecord>,
     ) -> Result<Vec<Offset>, LogError> {
         assert!(!records.is_empty(), "an append holds at least one record");
-        let bytes = check_size(&records)?;
+        let bytes = check_size(&records, options.record_bytes_max)?;
         let deadline = Instant::now() + options.request_timeout;
         let producer = self.producer(client, topic, options, deadline).await?;
         let permit = self.reserve(bytes, deadline).await?;
@@ -164,7 +164,7 @@ fn producer_config(
     };
     TopicProducerConfigBuilder::default()
         .set_specific_partitioner(partition)
-        .batch_size(BATCH_BYTES)
+        .batch_size(batch_bytes(options.record_bytes_max))
         .batch_queue_size(QUEUED_BATCHES_MAX)
         .linger(options.linger)
         .isolation(Isolation::ReadCommitted)
@@ -176,16 +176,24 @@ fn producer_config(
         })
 }
 
+/// The producer's batch size for records of at most `record_bytes_max`: room for four.
+fn batch_bytes(record_bytes_max: usize) -> usize {
+    let bytes = BATCH_BYTES.max(4 * (record_bytes_max + RECORD_OVERHEAD_BYTES));
+    // Batches still fill up to three quarters before the next starts, keeping the queue short.
+    debug_assert!(IN_FLIGHT_BYTES_MAX / (bytes - record_bytes_max) + 2 < QUEUED_BATCHES_MAX);
+    bytes
+}
+
 /// The bytes the records take in the producer's queue, if each record and the whole append are
 /// within bounds.
-fn check_size(records: &[KeyedRecord]) -> Result<usize, LogError> {
+fn check_size(records: &[KeyedRecord], record_bytes_max: usize) -> Result<usize, LogError> {
     let mut bytes = 0;
     for record in records {
         let record_bytes = record.key.len() + record.value.len();
-        if record_bytes > RECORD_BYTES_MAX {
+        if record_bytes > record_bytes_max {
             return Err(LogError::AppendTooLarge {
                 bytes: record_bytes as u64,
-                bytes_max: RECORD_BYTES_MAX as u64,
+                bytes_max: record_bytes_max as u64,
             });
         }
         bytes += record_bytes + RECORD_OVERHEAD_BYTES;

@@ -1,0 +1,181 @@
+//! One node or two: donations/s through `tally serve` on the embedded log, on one node over a
+//! Fluvio cluster, and on two nodes over the same cluster splitting the partitions — same
+//! machine, same traffic, in one run. Each cell is a whole load generator run (the realistic
+//! mix with resends, conflicts and invalid requests) ending in its verification; with two
+//! nodes, requests alternate between them and verification also requires both nodes to give
+//! identical totals and statistics.
+//!
+//! The Fluvio rows need a cluster: `TALLY_FLUVIO_ENDPOINT=HOST:PORT` (its SC on loopback); each
+//! cell uses a new topic. Without it they are skipped, and the output says so.
+//!
+//! Run: `cargo bench --bench nodes`. `TALLY_BENCH_SECONDS` sets each cell's duration (default
+//! 10). Client and servers share the machine's cores.
+
+#[path = "support/machine.rs"]
+mod machine;
+#[path = "support/server.rs"]
+#[allow(dead_code)]
+mod server;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tally_ingest::signature::SigningSecret;
+use tally_loadgen::report::Report;
+use tally_loadgen::run::{RunConfig, run};
+use tally_loadgen::schedule::Profile;
+
+const PARTITIONS: &str = "8";
+const CONNECTIONS: usize = 64;
+/// (donations per request, offered checkouts per second): both above what one node takes here.
+const LOADS: [(usize, f64); 2] = [(1, 20_000.0), (100, 100_000.0)];
+
+/// Where the nodes of a cell keep their log.
+#[derive(Debug, Clone, Copy)]
+enum Deployment {
+    Embedded,
+    FluvioOneNode,
+    FluvioTwoNodes,
+}
+
+impl Deployment {
+    fn name(self) -> &'static str {
+        match self {
+            Deployment::Embedded => "embedded, 1 node",
+            Deployment::FluvioOneNode => "fluvio, 1 node",
+            Deployment::FluvioTwoNodes => "fluvio, 2 nodes",
+        }
+    }
+
+    /// Each node's `--owns`.
+    fn owners(self) -> &'static [&'static str] {
+        match self {
+            Deployment::Embedded | Deployment::FluvioOneNode => &["all"],
+            Deployment::FluvioTwoNodes => &["0-3", "4-7"],
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let seconds: f64 = std::env::var("TALLY_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10.0);
+    let endpoint = std::env::var("TALLY_FLUVIO_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty());
+    println!(
+        "nodes: tally serve on the embedded log vs 1 and 2 nodes on a Fluvio cluster, steady profile, {CONNECTIONS} connections, {seconds} s per cell, {PARTITIONS} partitions"
+    );
+    println!("machine: {}", machine::describe());
+    let mut deployments = vec![Deployment::Embedded];
+    match &endpoint {
+        Some(endpoint) => {
+            println!("fluvio: {endpoint} (each cell on a new topic)");
+            deployments.extend([Deployment::FluvioOneNode, Deployment::FluvioTwoNodes]);
+        }
+        None => println!(
+            "TALLY_FLUVIO_ENDPOINT is not set: the Fluvio rows did not run (set it to a cluster's SC, e.g. 127.0.0.1:9003)"
+        ),
+    }
+    println!();
+    println!(
+        "{:<18} {:>6} {:>10} {:>11} {:>9} {:>9} {:>11} {:>11} {:>8}",
+        "deployment",
+        "batch",
+        "offered/s",
+        "achieved/s",
+        "p50 ms",
+        "p99 ms",
+        "fresh p50",
+        "fresh p99",
+        "verified"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let duration = Duration::from_secs_f64(seconds);
+    for (batch, rate) in LOADS {
+        for &deployment in &deployments {
+            let report =
+                runtime.block_on(cell(deployment, endpoint.as_deref(), batch, rate, duration))?;
+            print_row(deployment, batch, rate, &report);
+        }
+    }
+    Ok(())
+}
+
+async fn cell(
+    deployment: Deployment,
+    endpoint: Option<&str>,
+    batch: usize,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<Report> {
+    let log = match (deployment, endpoint) {
+        (Deployment::Embedded, _) => "embedded".to_owned(),
+        (_, Some(endpoint)) => format!("fluvio://{endpoint}/{}", new_topic()),
+        (_, None) => anyhow::bail!("a Fluvio cell needs TALLY_FLUVIO_ENDPOINT"),
+    };
+    let mut data_dirs = Vec::new();
+    let mut nodes = Vec::new();
+    for owns in deployment.owners() {
+        let data_dir = tempfile::tempdir()?;
+        let args = ["--log", &log, "--partitions", PARTITIONS, "--owns", owns];
+        nodes.push(server::start_server_with(data_dir.path(), &args)?);
+        data_dirs.push(data_dir);
+    }
+    let config = RunConfig {
+        profile: Profile::Steady,
+        duration,
+        rate,
+        seed: 7,
+        run_id: format!("nodes{batch}"),
+        batch,
+        connections: CONNECTIONS,
+        verify: true,
+        progress: false,
+        server_cmd: None,
+        kill_every: None,
+    };
+    let credentials = || {
+        Ok((
+            SigningSecret::from_text(server::SIGNING_SECRET),
+            server::ADMIN_TOKEN.to_owned(),
+        ))
+    };
+    let targets: Vec<String> = nodes.iter().map(|node| node.base.clone()).collect();
+    let report = run(&config, &targets, credentials).await;
+    drop(nodes);
+    report
+}
+
+fn new_topic() -> String {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("tally-bench-nodes-{}-{millis}", std::process::id())
+}
+
+fn print_row(deployment: Deployment, batch: usize, rate: f64, report: &Report) {
+    let verified = report
+        .verification
+        .as_ref()
+        .map_or("skipped", |v| if v.passed { "passed" } else { "FAILED" });
+    println!(
+        "{:<18} {:>6} {:>10.0} {:>11.0} {:>9.2} {:>9.2} {:>11.1} {:>11.1} {:>8}",
+        deployment.name(),
+        batch,
+        rate,
+        report.achieved_donations_per_s,
+        report.latency.p50_ms,
+        report.latency.p99_ms,
+        report.freshness.p50_ms,
+        report.freshness.p99_ms,
+        verified
+    );
+    if let Some(verification) = &report.verification {
+        for mismatch in verification.mismatches.iter().take(5) {
+            println!("       mismatch: {mismatch}");
+        }
+    }
+}
