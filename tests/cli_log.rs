@@ -121,3 +121,43 @@ fn errors_are_one_line_with_a_non_zero_exit() {
         "tally: partition 99 does not exist; the topic has 8"
     );
 }
+
+/// `--owns` splits partitions between nodes on a shared log; on the embedded log, and for
+/// partitions the log does not have, `serve` refuses to start with one line.
+#[test]
+fn serve_refuses_an_ownership_it_cannot_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |owns: &str| {
+        tally(
+            dir.path(),
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--signing-secret",
+                "s",
+                "--admin-token",
+                "t",
+                "--partitions",
+                "4",
+                "--owns",
+                owns,
+            ],
+        )
+    };
+    for (owns, expected) in [
+        ("0-1", "needs a shared log"),
+        ("2-9", "partition 4 does not exist"),
+        ("3-1", "start is above its end"),
+    ] {
+        let output = serve(owns);
+        assert!(!output.status.success(), "{owns}");
+        let errors = stderr(&output);
+        let error_lines: Vec<&str> = errors
+            .lines()
+            .filter(|l| l.starts_with("tally: ") || l.starts_with("error: "))
+            .collect();
+        assert_eq!(error_lines.len(), 1, "{owns}: {errors}");
+        assert!(error_lines[0].contains(expected), "{owns}: {errors}");
+    }
+}
