@@ -76,7 +76,8 @@ fn acknowledged_donations_survive_a_fluvio_outage_and_count_once() {
     let deadline = started_at + RUN_DEADLINE;
     let progress = Arc::new(Progress::default());
     let clients = spawn_clients(&run.server.url("/v1/donations"), &progress, deadline);
-    let timeline = stop_and_start_cluster(&run.cluster, &progress, started_at);
+    let campaign_url = run.server.url(&format!("/v1/campaigns/{CAMPAIGN}"));
+    let timeline = stop_and_start_cluster(&run.cluster, &progress, started_at, &campaign_url);
     let acknowledged = join_clients(clients);
     let all_acknowledged_after = started_at.elapsed();
 
@@ -327,14 +328,20 @@ struct Timeline {
 
 /// Stops the cluster once `ACCEPTED_BEFORE_STOP` donations were acknowledged, and starts it
 /// again once `UNAVAILABLE_BEFORE_START` 503s were answered.
+/// While it is stopped, the campaign's totals stay readable, marked as measured against the log
+/// ends last read.
 fn stop_and_start_cluster(
     cluster: &Cluster,
     progress: &Progress,
     traffic_start: Instant,
+    campaign_url: &str,
 ) -> Timeline {
     let before_stop = progress.wait_until("enough 2xx answers to stop the cluster", |c| {
         c.accepted >= ACCEPTED_BEFORE_STOP
     });
+    let http = client();
+    let reachable = campaign_view(&http, campaign_url);
+    assert_eq!(reachable["freshness"]["log_reachable"], true, "{reachable}");
     assert_eq!(
         before_stop.unavailable, 0,
         "503s before the cluster stopped"
@@ -349,6 +356,11 @@ fn stop_and_start_cluster(
         c.unavailable >= 1
     });
     let first_unavailable_after_stop = traffic_start.elapsed() - stopped_at;
+    let during_outage = campaign_view(&http, campaign_url);
+    assert_eq!(
+        during_outage["freshness"]["log_reachable"], false,
+        "{during_outage}"
+    );
     let before_start = progress.wait_until("enough 503 answers to start the cluster", |c| {
         c.unavailable >= UNAVAILABLE_BEFORE_START
     });
@@ -365,6 +377,13 @@ fn stop_and_start_cluster(
         unavailable_at_start: before_start.unavailable,
         started_at,
     }
+}
+
+/// `GET /v1/campaigns/{id}`, which must answer 200.
+fn campaign_view(http: &reqwest::blocking::Client, url: &str) -> serde_json::Value {
+    let response = http.get(url).send().expect("the campaign view answers");
+    assert_eq!(response.status(), 200, "the campaign view during the run");
+    response.json().expect("a JSON campaign view")
 }
 
 /// A donation whose payment got a 2xx.

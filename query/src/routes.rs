@@ -18,7 +18,7 @@ use tally_ingest::remote::RemoteDonations;
 use tally_pipeline::campaigns::{Campaign, CampaignRegistry};
 use tally_pipeline::clock::Clock;
 use tally_pipeline::event::{EventTime, envelope};
-use tally_pipeline::log::Log;
+use tally_pipeline::log::{Log, Offset, PartitionId};
 use tally_pipeline::operators::event_time_windows::Granularity;
 use tally_pipeline::read_model::{ReadModel, StatsError};
 use tally_pipeline::runner::DonationDirectory;
@@ -38,6 +38,8 @@ pub struct QueryContext {
     /// Asks other nodes about partitions they run (on a shared log).
     pub remote: Option<Arc<dyn RemoteDonations>>,
     pub clock: Arc<dyn Clock>,
+    /// The log's end offsets as last read, for answering while the log is away.
+    pub last_log_ends: std::sync::Mutex<Option<Vec<Offset>>>,
 }
 
 pub fn routes(context: Arc<QueryContext>) -> Router {
@@ -66,25 +68,30 @@ impl QueryContext {
         })
     }
 
-    /// Applied offsets against the log's end offsets.
+    /// Applied offsets against the log's end offsets. While the log does not answer, the ends
+    /// last read stand in (`log_reachable: false`), so totals stay readable through an outage;
+    /// before any end was read, that is an error.
     pub async fn freshness(&self) -> Result<Freshness, ApiError> {
         let progress = self.read_model.progress();
-        let mut log_end_offsets = Vec::with_capacity(progress.len());
-        for partition in &progress {
-            let end = self
-                .log
-                .end_offset(partition.partition)
-                .await
-                .map_err(ApiError::log_unavailable)?;
-            log_end_offsets.push(end);
-        }
+        let (log_end_offsets, log_reachable) = match self.read_log_ends(progress.len()).await {
+            Ok(ends) => {
+                *self.lock_last_log_ends() = Some(ends.clone());
+                (ends, true)
+            }
+            Err(error) => match self.lock_last_log_ends().clone() {
+                Some(ends) => (ends, false),
+                None => return Err(error),
+            },
+        };
         let now_ms = self.clock.now_ms();
         let behind = progress
             .iter()
             .zip(&log_end_offsets)
             .filter(|(p, end)| p.applied_offset < **end);
         let lag_records = behind.clone().map(|(p, end)| end - p.applied_offset).sum();
+        // A partition that never committed has no age to report.
         let lag_ms = behind
+            .filter(|(p, _)| p.committed_at_ms > 0)
             .map(|(p, _)| (now_ms - p.committed_at_ms).max(0))
             .max()
             .unwrap_or(0);
@@ -93,7 +100,27 @@ impl QueryContext {
             log_end_offsets,
             lag_records,
             lag_ms,
+            log_reachable,
         })
+    }
+
+    async fn read_log_ends(&self, partitions: usize) -> Result<Vec<Offset>, ApiError> {
+        let mut ends = Vec::with_capacity(partitions);
+        for partition in 0..partitions as PartitionId {
+            let end = self
+                .log
+                .end_offset(partition)
+                .await
+                .map_err(ApiError::log_unavailable)?;
+            ends.push(end);
+        }
+        Ok(ends)
+    }
+
+    fn lock_last_log_ends(&self) -> std::sync::MutexGuard<'_, Option<Vec<Offset>>> {
+        self.last_log_ends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -22,6 +22,8 @@ pub struct Freshness {
     pub lag_records: u64,
     /// Time since the oldest partition that is behind last committed; 0 when none is behind.
     pub lag_ms: i64,
+    /// False while the log does not answer: `log_end_offsets` are then the ones last read.
+    pub log_reachable: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

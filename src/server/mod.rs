@@ -493,6 +493,7 @@ fn router(state: Arc<AppState>) -> Router {
         directory: Arc::clone(&state.directory),
         remote: state.remote.clone(),
         clock: Arc::clone(&state.clock),
+        last_log_ends: Default::default(),
     });
     let requests = Arc::clone(&state.requests);
     Router::new()
