@@ -185,6 +185,22 @@ impl ReadModel {
         self.version.send_modify(|version| *version += 1);
     }
 
+    /// A partition's whole view, as one update (to save what other nodes published).
+    pub fn export_partition(&self, partition: PartitionId) -> PartitionUpdate {
+        let partitions = self.read();
+        let view = &partitions[partition as usize];
+        PartitionUpdate {
+            partition,
+            next_offset: view.next_offset,
+            committed_at_ms: view.committed_at_ms,
+            checkpoint_duration_us: view.checkpoint_duration_us,
+            watermark_ms: view.watermark_ms,
+            counters: view.counters,
+            totals: view.totals.iter().map(|(c, t)| (c.clone(), *t)).collect(),
+            buckets: view.windows.iter().map(|(k, b)| (k, b.clone())).collect(),
+        }
+    }
+
     /// Forgets a partition's view (its state is being rebuilt from scratch).
     pub fn reset_partition(&self, partition: PartitionId) {
         let mut partitions = self

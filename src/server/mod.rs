@@ -29,7 +29,7 @@ use tally_ingest::routes::{IngestContext, IngestLimits};
 use tally_pipeline::campaigns::CampaignRegistry;
 use tally_pipeline::checkpoint::CheckpointStore;
 use tally_pipeline::clock::{Clock, SystemClock};
-use tally_pipeline::cluster::results::RESULTS_RECORD_BYTES_MAX;
+use tally_pipeline::cluster::results::{RESULTS_RECORD_BYTES_MAX, ResultsCache};
 use tally_pipeline::cluster::{
     COMPANION_SUFFIX_BYTES_MAX, CompanionTopics, Membership, NodeAnnouncement, PartitionSet,
     ResultsPublisher,
@@ -289,7 +289,8 @@ pub async fn run(
     )?);
     let campaigns = Arc::new(logs.campaigns);
     let read_model = Arc::new(ReadModel::new(log.partition_count()));
-    let results_from = catch_up_results(&node, &read_model).await?;
+    let results_cache = ResultsCache::new(data_dir.join("results-cache"));
+    let results_from = catch_up_results(&node, &read_model, &results_cache).await?;
     let config = PipelineConfig {
         checkpoint_interval: args.checkpoint_interval,
         checkpoint_records_max: args.checkpoint_records.max(1),
@@ -413,6 +414,7 @@ pub async fn run(
             Arc::clone(&read_model),
             node.owns.clone(),
             results_from,
+            Some(results_cache),
             stop_rx.clone(),
         )));
     }
@@ -446,14 +448,38 @@ pub async fn run(
     Ok(())
 }
 
-/// Reads the results the other nodes published so far, before serving; returns where to go on.
-async fn catch_up_results(node: &Node, read_model: &ReadModel) -> anyhow::Result<u64> {
+/// Reads the results the other nodes published so far, before serving — from where the saved
+/// cache left off, if it fits the topic. Returns where to go on.
+async fn catch_up_results(
+    node: &Node,
+    read_model: &ReadModel,
+    cache: &ResultsCache,
+) -> anyhow::Result<u64> {
     let Some(link) = &node.cluster else {
         return Ok(0);
     };
-    tally_pipeline::cluster::catch_up_results(link.results.as_ref(), read_model, &node.owns, 0)
+    let started = std::time::Instant::now();
+    let end = link
+        .results
+        .end_offset(0)
         .await
-        .context("cannot read the results topic")
+        .context("cannot read the results topic")?;
+    let cached = cache.load(read_model, &node.owns, end);
+    let next = tally_pipeline::cluster::catch_up_results(
+        link.results.as_ref(),
+        read_model,
+        &node.owns,
+        cached,
+    )
+    .await
+    .context("cannot read the results topic")?;
+    tracing::info!(
+        from_cache = cached,
+        folded = next - cached,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "read the other nodes' results"
+    );
+    Ok(next)
 }
 
 /// Stops taking donations for every campaign whose close was requested, and says so on the

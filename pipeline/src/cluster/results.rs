@@ -11,10 +11,17 @@
 //!
 //! Updates waiting for the cluster are merged per partition (later absolute values replace
 //! earlier ones), so a cluster away for a while costs memory for the changed keys only.
+//!
+//! A follower saves what it folded, with the topic offset it reached, to a [`ResultsCache`]
+//! file in the node's data directory every few seconds; a restart loads it and folds the topic
+//! from that offset instead of from its beginning. The cache is only a shortcut: its updates
+//! are absolute values with their offsets like any other, and a cache that does not fit the
+//! topic (an offset past its end) is ignored.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -286,23 +293,35 @@ pub async fn catch_up_results(
     }
 }
 
-/// Follows the results topic from `from` until `shutdown`, waiting out an unavailable cluster.
+/// Follows the results topic from `from` until `shutdown`, waiting out an unavailable cluster,
+/// and saves what it folded to `cache` now and then (and when it stops).
 pub async fn follow_results(
     log: Arc<dyn Log>,
     read_model: Arc<ReadModel>,
     owned: Vec<PartitionId>,
     mut from: Offset,
+    cache: Option<ResultsCache>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut pause = RETRY_PAUSE_MIN;
+    let mut saved_at = Instant::now();
+    let mut saved_offset = from;
     while !*shutdown.borrow() {
         match catch_up_results(log.as_ref(), &read_model, &owned, from).await {
             Ok(next) => {
                 from = next;
                 pause = RETRY_PAUSE_MIN;
+                if let Some(cache) = &cache
+                    && from > saved_offset
+                    && saved_at.elapsed() >= CACHE_SAVE_INTERVAL
+                {
+                    cache.save_logged(&read_model, &owned, from);
+                    (saved_at, saved_offset) = (Instant::now(), from);
+                }
                 tokio::select! {
                     _ = log.wait_for_offset(0, from) => {}
                     _ = shutdown.changed() => {}
+                    _ = tokio::time::sleep(CACHE_SAVE_INTERVAL) => {}
                 }
             }
             Err(error) => {
@@ -314,6 +333,133 @@ pub async fn follow_results(
                 pause = (pause * 2).min(RETRY_PAUSE_MAX);
             }
         }
+    }
+    if let Some(cache) = &cache
+        && from > saved_offset
+    {
+        cache.save_logged(&read_model, &owned, from);
+    }
+}
+
+/// How often a follower saves what it folded.
+const CACHE_SAVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a node folded from the results topic, saved in its data directory.
+#[derive(Debug, Clone)]
+pub struct ResultsCache {
+    path: PathBuf,
+}
+
+/// The cache file's contents.
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedResults {
+    /// The results topic's offset the views reflect (fold on from here).
+    next_offset: Offset,
+    partition_count: u32,
+    /// The partitions the node owned (and so left out); a node that owns others since must
+    /// fold the topic from its beginning for them.
+    owned: Vec<PartitionId>,
+    views: Vec<PartitionUpdate>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsCacheError {
+    #[error("results cache {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ResultsCache {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// Saves every partition not in `owned` and the offset they reflect: written beside, synced,
+    /// renamed over the old file.
+    pub fn save(
+        &self,
+        read_model: &ReadModel,
+        owned: &[PartitionId],
+        next_offset: Offset,
+    ) -> Result<(), ResultsCacheError> {
+        let cached = CachedResults {
+            next_offset,
+            partition_count: read_model.partition_count(),
+            owned: owned.to_vec(),
+            views: (0..read_model.partition_count())
+                .filter(|p| !owned.contains(p))
+                .map(|p| read_model.export_partition(p))
+                .collect(),
+        };
+        let io = |source| ResultsCacheError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let bytes = codec::encode(&cached);
+        let temporary = self.path.with_extension("tmp");
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&temporary).map_err(io)?;
+            file.write_all(&bytes).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&temporary, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+
+    fn save_logged(&self, read_model: &ReadModel, owned: &[PartitionId], next_offset: Offset) {
+        if let Err(error) = self.save(read_model, owned, next_offset) {
+            tracing::warn!(%error, "cannot save the results cache; a restart folds more of the topic");
+        }
+    }
+
+    /// Publishes the saved views of partitions not in `owned` and returns the results topic
+    /// offset to fold on from — 0 without a usable cache. `topic_end` is the topic's end now: a
+    /// cache beyond it does not belong to this topic and is ignored.
+    pub fn load(&self, read_model: &ReadModel, owned: &[PartitionId], topic_end: Offset) -> Offset {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return 0,
+            Err(error) => {
+                tracing::warn!(path = %self.path.display(), %error, "ignoring the results cache");
+                return 0;
+            }
+        };
+        let cached: CachedResults = match codec::decode(&bytes) {
+            Ok(cached) => cached,
+            Err(error) => {
+                tracing::warn!(path = %self.path.display(), %error, "ignoring a damaged results cache");
+                return 0;
+            }
+        };
+        let fits = cached.next_offset <= topic_end
+            && cached.partition_count == read_model.partition_count()
+            && cached.owned == owned;
+        if !fits {
+            tracing::warn!(
+                path = %self.path.display(),
+                "ignoring a results cache that does not fit the results topic"
+            );
+            return 0;
+        }
+        for view in cached.views {
+            if !owned.contains(&view.partition) {
+                read_model.publish(view);
+            }
+        }
+        cached.next_offset
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -386,6 +532,53 @@ mod tests {
                 .unwrap(),
             next
         );
+    }
+
+    #[tokio::test]
+    async fn a_restart_resumes_from_the_cache_and_ignores_one_that_does_not_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = EmbeddedLogOptions {
+            partition_count: 1,
+            ..EmbeddedLogOptions::default()
+        };
+        let log: Arc<dyn Log> =
+            Arc::new(EmbeddedLog::open(&dir.path().join("topic"), options).unwrap());
+        let publisher = ResultsPublisher::new(Arc::clone(&log));
+        publisher.offer(&update(1, 10, 500));
+        publisher.offer(&update(0, 4, 100));
+        publisher.publish_pending().await.unwrap();
+
+        let first = ReadModel::new(2);
+        let next = catch_up_results(log.as_ref(), &first, &[0], 0)
+            .await
+            .unwrap();
+        let cache = ResultsCache::new(dir.path().join("results-cache"));
+        cache.save(&first, &[0], next).unwrap();
+        publisher.offer(&update(1, 20, 900));
+        publisher.publish_pending().await.unwrap();
+
+        // Restarted: the cache gives partition 1 at offset 10, the topic the rest.
+        let restarted = ReadModel::new(2);
+        let end = log.end_offset(0).await.unwrap();
+        let from = cache.load(&restarted, &[0], end);
+        assert_eq!(from, next);
+        assert_eq!(restarted.campaign_total("meals").total_cents, 500);
+        catch_up_results(log.as_ref(), &restarted, &[0], from)
+            .await
+            .unwrap();
+        assert_eq!(restarted.campaign_total("meals").total_cents, 900);
+        assert_eq!(
+            restarted.progress()[0].applied_offset,
+            0,
+            "owned: left to the runner"
+        );
+
+        // A cache past the topic's end belongs to another topic; one saved while the node owned
+        // other partitions lacks some.
+        let other = ReadModel::new(2);
+        assert_eq!(cache.load(&other, &[0], next - 1), 0);
+        assert_eq!(cache.load(&other, &[1], end), 0);
+        assert_eq!(other.campaign_total("meals").total_cents, 0);
     }
 
     #[test]
