@@ -12,6 +12,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tally_pipeline::log::Partitioner;
+
 use support::server::{
     ADMIN_TOKEN, SIGNING_SECRET, ServerProcess, admin, client, create_campaign, donation_json,
     post_signed,
@@ -190,6 +192,30 @@ fn two_nodes_split_the_partitions_survive_a_kill_and_give_one_answer() {
 
     let mut sent = send_phase(&http, &[&node_a, &node_b], 0, PHASE_DONATIONS);
     node_b.kill();
+    // A look-up in node b's partitions cannot be answered while it is away, and says so.
+    let partitioner = Partitioner::new(PARTITIONS.parse().unwrap());
+    let in_b = sent
+        .keys()
+        .find(|r| partitioner.partition_for_key(r.as_bytes()) >= 4)
+        .expect("some payment landed in node b's partitions");
+    let response = http
+        .get(node_a.url(&format!("/v1/donations/{in_b}")))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let error: serde_json::Value = response.json().unwrap();
+    assert_eq!(error["error"]["code"], "owner_unavailable", "{error}");
+    // Node b's notifications are node b's to deliver.
+    let response = admin(
+        &http,
+        reqwest::Method::GET,
+        &node_a.url("/v1/notifications?partition=5"),
+    )
+    .send()
+    .unwrap();
+    assert_eq!(response.status(), 409);
+    let error: serde_json::Value = response.json().unwrap();
+    assert_eq!(error["error"]["code"], "partition_not_owned", "{error}");
     // Node b's partitions wait for it; node a keeps taking donations for every partition.
     sent.extend(send_phase(
         &http,
