@@ -37,9 +37,15 @@ impl Drop for Server {
     }
 }
 
-/// Starts `tally serve` on a fresh `data_dir` and waits until it listens.
+/// Starts `tally serve` on a fresh `data_dir` and waits until it listens; with
+/// `TALLY_BENCH_PARTITIONS=N`, on a log of N partitions (default: the server's).
 pub fn start_server(data_dir: &Path) -> anyhow::Result<Server> {
-    start_server_with(data_dir, &[])
+    match std::env::var("TALLY_BENCH_PARTITIONS") {
+        Ok(partitions) if !partitions.is_empty() => {
+            start_server_with(data_dir, &["--partitions", &partitions])
+        }
+        _ => start_server_with(data_dir, &[]),
+    }
 }
 
 /// [`start_server`] with more `serve` arguments (`--log`, `--owns`, …).
