@@ -9,6 +9,8 @@
 //!
 //! Run: `cargo bench --bench e2e`. `TALLY_BENCH_SECONDS` sets each cell's duration (default 10).
 
+#[path = "support/loadgen_cell.rs"]
+mod loadgen_cell;
 #[path = "support/machine.rs"]
 mod machine;
 #[path = "support/server.rs"]
@@ -17,10 +19,8 @@ mod server;
 
 use std::time::Duration;
 
-use tally_ingest::signature::SigningSecret;
+use loadgen_cell::{CONNECTIONS, print_mismatches, run_cell, verified};
 use tally_loadgen::report::Report;
-use tally_loadgen::run::{RunConfig, run};
-use tally_loadgen::schedule::Profile;
 
 /// (donations per request, offered checkouts per second).
 const CELLS: [(usize, f64); 7] = [
@@ -32,7 +32,6 @@ const CELLS: [(usize, f64); 7] = [
     (100, 100_000.0),
     (100, 200_000.0),
 ];
-const CONNECTIONS: usize = 64;
 
 fn main() -> anyhow::Result<()> {
     let seconds: f64 = std::env::var("TALLY_BENCH_SECONDS")
@@ -69,35 +68,19 @@ fn main() -> anyhow::Result<()> {
 async fn cell(batch: usize, rate: f64, duration: Duration) -> anyhow::Result<Report> {
     let data_dir = tempfile::tempdir()?;
     let process = server::start_server(data_dir.path())?;
-    let config = RunConfig {
-        profile: Profile::Steady,
-        duration,
-        rate,
-        seed: 7,
-        run_id: format!("e2e{batch}x{rate}"),
+    let report = run_cell(
+        std::slice::from_ref(&process.base),
         batch,
-        connections: CONNECTIONS,
-        verify: true,
-        progress: false,
-        server_cmd: None,
-        kill_every: None,
-    };
-    let credentials = || {
-        Ok((
-            SigningSecret::from_text(server::SIGNING_SECRET),
-            server::ADMIN_TOKEN.to_owned(),
-        ))
-    };
-    let report = run(&config, std::slice::from_ref(&process.base), credentials).await;
+        rate,
+        duration,
+        format!("e2e{batch}x{rate}"),
+    )
+    .await;
     drop(process);
     report
 }
 
 fn print_row(batch: usize, rate: f64, report: &Report) {
-    let verified = report
-        .verification
-        .as_ref()
-        .map_or("skipped", |v| if v.passed { "passed" } else { "FAILED" });
     println!(
         "{:>6} {:>10.0} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>11.1} {:>11.1} {:>8}",
         batch,
@@ -109,11 +92,7 @@ fn print_row(batch: usize, rate: f64, report: &Report) {
         report.latency.p999_ms,
         report.freshness.p50_ms,
         report.freshness.p99_ms,
-        verified
+        verified(report)
     );
-    if let Some(verification) = &report.verification {
-        for mismatch in verification.mismatches.iter().take(5) {
-            println!("       mismatch: {mismatch}");
-        }
-    }
+    print_mismatches(report);
 }

@@ -11,6 +11,8 @@
 //! Run: `cargo bench --bench nodes`. `TALLY_BENCH_SECONDS` sets each cell's duration (default
 //! 10). Client and servers share the machine's cores.
 
+#[path = "support/loadgen_cell.rs"]
+mod loadgen_cell;
 #[path = "support/machine.rs"]
 mod machine;
 #[path = "support/server.rs"]
@@ -19,13 +21,10 @@ mod server;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tally_ingest::signature::SigningSecret;
+use loadgen_cell::{CONNECTIONS, print_mismatches, run_cell, verified};
 use tally_loadgen::report::Report;
-use tally_loadgen::run::{RunConfig, run};
-use tally_loadgen::schedule::Profile;
 
 const PARTITIONS: &str = "8";
-const CONNECTIONS: usize = 64;
 /// (donations per request, offered checkouts per second): both above what one node takes here.
 const LOADS: [(usize, f64); 2] = [(1, 20_000.0), (100, 100_000.0)];
 
@@ -124,27 +123,8 @@ async fn cell(
         nodes.push(server::start_server_with(data_dir.path(), &args)?);
         data_dirs.push(data_dir);
     }
-    let config = RunConfig {
-        profile: Profile::Steady,
-        duration,
-        rate,
-        seed: 7,
-        run_id: format!("nodes{batch}"),
-        batch,
-        connections: CONNECTIONS,
-        verify: true,
-        progress: false,
-        server_cmd: None,
-        kill_every: None,
-    };
-    let credentials = || {
-        Ok((
-            SigningSecret::from_text(server::SIGNING_SECRET),
-            server::ADMIN_TOKEN.to_owned(),
-        ))
-    };
     let targets: Vec<String> = nodes.iter().map(|node| node.base.clone()).collect();
-    let report = run(&config, &targets, credentials).await;
+    let report = run_cell(&targets, batch, rate, duration, format!("nodes{batch}")).await;
     drop(nodes);
     report
 }
@@ -157,10 +137,6 @@ fn new_topic() -> String {
 }
 
 fn print_row(deployment: Deployment, batch: usize, rate: f64, report: &Report) {
-    let verified = report
-        .verification
-        .as_ref()
-        .map_or("skipped", |v| if v.passed { "passed" } else { "FAILED" });
     println!(
         "{:<18} {:>6} {:>10.0} {:>11.0} {:>9.2} {:>9.2} {:>11.1} {:>11.1} {:>8}",
         deployment.name(),
@@ -171,11 +147,7 @@ fn print_row(deployment: Deployment, batch: usize, rate: f64, report: &Report) {
         report.latency.p99_ms,
         report.freshness.p50_ms,
         report.freshness.p99_ms,
-        verified
+        verified(report)
     );
-    if let Some(verification) = &report.verification {
-        for mismatch in verification.mismatches.iter().take(5) {
-            println!("       mismatch: {mismatch}");
-        }
-    }
+    print_mismatches(report);
 }

@@ -128,22 +128,7 @@ fn errors_are_one_line_with_a_non_zero_exit() {
 fn serve_refuses_an_ownership_it_cannot_have() {
     let dir = tempfile::tempdir().unwrap();
     let serve = |owns: &str| {
-        tally(
-            dir.path(),
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--signing-secret",
-                "s",
-                "--admin-token",
-                "t",
-                "--partitions",
-                "4",
-                "--owns",
-                owns,
-            ],
-        )
+        support::server::serve_until_exit(dir.path(), &["--partitions", "4", "--owns", owns])
     };
     for (owns, expected) in [
         ("0-1", "needs a shared log"),

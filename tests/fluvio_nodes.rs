@@ -15,8 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tally_pipeline::log::Partitioner;
 
 use support::server::{
-    ADMIN_TOKEN, SIGNING_SECRET, ServerProcess, admin, client, create_campaign, donation_json,
-    post_signed,
+    ServerProcess, admin, client, create_campaign, donation_json, post_signed, serve_until_exit,
 };
 
 const ENDPOINT_VAR: &str = "TALLY_FLUVIO_ENDPOINT";
@@ -260,23 +259,9 @@ fn two_nodes_split_the_partitions_survive_a_kill_and_give_one_answer() {
     }
 
     // A third node claiming a partition of each live node is refused, naming the owner.
-    let refused = support::tally(
+    let refused = serve_until_exit(
         dir_c.path(),
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--signing-secret",
-            SIGNING_SECRET,
-            "--admin-token",
-            ADMIN_TOKEN,
-            "--log",
-            &log,
-            "--partitions",
-            PARTITIONS,
-            "--owns",
-            "3-4",
-        ],
+        &["--log", &log, "--partitions", PARTITIONS, "--owns", "3-4"],
     );
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");
@@ -314,4 +299,35 @@ fn two_nodes_split_the_partitions_survive_a_kill_and_give_one_answer() {
     assert_eq!(response.status(), 422);
     let error: serde_json::Value = response.json().unwrap();
     assert_eq!(error["error"]["code"], "campaign_closed");
+
+    // A retry of a recorded donation to the closed campaign is answered with where it is — by
+    // the node for its own partitions, by asking the owner for the others — and with 503, never
+    // 422, while the owner cannot be asked.
+    let retry = |payment_ref: &str| {
+        let i: usize = payment_ref["pay-".len()..].parse().unwrap();
+        let body = donation_json(
+            payment_ref,
+            CAMPAIGN,
+            sent[payment_ref],
+            &format!("user-{i}"),
+        );
+        post_signed(
+            &http,
+            &node_a.url("/v1/donations"),
+            &serde_json::to_vec(&body).unwrap(),
+        )
+        .unwrap()
+    };
+    let owned_by = |first: u32| {
+        sent.keys()
+            .find(|r| partitioner.partition_for_key(r.as_bytes()) / 4 == first / 4)
+            .expect("payments landed in every node's partitions")
+    };
+    assert_eq!(retry(owned_by(0)).status(), 202);
+    assert_eq!(retry(owned_by(4)).status(), 202);
+    node_b.kill();
+    let response = retry(owned_by(4));
+    assert_eq!(response.status(), 503);
+    let error: serde_json::Value = response.json().unwrap();
+    assert_eq!(error["error"]["code"], "owner_unavailable", "{error}");
 }

@@ -477,55 +477,31 @@ mod tests {
 
     #[test]
     fn a_missing_or_extra_donation_is_a_mismatch_and_the_baseline_is_subtracted() {
-        let mut truth = GroundTruth::default();
-        truth.acknowledged(&SentDonation {
-            payment_ref: "p1".into(),
-            campaign_id: "meals".into(),
-            amount_cents: 100,
-            paid_at_ms: START_MS + 1_000,
-        });
-        let range = TimeRange {
-            from_ms: START_MS,
-            to_ms: START_MS + MINUTE_MS,
+        let truth = one_acknowledged();
+        let range = minute_range();
+        // A snapshot of `donations` to "meals" worth `cents`, all in the first minute.
+        let snapshot = |cents, donations| {
+            let total = ExpectedTotal {
+                total_cents: cents,
+                donations,
+            };
+            let stats = ExpectedStats {
+                count: donations,
+                sum_cents: cents,
+                min_cents: None,
+                max_cents: None,
+                per_minute: [(START_MS, total)].into_iter().collect(),
+            };
+            Snapshot {
+                totals: [("meals".to_owned(), total)].into(),
+                stats: [(("meals".to_owned(), range), stats)].into(),
+            }
         };
-        let total = |cents, donations| ExpectedTotal {
-            total_cents: cents,
-            donations,
-        };
-        let stats = |count, sum_cents, minute: Option<ExpectedTotal>| ExpectedStats {
-            count,
-            sum_cents,
-            min_cents: None,
-            max_cents: None,
-            per_minute: minute.into_iter().map(|t| (START_MS, t)).collect(),
-        };
-        let before = Snapshot {
-            totals: [("meals".to_owned(), total(500, 2))].into(),
-            stats: [(
-                ("meals".to_owned(), range),
-                stats(2, 500, Some(total(500, 2))),
-            )]
-            .into(),
-        };
-        let right = Snapshot {
-            totals: [("meals".to_owned(), total(600, 3))].into(),
-            stats: [(
-                ("meals".to_owned(), range),
-                stats(3, 600, Some(total(600, 3))),
-            )]
-            .into(),
-        };
-        let comparison = compare(&before, &right, &truth, &[range]);
+        let before = snapshot(500, 2);
+        let comparison = compare(&before, &snapshot(600, 3), &truth, &[range]);
         assert!(comparison.mismatches.is_empty(), "{comparison:?}");
         assert_eq!(comparison.checks, 3);
-        let double_counted = Snapshot {
-            totals: [("meals".to_owned(), total(700, 4))].into(),
-            stats: [(
-                ("meals".to_owned(), range),
-                stats(4, 700, Some(total(700, 4))),
-            )]
-            .into(),
-        };
+        let double_counted = snapshot(700, 4);
         let comparison = compare(&before, &double_counted, &truth, &[range]);
         assert_eq!(comparison.mismatches.len(), 3, "{comparison:?}");
     }

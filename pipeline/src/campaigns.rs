@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::backoff::Backoff;
 use crate::codec;
 use crate::event::EventTime;
 use crate::log::{EmbeddedLog, EmbeddedLogOptions, KeyedRecord, Log, LogError, Offset};
@@ -436,26 +437,22 @@ impl CampaignRegistry {
 
     /// Folds what other nodes append, until `shutdown`; an unavailable log is waited out.
     pub async fn follow(&self, mut shutdown: watch::Receiver<bool>) {
-        let mut pause = Duration::from_millis(100);
+        let mut backoff = Backoff::for_log();
         while !*shutdown.borrow() {
             let next = self.next_offset();
-            tokio::select! {
-                waited = self.control.wait_for_offset(0, next) => {
-                    if let Err(error) = waited {
-                        tracing::warn!(%error, "cannot follow the control log; retrying in {pause:?}");
-                        tokio::select! {
-                            _ = tokio::time::sleep(pause) => {}
-                            _ = shutdown.changed() => {}
-                        }
-                        pause = (pause * 2).min(Duration::from_secs(2));
-                        continue;
-                    }
-                }
+            let followed = tokio::select! {
+                waited = self.control.wait_for_offset(0, next) => match waited {
+                    Ok(()) => self.sync().await,
+                    Err(error) => Err(error.into()),
+                },
                 _ = shutdown.changed() => return,
-            }
-            match self.sync().await {
-                Ok(()) => pause = Duration::from_millis(100),
-                Err(error) => tracing::warn!(%error, "cannot fold the control log"),
+            };
+            match followed {
+                Ok(()) => backoff.reset(),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot follow the control log; retrying in {:?}", backoff.next());
+                    backoff.pause(&mut shutdown).await;
+                }
             }
         }
     }

@@ -20,6 +20,7 @@
 //!   results topic through which every node sees every partition's results.
 //! - [`reconcile`]: a campaign's total recomputed from the donation records.
 //! - [`clock`], [`codec`]: the injectable clock; the one encoding of checkpointed state.
+//! - [`backoff`]: the doubling pause with which followers wait out a log that does not answer.
 //!
 //! # Data flow
 //! A validated event is encoded into its envelope and appended under its `payment_ref` key; the
@@ -28,6 +29,7 @@
 //! partition's runner applies records in order, commits a checkpoint (state and next offset in
 //! one step) every few milliseconds, and publishes what it committed to the read model.
 
+pub mod backoff;
 pub mod campaigns;
 pub mod checkpoint;
 pub mod clock;

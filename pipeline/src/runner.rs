@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::backoff::Backoff;
 use crate::checkpoint::{CheckpointError, CheckpointMeta, CheckpointStore, LoadedPartition};
 use crate::clock::Clock;
 use crate::event::{DonationEvent, envelope};
@@ -23,11 +24,6 @@ use crate::operators::watermark::ALLOWED_LATENESS_MS_DEFAULT;
 use crate::processor::partition_state::{ApplyError, RecordedEvents, SharedIndex};
 use crate::processor::{PartitionState, StateChanges};
 use crate::read_model::{PartitionUpdate, ReadModel};
-
-/// A following partition whose log does not answer reads again after this pause, doubling up
-/// to the maximum while it stays away.
-const UNAVAILABLE_PAUSE_MIN: Duration = Duration::from_millis(100);
-const UNAVAILABLE_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// How the pipeline runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,7 +361,8 @@ impl Pipeline {
         };
         let mut applied_since_checkpoint = 0u64;
         let mut last_checkpoint = Instant::now();
-        let mut unavailable_pause = UNAVAILABLE_PAUSE_MIN;
+        // A following partition whose log does not answer tries again after a doubling pause.
+        let mut backoff = Backoff::for_log();
         loop {
             if shutdown.as_ref().is_some_and(|s| *s.borrow()) {
                 break;
@@ -377,15 +374,14 @@ impl Pipeline {
             ));
             let records = match (read, shutdown.as_mut()) {
                 (Ok(records), _) => {
-                    unavailable_pause = UNAVAILABLE_PAUSE_MIN;
+                    backoff.reset();
                     records
                 }
                 // Following, a log that does not answer (a Fluvio cluster away) is waited for:
                 // nothing was applied, and the next read starts at the same offset.
                 (Err(error), Some(shutdown)) if error.is_retryable() => {
-                    tracing::warn!(partition, %error, "the log is unavailable; reading again in {unavailable_pause:?}");
-                    runtime.block_on(pause(shutdown, unavailable_pause));
-                    unavailable_pause = (unavailable_pause * 2).min(UNAVAILABLE_PAUSE_MAX);
+                    tracing::warn!(partition, %error, "the log is unavailable; reading again in {:?}", backoff.next());
+                    runtime.block_on(backoff.pause(shutdown));
                     continue;
                 }
                 (Err(error), _) => return Err(error.into()),
@@ -433,9 +429,8 @@ impl Pipeline {
                 }
             }
             if let (Some(error), Some(shutdown)) = (waiting_for_log, shutdown.as_mut()) {
-                tracing::warn!(partition, %error, "the log is unavailable; applying again in {unavailable_pause:?}");
-                runtime.block_on(pause(shutdown, unavailable_pause));
-                unavailable_pause = (unavailable_pause * 2).min(UNAVAILABLE_PAUSE_MAX);
+                tracing::warn!(partition, %error, "the log is unavailable; applying again in {:?}", backoff.next());
+                runtime.block_on(backoff.pause(shutdown));
                 continue;
             }
             if applied_since_checkpoint >= self.config.checkpoint_records_max
@@ -557,14 +552,6 @@ async fn wait_for_records(
         _ = log.wait_for_offset(partition, offset) => {}
         _ = shutdown.changed() => {}
         _ = deadline => {}
-    }
-}
-
-/// Sleeps `duration`, or until shutdown is asked for.
-async fn pause(shutdown: &mut watch::Receiver<bool>, duration: Duration) {
-    tokio::select! {
-        _ = tokio::time::sleep(duration) => {}
-        _ = shutdown.changed() => {}
     }
 }
 

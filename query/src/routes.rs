@@ -18,7 +18,7 @@ use tally_ingest::remote::RemoteDonations;
 use tally_pipeline::campaigns::{Campaign, CampaignRegistry};
 use tally_pipeline::clock::Clock;
 use tally_pipeline::event::{EventTime, envelope};
-use tally_pipeline::log::{Log, Offset, PartitionId};
+use tally_pipeline::log::{Log, Offset};
 use tally_pipeline::operators::event_time_windows::Granularity;
 use tally_pipeline::read_model::{ReadModel, StatsError};
 use tally_pipeline::runner::DonationDirectory;
@@ -73,14 +73,15 @@ impl QueryContext {
     /// before any end was read, that is an error.
     pub async fn freshness(&self) -> Result<Freshness, ApiError> {
         let progress = self.read_model.progress();
-        let (log_end_offsets, log_reachable) = match self.read_log_ends(progress.len()).await {
+        let ends = tally_pipeline::log::end_offsets(self.log.as_ref()).await;
+        let (log_end_offsets, log_reachable) = match ends {
             Ok(ends) => {
                 *self.lock_last_log_ends() = Some(ends.clone());
                 (ends, true)
             }
             Err(error) => match self.lock_last_log_ends().clone() {
                 Some(ends) => (ends, false),
-                None => return Err(error),
+                None => return Err(ApiError::log_unavailable(error)),
             },
         };
         let now_ms = self.clock.now_ms();
@@ -102,19 +103,6 @@ impl QueryContext {
             lag_ms,
             log_reachable,
         })
-    }
-
-    async fn read_log_ends(&self, partitions: usize) -> Result<Vec<Offset>, ApiError> {
-        let mut ends = Vec::with_capacity(partitions);
-        for partition in 0..partitions as PartitionId {
-            let end = self
-                .log
-                .end_offset(partition)
-                .await
-                .map_err(ApiError::log_unavailable)?;
-            ends.push(end);
-        }
-        Ok(ends)
     }
 
     fn lock_last_log_ends(&self) -> std::sync::MutexGuard<'_, Option<Vec<Offset>>> {

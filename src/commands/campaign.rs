@@ -342,9 +342,7 @@ mod admin {
         let registry = registry(&runtime, data_dir)?;
         let pipeline = crate::commands::open_pipeline(data_dir, PipelineConfig::default())?;
         let log = Arc::clone(pipeline.log());
-        let close_offsets = (0..log.partition_count())
-            .map(|p| runtime.block_on(log.end_offset(p)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let close_offsets = runtime.block_on(tally_pipeline::log::end_offsets(log.as_ref()))?;
         // Nothing else takes donations while this command holds the data directory.
         let closing = runtime.block_on(registry.start_close(campaign_id, close_offsets))?;
         let close_offsets = closing.close_offsets.clone().unwrap_or_default();

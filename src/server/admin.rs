@@ -230,7 +230,9 @@ async fn close_campaign(
         .map_err(campaign_error)?;
     if campaign.close_offsets.is_none() {
         wait_until_intake_stopped(&state, &campaign_id).await?;
-        let ends = log_end_offsets(&state).await?;
+        let ends = tally_pipeline::log::end_offsets(state.log.as_ref())
+            .await
+            .map_err(ApiError::log_unavailable)?;
         campaign = campaigns
             .start_close(&campaign_id, ends)
             .await
@@ -318,20 +320,6 @@ async fn wait_until_intake_stopped(state: &AppState, campaign_id: &str) -> Resul
         .with_retry_after(5));
     }
     Ok(())
-}
-
-async fn log_end_offsets(state: &AppState) -> Result<Vec<Offset>, ApiError> {
-    let mut ends = Vec::new();
-    for partition in 0..state.log.partition_count() {
-        ends.push(
-            state
-                .log
-                .end_offset(partition)
-                .await
-                .map_err(ApiError::log_unavailable)?,
-        );
-    }
-    Ok(ends)
 }
 
 async fn wait_until_applied(state: &AppState, close_offsets: &[Offset]) -> Result<(), ApiError> {

@@ -23,20 +23,7 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--signing-secret",
-                SIGNING_SECRET,
-                "--admin-token",
-                ADMIN_TOKEN,
-            ])
-            .args(extra_args)
-            .env("TALLY_LOG", "warn")
+        let mut child = serve_command(data_dir, extra_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -78,6 +65,33 @@ impl ServerProcess {
             .status();
         self.child.wait().expect("wait for tally serve")
     }
+}
+
+/// `tally serve` on `data_dir`, listening on a free loopback port, with the test secrets.
+fn serve_command(data_dir: &Path, extra_args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tally"));
+    command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--signing-secret",
+            SIGNING_SECRET,
+            "--admin-token",
+            ADMIN_TOKEN,
+        ])
+        .args(extra_args)
+        .env("TALLY_LOG", "warn");
+    command
+}
+
+/// Runs a `tally serve` that is expected to refuse to start, and waits for it.
+pub fn serve_until_exit(data_dir: &Path, extra_args: &[&str]) -> std::process::Output {
+    serve_command(data_dir, extra_args)
+        .output()
+        .expect("run tally serve")
 }
 
 impl Drop for ServerProcess {

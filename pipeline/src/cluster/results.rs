@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
+use crate::backoff::Backoff;
 use crate::codec;
 use crate::log::{KeyedRecord, Log, LogError, Offset, PartitionId};
 use crate::operators::campaign_totals::CampaignTotal;
@@ -47,8 +48,6 @@ const APPEND_FILL_BYTES: usize = 512 * 1024;
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 /// Records read per step while folding.
 const READ_RECORDS: usize = 1024;
-const RETRY_PAUSE_MIN: Duration = Duration::from_millis(100);
-const RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// One record of the results topic.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,7 +98,7 @@ impl Pending {
 
     /// The records that publish it: every one carries the header, the entries are spread out
     /// so that each record stays near [`RECORD_FILL_BYTES`].
-    fn into_records(self) -> Vec<KeyedRecord> {
+    fn records(&self) -> Vec<KeyedRecord> {
         let key = self.latest.partition.to_be_bytes().to_vec();
         let mut records = Vec::new();
         let mut update = self.latest.clone_header();
@@ -114,21 +113,21 @@ impl Pending {
             });
             *bytes = 0;
         };
-        for (campaign_id, total) in self.totals {
+        for (campaign_id, total) in &self.totals {
             let entry_bytes = campaign_id.len() + 32;
             if bytes > 0 && bytes + entry_bytes > RECORD_FILL_BYTES {
                 seal(&mut update, &mut bytes);
             }
             bytes += entry_bytes;
-            update.totals.push((campaign_id, total));
+            update.totals.push((campaign_id.clone(), *total));
         }
-        for (bucket_key, bucket) in self.buckets {
+        for (bucket_key, bucket) in &self.buckets {
             let entry_bytes = bucket_key.campaign_id.len() + 64 + 16 * bucket.histogram.len();
             if bytes > 0 && bytes + entry_bytes > RECORD_FILL_BYTES {
                 seal(&mut update, &mut bytes);
             }
             bytes += entry_bytes;
-            update.buckets.push((bucket_key, bucket));
+            update.buckets.push((bucket_key.clone(), bucket.clone()));
         }
         seal(&mut update, &mut bytes);
         records
@@ -172,18 +171,14 @@ impl ResultsPublisher {
 
     /// Appends whatever is offered until `shutdown`, then makes one last attempt.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
-        let mut pause = RETRY_PAUSE_MIN;
+        let mut backoff = Backoff::for_log();
         loop {
             let stopping = *shutdown.borrow();
             match self.publish_pending().await {
-                Ok(()) => pause = RETRY_PAUSE_MIN,
+                Ok(()) => backoff.reset(),
                 Err(error) if !stopping => {
-                    tracing::warn!(%error, "cannot publish results; retrying in {pause:?}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                    tracing::warn!(%error, "cannot publish results; retrying in {:?}", backoff.next());
+                    backoff.pause(&mut shutdown).await;
                     continue;
                 }
                 Err(error) => {
@@ -210,17 +205,7 @@ impl ResultsPublisher {
         if taken.is_empty() {
             return Ok(());
         }
-        let records: Vec<KeyedRecord> = taken
-            .values()
-            .flat_map(|pending| {
-                Pending {
-                    latest: pending.latest.clone_header(),
-                    totals: pending.totals.clone(),
-                    buckets: pending.buckets.clone(),
-                }
-                .into_records()
-            })
-            .collect();
+        let records: Vec<KeyedRecord> = taken.values().flat_map(Pending::records).collect();
         match self.append_all(records).await {
             Ok(()) => Ok(()),
             Err(error) => {
@@ -303,14 +288,14 @@ pub async fn follow_results(
     cache: Option<ResultsCache>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut pause = RETRY_PAUSE_MIN;
+    let mut backoff = Backoff::for_log();
     let mut saved_at = Instant::now();
     let mut saved_offset = from;
     while !*shutdown.borrow() {
         match catch_up_results(log.as_ref(), &read_model, &owned, from).await {
             Ok(next) => {
                 from = next;
-                pause = RETRY_PAUSE_MIN;
+                backoff.reset();
                 if let Some(cache) = &cache
                     && from > saved_offset
                     && saved_at.elapsed() >= CACHE_SAVE_INTERVAL
@@ -325,12 +310,8 @@ pub async fn follow_results(
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, "cannot read the results topic; retrying in {pause:?}");
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = shutdown.changed() => {}
-                }
-                pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                tracing::warn!(%error, "cannot read the results topic; retrying in {:?}", backoff.next());
+                backoff.pause(&mut shutdown).await;
             }
         }
     }
@@ -598,7 +579,7 @@ mod tests {
                 (key, bucket)
             })
             .collect();
-        let records = Pending::new(&big).into_records();
+        let records = Pending::new(&big).records();
         assert!(records.len() > 5, "{} records", records.len());
         for record in &records {
             assert!(

@@ -230,6 +230,15 @@ pub async fn append_keyed(
         .collect())
 }
 
+/// Every partition's end offset, in partition order.
+pub async fn end_offsets(log: &dyn Log) -> Result<Vec<Offset>, LogError> {
+    let mut ends = Vec::with_capacity(log.partition_count() as usize);
+    for partition in 0..log.partition_count() {
+        ends.push(log.end_offset(partition).await?);
+    }
+    Ok(ends)
+}
+
 /// Awaits every append; the first error wins, but all are driven to completion so no append is
 /// left half-observed.
 async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Result<Vec<AppendAck>, LogError>
