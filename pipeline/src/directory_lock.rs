@@ -3,13 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::path::Path;
 
-/// Why a directory could not be locked.
-#[derive(Debug)]
-pub enum DirectoryLockError {
-    /// Another process holds it.
-    Held,
-    Io(std::io::Error),
-}
+use crate::storage::DirectoryLockError;
 
 /// Takes the `LOCK` file of `dir` (flock, released when the returned file is dropped or the
 /// process ends, however it ends).

@@ -20,6 +20,8 @@
 //!   results topic through which every node sees every partition's results.
 //! - [`reconcile`]: a campaign's total recomputed from the donation records.
 //! - [`clock`], [`codec`]: the injectable clock; the one encoding of checkpointed state.
+//! - [`storage`]: the file interface the log and checkpoints write through, and a simulated
+//!   disk that tears unsynced writes at a crash, for tests.
 //! - [`backoff`]: the doubling pause with which followers wait out a log that does not answer.
 //!
 //! # Data flow
@@ -43,3 +45,4 @@ pub mod processor;
 pub mod read_model;
 pub mod reconcile;
 pub mod runner;
+pub mod storage;

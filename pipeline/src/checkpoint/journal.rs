@@ -17,10 +17,9 @@
 //!                     encoded JournalEntry
 //! ```
 
-use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +32,7 @@ use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::conflict_audit::Conflict;
 use crate::operators::dedupe::IndexChange;
 use crate::operators::event_time_windows::{BucketKey, WindowBucket};
+use crate::storage::{self, FileReader, OpenMode, Storage, StorageFile};
 
 const JOURNAL_MAGIC: [u8; 8] = *b"TALLYCKJ";
 const JOURNAL_FORMAT_VERSION: u32 = 1;
@@ -78,7 +78,8 @@ pub struct Damage {
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
-    file: File,
+    storage: Arc<dyn Storage>,
+    file: Arc<dyn StorageFile>,
     end_position: u64,
     frames: u64,
     encode_buffer: Vec<u8>,
@@ -89,20 +90,15 @@ impl Journal {
     /// Anything after the last whole checkpoint — a torn frame, index entries whose checkpoint
     /// never came, damaged bytes — is cut off and reported as [`Damage`].
     pub fn open(
+        storage: Arc<dyn Storage>,
         path: &Path,
         partition: PartitionId,
         replay: &mut dyn Replay,
     ) -> Result<(Self, Option<Damage>), CheckpointError> {
         let io = |e| CheckpointError::io(path, e);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?;
-        let mut journal = Self::over(path, file);
-        let file_len = journal.file.metadata().map_err(io)?.len();
+        let file = storage.open(path, OpenMode::CreateOrOpen).map_err(io)?;
+        let mut journal = Self::over(storage, path, file);
+        let file_len = journal.file.len().map_err(io)?;
         if file_len == 0 {
             journal.reset(partition)?;
             return Ok((journal, None));
@@ -111,15 +107,16 @@ impl Journal {
         let damage = journal.replay(replay)?;
         if journal.end_position != file_len {
             journal.file.set_len(journal.end_position).map_err(io)?;
-            journal.file.sync_all().map_err(io)?;
+            journal.file.sync_data().map_err(io)?;
         }
         Ok((journal, damage))
     }
 
     /// A journal over an open file, positioned just after the header.
-    fn over(path: &Path, file: File) -> Self {
+    fn over(storage: Arc<dyn Storage>, path: &Path, file: Arc<dyn StorageFile>) -> Self {
         Self {
             path: path.to_owned(),
+            storage,
             file,
             end_position: JOURNAL_HEADER_BYTES,
             frames: 0,
@@ -130,12 +127,15 @@ impl Journal {
     /// Replays the whole checkpoints of a journal without changing the file, for reading a
     /// partition's checkpoint while its writer may be appending.
     pub fn read(
+        storage: Arc<dyn Storage>,
         path: &Path,
         partition: PartitionId,
         replay: &mut dyn Replay,
     ) -> Result<Option<Damage>, CheckpointError> {
-        let file = File::open(path).map_err(|e| CheckpointError::io(path, e))?;
-        let mut journal = Self::over(path, file);
+        let file = storage
+            .open(path, OpenMode::Read)
+            .map_err(|e| CheckpointError::io(path, e))?;
+        let mut journal = Self::over(storage, path, file);
         journal.check_header(partition)?;
         journal.replay(replay)
     }
@@ -149,10 +149,10 @@ impl Journal {
         let io = |e| CheckpointError::io(&self.path, e);
         self.file.set_len(0).map_err(io)?;
         self.file.write_all_at(&header, 0).map_err(io)?;
-        self.file.sync_all().map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
+        self.file.sync_data().map_err(io)?;
+        self.storage
+            .sync_dir(storage::parent_or_current(&self.path))
+            .map_err(io)?;
         self.end_position = JOURNAL_HEADER_BYTES;
         self.frames = 0;
         Ok(())
@@ -178,10 +178,9 @@ impl Journal {
     fn replay(&mut self, replay: &mut dyn Replay) -> Result<Option<Damage>, CheckpointError> {
         let file_len = self
             .file
-            .metadata()
-            .map_err(|e| CheckpointError::io(&self.path, e))?
-            .len();
-        let mut reader = BufReader::with_capacity(1 << 20, &self.file);
+            .len()
+            .map_err(|e| CheckpointError::io(&self.path, e))?;
+        let mut reader = BufReader::with_capacity(1 << 20, FileReader::new(&*self.file, 0));
         reader
             .by_ref()
             .take(JOURNAL_HEADER_BYTES)
@@ -241,9 +240,11 @@ impl Journal {
     /// The recorded-donations hint of a journal file; 0 if there is none. Capped by what the
     /// file could hold (an index entry takes more than 16 bytes of journal), so a damaged hint
     /// cannot make a load allocate wildly.
-    pub fn recorded_hint(path: &Path) -> u64 {
-        let Ok(file) = File::open(path) else { return 0 };
-        let file_len = file.metadata().map_or(0, |m| m.len());
+    pub fn recorded_hint(storage: &dyn Storage, path: &Path) -> u64 {
+        let Ok(file) = storage.open(path, OpenMode::Read) else {
+            return 0;
+        };
+        let file_len = file.len().unwrap_or(0);
         let mut bytes = [0u8; 8];
         file.read_exact_at(&mut bytes, 16)
             .map_or(0, |()| u64::from_le_bytes(bytes))

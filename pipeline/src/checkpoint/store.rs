@@ -2,10 +2,8 @@
 //! its own checkpoint journal (see `journal`).
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +20,7 @@ use crate::processor::StateDigest;
 use crate::processor::partition_state::{
     IndexRestorer, PartitionState, StateChanges, StateScalars,
 };
+use crate::storage::{self, DirectoryLock, DirectoryLockError, OsStorage, Storage};
 
 /// Index changes per frame when installing a savepoint (frames stay far below the frame size
 /// limit: a change encodes to at most a few hundred bytes).
@@ -236,20 +235,31 @@ pub struct CheckpointStore {
     journals: Vec<Mutex<Option<Journal>>>,
     /// Each partition's last committed checkpoint, once known.
     latest: Vec<Mutex<Option<CheckpointMeta>>>,
-    _lock: File,
+    storage: Arc<dyn Storage>,
+    _lock: DirectoryLock,
 }
 
 impl CheckpointStore {
     /// Opens the state directory for `partition_count` partitions. The notes it returns are for
     /// the operator (none today; kept so callers report whatever a future version finds).
     pub fn open(dir: &Path, partition_count: u32) -> Result<(Self, Vec<String>), CheckpointError> {
-        std::fs::create_dir_all(dir).map_err(|e| CheckpointError::io(dir, e))?;
-        let lock = lock_directory(dir)?;
+        Self::open_on(OsStorage::shared(), dir, partition_count)
+    }
+
+    /// [`open`](Self::open) on a given storage (a simulated disk in tests).
+    pub fn open_on(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        partition_count: u32,
+    ) -> Result<(Self, Vec<String>), CheckpointError> {
+        storage::create_dir_all(&*storage, dir).map_err(|e| CheckpointError::io(dir, e))?;
+        let lock = lock_directory(&*storage, dir)?;
         let store = Self {
             dir: dir.to_owned(),
             partition_count,
             journals: (0..partition_count).map(|_| Mutex::new(None)).collect(),
             latest: (0..partition_count).map(|_| Mutex::new(None)).collect(),
+            storage,
             _lock: lock,
         };
         Ok((store, Vec::new()))
@@ -269,12 +279,12 @@ impl CheckpointStore {
             return Ok(Some(meta));
         }
         let path = self.journal_path(partition);
-        if !path.exists() {
+        if !self.journal_exists(&path)? {
             return Ok(None);
         }
         let mut last = LastMeta::default();
         let _no_commit = lock(&self.journals[partition as usize]);
-        Journal::read(&path, partition, &mut last)?;
+        Journal::read(Arc::clone(&self.storage), &path, partition, &mut last)?;
         Ok(last.0)
     }
 
@@ -290,8 +300,9 @@ impl CheckpointStore {
     pub fn load(&self, partition: PartitionId) -> Result<LoadedPartition, CheckpointError> {
         let path = self.journal_path(partition);
         // Sized up front, the index is built once instead of grown (and copied) step by step.
-        let mut collected = Collected::for_loading(Journal::recorded_hint(&path));
-        let (journal, damage) = Journal::open(&path, partition, &mut collected)?;
+        let mut collected = Collected::for_loading(Journal::recorded_hint(&*self.storage, &path));
+        let (journal, damage) =
+            Journal::open(Arc::clone(&self.storage), &path, partition, &mut collected)?;
         let loaded = collected.into_state(partition)?;
         *lock(&self.journals[partition as usize]) = Some(journal);
         Ok(match loaded {
@@ -314,13 +325,13 @@ impl CheckpointStore {
         partition: PartitionId,
     ) -> Result<Option<PartitionSavepoint>, CheckpointError> {
         let path = self.journal_path(partition);
-        if !path.exists() {
+        if !self.journal_exists(&path)? {
             return Ok(None);
         }
         let mut collected = Collected::for_exporting();
         {
             let _no_commit = lock(&self.journals[partition as usize]);
-            Journal::read(&path, partition, &mut collected)?;
+            Journal::read(Arc::clone(&self.storage), &path, partition, &mut collected)?;
         }
         Ok(collected
             .into_state(partition)?
@@ -364,8 +375,13 @@ impl CheckpointStore {
             Some(journal) => journal.reset(partition)?,
             None => {
                 let path = self.journal_path(partition);
-                let _ = std::fs::remove_file(&path);
-                let (journal, _) = Journal::open(&path, partition, &mut LastMeta::default())?;
+                let _ = self.storage.remove_file(&path);
+                let (journal, _) = Journal::open(
+                    Arc::clone(&self.storage),
+                    &path,
+                    partition,
+                    &mut LastMeta::default(),
+                )?;
                 *journal_slot = Some(journal);
             }
         }
@@ -413,12 +429,12 @@ impl CheckpointStore {
     /// The conflicts a partition's checkpoint holds.
     pub fn conflicts(&self, partition: PartitionId) -> Result<Vec<Conflict>, CheckpointError> {
         let path = self.journal_path(partition);
-        if !path.exists() {
+        if !self.journal_exists(&path)? {
             return Ok(Vec::new());
         }
         let mut collected = Collected::default();
         let _no_commit = lock(&self.journals[partition as usize]);
-        Journal::read(&path, partition, &mut collected)?;
+        Journal::read(Arc::clone(&self.storage), &path, partition, &mut collected)?;
         Ok(collected.conflicts)
     }
 
@@ -427,7 +443,7 @@ impl CheckpointStore {
     /// log, and survives a rebuild of the partition).
     pub fn notification_cursor(&self, partition: PartitionId) -> Result<Offset, CheckpointError> {
         let path = self.cursor_path(partition);
-        match std::fs::read(&path) {
+        match storage::read_file(&*self.storage, &path) {
             Ok(bytes) => Ok(u64::from_le_bytes(bytes.as_slice().try_into().map_err(
                 |_| CheckpointError::Corrupt {
                     what: path.display().to_string(),
@@ -439,19 +455,22 @@ impl CheckpointStore {
         }
     }
 
-    /// Stores a notification cursor: a synced temporary file renamed into place.
+    /// Stores a notification cursor: a synced temporary file renamed into place, and the
+    /// directory synced so the new name is durable.
     pub fn set_notification_cursor(
         &self,
         partition: PartitionId,
         next_offset: Offset,
     ) -> Result<(), CheckpointError> {
         let path = self.cursor_path(partition);
-        let temporary = path.with_extension("partial");
-        let mut file = File::create(&temporary).map_err(|e| CheckpointError::io(&temporary, e))?;
-        file.write_all(&next_offset.to_le_bytes())
-            .and_then(|()| file.sync_data())
-            .map_err(|e| CheckpointError::io(&temporary, e))?;
-        std::fs::rename(&temporary, &path).map_err(|e| CheckpointError::io(&path, e))
+        storage::write_file_atomically(&*self.storage, &path, &next_offset.to_le_bytes())
+            .map_err(|e| CheckpointError::io(&path, e))
+    }
+
+    fn journal_exists(&self, path: &Path) -> Result<bool, CheckpointError> {
+        self.storage
+            .exists(path)
+            .map_err(|e| CheckpointError::io(path, e))
     }
 
     fn cursor_path(&self, partition: PartitionId) -> PathBuf {
@@ -464,14 +483,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn lock_directory(dir: &Path) -> Result<File, CheckpointError> {
-    crate::directory_lock::lock_directory(dir).map_err(|error| match error {
-        crate::directory_lock::DirectoryLockError::Held => CheckpointError::Locked {
+fn lock_directory(storage: &dyn Storage, dir: &Path) -> Result<DirectoryLock, CheckpointError> {
+    storage.lock_directory(dir).map_err(|error| match error {
+        DirectoryLockError::Held => CheckpointError::Locked {
             path: dir.to_owned(),
         },
-        crate::directory_lock::DirectoryLockError::Io(e) => {
-            CheckpointError::io(dir.join("LOCK"), e)
-        }
+        DirectoryLockError::Io(e) => CheckpointError::io(dir.join("LOCK"), e),
     })
 }
 

@@ -11,7 +11,6 @@
 //! segment and reports any other damage as corruption. Records are kept forever: the log is
 //! the record of truth that state is rebuilt from.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,6 +20,7 @@ use super::manifest::{Manifest, PARTITION_COUNT_MAX};
 use super::partition::{Partition, PartitionConfig, PartitionStats, sync_directory};
 use super::{AppendAck, KeyedRecord, Log, LogError, LogRecord, Offset, PartitionId};
 use crate::clock::{Clock, SystemClock};
+use crate::storage::{self, DirectoryLock, DirectoryLockError, OsStorage, Storage};
 
 /// How to open (or create) an embedded log.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub struct EmbeddedLogOptions {
     pub partition_count: u32,
     pub partition: PartitionConfig,
     pub clock: Arc<dyn Clock>,
+    /// Where the files live: the real file system, or a simulated disk in tests.
+    pub storage: Arc<dyn Storage>,
 }
 
 impl Default for EmbeddedLogOptions {
@@ -37,6 +39,7 @@ impl Default for EmbeddedLogOptions {
             partition_count: 8,
             partition: PartitionConfig::default(),
             clock: Arc::new(SystemClock),
+            storage: OsStorage::shared(),
         }
     }
 }
@@ -47,31 +50,37 @@ pub struct EmbeddedLog {
     dir: PathBuf,
     partitions: Vec<Partition>,
     /// Held for the lifetime of the log so no second process opens the same directory.
-    _lock: File,
+    _lock: DirectoryLock,
 }
 
 impl EmbeddedLog {
     /// Opens the log in `dir`, creating it with `options.partition_count` partitions if empty.
     pub fn open(dir: &Path, options: EmbeddedLogOptions) -> Result<Self, LogError> {
-        std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
-        let lock = lock_directory(dir)?;
-        let manifest = match Manifest::read(dir)? {
+        let storage = &*options.storage;
+        storage::create_dir_all(storage, dir).map_err(|e| LogError::io(dir, e))?;
+        let lock = lock_directory(storage, dir)?;
+        let manifest = match Manifest::read(storage, dir)? {
             Some(manifest) => manifest,
-            None => create_manifest(dir, options.partition_count)?,
+            None => create_manifest(storage, dir, options.partition_count)?,
         };
         let partitions = (0..manifest.partition_count)
             .map(|id| {
                 let partition_dir = dir.join(format!("partition-{id:03}"));
-                if !partition_dir.exists() {
-                    std::fs::create_dir(&partition_dir)
+                let exists = storage
+                    .exists(&partition_dir)
+                    .map_err(|e| LogError::io(&partition_dir, e))?;
+                if !exists {
+                    storage
+                        .create_dir(&partition_dir)
                         .map_err(|e| LogError::io(&partition_dir, e))?;
-                    sync_directory(dir)?;
+                    sync_directory(storage, dir)?;
                 }
                 Partition::open(
                     id,
                     &partition_dir,
                     options.partition,
                     Arc::clone(&options.clock),
+                    Arc::clone(&options.storage),
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -152,7 +161,11 @@ impl Log for EmbeddedLog {
     }
 }
 
-fn create_manifest(dir: &Path, partition_count: u32) -> Result<Manifest, LogError> {
+fn create_manifest(
+    storage: &dyn Storage,
+    dir: &Path,
+    partition_count: u32,
+) -> Result<Manifest, LogError> {
     if !(1..=PARTITION_COUNT_MAX).contains(&partition_count) {
         return Err(LogError::InvalidDirectory {
             path: dir.to_owned(),
@@ -162,15 +175,15 @@ fn create_manifest(dir: &Path, partition_count: u32) -> Result<Manifest, LogErro
         });
     }
     let manifest = Manifest::new(partition_count);
-    manifest.write(dir)?;
+    manifest.write(storage, dir)?;
     Ok(manifest)
 }
 
-fn lock_directory(dir: &Path) -> Result<File, LogError> {
-    crate::directory_lock::lock_directory(dir).map_err(|error| match error {
-        crate::directory_lock::DirectoryLockError::Held => LogError::Locked {
+fn lock_directory(storage: &dyn Storage, dir: &Path) -> Result<DirectoryLock, LogError> {
+    storage.lock_directory(dir).map_err(|error| match error {
+        DirectoryLockError::Held => LogError::Locked {
             path: dir.to_owned(),
         },
-        crate::directory_lock::DirectoryLockError::Io(e) => LogError::io(dir.join("LOCK"), e),
+        DirectoryLockError::Io(e) => LogError::io(dir.join("LOCK"), e),
     })
 }

@@ -1,14 +1,12 @@
 //! The log directory's manifest: what is fixed when the directory is created.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::LogError;
-use super::partition::sync_directory;
 use super::partitioner::PARTITIONER_NAME;
+use crate::storage::{self, Storage};
 
 pub const MANIFEST_FILE_NAME: &str = "manifest.json";
 pub const MANIFEST_FORMAT_VERSION: u32 = 1;
@@ -35,10 +33,10 @@ impl Manifest {
     }
 
     /// Reads the manifest of `dir`, or `None` if the directory has none yet.
-    pub fn read(dir: &Path) -> Result<Option<Self>, LogError> {
+    pub fn read(storage: &dyn Storage, dir: &Path) -> Result<Option<Self>, LogError> {
         let path = dir.join(MANIFEST_FILE_NAME);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
+        let text = match storage::read_file(storage, &path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(LogError::io(path, e)),
         };
@@ -69,15 +67,10 @@ impl Manifest {
     }
 
     /// Writes the manifest atomically: a synced temporary file renamed into place.
-    pub fn write(&self, dir: &Path) -> Result<(), LogError> {
+    pub fn write(&self, storage: &dyn Storage, dir: &Path) -> Result<(), LogError> {
         let path = dir.join(MANIFEST_FILE_NAME);
-        let temporary = dir.join(format!("{MANIFEST_FILE_NAME}.tmp"));
         let text = serde_json::to_string_pretty(self).expect("a manifest always serializes");
-        let mut file = File::create(&temporary).map_err(|e| LogError::io(&temporary, e))?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|e| LogError::io(&temporary, e))?;
-        std::fs::rename(&temporary, &path).map_err(|e| LogError::io(&path, e))?;
-        sync_directory(dir)
+        storage::write_file_atomically(storage, &path, text.as_bytes())
+            .map_err(|e| LogError::io(&path, e))
     }
 }

@@ -9,8 +9,6 @@
 //! `fsync` the kernel may have dropped the dirty pages, so retrying and reporting success would
 //! lie). The partition then refuses appends until the log is reopened, which re-runs recovery.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
@@ -25,6 +23,7 @@ use super::segment::{
 };
 use super::{AppendAck, KeyedRecord, LogError, LogRecord, Offset, PartitionId};
 use crate::clock::Clock;
+use crate::storage::{OpenMode, Storage, StorageFile};
 
 /// Tunables of one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +59,7 @@ impl Default for PartitionConfig {
 struct SegmentView {
     base_offset: Offset,
     path: PathBuf,
-    file: Arc<File>,
+    file: Arc<dyn StorageFile>,
     index: SparseIndex,
     /// Bytes of durable frames (plus the header).
     end_position: u64,
@@ -128,8 +127,9 @@ impl Partition {
         dir: &Path,
         config: PartitionConfig,
         clock: Arc<dyn Clock>,
+        storage: Arc<dyn Storage>,
     ) -> Result<Self, LogError> {
-        let segments = open_segments(dir, &config)?;
+        let segments = open_segments(&*storage, dir, &config)?;
         let state = Arc::new(RwLock::new(PartitionState {
             segments,
             failure: None,
@@ -140,6 +140,7 @@ impl Partition {
         let writer = Writer {
             partition: id,
             dir: dir.to_owned(),
+            storage,
             config,
             clock,
             state: Arc::clone(&state),
@@ -247,7 +248,7 @@ impl Partition {
                 break;
             };
             let mut batch = segment::read_records(
-                &segment.file,
+                &*segment.file,
                 &segment.path,
                 self.id,
                 start,
@@ -320,7 +321,7 @@ impl Partition {
                 offset: view.base_offset,
                 position: SEGMENT_HEADER_BYTES,
             };
-            let outcome = scan_segment(&view.file, &view.path, start, SparseIndex::new(u64::MAX))?;
+            let outcome = scan_segment(&*view.file, &view.path, start, SparseIndex::new(u64::MAX))?;
             let damaged = outcome.end_position < view.end_position
                 || outcome.commit_end_position != view.end_position;
             if view.base_offset != expected || damaged {
@@ -354,6 +355,7 @@ impl Drop for Partition {
 struct Writer {
     partition: PartitionId,
     dir: PathBuf,
+    storage: Arc<dyn Storage>,
     config: PartitionConfig,
     clock: Arc<dyn Clock>,
     state: Arc<RwLock<PartitionState>>,
@@ -512,11 +514,12 @@ impl Writer {
         };
         let (base_offset, sealed) = sealed;
         segment::write_index_file(
+            &*self.storage,
             &self.dir.join(index_file_name(base_offset)),
             base_offset,
             &sealed,
         )?;
-        let next = create_segment(&self.dir, sealed.end_offset, &self.config)?;
+        let next = create_segment(&*self.storage, &self.dir, sealed.end_offset, &self.config)?;
         write_lock(&self.state).segments.push(next);
         Ok(())
     }
@@ -534,26 +537,23 @@ fn write_lock(state: &RwLock<PartitionState>) -> RwLockWriteGuard<'_, PartitionS
 
 /// Creates an empty segment starting at `base_offset`: header written, file and directory synced.
 fn create_segment(
+    storage: &dyn Storage,
     dir: &Path,
     base_offset: Offset,
     config: &PartitionConfig,
 ) -> Result<SegmentView, LogError> {
     let path = dir.join(segment_file_name(base_offset));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
+    let file = storage
+        .open(&path, OpenMode::CreateTruncate)
         .map_err(|e| LogError::io(&path, e))?;
     file.write_all_at(&segment_header(base_offset), 0)
         .map_err(|e| LogError::io(&path, e))?;
     file.sync_data().map_err(|e| LogError::io(&path, e))?;
-    sync_directory(dir)?;
+    sync_directory(storage, dir)?;
     Ok(SegmentView {
         base_offset,
         path,
-        file: Arc::new(file),
+        file,
         index: SparseIndex::new(config.index_interval_bytes),
         end_position: SEGMENT_HEADER_BYTES,
         end_offset: base_offset,
@@ -561,34 +561,35 @@ fn create_segment(
 }
 
 /// Makes a directory's entries (created or removed files) durable.
-pub fn sync_directory(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(|e| LogError::io(dir, e))
+pub fn sync_directory(storage: &dyn Storage, dir: &Path) -> Result<(), LogError> {
+    storage.sync_dir(dir).map_err(|e| LogError::io(dir, e))
 }
 
 /// Lists, checks and opens the segments of a partition directory, recovering the last one.
-fn open_segments(dir: &Path, config: &PartitionConfig) -> Result<Vec<SegmentView>, LogError> {
+fn open_segments(
+    storage: &dyn Storage,
+    dir: &Path,
+    config: &PartitionConfig,
+) -> Result<Vec<SegmentView>, LogError> {
     let mut base_offsets = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| LogError::io(dir, e))? {
-        let entry = entry.map_err(|e| LogError::io(dir, e))?;
-        if let Some(base) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+    for name in storage.list_dir(dir).map_err(|e| LogError::io(dir, e))? {
+        if let Some(base) = parse_segment_file_name(&name) {
             base_offsets.push(base);
         }
     }
     base_offsets.sort_unstable();
     let Some((&last_base, sealed_bases)) = base_offsets.split_last() else {
-        return Ok(vec![create_segment(dir, 0, config)?]);
+        return Ok(vec![create_segment(storage, dir, 0, config)?]);
     };
     let mut segments = Vec::with_capacity(base_offsets.len());
     let mut expected_base = 0;
     for &base in sealed_bases {
-        let view = open_sealed_segment(dir, base, config)?;
+        let view = open_sealed_segment(storage, dir, base, config)?;
         check_continuity(&view.path, base, expected_base)?;
         expected_base = view.end_offset;
         segments.push(view);
     }
-    let last = open_last_segment(dir, last_base, config)?;
+    let last = open_last_segment(storage, dir, last_base, config)?;
     check_continuity(&last.path, last_base, expected_base)?;
     segments.push(last);
     Ok(segments)
@@ -608,21 +609,25 @@ fn check_continuity(path: &Path, base: Offset, expected_base: Offset) -> Result<
 }
 
 fn open_sealed_segment(
+    storage: &dyn Storage,
     dir: &Path,
     base: Offset,
     config: &PartitionConfig,
 ) -> Result<SegmentView, LogError> {
     let path = dir.join(segment_file_name(base));
-    let file = File::open(&path).map_err(|e| LogError::io(&path, e))?;
-    check_segment_header(&file, &path, base)?;
-    let file_len = file.metadata().map_err(|e| LogError::io(&path, e))?.len();
+    let file = storage
+        .open(&path, OpenMode::Read)
+        .map_err(|e| LogError::io(&path, e))?;
+    check_segment_header(&*file, &path, base)?;
+    let file_len = file.len().map_err(|e| LogError::io(&path, e))?;
     let index_path = dir.join(index_file_name(base));
-    let sealed = match segment::read_index_file(&index_path, base, config.index_interval_bytes) {
+    let index = segment::read_index_file(storage, &index_path, base, config.index_interval_bytes);
+    let sealed = match index {
         Some(sealed) => sealed,
         None => {
             tracing::info!(segment = %path.display(), "rebuilding missing or damaged segment index");
-            let sealed = rebuild_sealed_index(&file, &path, base, config)?;
-            segment::write_index_file(&index_path, base, &sealed)?;
+            let sealed = rebuild_sealed_index(&*file, &path, base, config)?;
+            segment::write_index_file(storage, &index_path, base, &sealed)?;
             sealed
         }
     };
@@ -639,7 +644,7 @@ fn open_sealed_segment(
     Ok(SegmentView {
         base_offset: base,
         path,
-        file: Arc::new(file),
+        file,
         index: sealed.index,
         end_position: sealed.end_position,
         end_offset: sealed.end_offset,
@@ -648,7 +653,7 @@ fn open_sealed_segment(
 
 /// A sealed segment must scan cleanly to its very end: it was never written after sealing.
 fn rebuild_sealed_index(
-    file: &File,
+    file: &dyn StorageFile,
     path: &Path,
     base: Offset,
     config: &PartitionConfig,
@@ -687,36 +692,35 @@ fn rebuild_sealed_index(
 /// Opens the segment being written: scans it, and truncates a torn tail back to the last whole
 /// frame; damage followed by valid frames is corruption and is reported, never skipped.
 fn open_last_segment(
+    storage: &dyn Storage,
     dir: &Path,
     base: Offset,
     config: &PartitionConfig,
 ) -> Result<SegmentView, LogError> {
     let path = dir.join(segment_file_name(base));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
+    let file = storage
+        .open(&path, OpenMode::ReadWrite)
         .map_err(|e| LogError::io(&path, e))?;
-    let file_len = file.metadata().map_err(|e| LogError::io(&path, e))?.len();
-    if file_len <= SEGMENT_HEADER_BYTES && check_segment_header(&file, &path, base).is_err() {
+    let file_len = file.len().map_err(|e| LogError::io(&path, e))?;
+    if file_len <= SEGMENT_HEADER_BYTES && check_segment_header(&*file, &path, base).is_err() {
         // Created by a roll that crashed before its header was durable: it holds no record.
         tracing::warn!(segment = %path.display(), "re-creating a segment whose creation was cut short");
         drop(file);
-        return create_segment(dir, base, config);
+        return create_segment(storage, dir, base, config);
     }
-    check_segment_header(&file, &path, base)?;
+    check_segment_header(&*file, &path, base)?;
     let start = IndexEntry {
         offset: base,
         position: SEGMENT_HEADER_BYTES,
     };
     let mut outcome = scan_segment(
-        &file,
+        &*file,
         &path,
         start,
         SparseIndex::new(config.index_interval_bytes),
     )?;
     if let Some((position, problem)) = &outcome.stopped_at
-        && later_commit_follows(&file, &path, *position, outcome.end_offset)?
+        && later_commit_follows(&*file, &path, *position, outcome.end_offset)?
     {
         return Err(LogError::Corruption {
             path,
@@ -734,13 +738,13 @@ fn open_last_segment(
         );
         file.set_len(outcome.commit_end_position)
             .map_err(|e| LogError::io(&path, e))?;
-        file.sync_all().map_err(|e| LogError::io(&path, e))?;
+        file.sync_data().map_err(|e| LogError::io(&path, e))?;
         outcome.index.truncate(outcome.commit_end_position);
     }
     Ok(SegmentView {
         base_offset: base,
         path,
-        file: Arc::new(file),
+        file,
         index: outcome.index,
         end_position: outcome.commit_end_position,
         end_offset: outcome.commit_end_offset,

@@ -15,16 +15,14 @@
 //! Invariants: frames in a segment have consecutive offsets starting at its base offset; the
 //! next segment's base offset is this segment's end offset; only the last segment is written
 //! to, so only it can end in a torn frame. The index of the last segment lives in memory and is
-//! rebuilt by scanning it on open; a sealed segment's index is written (and synced) when it is
-//! sealed, and rebuilt by a scan whenever it is missing or fails its checksum.
+//! rebuilt by scanning it on open; a sealed segment's index is written when it is sealed (not
+//! synced: it is a cache), and rebuilt by a scan whenever it is missing or fails its checksum.
 
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::frame::{self, FRAME_HEADER_BYTES, FRAME_MAGIC, FrameInfo, FrameProblem};
 use super::{LogError, LogRecord, Offset, PartitionId};
+use crate::storage::{self, OpenMode, Storage, StorageFile};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TALLYSEG";
 pub const INDEX_MAGIC: [u8; 8] = *b"TALLYIDX";
@@ -59,7 +57,11 @@ pub fn segment_header(base_offset: Offset) -> [u8; SEGMENT_HEADER_BYTES as usize
 }
 
 /// Checks a segment's header against the base offset its name promises.
-pub fn check_segment_header(file: &File, path: &Path, base_offset: Offset) -> Result<(), LogError> {
+pub fn check_segment_header(
+    file: &dyn StorageFile,
+    path: &Path,
+    base_offset: Offset,
+) -> Result<(), LogError> {
     let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
     file.read_exact_at(&mut header, 0)
         .map_err(|e| LogError::Corruption {
@@ -166,8 +168,11 @@ pub struct SealedIndex {
     pub end_position: u64,
 }
 
-/// Writes a sealed segment's index file and syncs it.
+/// Writes a sealed segment's index file. It is not synced: the index is a cache of its segment,
+/// checked by its checksum and rebuilt by a scan whenever it is missing or damaged, so a crash
+/// that tears it costs a scan, never a record.
 pub fn write_index_file(
+    storage: &dyn Storage,
     path: &Path,
     base_offset: Offset,
     sealed: &SealedIndex,
@@ -185,19 +190,22 @@ pub fn write_index_file(
     }
     let crc = crc32c::crc32c(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
-    let mut file = File::create(path).map_err(|e| LogError::io(path, e))?;
-    file.write_all(&bytes).map_err(|e| LogError::io(path, e))?;
-    file.sync_data().map_err(|e| LogError::io(path, e))
+    let file = storage
+        .open(path, OpenMode::CreateTruncate)
+        .map_err(|e| LogError::io(path, e))?;
+    file.write_all_at(&bytes, 0)
+        .map_err(|e| LogError::io(path, e))
 }
 
 /// Reads a sealed segment's index file; `None` if it is missing or damaged (then the caller
 /// rebuilds it by scanning the segment).
 pub fn read_index_file(
+    storage: &dyn Storage,
     path: &Path,
     base_offset: Offset,
     interval_bytes: u64,
 ) -> Option<SealedIndex> {
-    let bytes = std::fs::read(path).ok()?;
+    let bytes = storage::read_file(storage, path).ok()?;
     let (body, crc_bytes) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
     if crc32c::crc32c(body) != u32::from_le_bytes(crc_bytes.try_into().ok()?) {
         return None;
@@ -252,12 +260,12 @@ pub struct ScanOutcome {
 /// Scans frames from `start` (a frame boundary holding `start_offset`) to the end of the file,
 /// checking each frame's checksum and that offsets continue without gaps.
 pub fn scan_segment(
-    file: &File,
+    file: &dyn StorageFile,
     path: &Path,
     start: IndexEntry,
     mut index: SparseIndex,
 ) -> Result<ScanOutcome, LogError> {
-    let file_len = file.metadata().map_err(|e| LogError::io(path, e))?.len();
+    let file_len = file.len().map_err(|e| LogError::io(path, e))?;
     let mut position = start.position;
     let mut expected_offset = start.offset;
     let (mut commit_end_position, mut commit_end_offset) = (position, expected_offset);
@@ -305,12 +313,12 @@ pub fn scan_segment(
 /// end. Anything after a commit that ended is a later commit, which was acknowledged only if the
 /// damaged one was: then the damage is corruption of acknowledged records.
 pub fn later_commit_follows(
-    file: &File,
+    file: &dyn StorageFile,
     path: &Path,
     position: u64,
     offset_min: Offset,
 ) -> Result<bool, LogError> {
-    let file_len = file.metadata().map_err(|e| LogError::io(path, e))?.len();
+    let file_len = file.len().map_err(|e| LogError::io(path, e))?;
     let Some(rest_len) = file_len.checked_sub(position + 1) else {
         return Ok(false);
     };
@@ -340,7 +348,7 @@ pub fn later_commit_follows(
 /// Reads up to `records_max` records from `from` on, from a segment whose durable frames end at
 /// `end_position`, starting the scan at `start` (from the sparse index).
 pub fn read_records(
-    file: &File,
+    file: &dyn StorageFile,
     path: &Path,
     partition: PartitionId,
     start: IndexEntry,
@@ -379,7 +387,7 @@ fn describe(problem: &FrameProblem) -> String {
 
 /// Reads a segment in large chunks and hands out whole frames.
 struct ChunkReader<'a> {
-    file: &'a File,
+    file: &'a dyn StorageFile,
     path: &'a Path,
     limit: u64,
     buffer: Vec<u8>,
@@ -387,7 +395,7 @@ struct ChunkReader<'a> {
 }
 
 impl<'a> ChunkReader<'a> {
-    fn new(file: &'a File, path: &'a Path, limit: u64) -> Self {
+    fn new(file: &'a dyn StorageFile, path: &'a Path, limit: u64) -> Self {
         Self {
             file,
             path,
