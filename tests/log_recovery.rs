@@ -149,6 +149,10 @@ fn log_with_frames(count: usize) -> tempfile::TempDir {
 
 /// Every frame above has the same size: header 12 + fixed 24 + record header 8 + 8 + 10.
 const FRAME_BYTES: u64 = 12 + 24 + 8 + 8 + 10;
+/// Each commit ends with its seal, two copies of 32 bytes.
+const SEAL_BYTES: u64 = 64;
+/// A commit of one such frame.
+const COMMIT_BYTES: u64 = FRAME_BYTES + SEAL_BYTES;
 const SEGMENT_HEADER_BYTES: u64 = 24;
 
 #[test]
@@ -156,10 +160,10 @@ fn torn_tail_is_truncated_back_to_the_last_whole_record() {
     let dir = log_with_frames(10);
     let segment = segment_files(dir.path(), 0).pop().unwrap();
     let length = std::fs::metadata(&segment).unwrap().len();
-    assert_eq!(length, SEGMENT_HEADER_BYTES + 10 * FRAME_BYTES);
-    // Cut the last frame in the middle and add garbage after it, as a crash mid-write could.
+    assert_eq!(length, SEGMENT_HEADER_BYTES + 10 * COMMIT_BYTES);
+    // Cut the last commit in the middle and add garbage after it, as a crash mid-write could.
     let file = OpenOptions::new().write(true).open(&segment).unwrap();
-    file.set_len(length - FRAME_BYTES / 2).unwrap();
+    file.set_len(length - COMMIT_BYTES / 2).unwrap();
     let mut appender = OpenOptions::new().append(true).open(&segment).unwrap();
     appender.write_all(&[0xAB; 300]).unwrap();
     drop((file, appender));
@@ -179,7 +183,7 @@ fn torn_tail_is_truncated_back_to_the_last_whole_record() {
     );
     assert_eq!(
         std::fs::metadata(&segment).unwrap().len(),
-        SEGMENT_HEADER_BYTES + 9 * FRAME_BYTES
+        SEGMENT_HEADER_BYTES + 9 * COMMIT_BYTES
     );
     let ack = log.append_blocking(0, vec![record("next", "one")]).unwrap();
     assert_eq!(ack.offsets, [9]);
@@ -210,7 +214,7 @@ fn garbage_after_the_last_whole_record_is_truncated() {
 fn corruption_in_the_middle_is_reported_not_skipped() {
     let dir = log_with_frames(10);
     let segment = segment_files(dir.path(), 0).pop().unwrap();
-    let damaged_frame_position = SEGMENT_HEADER_BYTES + 4 * FRAME_BYTES;
+    let damaged_frame_position = SEGMENT_HEADER_BYTES + 4 * COMMIT_BYTES;
     let file = OpenOptions::new().write(true).open(&segment).unwrap();
     file.write_all_at(b"X", damaged_frame_position + 40)
         .unwrap();
@@ -387,7 +391,7 @@ fn log_with_two_multi_frame_commits() -> (tempfile::TempDir, EmbeddedLogOptions)
     let segment = segment_files(dir.path(), 0).pop().unwrap();
     assert_eq!(
         std::fs::metadata(&segment).unwrap().len(),
-        SEGMENT_HEADER_BYTES + 6 * FRAME_BYTES
+        SEGMENT_HEADER_BYTES + 6 * FRAME_BYTES + 2 * SEAL_BYTES
     );
     (dir, options)
 }
@@ -396,10 +400,14 @@ fn log_with_two_multi_frame_commits() -> (tempfile::TempDir, EmbeddedLogOptions)
 fn a_torn_multi_frame_commit_is_dropped_whole() {
     let (dir, options) = log_with_two_multi_frame_commits();
     let segment = segment_files(dir.path(), 0).pop().unwrap();
-    let file = OpenOptions::new().write(true).open(&segment).unwrap();
-    file.write_all_at(b"#", SEGMENT_HEADER_BYTES + 4 * FRAME_BYTES + 40)
+    // The second commit's last frame and its seal never reached the disk.
+    let second_commit = SEGMENT_HEADER_BYTES + 3 * FRAME_BYTES + SEAL_BYTES;
+    OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(second_commit + 2 * FRAME_BYTES + 10)
         .unwrap();
-    drop(file);
     let log = open(dir.path(), &options);
     let keys: Vec<_> = read_all(&log, 0)
         .into_iter()
@@ -421,7 +429,7 @@ fn an_unfinished_commit_is_dropped_whole() {
         .write(true)
         .open(&segment)
         .unwrap()
-        .set_len(SEGMENT_HEADER_BYTES + 4 * FRAME_BYTES)
+        .set_len(SEGMENT_HEADER_BYTES + 4 * FRAME_BYTES + SEAL_BYTES)
         .unwrap();
     let log = open(dir.path(), &options);
     assert_eq!(read_all(&log, 0).len(), 3);

@@ -27,6 +27,11 @@ pub enum LogCommand {
     Tail(TailArgs),
     /// Read every record of every partition and check its checksum.
     Verify,
+    /// Cut each damaged partition (of the donation log and the control log) back to its last
+    /// whole commit before the damage, record what was cut in `repair-audit.jsonl` beside the
+    /// log, and reset checkpoints that had applied records beyond the new end (they are rebuilt
+    /// from the log). The way out when `serve` refuses to start over corruption.
+    Repair,
 }
 
 #[derive(Debug, Args)]
@@ -48,6 +53,9 @@ struct PartitionRow {
 }
 
 pub fn run(data_dir: &Path, command: LogCommand) -> anyhow::Result<ExitCode> {
+    if let LogCommand::Repair = command {
+        return super::log_repair::run(data_dir);
+    }
     let log = super::open_existing_log(data_dir)?;
     match command {
         LogCommand::Stats { json } => stats(&log, json),
@@ -61,6 +69,7 @@ pub fn run(data_dir: &Path, command: LogCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        LogCommand::Repair => unreachable!("handled before the log is opened"),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod import;
 pub mod log;
 pub mod log_binding;
+pub mod log_repair;
 pub mod process;
 
 use std::path::{Path, PathBuf};
@@ -16,9 +17,10 @@ use anyhow::Context;
 use clap::Args;
 use tally_pipeline::checkpoint::{CheckpointStore, LoadedPartition};
 use tally_pipeline::clock::{Clock, SystemClock};
-use tally_pipeline::log::{EmbeddedLog, EmbeddedLogOptions, Log};
+use tally_pipeline::log::{EmbeddedLog, EmbeddedLogOptions, Log, Witness};
 use tally_pipeline::read_model::{PartitionUpdate, ReadModel};
 use tally_pipeline::runner::{Pipeline, PipelineConfig};
+use tally_pipeline::storage::OsStorage;
 
 /// Where the embedded log lives inside a data directory.
 pub fn log_dir(data_dir: &Path) -> PathBuf {
@@ -33,9 +35,18 @@ pub fn open_log(data_dir: &Path, partition_count: Option<u32>) -> anyhow::Result
     if let Some(count) = partition_count {
         options.partition_count = count;
     }
+    options.witnesses = witnesses(data_dir)?;
     let dir = log_dir(data_dir);
     EmbeddedLog::open(&dir, options)
         .with_context(|| format!("cannot open the log in {}", dir.display()))
+}
+
+/// How far the checkpoints in the data directory have seen each partition of the log reach:
+/// recovery never cuts the log below that.
+pub fn witnesses(data_dir: &Path) -> anyhow::Result<Vec<Witness>> {
+    let dir = state_dir(data_dir);
+    CheckpointStore::witnesses(&OsStorage, &dir)
+        .with_context(|| format!("cannot read the checkpoints in {}", dir.display()))
 }
 
 /// Opens an existing log, refusing to create one where there is none.

@@ -229,6 +229,55 @@ impl Journal {
         Ok(damage)
     }
 
+    /// The next offset of the last whole checkpoint in a journal file, read without replaying
+    /// it: the frame headers are walked to the end and only the last checkpoint frame is
+    /// checked and decoded. `None` without a checkpoint (or without the file). What a
+    /// checkpoint applied was durable in the log, so this is a witness of how far the log
+    /// reached.
+    pub fn last_next_offset(
+        storage: &dyn Storage,
+        path: &Path,
+    ) -> Result<Option<u64>, CheckpointError> {
+        let io = |e| CheckpointError::io(path, e);
+        let file = match storage.open(path, OpenMode::Read) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let file_len = file.len().map_err(io)?;
+        let mut starts = Vec::new();
+        let mut position = JOURNAL_HEADER_BYTES;
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        while position + FRAME_HEADER_BYTES as u64 <= file_len {
+            file.read_exact_at(&mut header, position).map_err(io)?;
+            let Ok(body_len) = frame::body_len_from_header(&header) else {
+                break;
+            };
+            let frame_end = position + (FRAME_HEADER_BYTES + body_len) as u64;
+            if frame_end > file_len {
+                break;
+            }
+            starts.push((position, frame_end));
+            position = frame_end;
+        }
+        let mut frame_bytes = Vec::new();
+        for &(start, end) in starts.iter().rev() {
+            frame_bytes.resize((end - start) as usize, 0);
+            file.read_exact_at(&mut frame_bytes, start).map_err(io)?;
+            let Ok(info) = frame::check_frame(&frame_bytes) else {
+                continue;
+            };
+            let mut records = Vec::with_capacity(1);
+            frame::decode_records(&frame_bytes, &info, 0, 0, 1, &mut records);
+            if let Some(record) = records.first()
+                && let Ok(JournalEntry::Checkpoint { meta, .. }) = codec::decode(&record.value)
+            {
+                return Ok(Some(meta.scalars.next_offset));
+            }
+        }
+        Ok(None)
+    }
+
     /// Notes how many donations are recorded, for sizing the index when the journal is next
     /// loaded; made durable by the next append's sync.
     pub fn set_recorded_hint(&mut self, recorded: u64) -> Result<(), CheckpointError> {

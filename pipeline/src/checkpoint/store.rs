@@ -11,7 +11,7 @@ use super::journal::{CheckpointContent, Damage, Journal, Replay};
 use super::{CHECKPOINT_FORMAT_VERSION, CheckpointError};
 use crate::clock::UnixMillis;
 use crate::codec;
-use crate::log::{Offset, PartitionId};
+use crate::log::{Offset, PartitionId, Witness};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::conflict_audit::Conflict;
 use crate::operators::dedupe::IndexChange;
@@ -269,8 +269,37 @@ impl CheckpointStore {
         self.partition_count
     }
 
+    /// Every partition's witness in the state directory `dir`: how far its last checkpoint
+    /// applied the log. Reads the journals without taking the directory (the log is opened,
+    /// with these witnesses, before the state is).
+    pub fn witnesses(storage: &dyn Storage, dir: &Path) -> Result<Vec<Witness>, CheckpointError> {
+        let names = match storage.list_dir(dir) {
+            Ok(names) => names,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(CheckpointError::io(dir, e)),
+        };
+        let mut witnesses = Vec::new();
+        let partitions = names.iter().filter_map(|name| {
+            let digits = name
+                .strip_prefix("checkpoints-")?
+                .strip_suffix(".journal")?;
+            digits.parse::<PartitionId>().ok()
+        });
+        for partition in partitions {
+            let path = journal_path(dir, partition);
+            if let Some(end_offset) = Journal::last_next_offset(storage, &path)? {
+                witnesses.push(Witness {
+                    partition,
+                    end_offset,
+                    source: format!("the checkpoint journal {}", path.display()),
+                });
+            }
+        }
+        Ok(witnesses)
+    }
+
     fn journal_path(&self, partition: PartitionId) -> PathBuf {
-        self.dir.join(format!("checkpoints-{partition:03}.journal"))
+        journal_path(&self.dir, partition)
     }
 
     /// The last committed checkpoint meta of a partition, if any.
@@ -477,6 +506,10 @@ impl CheckpointStore {
         self.dir
             .join(format!("notifications-{partition:03}.cursor"))
     }
+}
+
+fn journal_path(dir: &Path, partition: PartitionId) -> PathBuf {
+    dir.join(format!("checkpoints-{partition:03}.journal"))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

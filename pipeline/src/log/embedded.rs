@@ -18,7 +18,8 @@ use async_trait::async_trait;
 
 use super::manifest::{Manifest, PARTITION_COUNT_MAX};
 use super::partition::{Partition, PartitionConfig, PartitionStats, sync_directory};
-use super::{AppendAck, KeyedRecord, Log, LogError, LogRecord, Offset, PartitionId};
+use super::recovery::{Opening, RecoveryMode, RepairAction};
+use super::{AppendAck, KeyedRecord, Log, LogError, LogRecord, Offset, PartitionId, Witness};
 use crate::clock::{Clock, SystemClock};
 use crate::storage::{self, DirectoryLock, DirectoryLockError, OsStorage, Storage};
 
@@ -31,6 +32,9 @@ pub struct EmbeddedLogOptions {
     pub clock: Arc<dyn Clock>,
     /// Where the files live: the real file system, or a simulated disk in tests.
     pub storage: Arc<dyn Storage>,
+    /// How far durable state outside the log has seen each partition reach; recovery never
+    /// cuts a partition below its witness (see `recovery`).
+    pub witnesses: Vec<Witness>,
 }
 
 impl Default for EmbeddedLogOptions {
@@ -40,6 +44,7 @@ impl Default for EmbeddedLogOptions {
             partition: PartitionConfig::default(),
             clock: Arc::new(SystemClock),
             storage: OsStorage::shared(),
+            witnesses: Vec::new(),
         }
     }
 }
@@ -81,6 +86,7 @@ impl EmbeddedLog {
                     options.partition,
                     Arc::clone(&options.clock),
                     Arc::clone(&options.storage),
+                    witness_of(&options.witnesses, id),
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -159,6 +165,47 @@ impl Log for EmbeddedLog {
     ) -> Result<(), LogError> {
         self.partition(partition)?.wait_for_offset(offset).await
     }
+}
+
+/// Cuts every damaged partition of the log in `dir` back to its last whole commit before the
+/// damage, whatever its witnesses saw, and returns what was cut (nothing for a sound log). The
+/// log must not be open elsewhere; the caller records the actions and resets state that saw
+/// beyond the new ends.
+pub fn repair(dir: &Path, options: &EmbeddedLogOptions) -> Result<Vec<RepairAction>, LogError> {
+    let storage = &*options.storage;
+    let _lock = lock_directory(storage, dir)?;
+    let manifest = Manifest::read(storage, dir)?.ok_or_else(|| LogError::InvalidDirectory {
+        path: dir.to_owned(),
+        reason: "no log here (no manifest.json)".into(),
+    })?;
+    let mut actions = Vec::new();
+    for id in 0..manifest.partition_count {
+        let partition_dir = dir.join(format!("partition-{id:03}"));
+        let exists = storage
+            .exists(&partition_dir)
+            .map_err(|e| LogError::io(&partition_dir, e))?;
+        if !exists {
+            continue;
+        }
+        let (_, action) = Opening {
+            storage,
+            dir: &partition_dir,
+            partition: id,
+            config: &options.partition,
+            witness: witness_of(&options.witnesses, id),
+            mode: RecoveryMode::Repair,
+        }
+        .open()?;
+        actions.extend(action);
+    }
+    Ok(actions)
+}
+
+fn witness_of(witnesses: &[Witness], partition: PartitionId) -> Option<&Witness> {
+    witnesses
+        .iter()
+        .filter(|witness| witness.partition == partition)
+        .max_by_key(|witness| witness.end_offset)
 }
 
 fn create_manifest(

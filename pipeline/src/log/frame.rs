@@ -55,6 +55,8 @@ pub enum FrameProblem {
     Truncated,
     /// The bytes are a frame no writer could have produced.
     Invalid(String),
+    /// The commit's frames are whole but no copy of its seal checks out (format version 2).
+    Unsealed,
 }
 
 /// Bytes one encoded record adds to a frame.

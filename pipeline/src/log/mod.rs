@@ -11,7 +11,8 @@
 //! the pipeline does not care which backend it runs on.
 //!
 //! - [`embedded`]: the default backend, segment files in one directory ([`EmbeddedLog`]).
-//! - [`frame`] and [`segment`]: its on-disk format and recovery.
+//! - [`frame`], [`seal`] and [`segment`]: its on-disk format; `recovery`: how it is opened
+//!   after a crash, what counts as torn and what as corruption, and `tally log repair`.
 //! - [`partition`]: one partition's reads and its group-commit writer.
 //! - [`fluvio`]: the backend on a Fluvio cluster ([`FluvioLog`]).
 //! - [`location`]: where a log lives, as the command line names it ([`LogLocation`]).
@@ -23,6 +24,8 @@ pub mod location;
 mod manifest;
 pub mod partition;
 mod partitioner;
+mod recovery;
+pub mod seal;
 pub mod segment;
 
 use std::path::PathBuf;
@@ -33,6 +36,7 @@ pub use embedded::{EmbeddedLog, EmbeddedLogOptions};
 pub use fluvio::{FluvioLog, FluvioLogOptions};
 pub use location::{LogLocation, LogLocationError};
 pub use partitioner::Partitioner;
+pub use recovery::RepairAction;
 
 use crate::clock::UnixMillis;
 
@@ -40,6 +44,17 @@ use crate::clock::UnixMillis;
 pub type PartitionId = u32;
 /// A record's position within its partition, from 0.
 pub type Offset = u64;
+
+/// Something durable outside the log that has seen a partition reach `end_offset` — a
+/// checkpoint that applied the log up to there. Recovery never cuts the partition below it: a
+/// record a witness saw was acknowledged, so damage below it is corruption, never a torn write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Witness {
+    pub partition: PartitionId,
+    pub end_offset: Offset,
+    /// What saw it, for the operator (e.g. the checkpoint journal's path).
+    pub source: String,
+}
 
 /// A record to append: a key (which chose its partition) and an opaque value.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,14 +16,15 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::frame::{self, FRAME_BODY_BYTES_MAX};
+use super::recovery::{self, Opening, RecoveryMode};
+use super::seal::{SEAL_BYTES, Seal};
 use super::segment::{
-    self, IndexEntry, SEGMENT_HEADER_BYTES, SealedIndex, SparseIndex, check_segment_header,
-    index_file_name, later_commit_follows, parse_segment_file_name, scan_segment,
-    segment_file_name, segment_header,
+    self, IndexEntry, SEGMENT_HEADER_BYTES, SealedIndex, SegmentExtent, SparseIndex,
+    index_file_name, scan_segment,
 };
-use super::{AppendAck, KeyedRecord, LogError, LogRecord, Offset, PartitionId};
+use super::{AppendAck, KeyedRecord, LogError, LogRecord, Offset, PartitionId, Witness};
 use crate::clock::Clock;
-use crate::storage::{OpenMode, Storage, StorageFile};
+use crate::storage::{Storage, StorageFile};
 
 /// Tunables of one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,14 +57,25 @@ impl Default for PartitionConfig {
 
 /// One segment as readers see it.
 #[derive(Debug, Clone)]
-struct SegmentView {
-    base_offset: Offset,
-    path: PathBuf,
-    file: Arc<dyn StorageFile>,
-    index: SparseIndex,
-    /// Bytes of durable frames (plus the header).
-    end_position: u64,
-    end_offset: Offset,
+pub(super) struct SegmentView {
+    pub base_offset: Offset,
+    pub path: PathBuf,
+    pub file: Arc<dyn StorageFile>,
+    /// Format version of the segment's header: whether its commits carry seals.
+    pub format_version: u32,
+    pub index: SparseIndex,
+    /// Bytes of durable commits (plus the header).
+    pub end_position: u64,
+    pub end_offset: Offset,
+}
+
+impl SegmentView {
+    fn extent(&self) -> SegmentExtent {
+        SegmentExtent {
+            end_position: self.end_position,
+            format_version: self.format_version,
+        }
+    }
 }
 
 /// What readers and the writer share.
@@ -121,15 +133,25 @@ impl std::fmt::Debug for AppendRequest {
 }
 
 impl Partition {
-    /// Opens (creating if needed) the partition stored in `dir`, recovering its last segment.
+    /// Opens (creating if needed) the partition stored in `dir`, recovering its last segment
+    /// without cutting below `witness` (see `recovery`).
     pub fn open(
         id: PartitionId,
         dir: &Path,
         config: PartitionConfig,
         clock: Arc<dyn Clock>,
         storage: Arc<dyn Storage>,
+        witness: Option<&Witness>,
     ) -> Result<Self, LogError> {
-        let segments = open_segments(&*storage, dir, &config)?;
+        let (segments, _) = Opening {
+            storage: &*storage,
+            dir,
+            partition: id,
+            config: &config,
+            witness,
+            mode: RecoveryMode::Strict,
+        }
+        .open()?;
         let state = Arc::new(RwLock::new(PartitionState {
             segments,
             failure: None,
@@ -252,7 +274,7 @@ impl Partition {
                 &segment.path,
                 self.id,
                 start,
-                segment.end_position,
+                segment.extent(),
                 next,
                 records_max - records.len(),
             )?;
@@ -295,6 +317,7 @@ impl Partition {
             base_offset: segment.base_offset,
             path: segment.path.clone(),
             file: Arc::clone(&segment.file),
+            format_version: segment.format_version,
             index: SparseIndex::new(0),
             end_position: segment.end_position,
             end_offset: segment.end_offset,
@@ -321,7 +344,13 @@ impl Partition {
                 offset: view.base_offset,
                 position: SEGMENT_HEADER_BYTES,
             };
-            let outcome = scan_segment(&*view.file, &view.path, start, SparseIndex::new(u64::MAX))?;
+            let outcome = scan_segment(
+                &*view.file,
+                &view.path,
+                start,
+                SparseIndex::new(u64::MAX),
+                view.format_version,
+            )?;
             let damaged = outcome.end_position < view.end_position
                 || outcome.commit_end_position != view.end_position;
             if view.base_offset != expected || damaged {
@@ -448,7 +477,11 @@ impl Writer {
                 active.index.note_frame(info.base_offset, frame_position);
                 frame_position += info.frame_bytes as u64;
             }
-            active.end_position = frame_position;
+            active.end_position = frame_position + SEAL_BYTES as u64;
+            debug_assert_eq!(
+                active.end_position,
+                position + self.encode_buffer.len() as u64
+            );
             active.end_offset = end_offset;
             active.end_position >= self.config.segment_bytes_max
         };
@@ -460,7 +493,8 @@ impl Writer {
     }
 
     /// Encodes the group's records into `encode_buffer` as frames of about
-    /// `frame_bytes_target` body bytes, the last one flagged as the end of the commit.
+    /// `frame_bytes_target` body bytes, the last one flagged as the end of the commit, followed
+    /// by the commit's seal.
     fn encode_commit(
         &mut self,
         group: &[AppendRequest],
@@ -497,6 +531,8 @@ impl Writer {
             frames.push(info);
             first = last;
         }
+        Seal::of_commit(&self.encode_buffer, base_offset, next_offset)
+            .encode(&mut self.encode_buffer);
         frames
     }
 
@@ -519,7 +555,8 @@ impl Writer {
             base_offset,
             &sealed,
         )?;
-        let next = create_segment(&*self.storage, &self.dir, sealed.end_offset, &self.config)?;
+        let next =
+            recovery::create_segment(&*self.storage, &self.dir, sealed.end_offset, &self.config)?;
         write_lock(&self.state).segments.push(next);
         Ok(())
     }
@@ -535,218 +572,7 @@ fn write_lock(state: &RwLock<PartitionState>) -> RwLockWriteGuard<'_, PartitionS
     state.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Creates an empty segment starting at `base_offset`: header written, file and directory synced.
-fn create_segment(
-    storage: &dyn Storage,
-    dir: &Path,
-    base_offset: Offset,
-    config: &PartitionConfig,
-) -> Result<SegmentView, LogError> {
-    let path = dir.join(segment_file_name(base_offset));
-    let file = storage
-        .open(&path, OpenMode::CreateTruncate)
-        .map_err(|e| LogError::io(&path, e))?;
-    file.write_all_at(&segment_header(base_offset), 0)
-        .map_err(|e| LogError::io(&path, e))?;
-    file.sync_data().map_err(|e| LogError::io(&path, e))?;
-    sync_directory(storage, dir)?;
-    Ok(SegmentView {
-        base_offset,
-        path,
-        file,
-        index: SparseIndex::new(config.index_interval_bytes),
-        end_position: SEGMENT_HEADER_BYTES,
-        end_offset: base_offset,
-    })
-}
-
 /// Makes a directory's entries (created or removed files) durable.
 pub fn sync_directory(storage: &dyn Storage, dir: &Path) -> Result<(), LogError> {
     storage.sync_dir(dir).map_err(|e| LogError::io(dir, e))
-}
-
-/// Lists, checks and opens the segments of a partition directory, recovering the last one.
-fn open_segments(
-    storage: &dyn Storage,
-    dir: &Path,
-    config: &PartitionConfig,
-) -> Result<Vec<SegmentView>, LogError> {
-    let mut base_offsets = Vec::new();
-    for name in storage.list_dir(dir).map_err(|e| LogError::io(dir, e))? {
-        if let Some(base) = parse_segment_file_name(&name) {
-            base_offsets.push(base);
-        }
-    }
-    base_offsets.sort_unstable();
-    let Some((&last_base, sealed_bases)) = base_offsets.split_last() else {
-        return Ok(vec![create_segment(storage, dir, 0, config)?]);
-    };
-    let mut segments = Vec::with_capacity(base_offsets.len());
-    let mut expected_base = 0;
-    for &base in sealed_bases {
-        let view = open_sealed_segment(storage, dir, base, config)?;
-        check_continuity(&view.path, base, expected_base)?;
-        expected_base = view.end_offset;
-        segments.push(view);
-    }
-    let last = open_last_segment(storage, dir, last_base, config)?;
-    check_continuity(&last.path, last_base, expected_base)?;
-    segments.push(last);
-    Ok(segments)
-}
-
-fn check_continuity(path: &Path, base: Offset, expected_base: Offset) -> Result<(), LogError> {
-    if base == expected_base {
-        return Ok(());
-    }
-    Err(LogError::Corruption {
-        path: path.to_owned(),
-        position: 0,
-        reason: format!(
-            "segment starts at offset {base} but the previous one ends at {expected_base}"
-        ),
-    })
-}
-
-fn open_sealed_segment(
-    storage: &dyn Storage,
-    dir: &Path,
-    base: Offset,
-    config: &PartitionConfig,
-) -> Result<SegmentView, LogError> {
-    let path = dir.join(segment_file_name(base));
-    let file = storage
-        .open(&path, OpenMode::Read)
-        .map_err(|e| LogError::io(&path, e))?;
-    check_segment_header(&*file, &path, base)?;
-    let file_len = file.len().map_err(|e| LogError::io(&path, e))?;
-    let index_path = dir.join(index_file_name(base));
-    let index = segment::read_index_file(storage, &index_path, base, config.index_interval_bytes);
-    let sealed = match index {
-        Some(sealed) => sealed,
-        None => {
-            tracing::info!(segment = %path.display(), "rebuilding missing or damaged segment index");
-            let sealed = rebuild_sealed_index(&*file, &path, base, config)?;
-            segment::write_index_file(storage, &index_path, base, &sealed)?;
-            sealed
-        }
-    };
-    if sealed.end_position != file_len {
-        return Err(LogError::Corruption {
-            path,
-            position: sealed.end_position.min(file_len),
-            reason: format!(
-                "sealed segment is {file_len} bytes but its frames end at byte {}",
-                sealed.end_position
-            ),
-        });
-    }
-    Ok(SegmentView {
-        base_offset: base,
-        path,
-        file,
-        index: sealed.index,
-        end_position: sealed.end_position,
-        end_offset: sealed.end_offset,
-    })
-}
-
-/// A sealed segment must scan cleanly to its very end: it was never written after sealing.
-fn rebuild_sealed_index(
-    file: &dyn StorageFile,
-    path: &Path,
-    base: Offset,
-    config: &PartitionConfig,
-) -> Result<SealedIndex, LogError> {
-    let start = IndexEntry {
-        offset: base,
-        position: SEGMENT_HEADER_BYTES,
-    };
-    let outcome = scan_segment(
-        file,
-        path,
-        start,
-        SparseIndex::new(config.index_interval_bytes),
-    )?;
-    if let Some((position, problem)) = outcome.stopped_at {
-        return Err(LogError::Corruption {
-            path: path.to_owned(),
-            position,
-            reason: format!("sealed segment: {problem:?}"),
-        });
-    }
-    if outcome.commit_end_position != outcome.end_position {
-        return Err(LogError::Corruption {
-            path: path.to_owned(),
-            position: outcome.commit_end_position,
-            reason: "sealed segment ends inside a commit".into(),
-        });
-    }
-    Ok(SealedIndex {
-        index: outcome.index,
-        end_offset: outcome.end_offset,
-        end_position: outcome.end_position,
-    })
-}
-
-/// Opens the segment being written: scans it, and truncates a torn tail back to the last whole
-/// frame; damage followed by valid frames is corruption and is reported, never skipped.
-fn open_last_segment(
-    storage: &dyn Storage,
-    dir: &Path,
-    base: Offset,
-    config: &PartitionConfig,
-) -> Result<SegmentView, LogError> {
-    let path = dir.join(segment_file_name(base));
-    let file = storage
-        .open(&path, OpenMode::ReadWrite)
-        .map_err(|e| LogError::io(&path, e))?;
-    let file_len = file.len().map_err(|e| LogError::io(&path, e))?;
-    if file_len <= SEGMENT_HEADER_BYTES && check_segment_header(&*file, &path, base).is_err() {
-        // Created by a roll that crashed before its header was durable: it holds no record.
-        tracing::warn!(segment = %path.display(), "re-creating a segment whose creation was cut short");
-        drop(file);
-        return create_segment(storage, dir, base, config);
-    }
-    check_segment_header(&*file, &path, base)?;
-    let start = IndexEntry {
-        offset: base,
-        position: SEGMENT_HEADER_BYTES,
-    };
-    let mut outcome = scan_segment(
-        &*file,
-        &path,
-        start,
-        SparseIndex::new(config.index_interval_bytes),
-    )?;
-    if let Some((position, problem)) = &outcome.stopped_at
-        && later_commit_follows(&*file, &path, *position, outcome.end_offset)?
-    {
-        return Err(LogError::Corruption {
-            path,
-            position: *position,
-            reason: format!("damaged frame followed by later commits: {problem:?}"),
-        });
-    }
-    if outcome.commit_end_position != file_len {
-        // A torn or unfinished last commit: it was never acknowledged, so it goes whole.
-        tracing::warn!(
-            segment = %path.display(),
-            position = outcome.commit_end_position,
-            bytes = file_len - outcome.commit_end_position,
-            "truncating a torn tail back to the last whole commit"
-        );
-        file.set_len(outcome.commit_end_position)
-            .map_err(|e| LogError::io(&path, e))?;
-        file.sync_data().map_err(|e| LogError::io(&path, e))?;
-        outcome.index.truncate(outcome.commit_end_position);
-    }
-    Ok(SegmentView {
-        base_offset: base,
-        path,
-        file,
-        index: outcome.index,
-        end_position: outcome.commit_end_position,
-        end_offset: outcome.commit_end_offset,
-    })
 }

@@ -4,9 +4,10 @@
 //! `<base_offset:020>.seg`, each with a sparse index `<base_offset:020>.idx` once sealed.
 //!
 //! ```text
-//! segment file  = header, then batch frames back to back (see `frame`)
-//! header        = magic "TALLYSEG" (8) | format version u32 = 1 | reserved u32 = 0
-//!                 | base_offset u64                                    (24 bytes)
+//! segment file  = header, then commits back to back: each commit's batch frames (see
+//!                 `frame`), and from format version 2 on its seal (see `seal`)
+//! header        = magic "TALLYSEG" (8) | format version u32 = 2 (1: no seals)
+//!                 | reserved u32 = 0 | base_offset u64                 (24 bytes)
 //! index file    = magic "TALLYIDX" (8) | format version u32 = 1 | entry_count u32
 //!                 | base_offset u64 | end_offset u64 | end_position u64
 //!                 | entry_count × { offset u64, position u64 } | crc32c u32 of all before
@@ -21,12 +22,17 @@
 use std::path::Path;
 
 use super::frame::{self, FRAME_HEADER_BYTES, FRAME_MAGIC, FrameInfo, FrameProblem};
+use super::seal::{SEAL_BYTES, Seal};
 use super::{LogError, LogRecord, Offset, PartitionId};
 use crate::storage::{self, OpenMode, Storage, StorageFile};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TALLYSEG";
 pub const INDEX_MAGIC: [u8; 8] = *b"TALLYIDX";
-pub const SEGMENT_FORMAT_VERSION: u32 = 1;
+/// The format this build writes: commits carry seals.
+pub const SEGMENT_FORMAT_VERSION: u32 = 2;
+/// The first format, read but no longer written: commits without seals.
+pub const SEGMENT_FORMAT_VERSION_UNSEALED: u32 = 1;
+const INDEX_FORMAT_VERSION: u32 = 1;
 pub const SEGMENT_HEADER_BYTES: u64 = 24;
 /// A read fetches at least this much of a segment per system call.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -56,12 +62,18 @@ pub fn segment_header(base_offset: Offset) -> [u8; SEGMENT_HEADER_BYTES as usize
     header
 }
 
-/// Checks a segment's header against the base offset its name promises.
+/// Whether commits of a segment of this format version end with a seal.
+pub fn has_seals(format_version: u32) -> bool {
+    format_version >= SEGMENT_FORMAT_VERSION
+}
+
+/// Checks a segment's header against the base offset its name promises; returns its format
+/// version.
 pub fn check_segment_header(
     file: &dyn StorageFile,
     path: &Path,
     base_offset: Offset,
-) -> Result<(), LogError> {
+) -> Result<u32, LogError> {
     let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
     file.read_exact_at(&mut header, 0)
         .map_err(|e| LogError::Corruption {
@@ -73,7 +85,7 @@ pub fn check_segment_header(
     let stored_base = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
     let problem = if header[0..8] != SEGMENT_MAGIC {
         Some("not a tally segment (bad magic)".to_owned())
-    } else if version != SEGMENT_FORMAT_VERSION {
+    } else if version != SEGMENT_FORMAT_VERSION && version != SEGMENT_FORMAT_VERSION_UNSEALED {
         Some(format!(
             "segment format version {version} is not known to this build"
         ))
@@ -90,7 +102,7 @@ pub fn check_segment_header(
             position: 0,
             reason,
         }),
-        None => Ok(()),
+        None => Ok(version),
     }
 }
 
@@ -179,7 +191,7 @@ pub fn write_index_file(
 ) -> Result<(), LogError> {
     let mut bytes = Vec::with_capacity(40 + sealed.index.entries.len() * 16 + 4);
     bytes.extend_from_slice(&INDEX_MAGIC);
-    bytes.extend_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&INDEX_FORMAT_VERSION.to_le_bytes());
     bytes.extend_from_slice(&(sealed.index.entries.len() as u32).to_le_bytes());
     bytes.extend_from_slice(&base_offset.to_le_bytes());
     bytes.extend_from_slice(&sealed.end_offset.to_le_bytes());
@@ -218,7 +230,7 @@ pub fn read_index_file(
         body.get(at..at + 8)
             .map(|b| u64::from_le_bytes(b.try_into().expect("8")))
     };
-    if body.get(0..8)? != INDEX_MAGIC || u32_at(8)? != SEGMENT_FORMAT_VERSION {
+    if body.get(0..8)? != INDEX_MAGIC || u32_at(8)? != INDEX_FORMAT_VERSION {
         return None;
     }
     let entry_count = u32_at(12)? as usize;
@@ -255,20 +267,26 @@ pub struct ScanOutcome {
     /// The first position at which no valid frame could be read, and why; `None` if the scan
     /// reached the end of the file exactly at a frame boundary.
     pub stopped_at: Option<(u64, FrameProblem)>,
+    /// Positions of seals of which one copy was damaged (the other one vouched for the commit).
+    pub damaged_seal_copies: Vec<u64>,
 }
 
-/// Scans frames from `start` (a frame boundary holding `start_offset`) to the end of the file,
-/// checking each frame's checksum and that offsets continue without gaps.
+/// Scans commits from `start` (a commit boundary holding `start.offset`) to the end of the
+/// file, checking each frame's checksum, that offsets continue without gaps, and (format
+/// version 2) each commit's seal.
 pub fn scan_segment(
     file: &dyn StorageFile,
     path: &Path,
     start: IndexEntry,
     mut index: SparseIndex,
+    format_version: u32,
 ) -> Result<ScanOutcome, LogError> {
     let file_len = file.len().map_err(|e| LogError::io(path, e))?;
     let mut position = start.position;
     let mut expected_offset = start.offset;
     let (mut commit_end_position, mut commit_end_offset) = (position, expected_offset);
+    let mut commit_crc = 0u32;
+    let mut damaged_seal_copies = Vec::new();
     let mut reader = ChunkReader::new(file, path, file_len);
     let stopped_at = loop {
         if position == file_len {
@@ -284,13 +302,34 @@ pub fn scan_segment(
                     )),
                 ));
             }
-            Ok((info, _)) => {
+            Ok((info, bytes)) => {
+                commit_crc = crc32c::crc32c_append(commit_crc, bytes);
                 index.note_frame(info.base_offset, position);
                 position += info.frame_bytes as u64;
                 expected_offset = info.end_offset();
-                if info.commit_end {
-                    (commit_end_position, commit_end_offset) = (position, expected_offset);
+                if !info.commit_end {
+                    continue;
                 }
+                if has_seals(format_version) {
+                    let seal = Seal {
+                        commit_bytes: (position - commit_end_position) as u32,
+                        base_offset: commit_end_offset,
+                        end_offset: expected_offset,
+                        commit_crc,
+                    };
+                    if position + SEAL_BYTES as u64 > file_len {
+                        break Some((position, FrameProblem::Truncated));
+                    }
+                    reader.ensure(position, SEAL_BYTES)?;
+                    match seal.copies_matching(reader.slice(position, SEAL_BYTES)) {
+                        0 => break Some((position, FrameProblem::Unsealed)),
+                        1 => damaged_seal_copies.push(position),
+                        _ => {}
+                    }
+                    position += SEAL_BYTES as u64;
+                }
+                (commit_end_position, commit_end_offset) = (position, expected_offset);
+                commit_crc = 0;
             }
             Err(problem) => break Some((position, problem)),
         }
@@ -302,6 +341,7 @@ pub fn scan_segment(
         commit_end_position,
         commit_end_offset,
         stopped_at,
+        damaged_seal_copies,
     })
 }
 
@@ -345,17 +385,25 @@ pub fn later_commit_follows(
     Ok(false)
 }
 
-/// Reads up to `records_max` records from `from` on, from a segment whose durable frames end at
-/// `end_position`, starting the scan at `start` (from the sparse index).
+/// Where a segment's durable commits end, and its format.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentExtent {
+    pub end_position: u64,
+    pub format_version: u32,
+}
+
+/// Reads up to `records_max` records from `from` on, from a segment whose durable commits end
+/// at `extent.end_position`, starting the scan at `start` (from the sparse index).
 pub fn read_records(
     file: &dyn StorageFile,
     path: &Path,
     partition: PartitionId,
     start: IndexEntry,
-    end_position: u64,
+    extent: SegmentExtent,
     from: Offset,
     records_max: usize,
 ) -> Result<Vec<LogRecord>, LogError> {
+    let end_position = extent.end_position;
     let mut records = Vec::new();
     let mut reader = ChunkReader::new(file, path, end_position);
     let mut position = start.position;
@@ -374,6 +422,9 @@ pub fn read_records(
             frame::decode_records(bytes, &info, partition, from, records_max, &mut records);
         }
         position += info.frame_bytes as u64;
+        if info.commit_end && has_seals(extent.format_version) {
+            position += SEAL_BYTES as u64;
+        }
     }
     Ok(records)
 }
@@ -382,6 +433,7 @@ fn describe(problem: &FrameProblem) -> String {
     match problem {
         FrameProblem::Truncated => "frame cut short inside durable data".into(),
         FrameProblem::Invalid(reason) => reason.clone(),
+        FrameProblem::Unsealed => "commit seal missing or damaged".into(),
     }
 }
 
