@@ -248,3 +248,99 @@ fn the_simulated_disk_is_the_only_disk_written() {
     simulate(1000);
     assert!(!Path::new("/data/log/manifest.json").exists());
 }
+
+/// A commit torn by a crash is cut when the log opens; a second commit torn at the same place
+/// must be judged torn too, never corruption: the cut must reach the disk before anything is
+/// written there again, or sectors of the first commit would show through the second.
+#[test]
+fn a_commit_torn_where_a_torn_commit_was_cut_still_opens() {
+    for seed in 0..64 {
+        let mut disk = SimulatedDisk::new();
+        let context = format!("seed {seed}");
+        let value = |fill: char, bytes: usize| fill.to_string().repeat(bytes);
+        let end_after_first;
+        {
+            let log = open_log(&disk.storage()).unwrap();
+            log.append_blocking(0, vec![tally_record("pay_first", &value('a', 100))])
+                .unwrap();
+            // The next commit's write happens, its sync does not.
+            disk.crash_after(1);
+            assert!(
+                log.append_blocking(0, vec![tally_record("pay_big", &value('b', 3000))])
+                    .is_err()
+            );
+        }
+        disk = disk.crash(seed);
+        {
+            let log = open_log(&disk.storage()).unwrap_or_else(|e| panic!("{context}: {e}"));
+            // The torn commit is cut, unless every sector of it happened to reach the disk.
+            end_after_first = log.partition(0).unwrap().end_offset();
+            assert!((1..=2).contains(&end_after_first), "{context}");
+            disk.crash_after(1);
+            assert!(
+                log.append_blocking(0, vec![tally_record("pay_small", &value('c', 1500))])
+                    .is_err()
+            );
+        }
+        disk = disk.crash(seed + 1000);
+        let log = open_log(&disk.storage())
+            .unwrap_or_else(|e| panic!("{context}: the second torn commit must open: {e}"));
+        let end = log.partition(0).unwrap().end_offset();
+        assert!(
+            end == end_after_first || end == end_after_first + 1,
+            "{context}"
+        );
+    }
+}
+
+fn tally_record(key: &str, value: &str) -> KeyedRecord {
+    KeyedRecord {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+/// A reset checkpoint (a partition to be rebuilt from offset 0, as `tally log repair` leaves
+/// it) stays reset across a crash, and a stored notification cursor keeps its new value.
+#[test]
+fn a_reset_checkpoint_and_a_stored_cursor_survive_a_crash() {
+    for seed in 0..32 {
+        let mut disk = SimulatedDisk::new();
+        {
+            let storage = disk.storage();
+            let log = open_log(&storage).unwrap();
+            let records = (0..20)
+                .map(|i| {
+                    envelope::keyed_record(&donation(
+                        &format!("pay_{i}"),
+                        "meals",
+                        100,
+                        1_790_000_000_000,
+                        1,
+                    ))
+                })
+                .collect();
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(append_keyed(&*log, records))
+                .unwrap();
+            let pipeline = open_pipeline(&storage, log).unwrap();
+            pipeline.run(RunMode::CatchUp).unwrap();
+            let store = pipeline.store();
+            assert!(store.meta(0).unwrap().is_some(), "a checkpoint to reset");
+            store.set_notification_cursor(0, 3).unwrap();
+            store.reset(0).unwrap();
+            store.set_notification_cursor(0, 7).unwrap();
+        }
+        disk = disk.crash(seed);
+        let storage = disk.storage();
+        let witnesses = CheckpointStore::witnesses(&*storage, &state_dir()).unwrap();
+        assert!(
+            witnesses.iter().all(|witness| witness.partition != 0),
+            "seed {seed}: the reset checkpoint came back: {witnesses:?}"
+        );
+        let (store, _) = CheckpointStore::open_on(storage, &state_dir(), PARTITIONS).unwrap();
+        assert_eq!(store.notification_cursor(0).unwrap(), 7, "seed {seed}");
+    }
+}

@@ -29,9 +29,11 @@ fn roundtrip_across_partitions() {
     let records: Vec<KeyedRecord> = (0..1000)
         .map(|i| record(&format!("pay_{i}"), &format!("value-{i}")))
         .collect();
-    let placements = runtime()
-        .block_on(append_keyed(&log, records.clone()))
-        .unwrap();
+    let runtime = runtime();
+    let placements: Vec<_> = records
+        .chunks(100)
+        .flat_map(|chunk| runtime.block_on(append_keyed(&log, chunk.to_vec())).unwrap())
+        .collect();
 
     let partitioner = Partitioner::new(8);
     for (record, (partition, offset)) in records.iter().zip(&placements) {

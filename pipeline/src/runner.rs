@@ -361,6 +361,8 @@ impl Pipeline {
         };
         let mut applied_since_checkpoint = 0u64;
         let mut last_checkpoint = Instant::now();
+        // What a checkpoint that failed to commit (a full disk) still owes the journal.
+        let mut unsaved: Option<StateChanges> = None;
         // A following partition whose log does not answer tries again after a doubling pause.
         let mut backoff = Backoff::for_log();
         loop {
@@ -396,9 +398,17 @@ impl Pipeline {
                 let commit_at = (applied_since_checkpoint > 0)
                     .then(|| last_checkpoint + self.config.checkpoint_interval);
                 if commit_at.is_some_and(|at| Instant::now() >= at) {
-                    summary.last_checkpoint = Some(self.checkpoint(&mut state)?);
-                    applied_since_checkpoint = 0;
-                    last_checkpoint = Instant::now();
+                    if let Some(meta) = self.checkpoint_or_wait(
+                        &mut state,
+                        &mut unsaved,
+                        shutdown,
+                        &mut backoff,
+                        &runtime,
+                    )? {
+                        summary.last_checkpoint = Some(meta);
+                        applied_since_checkpoint = 0;
+                        last_checkpoint = Instant::now();
+                    }
                     continue;
                 }
                 runtime.block_on(wait_for_records(
@@ -436,13 +446,25 @@ impl Pipeline {
             if applied_since_checkpoint >= self.config.checkpoint_records_max
                 || last_checkpoint.elapsed() >= self.config.checkpoint_interval
             {
-                summary.last_checkpoint = Some(self.checkpoint(&mut state)?);
-                applied_since_checkpoint = 0;
-                last_checkpoint = Instant::now();
+                let committed = match shutdown.as_mut() {
+                    Some(shutdown) => self.checkpoint_or_wait(
+                        &mut state,
+                        &mut unsaved,
+                        shutdown,
+                        &mut backoff,
+                        &runtime,
+                    )?,
+                    None => Some(self.checkpoint(&mut state, &mut unsaved)?),
+                };
+                if let Some(meta) = committed {
+                    summary.last_checkpoint = Some(meta);
+                    applied_since_checkpoint = 0;
+                    last_checkpoint = Instant::now();
+                }
             }
         }
         if applied_since_checkpoint > 0 || summary.last_checkpoint.is_none() {
-            summary.last_checkpoint = Some(self.checkpoint(&mut state)?);
+            summary.last_checkpoint = Some(self.checkpoint(&mut state, &mut unsaved)?);
         }
         summary.next_offset = state.next_offset();
         Ok(summary)
@@ -488,11 +510,25 @@ impl Pipeline {
         Ok(state)
     }
 
-    /// Commits the state's changes and publishes them.
-    fn checkpoint(&self, state: &mut PartitionState) -> Result<CheckpointMeta, PipelineError> {
+    /// Commits the state's changes (with any a failed checkpoint left in `unsaved`) and
+    /// publishes them. On failure the changes stay in `unsaved` for the next checkpoint.
+    fn checkpoint(
+        &self,
+        state: &mut PartitionState,
+        unsaved: &mut Option<StateChanges>,
+    ) -> Result<CheckpointMeta, PipelineError> {
         let started = Instant::now();
-        let changes: StateChanges = state.take_changes();
-        let meta = self.store.commit(state, &changes, self.clock.now_ms())?;
+        let mut changes: StateChanges = state.take_changes();
+        if let Some(earlier) = unsaved.take() {
+            changes = earlier.followed_by(changes);
+        }
+        let meta = match self.store.commit(state, &changes, self.clock.now_ms()) {
+            Ok(meta) => meta,
+            Err(error) => {
+                *unsaved = Some(changes);
+                return Err(error.into());
+            }
+        };
         self.publish(PartitionUpdate {
             partition: state.partition(),
             next_offset: state.next_offset(),
@@ -504,6 +540,31 @@ impl Pipeline {
             buckets: changes.buckets,
         });
         Ok(meta)
+    }
+}
+
+impl Pipeline {
+    /// A following partition's checkpoint: a failure of the state's storage (a full disk, a
+    /// failed sync) is waited out — the partition keeps its state and pending changes, pauses,
+    /// and commits again later — instead of stopping the partition. `None` when it waited.
+    fn checkpoint_or_wait(
+        &self,
+        state: &mut PartitionState,
+        unsaved: &mut Option<StateChanges>,
+        shutdown: &mut watch::Receiver<bool>,
+        backoff: &mut Backoff,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Result<Option<CheckpointMeta>, PipelineError> {
+        match self.checkpoint(state, unsaved) {
+            Ok(meta) => Ok(Some(meta)),
+            Err(PipelineError::Checkpoint(error @ CheckpointError::Io { .. })) => {
+                let partition = state.partition();
+                tracing::warn!(partition, %error, "checkpoint failed; committing again in {:?}", backoff.next());
+                runtime.block_on(backoff.pause(shutdown));
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
     }
 }
 

@@ -83,6 +83,8 @@ pub struct Journal {
     end_position: u64,
     frames: u64,
     encode_buffer: Vec<u8>,
+    /// Set by a failed append: bytes past `end_position` may be on disk.
+    needs_cut: bool,
 }
 
 impl Journal {
@@ -106,8 +108,10 @@ impl Journal {
         journal.check_header(partition)?;
         let damage = journal.replay(replay)?;
         if journal.end_position != file_len {
+            // Not synced on its own: the next checkpoint's sync makes the cut durable with it,
+            // and bytes that come back after a crash before then are cut again (a checkpoint
+            // counts only once its frame is whole and the frames before it are).
             journal.file.set_len(journal.end_position).map_err(io)?;
-            journal.file.sync_data().map_err(io)?;
         }
         Ok((journal, damage))
     }
@@ -121,6 +125,7 @@ impl Journal {
             end_position: JOURNAL_HEADER_BYTES,
             frames: 0,
             encode_buffer: Vec::new(),
+            needs_cut: false,
         }
     }
 
@@ -301,7 +306,15 @@ impl Journal {
     }
 
     /// Appends one encoded [`JournalEntry`] and syncs it; returns the journal's new end position.
+    ///
+    /// A failed append (a full disk, a failed sync) leaves the journal as it was before it: the
+    /// next append first reopens the file — a handle whose sync failed is not trusted again —
+    /// and cuts it back to the end of the last synced checkpoint, so a later checkpoint never
+    /// lands after bytes of a failed one.
     pub fn append(&mut self, encoded_entry: &[u8]) -> Result<u64, CheckpointError> {
+        if self.needs_cut {
+            self.cut_back()?;
+        }
         let record = KeyedRecord {
             key: Vec::new(),
             value: encoded_entry.to_vec(),
@@ -309,13 +322,33 @@ impl Journal {
         self.encode_buffer.clear();
         let info = frame::encode_frame(&mut self.encode_buffer, self.frames, 0, true, [&record]);
         let io = |e| CheckpointError::io(&self.path, e);
-        self.file
+        let written = self
+            .file
             .write_all_at(&self.encode_buffer, self.end_position)
-            .map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+            .and_then(|()| self.file.sync_data());
+        if let Err(error) = written {
+            self.needs_cut = true;
+            return Err(io(error));
+        }
         self.end_position += info.frame_bytes as u64;
         self.frames += 1;
         Ok(self.end_position)
+    }
+
+    /// Reopens the journal and cuts it back to its last synced checkpoint, synced.
+    fn cut_back(&mut self) -> Result<(), CheckpointError> {
+        let io = |e| CheckpointError::io(&self.path, e);
+        let file = self
+            .storage
+            .open(&self.path, OpenMode::ReadWrite)
+            .map_err(io)?;
+        file.set_len(self.end_position)
+            .and_then(|()| file.sync_data())
+            .map_err(io)?;
+        self.file = file;
+        self.needs_cut = false;
+        tracing::info!(journal = %self.path.display(), "checkpoint journal cut back to its last synced checkpoint after a failed append");
+        Ok(())
     }
 
     fn corrupt(&self, reason: String) -> CheckpointError {

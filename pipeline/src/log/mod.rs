@@ -113,7 +113,7 @@ pub enum LogError {
     },
     #[error(
         "partition {partition} stopped accepting appends after a failed write or sync \
-         (reopen the log to recover): {reason}"
+         (it is recovered from disk before it takes the next one): {reason}"
     )]
     Failed {
         partition: PartitionId,
@@ -157,7 +157,10 @@ impl LogError {
     /// Whether the same request may succeed later without anyone fixing anything: the caller
     /// should answer "retry later" (HTTP 503) rather than "rejected".
     pub fn is_retryable(&self) -> bool {
-        matches!(self, LogError::Unavailable { .. } | LogError::Closed)
+        matches!(
+            self,
+            LogError::Unavailable { .. } | LogError::Failed { .. } | LogError::Closed
+        )
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -5,13 +5,18 @@
 //! with one `pwrite` and makes it durable with one `fdatasync`, then acknowledges every request
 //! in the group. Readers see a record only once its frame is durable.
 //!
-//! A failed write or sync is fatal for the partition (the "fsyncgate" lesson: after a failed
-//! `fsync` the kernel may have dropped the dirty pages, so retrying and reporting success would
-//! lie). The partition then refuses appends until the log is reopened, which re-runs recovery.
+//! A full disk is an operating condition: the partial write is cut off again, the appends get a
+//! retryable error, and the next commit simply tries again. Any other failed write, and any
+//! failed sync, is fatal for the file (the "fsyncgate" lesson: after a failed `fsync` the kernel
+//! may have dropped the dirty pages, so retrying the sync and reporting success would lie): the
+//! partition refuses appends and, before its next commit, recovers itself from disk in the
+//! process — reopens the segment, cuts it back to the last commit that synced, and re-runs
+//! recovery — trying again after a doubling pause while the disk keeps failing.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -24,7 +29,7 @@ use super::segment::{
 };
 use super::{AppendAck, KeyedRecord, LogError, LogRecord, Offset, PartitionId, Witness};
 use crate::clock::Clock;
-use crate::storage::{Storage, StorageFile};
+use crate::storage::{self, OpenMode, Storage, StorageFile};
 
 /// Tunables of one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +173,8 @@ impl Partition {
             state: Arc::clone(&state),
             end_offset_tx: end_offset_tx.clone(),
             encode_buffer: Vec::new(),
+            recovery_due: Instant::now(),
+            recovery_backoff: RECOVERY_PAUSE_MIN,
         };
         let handle = std::thread::Builder::new()
             .name(format!("tally-log-p{id}"))
@@ -223,12 +230,6 @@ impl Partition {
             return Err(LogError::AppendTooLarge {
                 bytes: bytes as u64,
                 bytes_max: bytes_max as u64,
-            });
-        }
-        if let Some(reason) = &read_lock(&self.state).failure {
-            return Err(LogError::Failed {
-                partition: self.id,
-                reason: reason.clone(),
             });
         }
         let (reply, receiver) = oneshot::channel();
@@ -390,6 +391,53 @@ struct Writer {
     state: Arc<RwLock<PartitionState>>,
     end_offset_tx: watch::Sender<Offset>,
     encode_buffer: Vec<u8>,
+    /// When a failed partition may next try to recover, and the pause after that attempt.
+    recovery_due: Instant,
+    recovery_backoff: Duration,
+}
+
+/// The first pause between attempts to recover a failed partition from disk, and the longest:
+/// short enough that appends resume within a few seconds of the disk answering again, long
+/// enough not to spin on a disk that keeps failing.
+const RECOVERY_PAUSE_MIN: Duration = Duration::from_millis(100);
+const RECOVERY_PAUSE_MAX: Duration = Duration::from_secs(2);
+
+/// Why a commit failed.
+enum CommitFailure {
+    /// The disk is full: nothing of the commit remains, the partition carries on.
+    OutOfSpace(LogError),
+    /// A write or sync failed otherwise: the partition must be recovered from disk.
+    Fatal(LogError),
+}
+
+impl CommitFailure {
+    fn classify(error: LogError) -> Self {
+        if is_out_of_space(&error) {
+            CommitFailure::OutOfSpace(error)
+        } else {
+            CommitFailure::Fatal(error)
+        }
+    }
+}
+
+fn is_out_of_space(error: &LogError) -> bool {
+    matches!(error, LogError::Io { source, .. } if storage::is_out_of_space(source))
+}
+
+/// The error each request of a failed commit gets (the commit produces only these kinds).
+fn reply_error(error: &LogError) -> LogError {
+    match error {
+        LogError::Unavailable { reason } => LogError::Unavailable {
+            reason: reason.clone(),
+        },
+        LogError::Failed { partition, reason } => LogError::Failed {
+            partition: *partition,
+            reason: reason.clone(),
+        },
+        other => LogError::Unavailable {
+            reason: other.to_string(),
+        },
+    }
 }
 
 impl Writer {
@@ -419,24 +467,33 @@ impl Writer {
     }
 
     fn commit(&mut self, group: Vec<AppendRequest>) {
-        let failure = write_lock(&self.state).failure.clone();
-        let result = match failure {
-            Some(reason) => Err(reason),
-            None => self.write_group(&group).map_err(|error| {
-                let reason = error.to_string();
-                tracing::error!(partition = self.partition, %reason, "log partition failed");
-                write_lock(&self.state).failure = Some(reason.clone());
-                reason
+        let result = match self.recover_if_failed() {
+            Err(error) => Err(error),
+            Ok(()) => self.write_group(&group).map_err(|failure| match failure {
+                CommitFailure::OutOfSpace(error) => {
+                    tracing::warn!(partition = self.partition, %error, "log partition is out of disk space; appends are refused until there is room");
+                    LogError::Unavailable {
+                        reason: format!("partition {} is out of disk space: {error}", self.partition),
+                    }
+                }
+                CommitFailure::Fatal(error) => {
+                    let reason = error.to_string();
+                    tracing::error!(partition = self.partition, %reason, "log partition failed; it is recovered from disk before the next append");
+                    write_lock(&self.state).failure = Some(reason.clone());
+                    self.recovery_backoff = RECOVERY_PAUSE_MIN;
+                    self.recovery_due = Instant::now();
+                    LogError::Failed {
+                        partition: self.partition,
+                        reason,
+                    }
+                }
             }),
         };
         let mut base_offset = match result {
             Ok(base_offset) => base_offset,
-            Err(reason) => {
+            Err(error) => {
                 for request in group {
-                    let _ = request.reply.send(Err(LogError::Failed {
-                        partition: self.partition,
-                        reason: reason.clone(),
-                    }));
+                    let _ = request.reply.send(Err(reply_error(&error)));
                 }
                 return;
             }
@@ -452,8 +509,89 @@ impl Writer {
         }
     }
 
-    /// Writes the group as one frame, syncs it, publishes it to readers; returns its base offset.
-    fn write_group(&mut self, group: &[AppendRequest]) -> Result<Offset, LogError> {
+    /// After a failed write or sync, recovers the partition from disk before anything else is
+    /// written: the active segment is reopened, cut back to the end of its last commit that
+    /// synced (what followed may be gone from the disk even if the page cache still shows it),
+    /// synced, and the partition's segments opened again as on start. Tried again after a
+    /// doubling pause while it fails.
+    fn recover_if_failed(&mut self) -> Result<(), LogError> {
+        let Some(reason) = read_lock(&self.state).failure.clone() else {
+            return Ok(());
+        };
+        let failed = LogError::Failed {
+            partition: self.partition,
+            reason,
+        };
+        if Instant::now() < self.recovery_due {
+            return Err(failed);
+        }
+        match self.recover() {
+            Ok(end_offset) => {
+                write_lock(&self.state).failure = None;
+                tracing::warn!(
+                    partition = self.partition,
+                    end_offset,
+                    "log partition recovered from disk after a failed write or sync"
+                );
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(partition = self.partition, %error, "recovering the log partition from disk failed; trying again in {:?}", self.recovery_backoff);
+                self.recovery_due = Instant::now() + self.recovery_backoff;
+                self.recovery_backoff = (self.recovery_backoff * 2).min(RECOVERY_PAUSE_MAX);
+                Err(failed)
+            }
+        }
+    }
+
+    fn recover(&mut self) -> Result<Offset, LogError> {
+        let (path, durable_position, durable_end_offset) = {
+            let mut state = write_lock(&self.state);
+            let active = state.active();
+            (active.path.clone(), active.end_position, active.end_offset)
+        };
+        let file = self
+            .storage
+            .open(&path, OpenMode::ReadWrite)
+            .map_err(|e| LogError::io(&path, e))?;
+        file.set_len(durable_position)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| LogError::io(&path, e))?;
+        drop(file);
+        let witness = Witness {
+            partition: self.partition,
+            end_offset: durable_end_offset,
+            source: "this process's last synced commit".into(),
+        };
+        let (segments, _) = Opening {
+            storage: &*self.storage,
+            dir: &self.dir,
+            partition: self.partition,
+            config: &self.config,
+            witness: Some(&witness),
+            mode: RecoveryMode::Strict,
+        }
+        .open()?;
+        let end_offset = segments.last().map_or(0, |segment| segment.end_offset);
+        assert_eq!(
+            end_offset, durable_end_offset,
+            "recovery keeps exactly the synced commits"
+        );
+        write_lock(&self.state).segments = segments;
+        Ok(end_offset)
+    }
+
+    /// Writes the group as one commit, syncs it, publishes it to readers; returns its base
+    /// offset. Running out of space while writing is survivable: the partial write is cut off
+    /// again (and the cut synced) and nothing changes. A failed sync is not (see the module doc).
+    fn write_group(&mut self, group: &[AppendRequest]) -> Result<Offset, CommitFailure> {
+        let segment_full = {
+            let mut state = write_lock(&self.state);
+            state.active().end_position >= self.config.segment_bytes_max
+        };
+        if segment_full {
+            self.roll().map_err(CommitFailure::classify)?;
+        }
         let (file, path, position, base_offset) = {
             let mut state = write_lock(&self.state);
             let active = state.active();
@@ -465,11 +603,20 @@ impl Writer {
             )
         };
         let frames = self.encode_commit(group, base_offset);
-        file.write_all_at(&self.encode_buffer, position)
-            .map_err(|e| LogError::io(&path, e))?;
-        file.sync_data().map_err(|e| LogError::io(&path, e))?;
+        if let Err(error) = file.write_all_at(&self.encode_buffer, position) {
+            let error = LogError::io(&path, error);
+            if !is_out_of_space(&error) {
+                return Err(CommitFailure::Fatal(error));
+            }
+            file.set_len(position)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| CommitFailure::Fatal(LogError::io(&path, e)))?;
+            return Err(CommitFailure::OutOfSpace(error));
+        }
+        file.sync_data()
+            .map_err(|e| CommitFailure::Fatal(LogError::io(&path, e)))?;
         let end_offset = frames.last().expect("a commit has a frame").end_offset();
-        let segment_full = {
+        {
             let mut state = write_lock(&self.state);
             let active = state.active();
             let mut frame_position = position;
@@ -483,12 +630,8 @@ impl Writer {
                 position + self.encode_buffer.len() as u64
             );
             active.end_offset = end_offset;
-            active.end_position >= self.config.segment_bytes_max
-        };
-        self.end_offset_tx.send_replace(end_offset);
-        if segment_full {
-            self.roll()?;
         }
+        self.end_offset_tx.send_replace(end_offset);
         Ok(base_offset)
     }
 

@@ -568,7 +568,11 @@ fn check_continuity(path: &Path, base: Offset, expected_base: Offset) -> Result<
     })
 }
 
-/// Creates an empty segment starting at `base_offset`: header written, file and directory synced.
+/// Creates an empty segment starting at `base_offset`: header written, directory synced.
+///
+/// The header is not synced on its own: the segment's first commit syncs the file, header and
+/// all, before it is acknowledged, and a segment whose header never reached the disk holds no
+/// commit and is created again when the log opens.
 pub(super) fn create_segment(
     storage: &dyn Storage,
     dir: &Path,
@@ -581,7 +585,6 @@ pub(super) fn create_segment(
         .map_err(|e| LogError::io(&path, e))?;
     file.write_all_at(&segment_header(base_offset), 0)
         .map_err(|e| LogError::io(&path, e))?;
-    file.sync_data().map_err(|e| LogError::io(&path, e))?;
     sync_directory(storage, dir)?;
     Ok(SegmentView {
         base_offset,

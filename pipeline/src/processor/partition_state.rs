@@ -83,6 +83,25 @@ pub struct StateChanges {
     pub conflicts: Vec<Conflict>,
 }
 
+impl StateChanges {
+    /// These changes and `later` ones as one checkpoint (after a checkpoint that failed to
+    /// commit these): index entries and conflicts in order, and of a total or bucket changed in
+    /// both, the later value, since each holds the whole value.
+    pub fn followed_by(mut self, later: StateChanges) -> StateChanges {
+        self.index.extend(later.index);
+        self.totals = latest_values(self.totals, later.totals);
+        self.buckets = latest_values(self.buckets, later.buckets);
+        self.conflicts.extend(later.conflicts);
+        self
+    }
+}
+
+fn latest_values<K: Ord, V>(earlier: Vec<(K, V)>, later: Vec<(K, V)>) -> Vec<(K, V)> {
+    let mut merged: std::collections::BTreeMap<K, V> = earlier.into_iter().collect();
+    merged.extend(later);
+    merged.into_iter().collect()
+}
+
 /// A partition's donation index as readers share it.
 pub type SharedIndex = Arc<RwLock<DonationIndex>>;
 

@@ -74,6 +74,8 @@ struct DiskState {
     dead: bool,
     bytes_max: Option<u64>,
     syncs: u64,
+    /// File syncs still to fail.
+    failing_syncs: u64,
 }
 
 /// What the disk counted, for tests that want to see the code under test did sync.
@@ -106,8 +108,16 @@ impl SimulatedDisk {
                 dead: false,
                 bytes_max: None,
                 syncs: 0,
+                failing_syncs: 0,
             })),
         }
+    }
+
+    /// Makes the next `count` file syncs fail as a failing disk's do on Linux: the sync reports
+    /// an error, and the writes it should have made durable are lost for good (the page cache
+    /// still shows them, and a later sync does not bring them back).
+    pub fn fail_next_syncs(&self, count: u64) {
+        self.lock().failing_syncs = count;
     }
 
     /// This disk as the [`Storage`] the log and the checkpoint store take.
@@ -134,6 +144,11 @@ impl SimulatedDisk {
     /// Limits the bytes all files may hold together; `None` lifts the limit.
     pub fn set_bytes_max(&self, bytes_max: Option<u64>) {
         self.lock().bytes_max = bytes_max;
+    }
+
+    /// Bytes all files hold now.
+    pub fn bytes_used(&self) -> u64 {
+        self.lock().bytes_used()
     }
 
     pub fn counters(&self) -> DiskCounters {
@@ -196,6 +211,7 @@ impl SimulatedDisk {
                 dead: false,
                 bytes_max: state.bytes_max,
                 syncs: 0,
+                failing_syncs: 0,
             })),
         }
     }
@@ -484,6 +500,12 @@ impl StorageFile for SimulatedFile {
         self.check_writable()?;
         let mut state = self.state()?;
         state.syncs += 1;
+        if state.failing_syncs > 0 {
+            state.failing_syncs -= 1;
+            let data = state.files.get_mut(&self.inode).expect("open inode");
+            data.pending.clear();
+            return Err(io::Error::other("simulated sync failure"));
+        }
         let data = state.files.get_mut(&self.inode).expect("open inode");
         data.durable = data.live.clone();
         data.pending.clear();
@@ -713,6 +735,7 @@ mod tests {
                     dead: false,
                     bytes_max: state.bytes_max,
                     syncs: state.syncs,
+                    failing_syncs: 0,
                 })),
             }
         }
