@@ -249,39 +249,62 @@ fn the_simulated_disk_is_the_only_disk_written() {
     assert!(!Path::new("/data/log/manifest.json").exists());
 }
 
-/// A commit torn by a crash is cut when the log opens; a second commit torn at the same place
-/// must be judged torn too, never corruption: the cut must reach the disk before anything is
-/// written there again, or sectors of the first commit would show through the second.
-#[test]
-fn a_commit_torn_where_a_torn_commit_was_cut_still_opens() {
+/// How the first, big commit of [`commit_torn_where_a_failed_commit_was_cut`] fails.
+#[derive(Debug, Clone, Copy)]
+enum FirstFailure {
+    /// A crash after its write, before its sync; cut when the log opens again.
+    Crash,
+    /// The disk fills up in the middle of its write; cut by the writer.
+    DiskFull,
+    /// Its sync fails; cut when the partition recovers itself from disk.
+    FailedSync,
+}
+
+/// A commit that failed is cut; a second commit torn by a crash at the same place must be
+/// judged torn too, never corruption: each cut must reach the disk before anything is written
+/// there again, or sectors of the first commit would show through the second.
+fn commit_torn_where_a_failed_commit_was_cut(first_failure: FirstFailure) {
     for seed in 0..64 {
         let mut disk = SimulatedDisk::new();
-        let context = format!("seed {seed}");
+        let context = format!("{first_failure:?}, seed {seed}");
         let value = |fill: char, bytes: usize| fill.to_string().repeat(bytes);
-        let end_after_first;
-        {
-            let log = open_log(&disk.storage()).unwrap();
-            log.append_blocking(0, vec![tally_record("pay_first", &value('a', 100))])
-                .unwrap();
+        let log = open_log(&disk.storage()).unwrap();
+        log.append_blocking(0, vec![tally_record("pay_first", &value('a', 100))])
+            .unwrap();
+        match first_failure {
             // The next commit's write happens, its sync does not.
-            disk.crash_after(1);
-            assert!(
-                log.append_blocking(0, vec![tally_record("pay_big", &value('b', 3000))])
-                    .is_err()
-            );
+            FirstFailure::Crash => disk.crash_after(1),
+            FirstFailure::DiskFull => disk.set_bytes_max(Some(disk.bytes_used() + 2000)),
+            FirstFailure::FailedSync => disk.fail_next_syncs(1),
         }
-        disk = disk.crash(seed);
-        {
-            let log = open_log(&disk.storage()).unwrap_or_else(|e| panic!("{context}: {e}"));
-            // The torn commit is cut, unless every sector of it happened to reach the disk.
-            end_after_first = log.partition(0).unwrap().end_offset();
-            assert!((1..=2).contains(&end_after_first), "{context}");
-            disk.crash_after(1);
-            assert!(
-                log.append_blocking(0, vec![tally_record("pay_small", &value('c', 1500))])
-                    .is_err()
-            );
-        }
+        assert!(
+            log.append_blocking(0, vec![tally_record("pay_big", &value('b', 3000))])
+                .is_err()
+        );
+        disk.set_bytes_max(None);
+        let log = match first_failure {
+            FirstFailure::Crash => {
+                drop(log);
+                disk = disk.crash(seed);
+                open_log(&disk.storage()).unwrap_or_else(|e| panic!("{context}: {e}"))
+            }
+            FirstFailure::DiskFull => log,
+            FirstFailure::FailedSync => {
+                // This commit first recovers the partition from disk, cutting the failed one.
+                log.append_blocking(0, vec![tally_record("pay_after", "x")])
+                    .unwrap();
+                log
+            }
+        };
+        // The failed commit is gone, unless a crash let every sector of it reach the disk.
+        let end_after_first = log.partition(0).unwrap().end_offset();
+        assert!((1..=2).contains(&end_after_first), "{context}");
+        disk.crash_after(1);
+        assert!(
+            log.append_blocking(0, vec![tally_record("pay_small", &value('c', 1500))])
+                .is_err()
+        );
+        drop(log);
         disk = disk.crash(seed + 1000);
         let log = open_log(&disk.storage())
             .unwrap_or_else(|e| panic!("{context}: the second torn commit must open: {e}"));
@@ -291,6 +314,21 @@ fn a_commit_torn_where_a_torn_commit_was_cut_still_opens() {
             "{context}"
         );
     }
+}
+
+#[test]
+fn a_commit_torn_where_a_torn_commit_was_cut_still_opens() {
+    commit_torn_where_a_failed_commit_was_cut(FirstFailure::Crash);
+}
+
+#[test]
+fn a_commit_torn_where_a_disk_full_write_was_cut_still_opens() {
+    commit_torn_where_a_failed_commit_was_cut(FirstFailure::DiskFull);
+}
+
+#[test]
+fn a_commit_torn_where_a_failed_sync_was_cut_still_opens() {
+    commit_torn_where_a_failed_commit_was_cut(FirstFailure::FailedSync);
 }
 
 fn tally_record(key: &str, value: &str) -> KeyedRecord {

@@ -32,7 +32,11 @@ fn roundtrip_across_partitions() {
     let runtime = runtime();
     let placements: Vec<_> = records
         .chunks(100)
-        .flat_map(|chunk| runtime.block_on(append_keyed(&log, chunk.to_vec())).unwrap())
+        .flat_map(|chunk| {
+            runtime
+                .block_on(append_keyed(&log, chunk.to_vec()))
+                .unwrap()
+        })
         .collect();
 
     let partitioner = Partitioner::new(8);

@@ -114,8 +114,9 @@ impl SimulatedDisk {
     }
 
     /// Makes the next `count` file syncs fail as a failing disk's do on Linux: the sync reports
-    /// an error, and the writes it should have made durable are lost for good (the page cache
-    /// still shows them, and a later sync does not bring them back).
+    /// an error after some sectors of the writes it should have made durable reached the disk
+    /// and others did not (torn as at a crash); the rest are lost for good (the page cache still
+    /// shows them, and a later sync does not bring them back).
     pub fn fail_next_syncs(&self, count: u64) {
         self.lock().failing_syncs = count;
     }
@@ -502,7 +503,9 @@ impl StorageFile for SimulatedFile {
         state.syncs += 1;
         if state.failing_syncs > 0 {
             state.failing_syncs -= 1;
+            let mut random = SplitMix64(state.operations);
             let data = state.files.get_mut(&self.inode).expect("open inode");
+            data.durable = tear(&data.durable, &data.pending, &mut random);
             data.pending.clear();
             return Err(io::Error::other("simulated sync failure"));
         }
