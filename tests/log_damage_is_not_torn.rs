@@ -8,7 +8,7 @@ mod support;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use support::{open, read_all, record, segment_files};
+use support::{flip_byte, open, read_all, record, segment_files};
 use tally_pipeline::log::embedded;
 use tally_pipeline::log::{EmbeddedLog, EmbeddedLogOptions, LogError, Witness};
 
@@ -48,17 +48,6 @@ fn log_with_commits(commits: usize, value_bytes: usize) -> tempfile::TempDir {
 
 fn active_segment(dir: &Path) -> std::path::PathBuf {
     segment_files(dir, 0).pop().unwrap()
-}
-
-fn flip_byte(path: &Path, position: u64) {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut byte = [0u8; 1];
-    file.read_exact_at(&mut byte, position).unwrap();
-    file.write_all_at(&[byte[0] ^ 0x5A], position).unwrap();
 }
 
 fn zero(path: &Path, from: u64, to: u64) {

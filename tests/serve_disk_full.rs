@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::server::{ServerProcess, client, create_campaign, donation_json, post_signed};
+use support::server::{ServerProcess, client, create_campaign, donate_to_meals};
 
 /// Bounds on the test: it stops by itself whatever the server does.
 const DONATIONS_MAX: usize = 20_000;
@@ -58,18 +58,6 @@ fn fill(dir: &Path) -> PathBuf {
     path
 }
 
-fn donate(server: &ServerProcess, payment_ref: &str, user: usize) -> (u16, Value) {
-    let body = donation_json(payment_ref, "meals", 100, &format!("usr-{user}"));
-    let response = post_signed(
-        &client(),
-        &server.url("/v1/donations"),
-        body.to_string().as_bytes(),
-    )
-    .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().unwrap_or(Value::Null))
-}
-
 #[test]
 fn a_full_disk_heals_without_a_restart() {
     let Some(file_system) = SmallFileSystem::mount("30m") else {
@@ -82,7 +70,10 @@ fn a_full_disk_heals_without_a_restart() {
     let mut acknowledged = 0u64;
     let mut next = 0usize;
     for _ in 0..20 {
-        assert_eq!(donate(&server, &format!("pay_{next:05}"), next).0, 202);
+        assert_eq!(
+            donate_to_meals(&server, &format!("pay_{next:05}"), next).0,
+            202
+        );
         acknowledged += 1;
         next += 1;
     }
@@ -90,7 +81,7 @@ fn a_full_disk_heals_without_a_restart() {
     let filler = fill(file_system.path());
     let refusal = loop {
         assert!(next < DONATIONS_MAX, "the disk never filled up");
-        let (status, body) = donate(&server, &format!("pay_{next:05}"), next);
+        let (status, body) = donate_to_meals(&server, &format!("pay_{next:05}"), next);
         next += 1;
         match status {
             202 => acknowledged += 1,
@@ -108,7 +99,7 @@ fn a_full_disk_heals_without_a_restart() {
     std::fs::remove_file(filler).unwrap();
     let deadline = Instant::now() + RESUME_WAIT_MAX;
     loop {
-        let (status, body) = donate(&server, &format!("pay_{next:05}"), next);
+        let (status, body) = donate_to_meals(&server, &format!("pay_{next:05}"), next);
         next += 1;
         if status == 202 {
             acknowledged += 1;
@@ -122,7 +113,10 @@ fn a_full_disk_heals_without_a_restart() {
         std::thread::sleep(Duration::from_millis(100));
     }
     for _ in 0..20 {
-        assert_eq!(donate(&server, &format!("pay_{next:05}"), next).0, 202);
+        assert_eq!(
+            donate_to_meals(&server, &format!("pay_{next:05}"), next).0,
+            202
+        );
         acknowledged += 1;
         next += 1;
     }

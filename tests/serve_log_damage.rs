@@ -7,15 +7,12 @@
 
 mod support;
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::server::{
-    ServerProcess, client, create_campaign, donation_json, post_signed, serve_until_exit,
-};
-use support::{segment_files, tally};
+use support::server::{ServerProcess, client, create_campaign, donate_to_meals, serve_until_exit};
+use support::{flip_byte, segment_files, tally};
 
 /// A server that has not caught up by then has failed.
 const WAIT_MAX: Duration = Duration::from_secs(60);
@@ -46,39 +43,17 @@ fn caught_up(server: &ServerProcess) -> Value {
     }
 }
 
-fn donate(server: &ServerProcess, payment_ref: &str, user: usize) {
-    let body = donation_json(payment_ref, "meals", 100, &format!("usr-{user}"));
-    let response = post_signed(
-        &client(),
-        &server.url("/v1/donations"),
-        body.to_string().as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(response.status(), 202, "{}", response.text().unwrap());
-}
-
 /// A data directory with 30 donations in one partition, applied and checkpointed, server
 /// stopped cleanly; returns the partition's active segment.
 fn recorded_and_stopped(data_dir: &Path) -> PathBuf {
     let server = ServerProcess::start(data_dir, &["--partitions", "1"]);
     create_campaign(&client(), &server, "meals", "USD");
     for i in 0..30 {
-        donate(&server, &format!("pay_{i:03}"), i);
+        assert_eq!(donate_to_meals(&server, &format!("pay_{i:03}"), i).0, 202);
     }
     assert_eq!(caught_up(&server)["donations"], 30);
     assert!(server.terminate().success());
     segment_files(&data_dir.join("log"), 0).pop().unwrap()
-}
-
-fn flip_byte(path: &Path, position: u64) {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut byte = [0u8; 1];
-    file.read_exact_at(&mut byte, position).unwrap();
-    file.write_all_at(&[byte[0] ^ 0x5A], position).unwrap();
 }
 
 #[test]
@@ -94,7 +69,7 @@ fn a_flip_near_the_end_of_the_active_segment_loses_no_donation() {
         30,
         "every acknowledged donation is counted"
     );
-    donate(&server, "pay_after", 99);
+    assert_eq!(donate_to_meals(&server, "pay_after", 99).0, 202);
     let view = caught_up(&server);
     assert_eq!(
         view["donations"], 31,
@@ -165,7 +140,7 @@ fn a_damaged_checkpointed_commit_stops_the_start_until_repaired() {
         29,
         "rebuilt from what the log holds"
     );
-    donate(&server, "pay_after", 99);
+    assert_eq!(donate_to_meals(&server, "pay_after", 99).0, 202);
     assert_eq!(caught_up(&server)["donations"], 30);
     drop(server);
     let verify = tally(data.path(), &["checkpoint", "verify"]);

@@ -62,6 +62,19 @@ pub fn segment_files(log_dir: &Path, partition: PartitionId) -> Vec<PathBuf> {
     files
 }
 
+/// Flips bits of the byte at `position` of a file: damage done to a disk.
+pub fn flip_byte(path: &Path, position: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, position).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x5A], position).unwrap();
+}
+
 /// Runs the `tally` binary on a data directory and waits for it.
 pub fn tally(data_dir: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_tally"))

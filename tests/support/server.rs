@@ -174,3 +174,20 @@ pub fn donation_json(
         "paid_at": "2026-11-24T18:30:00Z",
     })
 }
+
+/// Posts a signed $1 donation to `meals` from user `usr-{user}`; its status and JSON answer.
+pub fn donate_to_meals(
+    server: &ServerProcess,
+    payment_ref: &str,
+    user: usize,
+) -> (u16, serde_json::Value) {
+    let body = donation_json(payment_ref, "meals", 100, &format!("usr-{user}"));
+    let response = post_signed(
+        &client(),
+        &server.url("/v1/donations"),
+        body.to_string().as_bytes(),
+    )
+    .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(serde_json::Value::Null))
+}
