@@ -23,7 +23,7 @@ use tally_pipeline::runner::DonationDirectory;
 
 use crate::error::ApiError;
 use crate::rate_limit::RateLimiter;
-use crate::remote::RemoteDonations;
+use crate::remote::{OwnerAnswer, RemoteDonations};
 use crate::signature::{self, SIGNATURE_HEADER, SigningSecret};
 
 /// Bounds on what one request may carry.
@@ -266,11 +266,7 @@ impl IngestContext {
 
     /// Checks a valid donation against its campaign.
     async fn admit(&self, input: DonationInput) -> Result<Admission, ApiError> {
-        let campaign = self
-            .campaigns
-            .get_fresh(&input.campaign_id)
-            .await
-            .map_err(ApiError::log_unavailable)?;
+        let campaign = self.campaigns.get_fresh(&input.campaign_id).await?;
         let Some(campaign) = campaign else {
             return Err(ApiError::unprocessable(
                 "unknown_campaign",
@@ -318,16 +314,13 @@ impl IngestContext {
         if let Some(remote) = &self.remote
             && let Some(answer) = remote.lookup(partition, payment_ref).await
         {
-            let answer = answer?;
-            if answer.status.is_server_error() {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "owner_unavailable",
-                    "the node that runs this payment's partition cannot tell whether it is recorded; retry",
-                )
-                .with_retry_after(1));
-            }
-            return Ok(answer.placement());
+            return match answer?.read(payment_ref)? {
+                OwnerAnswer::Recorded {
+                    partition, offset, ..
+                } => Ok(Some((partition, offset))),
+                OwnerAnswer::NotRecorded => Ok(None),
+                OwnerAnswer::Refused(refusal) => Err(refusal.into()),
+            };
         }
         let candidate = {
             let index = self.directory.index(partition);
@@ -339,16 +332,11 @@ impl IngestContext {
         let Some(offset) = candidate else {
             return Ok(None);
         };
-        let records = self
-            .log
-            .read(partition, offset, 1)
-            .await
-            .map_err(ApiError::log_unavailable)?;
+        let records = self.log.read(partition, offset, 1).await?;
         let Some(record) = records.first() else {
             return Ok(None);
         };
-        let event =
-            envelope::decode(&record.value).map_err(|e| ApiError::internal(e.to_string()))?;
+        let event = envelope::decode(&record.value)?;
         Ok((event.payment_ref == payment_ref).then_some((partition, offset)))
     }
 
@@ -365,8 +353,8 @@ impl IngestContext {
         let placements = append_keyed(self.log.as_ref(), records)
             .await
             .map_err(|error| {
-                tracing::error!(%error, "append failed; answering 503");
-                ApiError::log_unavailable(error)
+                tracing::error!(%error, "append failed; nothing was acknowledged");
+                ApiError::from(error)
             })?;
         self.metrics
             .appended_records

@@ -13,9 +13,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tally_ingest::error::{ApiError, PathParameter};
-use tally_pipeline::campaigns::{
-    Campaign, CampaignDefinition, CampaignError, CampaignStatus, Reconciliation,
-};
+use tally_pipeline::campaigns::{Campaign, CampaignDefinition, CampaignStatus, Reconciliation};
 use tally_pipeline::checkpoint::CheckpointInfo;
 use tally_pipeline::event::EventTime;
 use tally_pipeline::event::currency::is_iso_4217;
@@ -169,36 +167,11 @@ async fn create_campaign(
     let request: CreateCampaign = json_body(&headers, body).await?;
     let definition = request.into_definition()?;
     let now = EventTime(state.clock.now_ms());
-    let created = state
-        .campaigns
-        .create(definition, now)
-        .await
-        .map_err(campaign_error)?;
+    let created = state.campaigns.create(definition, now).await?;
     Ok((
         StatusCode::CREATED,
         Json(CampaignView::new(&created, Default::default(), None)),
     ))
-}
-
-fn campaign_error(error: CampaignError) -> ApiError {
-    match error {
-        CampaignError::AlreadyExists(id) => ApiError::new(
-            StatusCode::CONFLICT,
-            "campaign_exists",
-            format!("campaign {id:?} already exists"),
-        )
-        .with_field("campaign_id"),
-        CampaignError::NotFound(id) => {
-            ApiError::not_found("campaign_not_found", format!("there is no campaign {id:?}"))
-        }
-        CampaignError::AlreadyClosed(id) => ApiError::new(
-            StatusCode::CONFLICT,
-            "campaign_closed",
-            format!("campaign {id:?} is already closed"),
-        ),
-        CampaignError::Log(error) => ApiError::log_unavailable(error),
-        other => ApiError::internal(other.to_string()),
-    }
 }
 
 /// Stops the campaign taking donations on every live node, notes the log's end offsets as the
@@ -214,7 +187,7 @@ async fn close_campaign(
     authorize(&state, &headers)?;
     let _one_close_at_a_time = state.close_lock.lock().await;
     let campaigns = &state.campaigns;
-    campaigns.sync().await.map_err(campaign_error)?;
+    campaigns.sync().await?;
     let campaign = campaigns.get(&campaign_id).ok_or_else(|| {
         ApiError::not_found(
             "campaign_not_found",
@@ -226,17 +199,11 @@ async fn close_campaign(
     }
     let mut campaign = campaigns
         .request_close(&campaign_id, &state.node.node_id)
-        .await
-        .map_err(campaign_error)?;
+        .await?;
     if campaign.close_offsets.is_none() {
         wait_until_intake_stopped(&state, &campaign_id).await?;
-        let ends = tally_pipeline::log::end_offsets(state.log.as_ref())
-            .await
-            .map_err(ApiError::log_unavailable)?;
-        campaign = campaigns
-            .start_close(&campaign_id, ends)
-            .await
-            .map_err(campaign_error)?;
+        let ends = tally_pipeline::log::end_offsets(state.log.as_ref()).await?;
+        campaign = campaigns.start_close(&campaign_id, ends).await?;
     }
     let close_offsets = campaign
         .close_offsets
@@ -263,8 +230,7 @@ async fn close_campaign(
     let now = EventTime(state.clock.now_ms());
     let closed = campaigns
         .finish_close(&campaign_id, reconciliation, now)
-        .await
-        .map_err(campaign_error)?;
+        .await?;
     Ok(Json(view(&state, &closed)))
 }
 
@@ -357,13 +323,13 @@ async fn recompute_total(
     campaign_id: &str,
     close_offsets: &[Offset],
 ) -> Result<(u64, u64), ApiError> {
-    tally_pipeline::reconcile::recompute_campaign_total(
+    let total = tally_pipeline::reconcile::recompute_campaign_total(
         state.log.as_ref(),
         campaign_id,
         close_offsets,
     )
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))
+    .await?;
+    Ok(total)
 }
 
 async fn list_notifications(
@@ -417,11 +383,7 @@ async fn list_checkpoints(
     headers: HeaderMap,
 ) -> Result<Json<Vec<Option<CheckpointInfo>>>, ApiError> {
     authorize(&state, &headers)?;
-    state
-        .store
-        .list()
-        .map(Json)
-        .map_err(|e| ApiError::internal(e.to_string()))
+    Ok(Json(state.store.list()?))
 }
 
 #[derive(Debug, Deserialize)]

@@ -157,9 +157,7 @@ impl Notifications {
         let previous = cursor.fetch_max(next_offset, Ordering::SeqCst);
         let now = previous.max(next_offset);
         if now != previous {
-            self.store
-                .set_notification_cursor(partition, now)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+            self.store.set_notification_cursor(partition, now)?;
         }
         Ok(now)
     }
@@ -176,18 +174,13 @@ impl Notifications {
         let mut next = from;
         while next < until && found.len() < limit {
             let want = ((until - next) as usize).min(SCAN_BATCH);
-            let records = self
-                .log
-                .read(partition, next, want)
-                .await
-                .map_err(ApiError::log_unavailable)?;
+            let records = self.log.read(partition, next, want).await?;
             let Some(last) = records.last().map(|r| r.offset) else {
                 break;
             };
             let index = self.directory.index(partition);
             for record in records {
-                let event = envelope::decode(&record.value)
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                let event = envelope::decode(&record.value)?;
                 let recorded = index
                     .read()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
