@@ -22,6 +22,7 @@ use tally_pipeline::event::validate::Rejection;
 use tally_pipeline::log::LogError;
 use tally_pipeline::reconcile::ReconcileError;
 
+use crate::body::BodyError;
 use crate::remote::{OwnerRefusal, UnreadableAnswer};
 
 /// The codes of failures that need an operator, which a node passes on when the owner of a
@@ -93,6 +94,16 @@ impl ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "the body must be JSON (Content-Type: application/json)",
+        )
+    }
+
+    pub fn unsupported_encoding(content_encoding: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!(
+                "the body must be sent as is (Content-Encoding: identity), not {content_encoding:?}"
+            ),
         )
     }
 
@@ -251,6 +262,26 @@ impl From<OwnerRefusal> for ApiError {
         {
             Some(code) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, message),
             None => Self::internal(message),
+        }
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(error: BodyError) -> Self {
+        let message = error.to_string();
+        match error {
+            BodyError::NotJson(reason) => Self::malformed_json(reason),
+            BodyError::RepeatedKey(key) => {
+                Self::new(StatusCode::BAD_REQUEST, "duplicate_field", message).with_field(key)
+            }
+            BodyError::NotAnArray => Self::new(StatusCode::BAD_REQUEST, "invalid_body", message),
+            BodyError::Invalid { field, message } => {
+                let error = Self::new(StatusCode::BAD_REQUEST, "invalid_body", message);
+                match field {
+                    Some(field) => error.with_field(field),
+                    None => error,
+                }
+            }
         }
     }
 }

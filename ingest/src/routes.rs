@@ -10,10 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use serde::Serialize;
-use serde_json::Value;
 use tally_pipeline::campaigns::{CampaignRegistry, CampaignStatus};
 use tally_pipeline::clock::Clock;
 use tally_pipeline::event::validate::{DonationInput, DonationLimits, validate_donation};
@@ -21,6 +20,7 @@ use tally_pipeline::event::{DonationEvent, envelope};
 use tally_pipeline::log::{Log, Offset, PartitionId, append_keyed};
 use tally_pipeline::runner::DonationDirectory;
 
+use crate::body::{self, BatchItem, BodyError};
 use crate::error::ApiError;
 use crate::rate_limit::RateLimiter;
 use crate::remote::{OwnerAnswer, RemoteDonations};
@@ -132,7 +132,7 @@ async fn post_donation(
     let bytes = context
         .authenticated_body(&headers, body, context.limits.body_bytes_max)
         .await?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(ApiError::malformed_json)?;
+    let value = body::value(&bytes)?;
     let input = validate_donation(&value, &context.limits.donation, context.clock.now_ms())?;
     if let Err(retry) = context.rate_limiter.check(&input.user_id) {
         context.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -161,14 +161,7 @@ async fn post_batch(
     let bytes = context
         .authenticated_body(&headers, body, context.limits.batch_bytes_max)
         .await?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(ApiError::malformed_json)?;
-    let Value::Array(items) = value else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "a batch must be a JSON array of donations",
-        ));
-    };
+    let items = body::batch(&bytes)?;
     if items.len() > context.limits.batch_items_max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -185,9 +178,22 @@ async fn post_batch(
     let mut results = Vec::new();
     let mut to_append: Vec<(usize, DonationEvent)> = Vec::new();
     let _intake = context.intake.read().await;
-    for (index, item) in items.iter().enumerate() {
-        let admitted = match validate_donation(item, &context.limits.donation, now_ms) {
-            Err(rejection) => Err(ApiError::from(rejection)),
+    for (
+        index,
+        BatchItem {
+            value: item,
+            repeated_key,
+        },
+    ) in items.into_iter().enumerate()
+    {
+        let validated = match repeated_key {
+            Some(key) => Err(ApiError::from(BodyError::RepeatedKey(key))),
+            None => {
+                validate_donation(&item, &context.limits.donation, now_ms).map_err(ApiError::from)
+            }
+        };
+        let admitted = match validated {
+            Err(error) => Err(error),
             Ok(input) => match context.rate_limiter.check(&input.user_id) {
                 Err(retry) => {
                     context.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -233,22 +239,15 @@ async fn post_batch(
 }
 
 impl IngestContext {
-    /// The request body, once it is JSON, within `bytes_max`, and signed with our secret.
+    /// The request body, once it is JSON (see [`body::read_json`]), within `bytes_max`, and
+    /// signed with our secret.
     async fn authenticated_body(
         &self,
         headers: &HeaderMap,
         body: Body,
         bytes_max: usize,
     ) -> Result<Bytes, ApiError> {
-        let is_json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(';').next())
-            .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
-        if !is_json {
-            return Err(ApiError::unsupported_media_type());
-        }
-        let bytes = read_body(body, bytes_max).await?;
+        let bytes = body::read_json(headers, body, bytes_max).await?;
         let header = headers
             .get(SIGNATURE_HEADER)
             .and_then(|value| value.to_str().ok());
@@ -361,24 +360,4 @@ impl IngestContext {
             .fetch_add(count, Ordering::Relaxed);
         Ok(placements)
     }
-}
-
-/// Reads a body of at most `bytes_max` bytes.
-async fn read_body(body: Body, bytes_max: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, bytes_max)
-        .await
-        .map_err(|error| {
-            let too_large =
-                std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())
-                    .any(|e| e.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ApiError::body_too_large(bytes_max)
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "unreadable_body",
-                    format!("the body could not be read: {error}"),
-                )
-            }
-        })
 }

@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 use tally_ingest::error::{ApiError, PathParameter};
 use tally_pipeline::campaigns::{Campaign, CampaignDefinition, CampaignStatus, Reconciliation};
@@ -22,7 +23,7 @@ use tally_pipeline::log::{Offset, PartitionId};
 use tally_query::views::CampaignView;
 
 use super::AppState;
-use super::notifications::{PAGE_LIMIT_MAX, Page};
+use super::notifications::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, Page};
 
 /// Admin request bodies are small.
 const ADMIN_BODY_BYTES_MAX: usize = 16 * 1024;
@@ -63,32 +64,11 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn json_body<T: for<'de> Deserialize<'de>>(
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<T, ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if !is_json {
-        return Err(ApiError::unsupported_media_type());
-    }
-    let bytes: Bytes = axum::body::to_bytes(body, ADMIN_BODY_BYTES_MAX)
-        .await
-        .map_err(|_| ApiError::body_too_large(ADMIN_BODY_BYTES_MAX))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        let field = e.to_string().split('`').nth(1).map(str::to_owned);
-        let error = ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string());
-        match field {
-            Some(field) => error.with_field(field),
-            None => error,
-        }
-    })
+/// An admin request's JSON body: read as every body is (type, encoding, size), and parsed into
+/// `T` with no key given twice.
+async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    let bytes = tally_ingest::body::read_json(headers, body, ADMIN_BODY_BYTES_MAX).await?;
+    Ok(tally_ingest::body::typed(&bytes)?)
 }
 
 #[derive(Debug, Deserialize)]
@@ -350,9 +330,18 @@ async fn list_notifications(
     let partition = PartitionId::try_from(number("partition")?.unwrap_or(0))
         .map_err(|_| invalid("partition", "must be below the partition count"))?;
     let after = number("after")?;
-    let limit = number("limit")?
-        .map_or(100, |l| l as usize)
-        .min(PAGE_LIMIT_MAX);
+    let limit = match number("limit")? {
+        None => PAGE_LIMIT_DEFAULT,
+        Some(0) => {
+            return Err(invalid(
+                "limit",
+                format!("must be from 1 to {PAGE_LIMIT_MAX} (larger is read as {PAGE_LIMIT_MAX})"),
+            ));
+        }
+        Some(limit) => usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .min(PAGE_LIMIT_MAX),
+    };
     Ok(Json(
         state.notifications.page(partition, after, limit).await?,
     ))

@@ -13,6 +13,7 @@ mod metrics;
 mod node;
 pub mod notifications;
 mod remote;
+mod request_target;
 mod secrets;
 
 use std::net::SocketAddr;
@@ -537,6 +538,7 @@ fn router(state: Arc<AppState>) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(request_target::refuse_long_uri))
         .layer(axum::middleware::from_fn_with_state(
             requests,
             metrics::count_requests,

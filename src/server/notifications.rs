@@ -26,8 +26,10 @@ use tokio::sync::watch;
 
 /// Records read from the log per scan step.
 const SCAN_BATCH: usize = 512;
-/// Notifications a page may ask for.
+/// Notifications a page may ask for: a page of them is about 250 KB of JSON.
 pub const PAGE_LIMIT_MAX: usize = 1000;
+/// Notifications in a page that does not say how many.
+pub const PAGE_LIMIT_DEFAULT: usize = 100;
 const RETRY_DELAY_MIN: Duration = Duration::from_millis(100);
 /// Backoff stops growing here: a receiver that is down for long is still retried every 10 s.
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(10);
