@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tally_pipeline::campaigns::CampaignError;
 use tally_pipeline::checkpoint::CheckpointError;
+use tally_pipeline::checkpoint::savepoint::SavepointError;
 use tally_pipeline::event::envelope::EnvelopeError;
 use tally_pipeline::event::validate::Rejection;
 use tally_pipeline::log::LogError;
@@ -232,6 +233,27 @@ impl From<EnvelopeError> for ApiError {
 impl From<CheckpointError> for ApiError {
     fn from(error: CheckpointError) -> Self {
         Self::internal(error.to_string())
+    }
+}
+
+/// A savepoint refused for its name is the client's to fix; one that could not be written (or
+/// whose checkpoints failed their check) needs an operator.
+impl From<SavepointError> for ApiError {
+    fn from(error: SavepointError) -> Self {
+        let message = error.to_string();
+        match error {
+            SavepointError::InvalidName { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_field", message).with_field("name")
+            }
+            SavepointError::Exists { .. } => {
+                Self::new(StatusCode::CONFLICT, "savepoint_exists", message).with_field("name")
+            }
+            SavepointError::Io { .. } | SavepointError::Checkpoint(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "savepoint_failed",
+                message,
+            ),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 use tally_ingest::error::{ApiError, PathParameter};
 use tally_pipeline::campaigns::{Campaign, CampaignDefinition, CampaignStatus, Reconciliation};
-use tally_pipeline::checkpoint::CheckpointInfo;
+use tally_pipeline::checkpoint::{CheckpointInfo, savepoint};
 use tally_pipeline::event::EventTime;
 use tally_pipeline::event::currency::is_iso_4217;
 use tally_pipeline::event::validate::{CAMPAIGN_ID_CHARS_MAX, check_token};
@@ -378,11 +378,12 @@ async fn list_checkpoints(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SavepointRequest {
-    /// Path on the server's file system.
-    out: String,
+    /// A file name under `<data-dir>/savepoints/` (see `savepoint::check_name`).
+    name: String,
 }
 
-/// Writes a savepoint of the running server's committed state to a file on its machine.
+/// Writes a savepoint of the running server's committed state into its data directory's
+/// `savepoints/`, under a new name.
 async fn create_savepoint(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -390,28 +391,21 @@ async fn create_savepoint(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
     let request: SavepointRequest = json_body(&headers, body).await?;
-    if request.out.is_empty() {
-        return Err(invalid("out", "must be a file path on the server"));
-    }
+    let name = savepoint::check_name(&request.name)?.to_owned();
     let store = Arc::clone(&state.store);
+    let data_dir = state.data_dir.clone();
     let now_ms = state.clock.now_ms();
-    let path = std::path::PathBuf::from(&request.out);
-    let written = path.clone();
-    let savepoint = tokio::task::spawn_blocking(move || {
-        tally_pipeline::checkpoint::savepoint::create(&store, &written, now_ms)
+    let written = name.clone();
+    let (savepoint, path) = tokio::task::spawn_blocking(move || {
+        savepoint::create_named(&store, &data_dir, &written, now_ms)
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "savepoint_failed",
-            e.to_string(),
-        )
-    })?;
-    Ok(Json(
-        serde_json::json!({"path": request.out, "offsets": savepoint.offsets()}),
-    ))
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(serde_json::json!({
+        "name": name,
+        "path": path,
+        "offsets": savepoint.offsets(),
+    })))
 }
 
 /// Rebuilds each partition's state from the log up to its committed offset, in memory, and

@@ -123,6 +123,8 @@ pub struct AppState {
     /// Closes run one at a time, so that racing closes of one campaign all see it through.
     pub close_lock: tokio::sync::Mutex<()>,
     pub node: Arc<Node>,
+    /// The data directory: savepoints are written into its `savepoints/`.
+    pub data_dir: PathBuf,
 }
 
 /// The logs a node works with: donations, and the campaigns' control log; on a Fluvio
@@ -377,6 +379,7 @@ pub async fn run(
         close_lock: tokio::sync::Mutex::new(()),
         pipeline: pipeline.clone(),
         node: Arc::clone(&node),
+        data_dir: data_dir.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
