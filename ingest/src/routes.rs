@@ -20,7 +20,7 @@ use tally_pipeline::event::{DonationEvent, envelope};
 use tally_pipeline::log::{Log, Offset, PartitionId, append_keyed};
 use tally_pipeline::runner::DonationDirectory;
 
-use crate::body::{self, BatchItem, BodyError};
+use crate::body::{self, BodyError};
 use crate::error::ApiError;
 use crate::rate_limit::RateLimiter;
 use crate::remote::{OwnerAnswer, RemoteDonations};
@@ -178,19 +178,11 @@ async fn post_batch(
     let mut results = Vec::new();
     let mut to_append: Vec<(usize, DonationEvent)> = Vec::new();
     let _intake = context.intake.read().await;
-    for (
-        index,
-        BatchItem {
-            value: item,
-            repeated_key,
-        },
-    ) in items.into_iter().enumerate()
-    {
-        let validated = match repeated_key {
+    for (index, item) in items.into_iter().enumerate() {
+        let validated = match item.repeated_key {
             Some(key) => Err(ApiError::from(BodyError::RepeatedKey(key))),
-            None => {
-                validate_donation(&item, &context.limits.donation, now_ms).map_err(ApiError::from)
-            }
+            None => validate_donation(&item.value, &context.limits.donation, now_ms)
+                .map_err(ApiError::from),
         };
         let admitted = match validated {
             Err(error) => Err(error),
@@ -206,7 +198,10 @@ async fn post_batch(
             Ok(Admission::Append(event)) => to_append.push((index, event)),
             Ok(Admission::AlreadyRecorded(partition, offset)) => results.push(BatchResult {
                 index,
-                payment_ref: item["payment_ref"].as_str().unwrap_or_default().to_owned(),
+                payment_ref: item.value["payment_ref"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
                 partition,
                 offset,
             }),
