@@ -22,6 +22,9 @@ pub struct ApiError {
     pub field: Option<String>,
     pub message: String,
     pub retry_after_s: Option<u64>,
+    /// Answer with `Connection: close`: the request was not read to its end (a body refused or
+    /// timed out), so the connection cannot carry another request.
+    pub close_connection: bool,
 }
 
 #[derive(Serialize)]
@@ -45,6 +48,7 @@ impl ApiError {
             field: None,
             message: message.into(),
             retry_after_s: None,
+            close_connection: false,
         }
     }
 
@@ -55,6 +59,11 @@ impl ApiError {
 
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
         self.retry_after_s = Some(seconds.max(1));
+        self
+    }
+
+    pub fn closing_connection(mut self) -> Self {
+        self.close_connection = true;
         self
     }
 
@@ -147,6 +156,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.close_connection {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

@@ -21,6 +21,7 @@ use tally_pipeline::event::{DonationEvent, envelope};
 use tally_pipeline::log::{Log, Offset, PartitionId, append_keyed};
 use tally_pipeline::runner::DonationDirectory;
 
+use crate::body::{BodyReads, CALLBACK_BODY_BYTES_MAX};
 use crate::error::ApiError;
 use crate::rate_limit::RateLimiter;
 use crate::remote::RemoteDonations;
@@ -42,7 +43,7 @@ pub struct IngestLimits {
 impl Default for IngestLimits {
     fn default() -> Self {
         Self {
-            body_bytes_max: 16 * 1024,
+            body_bytes_max: CALLBACK_BODY_BYTES_MAX,
             batch_items_max: 1000,
             batch_bytes_max: 1024 * 1024,
             donation: DonationLimits::default(),
@@ -71,6 +72,11 @@ pub struct IngestContext {
     pub remote: Option<Arc<dyn RemoteDonations>>,
     pub signing_secret: SigningSecret,
     pub limits: IngestLimits,
+    /// Slots for bodies being read, before they are authenticated.
+    pub bodies: Arc<BodyReads>,
+    /// Permits for admitted work: a request takes one only once its body is read and its
+    /// signature checked, and holds it until answered; more wait for a permit.
+    pub admitted: Arc<tokio::sync::Semaphore>,
     pub rate_limiter: RateLimiter,
     pub clock: Arc<dyn Clock>,
     pub metrics: IngestMetrics,
@@ -132,6 +138,7 @@ async fn post_donation(
     let bytes = context
         .authenticated_body(&headers, body, context.limits.body_bytes_max)
         .await?;
+    let _admitted = context.admit_work().await?;
     let value: Value = serde_json::from_slice(&bytes).map_err(ApiError::malformed_json)?;
     let input = validate_donation(&value, &context.limits.donation, context.clock.now_ms())?;
     if let Err(retry) = context.rate_limiter.check(&input.user_id) {
@@ -161,6 +168,7 @@ async fn post_batch(
     let bytes = context
         .authenticated_body(&headers, body, context.limits.batch_bytes_max)
         .await?;
+    let _admitted = context.admit_work().await?;
     let value: Value = serde_json::from_slice(&bytes).map_err(ApiError::malformed_json)?;
     let Value::Array(items) = value else {
         return Err(ApiError::new(
@@ -248,7 +256,7 @@ impl IngestContext {
         if !is_json {
             return Err(ApiError::unsupported_media_type());
         }
-        let bytes = read_body(body, bytes_max).await?;
+        let bytes = self.bodies.read(body, bytes_max).await?;
         let header = headers
             .get(SIGNATURE_HEADER)
             .and_then(|value| value.to_str().ok());
@@ -262,6 +270,14 @@ impl IngestContext {
         )
         .map_err(|error| ApiError::unauthorized(error.code(), error.to_string()))?;
         Ok(bytes)
+    }
+
+    /// A permit for admitted work, waited for.
+    async fn admit_work(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.admitted
+            .acquire()
+            .await
+            .map_err(|_| ApiError::internal("the admitted-work permits are closed"))
     }
 
     /// Checks a valid donation against its campaign.
@@ -373,24 +389,4 @@ impl IngestContext {
             .fetch_add(count, Ordering::Relaxed);
         Ok(placements)
     }
-}
-
-/// Reads a body of at most `bytes_max` bytes.
-async fn read_body(body: Body, bytes_max: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, bytes_max)
-        .await
-        .map_err(|error| {
-            let too_large =
-                std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())
-                    .any(|e| e.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ApiError::body_too_large(bytes_max)
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "unreadable_body",
-                    format!("the body could not be read: {error}"),
-                )
-            }
-        })
 }

@@ -26,8 +26,9 @@ use tally_query::views::CampaignView;
 use super::AppState;
 use super::notifications::{PAGE_LIMIT_MAX, Page};
 
-/// Admin request bodies are small.
+/// Admin request bodies are small: they are read in the callback-sized body slots.
 const ADMIN_BODY_BYTES_MAX: usize = 16 * 1024;
+const _: () = assert!(ADMIN_BODY_BYTES_MAX <= tally_ingest::body::CALLBACK_BODY_BYTES_MAX);
 const CAMPAIGN_NAME_CHARS_MAX: usize = 200;
 /// How long a close waits for the pipeline to apply the log up to the close point.
 const CLOSE_WAIT_MAX: Duration = Duration::from_secs(60);
@@ -66,6 +67,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 async fn json_body<T: for<'de> Deserialize<'de>>(
+    state: &AppState,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<T, ApiError> {
@@ -80,9 +82,7 @@ async fn json_body<T: for<'de> Deserialize<'de>>(
     if !is_json {
         return Err(ApiError::unsupported_media_type());
     }
-    let bytes: Bytes = axum::body::to_bytes(body, ADMIN_BODY_BYTES_MAX)
-        .await
-        .map_err(|_| ApiError::body_too_large(ADMIN_BODY_BYTES_MAX))?;
+    let bytes: Bytes = state.ingest.bodies.read(body, ADMIN_BODY_BYTES_MAX).await?;
     serde_json::from_slice(&bytes).map_err(|e| {
         let field = e.to_string().split('`').nth(1).map(str::to_owned);
         let error = ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string());
@@ -166,7 +166,7 @@ async fn create_campaign(
     body: Body,
 ) -> Result<(StatusCode, Json<CampaignView>), ApiError> {
     authorize(&state, &headers)?;
-    let request: CreateCampaign = json_body(&headers, body).await?;
+    let request: CreateCampaign = json_body(&state, &headers, body).await?;
     let definition = request.into_definition()?;
     let now = EventTime(state.clock.now_ms());
     let created = state
@@ -405,7 +405,7 @@ async fn ack_notifications(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
-    let ack: Ack = json_body(&headers, body).await?;
+    let ack: Ack = json_body(&state, &headers, body).await?;
     let next_offset = state.notifications.ack(ack.partition, ack.next_offset)?;
     Ok(Json(
         serde_json::json!({"partition": ack.partition, "next_offset": next_offset}),
@@ -438,7 +438,7 @@ async fn create_savepoint(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
-    let request: SavepointRequest = json_body(&headers, body).await?;
+    let request: SavepointRequest = json_body(&state, &headers, body).await?;
     if request.out.is_empty() {
         return Err(invalid("out", "must be a file path on the server"));
     }
