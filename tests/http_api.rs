@@ -34,6 +34,8 @@ const BATCH_ITEMS_MAX: usize = 1000;
 const SIGNATURE_TOLERANCE_S: i64 = 300;
 /// The longest request target the server takes (`request_target::URI_BYTES_MAX`).
 const URI_BYTES_MAX: usize = 8 * 1024;
+/// The largest request head the HTTP layer reads (`connections::REQUEST_HEAD_BYTES_MAX`).
+const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
 /// How long a raw connection waits for an answer before the test fails.
 const RAW_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1232,6 +1234,11 @@ fn an_overlong_request_target_answers_414_in_the_error_shape() {
         "a".repeat(URI_BYTES_MAX - "/healthz?p=".len())
     );
     assert_eq!(fixture.get_ok(&at_limit), json!({"status": "ok"}));
+    // A head over the HTTP layer's buffer is refused there, before any route: 431, no body.
+    let over_head = format!("/healthz?p={}", "a".repeat(REQUEST_HEAD_BYTES_MAX));
+    let response = fixture.get(&over_head);
+    assert_eq!(response.status(), 431);
+    assert_eq!(response.text().unwrap(), "");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,9 +1,21 @@
-//! Request bodies: how every JSON body of the API is read and parsed.
+//! Request bodies: how every body of the API is read, and how its JSON is parsed.
 //!
-//! [`read_json`] checks, before reading a byte, that the body is `application/json`, not
-//! compressed (`Content-Encoding` other than `identity` is refused: the signature covers the
-//! bytes as sent, and an inflated body could be any size), and not declared longer than the
-//! route's limit; then it reads at most that many bytes.
+//! [`BodyReads::read_json`] is the one way a route reads a body. Before reading a byte it checks
+//! that the body is `application/json`, not compressed (`Content-Encoding` other than `identity`
+//! is refused: the signature covers the bytes as sent, and an inflated body could be any size),
+//! and not declared longer than the route's limit; a body refused for these takes no slot. Then
+//! it reads at most that many bytes, in a slot, within the read timeout.
+//!
+//! A body has to be read whole before its signature can be checked, so anyone who can open a
+//! connection can make the server read one, as slowly as they like. Reading therefore holds a
+//! slot of its own, never the permit of admitted work (which is taken only once the body is
+//! read and authenticated). Slots come in two classes so that batches cannot crowd out
+//! callbacks: bodies of at most [`CALLBACK_BODY_BYTES_MAX`] (a donation, an admin request), and
+//! larger ones (a batch). The memory held by bodies being read is at most, per class, its slots
+//! times its body limit. When every slot of its class is taken a request is refused at once (503
+//! `too_many_body_reads`, `Retry-After`) rather than queued, and a body that has not arrived
+//! within the read timeout is answered 408 `body_timeout`. Both answers close the connection:
+//! the unread rest of the body is not worth draining.
 //!
 //! [`value`], [`batch`] and [`typed`] parse it while refusing an object that names a key twice:
 //! serde_json would keep the last value, so `"amount_cents":100,"amount_cents":999999` would
@@ -12,13 +24,248 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+use tokio::sync::Semaphore;
 
-use crate::error::ApiError;
+/// The largest body read in the callback class: a donation callback's limit (16 KiB), which
+/// admin requests share. Anything larger (a batch, up to 1 MiB) is read in the batch class.
+pub const CALLBACK_BODY_BYTES_MAX: usize = 16 * 1024;
+
+/// Callback-sized bodies read at once, by default. The payment system sends a few hundred
+/// callbacks a second, each read in well under a millisecond, so a handful of slots is busy in
+/// normal traffic; 8,192 leaves room for thousands of slow or stalled clients besides, and holds
+/// at most 8,192 × 16 KiB = 128 MiB.
+pub const CALLBACK_BODY_READS_MAX_DEFAULT: usize = 8192;
+
+/// Batch bodies read at once. Batches come from a few backfilling senders; 64 × 1 MiB = 64 MiB
+/// at most.
+pub const BATCH_BODY_READS_MAX: usize = 64;
+
+/// How long a body may take to arrive, by default. A callback arrives in one TCP segment; a
+/// 1 MiB batch over a 1 Mbit/s link takes 8 s.
+pub const BODY_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// How long a client refused for want of a slot is told to wait: slots free up as bodies finish
+/// or time out, so one second is the shortest useful retry.
+const BUSY_RETRY_AFTER_S: u64 = 1;
+
+/// Why a body was not read: refused from its headers, for want of a slot, or cut short. Each
+/// is answered at once; only [`ReadError::Busy`] may pass by itself on a retry.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// No `Content-Type: application/json`.
+    #[error("the body must be JSON (Content-Type: application/json)")]
+    NotJsonMediaType,
+    /// A `Content-Encoding` other than `identity`.
+    #[error("the body must be sent as is (Content-Encoding: identity), not {content_encoding:?}")]
+    Encoded { content_encoding: String },
+    /// Declared (`Content-Length`) or found longer than the route's limit.
+    #[error("the body is larger than {bytes_max} bytes")]
+    TooLarge { bytes_max: usize },
+    /// The connection broke, or its framing did, before the body's end.
+    #[error("the body could not be read: {0}")]
+    Unreadable(#[source] axum::Error),
+    /// Every slot of the body's class is taken.
+    #[error("the server is reading as many {class} bodies as it may at once; retry")]
+    Busy {
+        class: BodyClass,
+        retry_after_s: u64,
+    },
+    /// The body did not arrive whole within the read timeout.
+    #[error("the body did not arrive within {} ms", timeout.as_millis())]
+    TimedOut { timeout: Duration },
+}
+
+impl ReadError {
+    /// The request was not read to its end and the connection should not carry another: the
+    /// refused or timed-out body would have to be drained first.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Self::Busy { .. } | Self::TimedOut { .. })
+    }
+}
+
+/// The two classes of body slots (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyClass {
+    /// Up to [`CALLBACK_BODY_BYTES_MAX`]: a donation, an admin request.
+    Callback,
+    /// Larger: a batch.
+    Batch,
+}
+
+impl BodyClass {
+    fn of(bytes_max: usize) -> Self {
+        if bytes_max <= CALLBACK_BODY_BYTES_MAX {
+            Self::Callback
+        } else {
+            Self::Batch
+        }
+    }
+}
+
+impl fmt::Display for BodyClass {
+    fn fmt(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str(match self {
+            Self::Callback => "callback",
+            Self::Batch => "batch",
+        })
+    }
+}
+
+/// Configuration of [`BodyReads`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyReadLimits {
+    pub callback_reads_max: usize,
+    pub batch_reads_max: usize,
+    pub read_timeout: Duration,
+}
+
+impl Default for BodyReadLimits {
+    fn default() -> Self {
+        Self {
+            callback_reads_max: CALLBACK_BODY_READS_MAX_DEFAULT,
+            batch_reads_max: BATCH_BODY_READS_MAX,
+            read_timeout: BODY_READ_TIMEOUT_DEFAULT,
+        }
+    }
+}
+
+/// The slots for bodies being read, and what happened to reads, for `/metrics`.
+#[derive(Debug)]
+pub struct BodyReads {
+    limits: BodyReadLimits,
+    callback: Arc<Semaphore>,
+    batch: Arc<Semaphore>,
+    refused: AtomicU64,
+    timed_out: AtomicU64,
+}
+
+/// A snapshot of [`BodyReads`] for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BodyReadCounts {
+    pub in_progress: u64,
+    pub refused: u64,
+    pub timed_out: u64,
+}
+
+impl BodyReads {
+    pub fn new(limits: BodyReadLimits) -> Self {
+        assert!(limits.callback_reads_max > 0 && limits.batch_reads_max > 0);
+        Self {
+            limits,
+            callback: Arc::new(Semaphore::new(limits.callback_reads_max)),
+            batch: Arc::new(Semaphore::new(limits.batch_reads_max)),
+            refused: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+        }
+    }
+
+    pub fn limits(&self) -> BodyReadLimits {
+        self.limits
+    }
+
+    /// The body of a request that must be JSON: checked from its headers as the module doc
+    /// says, then read whole in a slot of its class within the read timeout.
+    pub async fn read_json(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+        bytes_max: usize,
+    ) -> Result<Bytes, ReadError> {
+        check_headers(headers, bytes_max)?;
+        self.read(body, bytes_max).await
+    }
+
+    /// Reads a body of at most `bytes_max` bytes in a slot of its class, within the read
+    /// timeout.
+    async fn read(&self, body: Body, bytes_max: usize) -> Result<Bytes, ReadError> {
+        let class = BodyClass::of(bytes_max);
+        let slots = match class {
+            BodyClass::Callback => &self.callback,
+            BodyClass::Batch => &self.batch,
+        };
+        let Ok(_slot) = slots.try_acquire() else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(ReadError::Busy {
+                class,
+                retry_after_s: BUSY_RETRY_AFTER_S,
+            });
+        };
+        let timeout = self.limits.read_timeout;
+        match tokio::time::timeout(timeout, read_whole(body, bytes_max)).await {
+            Ok(read) => read,
+            Err(_) => {
+                self.timed_out.fetch_add(1, Ordering::Relaxed);
+                Err(ReadError::TimedOut { timeout })
+            }
+        }
+    }
+
+    pub fn counts(&self) -> BodyReadCounts {
+        let busy = |slots: &Semaphore, max: usize| (max - slots.available_permits()) as u64;
+        BodyReadCounts {
+            in_progress: busy(&self.callback, self.limits.callback_reads_max)
+                + busy(&self.batch, self.limits.batch_reads_max),
+            refused: self.refused.load(Ordering::Relaxed),
+            timed_out: self.timed_out.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Refuses a body from its headers alone: not JSON, compressed, or declared over `bytes_max`.
+fn check_headers(headers: &HeaderMap, bytes_max: usize) -> Result<(), ReadError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ReadError::NotJsonMediaType);
+    }
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let text = value.to_str().unwrap_or("(not text)");
+        let identity = text
+            .split(',')
+            .map(str::trim)
+            .all(|coding| coding.is_empty() || coding.eq_ignore_ascii_case("identity"));
+        if !identity {
+            return Err(ReadError::Encoded {
+                content_encoding: text.to_owned(),
+            });
+        }
+    }
+    let declared_bytes = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    if declared_bytes.is_some_and(|bytes| bytes > bytes_max as u64) {
+        return Err(ReadError::TooLarge { bytes_max });
+    }
+    Ok(())
+}
+
+/// Reads a whole body of at most `bytes_max` bytes.
+async fn read_whole(body: Body, bytes_max: usize) -> Result<Bytes, ReadError> {
+    axum::body::to_bytes(body, bytes_max)
+        .await
+        .map_err(|error| {
+            let too_large =
+                std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())
+                    .any(|e| e.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ReadError::TooLarge { bytes_max }
+            } else {
+                ReadError::Unreadable(error)
+            }
+        })
+}
 
 /// Why a JSON body was refused.
 #[derive(Debug, thiserror::Error)]
@@ -45,55 +292,6 @@ pub enum BodyError {
 pub struct BatchItem {
     pub value: Value,
     pub repeated_key: Option<String>,
-}
-
-/// The body of a request that must be JSON: checked as the module doc says, then read whole.
-pub async fn read_json(
-    headers: &HeaderMap,
-    body: Body,
-    bytes_max: usize,
-) -> Result<Bytes, ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(ApiError::unsupported_media_type());
-    }
-    for value in headers.get_all(header::CONTENT_ENCODING) {
-        let text = value.to_str().unwrap_or("(not text)");
-        let identity = text
-            .split(',')
-            .map(str::trim)
-            .all(|coding| coding.is_empty() || coding.eq_ignore_ascii_case("identity"));
-        if !identity {
-            return Err(ApiError::unsupported_encoding(text));
-        }
-    }
-    let declared_bytes = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok());
-    if declared_bytes.is_some_and(|bytes| bytes > bytes_max as u64) {
-        return Err(ApiError::body_too_large(bytes_max));
-    }
-    axum::body::to_bytes(body, bytes_max)
-        .await
-        .map_err(|error| {
-            let too_large =
-                std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())
-                    .any(|e| e.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ApiError::body_too_large(bytes_max)
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "unreadable_body",
-                    format!("the body could not be read: {error}"),
-                )
-            }
-        })
 }
 
 /// Any JSON value, with no key repeated in any object.
@@ -268,6 +466,9 @@ impl<'de> Visitor<'de> for Walk<'_> {
 
 #[cfg(test)]
 mod tests {
+    use crate::error::ApiError;
+    use axum::http::{HeaderValue, StatusCode};
+    use http_body_util::Channel;
     use serde::Deserialize;
     use serde_json::json;
 
@@ -377,5 +578,126 @@ mod tests {
             Err(BodyError::RepeatedKey(key)) if key == "name"
         ));
         assert_eq!(typed::<Example>(br#"{"name":"a"}"#).unwrap().name, "a");
+    }
+
+    fn one_slot_each(read_timeout: Duration) -> BodyReads {
+        BodyReads::new(BodyReadLimits {
+            callback_reads_max: 1,
+            batch_reads_max: 1,
+            read_timeout,
+        })
+    }
+
+    /// A body whose bytes never come while its sender is kept.
+    fn stalled() -> (Body, http_body_util::channel::Sender<Bytes, std::io::Error>) {
+        let (sender, body) = Channel::<Bytes, std::io::Error>::new(1);
+        (Body::new(body), sender)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_does_not_arrive_in_time_is_answered_408_and_frees_its_slot() {
+        let reads = one_slot_each(Duration::from_secs(10));
+        let (body, _sender) = stalled();
+        let error = ApiError::from(reads.read(body, CALLBACK_BODY_BYTES_MAX).await.unwrap_err());
+        assert_eq!(
+            (error.status, error.code),
+            (StatusCode::REQUEST_TIMEOUT, "body_timeout")
+        );
+        assert!(error.close_connection);
+        assert_eq!(reads.counts().in_progress, 0);
+        assert_eq!(reads.counts().timed_out, 1);
+        let bytes = reads.read(Body::from("{}"), CALLBACK_BODY_BYTES_MAX).await;
+        assert_eq!(bytes.unwrap(), Bytes::from_static(b"{}"));
+    }
+
+    #[tokio::test]
+    async fn a_read_beyond_the_slots_of_its_class_is_refused_at_once_and_the_other_class_reads() {
+        let reads = std::sync::Arc::new(one_slot_each(Duration::from_secs(3600)));
+        let (body, _sender) = stalled();
+        let holder = tokio::spawn({
+            let reads = std::sync::Arc::clone(&reads);
+            async move { reads.read(body, CALLBACK_BODY_BYTES_MAX).await }
+        });
+        while reads.counts().in_progress == 0 {
+            tokio::task::yield_now().await;
+        }
+        let error = reads.read(Body::from("{}"), CALLBACK_BODY_BYTES_MAX).await;
+        let error = ApiError::from(error.unwrap_err());
+        assert_eq!(
+            (error.status, error.code, error.retry_after_s),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_body_reads",
+                Some(1)
+            )
+        );
+        assert!(error.close_connection);
+        assert_eq!(reads.counts().refused, 1);
+        let batch = reads.read(Body::from("[]"), 1024 * 1024).await;
+        assert_eq!(batch.unwrap(), Bytes::from_static(b"[]"));
+        holder.abort();
+    }
+
+    #[tokio::test]
+    async fn a_body_over_its_limit_is_413_and_a_broken_one_400() {
+        let reads = one_slot_each(Duration::from_secs(10));
+        let error = ApiError::from(reads.read(Body::from("12345"), 4).await.unwrap_err());
+        assert_eq!(error.code, "body_too_large");
+        assert!(!error.close_connection);
+        let (body, sender) = stalled();
+        sender.abort(std::io::Error::other("connection cut"));
+        let error = ApiError::from(reads.read(body, 4).await.unwrap_err());
+        assert_eq!(error.code, "unreadable_body");
+    }
+
+    fn json_headers(extra: &[(header::HeaderName, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        for (name, value) in extra {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_refused_from_its_headers_takes_no_slot_and_is_never_read() {
+        let reads = one_slot_each(Duration::from_secs(3600));
+        let cases = [
+            (HeaderMap::new(), "unsupported_media_type"),
+            (
+                json_headers(&[(header::CONTENT_ENCODING, "gzip")]),
+                "unsupported_encoding",
+            ),
+            (
+                json_headers(&[
+                    (header::CONTENT_ENCODING, "identity"),
+                    (header::CONTENT_ENCODING, "identity, br"),
+                ]),
+                "unsupported_encoding",
+            ),
+            (
+                json_headers(&[(header::CONTENT_LENGTH, "17")]),
+                "body_too_large",
+            ),
+        ];
+        for (headers, code) in cases {
+            // A stalled body: were it read, the read would end in `body_timeout`.
+            let (body, _sender) = stalled();
+            let error = reads.read_json(&headers, body, 16).await.unwrap_err();
+            let error = ApiError::from(error);
+            assert_eq!(error.code, code, "{headers:?}");
+            assert!(!error.close_connection);
+            assert_eq!(reads.counts().in_progress, 0);
+        }
+        let headers = json_headers(&[
+            (header::CONTENT_ENCODING, "identity"),
+            (header::CONTENT_LENGTH, "16"),
+        ]);
+        let bytes = reads.read_json(&headers, Body::from("{}"), 16).await;
+        assert_eq!(bytes.unwrap(), Bytes::from_static(b"{}"));
+        assert_eq!(reads.counts(), BodyReadCounts::default());
     }
 }

@@ -23,7 +23,7 @@ use tally_pipeline::event::validate::Rejection;
 use tally_pipeline::log::LogError;
 use tally_pipeline::reconcile::ReconcileError;
 
-use crate::body::BodyError;
+use crate::body::{BodyError, ReadError};
 use crate::remote::{OwnerRefusal, UnreadableAnswer};
 
 /// The codes of failures that need an operator, which a node passes on when the owner of a
@@ -38,6 +38,9 @@ pub struct ApiError {
     pub field: Option<String>,
     pub message: String,
     pub retry_after_s: Option<u64>,
+    /// Answer with `Connection: close`: the request was not read to its end (a body refused or
+    /// timed out), so the connection cannot carry another request.
+    pub close_connection: bool,
 }
 
 #[derive(Serialize)]
@@ -61,6 +64,7 @@ impl ApiError {
             field: None,
             message: message.into(),
             retry_after_s: None,
+            close_connection: false,
         }
     }
 
@@ -74,37 +78,16 @@ impl ApiError {
         self
     }
 
+    pub fn closing_connection(mut self) -> Self {
+        self.close_connection = true;
+        self
+    }
+
     pub fn malformed_json(reason: impl std::fmt::Display) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
             "malformed_json",
             format!("the body is not valid JSON: {reason}"),
-        )
-    }
-
-    pub fn body_too_large(bytes_max: usize) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the body is larger than {bytes_max} bytes"),
-        )
-    }
-
-    pub fn unsupported_media_type() -> Self {
-        Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "the body must be JSON (Content-Type: application/json)",
-        )
-    }
-
-    pub fn unsupported_encoding(content_encoding: &str) -> Self {
-        Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_encoding",
-            format!(
-                "the body must be sent as is (Content-Encoding: identity), not {content_encoding:?}"
-            ),
         )
     }
 
@@ -128,6 +111,18 @@ impl ApiError {
         )
         .with_field("user_id")
         .with_retry_after(retry_after_s)
+    }
+
+    /// A connection accepted above the cap, answered this before it is closed. There is no
+    /// domain error behind it: the listener refuses before any route runs.
+    pub fn too_many_connections(retry_after_s: u64) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "the server has as many connections open as it may; retry",
+        )
+        .with_retry_after(retry_after_s)
+        .closing_connection()
     }
 
     /// The log cannot take appends right now; nothing was acknowledged. Only for a failure that
@@ -288,6 +283,48 @@ impl From<OwnerRefusal> for ApiError {
     }
 }
 
+/// A body refused before or while it was read. Only a want of slots may pass by itself (503,
+/// `Retry-After`); a refused or timed-out read also closes the connection, whose unread rest of
+/// the body cannot carry another request.
+impl From<ReadError> for ApiError {
+    fn from(error: ReadError) -> Self {
+        let message = error.to_string();
+        let close_connection = error.closes_connection();
+        let answer = match error {
+            ReadError::NotJsonMediaType => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                message,
+            ),
+            ReadError::Encoded { .. } => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                message,
+            ),
+            ReadError::TooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
+            }
+            ReadError::Unreadable(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "unreadable_body", message)
+            }
+            ReadError::Busy { retry_after_s, .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_body_reads",
+                message,
+            )
+            .with_retry_after(retry_after_s),
+            ReadError::TimedOut { .. } => {
+                Self::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", message)
+            }
+        };
+        if close_connection {
+            answer.closing_connection()
+        } else {
+            answer
+        }
+    }
+}
+
 impl From<BodyError> for ApiError {
     fn from(error: BodyError) -> Self {
         let message = error.to_string();
@@ -336,6 +373,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.close_connection {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

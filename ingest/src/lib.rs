@@ -7,7 +7,8 @@
 //! Donations enter through these routes (`tally serve`) or, for backfills, `tally import`.
 //!
 //! - [`routes`]: `POST /v1/donations` and `POST /v1/donations/batch`.
-//! - [`body`]: how a JSON body is read (type, encoding, size) and parsed (no key twice).
+//! - [`body`]: how a JSON body is read (type, encoding, size; in a bounded slot, within a
+//!   timeout, before authentication) and parsed (no key twice).
 //! - [`error`]: the API's one error type and its JSON shape, shared with the query side.
 //! - [`signature`]: the `Tally-Signature` header, HMAC-SHA256 signing and replay-safe checking
 //!   of callbacks.

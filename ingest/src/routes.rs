@@ -1,8 +1,10 @@
 //! The ingest routes: `POST /v1/donations` and `POST /v1/donations/batch`.
 //!
-//! A callback is checked in this order — content type, size, signature, JSON, fields, rate limit,
-//! campaign — and appended to the log only when all pass. The answer is 202 only once the event
-//! is durable in the log; anything else is an [`ApiError`] and nothing was recorded.
+//! A callback is checked in this order — content type, encoding and declared size, then the body
+//! read in a slot within the read timeout ([`crate::body`]), signature, JSON (no key twice),
+//! fields, rate limit, campaign — and appended to the log only when all pass. The answer is 202
+//! only once the event is durable in the log; anything else is an [`ApiError`] and nothing was
+//! recorded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +22,7 @@ use tally_pipeline::event::{DonationEvent, envelope};
 use tally_pipeline::log::{Log, Offset, PartitionId, append_keyed};
 use tally_pipeline::runner::DonationDirectory;
 
-use crate::body::{self, BodyError};
+use crate::body::{self, BodyError, BodyReads, CALLBACK_BODY_BYTES_MAX};
 use crate::error::ApiError;
 use crate::rate_limit::RateLimiter;
 use crate::remote::{OwnerAnswer, RemoteDonations};
@@ -42,7 +44,7 @@ pub struct IngestLimits {
 impl Default for IngestLimits {
     fn default() -> Self {
         Self {
-            body_bytes_max: 16 * 1024,
+            body_bytes_max: CALLBACK_BODY_BYTES_MAX,
             batch_items_max: 1000,
             batch_bytes_max: 1024 * 1024,
             donation: DonationLimits::default(),
@@ -71,6 +73,11 @@ pub struct IngestContext {
     pub remote: Option<Arc<dyn RemoteDonations>>,
     pub signing_secret: SigningSecret,
     pub limits: IngestLimits,
+    /// Slots for bodies being read, before they are authenticated.
+    pub bodies: Arc<BodyReads>,
+    /// Permits for admitted work: a request takes one only once its body is read and its
+    /// signature checked, and holds it until answered; more wait for a permit.
+    pub admitted: Arc<tokio::sync::Semaphore>,
     pub rate_limiter: RateLimiter,
     pub clock: Arc<dyn Clock>,
     pub metrics: IngestMetrics,
@@ -132,6 +139,7 @@ async fn post_donation(
     let bytes = context
         .authenticated_body(&headers, body, context.limits.body_bytes_max)
         .await?;
+    let _admitted = context.admit_work().await?;
     let value = body::value(&bytes)?;
     let input = validate_donation(&value, &context.limits.donation, context.clock.now_ms())?;
     if let Err(retry) = context.rate_limiter.check(&input.user_id) {
@@ -161,6 +169,7 @@ async fn post_batch(
     let bytes = context
         .authenticated_body(&headers, body, context.limits.batch_bytes_max)
         .await?;
+    let _admitted = context.admit_work().await?;
     let items = body::batch(&bytes)?;
     if items.len() > context.limits.batch_items_max {
         return Err(ApiError::new(
@@ -234,15 +243,15 @@ async fn post_batch(
 }
 
 impl IngestContext {
-    /// The request body, once it is JSON (see [`body::read_json`]), within `bytes_max`, and
-    /// signed with our secret.
+    /// The request body, once it is JSON and read within `bytes_max` (see
+    /// [`BodyReads::read_json`]), and signed with our secret.
     async fn authenticated_body(
         &self,
         headers: &HeaderMap,
         body: Body,
         bytes_max: usize,
     ) -> Result<Bytes, ApiError> {
-        let bytes = body::read_json(headers, body, bytes_max).await?;
+        let bytes = self.bodies.read_json(headers, body, bytes_max).await?;
         let header = headers
             .get(SIGNATURE_HEADER)
             .and_then(|value| value.to_str().ok());
@@ -256,6 +265,14 @@ impl IngestContext {
         )
         .map_err(|error| ApiError::unauthorized(error.code(), error.to_string()))?;
         Ok(bytes)
+    }
+
+    /// A permit for admitted work, waited for.
+    async fn admit_work(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.admitted
+            .acquire()
+            .await
+            .map_err(|_| ApiError::internal("the admitted-work permits are closed"))
     }
 
     /// Checks a valid donation against its campaign.

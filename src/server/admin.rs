@@ -25,8 +25,9 @@ use tally_query::views::CampaignView;
 use super::AppState;
 use super::notifications::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, Page};
 
-/// Admin request bodies are small.
+/// Admin request bodies are small: they are read in the callback-sized body slots.
 const ADMIN_BODY_BYTES_MAX: usize = 16 * 1024;
+const _: () = assert!(ADMIN_BODY_BYTES_MAX <= tally_ingest::body::CALLBACK_BODY_BYTES_MAX);
 const CAMPAIGN_NAME_CHARS_MAX: usize = 200;
 /// How long a close waits for the pipeline to apply the log up to the close point.
 const CLOSE_WAIT_MAX: Duration = Duration::from_secs(60);
@@ -64,10 +65,18 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// An admin request's JSON body: read as every body is (type, encoding, size), and parsed into
-/// `T` with no key given twice.
-async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
-    let bytes = tally_ingest::body::read_json(headers, body, ADMIN_BODY_BYTES_MAX).await?;
+/// An admin request's JSON body: read as every body is (type, encoding, size, in a body slot
+/// within the read timeout), and parsed into `T` with no key given twice.
+async fn json_body<T: DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    let bytes = state
+        .ingest
+        .bodies
+        .read_json(headers, body, ADMIN_BODY_BYTES_MAX)
+        .await?;
     Ok(tally_ingest::body::typed(&bytes)?)
 }
 
@@ -144,7 +153,7 @@ async fn create_campaign(
     body: Body,
 ) -> Result<(StatusCode, Json<CampaignView>), ApiError> {
     authorize(&state, &headers)?;
-    let request: CreateCampaign = json_body(&headers, body).await?;
+    let request: CreateCampaign = json_body(&state, &headers, body).await?;
     let definition = request.into_definition()?;
     let now = EventTime(state.clock.now_ms());
     let created = state.campaigns.create(definition, now).await?;
@@ -360,7 +369,7 @@ async fn ack_notifications(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
-    let ack: Ack = json_body(&headers, body).await?;
+    let ack: Ack = json_body(&state, &headers, body).await?;
     let next_offset = state.notifications.ack(ack.partition, ack.next_offset)?;
     Ok(Json(
         serde_json::json!({"partition": ack.partition, "next_offset": next_offset}),
@@ -390,7 +399,7 @@ async fn create_savepoint(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
-    let request: SavepointRequest = json_body(&headers, body).await?;
+    let request: SavepointRequest = json_body(&state, &headers, body).await?;
     let name = savepoint::check_name(&request.name)?.to_owned();
     let store = Arc::clone(&state.store);
     let data_dir = state.data_dir.clone();

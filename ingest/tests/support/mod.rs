@@ -9,6 +9,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use tally_ingest::body::{BodyReadLimits, BodyReads};
 use tally_ingest::error::ApiError;
 use tally_ingest::rate_limit::{RateLimitConfig, RateLimiter};
 use tally_ingest::remote::{RemoteAnswer, RemoteDonations};
@@ -31,6 +32,8 @@ pub const SECRET: &str = "ingest-test-secret";
 /// 2026-11-24T18:30:00Z: the clock of every test.
 pub const NOW_MS: i64 = 1_795_545_000_000;
 pub const PARTITIONS: u32 = 4;
+/// Requests admitted to work at once: the tests send a few at a time.
+const ADMITTED_REQUESTS_MAX: usize = 64;
 
 /// Makes the error every log call answers while set.
 pub type Failure = fn() -> LogError;
@@ -184,6 +187,8 @@ impl Ingest {
             remote: other_node.then(|| Arc::clone(&other) as Arc<dyn RemoteDonations>),
             signing_secret: SigningSecret::from_text(SECRET),
             limits: IngestLimits::default(),
+            bodies: Arc::new(BodyReads::new(BodyReadLimits::default())),
+            admitted: Arc::new(tokio::sync::Semaphore::new(ADMITTED_REQUESTS_MAX)),
             rate_limiter: RateLimiter::new(RateLimitConfig::default(), Arc::clone(&clock)).unwrap(),
             clock,
             metrics: Default::default(),
