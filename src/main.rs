@@ -101,8 +101,7 @@ fn serve(data_dir: PathBuf, args: server::ServeArgs) -> anyhow::Result<ExitCode>
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
+        let listener = server::connections::bind(args.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
         server::run(listener, data_dir, args, shutdown_signal()).await
     })?;

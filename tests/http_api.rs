@@ -32,6 +32,10 @@ const BODY_BYTES_MAX: usize = 16 * 1024;
 const BATCH_ITEMS_MAX: usize = 1000;
 /// The signature tolerance, in seconds, either side of the server's clock.
 const SIGNATURE_TOLERANCE_S: i64 = 300;
+/// The longest request target the server takes (`request_target::URI_BYTES_MAX`).
+const URI_BYTES_MAX: usize = 8 * 1024;
+/// The largest request head the HTTP layer reads (`connections::REQUEST_HEAD_BYTES_MAX`).
+const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
 /// How long a raw connection waits for an answer before the test fails.
 const RAW_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -912,6 +916,8 @@ fn notifications_page_through_recorded_donations_and_ack_moves_the_cursor() {
     assert_eq!(first["amount_cents"], 100 + index);
     assert_eq!(first["order_id"], format!("ord-{duplicate_ref}"));
 
+    let zero = fixture.admin_send(Method::GET, &format!("{path}&limit=0"));
+    assert_error(zero, 400, "invalid_field", Some("limit"));
     // `limit` and `after` page through without moving the cursor.
     let one = json_ok(
         fixture.admin_send(Method::GET, &format!("{path}&limit=1")),
@@ -1051,6 +1057,188 @@ fn concurrent_closes_all_answer_the_closed_campaign() {
             assert_eq!(status, 200, "{campaign}: {body}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies and request targets at their edges.
+
+#[test]
+fn a_key_given_twice_is_refused_in_every_body() {
+    let fixture = Fixture::start(&[]);
+    fixture.create_campaign("twice", "USD");
+    let good = |payment_ref: &str| {
+        serde_json::to_string(&donation(payment_ref, "twice", 100, "usr-twice")).unwrap()
+    };
+    // The last value would win: 999999 would be recorded for a body that says 100 first.
+    let repeated_amount = good("twice-1").replace(
+        "\"amount_cents\":100",
+        "\"amount_cents\":100,\"amount_cents\":999999",
+    );
+    assert!(repeated_amount.contains("999999"), "{repeated_amount}");
+    let response = fixture.post_signed("/v1/donations", repeated_amount.as_bytes());
+    assert_error(response, 400, "duplicate_field", Some("amount_cents"));
+    fixture.assert_get_error("/v1/donations/twice-1", 404, "donation_not_found");
+
+    // In a batch, the item is refused on its own, like any other bad item; nested objects too.
+    let nested = good("twice-3").replace('}', ",\"meta\":{\"x\":1,\"x\":2}}");
+    let escaped = good("twice-4").replace("\"user_id\"", "\"user_id\":\"usr-x\",\"user\\u005fid\"");
+    let batch = format!(
+        "[{},{},{},{}]",
+        good("twice-2"),
+        repeated_amount,
+        nested,
+        escaped
+    );
+    let outcome = json_ok(
+        fixture.post_signed("/v1/donations/batch", batch.as_bytes()),
+        200,
+    );
+    assert_eq!(outcome["accepted"], 1, "{outcome}");
+    assert_eq!(outcome["results"][0]["payment_ref"], "twice-2");
+    let rejected: Vec<(u64, &str, &str)> = outcome["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["code"].as_str().unwrap(),
+                r["field"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rejected,
+        [
+            (1, "duplicate_field", "amount_cents"),
+            (2, "duplicate_field", "x"),
+            (3, "duplicate_field", "user_id"),
+        ]
+    );
+
+    // Admin bodies: a campaign definition and an acknowledgement.
+    let definition = r#"{"campaign_id":"c1","name":"c","currency":"USD","currency":"EUR"}"#;
+    let response = fixture
+        .admin(Method::POST, "/v1/campaigns")
+        .header("Content-Type", "application/json")
+        .body(definition)
+        .send()
+        .unwrap();
+    assert_error(response, 400, "duplicate_field", Some("currency"));
+    fixture.assert_get_error("/v1/campaigns/c1", 404, "campaign_not_found");
+    let ack = r#"{"partition":0,"next_offset":0,"partition":1}"#;
+    let response = fixture
+        .admin(Method::POST, "/v1/notifications/ack")
+        .header("Content-Type", "application/json")
+        .body(ack)
+        .send()
+        .unwrap();
+    assert_error(response, 400, "duplicate_field", Some("partition"));
+}
+
+#[test]
+fn an_admin_body_of_the_wrong_type_names_the_field() {
+    let fixture = Fixture::start(&[]);
+    #[rustfmt::skip]
+    let cases = [
+        (json!({"campaign_id": "c1", "name": 5, "currency": "USD"}), "name"),
+        (json!({"campaign_id": "c1", "name": "c", "currency": "USD", "goal_cents": "5"}), "goal_cents"),
+        (json!({"campaign_id": "c1", "name": "c", "currency": "USD", "goal_cents": -1}), "goal_cents"),
+        (json!({"campaign_id": ["c1"], "name": "c", "currency": "USD"}), "campaign_id"),
+    ];
+    for (body, field) in cases {
+        let response = fixture.admin_json("/v1/campaigns", &body);
+        assert_error(response, 400, "invalid_body", Some(field));
+    }
+    let ack = json!({"partition": u64::from(u32::MAX) + 1, "next_offset": 0});
+    let response = fixture.admin_json("/v1/notifications/ack", &ack);
+    assert_error(response, 400, "invalid_body", Some("partition"));
+    let ack = json!({"partition": 0, "next_offset": "zero"});
+    let response = fixture.admin_json("/v1/notifications/ack", &ack);
+    assert_error(response, 400, "invalid_body", Some("next_offset"));
+}
+
+#[test]
+fn a_body_is_refused_from_its_headers_before_it_is_read() {
+    let fixture = Fixture::start(&[]);
+    let admin_token = ("Authorization", format!("Bearer {ADMIN_TOKEN}"));
+    // A declared length over the route's limit is refused at once: the client that waits for
+    // `100 Continue` hears 413 instead, and never sends the body.
+    for (path, bytes_max) in [
+        ("/v1/donations", BODY_BYTES_MAX),
+        ("/v1/donations/batch", 1024 * 1024),
+        ("/v1/campaigns", BODY_BYTES_MAX),
+    ] {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             {}: {}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            admin_token.0,
+            admin_token.1,
+            bytes_max + 1
+        );
+        let mut connection = RawConnection::open(&fixture.server);
+        let (status, body) = connection.exchange(request.as_bytes());
+        assert_eq!(status, 413, "{path}: {body}");
+        assert_error_shape(&body, "body_too_large", None);
+    }
+
+    // A compressed body is refused whatever it holds: the signature covers the bytes as sent.
+    let body = serde_json::to_vec(&donation("gzip-1", "nope", 100, "usr-gzip")).unwrap();
+    for encoding in ["gzip", "identity, br", "x-unknown"] {
+        let response = fixture
+            .client
+            .post(fixture.url("/v1/donations"))
+            .header("Content-Type", "application/json")
+            .header("Content-Encoding", encoding)
+            .header("Tally-Signature", signed_at(&body, now_s()))
+            .body(body.clone())
+            .send()
+            .unwrap();
+        assert_error(response, 415, "unsupported_encoding", None);
+    }
+    let response = fixture
+        .admin(Method::POST, "/v1/campaigns")
+        .header("Content-Type", "application/json")
+        .header("Content-Encoding", "deflate")
+        .body(r#"{"campaign_id":"c1","name":"c","currency":"USD"}"#)
+        .send()
+        .unwrap();
+    assert_error(response, 415, "unsupported_encoding", None);
+    // `identity` is the body as is.
+    let response = fixture
+        .admin(Method::POST, "/v1/campaigns")
+        .header("Content-Type", "application/json")
+        .header("Content-Encoding", "identity")
+        .body(r#"{"campaign_id":"c1","name":"c","currency":"USD"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 201);
+}
+
+#[test]
+fn an_overlong_request_target_answers_414_in_the_error_shape() {
+    let fixture = Fixture::start(&[]);
+    let long_id = "a".repeat(URI_BYTES_MAX);
+    for path in [
+        format!("/v1/campaigns/{long_id}"),
+        format!("/healthz?padding={long_id}"),
+        format!("/v1/nope/{long_id}"),
+    ] {
+        assert_error(fixture.get(&path), 414, "uri_too_long", None);
+        let response = fixture.request(Method::POST, &path);
+        assert_error(response, 414, "uri_too_long", None);
+    }
+    // At the limit, the route answers.
+    let at_limit = format!(
+        "/healthz?p={}",
+        "a".repeat(URI_BYTES_MAX - "/healthz?p=".len())
+    );
+    assert_eq!(fixture.get_ok(&at_limit), json!({"status": "ok"}));
+    // A head over the HTTP layer's buffer is refused there, before any route: 431, no body.
+    let over_head = format!("/healthz?p={}", "a".repeat(REQUEST_HEAD_BYTES_MAX));
+    let response = fixture.get(&over_head);
+    assert_eq!(response.status(), 431);
+    assert_eq!(response.text().unwrap(), "");
 }
 
 // ---------------------------------------------------------------------------------------------

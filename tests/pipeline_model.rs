@@ -268,6 +268,7 @@ proptest! {
         let mut model = Model::default();
         let mut next_ref = 0;
         let mut savepoint_path = None;
+        let mut savepoints_taken = 0;
         for step in &steps {
             if let Some(event) = materialize(step, &model, &mut next_ref) {
                 let at = data.append(log.as_ref().unwrap(), std::slice::from_ref(&event))[0];
@@ -292,7 +293,9 @@ proptest! {
                     pipeline = Some(data.pipeline(log.clone().unwrap(), 1_000));
                 }
                 Step::Savepoint => {
-                    let path = root.path().join("savepoint");
+                    // A savepoint never replaces a file: each gets its own.
+                    let path = root.path().join(format!("savepoint-{savepoints_taken}"));
+                    savepoints_taken += 1;
                     let current = pipeline.as_ref().unwrap();
                     savepoint::create(current.store(), &path, 0).unwrap();
                     savepoint_path = Some(path);

@@ -7,12 +7,28 @@
 //! ```
 //!
 //! 429 and 503 carry `Retry-After`: the payment system retries later, so a paid donation is
-//! delayed, never lost.
+//! delayed, never lost. Only a failure that may pass without anyone fixing anything is a 503;
+//! one that needs an operator (a damaged log, lost records, a failed disk) is a 500 with its own
+//! code and no `Retry-After`. The `From` impls below are the one place that decides which a
+//! domain error is.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use tally_pipeline::campaigns::CampaignError;
+use tally_pipeline::checkpoint::CheckpointError;
+use tally_pipeline::checkpoint::savepoint::SavepointError;
+use tally_pipeline::event::envelope::EnvelopeError;
 use tally_pipeline::event::validate::Rejection;
+use tally_pipeline::log::LogError;
+use tally_pipeline::reconcile::ReconcileError;
+
+use crate::body::{BodyError, ReadError};
+use crate::remote::{OwnerRefusal, UnreadableAnswer};
+
+/// The codes of failures that need an operator, which a node passes on when the owner of a
+/// partition answers with one.
+const NON_TRANSIENT_CODES: [&str; 4] = ["log_corrupted", "records_lost", "log_failed", "internal"];
 
 /// An error answer of the HTTP API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +38,9 @@ pub struct ApiError {
     pub field: Option<String>,
     pub message: String,
     pub retry_after_s: Option<u64>,
+    /// Answer with `Connection: close`: the request was not read to its end (a body refused or
+    /// timed out), so the connection cannot carry another request.
+    pub close_connection: bool,
 }
 
 #[derive(Serialize)]
@@ -45,6 +64,7 @@ impl ApiError {
             field: None,
             message: message.into(),
             retry_after_s: None,
+            close_connection: false,
         }
     }
 
@@ -58,27 +78,16 @@ impl ApiError {
         self
     }
 
+    pub fn closing_connection(mut self) -> Self {
+        self.close_connection = true;
+        self
+    }
+
     pub fn malformed_json(reason: impl std::fmt::Display) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
             "malformed_json",
             format!("the body is not valid JSON: {reason}"),
-        )
-    }
-
-    pub fn body_too_large(bytes_max: usize) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the body is larger than {bytes_max} bytes"),
-        )
-    }
-
-    pub fn unsupported_media_type() -> Self {
-        Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "the body must be JSON (Content-Type: application/json)",
         )
     }
 
@@ -104,8 +113,21 @@ impl ApiError {
         .with_retry_after(retry_after_s)
     }
 
-    /// The log cannot take appends right now; nothing was acknowledged.
-    pub fn log_unavailable(reason: impl std::fmt::Display) -> Self {
+    /// A connection accepted above the cap, answered this before it is closed. There is no
+    /// domain error behind it: the listener refuses before any route runs.
+    pub fn too_many_connections(retry_after_s: u64) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "the server has as many connections open as it may; retry",
+        )
+        .with_retry_after(retry_after_s)
+        .closing_connection()
+    }
+
+    /// The log cannot take appends right now; nothing was acknowledged. Only for a failure that
+    /// may pass by itself: [`From<LogError>`](#impl-From<LogError>-for-ApiError) decides.
+    fn log_unavailable(reason: impl std::fmt::Display) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "log_unavailable",
@@ -114,8 +136,212 @@ impl ApiError {
         .with_retry_after(1)
     }
 
+    /// The node that runs a partition cannot be asked, or its answer cannot be read.
+    pub fn owner_unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "owner_unavailable",
+            message,
+        )
+        .with_retry_after(1)
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+/// A log failure: 503 with `Retry-After` only when [`LogError::is_retryable`] says the same
+/// request may succeed later; otherwise a 500 naming what is wrong.
+impl From<LogError> for ApiError {
+    fn from(error: LogError) -> Self {
+        if error.is_retryable() {
+            return Self::log_unavailable(error);
+        }
+        match error {
+            LogError::Corruption { .. } => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "log_corrupted",
+                format!("the donation log is damaged; an operator must repair it: {error}"),
+            ),
+            LogError::RecordsLost { .. } => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "records_lost",
+                format!(
+                    "the donation log lost acknowledged records; an operator must look: {error}"
+                ),
+            ),
+            LogError::Io { .. } | LogError::Failed { .. } => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "log_failed",
+                format!(
+                    "the donation log failed and needs an operator (retrying does not help): {error}"
+                ),
+            ),
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<CampaignError> for ApiError {
+    fn from(error: CampaignError) -> Self {
+        match error {
+            CampaignError::AlreadyExists(id) => Self::new(
+                StatusCode::CONFLICT,
+                "campaign_exists",
+                format!("campaign {id:?} already exists"),
+            )
+            .with_field("campaign_id"),
+            CampaignError::NotFound(id) => {
+                Self::not_found("campaign_not_found", format!("there is no campaign {id:?}"))
+            }
+            CampaignError::AlreadyClosed(id) => Self::new(
+                StatusCode::CONFLICT,
+                "campaign_closed",
+                format!("campaign {id:?} is already closed"),
+            ),
+            CampaignError::Log(error) => error.into(),
+            other @ (CampaignError::WrongStatus { .. } | CampaignError::Undecodable { .. }) => {
+                Self::internal(other.to_string())
+            }
+        }
+    }
+}
+
+impl From<ReconcileError> for ApiError {
+    fn from(error: ReconcileError) -> Self {
+        match error {
+            ReconcileError::Log(error) => error.into(),
+            other @ ReconcileError::RecordMissing { .. } => Self::internal(other.to_string()),
+        }
+    }
+}
+
+/// A recorded event that does not decode is damaged state (or a newer build's): a 500.
+impl From<EnvelopeError> for ApiError {
+    fn from(error: EnvelopeError) -> Self {
+        Self::internal(format!("a recorded event does not decode: {error}"))
+    }
+}
+
+/// The checkpoint store failing (I/O, damage, a lock) is never transient.
+impl From<CheckpointError> for ApiError {
+    fn from(error: CheckpointError) -> Self {
+        Self::internal(error.to_string())
+    }
+}
+
+/// A savepoint refused for its name is the client's to fix; one that could not be written (or
+/// whose checkpoints failed their check) needs an operator.
+impl From<SavepointError> for ApiError {
+    fn from(error: SavepointError) -> Self {
+        let message = error.to_string();
+        match error {
+            SavepointError::InvalidName { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_field", message).with_field("name")
+            }
+            SavepointError::Exists { .. } => {
+                Self::new(StatusCode::CONFLICT, "savepoint_exists", message).with_field("name")
+            }
+            SavepointError::Io { .. } | SavepointError::Checkpoint(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "savepoint_failed",
+                message,
+            ),
+        }
+    }
+}
+
+impl From<UnreadableAnswer> for ApiError {
+    fn from(error: UnreadableAnswer) -> Self {
+        Self::owner_unavailable(format!(
+            "the node that runs this payment's partition cannot tell whether it is recorded \
+             ({error}); retry"
+        ))
+    }
+}
+
+/// The owner could not answer: a 503 of its own stays a 503 here; a failure that needs an
+/// operator keeps its code (as a 500), and anything else is a 500 `internal`.
+impl From<OwnerRefusal> for ApiError {
+    fn from(refusal: OwnerRefusal) -> Self {
+        let message = format!(
+            "the node that runs this payment's partition answered {} {}: {}",
+            refusal.status, refusal.code, refusal.message
+        );
+        if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
+            let error = Self::owner_unavailable(message);
+            return error.with_retry_after(refusal.retry_after_s.unwrap_or(1));
+        }
+        match NON_TRANSIENT_CODES
+            .iter()
+            .find(|code| **code == refusal.code)
+        {
+            Some(code) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, message),
+            None => Self::internal(message),
+        }
+    }
+}
+
+/// A body refused before or while it was read. Only a want of slots may pass by itself (503,
+/// `Retry-After`); a refused or timed-out read also closes the connection, whose unread rest of
+/// the body cannot carry another request.
+impl From<ReadError> for ApiError {
+    fn from(error: ReadError) -> Self {
+        let message = error.to_string();
+        let close_connection = error.closes_connection();
+        let answer = match error {
+            ReadError::NotJsonMediaType => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                message,
+            ),
+            ReadError::Encoded { .. } => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                message,
+            ),
+            ReadError::TooLarge { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
+            }
+            ReadError::Unreadable(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "unreadable_body", message)
+            }
+            ReadError::Busy { retry_after_s, .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_body_reads",
+                message,
+            )
+            .with_retry_after(retry_after_s),
+            ReadError::TimedOut { .. } => {
+                Self::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", message)
+            }
+        };
+        if close_connection {
+            answer.closing_connection()
+        } else {
+            answer
+        }
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(error: BodyError) -> Self {
+        let message = error.to_string();
+        match error {
+            BodyError::NotJson(reason) => Self::malformed_json(reason),
+            BodyError::RepeatedKey(key) => {
+                Self::new(StatusCode::BAD_REQUEST, "duplicate_field", message).with_field(key)
+            }
+            BodyError::NotAnArray => Self::new(StatusCode::BAD_REQUEST, "invalid_body", message),
+            BodyError::Invalid { field, message } => {
+                let error = Self::new(StatusCode::BAD_REQUEST, "invalid_body", message);
+                match field {
+                    Some(field) => error.with_field(field),
+                    None => error,
+                }
+            }
+        }
     }
 }
 
@@ -147,6 +373,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.close_connection {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

@@ -1,8 +1,10 @@
 //! The ingest routes: `POST /v1/donations` and `POST /v1/donations/batch`.
 //!
-//! A callback is checked in this order — content type, size, signature, JSON, fields, rate limit,
-//! campaign — and appended to the log only when all pass. The answer is 202 only once the event
-//! is durable in the log; anything else is an [`ApiError`] and nothing was recorded.
+//! A callback is checked in this order — content type, encoding and declared size, then the body
+//! read in a slot within the read timeout ([`crate::body`]), signature, JSON (no key twice),
+//! fields, rate limit, campaign — and appended to the log only when all pass. The answer is 202
+//! only once the event is durable in the log; anything else is an [`ApiError`] and nothing was
+//! recorded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,10 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use serde::Serialize;
-use serde_json::Value;
 use tally_pipeline::campaigns::{CampaignRegistry, CampaignStatus};
 use tally_pipeline::clock::Clock;
 use tally_pipeline::event::validate::{DonationInput, DonationLimits, validate_donation};
@@ -21,9 +22,10 @@ use tally_pipeline::event::{DonationEvent, envelope};
 use tally_pipeline::log::{Log, Offset, PartitionId, append_keyed};
 use tally_pipeline::runner::DonationDirectory;
 
+use crate::body::{self, BodyError, BodyReads, CALLBACK_BODY_BYTES_MAX};
 use crate::error::ApiError;
 use crate::rate_limit::RateLimiter;
-use crate::remote::RemoteDonations;
+use crate::remote::{OwnerAnswer, RemoteDonations};
 use crate::signature::{self, SIGNATURE_HEADER, SigningSecret};
 
 /// Bounds on what one request may carry.
@@ -42,7 +44,7 @@ pub struct IngestLimits {
 impl Default for IngestLimits {
     fn default() -> Self {
         Self {
-            body_bytes_max: 16 * 1024,
+            body_bytes_max: CALLBACK_BODY_BYTES_MAX,
             batch_items_max: 1000,
             batch_bytes_max: 1024 * 1024,
             donation: DonationLimits::default(),
@@ -71,6 +73,11 @@ pub struct IngestContext {
     pub remote: Option<Arc<dyn RemoteDonations>>,
     pub signing_secret: SigningSecret,
     pub limits: IngestLimits,
+    /// Slots for bodies being read, before they are authenticated.
+    pub bodies: Arc<BodyReads>,
+    /// Permits for admitted work: a request takes one only once its body is read and its
+    /// signature checked, and holds it until answered; more wait for a permit.
+    pub admitted: Arc<tokio::sync::Semaphore>,
     pub rate_limiter: RateLimiter,
     pub clock: Arc<dyn Clock>,
     pub metrics: IngestMetrics,
@@ -132,7 +139,8 @@ async fn post_donation(
     let bytes = context
         .authenticated_body(&headers, body, context.limits.body_bytes_max)
         .await?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(ApiError::malformed_json)?;
+    let _admitted = context.admit_work().await?;
+    let value = body::value(&bytes)?;
     let input = validate_donation(&value, &context.limits.donation, context.clock.now_ms())?;
     if let Err(retry) = context.rate_limiter.check(&input.user_id) {
         context.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -161,14 +169,8 @@ async fn post_batch(
     let bytes = context
         .authenticated_body(&headers, body, context.limits.batch_bytes_max)
         .await?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(ApiError::malformed_json)?;
-    let Value::Array(items) = value else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "a batch must be a JSON array of donations",
-        ));
-    };
+    let _admitted = context.admit_work().await?;
+    let items = body::batch(&bytes)?;
     if items.len() > context.limits.batch_items_max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -185,9 +187,14 @@ async fn post_batch(
     let mut results = Vec::new();
     let mut to_append: Vec<(usize, DonationEvent)> = Vec::new();
     let _intake = context.intake.read().await;
-    for (index, item) in items.iter().enumerate() {
-        let admitted = match validate_donation(item, &context.limits.donation, now_ms) {
-            Err(rejection) => Err(ApiError::from(rejection)),
+    for (index, item) in items.into_iter().enumerate() {
+        let validated = match item.repeated_key {
+            Some(key) => Err(ApiError::from(BodyError::RepeatedKey(key))),
+            None => validate_donation(&item.value, &context.limits.donation, now_ms)
+                .map_err(ApiError::from),
+        };
+        let admitted = match validated {
+            Err(error) => Err(error),
             Ok(input) => match context.rate_limiter.check(&input.user_id) {
                 Err(retry) => {
                     context.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -200,7 +207,10 @@ async fn post_batch(
             Ok(Admission::Append(event)) => to_append.push((index, event)),
             Ok(Admission::AlreadyRecorded(partition, offset)) => results.push(BatchResult {
                 index,
-                payment_ref: item["payment_ref"].as_str().unwrap_or_default().to_owned(),
+                payment_ref: item.value["payment_ref"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
                 partition,
                 offset,
             }),
@@ -233,22 +243,15 @@ async fn post_batch(
 }
 
 impl IngestContext {
-    /// The request body, once it is JSON, within `bytes_max`, and signed with our secret.
+    /// The request body, once it is JSON and read within `bytes_max` (see
+    /// [`BodyReads::read_json`]), and signed with our secret.
     async fn authenticated_body(
         &self,
         headers: &HeaderMap,
         body: Body,
         bytes_max: usize,
     ) -> Result<Bytes, ApiError> {
-        let is_json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(';').next())
-            .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
-        if !is_json {
-            return Err(ApiError::unsupported_media_type());
-        }
-        let bytes = read_body(body, bytes_max).await?;
+        let bytes = self.bodies.read_json(headers, body, bytes_max).await?;
         let header = headers
             .get(SIGNATURE_HEADER)
             .and_then(|value| value.to_str().ok());
@@ -264,13 +267,17 @@ impl IngestContext {
         Ok(bytes)
     }
 
+    /// A permit for admitted work, waited for.
+    async fn admit_work(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.admitted
+            .acquire()
+            .await
+            .map_err(|_| ApiError::internal("the admitted-work permits are closed"))
+    }
+
     /// Checks a valid donation against its campaign.
     async fn admit(&self, input: DonationInput) -> Result<Admission, ApiError> {
-        let campaign = self
-            .campaigns
-            .get_fresh(&input.campaign_id)
-            .await
-            .map_err(ApiError::log_unavailable)?;
+        let campaign = self.campaigns.get_fresh(&input.campaign_id).await?;
         let Some(campaign) = campaign else {
             return Err(ApiError::unprocessable(
                 "unknown_campaign",
@@ -318,16 +325,13 @@ impl IngestContext {
         if let Some(remote) = &self.remote
             && let Some(answer) = remote.lookup(partition, payment_ref).await
         {
-            let answer = answer?;
-            if answer.status.is_server_error() {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "owner_unavailable",
-                    "the node that runs this payment's partition cannot tell whether it is recorded; retry",
-                )
-                .with_retry_after(1));
-            }
-            return Ok(answer.placement());
+            return match answer?.read(payment_ref)? {
+                OwnerAnswer::Recorded {
+                    partition, offset, ..
+                } => Ok(Some((partition, offset))),
+                OwnerAnswer::NotRecorded => Ok(None),
+                OwnerAnswer::Refused(refusal) => Err(refusal.into()),
+            };
         }
         let candidate = {
             let index = self.directory.index(partition);
@@ -339,16 +343,11 @@ impl IngestContext {
         let Some(offset) = candidate else {
             return Ok(None);
         };
-        let records = self
-            .log
-            .read(partition, offset, 1)
-            .await
-            .map_err(ApiError::log_unavailable)?;
+        let records = self.log.read(partition, offset, 1).await?;
         let Some(record) = records.first() else {
             return Ok(None);
         };
-        let event =
-            envelope::decode(&record.value).map_err(|e| ApiError::internal(e.to_string()))?;
+        let event = envelope::decode(&record.value)?;
         Ok((event.payment_ref == payment_ref).then_some((partition, offset)))
     }
 
@@ -365,32 +364,12 @@ impl IngestContext {
         let placements = append_keyed(self.log.as_ref(), records)
             .await
             .map_err(|error| {
-                tracing::error!(%error, "append failed; answering 503");
-                ApiError::log_unavailable(error)
+                tracing::error!(%error, "append failed; nothing was acknowledged");
+                ApiError::from(error)
             })?;
         self.metrics
             .appended_records
             .fetch_add(count, Ordering::Relaxed);
         Ok(placements)
     }
-}
-
-/// Reads a body of at most `bytes_max` bytes.
-async fn read_body(body: Body, bytes_max: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, bytes_max)
-        .await
-        .map_err(|error| {
-            let too_large =
-                std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())
-                    .any(|e| e.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ApiError::body_too_large(bytes_max)
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "unreadable_body",
-                    format!("the body could not be read: {error}"),
-                )
-            }
-        })
 }

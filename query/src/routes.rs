@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::Stream;
 use tally_ingest::error::{ApiError, PathParameter};
-use tally_ingest::remote::RemoteDonations;
+use tally_ingest::remote::{OwnerAnswer, RemoteDonations};
 use tally_pipeline::campaigns::{Campaign, CampaignRegistry};
 use tally_pipeline::clock::Clock;
 use tally_pipeline::event::{EventTime, envelope};
@@ -55,11 +55,7 @@ pub fn routes(context: Arc<QueryContext>) -> Router {
 impl QueryContext {
     /// A campaign; one another node just created is found too.
     async fn campaign(&self, campaign_id: &str) -> Result<Arc<Campaign>, ApiError> {
-        let campaign = self
-            .campaigns
-            .get_fresh(campaign_id)
-            .await
-            .map_err(ApiError::log_unavailable)?;
+        let campaign = self.campaigns.get_fresh(campaign_id).await?;
         campaign.ok_or_else(|| {
             ApiError::not_found(
                 "campaign_not_found",
@@ -81,7 +77,7 @@ impl QueryContext {
             }
             Err(error) => match self.lock_last_log_ends().clone() {
                 Some(ends) => (ends, false),
-                None => return Err(ApiError::log_unavailable(error)),
+                None => return Err(error.into()),
             },
         };
         let now_ms = self.clock.now_ms();
@@ -255,13 +251,32 @@ async fn get_donation(
     if let Some(remote) = &context.remote
         && let Some(answer) = remote.lookup(partition, &payment_ref).await
     {
-        let answer = answer?;
-        let headers = [(header::CONTENT_TYPE, "application/json")];
-        return Ok((answer.status, headers, answer.body).into_response());
+        let json = [(header::CONTENT_TYPE, "application/json")];
+        return match answer?.read(&payment_ref)? {
+            OwnerAnswer::Recorded { body, .. } => Ok((StatusCode::OK, json, body).into_response()),
+            OwnerAnswer::NotRecorded => Err(donation_not_found(&payment_ref)),
+            OwnerAnswer::Refused(refusal) => {
+                let mut response = (refusal.status, json, refusal.body).into_response();
+                if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
+                    let seconds = refusal.retry_after_s.unwrap_or(1).max(1);
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                }
+                Ok(response)
+            }
+        };
     }
     local_donation(&context, payment_ref)
         .await
         .map(IntoResponse::into_response)
+}
+
+fn donation_not_found(payment_ref: &str) -> ApiError {
+    ApiError::not_found(
+        "donation_not_found",
+        format!("no donation is recorded for payment {payment_ref:?}"),
+    )
 }
 
 /// A donation in a partition this node runs.
@@ -269,12 +284,7 @@ async fn local_donation(
     context: &QueryContext,
     payment_ref: String,
 ) -> Result<axum::Json<DonationView>, ApiError> {
-    let not_found = || {
-        ApiError::not_found(
-            "donation_not_found",
-            format!("no donation is recorded for payment {payment_ref:?}"),
-        )
-    };
+    let not_found = || donation_not_found(&payment_ref);
     let partition = context.log.partition_for_key(payment_ref.as_bytes());
     let index = context.directory.index(partition);
     let Some(offset) = index
@@ -284,13 +294,9 @@ async fn local_donation(
     else {
         return Err(not_found());
     };
-    let records = context
-        .log
-        .read(partition, offset, 1)
-        .await
-        .map_err(ApiError::log_unavailable)?;
+    let records = context.log.read(partition, offset, 1).await?;
     let record = records.first().ok_or_else(not_found)?;
-    let event = envelope::decode(&record.value).map_err(|e| ApiError::internal(e.to_string()))?;
+    let event = envelope::decode(&record.value)?;
     if event.payment_ref != payment_ref {
         return Err(not_found());
     }

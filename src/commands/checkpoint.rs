@@ -22,17 +22,30 @@ pub enum CheckpointCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Write a savepoint: one consistent file with every partition's state and offsets (with
-    /// --server, the path is on the server's machine).
+    /// Write a savepoint: one consistent file with every partition's state and offsets. It never
+    /// replaces an existing file.
+    #[command(group(clap::ArgGroup::new("destination").required(true).args(["out", "name"])))]
     Create {
+        /// The file to write (not with --server).
         #[arg(long)]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        /// A name ([A-Za-z0-9._-], no leading dot): written to <data-dir>/savepoints/NAME, on the
+        /// server's machine with --server.
+        #[arg(long)]
+        name: Option<String>,
         #[command(flatten)]
         target: Target,
     },
     /// Replace the state with a savepoint; processing continues from its offsets. Needs the
     /// server stopped.
-    Restore { path: PathBuf },
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["path", "name"])))]
+    Restore {
+        /// The savepoint file.
+        path: Option<PathBuf>,
+        /// A savepoint in <data-dir>/savepoints/, by name.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Rebuild the state from the log up to the committed offsets and compare digests.
     Verify {
         #[command(flatten)]
@@ -53,8 +66,15 @@ pub fn run(data_dir: &Path, command: CheckpointCommand) -> anyhow::Result<ExitCo
             println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(ExitCode::SUCCESS)
         }
-        CheckpointCommand::Create { out, target } if target.server.is_some() => {
-            let body = serde_json::json!({"out": out});
+        CheckpointCommand::Create { out, name, target } if target.server.is_some() => {
+            let Some(name) = name else {
+                anyhow::bail!(
+                    "with --server, give --name: the server writes savepoints only into its \
+                     data directory's savepoints/ (not to {})",
+                    out.unwrap_or_default().display()
+                );
+            };
+            let body = serde_json::json!({"name": name});
             let answer = server_request(
                 data_dir,
                 &target,
@@ -87,8 +107,26 @@ pub fn run(data_dir: &Path, command: CheckpointCommand) -> anyhow::Result<ExitCo
             }
         }
         CheckpointCommand::List { json, .. } => list(data_dir, json),
-        CheckpointCommand::Create { out, .. } => create(data_dir, &out),
-        CheckpointCommand::Restore { path } => restore(data_dir, &path),
+        CheckpointCommand::Create { out, name, .. } => {
+            let out = match (out, name) {
+                (Some(out), _) => out,
+                (None, Some(name)) => {
+                    let path = savepoint::named_path(data_dir, &name)?;
+                    std::fs::create_dir_all(data_dir.join(savepoint::SAVEPOINTS_DIR))?;
+                    path
+                }
+                (None, None) => unreachable!("clap requires --out or --name"),
+            };
+            create(data_dir, &out)
+        }
+        CheckpointCommand::Restore { path, name } => {
+            let path = match (path, name) {
+                (Some(path), _) => path,
+                (None, Some(name)) => savepoint::named_path(data_dir, &name)?,
+                (None, None) => unreachable!("clap requires a path or --name"),
+            };
+            restore(data_dir, &path)
+        }
         CheckpointCommand::Verify { .. } => verify(data_dir),
     }
 }

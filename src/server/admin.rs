@@ -5,18 +5,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 use tally_ingest::error::{ApiError, PathParameter};
-use tally_pipeline::campaigns::{
-    Campaign, CampaignDefinition, CampaignError, CampaignStatus, Reconciliation,
-};
-use tally_pipeline::checkpoint::CheckpointInfo;
+use tally_pipeline::campaigns::{Campaign, CampaignDefinition, CampaignStatus, Reconciliation};
+use tally_pipeline::checkpoint::{CheckpointInfo, savepoint};
 use tally_pipeline::event::EventTime;
 use tally_pipeline::event::currency::is_iso_4217;
 use tally_pipeline::event::validate::{CAMPAIGN_ID_CHARS_MAX, check_token};
@@ -24,10 +23,11 @@ use tally_pipeline::log::{Offset, PartitionId};
 use tally_query::views::CampaignView;
 
 use super::AppState;
-use super::notifications::{PAGE_LIMIT_MAX, Page};
+use super::notifications::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, Page};
 
-/// Admin request bodies are small.
+/// Admin request bodies are small: they are read in the callback-sized body slots.
 const ADMIN_BODY_BYTES_MAX: usize = 16 * 1024;
+const _: () = assert!(ADMIN_BODY_BYTES_MAX <= tally_ingest::body::CALLBACK_BODY_BYTES_MAX);
 const CAMPAIGN_NAME_CHARS_MAX: usize = 200;
 /// How long a close waits for the pipeline to apply the log up to the close point.
 const CLOSE_WAIT_MAX: Duration = Duration::from_secs(60);
@@ -65,32 +65,19 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn json_body<T: for<'de> Deserialize<'de>>(
+/// An admin request's JSON body: read as every body is (type, encoding, size, in a body slot
+/// within the read timeout), and parsed into `T` with no key given twice.
+async fn json_body<T: DeserializeOwned>(
+    state: &AppState,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<T, ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if !is_json {
-        return Err(ApiError::unsupported_media_type());
-    }
-    let bytes: Bytes = axum::body::to_bytes(body, ADMIN_BODY_BYTES_MAX)
-        .await
-        .map_err(|_| ApiError::body_too_large(ADMIN_BODY_BYTES_MAX))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        let field = e.to_string().split('`').nth(1).map(str::to_owned);
-        let error = ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string());
-        match field {
-            Some(field) => error.with_field(field),
-            None => error,
-        }
-    })
+    let bytes = state
+        .ingest
+        .bodies
+        .read_json(headers, body, ADMIN_BODY_BYTES_MAX)
+        .await?;
+    Ok(tally_ingest::body::typed(&bytes)?)
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,39 +153,14 @@ async fn create_campaign(
     body: Body,
 ) -> Result<(StatusCode, Json<CampaignView>), ApiError> {
     authorize(&state, &headers)?;
-    let request: CreateCampaign = json_body(&headers, body).await?;
+    let request: CreateCampaign = json_body(&state, &headers, body).await?;
     let definition = request.into_definition()?;
     let now = EventTime(state.clock.now_ms());
-    let created = state
-        .campaigns
-        .create(definition, now)
-        .await
-        .map_err(campaign_error)?;
+    let created = state.campaigns.create(definition, now).await?;
     Ok((
         StatusCode::CREATED,
         Json(CampaignView::new(&created, Default::default(), None)),
     ))
-}
-
-fn campaign_error(error: CampaignError) -> ApiError {
-    match error {
-        CampaignError::AlreadyExists(id) => ApiError::new(
-            StatusCode::CONFLICT,
-            "campaign_exists",
-            format!("campaign {id:?} already exists"),
-        )
-        .with_field("campaign_id"),
-        CampaignError::NotFound(id) => {
-            ApiError::not_found("campaign_not_found", format!("there is no campaign {id:?}"))
-        }
-        CampaignError::AlreadyClosed(id) => ApiError::new(
-            StatusCode::CONFLICT,
-            "campaign_closed",
-            format!("campaign {id:?} is already closed"),
-        ),
-        CampaignError::Log(error) => ApiError::log_unavailable(error),
-        other => ApiError::internal(other.to_string()),
-    }
 }
 
 /// Stops the campaign taking donations on every live node, notes the log's end offsets as the
@@ -214,7 +176,7 @@ async fn close_campaign(
     authorize(&state, &headers)?;
     let _one_close_at_a_time = state.close_lock.lock().await;
     let campaigns = &state.campaigns;
-    campaigns.sync().await.map_err(campaign_error)?;
+    campaigns.sync().await?;
     let campaign = campaigns.get(&campaign_id).ok_or_else(|| {
         ApiError::not_found(
             "campaign_not_found",
@@ -226,17 +188,11 @@ async fn close_campaign(
     }
     let mut campaign = campaigns
         .request_close(&campaign_id, &state.node.node_id)
-        .await
-        .map_err(campaign_error)?;
+        .await?;
     if campaign.close_offsets.is_none() {
         wait_until_intake_stopped(&state, &campaign_id).await?;
-        let ends = tally_pipeline::log::end_offsets(state.log.as_ref())
-            .await
-            .map_err(ApiError::log_unavailable)?;
-        campaign = campaigns
-            .start_close(&campaign_id, ends)
-            .await
-            .map_err(campaign_error)?;
+        let ends = tally_pipeline::log::end_offsets(state.log.as_ref()).await?;
+        campaign = campaigns.start_close(&campaign_id, ends).await?;
     }
     let close_offsets = campaign
         .close_offsets
@@ -263,8 +219,7 @@ async fn close_campaign(
     let now = EventTime(state.clock.now_ms());
     let closed = campaigns
         .finish_close(&campaign_id, reconciliation, now)
-        .await
-        .map_err(campaign_error)?;
+        .await?;
     Ok(Json(view(&state, &closed)))
 }
 
@@ -357,13 +312,13 @@ async fn recompute_total(
     campaign_id: &str,
     close_offsets: &[Offset],
 ) -> Result<(u64, u64), ApiError> {
-    tally_pipeline::reconcile::recompute_campaign_total(
+    let total = tally_pipeline::reconcile::recompute_campaign_total(
         state.log.as_ref(),
         campaign_id,
         close_offsets,
     )
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))
+    .await?;
+    Ok(total)
 }
 
 async fn list_notifications(
@@ -384,9 +339,18 @@ async fn list_notifications(
     let partition = PartitionId::try_from(number("partition")?.unwrap_or(0))
         .map_err(|_| invalid("partition", "must be below the partition count"))?;
     let after = number("after")?;
-    let limit = number("limit")?
-        .map_or(100, |l| l as usize)
-        .min(PAGE_LIMIT_MAX);
+    let limit = match number("limit")? {
+        None => PAGE_LIMIT_DEFAULT,
+        Some(0) => {
+            return Err(invalid(
+                "limit",
+                format!("must be from 1 to {PAGE_LIMIT_MAX} (larger is read as {PAGE_LIMIT_MAX})"),
+            ));
+        }
+        Some(limit) => usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .min(PAGE_LIMIT_MAX),
+    };
     Ok(Json(
         state.notifications.page(partition, after, limit).await?,
     ))
@@ -405,7 +369,7 @@ async fn ack_notifications(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
-    let ack: Ack = json_body(&headers, body).await?;
+    let ack: Ack = json_body(&state, &headers, body).await?;
     let next_offset = state.notifications.ack(ack.partition, ack.next_offset)?;
     Ok(Json(
         serde_json::json!({"partition": ack.partition, "next_offset": next_offset}),
@@ -417,50 +381,40 @@ async fn list_checkpoints(
     headers: HeaderMap,
 ) -> Result<Json<Vec<Option<CheckpointInfo>>>, ApiError> {
     authorize(&state, &headers)?;
-    state
-        .store
-        .list()
-        .map(Json)
-        .map_err(|e| ApiError::internal(e.to_string()))
+    Ok(Json(state.store.list()?))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SavepointRequest {
-    /// Path on the server's file system.
-    out: String,
+    /// A file name under `<data-dir>/savepoints/` (see `savepoint::check_name`).
+    name: String,
 }
 
-/// Writes a savepoint of the running server's committed state to a file on its machine.
+/// Writes a savepoint of the running server's committed state into its data directory's
+/// `savepoints/`, under a new name.
 async fn create_savepoint(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
-    let request: SavepointRequest = json_body(&headers, body).await?;
-    if request.out.is_empty() {
-        return Err(invalid("out", "must be a file path on the server"));
-    }
+    let request: SavepointRequest = json_body(&state, &headers, body).await?;
+    let name = savepoint::check_name(&request.name)?.to_owned();
     let store = Arc::clone(&state.store);
+    let data_dir = state.data_dir.clone();
     let now_ms = state.clock.now_ms();
-    let path = std::path::PathBuf::from(&request.out);
-    let written = path.clone();
-    let savepoint = tokio::task::spawn_blocking(move || {
-        tally_pipeline::checkpoint::savepoint::create(&store, &written, now_ms)
+    let written = name.clone();
+    let (savepoint, path) = tokio::task::spawn_blocking(move || {
+        savepoint::create_named(&store, &data_dir, &written, now_ms)
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "savepoint_failed",
-            e.to_string(),
-        )
-    })?;
-    Ok(Json(
-        serde_json::json!({"path": request.out, "offsets": savepoint.offsets()}),
-    ))
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(serde_json::json!({
+        "name": name,
+        "path": path,
+        "offsets": savepoint.offsets(),
+    })))
 }
 
 /// Rebuilds each partition's state from the log up to its committed offset, in memory, and

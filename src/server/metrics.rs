@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -103,6 +104,7 @@ async fn render(state: &AppState) -> String {
         "Donations answered 429 by the per-user rate limit.",
         limited.to_string(),
     );
+    render_connections(&mut out, state);
     let sum = |f: fn(&tally_pipeline::processor::PartitionCounters) -> u64| {
         progress.iter().map(|p| f(&p.counters)).sum::<u64>()
     };
@@ -205,4 +207,79 @@ async fn render(state: &AppState) -> String {
         backlog.iter().map(u64::to_string).collect(),
     );
     out
+}
+
+/// The listener's and the body reads' gauges and counters.
+fn render_connections(out: &mut String, state: &AppState) {
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let connections = &state.connections;
+    let bodies = state.ingest.bodies.counts();
+    let scalars = [
+        (
+            "tally_http_connections_open",
+            "gauge",
+            "Client connections open.",
+            load(&connections.open),
+        ),
+        (
+            "tally_http_connections_max",
+            "gauge",
+            "Client connections served at once at most.",
+            state.connections_max,
+        ),
+        (
+            "tally_http_connections_refused_total",
+            "counter",
+            "Connections above the cap answered 503 too_many_connections.",
+            load(&connections.refused),
+        ),
+        (
+            "tally_http_connections_dropped_total",
+            "counter",
+            "Connections above the cap closed without an answer (the refusals were busy too).",
+            load(&connections.dropped),
+        ),
+        (
+            "tally_http_accept_errors_total",
+            "counter",
+            "Failed accepts that paused the listener (such as EMFILE).",
+            load(&connections.accept_errors),
+        ),
+        (
+            "tally_http_body_reads_in_progress",
+            "gauge",
+            "Request bodies being read.",
+            bodies.in_progress,
+        ),
+        (
+            "tally_http_body_reads_refused_total",
+            "counter",
+            "Requests answered 503 too_many_body_reads.",
+            bodies.refused,
+        ),
+        (
+            "tally_http_body_read_timeouts_total",
+            "counter",
+            "Requests answered 408 body_timeout.",
+            bodies.timed_out,
+        ),
+    ];
+    for (name, kind, help, value) in scalars {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    let name = "tally_http_connections_timed_out_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Connections closed past a deadline, by reason.\n# TYPE {name} counter"
+    );
+    for (reason, counter) in [
+        ("header_read", &connections.header_read_timeouts),
+        ("idle", &connections.idle_timeouts),
+        ("write_stalled", &connections.write_stalls),
+    ] {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", load(counter));
+    }
 }

@@ -6,13 +6,20 @@
 //!                                                   └──────────► notifications ─► webhook
 //! ```
 //! [`run`] takes the listener and the shutdown signal from its caller, so tests drive the same
-//! code as `main`.
+//! code as `main`. [`connections`] serves the listener: the connection cap and the header-read
+//! and idle deadlines; request bodies are read in bounded slots within a timeout
+//! (`tally_ingest::body`) before any work is admitted.
 
 mod admin;
+mod connection_watch;
+pub mod connections;
+mod lingering_close;
 mod metrics;
 mod node;
 pub mod notifications;
+mod open_files;
 mod remote;
+mod request_target;
 mod secrets;
 
 use std::net::SocketAddr;
@@ -24,6 +31,8 @@ use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
 use clap::Args;
+use tally_ingest::body::{BATCH_BODY_READS_MAX, BODY_READ_TIMEOUT_DEFAULT};
+use tally_ingest::body::{BodyReadLimits, BodyReads, CALLBACK_BODY_READS_MAX_DEFAULT};
 use tally_ingest::rate_limit::{RateLimitConfig, RateLimiter};
 use tally_ingest::routes::{IngestContext, IngestLimits};
 use tally_pipeline::campaigns::CampaignRegistry;
@@ -42,11 +51,18 @@ use tally_query::routes::QueryContext;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use connection_watch::WatchLimits;
+use connections::{
+    CONNECTIONS_MAX_DEFAULT, ConnectionLimits, ConnectionMetrics, HEADER_READ_TIMEOUT_DEFAULT,
+    IDLE_TIMEOUT_DEFAULT, REFUSALS_MAX,
+};
 use node::{ClusterLink, Node};
 use notifications::{Notifications, Webhook};
 
-/// Requests served at once; more wait for a slot. Bounds memory under overload.
-const CONCURRENT_REQUESTS_MAX: usize = 4096;
+/// Requests admitted to work at once: donations once their body is read and signature checked,
+/// and queries; more wait for a permit. Bounds the parsed requests and log work in flight under
+/// overload; a body being read never holds one.
+const ADMITTED_REQUESTS_MAX: usize = 4096;
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -101,6 +117,75 @@ pub struct ServeArgs {
     /// …or after this many records.
     #[arg(long, default_value_t = PipelineConfig::default().checkpoint_records_max)]
     pub checkpoint_records: u64,
+    /// Client connections served at once; one more is answered 503 too_many_connections and
+    /// closed. Default: 16384, or fewer if the open-file limit (raised to its hard limit at
+    /// start) leaves less room beside the server's own files.
+    #[arg(long, env = "TALLY_CONNECTIONS_MAX")]
+    pub connections_max: Option<u64>,
+    /// How long a request head may take to arrive whole: from accept for a connection's first
+    /// request, from its first byte for the next ones. A client past it is disconnected.
+    #[arg(long, env = "TALLY_HEADER_READ_TIMEOUT", default_value_t = HEADER_READ_TIMEOUT_DEFAULT.into())]
+    pub header_read_timeout: humantime::Duration,
+    /// How long a kept-alive connection may wait for its next request, or leave a response
+    /// unread, before it is closed.
+    #[arg(long, env = "TALLY_IDLE_TIMEOUT", default_value_t = IDLE_TIMEOUT_DEFAULT.into())]
+    pub idle_timeout: humantime::Duration,
+    /// How long a request body may take to arrive; past it the answer is 408 body_timeout and
+    /// the connection is closed.
+    #[arg(long, env = "TALLY_BODY_READ_TIMEOUT", default_value_t = BODY_READ_TIMEOUT_DEFAULT.into())]
+    pub body_read_timeout: humantime::Duration,
+    /// Callback-sized bodies (up to 16 KiB) read at once, before their signature is checked;
+    /// one more is answered 503 too_many_body_reads. Memory: this × 16 KiB at most. Batches
+    /// have 64 slots of their own.
+    #[arg(long, env = "TALLY_BODY_READS_MAX", default_value_t = CALLBACK_BODY_READS_MAX_DEFAULT as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub body_reads_max: u32,
+}
+
+impl ServeArgs {
+    fn watch_limits(&self) -> anyhow::Result<WatchLimits> {
+        Ok(WatchLimits {
+            header_read_timeout: positive(self.header_read_timeout, "--header-read-timeout")?,
+            idle_timeout: positive(self.idle_timeout, "--idle-timeout")?,
+        })
+    }
+
+    /// The listener's limits, with the connection cap fitted under the open-file limit beside
+    /// the files open now.
+    fn connection_limits(
+        &self,
+        open_file_limit: u64,
+        watch: WatchLimits,
+    ) -> anyhow::Result<ConnectionLimits> {
+        let files = open_files::OpenFiles::now(open_file_limit);
+        let budget = files.budget(self.connections_max, CONNECTIONS_MAX_DEFAULT, REFUSALS_MAX)?;
+        tracing::info!(
+            connections_max = budget.connections,
+            refusals_max = budget.refusals,
+            open_file_limit,
+            files_open = files.open,
+            "connection limits"
+        );
+        Ok(ConnectionLimits {
+            connections_max: budget.connections,
+            refusals_max: budget.refusals,
+            watch,
+        })
+    }
+
+    fn body_read_limits(&self) -> anyhow::Result<BodyReadLimits> {
+        Ok(BodyReadLimits {
+            callback_reads_max: self.body_reads_max as usize,
+            batch_reads_max: BATCH_BODY_READS_MAX,
+            read_timeout: positive(self.body_read_timeout, "--body-read-timeout")?,
+        })
+    }
+}
+
+fn positive(duration: humantime::Duration, flag: &str) -> anyhow::Result<Duration> {
+    let duration: Duration = duration.into();
+    anyhow::ensure!(!duration.is_zero(), "{flag} must be more than 0");
+    Ok(duration)
 }
 
 /// What every route can reach.
@@ -115,6 +200,8 @@ pub struct AppState {
     pub ingest: Arc<IngestContext>,
     pub notifications: Arc<Notifications>,
     pub requests: Arc<metrics::RequestCounter>,
+    pub connections: Arc<ConnectionMetrics>,
+    pub connections_max: u64,
     pub admin_token: String,
     pub clock: Arc<dyn Clock>,
     /// For checkpoint verification against the log while serving.
@@ -122,6 +209,8 @@ pub struct AppState {
     /// Closes run one at a time, so that racing closes of one campaign all see it through.
     pub close_lock: tokio::sync::Mutex<()>,
     pub node: Arc<Node>,
+    /// The data directory: savepoints are written into its `savepoints/`.
+    pub data_dir: PathBuf,
 }
 
 /// The logs a node works with: donations, and the campaigns' control log; on a Fluvio
@@ -270,6 +359,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let open_file_limit = open_files::raise_limit();
+    let body_read_limits = args.body_read_limits()?;
+    let watch_limits = args.watch_limits()?;
     let logs = open_logs(&data_dir, &args).await?;
     let log = logs.donations;
     let node = Arc::new(
@@ -342,6 +434,8 @@ pub async fn run(
         remote: remote.clone(),
         signing_secret: signing_secret.value.clone(),
         limits,
+        bodies: Arc::new(BodyReads::new(body_read_limits)),
+        admitted: Arc::new(tokio::sync::Semaphore::new(ADMITTED_REQUESTS_MAX)),
         rate_limiter: RateLimiter::new(rate_limit, Arc::clone(&clock))
             .context("invalid rate limit")?,
         clock: Arc::clone(&clock),
@@ -352,6 +446,7 @@ pub async fn run(
         secret: signing_secret.value.clone(),
         client: reqwest::Client::new(),
     });
+    let connection_limits = args.connection_limits(open_file_limit, watch_limits)?;
     let notifications = Arc::new(Notifications::new(
         Arc::clone(&store),
         Arc::clone(&log),
@@ -371,11 +466,14 @@ pub async fn run(
         ingest: Arc::clone(&ingest),
         notifications: Arc::clone(&notifications),
         requests: Default::default(),
+        connections: Default::default(),
+        connections_max: connection_limits.connections_max,
         admin_token: admin_token.value,
         clock: Arc::clone(&clock),
         close_lock: tokio::sync::Mutex::new(()),
         pipeline: pipeline.clone(),
         node: Arc::clone(&node),
+        data_dir: data_dir.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -422,10 +520,14 @@ pub async fn run(
     let address = listener.local_addr()?;
     println!("listening on {address}");
     tracing::info!(%address, "tally serve ready");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("the HTTP server failed")?;
+    connections::serve(
+        listener,
+        router,
+        connection_limits,
+        Arc::clone(&state.connections),
+        shutdown,
+    )
+    .await;
     tracing::info!("stopped taking requests; committing checkpoints");
     let _ = stop_tx.send(true);
     for delivery in deliveries {
@@ -522,9 +624,16 @@ fn router(state: Arc<AppState>) -> Router {
         last_log_ends: Default::default(),
     });
     let requests = Arc::clone(&state.requests);
+    // Queries read no body: the whole request is admitted work. Ingest takes its permit itself,
+    // once the body is read and signed; admin routes check the token first and are few.
+    let admitted_queries = tally_query::routes::routes(query).layer(
+        tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(Arc::clone(
+            &state.ingest.admitted,
+        )),
+    );
     Router::new()
         .merge(tally_ingest::routes::routes(Arc::clone(&state.ingest)))
-        .merge(tally_query::routes::routes(query))
+        .merge(admitted_queries)
         .merge(admin::routes(Arc::clone(&state)))
         .route("/healthz", get(metrics::healthz))
         .route(
@@ -537,14 +646,12 @@ fn router(state: Arc<AppState>) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(request_target::refuse_long_uri))
         .layer(axum::middleware::from_fn_with_state(
             requests,
             metrics::count_requests,
         ))
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(tower::limit::ConcurrencyLimitLayer::new(
-            CONCURRENT_REQUESTS_MAX,
-        ))
 }
 
 async fn method_not_allowed() -> tally_ingest::error::ApiError {

@@ -26,8 +26,10 @@ use tokio::sync::watch;
 
 /// Records read from the log per scan step.
 const SCAN_BATCH: usize = 512;
-/// Notifications a page may ask for.
+/// Notifications a page may ask for: a page of them is about 250 KB of JSON.
 pub const PAGE_LIMIT_MAX: usize = 1000;
+/// Notifications in a page that does not say how many.
+pub const PAGE_LIMIT_DEFAULT: usize = 100;
 const RETRY_DELAY_MIN: Duration = Duration::from_millis(100);
 /// Backoff stops growing here: a receiver that is down for long is still retried every 10 s.
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(10);
@@ -157,9 +159,7 @@ impl Notifications {
         let previous = cursor.fetch_max(next_offset, Ordering::SeqCst);
         let now = previous.max(next_offset);
         if now != previous {
-            self.store
-                .set_notification_cursor(partition, now)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+            self.store.set_notification_cursor(partition, now)?;
         }
         Ok(now)
     }
@@ -176,18 +176,13 @@ impl Notifications {
         let mut next = from;
         while next < until && found.len() < limit {
             let want = ((until - next) as usize).min(SCAN_BATCH);
-            let records = self
-                .log
-                .read(partition, next, want)
-                .await
-                .map_err(ApiError::log_unavailable)?;
+            let records = self.log.read(partition, next, want).await?;
             let Some(last) = records.last().map(|r| r.offset) else {
                 break;
             };
             let index = self.directory.index(partition);
             for record in records {
-                let event = envelope::decode(&record.value)
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                let event = envelope::decode(&record.value)?;
                 let recorded = index
                     .read()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)

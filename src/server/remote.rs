@@ -71,18 +71,22 @@ impl ForwardToOwner {
             .map_err(unreachable)?;
         let status =
             StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let retry_after_s = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse().ok());
         let body = response.bytes().await.map_err(unreachable)?;
-        Ok(RemoteAnswer { status, body })
+        Ok(RemoteAnswer {
+            status,
+            retry_after_s,
+            body,
+        })
     }
 }
 
 fn owner_unavailable(message: String) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "owner_unavailable",
-        message,
-    )
-    .with_retry_after(1)
+    ApiError::owner_unavailable(message)
 }
 
 fn not_found(payment_ref: &str) -> RemoteAnswer {
@@ -92,6 +96,7 @@ fn not_found(payment_ref: &str) -> RemoteAnswer {
     }});
     RemoteAnswer {
         status: StatusCode::NOT_FOUND,
+        retry_after_s: None,
         body: axum::body::Bytes::from(body.to_string()),
     }
 }
