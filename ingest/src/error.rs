@@ -13,6 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tally_pipeline::event::validate::Rejection;
+use tally_pipeline::read_model::StatsError;
 
 /// An error answer of the HTTP API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +130,25 @@ impl From<Rejection> for ApiError {
         match rejection.field {
             Some(field) => error.with_field(field),
             None => error,
+        }
+    }
+}
+
+impl From<StatsError> for ApiError {
+    fn from(error: StatsError) -> Self {
+        match error {
+            StatsError::EmptyRange => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_range",
+                format!("{error} (after truncating both to the minute)"),
+            )
+            .with_field("to"),
+            StatsError::SeriesTooLong { .. } => Self::new(
+                StatusCode::BAD_REQUEST,
+                "series_too_long",
+                error.to_string(),
+            )
+            .with_field("bucket"),
         }
     }
 }
