@@ -281,6 +281,10 @@ impl ReadModel {
         let whole = merged_range(&campaigns, from_ms, to_ms);
         let series =
             series.map(|granularity| series_points(&campaigns, from_ms, to_ms, granularity));
+        let complete_through_ms = complete_through(&partitions);
+        // Percentiles need no bucket: let the pipeline publish meanwhile.
+        drop(campaigns);
+        drop(partitions);
         // A bucket's quantile is its highest equivalent value, which can exceed the largest
         // amount recorded; clamp into the observed range.
         let quantiles = whole
@@ -299,7 +303,7 @@ impl ReadModel {
             p50_cents: quantiles.map(|q| q[0]),
             p90_cents: quantiles.map(|q| q[1]),
             p99_cents: quantiles.map(|q| q[2]),
-            complete_through_ms: complete_through(&partitions),
+            complete_through_ms,
             series,
         })
     }
