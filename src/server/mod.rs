@@ -520,7 +520,9 @@ fn router(state: Arc<AppState>) -> Router {
         remote: state.remote.clone(),
         clock: Arc::clone(&state.clock),
         last_log_ends: Default::default(),
-        query_slots: tally_query::slots::QuerySlots::for_this_machine(),
+        query_slots: tally_query::slots::QuerySlots::new(
+            tally_query::slots::QueryLimits::for_this_machine(),
+        ),
     });
     let requests = Arc::clone(&state.requests);
     Router::new()
