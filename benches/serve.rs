@@ -7,9 +7,15 @@
 //!   (each one durable in the log before its 202) and request latency p50/p99/p99.9/max;
 //! - **batch**: `POST /v1/donations/batch` of 1,000 donations: donations/s and request latency;
 //! - **freshness**: during a background load, time from a 202 to the donation being visible in
-//!   `GET /v1/campaigns/{id}` (polled every millisecond), p50/p99.
+//!   `GET /v1/campaigns/{id}` (polled every millisecond), p50/p99;
+//! - **contention**: closed-loop single donations at 16 connections, alone and then with 32
+//!   more clients looping on the widest statistics query of the campaign being donated to
+//!   (no `bucket`, year 0 to year 9999, each client sending the next as soon as it has an
+//!   answer, `Retry-After` ignored): donations/s and p99 of both, and their ratio.
 //!
-//! Run: `cargo bench --bench serve`. `TALLY_BENCH_SECONDS` sets each phase's duration (default 8).
+//! Run: `cargo bench --bench serve [FILTER]`: FILTER (optional) keeps the groups whose name
+//! (single, batch, freshness, contention) contains it. `TALLY_BENCH_SECONDS` sets each phase's
+//! duration (default 8).
 
 #[path = "support/machine.rs"]
 mod machine;
@@ -29,6 +35,14 @@ const SINGLE_CONCURRENCY: [usize; 3] = [16, 64, 256];
 const BATCH_ITEMS: usize = 1000;
 const BATCH_CONCURRENCY: [usize; 2] = [2, 8];
 const FRESHNESS_PROBES: usize = 200;
+/// Donation connections of the contention phases: the lowest single concurrency, where latency
+/// shows added queueing most.
+const CONTENTION_CONCURRENCY: usize = 16;
+/// Clients looping on the widest statistics query during the contended phase.
+const STATS_LOOPERS: usize = 32;
+/// The widest range RFC 3339 can name, without a series.
+const WIDEST_STATS_PATH: &str =
+    "/v1/campaigns/bench/stats?from=0000-01-01T00:00:00Z&to=9999-12-31T23:59:00Z";
 
 fn now_s() -> i64 {
     SystemTime::now()
@@ -219,6 +233,180 @@ async fn freshness(base: &str, duration: Duration) -> Histogram<u64> {
     freshness_us
 }
 
+/// What the statistics loopers were answered.
+#[derive(Debug, Default, Clone, Copy)]
+struct LooperAnswers {
+    ok: u64,
+    busy: u64,
+    other: u64,
+}
+
+/// Clients sending the widest statistics query back to back, each the next as soon as it has
+/// an answer (`Retry-After` ignored), until stopped.
+struct StatsLoopers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<LooperAnswers>>,
+}
+
+impl StatsLoopers {
+    fn start(base: &str, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|_| tokio::spawn(loop_on_widest_stats(base.to_owned(), Arc::clone(&stop))))
+            .collect();
+        Self { stop, tasks }
+    }
+
+    async fn stop(self) -> LooperAnswers {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = LooperAnswers::default();
+        for task in self.tasks {
+            if let Ok(answers) = task.await {
+                total.ok += answers.ok;
+                total.busy += answers.busy;
+                total.other += answers.other;
+            }
+        }
+        total
+    }
+}
+
+async fn loop_on_widest_stats(base: String, stop: Arc<AtomicBool>) -> LooperAnswers {
+    let mut answers = LooperAnswers::default();
+    let Ok(mut connection) = Connection::open(&base).await else {
+        answers.other += 1;
+        return answers;
+    };
+    while !stop.load(Ordering::Relaxed) {
+        match connection.get(WIDEST_STATS_PATH).await {
+            Ok((200, _)) => answers.ok += 1,
+            Ok((503, _)) => answers.busy += 1,
+            Ok(_) => answers.other += 1,
+            Err(_) => {
+                answers.other += 1;
+                match Connection::open(&base).await {
+                    Ok(fresh) => connection = fresh,
+                    Err(_) => return answers,
+                }
+            }
+        }
+    }
+    answers
+}
+
+/// One row of the contention table.
+struct ContentionRow {
+    name: &'static str,
+    donations: Option<Phase>,
+    stats: Option<LooperAnswers>,
+    seconds: f64,
+    /// CPU seconds the server used per second of the phase, when /proc tells.
+    server_cores: Option<f64>,
+}
+
+/// Single donations alone, the statistics loopers alone, then both at once.
+async fn contention(base: &str, server_pid: u32, duration: Duration) -> Vec<ContentionRow> {
+    let mut rows = Vec::new();
+    for (name, donate, query) in [
+        ("single donations alone", true, false),
+        ("widest stats loopers alone", false, true),
+        ("single donations + widest stats loopers", true, true),
+    ] {
+        let cpu_before = server::cpu_seconds(server_pid);
+        let started = Instant::now();
+        let loopers = query.then(|| StatsLoopers::start(base, STATS_LOOPERS));
+        let donations = if donate {
+            Some(
+                closed_loop(
+                    base,
+                    CONTENTION_CONCURRENCY,
+                    1,
+                    duration,
+                    20 + rows.len() as u64,
+                )
+                .await,
+            )
+        } else {
+            tokio::time::sleep(duration).await;
+            None
+        };
+        let stats = match loopers {
+            Some(loopers) => Some(loopers.stop().await),
+            None => None,
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        let server_cores = cpu_before
+            .zip(server::cpu_seconds(server_pid))
+            .map(|(before, after)| (after - before) / seconds);
+        rows.push(ContentionRow {
+            name,
+            donations,
+            stats,
+            seconds,
+            server_cores,
+        });
+    }
+    rows
+}
+
+fn print_contention(rows: &[ContentionRow]) {
+    println!();
+    println!(
+        "contention: single donations ({CONTENTION_CONCURRENCY} connections) alone and with {STATS_LOOPERS} clients looping on"
+    );
+    println!("  GET {WIDEST_STATS_PATH}");
+    println!(
+        "{:<42} {:>11} {:>9} {:>9} {:>9} {:>9} {:>12}",
+        "phase", "donations/s", "p50 ms", "p99 ms", "stats/s", "503/s", "server cores"
+    );
+    let dash = || "-".to_owned();
+    for row in rows {
+        let donations = row.donations.as_ref();
+        println!(
+            "{:<42} {:>11} {:>9} {:>9} {:>9} {:>9} {:>12}",
+            row.name,
+            donations.map_or_else(dash, |d| format!("{:.0}", d.donations_per_s)),
+            donations.map_or_else(dash, |d| format!("{:.2}", ms(&d.latency_us, 0.5))),
+            donations.map_or_else(dash, |d| format!("{:.2}", ms(&d.latency_us, 0.99))),
+            row.stats
+                .map_or_else(dash, |s| format!("{:.0}", s.ok as f64 / row.seconds)),
+            row.stats
+                .map_or_else(dash, |s| format!("{:.0}", s.busy as f64 / row.seconds)),
+            row.server_cores.map_or_else(dash, |c| format!("{c:.2}")),
+        );
+        let errors = donations.map_or(0, |d| d.errors) + row.stats.map_or(0, |s| s.other);
+        if errors > 0 {
+            println!("       {errors} errors (donations not accepted, stats neither 200 nor 503)");
+        }
+    }
+    let [Some(alone), _, Some(contended)] =
+        [0, 1, 2].map(|i| rows.get(i).and_then(|r| r.donations.as_ref()))
+    else {
+        return;
+    };
+    let p99_ratio = ms(&contended.latency_us, 0.99) / ms(&alone.latency_us, 0.99).max(1e-9);
+    println!(
+        "{:<42} {:>10.2}x {:>8.2}x {:>8.2}x",
+        "with loopers / alone",
+        contended.donations_per_s / alone.donations_per_s.max(1e-9),
+        ms(&contended.latency_us, 0.5) / ms(&alone.latency_us, 0.5).max(1e-9),
+        p99_ratio
+    );
+    if let Some(row) = rows.get(1)
+        && let (Some(stats), Some(cores)) = (row.stats, row.server_cores)
+        && stats.ok > 0
+    {
+        println!(
+            "server CPU per stats answer with the loopers alone: {:.0} us",
+            cores * row.seconds * 1e6 / stats.ok as f64
+        );
+    }
+    println!(
+        "target: single-donation p99 with the loopers <= 2x alone: {}",
+        if p99_ratio <= 2.0 { "met" } else { "NOT met" }
+    );
+}
+
 fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     histogram.value_at_quantile(quantile) as f64 / 1000.0
 }
@@ -229,6 +417,9 @@ fn main() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(8.0);
     let duration = Duration::from_secs_f64(seconds);
+    // Cargo passes `--bench` (and maybe other flags); the first other argument is a filter.
+    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    let runs = |group: &str| filter.as_ref().is_none_or(|f| group.contains(f.as_str()));
     print_machine();
     let dir = tempfile::tempdir()?;
     let server = start_server(dir.path())?;
@@ -248,22 +439,47 @@ fn main() -> anyhow::Result<()> {
                 .error_for_status()?;
         }
         let mut phases = Vec::new();
-        for (run, concurrency) in SINGLE_CONCURRENCY.into_iter().enumerate() {
-            phases.push(closed_loop(&server.base, concurrency, 1, duration, run as u64).await);
+        if runs("single") {
+            for (run, concurrency) in SINGLE_CONCURRENCY.into_iter().enumerate() {
+                phases.push(closed_loop(&server.base, concurrency, 1, duration, run as u64).await);
+            }
         }
-        for (run, concurrency) in BATCH_CONCURRENCY.into_iter().enumerate() {
-            phases.push(closed_loop(&server.base, concurrency, BATCH_ITEMS, duration, 10 + run as u64).await);
+        if runs("batch") {
+            for (run, concurrency) in BATCH_CONCURRENCY.into_iter().enumerate() {
+                phases.push(closed_loop(&server.base, concurrency, BATCH_ITEMS, duration, 10 + run as u64).await);
+            }
         }
-        let freshness = freshness(&server.base, duration).await;
-        anyhow::Ok((phases, freshness))
+        let freshness = if runs("freshness") {
+            Some(freshness(&server.base, duration).await)
+        } else {
+            None
+        };
+        let contention = if runs("contention") {
+            Some(contention(&server.base, server.pid(), duration).await)
+        } else {
+            None
+        };
+        anyhow::Ok((phases, freshness, contention))
     })?;
-    let (phases, freshness_us) = phases;
+    let (phases, freshness_us, contention) = phases;
+    if !phases.is_empty() || freshness_us.is_some() {
+        print_phases(&phases, freshness_us.as_ref());
+    }
+    if let Some(contention) = &contention {
+        print_contention(contention);
+    }
+    drop(server);
+    Ok(())
+}
+
+/// The single, batch and freshness rows.
+fn print_phases(phases: &[Phase], freshness_us: Option<&Histogram<u64>>) {
     println!();
     println!(
         "{:<34} {:>14} {:>12} {:>8} {:>9} {:>9} {:>9} {:>9}",
         "phase", "donations/s", "requests/s", "errors", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
     );
-    for phase in &phases {
+    for phase in phases {
         println!(
             "{:<34} {:>14.0} {:>12.0} {:>8} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
             phase.name,
@@ -276,18 +492,18 @@ fn main() -> anyhow::Result<()> {
             phase.latency_us.max() as f64 / 1000.0
         );
     }
-    println!(
-        "freshness (202 -> visible in GET /v1/campaigns/{{id}}, {} probes under load): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        freshness_us.len(),
-        ms(&freshness_us, 0.5),
-        ms(&freshness_us, 0.99),
-        freshness_us.max() as f64 / 1000.0
-    );
+    if let Some(freshness_us) = freshness_us {
+        println!(
+            "freshness (202 -> visible in GET /v1/campaigns/{{id}}, {} probes under load): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            freshness_us.len(),
+            ms(freshness_us, 0.5),
+            ms(freshness_us, 0.99),
+            freshness_us.max() as f64 / 1000.0
+        );
+    }
     println!(
         "targets: >= 50,000 single donations/s with p99 <= 20 ms; >= 500,000 donations/s in batches; freshness p99 <= 100 ms"
     );
-    drop(server);
-    Ok(())
 }
 
 fn print_machine() {

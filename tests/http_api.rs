@@ -849,6 +849,66 @@ fn stats_summarize_a_range_and_refuse_bad_parameters() {
     assert_error(response, 404, "campaign_not_found", None);
 }
 
+/// The widest range RFC 3339 can name, as a client asks for "everything".
+const WIDEST_FROM: &str = "0000-01-01T00:00:00Z";
+const WIDEST_TO: &str = "9999-12-31T23:59:00Z";
+
+#[test]
+fn the_widest_range_answers_on_empty_and_populated_campaigns_and_its_series_is_refused() {
+    let fixture = Fixture::start(&[]);
+    fixture.create_campaign("stats", "USD");
+    let widest = [("from", WIDEST_FROM), ("to", WIDEST_TO)];
+    let empty = json_ok(fixture.stats(&widest), 200);
+    assert_eq!(
+        (&empty["from"], &empty["to"], &empty["count"]),
+        (&json!(WIDEST_FROM), &json!(WIDEST_TO), &json!(0)),
+        "{empty}"
+    );
+    assert!(
+        empty["min_cents"].is_null() && empty.get("series").is_none(),
+        "{empty}"
+    );
+
+    let hour_s = (now_s() / 3600 - 3) * 3600;
+    for (index, (minutes, amount)) in [(0, 10), (-3000, 20), (1, 30)].into_iter().enumerate() {
+        let mut body = donation(&format!("wide-{index}"), "stats", amount, "usr-wide");
+        body["paid_at"] = json!(rfc3339_s(hour_s + minutes * 60));
+        fixture.donate_accepted(&body);
+    }
+    fixture.wait_for_total("stats", 60, 3);
+    let populated = json_ok(fixture.stats(&widest), 200);
+    assert_eq!(
+        (
+            &populated["count"],
+            &populated["sum_cents"],
+            &populated["min_cents"],
+            &populated["max_cents"]
+        ),
+        (&json!(3), &json!(60), &json!(10), &json!(30)),
+        "{populated}"
+    );
+    for bucket in ["minute", "hour", "day"] {
+        let response = fixture.stats(&[widest[0], widest[1], ("bucket", bucket)]);
+        assert_error(response, 400, "series_too_long", Some("bucket"));
+    }
+    // The longest series allowed: 1440 days, every point there, empty ones included.
+    let to_s = (now_s() / 86_400 + 1) * 86_400;
+    let (from, to) = (rfc3339_s(to_s - 1440 * 86_400), rfc3339_s(to_s));
+    let days = json_ok(
+        fixture.stats(&[("from", &from), ("to", &to), ("bucket", "day")]),
+        200,
+    );
+    let series = days["series"].as_array().unwrap();
+    assert_eq!(series.len(), 1440);
+    let counted: u64 = series.iter().map(|p| p["count"].as_u64().unwrap()).sum();
+    assert_eq!(counted, 3);
+    assert_eq!(
+        series.iter().filter(|p| p["count"] != 0).count(),
+        2,
+        "{days}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Notifications without a webhook, and checkpoints.
 

@@ -28,6 +28,7 @@
 #[path = "../support/machine.rs"]
 mod machine;
 #[path = "../support/server.rs"]
+#[allow(dead_code)]
 mod server;
 
 use std::collections::BTreeMap;

@@ -37,6 +37,27 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`): 100 on Linux, whatever the
+/// kernel's own tick rate.
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds (user and system, all threads) process `pid` has used, from `/proc`; `None`
+/// where there is no `/proc`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: state is the
+    // first, utime the 12th and stime the 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((ticks(11)? + ticks(12)?) / USER_HZ)
+}
+
 /// Starts `tally serve` on a fresh `data_dir` and waits until it listens; with
 /// `TALLY_BENCH_PARTITIONS=N`, on a log of N partitions (default: the server's).
 pub fn start_server(data_dir: &Path) -> anyhow::Result<Server> {
@@ -123,6 +144,17 @@ impl Connection {
             self.host,
             body.len()
         );
+        self.stream.get_mut().write_all(request.as_bytes()).await?;
+        let (status, content_length) = self.read_head().await?;
+        let mut body = vec![0u8; content_length];
+        self.stream.read_exact(&mut body).await?;
+        Ok((status, body))
+    }
+
+    /// GETs `path` (with its query); returns the response status and body.
+    pub async fn get(&mut self, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
         self.stream.get_mut().write_all(request.as_bytes()).await?;
         let (status, content_length) = self.read_head().await?;
         let mut body = vec![0u8; content_length];

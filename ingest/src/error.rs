@@ -21,6 +21,7 @@ use tally_pipeline::checkpoint::savepoint::SavepointError;
 use tally_pipeline::event::envelope::EnvelopeError;
 use tally_pipeline::event::validate::Rejection;
 use tally_pipeline::log::LogError;
+use tally_pipeline::read_model::StatsError;
 use tally_pipeline::reconcile::ReconcileError;
 
 use crate::body::{BodyError, ReadError};
@@ -171,7 +172,9 @@ impl From<LogError> for ApiError {
                     "the donation log lost acknowledged records; an operator must look: {error}"
                 ),
             ),
-            LogError::Io { .. } | LogError::Failed { .. } => Self::new(
+            // A partition whose write or sync failed recovers itself from disk (`Failed` is
+            // retryable, answered above); an I/O error that reaches here needs an operator.
+            LogError::Io { .. } => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "log_failed",
                 format!(
@@ -355,6 +358,25 @@ impl From<Rejection> for ApiError {
         match rejection.field {
             Some(field) => error.with_field(field),
             None => error,
+        }
+    }
+}
+
+impl From<StatsError> for ApiError {
+    fn from(error: StatsError) -> Self {
+        match error {
+            StatsError::EmptyRange => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_range",
+                format!("{error} (after truncating both to the minute)"),
+            )
+            .with_field("to"),
+            StatsError::SeriesTooLong { .. } => Self::new(
+                StatusCode::BAD_REQUEST,
+                "series_too_long",
+                error.to_string(),
+            )
+            .with_field("bucket"),
         }
     }
 }

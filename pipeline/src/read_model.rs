@@ -16,7 +16,7 @@ use crate::clock::UnixMillis;
 use crate::log::{Offset, PartitionId};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::event_time_windows::{
-    BucketKey, EventTimeWindows, Granularity, MINUTE_MS, WindowBucket, cover,
+    BucketKey, CampaignBuckets, EventTimeWindows, Granularity, WindowBucket, cover,
 };
 use crate::processor::{PartitionCounters, PartitionState};
 
@@ -274,10 +274,17 @@ impl ReadModel {
             }
         }
         let partitions = self.read();
-        let whole = merged_range(&partitions, campaign_id, from_ms, to_ms);
-        let series = series.map(|granularity| {
-            series_points(&partitions, campaign_id, from_ms, to_ms, granularity)
-        });
+        let campaigns: Vec<&CampaignBuckets> = partitions
+            .iter()
+            .filter_map(|view| view.windows.campaign(campaign_id))
+            .collect();
+        let whole = merged_range(&campaigns, from_ms, to_ms);
+        let series =
+            series.map(|granularity| series_points(&campaigns, from_ms, to_ms, granularity));
+        let complete_through_ms = complete_through(&partitions);
+        // Percentiles need no bucket: let the pipeline publish meanwhile.
+        drop(campaigns);
+        drop(partitions);
         // A bucket's quantile is its highest equivalent value, which can exceed the largest
         // amount recorded; clamp into the observed range.
         let quantiles = whole
@@ -296,7 +303,7 @@ impl ReadModel {
             p50_cents: quantiles.map(|q| q[0]),
             p90_cents: quantiles.map(|q| q[1]),
             p99_cents: quantiles.map(|q| q[2]),
-            complete_through_ms: complete_through(&partitions),
+            complete_through_ms,
             series,
         })
     }
@@ -312,24 +319,18 @@ fn complete_through(partitions: &[PartitionView]) -> Option<UnixMillis> {
         .map(|watermark| Granularity::Minute.bucket_start(watermark))
 }
 
-/// All partitions' buckets covering `[from_ms, to_ms)`, merged into one.
+/// All partitions' buckets covering `[from_ms, to_ms)`, merged into one. Visits only the
+/// buckets that exist in the range's [`cover`]: at most 59 + 23 minutes and hours at each end,
+/// and the days holding donations, per partition.
 fn merged_range(
-    partitions: &[PartitionView],
-    campaign_id: &str,
+    campaigns: &[&CampaignBuckets],
     from_ms: UnixMillis,
     to_ms: UnixMillis,
 ) -> WindowBucket {
     let mut merged = WindowBucket::default();
-    let campaigns: Vec<_> = partitions
-        .iter()
-        .filter_map(|view| view.windows.campaign(campaign_id))
-        .collect();
-    if campaigns.is_empty() {
-        return merged;
-    }
-    for (granularity, start_ms) in cover(from_ms, to_ms) {
-        for campaign in &campaigns {
-            if let Some(bucket) = campaign.get(granularity, start_ms) {
+    for (granularity, starts) in cover(from_ms, to_ms, Granularity::Day) {
+        for campaign in campaigns {
+            for (_, bucket) in campaign.range(granularity, starts.start, starts.end) {
                 merged.merge(bucket);
             }
         }
@@ -337,26 +338,36 @@ fn merged_range(
     merged
 }
 
+/// One point per `granularity` bucket from the one holding `from_ms` up to `to_ms`, each over its
+/// bucket clipped to `[from_ms, to_ms)`, empty ones included. The points are laid out first (the
+/// caller checked there are at most [`SERIES_POINTS_MAX`]), then the existing buckets of the
+/// range's cover, none coarser than a point, are added to the point they fall in.
 fn series_points(
-    partitions: &[PartitionView],
-    campaign_id: &str,
+    campaigns: &[&CampaignBuckets],
     from_ms: UnixMillis,
     to_ms: UnixMillis,
     granularity: Granularity,
 ) -> Vec<SeriesPoint> {
-    let mut points = Vec::new();
-    let mut start_ms = granularity.bucket_start(from_ms);
-    while start_ms < to_ms {
-        let piece_from = start_ms.max(from_ms);
-        let piece_to = (start_ms + granularity.width_ms()).min(to_ms);
-        debug_assert!(piece_from % MINUTE_MS == 0 && piece_to % MINUTE_MS == 0);
-        let bucket = merged_range(partitions, campaign_id, piece_from, piece_to);
-        points.push(SeriesPoint {
+    let width_ms = granularity.width_ms();
+    let first_ms = granularity.bucket_start(from_ms);
+    let mut points: Vec<SeriesPoint> = (first_ms..to_ms)
+        .step_by(width_ms as usize)
+        .map(|start_ms| SeriesPoint {
             start_ms,
-            count: bucket.count,
-            sum_cents: bucket.sum_cents,
-        });
-        start_ms += granularity.width_ms();
+            count: 0,
+            sum_cents: 0,
+        })
+        .collect();
+    for (piece, starts) in cover(from_ms, to_ms, granularity) {
+        for campaign in campaigns {
+            for (&start_ms, bucket) in campaign.range(piece, starts.start, starts.end) {
+                // A piece is no wider than a point and starts in [from_ms, to_ms), so it lies in
+                // the point its start falls in, which is one of those laid out above.
+                let point = &mut points[((start_ms - first_ms) / width_ms) as usize];
+                point.count += bucket.count;
+                point.sum_cents += bucket.sum_cents;
+            }
+        }
     }
     points
 }

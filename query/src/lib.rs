@@ -6,7 +6,10 @@
 //!
 //! - [`routes`]: `GET /v1/campaigns`, `/v1/campaigns/{id}`, `/v1/campaigns/{id}/stats`,
 //!   `/v1/campaigns/{id}/live` (Server-Sent Events) and `/v1/donations/{payment_ref}`.
+//! - [`slots`]: the bounded query slots statistics are computed in, on the blocking pool, so
+//!   queries never take the workers that take donations.
 //! - [`views`]: the JSON shapes those routes answer with.
 
 pub mod routes;
+pub mod slots;
 pub mod views;

@@ -20,9 +20,10 @@ use tally_pipeline::clock::Clock;
 use tally_pipeline::event::{EventTime, envelope};
 use tally_pipeline::log::{Log, Offset};
 use tally_pipeline::operators::event_time_windows::Granularity;
-use tally_pipeline::read_model::{ReadModel, StatsError};
+use tally_pipeline::read_model::ReadModel;
 use tally_pipeline::runner::DonationDirectory;
 
+use crate::slots::QuerySlots;
 use crate::views::{CampaignView, DonationView, Freshness, RecordedDonation, StatsView, rfc3339};
 
 /// Live updates are coalesced to at most one per this interval (about ten a second).
@@ -40,6 +41,8 @@ pub struct QueryContext {
     pub clock: Arc<dyn Clock>,
     /// The log's end offsets as last read, for answering while the log is away.
     pub last_log_ends: std::sync::Mutex<Option<Vec<Offset>>>,
+    /// Where statistics are computed: off the workers that take donations, a few at once.
+    pub query_slots: QuerySlots,
 }
 
 pub fn routes(context: Arc<QueryContext>) -> Router {
@@ -143,8 +146,28 @@ async fn get_stats(
     State(context): State<Arc<QueryContext>>,
     PathParameter(campaign_id): PathParameter,
     Query(parameters): Query<HashMap<String, String>>,
-) -> Result<axum::Json<StatsView>, ApiError> {
+) -> Result<Response, ApiError> {
     context.campaign(&campaign_id).await?;
+    let (from_ms, to_ms, bucket) = stats_parameters(&parameters)?;
+    // The statistics and their JSON (up to 1440 series points) are computed in a query slot,
+    // not on the worker serving this connection.
+    let read_model = Arc::clone(&context.read_model);
+    let body = context
+        .query_slots
+        .run(move || {
+            let stats = read_model.stats(&campaign_id, from_ms, to_ms, bucket)?;
+            serde_json::to_vec(&StatsView::new(&campaign_id, stats))
+                .map_err(|error| ApiError::internal(format!("cannot encode statistics: {error}")))
+        })
+        .await??;
+    let headers = [(header::CONTENT_TYPE, "application/json")];
+    Ok((headers, body).into_response())
+}
+
+/// `from`, `to` and `bucket`, checked; any other parameter is refused.
+fn stats_parameters(
+    parameters: &HashMap<String, String>,
+) -> Result<(i64, i64, Option<Granularity>), ApiError> {
     if let Some(unknown) = parameters
         .keys()
         .find(|k| !["from", "to", "bucket"].contains(&k.as_str()))
@@ -191,24 +214,7 @@ async fn get_stats(
             .with_field("bucket"));
         }
     };
-    let stats = context
-        .read_model
-        .stats(&campaign_id, from_ms, to_ms, bucket)
-        .map_err(|error| match error {
-            StatsError::EmptyRange => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_range",
-                format!("{error} (after truncating both to the minute)"),
-            )
-            .with_field("to"),
-            StatsError::SeriesTooLong { .. } => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "series_too_long",
-                error.to_string(),
-            )
-            .with_field("bucket"),
-        })?;
-    Ok(axum::Json(StatsView::new(&campaign_id, stats)))
+    Ok((from_ms, to_ms, bucket))
 }
 
 /// Server-Sent Events: the campaign's total now, then on every change, at most ~10 a second.

@@ -622,6 +622,9 @@ fn router(state: Arc<AppState>) -> Router {
         remote: state.remote.clone(),
         clock: Arc::clone(&state.clock),
         last_log_ends: Default::default(),
+        query_slots: tally_query::slots::QuerySlots::new(
+            tally_query::slots::QueryLimits::for_this_machine(),
+        ),
     });
     let requests = Arc::clone(&state.requests);
     // Queries read no body: the whole request is admitted work. Ingest takes its permit itself,

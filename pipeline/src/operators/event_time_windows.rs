@@ -2,10 +2,12 @@
 //! `paid_at`, each with count, sum, min, max and an amount histogram.
 //!
 //! Every recorded donation updates its minute, hour and day bucket at once, so a statistics
-//! query over any minute-aligned range is answered from at most a few hundred buckets: whole days
-//! in the middle, whole hours next to them, minutes at the edges ([`cover`]). Buckets are UTC.
+//! query over any minute-aligned range is answered from whole days in the middle, whole hours
+//! next to them and minutes at the edges ([`cover`]): at most five runs of bucket starts, in each
+//! of which only the buckets that exist are visited. Buckets are UTC.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
@@ -226,24 +228,64 @@ impl EventTimeWindows {
     }
 }
 
-/// The buckets that exactly cover the minute-aligned range `[from_ms, to_ms)`: whole days where
-/// possible, then whole hours, then minutes. `from_ms` and `to_ms` must be minute-aligned.
-pub fn cover(from_ms: UnixMillis, to_ms: UnixMillis) -> Vec<(Granularity, UnixMillis)> {
+/// The runs of buckets that exactly cover the minute-aligned range `[from_ms, to_ms)`, none
+/// coarser than `coarsest`: whole days where possible, then whole hours next to them, then
+/// minutes at the edges. Each run is `(granularity, starts)`: every bucket of that granularity
+/// whose start is in `starts` lies inside the range, and the runs together tile it. There are at
+/// most five runs (minutes, hours, days, hours, minutes) however wide the range, so a reader
+/// visits only the buckets that exist in each run ([`CampaignBuckets::range`]), never every
+/// minute or day of the calendar. `from_ms` and `to_ms` must be minute-aligned.
+pub fn cover(
+    from_ms: UnixMillis,
+    to_ms: UnixMillis,
+    coarsest: Granularity,
+) -> Vec<(Granularity, Range<UnixMillis>)> {
     assert!(
         from_ms % MINUTE_MS == 0 && to_ms % MINUTE_MS == 0,
         "range must be minute-aligned"
     );
-    let mut pieces = Vec::new();
-    let mut cursor = from_ms;
-    while cursor < to_ms {
-        let granularity = [Granularity::Day, Granularity::Hour, Granularity::Minute]
-            .into_iter()
-            .find(|g| cursor.rem_euclid(g.width_ms()) == 0 && cursor + g.width_ms() <= to_ms)
-            .expect("a minute always fits a minute-aligned range");
-        pieces.push((granularity, cursor));
-        cursor += granularity.width_ms();
+    let mut runs = Vec::with_capacity(COVER_RUNS_MAX);
+    push_cover(&mut runs, from_ms, to_ms, coarsest);
+    debug_assert!(runs.len() <= COVER_RUNS_MAX);
+    runs
+}
+
+/// Minutes, hours, days, hours, minutes.
+pub const COVER_RUNS_MAX: usize = 5;
+
+fn push_cover(
+    runs: &mut Vec<(Granularity, Range<UnixMillis>)>,
+    from_ms: UnixMillis,
+    to_ms: UnixMillis,
+    granularity: Granularity,
+) {
+    if from_ms >= to_ms {
+        return;
     }
-    pieces
+    let finer = match granularity {
+        Granularity::Day => Granularity::Hour,
+        Granularity::Hour => Granularity::Minute,
+        Granularity::Minute => {
+            runs.push((Granularity::Minute, from_ms..to_ms));
+            return;
+        }
+    };
+    let width_ms = granularity.width_ms();
+    let floor = |t: UnixMillis| t.div_euclid(width_ms) * width_ms;
+    let whole_from = if floor(from_ms) == from_ms {
+        from_ms
+    } else {
+        floor(from_ms).saturating_add(width_ms)
+    };
+    let whole_to = floor(to_ms);
+    if whole_from >= whole_to {
+        // No whole bucket of this width fits: the range is made of finer ones only.
+        push_cover(runs, from_ms, to_ms, finer);
+        return;
+    }
+    push_cover(runs, from_ms, whole_from, finer);
+    runs.push((granularity, whole_from..whole_to));
+    push_cover(runs, whole_to, to_ms, finer);
 }
 
 #[cfg(test)]
@@ -280,19 +322,68 @@ mod tests {
         assert_eq!(Granularity::Day.bucket_start(-1), -DAY_MS);
     }
 
+    /// The bucket starts a cover stands for, one by one.
+    fn expand(runs: &[(Granularity, Range<UnixMillis>)]) -> Vec<(Granularity, UnixMillis)> {
+        runs.iter()
+            .flat_map(|(granularity, starts)| {
+                let width_ms = granularity.width_ms();
+                (starts.start..starts.end)
+                    .step_by(width_ms as usize)
+                    .map(move |start| (*granularity, start))
+            })
+            .collect()
+    }
+
     #[test]
     fn cover_is_exact_and_small() {
         let from = 2 * DAY_MS - 3 * HOUR_MS - 5 * MINUTE_MS;
         let to = 40 * DAY_MS + 2 * HOUR_MS + 9 * MINUTE_MS;
-        let pieces = cover(from, to);
+        let runs = cover(from, to, Granularity::Day);
+        let pieces = expand(&runs);
         let mut cursor = from;
         for &(granularity, start) in &pieces {
             assert_eq!(start, cursor);
+            assert_eq!(start.rem_euclid(granularity.width_ms()), 0);
             cursor += granularity.width_ms();
         }
         assert_eq!(cursor, to);
-        assert!(pieces.len() <= 5 + 3 + 38 + 2 + 9, "{}", pieces.len());
-        assert!(cover(from, from).is_empty());
+        assert_eq!(pieces.len(), 5 + 3 + 38 + 2 + 9);
+        assert_eq!(runs.len(), 5);
+        assert!(cover(from, from, Granularity::Day).is_empty());
+    }
+
+    #[test]
+    fn cover_of_the_widest_range_is_five_runs() {
+        // 0000-01-01T00:00:00Z to 9999-12-31T23:59:00Z: 3.65 million days.
+        let (from, to) = (-62_167_219_200_000, 253_402_300_740_000);
+        let runs = cover(from, to, Granularity::Day);
+        assert_eq!(
+            runs,
+            vec![
+                (Granularity::Day, from..to - 23 * HOUR_MS - 59 * MINUTE_MS),
+                (
+                    Granularity::Hour,
+                    to - 23 * HOUR_MS - 59 * MINUTE_MS..to - 59 * MINUTE_MS
+                ),
+                (Granularity::Minute, to - 59 * MINUTE_MS..to),
+            ]
+        );
+    }
+
+    #[test]
+    fn cover_never_uses_buckets_coarser_than_asked() {
+        let from = -3 * DAY_MS + 7 * MINUTE_MS;
+        let to = 3 * DAY_MS - 11 * MINUTE_MS;
+        for coarsest in Granularity::ALL {
+            let runs = cover(from, to, coarsest);
+            assert!(runs.iter().all(|(g, _)| *g <= coarsest), "{runs:?}");
+            let pieces = expand(&runs);
+            let covered: i64 = pieces.iter().map(|(g, _)| g.width_ms()).sum();
+            assert_eq!(covered, to - from);
+            assert!(runs.len() <= COVER_RUNS_MAX);
+        }
+        let minutes = cover(from, to, Granularity::Minute);
+        assert_eq!(minutes, vec![(Granularity::Minute, from..to)]);
     }
 
     #[test]

@@ -1,0 +1,286 @@
+//! Guards campaign statistics against a brute-force recomputation: donations at random event
+//! times (from year 0 to year 9999, clustered so that minutes, hours and days hold several)
+//! spread over partitions, then random ranges — the widest one the API takes among them — with
+//! and without a series, must give the count, sum, min, max, mean, percentiles and series points
+//! that a scan of every donation gives; and an empty campaign over the widest range answers.
+
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+use tally_pipeline::clock::UnixMillis;
+use tally_pipeline::operators::amount_histogram::AmountHistogram;
+use tally_pipeline::operators::event_time_windows::{
+    DAY_MS, EventTimeWindows, Granularity, HOUR_MS, MINUTE_MS,
+};
+use tally_pipeline::read_model::{
+    CampaignStats, PartitionUpdate, ReadModel, SERIES_POINTS_MAX, SeriesPoint, StatsError,
+};
+
+/// `0000-01-01T00:00:00Z` and `9999-12-31T23:59:00Z`: the widest range RFC 3339 can name.
+const WIDEST_FROM_MS: UnixMillis = -62_167_219_200_000;
+const WIDEST_TO_MS: UnixMillis = 253_402_300_740_000;
+const PARTITIONS: u32 = 3;
+/// Event times cluster around these, so that buckets hold several donations and ranges cut
+/// through them; the rest are anywhere.
+const ANCHORS_MS: [UnixMillis; 4] = [WIDEST_FROM_MS, 0, 1_795_546_800_000, WIDEST_TO_MS - DAY_MS];
+
+#[derive(Debug, Clone)]
+struct Donation {
+    partition: u32,
+    campaign: &'static str,
+    paid_at_ms: UnixMillis,
+    amount_cents: u64,
+}
+
+fn event_time() -> impl Strategy<Value = UnixMillis> {
+    prop_oneof![
+        4 => (0..ANCHORS_MS.len(), -3 * DAY_MS..3 * DAY_MS)
+            .prop_map(|(anchor, offset)| ANCHORS_MS[anchor] + offset),
+        1 => WIDEST_FROM_MS..WIDEST_TO_MS,
+    ]
+    .prop_map(|t| t.clamp(WIDEST_FROM_MS, WIDEST_TO_MS - 1))
+}
+
+fn donation() -> impl Strategy<Value = Donation> {
+    (
+        0..PARTITIONS,
+        prop_oneof![9 => Just("meals"), 1 => Just("other")],
+        event_time(),
+        prop_oneof![4 => 1u64..300, 1 => 1u64..10_000_000],
+    )
+        .prop_map(|(partition, campaign, paid_at_ms, amount_cents)| Donation {
+            partition,
+            campaign,
+            paid_at_ms,
+            amount_cents,
+        })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Query {
+    from_ms: UnixMillis,
+    to_ms: UnixMillis,
+    bucket: Option<Granularity>,
+}
+
+fn query() -> impl Strategy<Value = Query> {
+    let bucket = prop_oneof![
+        Just(None),
+        Just(Some(Granularity::Minute)),
+        Just(Some(Granularity::Hour)),
+        Just(Some(Granularity::Day)),
+    ];
+    let widest = Just((WIDEST_FROM_MS, WIDEST_TO_MS));
+    let near = (event_time(), 0..3 * DAY_MS).prop_map(|(from, width)| (from, from + width));
+    let anywhere = (event_time(), event_time());
+    (prop_oneof![1 => widest, 3 => near, 1 => anywhere], bucket).prop_map(|((a, b), bucket)| {
+        Query {
+            from_ms: a.min(b),
+            to_ms: a.max(b),
+            bucket,
+        }
+    })
+}
+
+/// One update per partition, with the buckets its operators built from its donations.
+fn read_model(donations: &[Donation]) -> ReadModel {
+    let read_model = ReadModel::new(PARTITIONS);
+    for partition in 0..PARTITIONS {
+        let mut windows = EventTimeWindows::default();
+        for donation in donations.iter().filter(|d| d.partition == partition) {
+            windows.record(
+                donation.campaign,
+                donation.paid_at_ms,
+                donation.amount_cents,
+            );
+        }
+        read_model.publish(PartitionUpdate {
+            partition,
+            next_offset: 1,
+            buckets: windows.iter().map(|(k, b)| (k, b.clone())).collect(),
+            ..PartitionUpdate::default()
+        });
+    }
+    read_model
+}
+
+/// What a scan of every donation says the answer is.
+fn brute_force(donations: &[Donation], query: Query) -> Result<CampaignStats, StatsError> {
+    let from_ms = Granularity::Minute.bucket_start(query.from_ms);
+    let to_ms = Granularity::Minute.bucket_start(query.to_ms);
+    if from_ms >= to_ms {
+        return Err(StatsError::EmptyRange);
+    }
+    let amounts_in = |from: UnixMillis, to: UnixMillis| {
+        donations
+            .iter()
+            .filter(move |d| d.campaign == "meals" && (from..to).contains(&d.paid_at_ms))
+            .map(|d| d.amount_cents)
+    };
+    let series = match query.bucket {
+        None => None,
+        Some(granularity) => {
+            let width_ms = granularity.width_ms();
+            let first = granularity.bucket_start(from_ms);
+            let points = (granularity.bucket_start(to_ms - 1) - first) / width_ms + 1;
+            if points > SERIES_POINTS_MAX {
+                return Err(StatsError::SeriesTooLong { points });
+            }
+            let series = (0..points)
+                .map(|i| {
+                    let start_ms = first + i * width_ms;
+                    let amounts: Vec<u64> =
+                        amounts_in(start_ms.max(from_ms), (start_ms + width_ms).min(to_ms))
+                            .collect();
+                    SeriesPoint {
+                        start_ms,
+                        count: amounts.len() as u64,
+                        sum_cents: amounts.iter().sum(),
+                    }
+                })
+                .collect();
+            Some(series)
+        }
+    };
+    let amounts: Vec<u64> = amounts_in(from_ms, to_ms).collect();
+    let (count, sum_cents) = (amounts.len() as u64, amounts.iter().sum::<u64>());
+    let (min_cents, max_cents) = (amounts.iter().copied().min(), amounts.iter().copied().max());
+    let mut histogram = AmountHistogram::default();
+    amounts.iter().for_each(|&a| histogram.record(a));
+    let quantiles = histogram
+        .quantiles([0.5, 0.9, 0.99])
+        .map(|q| q.map(|v| v.clamp(min_cents.unwrap_or(0), max_cents.unwrap_or(0))));
+    Ok(CampaignStats {
+        from_ms,
+        to_ms,
+        count,
+        sum_cents,
+        min_cents,
+        max_cents,
+        mean_cents: (count > 0).then(|| (sum_cents + count / 2) / count),
+        p50_cents: quantiles.map(|q| q[0]),
+        p90_cents: quantiles.map(|q| q[1]),
+        p99_cents: quantiles.map(|q| q[2]),
+        // No partition published a watermark.
+        complete_through_ms: None,
+        series,
+    })
+}
+
+fn stats(read_model: &ReadModel, query: Query) -> Result<CampaignStats, StatsError> {
+    read_model.stats("meals", query.from_ms, query.to_ms, query.bucket)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn stats_match_a_scan_of_every_donation(
+        donations in prop::collection::vec(donation(), 0..200),
+        queries in prop::collection::vec(query(), 1..12),
+    ) {
+        let read_model = read_model(&donations);
+        let widest = Query { from_ms: WIDEST_FROM_MS, to_ms: WIDEST_TO_MS, bucket: None };
+        for query in queries.into_iter().chain([widest]) {
+            prop_assert_eq!(stats(&read_model, query), brute_force(&donations, query), "{:?}", query);
+        }
+    }
+}
+
+#[test]
+fn an_empty_campaign_over_the_widest_range_has_nothing_and_no_series() {
+    let read_model = read_model(&[]);
+    let widest = Query {
+        from_ms: WIDEST_FROM_MS,
+        to_ms: WIDEST_TO_MS,
+        bucket: None,
+    };
+    let stats = stats(&read_model, widest).unwrap();
+    assert_eq!(stats, brute_force(&[], widest).unwrap());
+    assert_eq!((stats.count, stats.sum_cents), (0, 0));
+    assert_eq!(
+        (stats.min_cents, stats.p99_cents, stats.series),
+        (None, None, None)
+    );
+    assert_eq!((stats.from_ms, stats.to_ms), (WIDEST_FROM_MS, WIDEST_TO_MS));
+}
+
+#[test]
+fn the_widest_range_answers_on_empty_and_populated_campaigns_and_its_series_is_refused() {
+    let donations: Vec<Donation> = ANCHORS_MS
+        .iter()
+        .enumerate()
+        .map(|(i, &paid_at_ms)| Donation {
+            partition: i as u32 % PARTITIONS,
+            campaign: "meals",
+            paid_at_ms,
+            amount_cents: 100 * (i as u64 + 1),
+        })
+        .collect();
+    for donations in [&[][..], &donations[..]] {
+        let read_model = read_model(donations);
+        let plain = Query {
+            from_ms: WIDEST_FROM_MS,
+            to_ms: WIDEST_TO_MS,
+            bucket: None,
+        };
+        let answer = stats(&read_model, plain).unwrap();
+        assert_eq!(answer.count, donations.len() as u64);
+        assert_eq!(answer.series, None);
+        for bucket in Granularity::ALL {
+            let query = Query {
+                bucket: Some(bucket),
+                ..plain
+            };
+            match stats(&read_model, query) {
+                Err(StatsError::SeriesTooLong { points }) => assert!(points > SERIES_POINTS_MAX),
+                other => panic!("{bucket:?}: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn the_longest_series_allowed_has_every_point_and_the_donations_in_them() {
+    let to_ms = Granularity::Day.bucket_start(1_795_546_800_000);
+    let from_ms = to_ms - SERIES_POINTS_MAX * DAY_MS;
+    let donations = [from_ms, from_ms + HOUR_MS, to_ms - MINUTE_MS]
+        .into_iter()
+        .enumerate()
+        .map(|(i, paid_at_ms)| Donation {
+            partition: i as u32 % PARTITIONS,
+            campaign: "meals",
+            paid_at_ms,
+            amount_cents: 7,
+        })
+        .collect::<Vec<_>>();
+    let read_model = read_model(&donations);
+    let query = Query {
+        from_ms,
+        to_ms,
+        bucket: Some(Granularity::Day),
+    };
+    let stats = stats(&read_model, query).unwrap();
+    let series = stats.series.clone().unwrap();
+    assert_eq!(series.len() as i64, SERIES_POINTS_MAX);
+    assert_eq!((series[0].count, series[0].sum_cents), (2, 14));
+    assert_eq!(series[series.len() - 1].count, 1);
+    assert_eq!(stats, brute_force(&donations, query).unwrap());
+    let one_more = Query {
+        from_ms: from_ms - DAY_MS,
+        ..query
+    };
+    assert_eq!(
+        stats_error(&read_model, one_more),
+        Some(StatsError::SeriesTooLong {
+            points: SERIES_POINTS_MAX + 1
+        })
+    );
+}
+
+fn stats_error(read_model: &ReadModel, query: Query) -> Option<StatsError> {
+    stats(read_model, query).err()
+}
