@@ -1,6 +1,6 @@
 //! Guards the one mapping of log failures to answers: a failure that may pass by itself is a
-//! 503 with `Retry-After`; one that needs an operator (a damaged log, lost records, a failed
-//! disk) is a 500 with its own code and no `Retry-After`, since retrying cannot help.
+//! 503 with `Retry-After` (a log away, a full disk, a partition recovering itself after a failed
+//! sync); one that needs an operator (a damaged log, lost records, an I/O error) is a 500 with its own code and no `Retry-After`, since retrying cannot help.
 
 mod support;
 
@@ -22,7 +22,9 @@ async fn a_failure_that_needs_an_operator_is_a_500_without_retry_after() {
         (corruption, 500, "log_corrupted"),
         (records_lost, 500, "records_lost"),
         (io_error, 500, "log_failed"),
-        (partition_failed, 500, "log_failed"),
+        // A partition whose write or sync failed recovers itself from disk before its next
+        // append: retrying helps.
+        (partition_failed, 503, "log_unavailable"),
         (unavailable, 503, "log_unavailable"),
         (|| LogError::Closed, 503, "log_unavailable"),
     ];
