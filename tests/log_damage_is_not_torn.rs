@@ -222,3 +222,72 @@ fn repair_of_a_damaged_sealed_segment_removes_the_later_ones() {
     assert_eq!(kept, actions[0].kept_end_offset);
     assert!(kept < 100);
 }
+
+#[test]
+fn a_damaged_commit_followed_by_a_later_sealed_commit_is_corruption_whatever_the_damage() {
+    // Records of 1,500 bytes: each commit spans several sectors.
+    for damage in ["both seal copies", "a whole sector"] {
+        let dir = log_with_commits(6, 1500);
+        let segment = active_segment(dir.path());
+        let end = length(&segment);
+        let commit_bytes = 12 + 24 + 8 + 8 + 1500 + SEAL_BYTES;
+        // The fifth commit is damaged; the sixth, acknowledged after it, follows.
+        let fifth_start = end - 2 * commit_bytes;
+        match damage {
+            "both seal copies" => {
+                let seal = fifth_start + commit_bytes - SEAL_BYTES;
+                zero(&segment, seal, seal + SEAL_BYTES);
+            }
+            _ => {
+                let sector = fifth_start.div_ceil(SECTOR_BYTES) * SECTOR_BYTES;
+                zero(&segment, sector, sector + SECTOR_BYTES);
+            }
+        }
+        let error = EmbeddedLog::open(dir.path(), one_partition()).unwrap_err();
+        assert!(
+            matches!(error, LogError::Corruption { .. }),
+            "{damage}: {error}"
+        );
+        assert_eq!(length(&segment), end, "{damage}: nothing was cut");
+    }
+}
+
+#[test]
+fn a_segment_whose_header_never_reached_the_disk_is_created_again() {
+    // A roll crashed: the new segment's name is durable, its header is not, a few bytes of
+    // its first (never acknowledged) commit are.
+    let dir = log_with_commits(3, 40);
+    let segment = active_segment(dir.path());
+    zero(&segment, 0, SEGMENT_HEADER_BYTES);
+    let log = open(dir.path(), &one_partition());
+    assert_eq!(log.partition(0).unwrap().end_offset(), 0);
+    drop(log);
+    // With a checkpoint that saw those records, the same bytes are refused instead.
+    let dir = log_with_commits(3, 40);
+    zero(&active_segment(dir.path()), 0, SEGMENT_HEADER_BYTES);
+    assert!(EmbeddedLog::open(dir.path(), with_witness(3)).is_err());
+}
+
+#[test]
+fn repair_of_a_gap_cuts_the_partition_where_the_gap_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = support::small_segment_options(1);
+    let log = open(dir.path(), &options);
+    for i in 0..100 {
+        log.append_blocking(0, vec![record(&format!("pay_{i:04}"), "some value")])
+            .unwrap();
+    }
+    drop(log);
+    let segments = segment_files(dir.path(), 0);
+    std::fs::remove_file(&segments[2]).unwrap();
+    assert!(EmbeddedLog::open(dir.path(), options.clone()).is_err());
+    let actions = embedded::repair(dir.path(), &options).unwrap();
+    assert_eq!(actions.len(), 1);
+    let log = open(dir.path(), &options);
+    assert_eq!(read_all(&log, 0).len() as u64, actions[0].kept_end_offset);
+    drop(log);
+    assert!(
+        embedded::repair(dir.path(), &options).unwrap().is_empty(),
+        "repaired once"
+    );
+}

@@ -129,7 +129,13 @@ fn a_damaged_checkpointed_commit_stops_the_start_until_repaired() {
     );
     assert!(said.contains("offsets 29..30 are lost"), "{said}");
     let audit = std::fs::read_to_string(data.path().join("log/repair-audit.jsonl")).unwrap();
-    let entry: Value = serde_json::from_str(audit.lines().next().unwrap()).unwrap();
+    let mut lines = audit.lines();
+    let started: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(
+        started["witnesses"][0]["end_offset"], 30,
+        "recorded before the cut: {started}"
+    );
+    let entry: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!(entry["partition"], 0);
     assert_eq!(entry["kept_end_offset"], 29);
     assert_eq!(entry["witnessed_end_offset"], 30);

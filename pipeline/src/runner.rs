@@ -369,6 +369,23 @@ impl Pipeline {
             if shutdown.as_ref().is_some_and(|s| *s.borrow()) {
                 break;
             }
+            // A checkpoint failed (a full disk): nothing more is applied until it is committed,
+            // so what it owes the journal stays one checkpoint's worth.
+            if let (Some(_), Some(shutdown)) = (&unsaved, shutdown.as_mut()) {
+                if let Some(meta) = self.checkpoint_or_wait(
+                    &mut state,
+                    &mut unsaved,
+                    shutdown,
+                    &mut backoff,
+                    &runtime,
+                )? {
+                    summary.last_checkpoint = Some(meta);
+                    applied_since_checkpoint = 0;
+                    last_checkpoint = Instant::now();
+                    backoff.reset();
+                }
+                continue;
+            }
             let read = runtime.block_on(self.log.read(
                 partition,
                 state.next_offset(),

@@ -49,6 +49,17 @@ pub fn run(data_dir: &Path) -> anyhow::Result<ExitCode> {
         witnesses: super::witnesses(data_dir)?,
         ..Default::default()
     };
+    // Recorded before anything is cut: a repair that stops half way is never silent.
+    let started = serde_json::json!({
+        "format_version": 1,
+        "repair_started_at": super::rfc3339(SystemClock.now_ms()),
+        "witnesses": options
+            .witnesses
+            .iter()
+            .map(|witness| serde_json::json!({"partition": witness.partition, "end_offset": witness.end_offset}))
+            .collect::<Vec<_>>(),
+    });
+    append_audit_lines(&log_dir, &[started])?;
     let actions = embedded::repair(&log_dir, &options)
         .with_context(|| format!("cannot repair the log in {}", log_dir.display()))?;
     record(&log_dir, "donations", &actions)?;
@@ -105,10 +116,6 @@ fn record(dir: &Path, log: &str, actions: &[RepairAction]) -> anyhow::Result<()>
     if actions.is_empty() {
         return Ok(());
     }
-    let path = dir.join(REPAIR_AUDIT_FILE_NAME);
-    let file = OsStorage
-        .open(&path, OpenMode::CreateOrOpen)
-        .with_context(|| format!("cannot open {}", path.display()))?;
     let mut lines = Vec::new();
     let repaired_at = super::rfc3339(SystemClock.now_ms());
     for action in actions {
@@ -133,11 +140,24 @@ fn record(dir: &Path, log: &str, actions: &[RepairAction]) -> anyhow::Result<()>
                 .map(|path| path.display().to_string())
                 .collect(),
         };
-        serde_json::to_writer(&mut lines, &entry)?;
-        lines.push(b'\n');
+        lines.push(serde_json::to_value(&entry)?);
+    }
+    append_audit_lines(dir, &lines)
+}
+
+/// Appends JSON lines to the audit file beside a log, synced with its directory.
+fn append_audit_lines(dir: &Path, lines: &[serde_json::Value]) -> anyhow::Result<()> {
+    let path = dir.join(REPAIR_AUDIT_FILE_NAME);
+    let file = OsStorage
+        .open(&path, OpenMode::CreateOrOpen)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut bytes = Vec::new();
+    for line in lines {
+        serde_json::to_writer(&mut bytes, line)?;
+        bytes.push(b'\n');
     }
     let end = file.len()?;
-    file.write_all_at(&lines, end)
+    file.write_all_at(&bytes, end)
         .and_then(|()| file.sync_data())
         .and_then(|()| OsStorage.sync_dir(dir))
         .with_context(|| format!("cannot write {}", path.display()))

@@ -573,10 +573,16 @@ impl Writer {
         }
         .open()?;
         let end_offset = segments.last().map_or(0, |segment| segment.end_offset);
-        assert_eq!(
-            end_offset, durable_end_offset,
-            "recovery keeps exactly the synced commits"
-        );
+        if end_offset != durable_end_offset {
+            return Err(LogError::RecordsLost {
+                partition: self.partition,
+                offset: end_offset,
+                reason: format!(
+                    "recovering from disk found the partition ending at {end_offset}, not at its \
+                     last synced commit's end {durable_end_offset}"
+                ),
+            });
+        }
         write_lock(&self.state).segments = segments;
         Ok(end_offset)
     }

@@ -91,7 +91,9 @@ impl Opening<'_> {
         base_offsets.sort_unstable();
         if base_offsets.is_empty() {
             let first = create_segment(self.storage, self.dir, 0, self.config)?;
-            self.check_witness(first.end_offset, &first.path)?;
+            if self.mode == RecoveryMode::Strict {
+                self.check_witness(first.end_offset, &first.path)?;
+            }
             return Ok((vec![first], None));
         }
         let mut segments = Vec::with_capacity(base_offsets.len());
@@ -114,9 +116,29 @@ impl Opening<'_> {
                     repair = repair.or(action);
                     segments.push(view);
                 }
-                Err(error) if self.mode == RecoveryMode::Repair => {
-                    let mut action = self.cut_at(base, &base_offsets[index..], error)?;
-                    let (view, tail) = self.open_last(base)?;
+                Err(error @ LogError::Corruption { .. }) if self.mode == RecoveryMode::Repair => {
+                    // A gap before this segment: the partition ends where the previous one does,
+                    // so this segment goes too. Damage inside it: it is cut back when it is
+                    // opened as the last one.
+                    let gap = base != expected_base;
+                    let (cut_base, removed_from) = match (gap, segments.pop()) {
+                        (false, previous) => {
+                            segments.extend(previous);
+                            (base, index + 1)
+                        }
+                        (true, Some(previous)) => (previous.base_offset, index),
+                        (true, None) => {
+                            return Err(LogError::Corruption {
+                                path: self.dir.join(segment_file_name(base)),
+                                position: 0,
+                                reason: format!(
+                                    "the partition's first segment (offset 0) is missing; it                                      cannot be repaired: {error}"
+                                ),
+                            });
+                        }
+                    };
+                    let mut action = self.cut_at(cut_base, &base_offsets[removed_from..], error)?;
+                    let (view, tail) = self.open_last(cut_base)?;
                     action.bytes_cut += tail.map_or(0, |tail| tail.bytes_cut);
                     segments.push(view);
                     repair = Some(action);
@@ -199,7 +221,15 @@ impl Opening<'_> {
         let file_len = file.len().map_err(|e| LogError::io(&path, e))?;
         let index_path = self.dir.join(index_file_name(base));
         let interval = self.config.index_interval_bytes;
-        let sealed = match segment::read_index_file(self.storage, &index_path, base, interval) {
+        // A repair reads every byte: damage in a sealed segment with a sound index would
+        // otherwise be found only when a record is read.
+        let index = match self.mode {
+            RecoveryMode::Strict => {
+                segment::read_index_file(self.storage, &index_path, base, interval)
+            }
+            RecoveryMode::Repair => None,
+        };
+        let sealed = match index {
             Some(sealed) => sealed,
             None => {
                 tracing::info!(segment = %path.display(), "rebuilding missing or damaged segment index");
@@ -268,9 +298,10 @@ impl Opening<'_> {
             .open(&path, OpenMode::ReadWrite)
             .map_err(|e| LogError::io(&path, e))?;
         let file_len = file.len().map_err(|e| LogError::io(&path, e))?;
-        if file_len <= SEGMENT_HEADER_BYTES && check_segment_header(&*file, &path, base).is_err() {
-            // Created by a roll that crashed before its header was durable: it holds no record.
-            tracing::warn!(segment = %path.display(), "re-creating a segment whose creation was cut short");
+        if self.header_never_synced(&*file, &path, base, file_len)? {
+            // Created by a roll that crashed before its first commit synced (that sync would
+            // have made the header durable with it): it holds no acknowledged record.
+            tracing::warn!(segment = %path.display(), "re-creating a segment whose first commit never synced");
             drop(file);
             return Ok((
                 create_segment(self.storage, self.dir, base, self.config)?,
@@ -343,6 +374,33 @@ impl Opening<'_> {
         Ok((view, repair))
     }
 
+    /// Whether a segment's header is missing or reads as zeros while nothing witnessed reaches
+    /// into the segment: its first commit's sync, which carries the header, never returned.
+    fn header_never_synced(
+        &self,
+        file: &dyn StorageFile,
+        path: &Path,
+        base: Offset,
+        file_len: u64,
+    ) -> Result<bool, LogError> {
+        if check_segment_header(file, path, base).is_ok() {
+            return Ok(false);
+        }
+        if self
+            .witness
+            .is_some_and(|witness| witness.end_offset > base)
+        {
+            return Ok(false);
+        }
+        if file_len <= SEGMENT_HEADER_BYTES {
+            return Ok(true);
+        }
+        let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
+        file.read_exact_at(&mut header, 0)
+            .map_err(|e| LogError::io(path, e))?;
+        Ok(header.iter().all(|&byte| byte == 0))
+    }
+
     fn corruption_below_witness(
         &self,
         path: &Path,
@@ -381,13 +439,13 @@ impl Opening<'_> {
         }
     }
 
-    /// Repair of damage in the segment at `bases[0]` (not the last one, or a gap before it):
-    /// removes every later segment, so that this one becomes the last and is cut back to its
-    /// last whole commit when opened.
+    /// Repair of damage in or before a segment that is not the last: removes `removed` (every
+    /// later segment, newest first), so that the segment at `base` becomes the last and is cut
+    /// back to its last whole commit when opened.
     fn cut_at(
         &self,
         base: Offset,
-        bases: &[Offset],
+        removed: &[Offset],
         error: LogError,
     ) -> Result<RepairAction, LogError> {
         let path = self.dir.join(segment_file_name(base));
@@ -399,7 +457,7 @@ impl Opening<'_> {
         };
         let mut bytes_cut = 0;
         let mut segments_removed = Vec::new();
-        for &later in &bases[1..] {
+        for &later in removed.iter().rev() {
             let later_path = self.dir.join(segment_file_name(later));
             if let Ok(file) = self.storage.open(&later_path, OpenMode::Read) {
                 bytes_cut += file.len().unwrap_or(0);
@@ -468,14 +526,24 @@ fn judge_tail(
             reason: format!("unsealed format: the last commit is damaged ({problem:?})"),
         });
     }
+    let mut tail = vec![0u8; (file_len - commit_start) as usize];
+    file.read_exact_at(&mut tail, commit_start)
+        .map_err(|e| LogError::io(path, e))?;
+    // A seal of a later commit after the damage: that commit was synced, so the damaged one
+    // was too, whatever the damage looks like.
+    if let Some(later) = later_seal(&tail, commit_start, outcome.commit_end_offset) {
+        return Ok(TailVerdict::Corrupt {
+            position: *position,
+            reason: format!(
+                "damaged commit ({problem:?}) followed by a later commit sealed at byte {later}"
+            ),
+        });
+    }
     if *problem == FrameProblem::Unsealed {
         return Ok(TailVerdict::Torn {
             reason: "the commit's frames are whole but its seal never reached the disk".into(),
         });
     }
-    let mut tail = vec![0u8; (file_len - commit_start) as usize];
-    file.read_exact_at(&mut tail, commit_start)
-        .map_err(|e| LogError::io(path, e))?;
     let Some((seal_position, seal)) = find_seal(&tail, commit_start, outcome.commit_end_offset)
     else {
         return Ok(TailVerdict::Torn {
@@ -501,6 +569,15 @@ fn judge_tail(
             "the commit at byte {commit_start} was written whole (its seal at byte \
              {seal_position} checks out) but is damaged: {problem:?}"
         ),
+    })
+}
+
+/// The position of a seal copy in `tail` (which starts at `commit_start` in the file) that
+/// checks out and belongs to a commit after the one starting there (at `base_offset`).
+fn later_seal(tail: &[u8], commit_start: u64, base_offset: Offset) -> Option<u64> {
+    (0..tail.len()).find_map(|at| {
+        let seal = Seal::decode_copy(&tail[at..])?;
+        (seal.base_offset > base_offset).then_some(commit_start + at as u64)
     })
 }
 
