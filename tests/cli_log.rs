@@ -30,6 +30,10 @@ fn import_appends_valid_lines_and_reports_each_bad_one() {
         &GOOD.replace("100", "\"200\""),
         &GOOD.replace("\"currency\":\"USD\",", "\"currency\":\"USD\",\"tip\":1,"),
         GOOD_2,
+        &GOOD.replace(
+            "\"amount_cents\":100,",
+            "\"amount_cents\":100,\"amount_cents\":999999,",
+        ),
     ];
     std::fs::write(&input, lines.join("\n")).unwrap();
     let output = tally(dir.path(), &["import", input.to_str().unwrap()]);
@@ -48,7 +52,11 @@ fn import_appends_valid_lines_and_reports_each_bad_one() {
         errors.contains("line 5: tip: is not a donation field"),
         "{errors}"
     );
-    assert_eq!(errors.lines().count(), 3, "{errors}");
+    assert!(
+        errors.contains("line 7: amount_cents: appears more than once"),
+        "{errors}"
+    );
+    assert_eq!(errors.lines().count(), 4, "{errors}");
     assert!(
         stdout(&output).contains("imported 2 donations"),
         "{}",

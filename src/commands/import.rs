@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
+use tally_ingest::body::BodyError;
 use tally_pipeline::clock::{Clock, SystemClock};
 use tally_pipeline::event::envelope;
 use tally_pipeline::event::validate::{DonationLimits, validate_donation};
@@ -113,7 +114,11 @@ fn parse_line(line: &[u8], limits: &DonationLimits) -> Result<Option<KeyedRecord
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let value: Value = serde_json::from_slice(line).map_err(|e| format!("malformed JSON: {e}"))?;
+    // The same reading as a callback's body: a key given twice is refused, not last-one-wins.
+    let value: Value = tally_ingest::body::value(line).map_err(|error| match error {
+        BodyError::RepeatedKey(ref key) => format!("{key}: {error}"),
+        other => format!("malformed JSON: {other}"),
+    })?;
     let input =
         validate_donation(&value, limits, SystemClock.now_ms()).map_err(|e| e.to_string())?;
     let event = input.into_event(None).map_err(|e| e.to_string())?;
