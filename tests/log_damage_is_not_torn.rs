@@ -46,6 +46,18 @@ fn log_with_commits(commits: usize, value_bytes: usize) -> tempfile::TempDir {
     dir
 }
 
+/// A log of 100 one-record commits over several small segments.
+fn log_of_many_segments() -> (tempfile::TempDir, EmbeddedLogOptions) {
+    let dir = tempfile::tempdir().unwrap();
+    let options = support::small_segment_options(1);
+    let log = open(dir.path(), &options);
+    for i in 0..100 {
+        log.append_blocking(0, vec![record(&format!("pay_{i:04}"), "some value")])
+            .unwrap();
+    }
+    (dir, options)
+}
+
 fn active_segment(dir: &Path) -> std::path::PathBuf {
     segment_files(dir, 0).pop().unwrap()
 }
@@ -200,14 +212,7 @@ fn repair_cuts_back_to_the_last_whole_commit_and_reports_the_loss() {
 
 #[test]
 fn repair_of_a_damaged_sealed_segment_removes_the_later_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = support::small_segment_options(1);
-    let log = open(dir.path(), &options);
-    for i in 0..100 {
-        log.append_blocking(0, vec![record(&format!("pay_{i:04}"), "some value")])
-            .unwrap();
-    }
-    drop(log);
+    let (dir, options) = log_of_many_segments();
     let segments = segment_files(dir.path(), 0);
     assert!(segments.len() > 3);
     // Damage in the second segment, and its index gone so that opening scans it.
@@ -270,14 +275,7 @@ fn a_segment_whose_header_never_reached_the_disk_is_created_again() {
 
 #[test]
 fn repair_of_a_gap_cuts_the_partition_where_the_gap_starts() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = support::small_segment_options(1);
-    let log = open(dir.path(), &options);
-    for i in 0..100 {
-        log.append_blocking(0, vec![record(&format!("pay_{i:04}"), "some value")])
-            .unwrap();
-    }
-    drop(log);
+    let (dir, options) = log_of_many_segments();
     let segments = segment_files(dir.path(), 0);
     std::fs::remove_file(&segments[2]).unwrap();
     assert!(EmbeddedLog::open(dir.path(), options.clone()).is_err());

@@ -58,6 +58,16 @@ fn fill(dir: &Path) -> PathBuf {
     path
 }
 
+/// Sends `count` donations that must each be acknowledged.
+fn donate_accepted(server: &ServerProcess, count: usize, next: &mut usize, acknowledged: &mut u64) {
+    for _ in 0..count {
+        let (status, body) = donate_to_meals(server, &format!("pay_{next:05}"), *next);
+        assert_eq!(status, 202, "{body}");
+        *acknowledged += 1;
+        *next += 1;
+    }
+}
+
 #[test]
 fn a_full_disk_heals_without_a_restart() {
     let Some(file_system) = SmallFileSystem::mount("30m") else {
@@ -69,14 +79,7 @@ fn a_full_disk_heals_without_a_restart() {
     create_campaign(&client(), &server, "meals", "USD");
     let mut acknowledged = 0u64;
     let mut next = 0usize;
-    for _ in 0..20 {
-        assert_eq!(
-            donate_to_meals(&server, &format!("pay_{next:05}"), next).0,
-            202
-        );
-        acknowledged += 1;
-        next += 1;
-    }
+    donate_accepted(&server, 20, &mut next, &mut acknowledged);
 
     let filler = fill(file_system.path());
     let refusal = loop {
@@ -112,14 +115,7 @@ fn a_full_disk_heals_without_a_restart() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    for _ in 0..20 {
-        assert_eq!(
-            donate_to_meals(&server, &format!("pay_{next:05}"), next).0,
-            202
-        );
-        acknowledged += 1;
-        next += 1;
-    }
+    donate_accepted(&server, 20, &mut next, &mut acknowledged);
 
     let deadline = Instant::now() + CATCH_UP_WAIT_MAX;
     let view = loop {

@@ -359,8 +359,7 @@ impl Pipeline {
             RunMode::CatchUp => None,
             RunMode::Follow { shutdown } => Some(shutdown.clone()),
         };
-        let mut applied_since_checkpoint = 0u64;
-        let mut last_checkpoint = Instant::now();
+        let mut cadence = Cadence::new();
         // What a checkpoint that failed to commit (a full disk) still owes the journal.
         let mut unsaved: Option<StateChanges> = None;
         // A following partition whose log does not answer tries again after a doubling pause.
@@ -379,9 +378,7 @@ impl Pipeline {
                     &mut backoff,
                     &runtime,
                 )? {
-                    summary.last_checkpoint = Some(meta);
-                    applied_since_checkpoint = 0;
-                    last_checkpoint = Instant::now();
+                    cadence.committed(&mut summary, meta);
                     backoff.reset();
                 }
                 continue;
@@ -412,8 +409,8 @@ impl Pipeline {
                 // Caught up while following: commit once the interval is over, not at every
                 // wake-up (each commit is an fdatasync; under steady load the partition is caught
                 // up after almost every read).
-                let commit_at = (applied_since_checkpoint > 0)
-                    .then(|| last_checkpoint + self.config.checkpoint_interval);
+                let commit_at = (cadence.applied > 0)
+                    .then(|| cadence.committed_at + self.config.checkpoint_interval);
                 if commit_at.is_some_and(|at| Instant::now() >= at) {
                     if let Some(meta) = self.checkpoint_or_wait(
                         &mut state,
@@ -422,9 +419,7 @@ impl Pipeline {
                         &mut backoff,
                         &runtime,
                     )? {
-                        summary.last_checkpoint = Some(meta);
-                        applied_since_checkpoint = 0;
-                        last_checkpoint = Instant::now();
+                        cadence.committed(&mut summary, meta);
                     }
                     continue;
                 }
@@ -444,7 +439,7 @@ impl Pipeline {
                     state.apply(record.offset, event, &lookup),
                     shutdown.as_ref(),
                 ) {
-                    (Ok(_), _) => applied_since_checkpoint += 1,
+                    (Ok(_), _) => cadence.applied += 1,
                     // Following, a recorded event that cannot be read back because the log
                     // is away is waited for like a failed read: the record changed nothing and
                     // is applied again from the same offset.
@@ -460,8 +455,8 @@ impl Pipeline {
                 runtime.block_on(backoff.pause(shutdown));
                 continue;
             }
-            if applied_since_checkpoint >= self.config.checkpoint_records_max
-                || last_checkpoint.elapsed() >= self.config.checkpoint_interval
+            if cadence.applied >= self.config.checkpoint_records_max
+                || cadence.committed_at.elapsed() >= self.config.checkpoint_interval
             {
                 let committed = match shutdown.as_mut() {
                     Some(shutdown) => self.checkpoint_or_wait(
@@ -474,13 +469,11 @@ impl Pipeline {
                     None => Some(self.checkpoint(&mut state, &mut unsaved)?),
                 };
                 if let Some(meta) = committed {
-                    summary.last_checkpoint = Some(meta);
-                    applied_since_checkpoint = 0;
-                    last_checkpoint = Instant::now();
+                    cadence.committed(&mut summary, meta);
                 }
             }
         }
-        if applied_since_checkpoint > 0 || summary.last_checkpoint.is_none() {
+        if cadence.applied > 0 || summary.last_checkpoint.is_none() {
             summary.last_checkpoint = Some(self.checkpoint(&mut state, &mut unsaved)?);
         }
         summary.next_offset = state.next_offset();
@@ -582,6 +575,28 @@ impl Pipeline {
             }
             Err(error) => Err(error),
         }
+    }
+}
+
+/// When a running partition last committed, and how many records it applied since.
+struct Cadence {
+    applied: u64,
+    committed_at: Instant,
+}
+
+impl Cadence {
+    fn new() -> Self {
+        Self {
+            applied: 0,
+            committed_at: Instant::now(),
+        }
+    }
+
+    /// Notes a committed checkpoint in the run's summary and starts counting again.
+    fn committed(&mut self, summary: &mut PartitionRunSummary, meta: CheckpointMeta) {
+        summary.last_checkpoint = Some(meta);
+        self.applied = 0;
+        self.committed_at = Instant::now();
     }
 }
 

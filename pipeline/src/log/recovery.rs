@@ -572,25 +572,29 @@ fn judge_tail(
     })
 }
 
-/// The position of a seal copy in `tail` (which starts at `commit_start` in the file) that
-/// checks out and belongs to a commit after the one starting there (at `base_offset`).
-fn later_seal(tail: &[u8], commit_start: u64, base_offset: Offset) -> Option<u64> {
-    (0..tail.len()).find_map(|at| {
-        let seal = Seal::decode_copy(&tail[at..])?;
-        (seal.base_offset > base_offset).then_some(commit_start + at as u64)
-    })
+/// Every seal copy in `tail` that checks out, with its position in `tail`.
+fn seal_copies(tail: &[u8]) -> impl Iterator<Item = (usize, Seal)> + '_ {
+    (0..tail.len()).filter_map(|at| Seal::decode_copy(&tail[at..]).map(|seal| (at, seal)))
 }
 
 /// The position of a seal copy in `tail` (which starts at `commit_start` in the file) that
-/// checks out and belongs to the commit starting there.
+/// belongs to a commit after the one starting there (at `base_offset`).
+fn later_seal(tail: &[u8], commit_start: u64, base_offset: Offset) -> Option<u64> {
+    seal_copies(tail)
+        .find(|(_, seal)| seal.base_offset > base_offset)
+        .map(|(at, _)| commit_start + at as u64)
+}
+
+/// The position of a seal copy in `tail` (which starts at `commit_start` in the file) that
+/// belongs to the commit starting there.
 fn find_seal(tail: &[u8], commit_start: u64, base_offset: Offset) -> Option<(u64, Seal)> {
-    (0..tail.len()).find_map(|at| {
-        let seal = Seal::decode_copy(&tail[at..])?;
-        let frames_end = seal.commit_bytes as usize;
-        let belongs = seal.base_offset == base_offset
-            && (at == frames_end || at == frames_end + SEAL_COPY_BYTES);
-        belongs.then_some((commit_start + at as u64, seal))
-    })
+    seal_copies(tail)
+        .find(|(at, seal)| {
+            let frames_end = seal.commit_bytes as usize;
+            seal.base_offset == base_offset
+                && (*at == frames_end || *at == frames_end + SEAL_COPY_BYTES)
+        })
+        .map(|(at, seal)| (commit_start + at as u64, seal))
 }
 
 /// Whether a disk sector spanned by `[commit_start, seal_position)`, other than the sector
