@@ -103,13 +103,51 @@ fn read_model(donations: &[Donation]) -> ReadModel {
     read_model
 }
 
-/// What a scan of every donation says the answer is.
+/// What a scan of every donation says the answer is, nothing rolled up.
 fn brute_force(donations: &[Donation], query: Query) -> Result<CampaignStats, StatsError> {
-    let from_ms = Granularity::Minute.bucket_start(query.from_ms);
-    let to_ms = Granularity::Minute.bucket_start(query.to_ms);
-    if from_ms >= to_ms {
-        return Err(StatsError::EmptyRange);
+    brute_force_with_cuts(donations, query, Cuts::NONE, None)
+}
+
+/// Where minutes and hours are rolled up: buckets starting before these are gone.
+#[derive(Debug, Clone, Copy)]
+struct Cuts {
+    minutes_before_ms: UnixMillis,
+    hours_before_ms: UnixMillis,
+}
+
+impl Cuts {
+    const NONE: Cuts = Cuts {
+        minutes_before_ms: UnixMillis::MIN,
+        hours_before_ms: UnixMillis::MIN,
+    };
+
+    fn before_ms(&self, granularity: Granularity) -> UnixMillis {
+        match granularity {
+            Granularity::Minute => self.minutes_before_ms,
+            Granularity::Hour => self.hours_before_ms,
+            Granularity::Day => UnixMillis::MIN,
+        }
     }
+}
+
+/// [`brute_force`] where time before `cuts` is held only by coarser buckets: the answer comes
+/// at the finest resolution that holds `from` on.
+fn brute_force_with_cuts(
+    donations: &[Donation],
+    query: Query,
+    cuts: Cuts,
+    complete_through_ms: Option<UnixMillis>,
+) -> Result<CampaignStats, StatsError> {
+    let resolution = Granularity::ALL
+        .into_iter()
+        .find(|&g| query.from_ms >= cuts.before_ms(g))
+        .unwrap_or(Granularity::Day);
+    let from_ms = resolution.bucket_start(query.from_ms);
+    let to_ms = resolution.bucket_start(query.to_ms);
+    if from_ms >= to_ms {
+        return Err(StatsError::EmptyRange { resolution });
+    }
+
     let amounts_in = |from: UnixMillis, to: UnixMillis| {
         donations
             .iter()
@@ -124,6 +162,13 @@ fn brute_force(donations: &[Donation], query: Query) -> Result<CampaignStats, St
             let points = (granularity.bucket_start(to_ms - 1) - first) / width_ms + 1;
             if points > SERIES_POINTS_MAX {
                 return Err(StatsError::SeriesTooLong { points });
+            }
+            if granularity < resolution {
+                return Err(StatsError::SeriesFinerThanResolution {
+                    series: granularity,
+                    resolution,
+                    rolled_up_before_ms: cuts.before_ms(granularity),
+                });
             }
             let series = (0..points)
                 .map(|i| {
@@ -152,6 +197,7 @@ fn brute_force(donations: &[Donation], query: Query) -> Result<CampaignStats, St
     Ok(CampaignStats {
         from_ms,
         to_ms,
+        resolution,
         count,
         sum_cents,
         min_cents,
@@ -160,8 +206,7 @@ fn brute_force(donations: &[Donation], query: Query) -> Result<CampaignStats, St
         p50_cents: quantiles.map(|q| q[0]),
         p90_cents: quantiles.map(|q| q[1]),
         p99_cents: quantiles.map(|q| q[2]),
-        // No partition published a watermark.
-        complete_through_ms: None,
+        complete_through_ms,
         series,
     })
 }

@@ -365,12 +365,16 @@ impl From<Rejection> for ApiError {
 impl From<StatsError> for ApiError {
     fn from(error: StatsError) -> Self {
         match error {
-            StatsError::EmptyRange => Self::new(
+            StatsError::EmptyRange { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_range", error.to_string())
+                    .with_field("to")
+            }
+            StatsError::SeriesFinerThanResolution { .. } => Self::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_range",
-                format!("{error} (after truncating both to the minute)"),
+                "series_finer_than_resolution",
+                error.to_string(),
             )
-            .with_field("to"),
+            .with_field("bucket"),
             StatsError::SeriesTooLong { .. } => Self::new(
                 StatusCode::BAD_REQUEST,
                 "series_too_long",

@@ -16,7 +16,8 @@ use crate::clock::UnixMillis;
 use crate::log::{Offset, PartitionId};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::event_time_windows::{
-    BucketKey, CampaignBuckets, EventTimeWindows, Granularity, WindowBucket, cover,
+    BucketKey, CampaignBuckets, EventTimeWindows, Granularity, RolledUp, WindowBucket,
+    WindowHorizons, cover,
 };
 use crate::processor::{PartitionCounters, PartitionState};
 
@@ -78,7 +79,7 @@ impl PartitionUpdate {
 }
 
 /// What a partition's committed state looks like to readers.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct PartitionView {
     next_offset: Offset,
     committed_at_ms: UnixMillis,
@@ -87,6 +88,20 @@ struct PartitionView {
     counters: PartitionCounters,
     totals: BTreeMap<String, CampaignTotal>,
     windows: EventTimeWindows,
+}
+
+impl PartitionView {
+    fn new(horizons: WindowHorizons) -> Self {
+        Self {
+            next_offset: 0,
+            committed_at_ms: 0,
+            checkpoint_duration_us: 0,
+            watermark_ms: None,
+            counters: PartitionCounters::default(),
+            totals: BTreeMap::new(),
+            windows: EventTimeWindows::new(horizons),
+        }
+    }
 }
 
 /// Progress of one partition, for freshness reports.
@@ -105,6 +120,10 @@ pub struct PartitionProgress {
 pub struct CampaignStats {
     pub from_ms: UnixMillis,
     pub to_ms: UnixMillis,
+    /// The finest buckets still held from `from_ms` on, which answered: `from_ms` and `to_ms`
+    /// are truncated to it.
+    #[serde(serialize_with = "granularity_name")]
+    pub resolution: Granularity,
     pub count: u64,
     pub sum_cents: u64,
     pub min_cents: Option<u64>,
@@ -130,8 +149,20 @@ pub struct SeriesPoint {
 /// Why a statistics query cannot be answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StatsError {
-    #[error("`from` must be before `to`")]
-    EmptyRange,
+    #[error("`from` must be before `to` (after truncating both to the {})", resolution.name())]
+    EmptyRange { resolution: Granularity },
+    #[error(
+        "{} buckets before {rolled_up_before_ms} (Unix ms) are rolled up into {}s: ask for a series of {}s or more, or a later `from`",
+        series.name(),
+        resolution.name(),
+        resolution.name()
+    )]
+    SeriesFinerThanResolution {
+        series: Granularity,
+        resolution: Granularity,
+        /// Where the rolled-up time ends.
+        rolled_up_before_ms: UnixMillis,
+    },
     #[error("the series would have {points} points; the limit is {SERIES_POINTS_MAX}")]
     SeriesTooLong { points: i64 },
 }
@@ -139,14 +170,22 @@ pub enum StatsError {
 #[derive(Debug)]
 pub struct ReadModel {
     partitions: RwLock<Vec<PartitionView>>,
+    /// Each partition's buckets are rolled up as its watermark moves (as its operators do).
+    horizons: WindowHorizons,
     /// Bumped on every published update; readers wait on it for changes.
     version: watch::Sender<u64>,
 }
 
 impl ReadModel {
     pub fn new(partition_count: u32) -> Self {
+        Self::with_horizons(partition_count, WindowHorizons::DEFAULT)
+    }
+
+    /// A read model that rolls buckets up at `horizons`.
+    pub fn with_horizons(partition_count: u32, horizons: WindowHorizons) -> Self {
         Self {
-            partitions: RwLock::new(vec![PartitionView::default(); partition_count as usize]),
+            partitions: RwLock::new(vec![PartitionView::new(horizons); partition_count as usize]),
+            horizons,
             version: watch::channel(0).0,
         }
     }
@@ -181,6 +220,8 @@ impl ReadModel {
             for (key, bucket) in update.buckets {
                 view.windows.set(key, bucket);
             }
+            view.windows.roll_up(update.watermark_ms);
+            view.windows.forget_changes();
         }
         self.version.send_modify(|version| *version += 1);
     }
@@ -207,7 +248,7 @@ impl ReadModel {
             .partitions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        partitions[partition as usize] = PartitionView::default();
+        partitions[partition as usize] = PartitionView::new(self.horizons);
     }
 
     /// A receiver that changes whenever any partition publishes.
@@ -252,7 +293,9 @@ impl ReadModel {
         totals
     }
 
-    /// Statistics over `[from_ms, to_ms)`, both truncated to the minute, with an optional series.
+    /// Statistics over `[from_ms, to_ms)`, both truncated to the finest buckets every
+    /// partition still holds from `from_ms` on (minutes, unless that time is rolled up), with an
+    /// optional series.
     pub fn stats(
         &self,
         campaign_id: &str,
@@ -260,10 +303,15 @@ impl ReadModel {
         to_ms: UnixMillis,
         series: Option<Granularity>,
     ) -> Result<CampaignStats, StatsError> {
-        let from_ms = Granularity::Minute.bucket_start(from_ms);
-        let to_ms = Granularity::Minute.bucket_start(to_ms);
+        let partitions = self.read();
+        let rolled_up = partitions.iter().fold(RolledUp::NONE, |cuts, view| {
+            cuts.max(view.windows.rolled_up())
+        });
+        let resolution = rolled_up.finest_from(from_ms);
+        let from_ms = resolution.bucket_start(from_ms);
+        let to_ms = resolution.bucket_start(to_ms);
         if from_ms >= to_ms {
-            return Err(StatsError::EmptyRange);
+            return Err(StatsError::EmptyRange { resolution });
         }
         if let Some(granularity) = series {
             let first = granularity.bucket_start(from_ms);
@@ -272,8 +320,14 @@ impl ReadModel {
             if points > SERIES_POINTS_MAX {
                 return Err(StatsError::SeriesTooLong { points });
             }
+            if granularity < resolution {
+                return Err(StatsError::SeriesFinerThanResolution {
+                    series: granularity,
+                    resolution,
+                    rolled_up_before_ms: rolled_up.before_ms(granularity),
+                });
+            }
         }
-        let partitions = self.read();
         let campaigns: Vec<&CampaignBuckets> = partitions
             .iter()
             .filter_map(|view| view.windows.campaign(campaign_id))
@@ -295,6 +349,7 @@ impl ReadModel {
         Ok(CampaignStats {
             from_ms,
             to_ms,
+            resolution,
             count: whole.count,
             sum_cents: whole.sum_cents,
             min_cents: any.then_some(whole.min_cents),
@@ -307,6 +362,13 @@ impl ReadModel {
             series,
         })
     }
+}
+
+fn granularity_name<S: serde::Serializer>(
+    granularity: &Granularity,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(granularity.name())
 }
 
 fn complete_through(partitions: &[PartitionView]) -> Option<UnixMillis> {

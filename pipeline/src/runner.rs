@@ -20,6 +20,7 @@ use crate::checkpoint::{CheckpointError, CheckpointMeta, CheckpointStore, Loaded
 use crate::clock::Clock;
 use crate::event::{DonationEvent, envelope};
 use crate::log::{Log, LogError, Offset, PartitionId};
+use crate::operators::event_time_windows::WindowHorizons;
 use crate::operators::watermark::ALLOWED_LATENESS_MS_DEFAULT;
 use crate::processor::partition_state::{ApplyError, RecordedEvents, SharedIndex};
 use crate::processor::{PartitionState, StateChanges};
@@ -36,6 +37,8 @@ pub struct PipelineConfig {
     pub allowed_lateness_ms: i64,
     /// Records read from the log per call.
     pub read_batch_records: usize,
+    /// How long minute and hour buckets are kept before only coarser ones hold their time.
+    pub window_horizons: WindowHorizons,
 }
 
 impl Default for PipelineConfig {
@@ -47,6 +50,7 @@ impl Default for PipelineConfig {
             checkpoint_records_max: 50_000,
             allowed_lateness_ms: ALLOWED_LATENESS_MS_DEFAULT,
             read_batch_records: 4096,
+            window_horizons: WindowHorizons::DEFAULT,
         }
     }
 }
@@ -246,10 +250,11 @@ impl Pipeline {
     ) -> Result<(PartitionState, bool), PipelineError> {
         match self.store.load(partition) {
             Ok(LoadedPartition::Restored {
-                state,
+                mut state,
                 meta,
                 damage,
             }) => {
+                state.set_window_horizons(self.config.window_horizons);
                 if let Some(damage) = &damage {
                     warn_damage(partition, Some(meta.scalars.next_offset), damage);
                 }
@@ -283,7 +288,11 @@ impl Pipeline {
     }
 
     fn empty_state(&self, partition: PartitionId) -> PartitionState {
-        PartitionState::new(partition, self.config.allowed_lateness_ms)
+        PartitionState::new(
+            partition,
+            self.config.allowed_lateness_ms,
+            self.config.window_horizons,
+        )
     }
 
     /// Loads every partition and runs them all, one thread each, until done.
@@ -498,7 +507,8 @@ impl Pipeline {
             partition,
             runtime: &runtime,
         };
-        let mut state = PartitionState::new(partition, allowed_lateness_ms);
+        let mut state =
+            PartitionState::new(partition, allowed_lateness_ms, self.config.window_horizons);
         while state.next_offset() < until {
             let want = ((until - state.next_offset()) as usize).min(self.config.read_batch_records);
             let records = runtime.block_on(self.log.read(partition, state.next_offset(), want))?;
@@ -539,6 +549,7 @@ impl Pipeline {
                 return Err(error.into());
             }
         };
+        let buckets = state.changed_buckets(&changes);
         self.publish(PartitionUpdate {
             partition: state.partition(),
             next_offset: state.next_offset(),
@@ -547,7 +558,7 @@ impl Pipeline {
             watermark_ms: state.watermark().current(),
             counters: state.counters(),
             totals: changes.totals,
-            buckets: changes.buckets,
+            buckets,
         });
         Ok(meta)
     }

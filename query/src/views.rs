@@ -70,6 +70,8 @@ pub struct StatsView {
     pub campaign_id: String,
     pub from: String,
     pub to: String,
+    /// The finest buckets still held from `from` on: `minute`, `hour` or `day`.
+    pub resolution: &'static str,
     pub count: u64,
     pub sum_cents: u64,
     pub min_cents: Option<u64>,
@@ -101,6 +103,7 @@ impl StatsView {
             campaign_id: campaign_id.to_owned(),
             from: rfc3339(stats.from_ms),
             to: rfc3339(stats.to_ms),
+            resolution: stats.resolution.name(),
             count: stats.count,
             sum_cents: stats.sum_cents,
             min_cents: stats.min_cents,

@@ -168,10 +168,11 @@ pub fn run(data_dir: &Path, command: CampaignCommand) -> anyhow::Result<ExitCode
             } else {
                 writeln!(
                     out,
-                    "campaign {} from {} to {}",
+                    "campaign {} from {} to {} (by the {})",
                     args.campaign_id,
                     super::rfc3339(stats.from_ms),
-                    super::rfc3339(stats.to_ms)
+                    super::rfc3339(stats.to_ms),
+                    stats.resolution.name()
                 )?;
                 let show = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
                 writeln!(

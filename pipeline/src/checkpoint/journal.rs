@@ -1,21 +1,41 @@
-//! The checkpoint journal of one partition: every checkpoint it committed, in order.
+//! The checkpoint journal of one partition: a snapshot of its state, then every checkpoint
+//! committed since, in order.
 //!
 //! A checkpoint is one frame (the log's frame format: length, CRC32C, commit flag) holding the
-//! partition's next offset, counters, watermark and digest together with everything that changed
-//! since the previous checkpoint: new index entries, changed campaign totals and window buckets,
-//! new conflicts. Appending that frame and syncing it is the atomic step: a checkpoint whose frame
-//! is whole and checks out counts, one that is not does not. Loading replays the frames (later
-//! values of a total or bucket replace earlier ones). A very large checkpoint (a restored
-//! savepoint) sends its index entries ahead in `IndexChanges` frames, which count only once the
-//! `Checkpoint` frame after them is whole.
+//! partition's next offset, counters, watermark and digest together with what changed since the
+//! previous checkpoint: new index entries, changed campaign totals, each changed window bucket's
+//! *delta* (the donations added since), the buckets rolled up, new conflicts. Appending that
+//! frame and syncing it is the atomic step: a checkpoint whose frame is whole and checks out
+//! counts, one that is not does not. A checkpoint's bytes follow what was applied since the one
+//! before, never the size of what it touched.
+//!
+//! # Generations
+//! The deltas pile up, so a journal is rewritten from time to time (see `compaction`): a new
+//! *generation* opens with a snapshot of the whole state at a committed checkpoint — the index
+//! packed, the buckets whole, totals and conflicts — and goes on with the checkpoints committed
+//! since. It is written beside the journal, synced, and renamed over it (then the directory is
+//! synced): the old generation is gone in the same atomic step that makes the new one the
+//! journal, so a crash leaves one or the other, never neither.
 //!
 //! ```text
-//! header (24 bytes) = magic "TALLYCKJ" | format version u32 = 1 | partition u32
-//!                     | recorded_hint u64 (donations recorded as of a recent checkpoint: sizes
-//!                       the index before a load; a hint only, never trusted for anything else)
+//! header, format 2 (32 bytes) = magic "TALLYCKJ" | format version u32 = 2 | partition u32
+//!                     | recorded_hint u64 | generation u64
+//! header, format 1 (24 bytes) = the same without the generation
 //! frames            = frame base_offset = frame sequence number, one record whose value is an
 //!                     encoded JournalEntry
 //! ```
+//! The `recorded_hint` (donations recorded as of a recent checkpoint) sizes the index before a
+//! load; a hint only, never trusted for anything else.
+//!
+//! # Entries
+//! [`JournalEntry`] is an enum whose variants are only ever added, never changed, so every
+//! journal ever written stays readable. In format 2 the frames before the first committed one
+//! are the snapshot's parts, written without the commit flag; they count once the `Snapshot`
+//! frame after them is whole (a generation is complete before it gets its name, so only damage
+//! can stop a load short of it, and then nothing of that generation counts). Format 1 journals
+//! (absolute values in every checkpoint, index entries of a restored savepoint ahead of their
+//! checkpoint) are read as they were written, and rewritten as format 2 by their first
+//! compaction.
 
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -27,18 +47,22 @@ use super::CheckpointError;
 use super::store::CheckpointMeta;
 use crate::codec;
 use crate::log::frame::{self, FRAME_HEADER_BYTES};
-use crate::log::{KeyedRecord, PartitionId};
+use crate::log::{KeyedRecord, Offset, PartitionId};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::conflict_audit::Conflict;
 use crate::operators::dedupe::IndexChange;
-use crate::operators::event_time_windows::{BucketKey, WindowBucket};
+use crate::operators::event_time_windows::{BucketKey, RolledUp, WindowBucket};
 use crate::storage::{self, FileReader, OpenMode, Storage, StorageFile};
 
 const JOURNAL_MAGIC: [u8; 8] = *b"TALLYCKJ";
-const JOURNAL_FORMAT_VERSION: u32 = 1;
-pub const JOURNAL_HEADER_BYTES: u64 = 24;
+/// The format this build writes.
+pub const JOURNAL_FORMAT_VERSION: u32 = 2;
+const FORMAT_1: u32 = 1;
+const HEADER_BYTES_V1: u64 = 24;
+pub const JOURNAL_HEADER_BYTES: u64 = 32;
+const RECORDED_HINT_AT: u64 = 16;
 
-/// What one checkpoint committed.
+/// What a format 1 checkpoint committed: absolute values of what changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointContent {
     pub index: Vec<IndexChange>,
@@ -47,21 +71,129 @@ pub struct CheckpointContent {
     pub conflicts: Vec<Conflict>,
 }
 
-/// One frame of the journal.
+/// What a format 2 checkpoint committed: what changed since the previous one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaContent {
+    pub index: Vec<IndexChange>,
+    /// Changed campaign totals, absolute (a few per checkpoint).
+    pub totals: Vec<(String, CampaignTotal)>,
+    /// Per changed bucket, the donations added since the previous checkpoint.
+    pub bucket_deltas: Vec<(BucketKey, WindowBucket)>,
+    /// Buckets rolled up since the previous checkpoint.
+    pub dropped: Vec<BucketKey>,
+    pub rolled_up: RolledUp,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// The committing frame of a snapshot: what is not in its parts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotContent {
+    pub rolled_up: RolledUp,
+    pub totals: Vec<(String, CampaignTotal)>,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// One frame of the journal. Variants are only ever appended: their index is their encoding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JournalEntry {
-    /// Index entries of the checkpoint that follows; they count only once it is whole.
+    /// Index entries that count with the checkpoint or snapshot after them.
     IndexChanges(Vec<IndexChange>),
+    /// A format 1 checkpoint.
     Checkpoint {
         meta: CheckpointMeta,
         content: Box<CheckpointContent>,
     },
+    /// Part of a snapshot: recorded donations, packed (see [`pack_recorded`]).
+    SnapshotRecorded(Vec<u8>),
+    /// Part of a snapshot: window buckets, whole.
+    SnapshotBuckets(Vec<(BucketKey, WindowBucket)>),
+    /// Commits a snapshot: the state as of `meta`, with the parts before it.
+    Snapshot {
+        meta: CheckpointMeta,
+        content: Box<SnapshotContent>,
+    },
+    /// A format 2 checkpoint.
+    Delta {
+        meta: CheckpointMeta,
+        content: Box<DeltaContent>,
+    },
+}
+
+impl JournalEntry {
+    /// The checkpoint a committing entry makes; `None` for a part.
+    pub fn meta(&self) -> Option<&CheckpointMeta> {
+        match self {
+            JournalEntry::Checkpoint { meta, .. }
+            | JournalEntry::Snapshot { meta, .. }
+            | JournalEntry::Delta { meta, .. } => Some(meta),
+            JournalEntry::IndexChanges(_)
+            | JournalEntry::SnapshotRecorded(_)
+            | JournalEntry::SnapshotBuckets(_) => None,
+        }
+    }
+}
+
+/// What a committing frame brings, beside its meta.
+#[derive(Debug)]
+pub enum Committed {
+    Absolute(CheckpointContent),
+    Snapshot(SnapshotContent),
+    Delta(DeltaContent),
 }
 
 /// Receives the committed content of a journal as it is replayed.
 pub trait Replay {
     fn index_change(&mut self, change: IndexChange);
-    fn checkpoint(&mut self, meta: CheckpointMeta, content: CheckpointContent);
+    fn recorded(&mut self, fingerprint: u64, offset: Offset);
+    fn buckets(&mut self, buckets: Vec<(BucketKey, WindowBucket)>);
+    fn committed(&mut self, meta: CheckpointMeta, content: Committed);
+}
+
+/// Packs recorded donations as the snapshot stores them: per entry the fingerprint (8 bytes,
+/// little-endian) and the offset (LEB128), about 12 bytes instead of an encoded change's 20.
+pub fn pack_recorded(packed: &mut Vec<u8>, fingerprint: u64, offset: Offset) {
+    packed.extend_from_slice(&fingerprint.to_le_bytes());
+    let mut rest = offset;
+    loop {
+        let byte = (rest & 0x7f) as u8;
+        rest >>= 7;
+        if rest == 0 {
+            packed.push(byte);
+            return;
+        }
+        packed.push(byte | 0x80);
+    }
+}
+
+/// The entries of a [`pack_recorded`] chunk; `Err` if the bytes are not one.
+pub fn unpack_recorded(
+    packed: &[u8],
+    mut each: impl FnMut(u64, Offset),
+) -> Result<(), &'static str> {
+    let mut at = 0;
+    while at < packed.len() {
+        let fingerprint = packed
+            .get(at..at + 8)
+            .ok_or("a packed entry is cut short")?;
+        let fingerprint = u64::from_le_bytes(fingerprint.try_into().expect("8 bytes"));
+        at += 8;
+        let mut offset: u64 = 0;
+        let mut shift = 0;
+        loop {
+            let byte = *packed.get(at).ok_or("a packed offset is cut short")?;
+            at += 1;
+            if shift > 63 || (shift == 63 && byte > 1) {
+                return Err("a packed offset overflows");
+            }
+            offset |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        each(fingerprint, offset);
+    }
+    Ok(())
 }
 
 /// What replaying found beyond the last whole checkpoint.
@@ -80,6 +212,11 @@ pub struct Journal {
     path: PathBuf,
     storage: Arc<dyn Storage>,
     file: Arc<dyn StorageFile>,
+    format_version: u32,
+    generation: u64,
+    /// Where the first checkpoint (the snapshot, in a compacted generation) ends: what is
+    /// after it are deltas.
+    snapshot_end: u64,
     end_position: u64,
     frames: u64,
     encode_buffer: Vec<u8>,
@@ -116,12 +253,15 @@ impl Journal {
         Ok((journal, damage))
     }
 
-    /// A journal over an open file, positioned just after the header.
+    /// A journal over an open file, positioned just after a format 2 header.
     fn over(storage: Arc<dyn Storage>, path: &Path, file: Arc<dyn StorageFile>) -> Self {
         Self {
             path: path.to_owned(),
             storage,
             file,
+            format_version: JOURNAL_FORMAT_VERSION,
+            generation: 0,
+            snapshot_end: JOURNAL_HEADER_BYTES,
             end_position: JOURNAL_HEADER_BYTES,
             frames: 0,
             encode_buffer: Vec::new(),
@@ -129,8 +269,24 @@ impl Journal {
         }
     }
 
+    /// A journal over a generation just written by a [`SnapshotWriter`].
+    pub(crate) fn adopt(
+        storage: Arc<dyn Storage>,
+        path: &Path,
+        written: WrittenGeneration,
+    ) -> Self {
+        Self {
+            generation: written.generation,
+            snapshot_end: written.snapshot_end,
+            end_position: written.end_position,
+            frames: written.frames,
+            ..Self::over(storage, path, written.file)
+        }
+    }
+
     /// Replays the whole checkpoints of a journal without changing the file, for reading a
-    /// partition's checkpoint while its writer may be appending.
+    /// partition's checkpoint while its writer may be appending. With `until`, only the
+    /// frames before that position are read.
     pub fn read(
         storage: Arc<dyn Storage>,
         path: &Path,
@@ -140,17 +296,26 @@ impl Journal {
         let file = storage
             .open(path, OpenMode::Read)
             .map_err(|e| CheckpointError::io(path, e))?;
-        let mut journal = Self::over(storage, path, file);
-        journal.check_header(partition)?;
-        journal.replay(replay)
+        Self::read_file(storage, path, file, partition, None, replay)
     }
 
-    /// Empties the journal (a partition starting from scratch).
+    /// [`read`](Self::read) over an open file, up to `until` (the end when `None`).
+    pub(crate) fn read_file(
+        storage: Arc<dyn Storage>,
+        path: &Path,
+        file: Arc<dyn StorageFile>,
+        partition: PartitionId,
+        until: Option<u64>,
+        replay: &mut dyn Replay,
+    ) -> Result<Option<Damage>, CheckpointError> {
+        let mut journal = Self::over(storage, path, file);
+        journal.check_header(partition)?;
+        journal.replay_until(until, replay)
+    }
+
+    /// Empties the journal (a partition starting from scratch): a format 2 header, no frames.
     pub fn reset(&mut self, partition: PartitionId) -> Result<(), CheckpointError> {
-        let mut header = [0u8; JOURNAL_HEADER_BYTES as usize];
-        header[0..8].copy_from_slice(&JOURNAL_MAGIC);
-        header[8..12].copy_from_slice(&JOURNAL_FORMAT_VERSION.to_le_bytes());
-        header[12..16].copy_from_slice(&partition.to_le_bytes());
+        let header = header_bytes(partition, 0, self.generation + 1);
         let io = |e| CheckpointError::io(&self.path, e);
         self.file.set_len(0).map_err(io)?;
         self.file.write_all_at(&header, 0).map_err(io)?;
@@ -158,43 +323,80 @@ impl Journal {
         self.storage
             .sync_dir(storage::parent_or_current(&self.path))
             .map_err(io)?;
+        self.format_version = JOURNAL_FORMAT_VERSION;
+        self.generation += 1;
+        self.snapshot_end = JOURNAL_HEADER_BYTES;
         self.end_position = JOURNAL_HEADER_BYTES;
         self.frames = 0;
+        self.needs_cut = false;
         Ok(())
     }
 
-    fn check_header(&self, partition: PartitionId) -> Result<(), CheckpointError> {
+    fn check_header(&mut self, partition: PartitionId) -> Result<(), CheckpointError> {
         let mut header = [0u8; JOURNAL_HEADER_BYTES as usize];
-        self.file
-            .read_exact_at(&mut header, 0)
-            .map_err(|e| self.corrupt(format!("unreadable header: {e}")))?;
-        let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
-        let owner = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes"));
-        if header[0..8] != JOURNAL_MAGIC || version != JOURNAL_FORMAT_VERSION || owner != partition
-        {
-            return Err(self.corrupt(format!(
-                "header is not a version {JOURNAL_FORMAT_VERSION} checkpoint journal of partition {partition}"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Replays whole checkpoints; leaves `end_position` after the last one.
-    fn replay(&mut self, replay: &mut dyn Replay) -> Result<Option<Damage>, CheckpointError> {
         let file_len = self
             .file
             .len()
             .map_err(|e| CheckpointError::io(&self.path, e))?;
+        let readable = (file_len.min(JOURNAL_HEADER_BYTES)) as usize;
+        self.file
+            .read_exact_at(&mut header[..readable], 0)
+            .map_err(|e| self.corrupt(format!("unreadable header: {e}")))?;
+        let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+        let owner = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes"));
+        let header_bytes = match version {
+            FORMAT_1 => HEADER_BYTES_V1,
+            JOURNAL_FORMAT_VERSION => JOURNAL_HEADER_BYTES,
+            _ => 0,
+        };
+        if header[0..8] != JOURNAL_MAGIC
+            || header_bytes == 0
+            || (readable as u64) < header_bytes
+            || owner != partition
+        {
+            return Err(self.corrupt(format!(
+                "header is not a checkpoint journal (format 1 or {JOURNAL_FORMAT_VERSION}) of partition {partition}"
+            )));
+        }
+        self.format_version = version;
+        self.generation = if version == FORMAT_1 {
+            0
+        } else {
+            u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"))
+        };
+        self.snapshot_end = header_bytes;
+        self.end_position = header_bytes;
+        Ok(())
+    }
+
+    fn replay(&mut self, replay: &mut dyn Replay) -> Result<Option<Damage>, CheckpointError> {
+        self.replay_until(None, replay)
+    }
+
+    /// Replays whole checkpoints before `until`; leaves `end_position` after the last one.
+    fn replay_until(
+        &mut self,
+        until: Option<u64>,
+        replay: &mut dyn Replay,
+    ) -> Result<Option<Damage>, CheckpointError> {
+        let file_len = self
+            .file
+            .len()
+            .map_err(|e| CheckpointError::io(&self.path, e))?;
+        let file_len = until.map_or(file_len, |until| until.min(file_len));
+        let header_bytes = self.end_position;
         let mut reader = BufReader::with_capacity(1 << 20, FileReader::new(&*self.file, 0));
         reader
             .by_ref()
-            .take(JOURNAL_HEADER_BYTES)
+            .take(header_bytes)
             .read_to_end(&mut Vec::new())
             .map_err(|e| CheckpointError::io(&self.path, e))?;
-        let mut position = JOURNAL_HEADER_BYTES;
-        let mut pending: Vec<IndexChange> = Vec::new();
+        let mut position = header_bytes;
+        // Format 1 holds index entries back until their checkpoint is whole.
+        let mut held_back: Vec<IndexChange> = Vec::new();
         let mut frame_bytes = Vec::new();
         let mut frames = 0;
+        let mut committed_any = false;
         let damage = loop {
             if position == file_len {
                 break None;
@@ -210,28 +412,97 @@ impl Journal {
                     });
                 }
             };
+            let at = position;
             position += frame_bytes.len() as u64;
             frames += 1;
-            if position == file_len && matches!(entry, JournalEntry::IndexChanges(_)) {
+            let commits = entry.meta().is_some();
+            let is_snapshot = matches!(entry, JournalEntry::Snapshot { .. });
+            if !commits {
+                let misplaced = if self.format_version == FORMAT_1 {
+                    !matches!(entry, JournalEntry::IndexChanges(_))
+                } else {
+                    committed_any
+                };
+                if misplaced {
+                    break Some(Damage {
+                        position: at,
+                        reason: "a snapshot part after the journal's first checkpoint".into(),
+                        torn: false,
+                    });
+                }
+                if position == file_len {
+                    break Some(Damage {
+                        position,
+                        reason: "index entries of a checkpoint that never completed".into(),
+                        torn: true,
+                    });
+                }
+            } else if is_snapshot && committed_any {
                 break Some(Damage {
-                    position,
-                    reason: "index entries of a checkpoint that never completed".into(),
-                    torn: true,
+                    position: at,
+                    reason: "a snapshot after the journal's first checkpoint".into(),
+                    torn: false,
                 });
             }
-            match entry {
-                JournalEntry::IndexChanges(changes) => pending.extend(changes),
-                JournalEntry::Checkpoint { meta, content } => {
-                    pending
-                        .drain(..)
-                        .for_each(|change| replay.index_change(change));
-                    replay.checkpoint(meta, *content);
-                    self.end_position = position;
-                    self.frames = frames;
+            if let Err(reason) = self.deliver(entry, &mut held_back, replay) {
+                break Some(Damage {
+                    position: at,
+                    reason,
+                    torn: false,
+                });
+            }
+            if commits {
+                if is_snapshot {
+                    self.snapshot_end = position;
                 }
+                committed_any = true;
+                self.end_position = position;
+                self.frames = frames;
             }
         };
         Ok(damage)
+    }
+
+    /// Hands one entry to `replay`: parts of a format 2 snapshot at once, format 1 index
+    /// entries once their checkpoint comes.
+    fn deliver(
+        &self,
+        entry: JournalEntry,
+        held_back: &mut Vec<IndexChange>,
+        replay: &mut dyn Replay,
+    ) -> Result<(), String> {
+        match entry {
+            JournalEntry::IndexChanges(changes) if self.format_version == FORMAT_1 => {
+                held_back.extend(changes)
+            }
+            JournalEntry::IndexChanges(changes) => {
+                changes
+                    .into_iter()
+                    .for_each(|change| replay.index_change(change));
+            }
+            JournalEntry::SnapshotRecorded(packed) => {
+                unpack_recorded(&packed, |fingerprint, offset| {
+                    replay.recorded(fingerprint, offset)
+                })?;
+            }
+            JournalEntry::SnapshotBuckets(buckets) => replay.buckets(buckets),
+            JournalEntry::Checkpoint { meta, content } => {
+                held_back
+                    .drain(..)
+                    .for_each(|change| replay.index_change(change));
+                replay.committed(meta, Committed::Absolute(*content));
+            }
+            JournalEntry::Snapshot { meta, content } => {
+                replay.committed(meta, Committed::Snapshot(*content))
+            }
+            JournalEntry::Delta { meta, content } => {
+                held_back
+                    .drain(..)
+                    .for_each(|change| replay.index_change(change));
+                replay.committed(meta, Committed::Delta(*content));
+            }
+        }
+        Ok(())
     }
 
     /// The next offset of the last whole checkpoint in a journal file, read without replaying
@@ -250,8 +521,16 @@ impl Journal {
             Err(e) => return Err(io(e)),
         };
         let file_len = file.len().map_err(io)?;
+        let mut version = [0u8; 4];
+        if file_len < HEADER_BYTES_V1 {
+            return Ok(None);
+        }
+        file.read_exact_at(&mut version, 8).map_err(io)?;
+        let mut position = match u32::from_le_bytes(version) {
+            FORMAT_1 => HEADER_BYTES_V1,
+            _ => JOURNAL_HEADER_BYTES,
+        };
         let mut starts = Vec::new();
-        let mut position = JOURNAL_HEADER_BYTES;
         let mut header = [0u8; FRAME_HEADER_BYTES];
         while position + FRAME_HEADER_BYTES as u64 <= file_len {
             file.read_exact_at(&mut header, position).map_err(io)?;
@@ -275,7 +554,8 @@ impl Journal {
             let mut records = Vec::with_capacity(1);
             frame::decode_records(&frame_bytes, &info, 0, 0, 1, &mut records);
             if let Some(record) = records.first()
-                && let Ok(JournalEntry::Checkpoint { meta, .. }) = codec::decode(&record.value)
+                && let Ok(entry) = codec::decode::<JournalEntry>(&record.value)
+                && let Some(meta) = entry.meta()
             {
                 return Ok(Some(meta.scalars.next_offset));
             }
@@ -287,12 +567,12 @@ impl Journal {
     /// loaded; made durable by the next append's sync.
     pub fn set_recorded_hint(&mut self, recorded: u64) -> Result<(), CheckpointError> {
         self.file
-            .write_all_at(&recorded.to_le_bytes(), 16)
+            .write_all_at(&recorded.to_le_bytes(), RECORDED_HINT_AT)
             .map_err(|e| CheckpointError::io(&self.path, e))
     }
 
     /// The recorded-donations hint of a journal file; 0 if there is none. Capped by what the
-    /// file could hold (an index entry takes more than 16 bytes of journal), so a damaged hint
+    /// file could hold (an index entry takes more than 8 bytes of journal), so a damaged hint
     /// cannot make a load allocate wildly.
     pub fn recorded_hint(storage: &dyn Storage, path: &Path) -> u64 {
         let Ok(file) = storage.open(path, OpenMode::Read) else {
@@ -300,12 +580,13 @@ impl Journal {
         };
         let file_len = file.len().unwrap_or(0);
         let mut bytes = [0u8; 8];
-        file.read_exact_at(&mut bytes, 16)
+        file.read_exact_at(&mut bytes, RECORDED_HINT_AT)
             .map_or(0, |()| u64::from_le_bytes(bytes))
-            .min(file_len / 16)
+            .min(file_len / 8)
     }
 
-    /// Appends one encoded [`JournalEntry`] and syncs it; returns the journal's new end position.
+    /// Appends one encoded committing [`JournalEntry`] and syncs it; returns the journal's new
+    /// end position.
     ///
     /// A failed append (a full disk, a failed sync) leaves the journal as it was before it: the
     /// next append first reopens the file — a handle whose sync failed is not trusted again —
@@ -315,12 +596,8 @@ impl Journal {
         if self.needs_cut {
             self.cut_back()?;
         }
-        let record = KeyedRecord {
-            key: Vec::new(),
-            value: encoded_entry.to_vec(),
-        };
         self.encode_buffer.clear();
-        let info = frame::encode_frame(&mut self.encode_buffer, self.frames, 0, true, [&record]);
+        let info = encode_entry_frame(&mut self.encode_buffer, self.frames, encoded_entry, true);
         let io = |e| CheckpointError::io(&self.path, e);
         let written = self
             .file
@@ -351,11 +628,267 @@ impl Journal {
         Ok(())
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &Arc<dyn StorageFile> {
+        &self.file
+    }
+
+    pub fn format_version(&self) -> u32 {
+        self.format_version
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Bytes of the snapshot (or first checkpoint) and the header before it.
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.snapshot_end
+    }
+
+    /// Bytes of the checkpoints after the snapshot.
+    pub fn delta_bytes(&self) -> u64 {
+        self.end_position - self.snapshot_end
+    }
+
+    pub fn end_position(&self) -> u64 {
+        self.end_position
+    }
+
+    /// The encoded entries of the whole frames in `[from, to)` of this journal, in order.
+    pub(crate) fn entries_between(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>, String> {
+        let mut bytes = vec![0u8; (to - from) as usize];
+        self.file
+            .read_exact_at(&mut bytes, from)
+            .map_err(|e| e.to_string())?;
+        let mut entries = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let info = frame::check_frame(&bytes[at..]).map_err(|p| format!("{p:?}"))?;
+            let mut records = Vec::with_capacity(1);
+            frame::decode_records(&bytes[at..], &info, 0, 0, 1, &mut records);
+            let record = records.pop().ok_or("a frame without its entry")?;
+            entries.push(record.value);
+            at += info.frame_bytes;
+        }
+        Ok(entries)
+    }
+
     fn corrupt(&self, reason: String) -> CheckpointError {
         CheckpointError::Corrupt {
             what: format!("checkpoint journal {}", self.path.display()),
             reason,
         }
+    }
+}
+
+/// A format 2 header.
+fn header_bytes(
+    partition: PartitionId,
+    recorded_hint: u64,
+    generation: u64,
+) -> [u8; JOURNAL_HEADER_BYTES as usize] {
+    let mut header = [0u8; JOURNAL_HEADER_BYTES as usize];
+    header[0..8].copy_from_slice(&JOURNAL_MAGIC);
+    header[8..12].copy_from_slice(&JOURNAL_FORMAT_VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&partition.to_le_bytes());
+    header[16..24].copy_from_slice(&recorded_hint.to_le_bytes());
+    header[24..32].copy_from_slice(&generation.to_le_bytes());
+    header
+}
+
+/// Appends the frame of one encoded entry (frame sequence number `sequence`) to `buffer`.
+fn encode_entry_frame(
+    buffer: &mut Vec<u8>,
+    sequence: u64,
+    encoded_entry: &[u8],
+    commit: bool,
+) -> frame::FrameInfo {
+    let record = KeyedRecord {
+        key: Vec::new(),
+        value: encoded_entry.to_vec(),
+    };
+    frame::encode_frame(buffer, sequence, 0, commit, [&record])
+}
+
+/// Bytes of packed recorded donations per snapshot frame: frames stay far below the frame size
+/// limit, and a load checks and decodes one at a time.
+const SNAPSHOT_RECORDED_FRAME_BYTES: usize = 1 << 20;
+/// Index changes (collisions, resend counts) per snapshot frame: each encodes to at most a few
+/// hundred bytes.
+const SNAPSHOT_CHANGES_PER_FRAME: usize = 20_000;
+/// Buckets per snapshot frame: a bucket is at most a few tens of KiB (one pair per distinct
+/// amount bucket of its histogram).
+const SNAPSHOT_BUCKETS_PER_FRAME: usize = 1_000;
+/// Bytes gathered before a write.
+const SNAPSHOT_WRITE_BYTES: usize = 4 << 20;
+
+/// A generation once its snapshot (and any checkpoints after it) is written and synced.
+#[derive(Debug)]
+pub(crate) struct WrittenGeneration {
+    pub file: Arc<dyn StorageFile>,
+    pub generation: u64,
+    pub snapshot_end: u64,
+    pub end_position: u64,
+    pub frames: u64,
+}
+
+/// Writes a new generation into an empty file: its header, its snapshot as a stream of
+/// frames, then the checkpoints that came after the snapshot.
+#[derive(Debug)]
+pub(crate) struct SnapshotWriter {
+    path: PathBuf,
+    file: Arc<dyn StorageFile>,
+    generation: u64,
+    position: u64,
+    frames: u64,
+    buffer: Vec<u8>,
+    recorded: Vec<u8>,
+    changes: Vec<IndexChange>,
+    buckets: Vec<(BucketKey, WindowBucket)>,
+    snapshot_end: Option<u64>,
+}
+
+impl SnapshotWriter {
+    pub fn new(
+        path: &Path,
+        file: Arc<dyn StorageFile>,
+        partition: PartitionId,
+        generation: u64,
+        recorded_hint: u64,
+    ) -> Self {
+        Self {
+            path: path.to_owned(),
+            file,
+            generation,
+            position: 0,
+            frames: 0,
+            buffer: header_bytes(partition, recorded_hint, generation).to_vec(),
+            recorded: Vec::new(),
+            changes: Vec::new(),
+            buckets: Vec::new(),
+            snapshot_end: None,
+        }
+    }
+
+    pub fn recorded(&mut self, fingerprint: u64, offset: Offset) -> Result<(), CheckpointError> {
+        pack_recorded(&mut self.recorded, fingerprint, offset);
+        if self.recorded.len() >= SNAPSHOT_RECORDED_FRAME_BYTES {
+            self.flush_recorded()?;
+        }
+        Ok(())
+    }
+
+    pub fn index_change(&mut self, change: IndexChange) -> Result<(), CheckpointError> {
+        self.changes.push(change);
+        if self.changes.len() >= SNAPSHOT_CHANGES_PER_FRAME {
+            self.flush_changes()?;
+        }
+        Ok(())
+    }
+
+    pub fn bucket(&mut self, key: BucketKey, bucket: WindowBucket) -> Result<(), CheckpointError> {
+        self.buckets.push((key, bucket));
+        if self.buckets.len() >= SNAPSHOT_BUCKETS_PER_FRAME {
+            self.flush_buckets()?;
+        }
+        Ok(())
+    }
+
+    /// Commits the snapshot with its last frame.
+    pub fn finish_snapshot(
+        &mut self,
+        meta: &CheckpointMeta,
+        content: SnapshotContent,
+    ) -> Result<(), CheckpointError> {
+        self.flush_recorded()?;
+        self.flush_changes()?;
+        self.flush_buckets()?;
+        let entry = JournalEntry::Snapshot {
+            meta: *meta,
+            content: Box::new(content),
+        };
+        self.frame(&codec::encode(&entry), true)?;
+        self.write_out()?;
+        self.snapshot_end = Some(self.position);
+        Ok(())
+    }
+
+    /// Appends a checkpoint committed after the snapshot (an encoded committing entry).
+    pub fn checkpoint(&mut self, encoded_entry: &[u8]) -> Result<(), CheckpointError> {
+        assert!(
+            self.snapshot_end.is_some(),
+            "checkpoints follow the snapshot"
+        );
+        self.frame(encoded_entry, true)
+    }
+
+    /// Writes out and syncs what was given so far.
+    pub fn sync(&mut self) -> Result<(), CheckpointError> {
+        self.write_out()?;
+        self.file
+            .sync_data()
+            .map_err(|e| CheckpointError::io(&self.path, e))
+    }
+
+    /// The generation, synced.
+    pub fn finish(mut self) -> Result<WrittenGeneration, CheckpointError> {
+        self.sync()?;
+        Ok(WrittenGeneration {
+            file: self.file,
+            generation: self.generation,
+            snapshot_end: self.snapshot_end.expect("a generation has its snapshot"),
+            end_position: self.position,
+            frames: self.frames,
+        })
+    }
+
+    fn flush_recorded(&mut self) -> Result<(), CheckpointError> {
+        if self.recorded.is_empty() {
+            return Ok(());
+        }
+        let entry = JournalEntry::SnapshotRecorded(std::mem::take(&mut self.recorded));
+        self.frame(&codec::encode(&entry), false)
+    }
+
+    fn flush_changes(&mut self) -> Result<(), CheckpointError> {
+        if self.changes.is_empty() {
+            return Ok(());
+        }
+        let entry = JournalEntry::IndexChanges(std::mem::take(&mut self.changes));
+        self.frame(&codec::encode(&entry), false)
+    }
+
+    fn flush_buckets(&mut self) -> Result<(), CheckpointError> {
+        if self.buckets.is_empty() {
+            return Ok(());
+        }
+        let entry = JournalEntry::SnapshotBuckets(std::mem::take(&mut self.buckets));
+        self.frame(&codec::encode(&entry), false)
+    }
+
+    fn frame(&mut self, encoded_entry: &[u8], commit: bool) -> Result<(), CheckpointError> {
+        encode_entry_frame(&mut self.buffer, self.frames, encoded_entry, commit);
+        self.frames += 1;
+        if self.buffer.len() >= SNAPSHOT_WRITE_BYTES {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    fn write_out(&mut self) -> Result<(), CheckpointError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all_at(&self.buffer, self.position)
+            .map_err(|e| CheckpointError::io(&self.path, e))?;
+        self.position += self.buffer.len() as u64;
+        self.buffer.clear();
+        Ok(())
     }
 }
 
@@ -386,4 +919,28 @@ fn read_frame(
     let mut records = Vec::with_capacity(1);
     frame::decode_records(frame_bytes, &info, 0, 0, 1, &mut records);
     codec::decode(&records[0].value).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_recorded_entries_round_trip() {
+        let entries = [
+            (0u64, 0u64),
+            (u64::MAX, 127),
+            (7, 128),
+            (9, u64::MAX),
+            (1, 300),
+        ];
+        let mut packed = Vec::new();
+        for (fingerprint, offset) in entries {
+            pack_recorded(&mut packed, fingerprint, offset);
+        }
+        let mut unpacked = Vec::new();
+        unpack_recorded(&packed, |f, o| unpacked.push((f, o))).unwrap();
+        assert_eq!(unpacked, entries);
+        assert!(unpack_recorded(&packed[..packed.len() - 1], |_, _| {}).is_err());
+    }
 }

@@ -30,6 +30,7 @@
 //! committing less often did not prevent it. A checkpoint here is one append and one
 //! `fdatasync` to a file of our own format, which needs none of sled's machinery.
 
+mod compaction;
 mod journal;
 pub mod savepoint;
 mod store;
@@ -38,7 +39,8 @@ use std::path::PathBuf;
 
 pub use journal::Damage;
 pub use store::{
-    CheckpointInfo, CheckpointMeta, CheckpointStore, LoadedPartition, PartitionSavepoint,
+    COMPACTION_FLOOR_BYTES_DEFAULT, CheckpointInfo, CheckpointMeta, CheckpointStore,
+    LoadedPartition, PartitionSavepoint,
 };
 
 /// Format version of checkpoint meta records and savepoints written by this build.

@@ -1,13 +1,15 @@
 //! The checkpoint store: load, commit and list per-partition checkpoints, each partition's in
-//! its own checkpoint journal (see `journal`).
+//! its own checkpoint journal (see `journal`), compacted in the background (see `compaction`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use super::journal::{CheckpointContent, Damage, Journal, Replay};
+use super::compaction::{self, Compactor};
+use super::journal::{Committed, Damage, Journal, Replay};
 use super::{CHECKPOINT_FORMAT_VERSION, CheckpointError};
 use crate::clock::UnixMillis;
 use crate::codec;
@@ -15,16 +17,17 @@ use crate::log::{Offset, PartitionId, Witness};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::conflict_audit::Conflict;
 use crate::operators::dedupe::IndexChange;
-use crate::operators::event_time_windows::{BucketKey, WindowBucket};
+use crate::operators::event_time_windows::{BucketKey, RolledUp, WindowBucket};
 use crate::processor::StateDigest;
 use crate::processor::partition_state::{
     IndexRestorer, PartitionState, StateChanges, StateScalars,
 };
-use crate::storage::{self, DirectoryLock, DirectoryLockError, OsStorage, Storage};
+use crate::storage::{self, DirectoryLock, DirectoryLockError, OpenMode, OsStorage, Storage};
 
-/// Index changes per frame when installing a savepoint (frames stay far below the frame size
-/// limit: a change encodes to at most a few hundred bytes).
-const INSTALL_CHANGES_PER_FRAME: usize = 100_000;
+/// A journal is compacted once its deltas outweigh its snapshot and are at least this many
+/// bytes: small journals are cheap to load however they are made up, and compacting each one
+/// at every few checkpoints would only add writes.
+pub const COMPACTION_FLOOR_BYTES_DEFAULT: u64 = 1 << 20;
 
 /// What makes a checkpoint a checkpoint: where the partition is and what its state is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,18 +92,19 @@ pub enum LoadedPartition {
 
 /// Collects a journal's committed content.
 #[derive(Debug, Default)]
-struct Collected {
+pub(crate) struct Collected {
     meta: Option<CheckpointMeta>,
     restorer: Option<IndexRestorer>,
     /// Kept only when exporting.
     raw_index: Option<Vec<IndexChange>>,
     totals: BTreeMap<String, CampaignTotal>,
     buckets: BTreeMap<BucketKey, WindowBucket>,
+    rolled_up: RolledUp,
     conflicts: Vec<Conflict>,
 }
 
 impl Collected {
-    fn for_loading(recorded_hint: u64) -> Self {
+    pub(crate) fn for_loading(recorded_hint: u64) -> Self {
         Self {
             restorer: Some(IndexRestorer::new(recorded_hint)),
             ..Self::default()
@@ -116,7 +120,7 @@ impl Collected {
     }
 
     /// The state the collected checkpoints make, checked against the last one's digest.
-    fn into_state(
+    pub(crate) fn into_state(
         self,
         partition: PartitionId,
     ) -> Result<Option<LoadedCheckpoint>, CheckpointError> {
@@ -132,9 +136,15 @@ impl Collected {
                 ),
             });
         }
+        let rolled_up = self.rolled_up;
         let parts = Parts {
             totals: self.totals.into_iter().collect(),
-            buckets: self.buckets.into_iter().collect(),
+            buckets: self
+                .buckets
+                .into_iter()
+                .filter(|(key, _)| !rolled_up.covers(key.granularity, key.start_ms))
+                .collect(),
+            rolled_up,
             conflicts: self.conflicts,
         };
         let restorer = self.restorer.expect("collecting keeps a restorer");
@@ -143,6 +153,7 @@ impl Collected {
             restorer,
             parts.totals.clone(),
             parts.buckets.clone(),
+            rolled_up,
             &parts.conflicts,
         );
         if state.digest() != meta.digest || state.state_digest() != meta.state_digest {
@@ -160,7 +171,7 @@ impl Collected {
 }
 
 /// A loaded checkpoint: the state, its meta, the raw index changes (when exporting), the parts.
-type LoadedCheckpoint = (
+pub(crate) type LoadedCheckpoint = (
     PartitionState,
     CheckpointMeta,
     Option<Vec<IndexChange>>,
@@ -168,10 +179,11 @@ type LoadedCheckpoint = (
 );
 
 #[derive(Debug)]
-struct Parts {
-    totals: Vec<(String, CampaignTotal)>,
-    buckets: Vec<(BucketKey, WindowBucket)>,
-    conflicts: Vec<Conflict>,
+pub(crate) struct Parts {
+    pub totals: Vec<(String, CampaignTotal)>,
+    pub buckets: Vec<(BucketKey, WindowBucket)>,
+    pub rolled_up: RolledUp,
+    pub conflicts: Vec<Conflict>,
 }
 
 impl Replay for Collected {
@@ -184,13 +196,47 @@ impl Replay for Collected {
         }
     }
 
-    fn checkpoint(&mut self, meta: CheckpointMeta, content: CheckpointContent) {
-        for change in content.index {
-            self.index_change(change);
+    fn recorded(&mut self, fingerprint: u64, offset: Offset) {
+        self.index_change(IndexChange::Recorded {
+            fingerprint,
+            offset,
+        });
+    }
+
+    fn buckets(&mut self, buckets: Vec<(BucketKey, WindowBucket)>) {
+        self.buckets.extend(buckets);
+    }
+
+    fn committed(&mut self, meta: CheckpointMeta, content: Committed) {
+        match content {
+            Committed::Absolute(content) => {
+                for change in content.index {
+                    self.index_change(change);
+                }
+                self.totals.extend(content.totals);
+                self.buckets.extend(content.buckets);
+                self.conflicts.extend(content.conflicts);
+            }
+            Committed::Snapshot(content) => {
+                self.totals.extend(content.totals);
+                self.rolled_up = content.rolled_up;
+                self.conflicts.extend(content.conflicts);
+            }
+            Committed::Delta(content) => {
+                for change in content.index {
+                    self.index_change(change);
+                }
+                self.totals.extend(content.totals);
+                for (key, delta) in content.bucket_deltas {
+                    self.buckets.entry(key).or_default().merge(&delta);
+                }
+                for key in &content.dropped {
+                    self.buckets.remove(key);
+                }
+                self.rolled_up = content.rolled_up;
+                self.conflicts.extend(content.conflicts);
+            }
         }
-        self.totals.extend(content.totals);
-        self.buckets.extend(content.buckets);
-        self.conflicts.extend(content.conflicts);
         self.meta = Some(meta);
     }
 }
@@ -202,27 +248,41 @@ struct LastMeta(Option<CheckpointMeta>);
 impl Replay for LastMeta {
     fn index_change(&mut self, _change: IndexChange) {}
 
-    fn checkpoint(&mut self, meta: CheckpointMeta, _content: CheckpointContent) {
+    fn recorded(&mut self, _fingerprint: u64, _offset: Offset) {}
+
+    fn buckets(&mut self, _buckets: Vec<(BucketKey, WindowBucket)>) {}
+
+    fn committed(&mut self, meta: CheckpointMeta, _content: Committed) {
         self.0 = Some(meta);
     }
 }
 
-/// The borrowed form of a `JournalEntry::Checkpoint`: the same encoding, without copying.
+/// The borrowed form of a `JournalEntry::Delta`: the same encoding, without copying.
 #[derive(Serialize)]
-enum CheckpointEntryRef<'a> {
+enum DeltaEntryRef<'a> {
     #[allow(dead_code)]
     IndexChanges(&'a [IndexChange]),
-    Checkpoint {
+    #[allow(dead_code)]
+    Checkpoint,
+    #[allow(dead_code)]
+    SnapshotRecorded,
+    #[allow(dead_code)]
+    SnapshotBuckets,
+    #[allow(dead_code)]
+    Snapshot,
+    Delta {
         meta: &'a CheckpointMeta,
-        content: CheckpointContentRef<'a>,
+        content: DeltaContentRef<'a>,
     },
 }
 
 #[derive(Serialize)]
-struct CheckpointContentRef<'a> {
+struct DeltaContentRef<'a> {
     index: &'a [IndexChange],
     totals: &'a [(String, CampaignTotal)],
-    buckets: &'a [(BucketKey, WindowBucket)],
+    bucket_deltas: &'a [(BucketKey, WindowBucket)],
+    dropped: &'a [BucketKey],
+    rolled_up: RolledUp,
     conflicts: &'a [Conflict],
 }
 
@@ -232,10 +292,14 @@ pub struct CheckpointStore {
     dir: PathBuf,
     partition_count: u32,
     /// Each partition's journal once loaded; holding the slot keeps its commits out.
-    journals: Vec<Mutex<Option<Journal>>>,
+    journals: Arc<[Mutex<Option<Journal>>]>,
     /// Each partition's last committed checkpoint, once known.
     latest: Vec<Mutex<Option<CheckpointMeta>>>,
     storage: Arc<dyn Storage>,
+    compaction_floor_bytes: AtomicU64,
+    /// Started by the first compaction due; stopped (and waited for) when the store drops,
+    /// before the directory lock is released.
+    compactor: Mutex<Option<Compactor>>,
     _lock: DirectoryLock,
 }
 
@@ -254,12 +318,15 @@ impl CheckpointStore {
     ) -> Result<(Self, Vec<String>), CheckpointError> {
         storage::create_dir_all(&*storage, dir).map_err(|e| CheckpointError::io(dir, e))?;
         let lock = lock_directory(&*storage, dir)?;
+        compaction::remove_leftovers(&*storage, dir)?;
         let store = Self {
             dir: dir.to_owned(),
             partition_count,
             journals: (0..partition_count).map(|_| Mutex::new(None)).collect(),
             latest: (0..partition_count).map(|_| Mutex::new(None)).collect(),
             storage,
+            compaction_floor_bytes: AtomicU64::new(COMPACTION_FLOOR_BYTES_DEFAULT),
+            compactor: Mutex::new(None),
             _lock: lock,
         };
         Ok((store, Vec::new()))
@@ -267,6 +334,29 @@ impl CheckpointStore {
 
     pub fn partition_count(&self) -> u32 {
         self.partition_count
+    }
+
+    /// Compacts a journal only once its deltas are at least this many bytes (and outweigh its
+    /// snapshot); [`COMPACTION_FLOOR_BYTES_DEFAULT`] unless set.
+    pub fn set_compaction_floor(&self, bytes: u64) {
+        self.compaction_floor_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes of every file in the state directory (journals, cursors), for operators.
+    pub fn bytes_on_disk(&self) -> u64 {
+        let Ok(names) = self.storage.list_dir(&self.dir) else {
+            return 0;
+        };
+        names
+            .iter()
+            .filter_map(|name| {
+                let file = self
+                    .storage
+                    .open(&self.dir.join(name), OpenMode::Read)
+                    .ok()?;
+                file.len().ok()
+            })
+            .sum()
     }
 
     /// Every partition's witness in the state directory `dir`: how far its last checkpoint
@@ -373,26 +463,40 @@ impl CheckpointStore {
             }))
     }
 
-    /// Replaces a partition's checkpoint with an exported one (from a savepoint).
+    /// Replaces a partition's checkpoint with an exported one (from a savepoint): a new
+    /// generation whose snapshot is the exported state, put in place in one rename.
     pub fn install(&self, exported: &PartitionSavepoint) -> Result<(), CheckpointError> {
         let partition = exported.meta.scalars.partition;
-        self.reset(partition)?;
         let mut journal_slot = lock(&self.journals[partition as usize]);
-        let journal = journal_slot.as_mut().expect("reset opens the journal");
-        for chunk in exported.index_changes.chunks(INSTALL_CHANGES_PER_FRAME) {
-            journal.append(&codec::encode(&CheckpointEntryRef::IndexChanges(chunk)))?;
+        let generation = journal_slot.as_ref().map_or(0, Journal::generation) + 1;
+        let mut writer = compaction::start_generation(
+            &*self.storage,
+            &self.dir,
+            partition,
+            generation,
+            exported.meta.scalars.counters.recorded,
+        )?;
+        for change in &exported.index_changes {
+            match change {
+                IndexChange::Recorded {
+                    fingerprint,
+                    offset,
+                } => writer.recorded(*fingerprint, *offset)?,
+                other => writer.index_change(other.clone())?,
+            }
         }
-        let entry = CheckpointEntryRef::Checkpoint {
-            meta: &exported.meta,
-            content: CheckpointContentRef {
-                index: &[],
-                totals: &exported.totals,
-                buckets: &exported.buckets,
-                conflicts: &exported.conflicts,
-            },
+        for (key, bucket) in &exported.buckets {
+            writer.bucket(key.clone(), bucket.clone())?;
+        }
+        let content = super::journal::SnapshotContent {
+            rolled_up: RolledUp::NONE,
+            totals: exported.totals.clone(),
+            conflicts: exported.conflicts.clone(),
         };
-        journal.set_recorded_hint(exported.meta.scalars.counters.recorded)?;
-        journal.append(&codec::encode(&entry))?;
+        writer.finish_snapshot(&exported.meta, content)?;
+        let journal =
+            compaction::put_in_place(Arc::clone(&self.storage), &self.dir, partition, writer)?;
+        *journal_slot = Some(journal);
         *lock(&self.latest[partition as usize]) = Some(exported.meta);
         Ok(())
     }
@@ -440,19 +544,66 @@ impl CheckpointStore {
             state_digest: state.state_digest(),
             committed_at_ms: now_ms,
         };
-        let entry = CheckpointEntryRef::Checkpoint {
+        let entry = DeltaEntryRef::Delta {
             meta: &meta,
-            content: CheckpointContentRef {
+            content: DeltaContentRef {
                 index: &changes.index,
                 totals: &changes.totals,
-                buckets: &changes.buckets,
+                bucket_deltas: &changes.windows.deltas,
+                dropped: &changes.windows.dropped,
+                rolled_up: changes.windows.rolled_up,
                 conflicts: &changes.conflicts,
             },
         };
         journal.set_recorded_hint(meta.scalars.counters.recorded)?;
         journal.append(&codec::encode(&entry))?;
         *latest = Some(meta);
+        let due = compaction::is_due(journal, self.compaction_floor_bytes.load(Ordering::Relaxed));
+        drop(latest);
+        drop(journal_slot);
+        if due {
+            self.request_compaction(partition);
+        }
         Ok(meta)
+    }
+
+    /// Asks the compactor (started if need be) to compact a partition's journal.
+    fn request_compaction(&self, partition: PartitionId) {
+        let mut compactor = lock(&self.compactor);
+        let compactor = compactor.get_or_insert_with(|| {
+            Compactor::start(
+                Arc::clone(&self.storage),
+                self.dir.clone(),
+                Arc::clone(&self.journals),
+            )
+        });
+        compactor.request(partition);
+    }
+
+    /// Compacts a partition's journal now, on the calling thread (the compactor does it in the
+    /// background when it is due). `false` if there was nothing to compact.
+    pub fn compact(&self, partition: PartitionId) -> Result<bool, CheckpointError> {
+        compaction::compact_partition(
+            &self.storage,
+            &self.dir,
+            &self.journals,
+            partition,
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+    }
+
+    /// How a partition's journal is made up, once it is loaded: `(format version, generation,
+    /// snapshot bytes, delta bytes)`.
+    pub fn journal_shape(&self, partition: PartitionId) -> Option<(u32, u64, u64, u64)> {
+        let slot = lock(&self.journals[partition as usize]);
+        slot.as_ref().map(|journal| {
+            (
+                journal.format_version(),
+                journal.generation(),
+                journal.snapshot_bytes(),
+                journal.delta_bytes(),
+            )
+        })
     }
 
     /// The conflicts a partition's checkpoint holds.
@@ -508,11 +659,19 @@ impl CheckpointStore {
     }
 }
 
-fn journal_path(dir: &Path, partition: PartitionId) -> PathBuf {
+impl Drop for CheckpointStore {
+    fn drop(&mut self) {
+        if let Some(compactor) = lock(&self.compactor).take() {
+            compactor.stop();
+        }
+    }
+}
+
+pub(crate) fn journal_path(dir: &Path, partition: PartitionId) -> PathBuf {
     dir.join(format!("checkpoints-{partition:03}.journal"))
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -527,7 +686,7 @@ fn lock_directory(storage: &dyn Storage, dir: &Path) -> Result<DirectoryLock, Ch
 
 #[cfg(test)]
 mod tests {
-    use super::super::journal::JournalEntry;
+    use super::super::journal::{DeltaContent, JournalEntry};
     use super::*;
 
     #[test]
@@ -539,7 +698,39 @@ mod tests {
         let owned = JournalEntry::IndexChanges(changes.clone());
         assert_eq!(
             codec::encode(&owned),
-            codec::encode(&CheckpointEntryRef::IndexChanges(&changes))
+            codec::encode(&DeltaEntryRef::IndexChanges(&changes))
         );
+        let meta = CheckpointMeta {
+            format_version: CHECKPOINT_FORMAT_VERSION,
+            scalars: PartitionState::new(3, 0, Default::default()).scalars(),
+            sequence: 4,
+            digest: StateDigest::default(),
+            state_digest: 5,
+            committed_at_ms: 6,
+        };
+        let content = DeltaContent {
+            index: changes.clone(),
+            totals: vec![("meals".into(), CampaignTotal::default())],
+            bucket_deltas: Vec::new(),
+            dropped: Vec::new(),
+            rolled_up: RolledUp::NONE,
+            conflicts: Vec::new(),
+        };
+        let owned = JournalEntry::Delta {
+            meta,
+            content: Box::new(content.clone()),
+        };
+        let borrowed = DeltaEntryRef::Delta {
+            meta: &meta,
+            content: DeltaContentRef {
+                index: &content.index,
+                totals: &content.totals,
+                bucket_deltas: &content.bucket_deltas,
+                dropped: &content.dropped,
+                rolled_up: content.rolled_up,
+                conflicts: &content.conflicts,
+            },
+        };
+        assert_eq!(codec::encode(&owned), codec::encode(&borrowed));
     }
 }

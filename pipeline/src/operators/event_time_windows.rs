@@ -1,12 +1,28 @@
-//! Event-time windows: per campaign, minute buckets rolled up into hour and day buckets of
-//! `paid_at`, each with count, sum, min, max and an amount histogram.
+//! Event-time windows: per campaign, minute, hour and day buckets of `paid_at`, each with count,
+//! sum, min, max and an amount histogram.
 //!
 //! Every recorded donation updates its minute, hour and day bucket at once, so a statistics
 //! query over any minute-aligned range is answered from whole days in the middle, whole hours
 //! next to them and minutes at the edges ([`cover`]): at most five runs of bucket starts, in each
 //! of which only the buckets that exist are visited. Buckets are UTC.
+//!
+//! # Roll-up
+//! Minutes older than a horizon behind the watermark are dropped, and so are hours older than a
+//! second horizon ([`WindowHorizons`]); days are kept. Nothing is lost by dropping them: the hour
+//! and day buckets counted every donation themselves (never a sum of rounded finer buckets), so
+//! statistics over rolled-up time are as exact as over minutes, at a coarser resolution. The cut
+//! of each granularity is aligned to the next coarser bucket, so an hour is either held in
+//! minutes whole or not at all, and it only moves forward. A donation that arrives for time
+//! before a cut (a very late one) still counts in the coarser buckets it falls in. Memory is
+//! bounded by campaigns × horizons, not by the age of the data.
+//!
+//! # Changes
+//! What a checkpoint needs is what changed since the previous one: each dirty bucket's
+//! *delta* — a bucket holding only the donations added since (its merge into the stored bucket
+//! gives the new value) — and the cuts. Its bytes follow what was applied, never the size of
+//! the buckets it touched.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +56,15 @@ impl Granularity {
     /// The start of the bucket holding `time_ms`.
     pub fn bucket_start(self, time_ms: UnixMillis) -> UnixMillis {
         time_ms.div_euclid(self.width_ms()) * self.width_ms()
+    }
+
+    /// The next coarser granularity, `None` for days.
+    pub fn coarser(self) -> Option<Granularity> {
+        match self {
+            Granularity::Minute => Some(Granularity::Hour),
+            Granularity::Hour => Some(Granularity::Day),
+            Granularity::Day => None,
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -98,13 +123,99 @@ impl WindowBucket {
     }
 }
 
+/// How long finer buckets are kept behind the watermark before only coarser ones hold that time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowHorizons {
+    /// Minute buckets older than this behind the watermark are dropped (their hours remain).
+    pub minutes_ms: i64,
+    /// Hour buckets older than this behind the watermark are dropped (their days remain).
+    pub hours_ms: i64,
+}
+
+impl WindowHorizons {
+    /// Two weeks of minutes (a campaign page's "last days, minute by minute") and thirteen
+    /// months of hours (this year against the same month last year, hour by hour).
+    pub const DEFAULT: WindowHorizons = WindowHorizons {
+        minutes_ms: 14 * DAY_MS,
+        hours_ms: 396 * DAY_MS,
+    };
+
+    /// The cuts for a watermark: `[minute cut, hour cut]`, buckets starting before a cut are
+    /// rolled up. Aligned to the next coarser bucket.
+    fn cuts_at(&self, watermark_ms: UnixMillis) -> RolledUp {
+        RolledUp {
+            minutes_before_ms: Granularity::Hour
+                .bucket_start(watermark_ms.saturating_sub(self.minutes_ms)),
+            hours_before_ms: Granularity::Day
+                .bucket_start(watermark_ms.saturating_sub(self.hours_ms)),
+        }
+    }
+}
+
+impl Default for WindowHorizons {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Where the roll-up has got to: buckets of a granularity starting before its cut are gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledUp {
+    pub minutes_before_ms: UnixMillis,
+    pub hours_before_ms: UnixMillis,
+}
+
+impl RolledUp {
+    /// Nothing rolled up.
+    pub const NONE: RolledUp = RolledUp {
+        minutes_before_ms: UnixMillis::MIN,
+        hours_before_ms: UnixMillis::MIN,
+    };
+
+    /// The cut of a granularity (`MIN` for days: they are kept).
+    pub fn before_ms(&self, granularity: Granularity) -> UnixMillis {
+        match granularity {
+            Granularity::Minute => self.minutes_before_ms,
+            Granularity::Hour => self.hours_before_ms,
+            Granularity::Day => UnixMillis::MIN,
+        }
+    }
+
+    /// The later of two cuts, granularity by granularity (cuts never move back).
+    pub fn max(self, other: RolledUp) -> RolledUp {
+        RolledUp {
+            minutes_before_ms: self.minutes_before_ms.max(other.minutes_before_ms),
+            hours_before_ms: self.hours_before_ms.max(other.hours_before_ms),
+        }
+    }
+
+    /// Whether a bucket is below its granularity's cut.
+    pub fn covers(&self, granularity: Granularity, start_ms: UnixMillis) -> bool {
+        start_ms < self.before_ms(granularity)
+    }
+
+    /// The finest granularity that still holds every bucket from `from_ms` on.
+    pub fn finest_from(&self, from_ms: UnixMillis) -> Granularity {
+        Granularity::ALL
+            .into_iter()
+            .find(|&granularity| !self.covers(granularity, from_ms))
+            .unwrap_or(Granularity::Day)
+    }
+}
+
+impl Default for RolledUp {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
 /// The buckets of one campaign in one partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CampaignBuckets {
     /// Indexed by `Granularity as usize`; keyed by bucket start.
     by_granularity: [BTreeMap<UnixMillis, WindowBucket>; 3],
-    /// Buckets changed since the last checkpoint.
-    dirty: BTreeSet<(Granularity, UnixMillis)>,
+    /// Per bucket changed since the last checkpoint, the donations added since.
+    deltas: BTreeMap<(Granularity, UnixMillis), WindowBucket>,
 }
 
 impl CampaignBuckets {
@@ -121,29 +232,88 @@ impl CampaignBuckets {
     ) -> impl Iterator<Item = (&UnixMillis, &WindowBucket)> {
         self.by_granularity[granularity as usize].range(from_ms..to_ms.max(from_ms))
     }
+
+    /// Drops the buckets below the cuts; calls `dropped` with each one's granularity and start.
+    fn roll_up(&mut self, cuts: RolledUp, mut dropped: impl FnMut(Granularity, UnixMillis)) {
+        for granularity in [Granularity::Minute, Granularity::Hour] {
+            let kept = &mut self.by_granularity[granularity as usize];
+            let before = cuts.before_ms(granularity);
+            while let Some(entry) = kept.first_entry() {
+                if *entry.key() >= before {
+                    break;
+                }
+                let start_ms = entry.remove_entry().0;
+                self.deltas.remove(&(granularity, start_ms));
+                dropped(granularity, start_ms);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_granularity.iter().all(BTreeMap::is_empty)
+    }
 }
 
-/// The buckets of one partition, with the keys changed since the last checkpoint.
+/// What changed in a partition's windows since the last checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WindowChanges {
+    /// Each changed bucket's delta: the donations added since the last checkpoint.
+    pub deltas: Vec<(BucketKey, WindowBucket)>,
+    /// The buckets dropped by the roll-up since the last checkpoint.
+    pub dropped: Vec<BucketKey>,
+    /// The cuts as of these changes.
+    pub rolled_up: RolledUp,
+}
+
+/// The buckets of one partition, with what changed since the last checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventTimeWindows {
     campaigns: BTreeMap<String, CampaignBuckets>,
+    horizons: WindowHorizons,
+    rolled_up: RolledUp,
+    /// Dropped since the last checkpoint.
+    dropped: Vec<BucketKey>,
 }
 
 impl EventTimeWindows {
-    pub fn from_buckets(buckets: impl IntoIterator<Item = (BucketKey, WindowBucket)>) -> Self {
-        let mut windows = Self::default();
+    /// Empty windows that roll up at `horizons`.
+    pub fn new(horizons: WindowHorizons) -> Self {
+        Self {
+            horizons,
+            ..Self::default()
+        }
+    }
+
+    /// Windows as stored: absolute buckets and the cuts they were rolled up to.
+    pub fn from_buckets(
+        buckets: impl IntoIterator<Item = (BucketKey, WindowBucket)>,
+        rolled_up: RolledUp,
+    ) -> Self {
+        let mut windows = Self {
+            rolled_up,
+            ..Self::default()
+        };
         for (key, bucket) in buckets {
-            windows
-                .campaigns
-                .entry(key.campaign_id)
-                .or_default()
-                .by_granularity[key.granularity as usize]
-                .insert(key.start_ms, bucket);
+            debug_assert!(!rolled_up.covers(key.granularity, key.start_ms));
+            windows.set(key, bucket);
         }
         windows
     }
 
-    /// Adds a recorded donation to its minute, hour and day buckets.
+    pub fn horizons(&self) -> WindowHorizons {
+        self.horizons
+    }
+
+    /// Rolls up at other horizons from now on (what was rolled up stays rolled up).
+    pub fn set_horizons(&mut self, horizons: WindowHorizons) {
+        self.horizons = horizons;
+    }
+
+    pub fn rolled_up(&self) -> RolledUp {
+        self.rolled_up
+    }
+
+    /// Adds a recorded donation to its minute, hour and day buckets (those not rolled up).
     pub fn record(&mut self, campaign_id: &str, paid_at_ms: UnixMillis, amount_cents: u64) {
         if !self.campaigns.contains_key(campaign_id) {
             self.campaigns
@@ -152,16 +322,64 @@ impl EventTimeWindows {
         let campaign = self.campaigns.get_mut(campaign_id).expect("inserted above");
         for granularity in Granularity::ALL {
             let start_ms = granularity.bucket_start(paid_at_ms);
+            if self.rolled_up.covers(granularity, start_ms) {
+                continue;
+            }
             campaign.by_granularity[granularity as usize]
                 .entry(start_ms)
                 .or_default()
                 .add(amount_cents);
-            campaign.dirty.insert((granularity, start_ms));
+            campaign
+                .deltas
+                .entry((granularity, start_ms))
+                .or_default()
+                .add(amount_cents);
+        }
+    }
+
+    /// Rolls up what the watermark has left behind the horizons.
+    pub fn roll_up(&mut self, watermark_ms: Option<UnixMillis>) {
+        let Some(watermark_ms) = watermark_ms else {
+            return;
+        };
+        let cuts = self.rolled_up.max(self.horizons.cuts_at(watermark_ms));
+        self.roll_up_to(cuts);
+    }
+
+    /// Drops every bucket below `cuts` (already rolled up where they were stored).
+    pub fn roll_up_to(&mut self, cuts: RolledUp) {
+        let cuts = self.rolled_up.max(cuts);
+        if cuts == self.rolled_up {
+            return;
+        }
+        self.rolled_up = cuts;
+        let dropped = &mut self.dropped;
+        self.campaigns.retain(|campaign_id, campaign| {
+            campaign.roll_up(cuts, |granularity, start_ms| {
+                dropped.push(BucketKey {
+                    campaign_id: campaign_id.clone(),
+                    granularity,
+                    start_ms,
+                })
+            });
+            !campaign.is_empty() || !campaign.deltas.is_empty()
+        });
+    }
+
+    /// Forgets what changed (a read model keeps no checkpoint).
+    pub fn forget_changes(&mut self) {
+        self.dropped.clear();
+        for campaign in self.campaigns.values_mut() {
+            campaign.deltas.clear();
         }
     }
 
     /// Replaces one bucket with an absolute value (read models receiving published buckets).
+    /// A bucket below the cuts is ignored: its time is held by coarser buckets only.
     pub fn set(&mut self, key: BucketKey, bucket: WindowBucket) {
+        if self.rolled_up.covers(key.granularity, key.start_ms) {
+            return;
+        }
         self.campaigns
             .entry(key.campaign_id)
             .or_default()
@@ -197,27 +415,33 @@ impl EventTimeWindows {
         })
     }
 
-    /// The buckets changed since the last call, with their current values.
-    pub fn take_dirty(&mut self) -> Vec<(BucketKey, WindowBucket)> {
-        let mut changed = Vec::new();
+    /// What changed since the last call: each changed bucket's delta, the buckets rolled up,
+    /// the cuts.
+    pub fn take_changes(&mut self) -> WindowChanges {
+        let mut deltas = Vec::new();
         for (campaign_id, campaign) in &mut self.campaigns {
-            for (granularity, start_ms) in std::mem::take(&mut campaign.dirty) {
-                let bucket = campaign.by_granularity[granularity as usize][&start_ms].clone();
+            for ((granularity, start_ms), delta) in std::mem::take(&mut campaign.deltas) {
                 let key = BucketKey {
                     campaign_id: campaign_id.clone(),
                     granularity,
                     start_ms,
                 };
-                changed.push((key, bucket));
+                deltas.push((key, delta));
             }
         }
-        changed
+        WindowChanges {
+            deltas,
+            dropped: std::mem::take(&mut self.dropped),
+            rolled_up: self.rolled_up,
+        }
     }
 
-    pub fn has_dirty(&self) -> bool {
-        self.campaigns
-            .values()
-            .any(|campaign| !campaign.dirty.is_empty())
+    pub fn has_changes(&self) -> bool {
+        !self.dropped.is_empty()
+            || self
+                .campaigns
+                .values()
+                .any(|campaign| !campaign.deltas.is_empty())
     }
 
     pub fn bucket_count(&self) -> usize {
@@ -312,8 +536,8 @@ mod tests {
                 (Granularity::Day, 3 * DAY_MS),
             ]
         );
-        assert_eq!(windows.take_dirty().len(), 3);
-        assert!(!windows.has_dirty());
+        assert_eq!(windows.take_changes().deltas.len(), 3);
+        assert!(!windows.has_changes());
     }
 
     #[test]

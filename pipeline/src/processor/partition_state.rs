@@ -14,7 +14,9 @@ use crate::log::{Offset, PartitionId};
 use crate::operators::campaign_totals::{CampaignTotal, CampaignTotals};
 use crate::operators::conflict_audit::Conflict;
 use crate::operators::dedupe::{Candidate, DonationIndex, IndexChange, differing_fields};
-use crate::operators::event_time_windows::{BucketKey, EventTimeWindows, WindowBucket};
+use crate::operators::event_time_windows::{
+    BucketKey, EventTimeWindows, RolledUp, WindowBucket, WindowChanges, WindowHorizons,
+};
 use crate::operators::watermark::Watermark;
 
 /// Running counts of what a partition has applied.
@@ -78,19 +80,32 @@ pub struct StateScalars {
 #[derive(Debug, Default)]
 pub struct StateChanges {
     pub index: Vec<IndexChange>,
+    /// The changed campaign totals, absolute.
     pub totals: Vec<(String, CampaignTotal)>,
-    pub buckets: Vec<(BucketKey, WindowBucket)>,
+    /// The changed buckets as deltas, the buckets rolled up, the cuts.
+    pub windows: WindowChanges,
     pub conflicts: Vec<Conflict>,
 }
 
 impl StateChanges {
     /// These changes and `later` ones as one checkpoint (after a checkpoint that failed to
-    /// commit these): index entries and conflicts in order, and of a total or bucket changed in
-    /// both, the later value, since each holds the whole value.
+    /// commit these): index entries and conflicts in order, of a total changed in both the later
+    /// value, of a bucket changed in both the merged deltas, and a bucket rolled up later loses
+    /// its earlier delta.
     pub fn followed_by(mut self, later: StateChanges) -> StateChanges {
         self.index.extend(later.index);
         self.totals = latest_values(self.totals, later.totals);
-        self.buckets = latest_values(self.buckets, later.buckets);
+        let mut deltas: std::collections::BTreeMap<BucketKey, WindowBucket> =
+            self.windows.deltas.into_iter().collect();
+        for key in &later.windows.dropped {
+            deltas.remove(key);
+        }
+        for (key, delta) in later.windows.deltas {
+            deltas.entry(key).or_default().merge(&delta);
+        }
+        self.windows.deltas = deltas.into_iter().collect();
+        self.windows.dropped.extend(later.windows.dropped);
+        self.windows.rolled_up = later.windows.rolled_up;
         self.conflicts.extend(later.conflicts);
         self
     }
@@ -170,8 +185,8 @@ pub struct PartitionState {
 }
 
 impl PartitionState {
-    /// Empty state, to be applied from offset 0.
-    pub fn new(partition: PartitionId, allowed_lateness_ms: i64) -> Self {
+    /// Empty state, to be applied from offset 0, rolling its windows up at `horizons`.
+    pub fn new(partition: PartitionId, allowed_lateness_ms: i64, horizons: WindowHorizons) -> Self {
         Self {
             partition,
             next_offset: 0,
@@ -179,7 +194,7 @@ impl PartitionState {
             watermark: Watermark::new(allowed_lateness_ms),
             index: SharedIndex::default(),
             totals: CampaignTotals::default(),
-            windows: EventTimeWindows::default(),
+            windows: EventTimeWindows::new(horizons),
             pending_conflicts: Vec::new(),
             digest: StateDigest::default(),
             total_hashes: HashMap::new(),
@@ -187,16 +202,19 @@ impl PartitionState {
         }
     }
 
-    /// State as a checkpoint stored it. The digest is recomputed from the parts, so the caller
-    /// can compare it with the digest the checkpoint recorded.
+    /// State as a checkpoint stored it: absolute buckets and the cuts they were rolled up to.
+    /// The digest is recomputed from the parts, so the caller can compare it with the digest
+    /// the checkpoint recorded. The windows roll up at the default horizons until
+    /// [`set_window_horizons`](Self::set_window_horizons) says otherwise.
     pub fn restore(
         scalars: StateScalars,
         index: IndexRestorer,
         totals: Vec<(String, CampaignTotal)>,
         buckets: Vec<(BucketKey, WindowBucket)>,
+        rolled_up: RolledUp,
         conflicts: &[Conflict],
     ) -> Self {
-        let mut state = Self::new(scalars.partition, 0);
+        let mut state = Self::new(scalars.partition, 0, WindowHorizons::DEFAULT);
         state.next_offset = scalars.next_offset;
         state.counters = scalars.counters;
         state.watermark = scalars.watermark;
@@ -220,8 +238,13 @@ impl PartitionState {
             digest::replace(&mut state.digest.conflicts, None, conflict_hash(conflict));
         }
         state.totals = CampaignTotals::from_totals(totals);
-        state.windows = EventTimeWindows::from_buckets(buckets);
+        state.windows = EventTimeWindows::from_buckets(buckets, rolled_up);
         state
+    }
+
+    /// Rolls the windows up at `horizons` from the next checkpoint on.
+    pub fn set_window_horizons(&mut self, horizons: WindowHorizons) {
+        self.windows.set_horizons(horizons);
     }
 
     pub fn partition(&self) -> PartitionId {
@@ -402,7 +425,8 @@ impl PartitionState {
         }
     }
 
-    /// Everything changed since the last call, and brings the digest up to date with it.
+    /// Everything changed since the last call (rolling the windows up to the watermark first),
+    /// and brings the digest up to date with it.
     pub fn take_changes(&mut self) -> StateChanges {
         let totals = self.totals.take_dirty();
         for (campaign_id, total) in &totals {
@@ -410,24 +434,41 @@ impl PartitionState {
             let old = self.total_hashes.insert(campaign_id.clone(), hash);
             digest::replace(&mut self.digest.totals, old, hash);
         }
-        let buckets = self.windows.take_dirty();
-        for (key, bucket) in &buckets {
+        self.windows.roll_up(self.watermark.current());
+        let windows = self.windows.take_changes();
+        for (key, _) in &windows.deltas {
+            let bucket = self.windows.get(key).expect("a changed bucket is held");
             let hash = element_hash(kind::WINDOW_BUCKET, key, bucket);
             let old = self.bucket_hashes.insert(key.clone(), hash);
             digest::replace(&mut self.digest.windows, old, hash);
+        }
+        for key in &windows.dropped {
+            if let Some(old) = self.bucket_hashes.remove(key) {
+                digest::replace(&mut self.digest.windows, Some(old), 0);
+            }
         }
         let index = self.index().take_pending();
         StateChanges {
             index,
             totals,
-            buckets,
+            windows,
             conflicts: std::mem::take(&mut self.pending_conflicts),
         }
     }
 
+    /// The current, absolute values of the buckets `changes` changed, for readers.
+    pub fn changed_buckets(&self, changes: &StateChanges) -> Vec<(BucketKey, WindowBucket)> {
+        changes
+            .windows
+            .deltas
+            .iter()
+            .filter_map(|(key, _)| Some((key.clone(), self.windows.get(key)?.clone())))
+            .collect()
+    }
+
     /// Whether anything changed since the last `take_changes`.
     pub fn has_changes(&self) -> bool {
-        !self.pending_conflicts.is_empty() || self.windows.has_dirty()
+        !self.pending_conflicts.is_empty() || self.windows.has_changes()
     }
 }
 

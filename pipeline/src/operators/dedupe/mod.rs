@@ -312,6 +312,31 @@ impl DonationIndex {
     pub fn recorded(&self) -> usize {
         self.first_offsets.len() + self.collisions.len()
     }
+
+    /// The recorded donations of the fingerprint table, `(fingerprint, offset)`, in table
+    /// order (a snapshot writes them so, and a table of the same size loads them in order).
+    pub fn fingerprint_entries(&self) -> impl Iterator<Item = (u64, Offset)> + '_ {
+        self.first_offsets.iter()
+    }
+
+    /// The rest of the index as changes that rebuild it: collisions, then resend counts by
+    /// offset.
+    pub fn other_entries(&self) -> impl Iterator<Item = IndexChange> + '_ {
+        let mut resends: Vec<(Offset, ResendCounts)> =
+            self.resends.iter().map(|(&o, &c)| (o, c)).collect();
+        resends.sort_unstable_by_key(|&(offset, _)| offset);
+        self.collisions
+            .iter()
+            .map(|(payment_ref, &offset)| IndexChange::RecordedCollision {
+                payment_ref: payment_ref.clone(),
+                offset,
+            })
+            .chain(
+                resends
+                    .into_iter()
+                    .map(|(offset, counts)| IndexChange::Resends { offset, counts }),
+            )
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,360 @@
+//! Journal compaction: a partition's journal rewritten as a new generation that opens with a
+//! snapshot of its state, in the background, without holding the partition up.
+//!
+//! # The steps
+//! 1. Note where the journal ends (a committed checkpoint) — nothing is held while the rest of
+//!    steps 2 and 3 run, so the partition goes on committing to the old generation.
+//! 2. Rebuild the state as of that checkpoint from the journal's bytes up to there, and check it
+//!    against the checkpoint's digest (what is written is what a load would have given).
+//! 3. Stream it into `checkpoints-NNN.journal.compacting`: header, snapshot parts, the
+//!    `Snapshot` frame; then copy over the checkpoints the partition committed meanwhile, and
+//!    sync.
+//! 4. Holding the journal (the partition's commits wait, for about one checkpoint's worth):
+//!    copy the last checkpoints committed since step 3, sync, rename the new generation over
+//!    the journal, sync the directory, and go on appending to it.
+//!
+//! A crash before the rename leaves the old generation, whole, and a `.compacting` file that
+//! the next open removes; after it, the new generation, whole. Never neither, never a mix: the
+//! rename replaces one complete file with another.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::CheckpointError;
+use super::journal::{Journal, SnapshotContent, SnapshotWriter};
+use super::store::{Collected, journal_path, lock};
+use crate::log::PartitionId;
+use crate::storage::{self, OpenMode, Storage};
+
+const COMPACTING_SUFFIX: &str = ".compacting";
+/// Checkpoints committed during a compaction are copied without holding the journal while
+/// there are more than this many bytes of them; the last copy, under the journal, is then at
+/// most about one round of checkpoints.
+const CATCH_UP_UNLOCKED_BYTES: u64 = 256 * 1024;
+/// After a failed compaction (a full disk, damage) the partition is not compacted again for
+/// this long: the journal goes on working as it is, and retrying at every checkpoint would only
+/// add load to a disk in trouble.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+
+/// Whether a journal's deltas outweigh its snapshot (and the floor), or it is of an older
+/// format.
+pub(crate) fn is_due(journal: &Journal, floor_bytes: u64) -> bool {
+    journal.format_version() < super::journal::JOURNAL_FORMAT_VERSION
+        || journal.delta_bytes() >= journal.snapshot_bytes().max(floor_bytes)
+}
+
+fn compacting_path(dir: &Path, partition: PartitionId) -> PathBuf {
+    let mut name = journal_path(dir, partition).into_os_string();
+    name.push(COMPACTING_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Removes what compactions a crash interrupted left behind.
+pub(crate) fn remove_leftovers(storage: &dyn Storage, dir: &Path) -> Result<(), CheckpointError> {
+    let names = storage
+        .list_dir(dir)
+        .map_err(|e| CheckpointError::io(dir, e))?;
+    for name in names
+        .iter()
+        .filter(|name| name.ends_with(COMPACTING_SUFFIX))
+    {
+        let path = dir.join(name);
+        storage
+            .remove_file(&path)
+            .map_err(|e| CheckpointError::io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// Starts writing a new generation of a partition's journal beside the journal.
+pub(crate) fn start_generation(
+    storage: &dyn Storage,
+    dir: &Path,
+    partition: PartitionId,
+    generation: u64,
+    recorded_hint: u64,
+) -> Result<SnapshotWriter, CheckpointError> {
+    let path = compacting_path(dir, partition);
+    let file = storage
+        .open(&path, OpenMode::CreateTruncate)
+        .map_err(|e| CheckpointError::io(&path, e))?;
+    Ok(SnapshotWriter::new(
+        &path,
+        file,
+        partition,
+        generation,
+        recorded_hint,
+    ))
+}
+
+/// Syncs a new generation, renames it over the journal and syncs the directory; the journal
+/// that appends to it.
+pub(crate) fn put_in_place(
+    storage: Arc<dyn Storage>,
+    dir: &Path,
+    partition: PartitionId,
+    writer: SnapshotWriter,
+) -> Result<Journal, CheckpointError> {
+    let from = compacting_path(dir, partition);
+    let to = journal_path(dir, partition);
+    let written = writer.finish()?;
+    storage
+        .rename(&from, &to)
+        .map_err(|e| CheckpointError::io(&to, e))?;
+    storage
+        .sync_dir(storage::parent_or_current(&to))
+        .map_err(|e| CheckpointError::io(dir, e))?;
+    Ok(Journal::adopt(storage, &to, written))
+}
+
+/// Compacts one partition's journal (the steps above). `false` if there was nothing to
+/// compact (no journal loaded, or no checkpoint), or `stop` was raised meanwhile.
+pub(crate) fn compact_partition(
+    storage_arc: &Arc<dyn Storage>,
+    dir: &Path,
+    journals: &[Mutex<Option<Journal>>],
+    partition: PartitionId,
+    stop: &AtomicBool,
+) -> Result<bool, CheckpointError> {
+    let slot = &journals[partition as usize];
+    let (file, until, generation) = {
+        let journal = lock(slot);
+        let Some(journal) = journal.as_ref() else {
+            return Ok(false);
+        };
+        (
+            Arc::clone(journal.file()),
+            journal.end_position(),
+            journal.generation(),
+        )
+    };
+    let path = journal_path(dir, partition);
+    let storage = &**storage_arc;
+    let mut collected = Collected::for_loading(Journal::recorded_hint(storage, &path));
+    let damage = Journal::read_file(
+        Arc::clone(storage_arc),
+        &path,
+        file,
+        partition,
+        Some(until),
+        &mut collected,
+    )?;
+    if let Some(damage) = damage {
+        return Err(CheckpointError::Corrupt {
+            what: format!("checkpoint journal {}", path.display()),
+            reason: format!(
+                "damaged at byte {} ({}); not compacted",
+                damage.position, damage.reason
+            ),
+        });
+    }
+    let Some((state, meta, _, parts)) = collected.into_state(partition)? else {
+        return Ok(false);
+    };
+    let mut writer = start_generation(
+        storage,
+        dir,
+        partition,
+        generation + 1,
+        meta.scalars.counters.recorded,
+    )?;
+    let written = (|| {
+        {
+            let index = state.shared_index();
+            let index = index
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (count, (fingerprint, offset)) in index.fingerprint_entries().enumerate() {
+                if count % 65_536 == 0 && stop.load(Ordering::Relaxed) {
+                    return Ok(false);
+                }
+                writer.recorded(fingerprint, offset)?;
+            }
+            for change in index.other_entries() {
+                writer.index_change(change)?;
+            }
+        }
+        drop(state);
+        for (key, bucket) in parts.buckets {
+            writer.bucket(key, bucket)?;
+        }
+        let content = SnapshotContent {
+            rolled_up: parts.rolled_up,
+            totals: parts.totals,
+            conflicts: parts.conflicts,
+        };
+        writer.finish_snapshot(&meta, content)?;
+        writer.sync()?;
+        Ok(true)
+    })();
+    match written {
+        Ok(true) => {}
+        Ok(false) => {
+            abandon(storage, dir, partition);
+            return Ok(false);
+        }
+        Err(error) => {
+            abandon(storage, dir, partition);
+            return Err(error);
+        }
+    }
+    match catch_up_and_switch(
+        Arc::clone(storage_arc),
+        dir,
+        slot,
+        partition,
+        writer,
+        until,
+        generation,
+    ) {
+        Ok(switched) => {
+            if !switched {
+                abandon(storage, dir, partition);
+            }
+            Ok(switched)
+        }
+        Err(error) => {
+            abandon(storage, dir, partition);
+            Err(error)
+        }
+    }
+}
+
+/// Copies the checkpoints committed since `copied_to` into the new generation and, once what
+/// is left is small, puts the new generation in place holding the journal. `false` if the
+/// journal was reset or replaced meanwhile (the new generation is then of no use).
+fn catch_up_and_switch(
+    storage: Arc<dyn Storage>,
+    dir: &Path,
+    slot: &Mutex<Option<Journal>>,
+    partition: PartitionId,
+    mut writer: SnapshotWriter,
+    mut copied_to: u64,
+    generation: u64,
+) -> Result<bool, CheckpointError> {
+    loop {
+        let mut journal_slot = lock(slot);
+        let Some(journal) = journal_slot.as_mut() else {
+            return Ok(false);
+        };
+        if journal.generation() != generation {
+            return Ok(false);
+        }
+        let end = journal.end_position();
+        let entries =
+            journal
+                .entries_between(copied_to, end)
+                .map_err(|reason| CheckpointError::Corrupt {
+                    what: format!("checkpoint journal {}", journal.path().display()),
+                    reason,
+                })?;
+        for entry in &entries {
+            writer.checkpoint(entry)?;
+        }
+        if end - copied_to > CATCH_UP_UNLOCKED_BYTES {
+            drop(journal_slot);
+            writer.sync()?;
+            copied_to = end;
+            continue;
+        }
+        let new_journal = put_in_place(Arc::clone(&storage), dir, partition, writer)?;
+        tracing::info!(
+            partition,
+            generation = new_journal.generation(),
+            snapshot_bytes = new_journal.snapshot_bytes(),
+            bytes_before = end,
+            bytes_after = new_journal.end_position(),
+            "checkpoint journal compacted"
+        );
+        *journal = new_journal;
+        return Ok(true);
+    }
+}
+
+fn abandon(storage: &dyn Storage, dir: &Path, partition: PartitionId) {
+    let _ = storage.remove_file(&compacting_path(dir, partition));
+}
+
+/// The background compactor of a store: one thread, compacting one partition at a time as
+/// commits find them due.
+#[derive(Debug)]
+pub(crate) struct Compactor {
+    requests: Option<mpsc::Sender<PartitionId>>,
+    queued: Arc<[AtomicBool]>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Compactor {
+    pub fn start(
+        storage: Arc<dyn Storage>,
+        dir: PathBuf,
+        journals: Arc<[Mutex<Option<Journal>>]>,
+    ) -> Self {
+        let (requests, received) = mpsc::channel::<PartitionId>();
+        let queued: Arc<[AtomicBool]> = (0..journals.len())
+            .map(|_| AtomicBool::new(false))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (queued, stop) = (Arc::clone(&queued), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("tally-compactor".into())
+                .spawn(move || {
+                    let mut retry_at: Vec<Option<Instant>> = vec![None; journals.len()];
+                    while let Ok(partition) = received.recv() {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let index = partition as usize;
+                        if retry_at[index].is_some_and(|at| Instant::now() < at) {
+                            queued[index].store(false, Ordering::Release);
+                            continue;
+                        }
+                        match compact_partition(&storage, &dir, &journals, partition, &stop) {
+                            Ok(_) => retry_at[index] = None,
+                            Err(error) => {
+                                tracing::warn!(partition, %error, "checkpoint journal compaction failed; the journal stays as it is, compacting again in {RETRY_AFTER_FAILURE:?} at the earliest");
+                                retry_at[index] = Some(Instant::now() + RETRY_AFTER_FAILURE);
+                            }
+                        }
+                        queued[index].store(false, Ordering::Release);
+                    }
+                })
+                .ok()
+        };
+        if thread.is_none() {
+            tracing::warn!("could not start the checkpoint compactor; journals are not compacted");
+        }
+        Self {
+            requests: Some(requests),
+            queued,
+            stop,
+            thread,
+        }
+    }
+
+    /// Queues a partition unless it is already queued or being compacted.
+    pub fn request(&self, partition: PartitionId) {
+        if self.queued[partition as usize].swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(requests) = &self.requests {
+            let _ = requests.send(partition);
+        }
+    }
+
+    /// Stops the compactor: a compaction under way is abandoned at its next step, and the
+    /// thread is waited for.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
