@@ -30,6 +30,9 @@ struct Cli {
     )]
     data_dir: PathBuf,
 
+    #[command(flatten)]
+    state: commands::StateArgs,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +62,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    if let Err(error) = commands::use_state_settings(&cli.state) {
+        eprintln!("tally: {}", one_line(&error));
+        return ExitCode::FAILURE;
+    }
     let outcome = match cli.command {
         Command::Serve(args) => serve(cli.data_dir, args),
         Command::Import(args) => commands::import::run(&cli.data_dir, args),

@@ -3,7 +3,9 @@
 //! offset they reflect; readers merge the partitions.
 //!
 //! Only committed state is published, so a reader never sees a total that a crash could take
-//! back. Updates carry absolute values and the offset they reflect, so applying an older update
+//! back. An update also says where the partition's windows are rolled up to, and the reader
+//! drops its buckets below: the owner's cuts are the ones that hold, whatever the reader's
+//! own settings. Updates carry absolute values and the offset they reflect, so applying an older update
 //! after a newer one is detected and ignored: re-delivery and reordering are harmless.
 
 use std::collections::BTreeMap;
@@ -16,8 +18,7 @@ use crate::clock::UnixMillis;
 use crate::log::{Offset, PartitionId};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::event_time_windows::{
-    BucketKey, CampaignBuckets, EventTimeWindows, Granularity, RolledUp, WindowBucket,
-    WindowHorizons, cover,
+    BucketKey, CampaignBuckets, EventTimeWindows, Granularity, RolledUp, WindowBucket, cover,
 };
 use crate::processor::{PartitionCounters, PartitionState};
 
@@ -38,6 +39,8 @@ pub struct PartitionUpdate {
     pub counters: PartitionCounters,
     pub totals: Vec<(String, CampaignTotal)>,
     pub buckets: Vec<(BucketKey, WindowBucket)>,
+    /// Where the partition's windows are rolled up to: readers drop the buckets below.
+    pub rolled_up: RolledUp,
 }
 
 impl PartitionUpdate {
@@ -52,6 +55,7 @@ impl PartitionUpdate {
             counters: self.counters,
             totals: Vec::new(),
             buckets: Vec::new(),
+            rolled_up: self.rolled_up,
         }
     }
 
@@ -74,12 +78,13 @@ impl PartitionUpdate {
                 .iter()
                 .map(|(k, b)| (k, b.clone()))
                 .collect(),
+            rolled_up: state.windows().rolled_up(),
         }
     }
 }
 
 /// What a partition's committed state looks like to readers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct PartitionView {
     next_offset: Offset,
     committed_at_ms: UnixMillis,
@@ -88,20 +93,6 @@ struct PartitionView {
     counters: PartitionCounters,
     totals: BTreeMap<String, CampaignTotal>,
     windows: EventTimeWindows,
-}
-
-impl PartitionView {
-    fn new(horizons: WindowHorizons) -> Self {
-        Self {
-            next_offset: 0,
-            committed_at_ms: 0,
-            checkpoint_duration_us: 0,
-            watermark_ms: None,
-            counters: PartitionCounters::default(),
-            totals: BTreeMap::new(),
-            windows: EventTimeWindows::new(horizons),
-        }
-    }
 }
 
 /// Progress of one partition, for freshness reports.
@@ -170,22 +161,14 @@ pub enum StatsError {
 #[derive(Debug)]
 pub struct ReadModel {
     partitions: RwLock<Vec<PartitionView>>,
-    /// Each partition's buckets are rolled up as its watermark moves (as its operators do).
-    horizons: WindowHorizons,
     /// Bumped on every published update; readers wait on it for changes.
     version: watch::Sender<u64>,
 }
 
 impl ReadModel {
     pub fn new(partition_count: u32) -> Self {
-        Self::with_horizons(partition_count, WindowHorizons::DEFAULT)
-    }
-
-    /// A read model that rolls buckets up at `horizons`.
-    pub fn with_horizons(partition_count: u32, horizons: WindowHorizons) -> Self {
         Self {
-            partitions: RwLock::new(vec![PartitionView::new(horizons); partition_count as usize]),
-            horizons,
+            partitions: RwLock::new(vec![PartitionView::default(); partition_count as usize]),
             version: watch::channel(0).0,
         }
     }
@@ -217,11 +200,11 @@ impl ReadModel {
             view.watermark_ms = update.watermark_ms;
             view.counters = update.counters;
             view.totals.extend(update.totals);
+            view.windows.roll_up_to(update.rolled_up);
+            view.windows.forget_changes();
             for (key, bucket) in update.buckets {
                 view.windows.set(key, bucket);
             }
-            view.windows.roll_up(update.watermark_ms);
-            view.windows.forget_changes();
         }
         self.version.send_modify(|version| *version += 1);
     }
@@ -239,6 +222,7 @@ impl ReadModel {
             counters: view.counters,
             totals: view.totals.iter().map(|(c, t)| (c.clone(), *t)).collect(),
             buckets: view.windows.iter().map(|(k, b)| (k, b.clone())).collect(),
+            rolled_up: view.windows.rolled_up(),
         }
     }
 
@@ -248,7 +232,7 @@ impl ReadModel {
             .partitions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        partitions[partition as usize] = PartitionView::new(self.horizons);
+        partitions[partition as usize] = PartitionView::default();
     }
 
     /// A receiver that changes whenever any partition publishes.

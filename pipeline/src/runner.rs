@@ -559,6 +559,7 @@ impl Pipeline {
             counters: state.counters(),
             totals: changes.totals,
             buckets,
+            rolled_up: changes.windows.rolled_up,
         });
         Ok(meta)
     }

@@ -10,17 +10,87 @@ pub mod log_repair;
 pub mod process;
 
 use std::path::{Path, PathBuf};
-
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tally_pipeline::checkpoint::{CheckpointStore, LoadedPartition};
+use tally_pipeline::checkpoint::{
+    COMPACTION_FLOOR_BYTES_DEFAULT, CheckpointStore, LoadedPartition,
+};
 use tally_pipeline::clock::{Clock, SystemClock};
 use tally_pipeline::log::{EmbeddedLog, EmbeddedLogOptions, Log, Witness};
+use tally_pipeline::operators::event_time_windows::{DAY_MS, HOUR_MS, WindowHorizons};
 use tally_pipeline::read_model::{PartitionUpdate, ReadModel};
 use tally_pipeline::runner::{Pipeline, PipelineConfig};
 use tally_pipeline::storage::OsStorage;
+
+/// How the state keeps its windows and journals: the same for every command (set them in the
+/// environment so `serve`, `process` and `checkpoint verify` agree).
+#[derive(Debug, Clone, Args)]
+pub struct StateArgs {
+    /// Minute buckets older than this behind the watermark are rolled up into hours.
+    #[arg(long, global = true, env = "TALLY_MINUTE_HORIZON", default_value = "14days",
+          value_parser = humantime::parse_duration)]
+    pub minute_horizon: Duration,
+    /// Hour buckets older than this behind the watermark are rolled up into days; at least the
+    /// minute horizon.
+    #[arg(long, global = true, env = "TALLY_HOUR_HORIZON", default_value = "396days",
+          value_parser = humantime::parse_duration)]
+    pub hour_horizon: Duration,
+    /// A partition's checkpoint journal is compacted once its checkpoints since the last
+    /// snapshot outweigh the snapshot and are at least this many bytes.
+    #[arg(long, global = true, env = "TALLY_COMPACTION_FLOOR_BYTES",
+          default_value_t = COMPACTION_FLOOR_BYTES_DEFAULT)]
+    pub compaction_floor_bytes: u64,
+}
+
+/// The state settings of this process, checked.
+#[derive(Debug, Clone, Copy)]
+struct StateSettings {
+    horizons: WindowHorizons,
+    compaction_floor_bytes: u64,
+}
+
+static STATE_SETTINGS: OnceLock<StateSettings> = OnceLock::new();
+
+/// Checks the state settings and makes them the ones every store and pipeline of this process
+/// opens with.
+pub fn use_state_settings(args: &StateArgs) -> anyhow::Result<()> {
+    let millis = |duration: Duration| i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+    let horizons = WindowHorizons {
+        minutes_ms: millis(args.minute_horizon),
+        hours_ms: millis(args.hour_horizon),
+    };
+    anyhow::ensure!(
+        horizons.minutes_ms >= HOUR_MS,
+        "--minute-horizon must be at least an hour"
+    );
+    anyhow::ensure!(
+        horizons.hours_ms >= horizons.minutes_ms.max(DAY_MS),
+        "--hour-horizon must be at least a day and at least --minute-horizon"
+    );
+    let _ = STATE_SETTINGS.set(StateSettings {
+        horizons,
+        compaction_floor_bytes: args.compaction_floor_bytes,
+    });
+    Ok(())
+}
+
+fn state_settings() -> StateSettings {
+    *STATE_SETTINGS.get_or_init(|| StateSettings {
+        horizons: WindowHorizons::DEFAULT,
+        compaction_floor_bytes: COMPACTION_FLOOR_BYTES_DEFAULT,
+    })
+}
+
+/// The pipeline configuration with this process's state settings.
+pub fn pipeline_config(config: PipelineConfig) -> PipelineConfig {
+    PipelineConfig {
+        window_horizons: state_settings().horizons,
+        ..config
+    }
+}
 
 /// Where the embedded log lives inside a data directory.
 pub fn log_dir(data_dir: &Path) -> PathBuf {
@@ -70,6 +140,7 @@ pub fn open_store(data_dir: &Path, partition_count: u32) -> anyhow::Result<Check
     let dir = state_dir(data_dir);
     let (store, notes) = CheckpointStore::open(&dir, partition_count)
         .with_context(|| format!("cannot open the state in {}", dir.display()))?;
+    store.set_compaction_floor(state_settings().compaction_floor_bytes);
     for note in notes {
         tracing::warn!("{note}");
     }
@@ -82,7 +153,13 @@ pub fn open_pipeline(data_dir: &Path, config: PipelineConfig) -> anyhow::Result<
     let store = Arc::new(open_store(data_dir, log.partition_count())?);
     let read_model = Arc::new(ReadModel::new(log.partition_count()));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    Ok(Pipeline::new(log, store, read_model, clock, config)?)
+    Ok(Pipeline::new(
+        log,
+        store,
+        read_model,
+        clock,
+        pipeline_config(config),
+    )?)
 }
 
 /// The committed state as queries see it, without processing anything. A damaged partition is

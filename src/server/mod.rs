@@ -383,11 +383,11 @@ pub async fn run(
     let read_model = Arc::new(ReadModel::new(log.partition_count()));
     let results_cache = ResultsCache::new(data_dir.join("results-cache"));
     let results_from = catch_up_results(&node, &read_model, &results_cache).await?;
-    let config = PipelineConfig {
+    let config = crate::commands::pipeline_config(PipelineConfig {
         checkpoint_interval: args.checkpoint_interval,
         checkpoint_records_max: args.checkpoint_records.max(1),
         ..PipelineConfig::default()
-    };
+    });
     let mut pipeline = Pipeline::new(
         Arc::clone(&log),
         Arc::clone(&store),
