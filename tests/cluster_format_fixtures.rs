@@ -7,10 +7,12 @@
 //! itself. They are written through the public API (a registry, a node joining, a publisher, a
 //! cache saved) so that they are exactly what a running node writes, and read back the same way.
 //!
-//! The `*_unversioned` fixtures were written before these records carried a format version;
-//! no build can write them again. The `*_v1` ones are written by `regenerate_fixtures` (run with
+//! The `*_unversioned` fixtures were written by this file's `regenerate_fixtures` before these
+//! records carried a format version; no build can write them again. The `*_v1` ones are written by `regenerate_fixtures` (run with
 //! `TALLY_WRITE_FIXTURES=1 cargo test --test cluster_format_fixtures -- --ignored`), which must
-//! never be run again for version 1: a new format version adds new fixtures beside them.
+//! never be run again for version 1: a new format version changes [`WRITTEN_SUFFIX`] and adds
+//! new fixtures and tests beside them. `version_1_encodings_are_unchanged` checks that this build
+//! still writes version 1 byte for byte.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,8 +30,8 @@ use tally_pipeline::read_model::{PartitionUpdate, ReadModel};
 use tally_pipeline::runner::UpdateSink;
 use tokio::sync::watch;
 
-/// The suffix of the fixtures this build writes.
-const WRITTEN_SUFFIX: &str = "unversioned";
+/// The suffix of the fixtures `regenerate_fixtures` writes: the format version this build writes.
+const WRITTEN_SUFFIX: &str = "v1";
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -321,6 +323,65 @@ async fn results_records_unversioned_fixture_folds() {
 #[test]
 fn results_cache_unversioned_fixture_loads() {
     check_results_cache(&fixtures().join("results_cache_unversioned.bin"));
+}
+
+#[tokio::test]
+async fn control_records_v1_fixture_folds() {
+    check_control_records(&fixtures().join("control_records_v1.bin")).await;
+}
+
+#[tokio::test]
+async fn node_records_v1_fixture_folds() {
+    check_node_records(&fixtures().join("node_records_v1.bin")).await;
+}
+
+#[tokio::test]
+async fn results_records_v1_fixture_folds() {
+    check_results_records(&fixtures().join("results_records_v1.bin")).await;
+}
+
+#[test]
+fn results_cache_v1_fixture_loads() {
+    check_results_cache(&fixtures().join("results_cache_v1.bin"));
+}
+
+/// Every record of a versioned kind starts with the marker and its version.
+fn assert_version(values: &[Vec<u8>], version: u8) {
+    for value in values {
+        assert_eq!(value[..2], [0xFF, version], "format marker and version");
+    }
+}
+
+#[tokio::test]
+async fn version_1_encodings_are_unchanged() {
+    let control = write_control_records().await;
+    assert_version(&control, 1);
+    assert_eq!(
+        control,
+        read_records(&fixtures().join("control_records_v1.bin")),
+        "control record version 1 changed"
+    );
+    let nodes = write_node_records().await;
+    assert_version(&nodes, 1);
+    assert_eq!(
+        nodes,
+        read_records(&fixtures().join("node_records_v1.bin")),
+        "nodes-topic record version 1 changed"
+    );
+    let results = write_results_records().await;
+    assert_version(&results, 1);
+    assert_eq!(
+        results,
+        read_records(&fixtures().join("results_records_v1.bin")),
+        "results record version 1 changed"
+    );
+    let cache = write_results_cache();
+    assert_eq!(cache[..9], *b"tallyrc\xFF\x01", "cache magic and version");
+    assert_eq!(
+        cache,
+        std::fs::read(fixtures().join("results_cache_v1.bin")).unwrap(),
+        "results cache version 1 changed"
+    );
 }
 
 #[test]

@@ -17,6 +17,19 @@
 //! from that offset instead of from its beginning. The cache is only a shortcut: its updates
 //! are absolute values with their offsets like any other, and a cache that does not fit the
 //! topic (an offset past its end) is ignored.
+//!
+//! # Formats
+//! A results record is `[0xFF, version, bincode of ResultsRecordV1]`
+//! ([`crate::codec::encode_versioned`]); this build writes version 1 and reads it and records
+//! written before versions existed (a bare bincode enum whose only kind, `Update`, starts the
+//! record with `00 00 00 00`; read as version 0). The cache file is the 8 bytes
+//! `CACHE_MAGIC`, a version byte and bincode of `CachedResultsV1`; a file without the magic is
+//! one written before versions existed (its first 8 bytes are the offset it reflects, see
+//! `CACHE_MAGIC`). Both carry partition updates in the frozen layout `PartitionUpdateV1`,
+//! not in [`PartitionUpdate`]'s own, so a field added to `PartitionUpdate` is a new version here
+//! with the old one still decoded. A record or cache of a later version is a
+//! [`FormatError::UnknownVersion`]: the record is skipped and logged, the cache ignored.
+//! `tests/cluster_format_fixtures.rs` pins every version.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,10 +40,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
 use crate::backoff::Backoff;
-use crate::codec;
+use crate::clock::UnixMillis;
+use crate::codec::{self, FormatError};
 use crate::log::{KeyedRecord, Log, LogError, Offset, PartitionId};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::event_time_windows::{BucketKey, WindowBucket};
+use crate::processor::PartitionCounters;
 use crate::read_model::{PartitionUpdate, ReadModel};
 use crate::runner::UpdateSink;
 
@@ -49,10 +64,128 @@ const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 /// Records read per step while folding.
 const READ_RECORDS: usize = 1024;
 
-/// One record of the results topic.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One record of the results topic, as this build works with it.
+#[derive(Debug, Clone)]
 enum ResultsRecord {
     Update(PartitionUpdate),
+}
+
+/// The results record format this build writes.
+const RESULTS_RECORD_VERSION: u8 = 1;
+const RESULTS_RECORD: &str = "results record";
+
+/// A results record of version 1.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum ResultsRecordV1 {
+    Update(PartitionUpdateV1),
+}
+
+/// A results record written before versions existed. Its one kind makes every such record
+/// start with `00 00 00 00`, never with [`codec::VERSION_MARKER`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum UnversionedResultsRecord {
+    Update(PartitionUpdateV1),
+}
+
+impl ResultsRecord {
+    fn encode(self) -> Vec<u8> {
+        let record = match self {
+            ResultsRecord::Update(update) => ResultsRecordV1::Update(update.into()),
+        };
+        codec::encode_versioned(RESULTS_RECORD_VERSION, &record)
+    }
+
+    /// Decodes a results record of any version this build knows.
+    fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        match codec::split_versioned(RESULTS_RECORD, bytes)? {
+            (version @ codec::UNVERSIONED, body) => {
+                match codec::decode_body(RESULTS_RECORD, version, body)? {
+                    UnversionedResultsRecord::Update(update) => {
+                        Ok(ResultsRecord::Update(update.into()))
+                    }
+                }
+            }
+            (version @ RESULTS_RECORD_VERSION, body) => {
+                match codec::decode_body(RESULTS_RECORD, version, body)? {
+                    ResultsRecordV1::Update(update) => Ok(ResultsRecord::Update(update.into())),
+                }
+            }
+            (version, _) => Err(FormatError::UnknownVersion {
+                kind: RESULTS_RECORD,
+                version,
+                known: RESULTS_RECORD_VERSION,
+            }),
+        }
+    }
+}
+
+/// [`PartitionUpdate`]'s layout in the unversioned formats and in version 1, frozen: a change to
+/// `PartitionUpdate` needs a new version of the formats that carry it, with a `V2` beside this.
+/// The `From` conversions list every field, so such a change does not compile until it is made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PartitionUpdateV1 {
+    partition: PartitionId,
+    next_offset: Offset,
+    committed_at_ms: UnixMillis,
+    checkpoint_duration_us: u64,
+    watermark_ms: Option<UnixMillis>,
+    counters: PartitionCountersV1,
+    totals: Vec<(String, CampaignTotal)>,
+    buckets: Vec<(BucketKey, WindowBucket)>,
+}
+
+/// [`PartitionCounters`]' layout in [`PartitionUpdateV1`], frozen likewise.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct PartitionCountersV1 {
+    applied: u64,
+    recorded: u64,
+    duplicates: u64,
+    conflicts: u64,
+    late: u64,
+}
+
+impl From<PartitionUpdate> for PartitionUpdateV1 {
+    fn from(update: PartitionUpdate) -> Self {
+        let counters = update.counters;
+        Self {
+            partition: update.partition,
+            next_offset: update.next_offset,
+            committed_at_ms: update.committed_at_ms,
+            checkpoint_duration_us: update.checkpoint_duration_us,
+            watermark_ms: update.watermark_ms,
+            counters: PartitionCountersV1 {
+                applied: counters.applied,
+                recorded: counters.recorded,
+                duplicates: counters.duplicates,
+                conflicts: counters.conflicts,
+                late: counters.late,
+            },
+            totals: update.totals,
+            buckets: update.buckets,
+        }
+    }
+}
+
+impl From<PartitionUpdateV1> for PartitionUpdate {
+    fn from(update: PartitionUpdateV1) -> Self {
+        let counters = update.counters;
+        Self {
+            partition: update.partition,
+            next_offset: update.next_offset,
+            committed_at_ms: update.committed_at_ms,
+            checkpoint_duration_us: update.checkpoint_duration_us,
+            watermark_ms: update.watermark_ms,
+            counters: PartitionCounters {
+                applied: counters.applied,
+                recorded: counters.recorded,
+                duplicates: counters.duplicates,
+                conflicts: counters.conflicts,
+                late: counters.late,
+            },
+            totals: update.totals,
+            buckets: update.buckets,
+        }
+    }
 }
 
 /// A partition's updates not yet on the topic, merged.
@@ -105,7 +238,7 @@ impl Pending {
         let mut bytes = 0;
         let mut seal = |update: &mut PartitionUpdate, bytes: &mut usize| {
             let full = std::mem::replace(update, self.latest.clone_header());
-            let value = codec::encode(&ResultsRecord::Update(full));
+            let value = ResultsRecord::Update(full).encode();
             debug_assert!(key.len() + value.len() <= RESULTS_RECORD_BYTES_MAX);
             records.push(KeyedRecord {
                 key: key.clone(),
@@ -260,7 +393,7 @@ pub async fn catch_up_results(
         };
         from = last.offset + 1;
         for record in records {
-            match codec::decode::<ResultsRecord>(&record.value) {
+            match ResultsRecord::decode(&record.value) {
                 Ok(ResultsRecord::Update(update)) => {
                     if !owned.contains(&update.partition)
                         && update.partition < read_model.partition_count()
@@ -331,8 +464,8 @@ pub struct ResultsCache {
     path: PathBuf,
 }
 
-/// The cache file's contents.
-#[derive(Debug, Serialize, Deserialize)]
+/// The cache file's contents, as this build works with them.
+#[derive(Debug)]
 struct CachedResults {
     /// The results topic's offset the views reflect (fold on from here).
     next_offset: Offset,
@@ -341,6 +474,73 @@ struct CachedResults {
     /// fold the topic from its beginning for them.
     owned: Vec<PartitionId>,
     views: Vec<PartitionUpdate>,
+}
+
+/// The first 8 bytes of a versioned cache file, then a version byte.
+///
+/// A cache written before versions existed starts with its `next_offset`, a little-endian
+/// `u64`. Offsets are below 2^63 (Fluvio's are `i64`; the embedded log's count records), so that
+/// file's eighth byte is below 0x80, while this magic's is 0xFF: no unversioned cache starts
+/// with it.
+const CACHE_MAGIC: [u8; 8] = *b"tallyrc\xFF";
+const _: () = assert!(CACHE_MAGIC[7] >= 0x80);
+/// The cache format this build writes.
+const CACHE_VERSION: u8 = 1;
+const RESULTS_CACHE: &str = "results cache";
+
+/// The cache file of version 1, and (the same layout without the header) of unversioned ones.
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedResultsV1 {
+    next_offset: Offset,
+    partition_count: u32,
+    owned: Vec<PartitionId>,
+    views: Vec<PartitionUpdateV1>,
+}
+
+impl CachedResults {
+    fn encode(self) -> Vec<u8> {
+        let v1 = CachedResultsV1 {
+            next_offset: self.next_offset,
+            partition_count: self.partition_count,
+            owned: self.owned,
+            views: self.views.into_iter().map(Into::into).collect(),
+        };
+        let mut bytes = CACHE_MAGIC.to_vec();
+        bytes.push(CACHE_VERSION);
+        bytes.extend_from_slice(&codec::encode(&v1));
+        bytes
+    }
+
+    /// Decodes a cache file of any version this build knows.
+    fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let (version, body) = match bytes.strip_prefix(&CACHE_MAGIC) {
+            None => (codec::UNVERSIONED, bytes),
+            Some([version, body @ ..]) => (*version, body),
+            Some([]) => {
+                return Err(FormatError::Malformed {
+                    kind: RESULTS_CACHE,
+                    version: codec::UNVERSIONED,
+                    reason: "the header ends before its version".into(),
+                });
+            }
+        };
+        let v1: CachedResultsV1 = match version {
+            codec::UNVERSIONED | CACHE_VERSION => codec::decode_body(RESULTS_CACHE, version, body)?,
+            version => {
+                return Err(FormatError::UnknownVersion {
+                    kind: RESULTS_CACHE,
+                    version,
+                    known: CACHE_VERSION,
+                });
+            }
+        };
+        Ok(Self {
+            next_offset: v1.next_offset,
+            partition_count: v1.partition_count,
+            owned: v1.owned,
+            views: v1.views.into_iter().map(Into::into).collect(),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -379,7 +579,7 @@ impl ResultsCache {
             path: self.path.clone(),
             source,
         };
-        let bytes = codec::encode(&cached);
+        let bytes = cached.encode();
         let temporary = self.path.with_extension("tmp");
         {
             use std::io::Write;
@@ -414,7 +614,7 @@ impl ResultsCache {
                 return 0;
             }
         };
-        let cached: CachedResults = match codec::decode(&bytes) {
+        let cached = match CachedResults::decode(&bytes) {
             Ok(cached) => cached,
             Err(error) => {
                 tracing::warn!(path = %self.path.display(), %error, "ignoring a damaged results cache");
@@ -590,10 +790,63 @@ mod tests {
         }
         let mut buckets = 0;
         for record in records {
-            let ResultsRecord::Update(part) = codec::decode(&record.value).unwrap();
+            let ResultsRecord::Update(part) = ResultsRecord::decode(&record.value).unwrap();
             assert_eq!((part.partition, part.next_offset), (2, 99));
             buckets += part.buckets.len();
         }
         assert_eq!(buckets, 2500);
+    }
+
+    #[test]
+    fn unversioned_and_version_1_records_decode_and_cannot_be_confused() {
+        let unversioned = codec::encode(&UnversionedResultsRecord::Update(update(1, 7, 3).into()));
+        assert_eq!(unversioned[..4], [0, 0, 0, 0]);
+        let ResultsRecord::Update(decoded) = ResultsRecord::decode(&unversioned).unwrap();
+        assert_eq!(format!("{decoded:?}"), format!("{:?}", update(1, 7, 3)));
+        let versioned = ResultsRecord::Update(update(1, 7, 3)).encode();
+        assert_eq!(versioned[..2], [codec::VERSION_MARKER, 1]);
+        let ResultsRecord::Update(decoded) = ResultsRecord::decode(&versioned).unwrap();
+        assert_eq!(format!("{decoded:?}"), format!("{:?}", update(1, 7, 3)));
+
+        let mut newer = versioned;
+        newer[1] = 2;
+        assert!(matches!(
+            ResultsRecord::decode(&newer),
+            Err(FormatError::UnknownVersion { version: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn an_unversioned_cache_never_starts_with_the_magic_and_a_newer_one_is_refused() {
+        let cached = || CachedResults {
+            next_offset: i64::MAX as Offset,
+            partition_count: 2,
+            owned: vec![0],
+            views: vec![update(1, 7, 3)],
+        };
+        let old = CachedResultsV1 {
+            next_offset: i64::MAX as Offset,
+            partition_count: 2,
+            owned: vec![0],
+            views: vec![update(1, 7, 3).into()],
+        };
+        let unversioned = codec::encode(&old);
+        assert!(unversioned[7] < CACHE_MAGIC[7], "the largest offset");
+        let decoded = CachedResults::decode(&unversioned).unwrap();
+        assert_eq!(format!("{decoded:?}"), format!("{:?}", cached()));
+
+        let mut versioned = cached().encode();
+        assert_eq!(versioned[..9], *b"tallyrc\xFF\x01");
+        let decoded = CachedResults::decode(&versioned).unwrap();
+        assert_eq!(format!("{decoded:?}"), format!("{:?}", cached()));
+        versioned[8] = 7;
+        assert!(matches!(
+            CachedResults::decode(&versioned),
+            Err(FormatError::UnknownVersion { version: 7, .. })
+        ));
+        assert!(matches!(
+            CachedResults::decode(&CACHE_MAGIC),
+            Err(FormatError::Malformed { .. })
+        ));
     }
 }
