@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use tally_pipeline::campaigns::{CampaignDefinition, CampaignRegistry, Reconciliation};
 use tally_pipeline::clock::ManualClock;
-use tally_pipeline::cluster::results::ResultsCache;
+use tally_pipeline::cluster::results::{ResultsCache, snapshot_start};
 use tally_pipeline::cluster::{ClusterError, Membership, NodeAnnouncement, ResultsPublisher};
 use tally_pipeline::event::EventTime;
 use tally_pipeline::log::{EmbeddedLog, EmbeddedLogOptions, KeyedRecord, Log, PartitionId};
@@ -266,13 +266,54 @@ fn check_read_model(read_model: &ReadModel) {
 async fn write_results_records() -> Vec<Vec<u8>> {
     let dir = tempfile::tempdir().unwrap();
     let log = one_partition_log(dir.path());
-    let publisher = ResultsPublisher::new(Arc::clone(&log));
+    // Updates only: the publisher's read model (its runners' view) is behind what it was
+    // offered, so no snapshot is due yet.
+    let publisher = ResultsPublisher::new(Arc::clone(&log), Arc::new(ReadModel::new(2)));
     for update in updates() {
         publisher.offer(&update);
     }
     let (_, stopped) = watch::channel(true);
     publisher.run(stopped).await;
     values(log.as_ref()).await
+}
+
+/// Snapshots of both partitions: what an owner publishes first.
+async fn write_results_snapshots() -> Vec<Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let log = one_partition_log(dir.path());
+    let read_model = Arc::new(ReadModel::new(2));
+    let publisher = ResultsPublisher::new(Arc::clone(&log), Arc::clone(&read_model));
+    for update in updates() {
+        publisher.offer(&update);
+        read_model.publish(update);
+    }
+    let (_, stopped) = watch::channel(true);
+    publisher.run(stopped).await;
+    let mut values = values(log.as_ref()).await;
+    // The publisher names its snapshots by the time it started: pin it.
+    for value in &mut values {
+        value[2 + 4..2 + 4 + 8].copy_from_slice(&SNAPSHOT_PUBLISHER.to_le_bytes());
+    }
+    values
+}
+
+/// The publisher named in the snapshots fixture.
+const SNAPSHOT_PUBLISHER: u64 = 0x0102_0304_0506_0708;
+
+async fn check_results_snapshots(path: &Path) {
+    let records = read_records(path);
+    assert_eq!(records.len(), 2, "one snapshot record per partition");
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_of(dir.path(), records).await;
+    let start = snapshot_start(log.as_ref(), 2, &[], 0, i64::MIN)
+        .await
+        .unwrap();
+    assert_eq!(start, 0, "both snapshots are complete");
+    let read_model = ReadModel::new(2);
+    tally_pipeline::cluster::catch_up_results(log.as_ref(), &read_model, &[], start)
+        .await
+        .unwrap();
+    check_read_model(&read_model);
 }
 
 async fn check_results_records(path: &Path) {
@@ -340,6 +381,11 @@ async fn results_records_v1_fixture_folds() {
     check_results_records(&fixtures().join("results_records_v1.bin")).await;
 }
 
+#[tokio::test]
+async fn results_snapshots_v1_fixture_folds() {
+    check_results_snapshots(&fixtures().join("results_snapshots_v1.bin")).await;
+}
+
 #[test]
 fn results_cache_v1_fixture_loads() {
     check_results_cache(&fixtures().join("results_cache_v1.bin"));
@@ -375,6 +421,13 @@ async fn version_1_encodings_are_unchanged() {
         read_records(&fixtures().join("results_records_v1.bin")),
         "results record version 1 changed"
     );
+    let snapshots = write_results_snapshots().await;
+    assert_version(&snapshots, 1);
+    assert_eq!(
+        snapshots,
+        read_records(&fixtures().join("results_snapshots_v1.bin")),
+        "results snapshot record version 1 changed"
+    );
     let cache = write_results_cache();
     assert_eq!(cache[..9], *b"tallyrc\xFF\x01", "cache magic and version");
     assert_eq!(
@@ -406,6 +459,11 @@ fn regenerate_fixtures() {
         write_records(
             &fixtures().join(format!("results_records_{WRITTEN_SUFFIX}.bin")),
             &results,
+        );
+        let snapshots = write_results_snapshots().await;
+        write_records(
+            &fixtures().join(format!("results_snapshots_{WRITTEN_SUFFIX}.bin")),
+            &snapshots,
         );
     });
     std::fs::write(
