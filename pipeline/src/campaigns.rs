@@ -17,6 +17,14 @@
 //! A folded `CloseRequested` already makes every node refuse new donations for the campaign;
 //! `IntakeStopped` says a node has no donation for it still being appended. Later records of
 //! a step that already happened (a second close racing the first) change nothing.
+//!
+//! # Record format
+//! A control record is `[0xFF, version, bincode of the change]` ([`crate::codec::encode_versioned`]);
+//! this build writes version 1 and reads it and records written before versions existed (a
+//! bare bincode `CampaignEvent`, read as version 0). A record of a later version is refused
+//! with [`CampaignError::Undecodable`] naming the version. The layout of version 1 is the
+//! `CampaignEvent` below: a change to it (a new kind, a new field) is a new version, with the
+//! old layout frozen beside it and still decoded. `tests/cluster_format_fixtures.rs` pins both.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -27,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::backoff::Backoff;
-use crate::codec;
+use crate::codec::{self, FormatError};
 use crate::event::EventTime;
 use crate::log::{EmbeddedLog, EmbeddedLogOptions, KeyedRecord, Log, LogError, Offset};
 
@@ -92,8 +100,8 @@ pub struct Campaign {
     pub reconciliation: Option<Reconciliation>,
 }
 
-/// One change to the registry, as stored in the control log. New kinds go at the end: the
-/// encoding numbers them in order.
+/// One change to the registry, as stored in the control log (format versions 0 and 1, see the
+/// module's notes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum CampaignEvent {
     Created {
@@ -119,7 +127,34 @@ enum CampaignEvent {
     },
 }
 
+/// The control record format this build writes.
+const CONTROL_RECORD_VERSION: u8 = 1;
+/// Kinds of change the unversioned control record had (Created … IntakeStopped): its first byte
+/// is one of `0..5`, never [`codec::VERSION_MARKER`].
+const UNVERSIONED_CONTROL_KINDS: u8 = 5;
+const _: () = assert!(UNVERSIONED_CONTROL_KINDS < codec::VERSION_MARKER);
+const CONTROL_RECORD: &str = "control log record";
+
 impl CampaignEvent {
+    fn encode(&self) -> Vec<u8> {
+        codec::encode_versioned(CONTROL_RECORD_VERSION, self)
+    }
+
+    /// Decodes a control record of any version this build knows.
+    fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        match codec::split_versioned(CONTROL_RECORD, bytes)? {
+            // Versions 0 and 1 share the layout of `CampaignEvent`.
+            (version @ (codec::UNVERSIONED | CONTROL_RECORD_VERSION), body) => {
+                codec::decode_body(CONTROL_RECORD, version, body)
+            }
+            (version, _) => Err(FormatError::UnknownVersion {
+                kind: CONTROL_RECORD,
+                version,
+                known: CONTROL_RECORD_VERSION,
+            }),
+        }
+    }
+
     fn campaign_id(&self) -> &str {
         match self {
             CampaignEvent::Created { definition, .. } => &definition.campaign_id,
@@ -147,8 +182,12 @@ pub enum CampaignError {
     },
     #[error("the control log: {0}")]
     Log(#[from] LogError),
-    #[error("control log record {offset} does not decode: {reason}")]
-    Undecodable { offset: Offset, reason: String },
+    #[error("control log record {offset}: {source}")]
+    Undecodable {
+        offset: Offset,
+        #[source]
+        source: FormatError,
+    },
 }
 
 /// The registry as folded from the control log.
@@ -277,11 +316,12 @@ impl CampaignRegistry {
             }
             let mut events = Vec::with_capacity(records.len());
             for record in &records {
-                let event: CampaignEvent =
-                    codec::decode(&record.value).map_err(|e| CampaignError::Undecodable {
+                let event = CampaignEvent::decode(&record.value).map_err(|source| {
+                    CampaignError::Undecodable {
                         offset: record.offset,
-                        reason: e.to_string(),
-                    })?;
+                        source,
+                    }
+                })?;
                 events.push((record.offset, event));
             }
             let last = {
@@ -300,7 +340,7 @@ impl CampaignRegistry {
     async fn record(&self, event: CampaignEvent) -> Result<Offset, CampaignError> {
         let record = KeyedRecord {
             key: event.campaign_id().as_bytes().to_vec(),
-            value: codec::encode(&event),
+            value: event.encode(),
         };
         let offset = self.control.append(0, vec![record]).await?.first_offset();
         self.sync_through(offset).await?;
@@ -584,6 +624,69 @@ mod tests {
             registry.start_close("nope", vec![]).await,
             Err(CampaignError::NotFound(_))
         ));
+    }
+
+    fn every_kind() -> Vec<CampaignEvent> {
+        vec![
+            CampaignEvent::Created {
+                definition: definition("meals"),
+                at: EventTime(1),
+            },
+            CampaignEvent::CloseStarted {
+                campaign_id: "meals".into(),
+                close_offsets: vec![1, 2],
+            },
+            CampaignEvent::Closed {
+                campaign_id: "meals".into(),
+                at: EventTime(2),
+                reconciliation: reconciliation(),
+            },
+            CampaignEvent::CloseRequested {
+                campaign_id: "meals".into(),
+                node_id: "a".into(),
+            },
+            CampaignEvent::IntakeStopped {
+                campaign_id: "meals".into(),
+                node_id: "a".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn unversioned_and_version_1_records_decode_and_cannot_be_confused() {
+        let kinds = every_kind();
+        assert_eq!(kinds.len(), UNVERSIONED_CONTROL_KINDS as usize);
+        for event in kinds {
+            let unversioned = codec::encode(&event);
+            assert!(unversioned[0] < UNVERSIONED_CONTROL_KINDS);
+            assert_eq!(CampaignEvent::decode(&unversioned).unwrap(), event);
+            let versioned = event.encode();
+            assert_eq!(versioned[..2], [codec::VERSION_MARKER, 1]);
+            assert_eq!(CampaignEvent::decode(&versioned).unwrap(), event);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_of_a_newer_version_is_a_typed_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = CampaignRegistry::open_embedded(dir.path()).await.unwrap();
+        registry
+            .create(definition("meals"), EventTime(1))
+            .await
+            .unwrap();
+        let newer = KeyedRecord {
+            key: b"meals".to_vec(),
+            value: vec![codec::VERSION_MARKER, 2, 0, 0, 0, 0],
+        };
+        registry.control().append(0, vec![newer]).await.unwrap();
+        match registry.sync().await {
+            Err(CampaignError::Undecodable {
+                offset: 1,
+                source: FormatError::UnknownVersion { version: 2, .. },
+            }) => {}
+            other => panic!("expected an unknown version, got {other:?}"),
+        }
+        assert!(registry.get("meals").is_some(), "what came before stays");
     }
 
     /// Two registries over one control log stand for two nodes.

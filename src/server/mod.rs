@@ -38,7 +38,7 @@ use tally_ingest::routes::{IngestContext, IngestLimits};
 use tally_pipeline::campaigns::CampaignRegistry;
 use tally_pipeline::checkpoint::CheckpointStore;
 use tally_pipeline::clock::{Clock, SystemClock};
-use tally_pipeline::cluster::results::{RESULTS_RECORD_BYTES_MAX, ResultsCache};
+use tally_pipeline::cluster::results::{ResultsCache, results_topic_options};
 use tally_pipeline::cluster::{
     COMPANION_SUFFIX_BYTES_MAX, CompanionTopics, Membership, NodeAnnouncement, PartitionSet,
     ResultsPublisher,
@@ -266,10 +266,7 @@ async fn open_logs(data_dir: &std::path::Path, args: &ServeArgs) -> anyhow::Resu
                 CampaignRegistry::open(connect(companions.campaigns, 1, defaults.clone()).await?)
                     .await
                     .context("cannot read the campaigns topic")?;
-            let results_options = FluvioLogOptions {
-                record_bytes_max: RESULTS_RECORD_BYTES_MAX,
-                ..defaults.clone()
-            };
+            let results_options = results_topic_options(defaults.clone());
             let shared = SharedTopics {
                 nodes: connect(companions.nodes, 1, defaults).await?,
                 results: connect(companions.results, 1, results_options).await?,
@@ -382,7 +379,7 @@ pub async fn run(
     let campaigns = Arc::new(logs.campaigns);
     let read_model = Arc::new(ReadModel::new(log.partition_count()));
     let results_cache = ResultsCache::new(data_dir.join("results-cache"));
-    let results_from = catch_up_results(&node, &read_model, &results_cache).await?;
+    let results_from = catch_up_results(&node, &read_model, &results_cache, clock.as_ref()).await?;
     let config = crate::commands::pipeline_config(PipelineConfig {
         checkpoint_interval: args.checkpoint_interval,
         checkpoint_records_max: args.checkpoint_records.max(1),
@@ -395,10 +392,10 @@ pub async fn run(
         Arc::clone(&clock),
         config,
     )?;
-    let publisher = node
-        .cluster
-        .as_ref()
-        .map(|link| Arc::new(ResultsPublisher::new(Arc::clone(&link.results))));
+    let publisher = node.cluster.as_ref().map(|link| {
+        let publisher = ResultsPublisher::new(Arc::clone(&link.results), Arc::clone(&read_model));
+        Arc::new(publisher)
+    });
     if let Some(publisher) = &publisher {
         pipeline = pipeline.with_sink(Arc::clone(publisher) as _);
     }
@@ -551,33 +548,38 @@ pub async fn run(
 }
 
 /// Reads the results the other nodes published so far, before serving — from where the saved
-/// cache left off, if it fits the topic. Returns where to go on.
+/// cache left off, if it fits the topic, or from the latest snapshots if they are later.
+/// Returns where to go on.
 async fn catch_up_results(
     node: &Node,
     read_model: &ReadModel,
     cache: &ResultsCache,
+    clock: &dyn Clock,
 ) -> anyhow::Result<u64> {
     let Some(link) = &node.cluster else {
         return Ok(0);
     };
     let started = std::time::Instant::now();
-    let end = link
-        .results
-        .end_offset(0)
-        .await
-        .context("cannot read the results topic")?;
-    let cached = cache.load(read_model, &node.owns, end);
+    let from = tally_pipeline::cluster::results::results_start(
+        link.results.as_ref(),
+        read_model,
+        &node.owns,
+        cache,
+        clock.now_ms(),
+    )
+    .await
+    .context("cannot read the results topic")?;
     let next = tally_pipeline::cluster::catch_up_results(
         link.results.as_ref(),
         read_model,
         &node.owns,
-        cached,
+        from,
     )
     .await
     .context("cannot read the results topic")?;
     tracing::info!(
-        from_cache = cached,
-        folded = next - cached,
+        from,
+        folded = next - from,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "read the other nodes' results"
     );

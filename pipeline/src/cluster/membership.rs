@@ -16,6 +16,14 @@
 //! the lease while another claimed its partitions), totals stay exact: results are absolute
 //! values computed from the same log prefix, and readers keep the one for the highest offset.
 //! The overlap is logged; restart the node that lost its lease.
+//!
+//! # Record format
+//! A nodes-topic record is `[0xFF, version, bincode of the record]`
+//! ([`crate::codec::encode_versioned`]); this build writes version 1 and reads it and records
+//! written before versions existed (a bare bincode `NodeRecord`, read as version 0). A record of
+//! a later version is refused with [`ClusterError::Undecodable`] naming the version. Version 1's
+//! layout is the `NodeRecord` below: a change to it is a new version, the old layout frozen
+//! beside it and still decoded. `tests/cluster_format_fixtures.rs` pins both.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,7 +32,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, UnixMillis};
-use crate::codec;
+use crate::codec::{self, FormatError};
 use crate::log::{KeyedRecord, Log, LogError, Offset, PartitionId};
 
 use super::partition_set::format_ranges;
@@ -49,7 +57,7 @@ pub struct NodeAnnouncement {
     pub advertise: String,
 }
 
-/// One record of the nodes topic.
+/// One record of the nodes topic (format versions 0 and 1, see the module's notes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum NodeRecord {
     Claim {
@@ -67,6 +75,35 @@ enum NodeRecord {
         claim_offset: Offset,
         at_ms: UnixMillis,
     },
+}
+
+/// The nodes-topic record format this build writes.
+const NODE_RECORD_VERSION: u8 = 1;
+/// Kinds the unversioned nodes-topic record had (Claim, Heartbeat, Withdrawn): its first byte
+/// is one of `0..3`, never [`codec::VERSION_MARKER`].
+const UNVERSIONED_NODE_KINDS: u8 = 3;
+const _: () = assert!(UNVERSIONED_NODE_KINDS < codec::VERSION_MARKER);
+const NODE_RECORD: &str = "nodes-topic record";
+
+impl NodeRecord {
+    fn encode(&self) -> Vec<u8> {
+        codec::encode_versioned(NODE_RECORD_VERSION, self)
+    }
+
+    /// Decodes a nodes-topic record of any version this build knows.
+    fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        match codec::split_versioned(NODE_RECORD, bytes)? {
+            // Versions 0 and 1 share the layout of `NodeRecord`.
+            (version @ (codec::UNVERSIONED | NODE_RECORD_VERSION), body) => {
+                codec::decode_body(NODE_RECORD, version, body)
+            }
+            (version, _) => Err(FormatError::UnknownVersion {
+                kind: NODE_RECORD,
+                version,
+                known: NODE_RECORD_VERSION,
+            }),
+        }
+    }
 }
 
 /// A node as the nodes topic shows it.
@@ -109,8 +146,12 @@ pub enum ClusterError {
         advertise: String,
         age_ms: i64,
     },
-    #[error("record {offset} of the nodes topic does not decode: {reason}")]
-    Undecodable { offset: Offset, reason: String },
+    #[error("record {offset} of the nodes topic: {source}")]
+    Undecodable {
+        offset: Offset,
+        #[source]
+        source: FormatError,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -267,11 +308,12 @@ impl Membership {
             }
             let mut decoded = Vec::with_capacity(records.len());
             for record in records {
-                let node_record: NodeRecord =
-                    codec::decode(&record.value).map_err(|e| ClusterError::Undecodable {
+                let node_record = NodeRecord::decode(&record.value).map_err(|source| {
+                    ClusterError::Undecodable {
                         offset: record.offset,
-                        reason: e.to_string(),
-                    })?;
+                        source,
+                    }
+                })?;
                 decoded.push((record.offset, node_record));
             }
             let mut view = self.lock();
@@ -370,7 +412,7 @@ impl Membership {
 async fn append(log: &dyn Log, node_id: &str, record: &NodeRecord) -> Result<Offset, LogError> {
     let keyed = KeyedRecord {
         key: node_id.as_bytes().to_vec(),
-        value: codec::encode(record),
+        value: record.encode(),
     };
     Ok(log.append(0, vec![keyed]).await?.first_offset())
 }
@@ -435,6 +477,54 @@ mod tests {
             .unwrap();
         assert_eq!(c.remote_owner(5).unwrap().node.node_id, "b");
         drop(a);
+    }
+
+    #[test]
+    fn unversioned_and_version_1_records_decode_and_cannot_be_confused() {
+        let kinds = [
+            NodeRecord::Claim {
+                node: node("a", &[0]),
+                at_ms: 1,
+            },
+            NodeRecord::Heartbeat {
+                node: node("a", &[0]),
+                claim_offset: 3,
+                at_ms: 2,
+            },
+            NodeRecord::Withdrawn {
+                node_id: "a".into(),
+                claim_offset: 3,
+                at_ms: 4,
+            },
+        ];
+        assert_eq!(kinds.len(), UNVERSIONED_NODE_KINDS as usize);
+        for record in kinds {
+            let unversioned = codec::encode(&record);
+            assert!(unversioned[0] < UNVERSIONED_NODE_KINDS);
+            assert_eq!(NodeRecord::decode(&unversioned).unwrap(), record);
+            let versioned = record.encode();
+            assert_eq!(versioned[..2], [codec::VERSION_MARKER, 1]);
+            assert_eq!(NodeRecord::decode(&versioned).unwrap(), record);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_of_a_newer_version_is_a_typed_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = nodes_topic(dir.path());
+        let newer = KeyedRecord {
+            key: b"b".to_vec(),
+            value: vec![codec::VERSION_MARKER, 9, 1, 2, 3],
+        };
+        log.append(0, vec![newer]).await.unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        match Membership::join(Arc::clone(&log), node("a", &[0]), clock).await {
+            Err(ClusterError::Undecodable {
+                offset: 0,
+                source: FormatError::UnknownVersion { version: 9, .. },
+            }) => {}
+            other => panic!("expected an unknown version, got {other:?}"),
+        }
     }
 
     #[tokio::test]

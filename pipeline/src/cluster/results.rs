@@ -12,13 +12,40 @@
 //! Updates waiting for the cluster are merged per partition (later absolute values replace
 //! earlier ones), so a cluster away for a while costs memory for the changed keys only.
 //!
+//! # Snapshots and retention
+//! An owner also publishes a **snapshot** of each of its partitions — its whole view, split into
+//! records like an update, parts `0..n` naming one snapshot — at least every
+//! [`SNAPSHOT_INTERVAL`] (idle or not) and after [`SNAPSHOT_UPDATES_MAX`] updates. A snapshot
+//! goes out only once the owner's read model reflects everything offered, so no update of the
+//! partition that is newer than the snapshot sits before it on the topic. A node starting
+//! without a cache (or with one older than the snapshots) finds each partition's latest
+//! complete snapshot by reading the topic backwards from its end ([`snapshot_start`]) and
+//! folds from the earliest of them: about one interval of updates per partition plus one
+//! snapshot each, however old the topic. A snapshot missing parts (its owner stopped half-way)
+//! is passed over. The topic is created with [`RESULTS_RETENTION`], many intervals, so the
+//! latest snapshots are always kept (the argument is at the constant).
+//!
 //! A follower saves what it folded, with the topic offset it reached, to a [`ResultsCache`]
 //! file in the node's data directory every few seconds; a restart loads it and folds the topic
 //! from that offset instead of from its beginning. The cache is only a shortcut: its updates
 //! are absolute values with their offsets like any other, and a cache that does not fit the
 //! topic (an offset past its end) is ignored.
+//!
+//! # Formats
+//! A results record is `[0xFF, version, bincode of ResultsRecordV1]`
+//! ([`crate::codec::encode_versioned`]), an update or a snapshot's part; this build writes
+//! version 1 and reads it and records
+//! written before versions existed (a bare bincode enum whose only kind, `Update`, starts the
+//! record with `00 00 00 00`; read as version 0). The cache file is the 8 bytes
+//! `CACHE_MAGIC`, a version byte and bincode of `CachedResultsV1`; a file without the magic is
+//! one written before versions existed (its first 8 bytes are the offset it reflects, see
+//! `CACHE_MAGIC`). Both carry partition updates in the frozen layout `PartitionUpdateV1`,
+//! not in [`PartitionUpdate`]'s own, so a field added to `PartitionUpdate` is a new version here
+//! with the old one still decoded. A record or cache of a later version is a
+//! [`FormatError::UnknownVersion`]: the record is skipped and logged, the cache ignored.
+//! `tests/cluster_format_fixtures.rs` pins every version.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -27,10 +54,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
 use crate::backoff::Backoff;
-use crate::codec;
-use crate::log::{KeyedRecord, Log, LogError, Offset, PartitionId};
+use crate::clock::UnixMillis;
+use crate::codec::{self, FormatError};
+use crate::log::{FluvioLogOptions, KeyedRecord, Log, LogError, LogRecord, Offset, PartitionId};
 use crate::operators::campaign_totals::CampaignTotal;
-use crate::operators::event_time_windows::{BucketKey, WindowBucket};
+use crate::operators::event_time_windows::{BucketKey, RolledUp, WindowBucket};
+use crate::processor::PartitionCounters;
 use crate::read_model::{PartitionUpdate, ReadModel};
 use crate::runner::UpdateSink;
 
@@ -49,10 +78,212 @@ const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 /// Records read per step while folding.
 const READ_RECORDS: usize = 1024;
 
-/// One record of the results topic.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One record of the results topic, as this build works with it.
+#[derive(Debug, Clone)]
 enum ResultsRecord {
     Update(PartitionUpdate),
+    Snapshot(SnapshotPart),
+}
+
+/// Names one snapshot: a publisher and its count of snapshots so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+struct SnapshotId {
+    publisher: u64,
+    sequence: u64,
+}
+
+/// One record of a snapshot of a partition: its whole view at `update.next_offset`, spread
+/// over parts `0..parts`, appended in order. The snapshot begins at part 0 and is complete once
+/// every part is on the topic.
+#[derive(Debug, Clone)]
+struct SnapshotPart {
+    id: SnapshotId,
+    part: u32,
+    parts: u32,
+    update: PartitionUpdate,
+}
+
+/// The results record format this build writes.
+const RESULTS_RECORD_VERSION: u8 = 1;
+const RESULTS_RECORD: &str = "results record";
+
+/// A results record of version 1.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum ResultsRecordV1 {
+    Update(PartitionUpdateV1),
+    Snapshot {
+        id: SnapshotId,
+        part: u32,
+        parts: u32,
+        update: PartitionUpdateV1,
+    },
+}
+
+/// A results record written before versions existed. Its one kind makes every such record
+/// start with `00 00 00 00`, never with [`codec::VERSION_MARKER`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum UnversionedResultsRecord {
+    Update(PartitionUpdateV0),
+}
+
+impl ResultsRecord {
+    /// The update it carries: a snapshot's part is an update like any other, of absolute values.
+    fn into_update(self) -> PartitionUpdate {
+        match self {
+            ResultsRecord::Update(update) => update,
+            ResultsRecord::Snapshot(snapshot) => snapshot.update,
+        }
+    }
+
+    fn encode(self) -> Vec<u8> {
+        let record = match self {
+            ResultsRecord::Update(update) => ResultsRecordV1::Update(update.into()),
+            ResultsRecord::Snapshot(snapshot) => ResultsRecordV1::Snapshot {
+                id: snapshot.id,
+                part: snapshot.part,
+                parts: snapshot.parts,
+                update: snapshot.update.into(),
+            },
+        };
+        codec::encode_versioned(RESULTS_RECORD_VERSION, &record)
+    }
+
+    /// Decodes a results record of any version this build knows.
+    fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        match codec::split_versioned(RESULTS_RECORD, bytes)? {
+            (version @ codec::UNVERSIONED, body) => {
+                match codec::decode_body(RESULTS_RECORD, version, body)? {
+                    UnversionedResultsRecord::Update(update) => {
+                        Ok(ResultsRecord::Update(update.into()))
+                    }
+                }
+            }
+            (version @ RESULTS_RECORD_VERSION, body) => {
+                match codec::decode_body(RESULTS_RECORD, version, body)? {
+                    ResultsRecordV1::Update(update) => Ok(ResultsRecord::Update(update.into())),
+                    ResultsRecordV1::Snapshot {
+                        id,
+                        part,
+                        parts,
+                        update,
+                    } => Ok(ResultsRecord::Snapshot(SnapshotPart {
+                        id,
+                        part,
+                        parts,
+                        update: update.into(),
+                    })),
+                }
+            }
+            (version, _) => Err(FormatError::UnknownVersion {
+                kind: RESULTS_RECORD,
+                version,
+                known: RESULTS_RECORD_VERSION,
+            }),
+        }
+    }
+}
+
+/// [`PartitionUpdate`]'s layout in version 1, frozen: a change to `PartitionUpdate` needs a
+/// new version of the formats that carry it, with a `V2` beside this. The `From` conversions
+/// list every field, so such a change does not compile until it is made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PartitionUpdateV1 {
+    partition: PartitionId,
+    next_offset: Offset,
+    committed_at_ms: UnixMillis,
+    checkpoint_duration_us: u64,
+    watermark_ms: Option<UnixMillis>,
+    counters: PartitionCountersV1,
+    totals: Vec<(String, CampaignTotal)>,
+    buckets: Vec<(BucketKey, WindowBucket)>,
+    rolled_up: RolledUp,
+}
+
+/// [`PartitionUpdate`]'s layout in the unversioned formats, frozen: version 1 without the
+/// roll-up cuts (nothing was rolled up then).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PartitionUpdateV0 {
+    partition: PartitionId,
+    next_offset: Offset,
+    committed_at_ms: UnixMillis,
+    checkpoint_duration_us: u64,
+    watermark_ms: Option<UnixMillis>,
+    counters: PartitionCountersV1,
+    totals: Vec<(String, CampaignTotal)>,
+    buckets: Vec<(BucketKey, WindowBucket)>,
+}
+
+impl From<PartitionUpdateV0> for PartitionUpdate {
+    fn from(update: PartitionUpdateV0) -> Self {
+        PartitionUpdateV1 {
+            partition: update.partition,
+            next_offset: update.next_offset,
+            committed_at_ms: update.committed_at_ms,
+            checkpoint_duration_us: update.checkpoint_duration_us,
+            watermark_ms: update.watermark_ms,
+            counters: update.counters,
+            totals: update.totals,
+            buckets: update.buckets,
+            rolled_up: RolledUp::NONE,
+        }
+        .into()
+    }
+}
+
+/// [`PartitionCounters`]' layout in [`PartitionUpdateV1`], frozen likewise.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct PartitionCountersV1 {
+    applied: u64,
+    recorded: u64,
+    duplicates: u64,
+    conflicts: u64,
+    late: u64,
+}
+
+impl From<PartitionUpdate> for PartitionUpdateV1 {
+    fn from(update: PartitionUpdate) -> Self {
+        let counters = update.counters;
+        Self {
+            partition: update.partition,
+            next_offset: update.next_offset,
+            committed_at_ms: update.committed_at_ms,
+            checkpoint_duration_us: update.checkpoint_duration_us,
+            watermark_ms: update.watermark_ms,
+            counters: PartitionCountersV1 {
+                applied: counters.applied,
+                recorded: counters.recorded,
+                duplicates: counters.duplicates,
+                conflicts: counters.conflicts,
+                late: counters.late,
+            },
+            totals: update.totals,
+            buckets: update.buckets,
+            rolled_up: update.rolled_up,
+        }
+    }
+}
+
+impl From<PartitionUpdateV1> for PartitionUpdate {
+    fn from(update: PartitionUpdateV1) -> Self {
+        let counters = update.counters;
+        Self {
+            partition: update.partition,
+            next_offset: update.next_offset,
+            committed_at_ms: update.committed_at_ms,
+            checkpoint_duration_us: update.checkpoint_duration_us,
+            watermark_ms: update.watermark_ms,
+            counters: PartitionCounters {
+                applied: counters.applied,
+                recorded: counters.recorded,
+                duplicates: counters.duplicates,
+                conflicts: counters.conflicts,
+                late: counters.late,
+            },
+            totals: update.totals,
+            buckets: update.buckets,
+            rolled_up: update.rolled_up,
+        }
+    }
 }
 
 /// A partition's updates not yet on the topic, merged.
@@ -96,49 +327,142 @@ impl Pending {
         self.buckets = buckets;
     }
 
-    /// The records that publish it: every one carries the header, the entries are spread out
-    /// so that each record stays near [`RECORD_FILL_BYTES`].
+    /// The records that publish it.
     fn records(&self) -> Vec<KeyedRecord> {
-        let key = self.latest.partition.to_be_bytes().to_vec();
-        let mut records = Vec::new();
-        let mut update = self.latest.clone_header();
-        let mut bytes = 0;
-        let mut seal = |update: &mut PartitionUpdate, bytes: &mut usize| {
-            let full = std::mem::replace(update, self.latest.clone_header());
-            let value = codec::encode(&ResultsRecord::Update(full));
-            debug_assert!(key.len() + value.len() <= RESULTS_RECORD_BYTES_MAX);
-            records.push(KeyedRecord {
-                key: key.clone(),
-                value,
-            });
-            *bytes = 0;
-        };
-        for (campaign_id, total) in &self.totals {
-            let entry_bytes = campaign_id.len() + 32;
-            if bytes > 0 && bytes + entry_bytes > RECORD_FILL_BYTES {
-                seal(&mut update, &mut bytes);
-            }
-            bytes += entry_bytes;
-            update.totals.push((campaign_id.clone(), *total));
-        }
-        for (bucket_key, bucket) in &self.buckets {
-            let entry_bytes = bucket_key.campaign_id.len() + 64 + 16 * bucket.histogram.len();
-            if bytes > 0 && bytes + entry_bytes > RECORD_FILL_BYTES {
-                seal(&mut update, &mut bytes);
-            }
-            bytes += entry_bytes;
-            update.buckets.push((bucket_key.clone(), bucket.clone()));
-        }
-        seal(&mut update, &mut bytes);
-        records
+        split(&self.latest, self.totals.iter(), self.buckets.iter())
+            .into_iter()
+            .map(|update| keyed(update.partition, ResultsRecord::Update(update)))
+            .collect()
     }
 }
 
-/// Publishes an owner's committed updates to the results topic.
+/// `header`'s header with the entries spread out over as many updates as it takes for each
+/// record to stay near [`RECORD_FILL_BYTES`]; at least one.
+fn split<'a>(
+    header: &PartitionUpdate,
+    totals: impl Iterator<Item = (&'a String, &'a CampaignTotal)>,
+    buckets: impl Iterator<Item = (&'a BucketKey, &'a WindowBucket)>,
+) -> Vec<PartitionUpdate> {
+    let mut parts = Vec::new();
+    let mut part = header.clone_header();
+    let mut bytes = 0;
+    for (campaign_id, total) in totals {
+        let entry_bytes = campaign_id.len() + 32;
+        if bytes > 0 && bytes + entry_bytes > RECORD_FILL_BYTES {
+            parts.push(std::mem::replace(&mut part, header.clone_header()));
+            bytes = 0;
+        }
+        bytes += entry_bytes;
+        part.totals.push((campaign_id.clone(), *total));
+    }
+    for (bucket_key, bucket) in buckets {
+        let entry_bytes = bucket_key.campaign_id.len() + 64 + 16 * bucket.histogram.len();
+        if bytes > 0 && bytes + entry_bytes > RECORD_FILL_BYTES {
+            parts.push(std::mem::replace(&mut part, header.clone_header()));
+            bytes = 0;
+        }
+        bytes += entry_bytes;
+        part.buckets.push((bucket_key.clone(), bucket.clone()));
+    }
+    parts.push(part);
+    parts
+}
+
+fn keyed(partition: PartitionId, record: ResultsRecord) -> KeyedRecord {
+    let key = partition.to_be_bytes().to_vec();
+    let value = record.encode();
+    debug_assert!(key.len() + value.len() <= RESULTS_RECORD_BYTES_MAX);
+    KeyedRecord { key, value }
+}
+
+/// The records of a snapshot of a partition's whole `view`: parts `0..parts`, in order, all
+/// naming the snapshot.
+fn snapshot_records(view: &PartitionUpdate, id: SnapshotId) -> Vec<KeyedRecord> {
+    let totals = view
+        .totals
+        .iter()
+        .map(|(campaign_id, total)| (campaign_id, total));
+    let buckets = view.buckets.iter().map(|(key, bucket)| (key, bucket));
+    let updates = split(view, totals, buckets);
+    let parts = u32::try_from(updates.len()).expect("a view splits into few records");
+    updates
+        .into_iter()
+        .enumerate()
+        .map(|(part, update)| {
+            let record = ResultsRecord::Snapshot(SnapshotPart {
+                id,
+                part: part as u32,
+                parts,
+                update,
+            });
+            keyed(view.partition, record)
+        })
+        .collect()
+}
+
+/// How often an owner publishes a snapshot of each of its partitions: after `interval`, or
+/// after `updates_max` updates of the partition, whichever comes first.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotPolicy {
+    pub interval: Duration,
+    pub updates_max: u32,
+}
+
+/// A partition's snapshots come at least this often, also when it is idle: a new node folds
+/// at most this long of the topic (see the module's notes), and retention keeps many of them.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
+/// ... or after this many updates of the partition: a busy partition publishes an update every
+/// [`PUBLISH_INTERVAL`], so this bounds a new node's fold to 30 s of a busy partition, while a
+/// snapshot (its whole state, all its buckets) costs no more than about that many updates (each
+/// carries the buckets a checkpoint changed).
+pub const SNAPSHOT_UPDATES_MAX: u32 = 300;
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        Self {
+            interval: SNAPSHOT_INTERVAL,
+            updates_max: SNAPSHOT_UPDATES_MAX,
+        }
+    }
+}
+
+/// What a publisher knows about each partition it publishes, for its snapshots.
+#[derive(Debug, Default)]
+struct Tracked {
+    /// The highest offset offered: a snapshot must reflect at least this.
+    offered_through: Offset,
+    /// When its last snapshot went out; `None` before the first.
+    snapshot_at: Option<Instant>,
+    /// Updates published since.
+    updates_since: u32,
+}
+
+impl Tracked {
+    fn snapshot_due(&self, policy: &SnapshotPolicy, now: Instant) -> bool {
+        match self.snapshot_at {
+            None => true,
+            Some(at) => {
+                now.saturating_duration_since(at) >= policy.interval
+                    || self.updates_since >= policy.updates_max
+            }
+        }
+    }
+}
+
+/// Publishes an owner's committed updates, and snapshots of its partitions, to the results
+/// topic.
 #[derive(Debug)]
 pub struct ResultsPublisher {
     log: Arc<dyn Log>,
+    /// The owner's read model, which its runners publish to: snapshots are its views.
+    read_model: Arc<ReadModel>,
+    policy: SnapshotPolicy,
+    /// Names this publisher's snapshots apart from other publishers' (a restarted owner, two
+    /// owners of one partition at once): the time it started, in nanoseconds.
+    publisher_id: u64,
+    snapshots_published: std::sync::atomic::AtomicU64,
     pending: Mutex<BTreeMap<PartitionId, Pending>>,
+    tracked: Mutex<BTreeMap<PartitionId, Tracked>>,
     wake: Notify,
 }
 
@@ -152,29 +476,52 @@ impl UpdateSink for ResultsPublisher {
             }
         }
         drop(pending);
+        let mut tracked = self.tracked_lock();
+        let partition = tracked.entry(update.partition).or_default();
+        partition.offered_through = partition.offered_through.max(update.next_offset);
+        drop(tracked);
         self.wake.notify_one();
     }
 }
 
 impl ResultsPublisher {
-    pub fn new(log: Arc<dyn Log>) -> Self {
+    /// A publisher of the partitions whose runners publish to `read_model`.
+    pub fn new(log: Arc<dyn Log>, read_model: Arc<ReadModel>) -> Self {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         Self {
             log,
+            read_model,
+            policy: SnapshotPolicy::default(),
+            publisher_id: started.as_nanos() as u64,
+            snapshots_published: std::sync::atomic::AtomicU64::new(0),
             pending: Mutex::new(BTreeMap::new()),
+            tracked: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
         }
+    }
+
+    pub fn with_snapshot_policy(mut self, policy: SnapshotPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PartitionId, Pending>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Appends whatever is offered until `shutdown`, then makes one last attempt.
+    fn tracked_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PartitionId, Tracked>> {
+        self.tracked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends whatever is offered, and snapshots as they fall due, until `shutdown`; then
+    /// makes one last attempt.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::for_log();
         loop {
             let stopping = *shutdown.borrow();
-            match self.publish_pending().await {
+            match self.publish_pending(Instant::now()).await {
                 Ok(()) => backoff.reset(),
                 Err(error) if !stopping => {
                     tracing::warn!(%error, "cannot publish results; retrying in {:?}", backoff.next());
@@ -191,6 +538,7 @@ impl ResultsPublisher {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = shutdown.changed() => continue,
+                _ = tokio::time::sleep(self.next_snapshot_in(Instant::now())) => {}
             }
             tokio::select! {
                 _ = tokio::time::sleep(PUBLISH_INTERVAL) => {}
@@ -199,16 +547,85 @@ impl ResultsPublisher {
         }
     }
 
-    /// Appends every pending update; on failure puts them back under any newer ones.
-    async fn publish_pending(&self) -> Result<(), LogError> {
-        let taken = std::mem::take(&mut *self.lock());
-        if taken.is_empty() {
+    /// How long until the next snapshot falls due by time.
+    fn next_snapshot_in(&self, now: Instant) -> Duration {
+        self.tracked_lock()
+            .values()
+            .map(|tracked| match tracked.snapshot_at {
+                None => Duration::ZERO,
+                Some(at) => self
+                    .policy
+                    .interval
+                    .saturating_sub(now.saturating_duration_since(at)),
+            })
+            .min()
+            .unwrap_or(self.policy.interval)
+    }
+
+    /// The partitions whose snapshot is due at `now` and whose view in the read model reflects
+    /// everything offered (the runner offers an update just before it publishes it locally):
+    /// then no update already on the topic, or waiting, is newer than the snapshot.
+    fn snapshots_due(&self, now: Instant) -> Vec<(PartitionId, PartitionUpdate)> {
+        let due: Vec<(PartitionId, Offset)> = self
+            .tracked_lock()
+            .iter()
+            .filter(|(_, tracked)| tracked.snapshot_due(&self.policy, now))
+            .map(|(&partition, tracked)| (partition, tracked.offered_through))
+            .collect();
+        due.into_iter()
+            .filter(|&(partition, _)| partition < self.read_model.partition_count())
+            .map(|(partition, offered_through)| {
+                (
+                    partition,
+                    self.read_model.export_partition(partition),
+                    offered_through,
+                )
+            })
+            .filter(|(_, view, offered_through)| view.next_offset >= *offered_through)
+            .map(|(partition, view, _)| (partition, view))
+            .collect()
+    }
+
+    /// Appends every pending update, and the snapshots due at `now` (which replace the pending
+    /// updates of their partitions: they reflect them); on failure puts the updates back under
+    /// any newer ones, and the snapshots stay due.
+    async fn publish_pending(&self, now: Instant) -> Result<(), LogError> {
+        let mut taken = std::mem::take(&mut *self.lock());
+        let mut covered = BTreeMap::new();
+        let mut records = Vec::new();
+        let snapshots = self.snapshots_due(now);
+        for (partition, view) in &snapshots {
+            if let Some(pending) = taken.remove(partition) {
+                covered.insert(*partition, pending);
+            }
+            let sequence = self
+                .snapshots_published
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = SnapshotId {
+                publisher: self.publisher_id,
+                sequence,
+            };
+            records.extend(snapshot_records(view, id));
+        }
+        if records.is_empty() && taken.is_empty() {
             return Ok(());
         }
-        let records: Vec<KeyedRecord> = taken.values().flat_map(Pending::records).collect();
+        records.extend(taken.values().flat_map(Pending::records));
         match self.append_all(records).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                let mut tracked = self.tracked_lock();
+                for partition in taken.keys() {
+                    tracked.entry(*partition).or_default().updates_since += 1;
+                }
+                for (partition, _) in &snapshots {
+                    let partition = tracked.entry(*partition).or_default();
+                    partition.snapshot_at = Some(now);
+                    partition.updates_since = 0;
+                }
+                Ok(())
+            }
             Err(error) => {
+                taken.append(&mut covered);
                 let mut pending = self.lock();
                 for (partition, earlier) in taken {
                     match pending.get_mut(&partition) {
@@ -260,8 +677,8 @@ pub async fn catch_up_results(
         };
         from = last.offset + 1;
         for record in records {
-            match codec::decode::<ResultsRecord>(&record.value) {
-                Ok(ResultsRecord::Update(update)) => {
+            match ResultsRecord::decode(&record.value).map(ResultsRecord::into_update) {
+                Ok(update) => {
                     if !owned.contains(&update.partition)
                         && update.partition < read_model.partition_count()
                     {
@@ -276,6 +693,149 @@ pub async fn catch_up_results(
             }
         }
     }
+}
+
+/// Records read per step while looking for snapshots, from the topic's end backwards.
+const SCAN_STEP_RECORDS: u64 = READ_RECORDS as u64;
+
+/// Where folding the results topic may start for every partition not in `owned` to end up as
+/// if folded from `floor`: the start of the earliest of the partitions' latest complete
+/// snapshots, found by reading the topic backwards from its end in steps.
+///
+/// Folding from there is enough: a complete snapshot is its partition's whole view at its
+/// offset, and every update of the partition that is newer sits after its start (an owner
+/// publishes a snapshot only once its view reflects everything it offered). A snapshot missing
+/// a part (its owner stopped half-way) is passed over for an earlier complete one.
+///
+/// The search goes no lower than `floor` (the cache's offset, or 0), nor to records appended
+/// before `oldest_ms`: those may be gone by retention ([`SNAPSHOT_LOOKBACK`]). A partition
+/// whose latest snapshot lies beyond either (no live owner for a long while, or a topic written
+/// before snapshots existed) is folded from where the search stopped.
+///
+/// The last step may read up to a step below the snapshot it finds: records a step older than
+/// the latest snapshot, far younger than the retention.
+pub async fn snapshot_start(
+    log: &dyn Log,
+    partition_count: u32,
+    owned: &[PartitionId],
+    floor: Offset,
+    oldest_ms: UnixMillis,
+) -> Result<Offset, LogError> {
+    let wanted = (0..partition_count)
+        .filter(|partition| !owned.contains(partition))
+        .collect();
+    search_snapshots(log, wanted, floor, oldest_ms, SCAN_STEP_RECORDS).await
+}
+
+/// [`snapshot_start`] for the partitions in `wanted`, reading `step_records` at a time.
+async fn search_snapshots(
+    log: &dyn Log,
+    mut wanted: BTreeSet<PartitionId>,
+    floor: Offset,
+    oldest_ms: UnixMillis,
+    step_records: u64,
+) -> Result<Offset, LogError> {
+    let mut found: Vec<Offset> = Vec::new();
+    // Parts seen of snapshots whose part 0 is not yet seen (later parts come first).
+    let mut parts_seen: BTreeMap<(PartitionId, SnapshotId), BTreeSet<u32>> = BTreeMap::new();
+    let mut low = log.end_offset(0).await?;
+    while !wanted.is_empty() && low > floor {
+        let high = low;
+        low = high.saturating_sub(step_records).max(floor);
+        let records = read_range(log, low, high).await?;
+        for record in records.iter().rev() {
+            if record.append_time_ms < oldest_ms {
+                return Ok(record.offset + 1);
+            }
+            let Ok(ResultsRecord::Snapshot(snapshot)) = ResultsRecord::decode(&record.value) else {
+                continue;
+            };
+            let partition = snapshot.update.partition;
+            if !wanted.contains(&partition) || snapshot.part >= snapshot.parts {
+                continue;
+            }
+            let seen = parts_seen.entry((partition, snapshot.id)).or_default();
+            seen.insert(snapshot.part);
+            if snapshot.part == 0 && seen.len() == snapshot.parts as usize {
+                wanted.remove(&partition);
+                found.push(record.offset);
+            }
+        }
+    }
+    match (wanted.is_empty(), found.iter().min()) {
+        (true, Some(&start)) => Ok(start),
+        // Nothing to look for: this node owns every partition.
+        (true, None) => log.end_offset(0).await,
+        (false, _) => Ok(low),
+    }
+}
+
+/// Records `from..to`, all of which exist.
+async fn read_range(
+    log: &dyn Log,
+    mut from: Offset,
+    to: Offset,
+) -> Result<Vec<LogRecord>, LogError> {
+    let mut records = Vec::with_capacity((to - from) as usize);
+    while from < to {
+        let read = log
+            .read(0, from, (to - from).min(READ_RECORDS as u64) as usize)
+            .await?;
+        let Some(last) = read.last() else {
+            return Err(LogError::OffsetOutOfRange {
+                partition: 0,
+                offset: from,
+                end_offset: from,
+            });
+        };
+        from = last.offset + 1;
+        records.extend(read);
+    }
+    Ok(records)
+}
+
+/// How far back in time [`results_start`] looks for snapshots: half the retention, so what it
+/// reads is never near deletion, and still many snapshot intervals.
+pub const SNAPSHOT_LOOKBACK: Duration = Duration::from_secs(RESULTS_RETENTION.as_secs() / 2);
+const _: () = assert!(SNAPSHOT_LOOKBACK.as_secs() >= 10 * SNAPSHOT_INTERVAL.as_secs());
+
+/// How long the results topic keeps a closed segment after its last write. Fluvio deletes a
+/// segment only when it is not the active one and its last write is older than this, so a
+/// segment holding any record younger than the retention is kept. Every live owner publishes a
+/// snapshot of each of its partitions at least every [`SNAPSHOT_INTERVAL`], so the latest
+/// complete snapshot of such a partition, and everything after it, is younger than about one
+/// interval and always kept; the margin of 60 intervals leaves a partition whose owner is away
+/// (stopped, cut off from the cluster) its last snapshot for half an hour of
+/// [`SNAPSHOT_LOOKBACK`] before new nodes stop finding it, and bounds the topic to an hour of
+/// results.
+pub const RESULTS_RETENTION: Duration = Duration::from_secs(60 * 60);
+const _: () = assert!(RESULTS_RETENTION.as_secs() >= 4 * SNAPSHOT_INTERVAL.as_secs());
+
+/// The options of the results topic: records as large as [`RESULTS_RECORD_BYTES_MAX`], and
+/// [`RESULTS_RETENTION`] (on the log's usual 16 MiB segments: a segment is deleted whole, so
+/// the topic holds at most the retention's records plus one segment).
+pub fn results_topic_options(defaults: FluvioLogOptions) -> FluvioLogOptions {
+    FluvioLogOptions {
+        record_bytes_max: RESULTS_RECORD_BYTES_MAX,
+        retention_seconds: RESULTS_RETENTION.as_secs() as u32,
+        ..defaults
+    }
+}
+
+/// Loads what `cache` holds and returns where to fold the results topic on from: past the
+/// cache's offset, the start of the latest complete snapshots ([`snapshot_start`]), so a node
+/// without a cache, or with an old one, folds about one snapshot interval of the topic.
+pub async fn results_start(
+    log: &dyn Log,
+    read_model: &ReadModel,
+    owned: &[PartitionId],
+    cache: &ResultsCache,
+    now_ms: UnixMillis,
+) -> Result<Offset, LogError> {
+    let end = log.end_offset(0).await?;
+    let cached = cache.load(read_model, owned, end);
+    let oldest_ms = now_ms.saturating_sub(SNAPSHOT_LOOKBACK.as_millis() as i64);
+    snapshot_start(log, read_model.partition_count(), owned, cached, oldest_ms).await
 }
 
 /// Follows the results topic from `from` until `shutdown`, waiting out an unavailable cluster,
@@ -331,8 +891,8 @@ pub struct ResultsCache {
     path: PathBuf,
 }
 
-/// The cache file's contents.
-#[derive(Debug, Serialize, Deserialize)]
+/// The cache file's contents, as this build works with them.
+#[derive(Debug)]
 struct CachedResults {
     /// The results topic's offset the views reflect (fold on from here).
     next_offset: Offset,
@@ -341,6 +901,113 @@ struct CachedResults {
     /// fold the topic from its beginning for them.
     owned: Vec<PartitionId>,
     views: Vec<PartitionUpdate>,
+}
+
+/// The first 8 bytes of a versioned cache file, then a version byte.
+///
+/// A cache written before versions existed starts with its `next_offset`, a little-endian
+/// `u64`. Offsets are below 2^63 (Fluvio's are `i64`; the embedded log's count records), so that
+/// file's eighth byte is below 0x80, while this magic's is 0xFF: no unversioned cache starts
+/// with it.
+const CACHE_MAGIC: [u8; 8] = *b"tallyrc\xFF";
+const _: () = assert!(CACHE_MAGIC[7] >= 0x80);
+/// The cache format this build writes.
+const CACHE_VERSION: u8 = 1;
+const RESULTS_CACHE: &str = "results cache";
+
+/// The cache file of version 1.
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedResultsV1 {
+    next_offset: Offset,
+    partition_count: u32,
+    owned: Vec<PartitionId>,
+    views: Vec<PartitionUpdateV1>,
+}
+
+/// The cache file written before versions existed (no header).
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedResultsV0 {
+    next_offset: Offset,
+    partition_count: u32,
+    owned: Vec<PartitionId>,
+    views: Vec<PartitionUpdateV0>,
+}
+
+impl CachedResults {
+    fn encode(self) -> Vec<u8> {
+        let v1 = CachedResultsV1 {
+            next_offset: self.next_offset,
+            partition_count: self.partition_count,
+            owned: self.owned,
+            views: self.views.into_iter().map(Into::into).collect(),
+        };
+        let mut bytes = CACHE_MAGIC.to_vec();
+        bytes.push(CACHE_VERSION);
+        bytes.extend_from_slice(&codec::encode(&v1));
+        bytes
+    }
+
+    /// Decodes a cache file of any version this build knows.
+    fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let (version, body) = match bytes.strip_prefix(&CACHE_MAGIC) {
+            None => (codec::UNVERSIONED, bytes),
+            Some([version, body @ ..]) => (*version, body),
+            Some([]) => {
+                return Err(FormatError::Malformed {
+                    kind: RESULTS_CACHE,
+                    version: codec::UNVERSIONED,
+                    reason: "the header ends before its version".into(),
+                });
+            }
+        };
+        let v1: CachedResultsV1 = match version {
+            codec::UNVERSIONED => {
+                let v0: CachedResultsV0 = codec::decode_body(RESULTS_CACHE, version, body)?;
+                CachedResultsV1 {
+                    next_offset: v0.next_offset,
+                    partition_count: v0.partition_count,
+                    owned: v0.owned,
+                    views: v0.views.into_iter().map(v0_as_v1).collect(),
+                }
+            }
+            CACHE_VERSION => codec::decode_body(RESULTS_CACHE, version, body)?,
+            version => {
+                return Err(FormatError::UnknownVersion {
+                    kind: RESULTS_CACHE,
+                    version,
+                    known: CACHE_VERSION,
+                });
+            }
+        };
+        Ok(Self {
+            next_offset: v1.next_offset,
+            partition_count: v1.partition_count,
+            owned: v1.owned,
+            views: v1.views.into_iter().map(Into::into).collect(),
+        })
+    }
+}
+
+/// What an update looked like before versions (tests write old records with it).
+#[cfg(test)]
+impl From<PartitionUpdate> for PartitionUpdateV0 {
+    fn from(update: PartitionUpdate) -> Self {
+        let v1 = PartitionUpdateV1::from(update);
+        Self {
+            partition: v1.partition,
+            next_offset: v1.next_offset,
+            committed_at_ms: v1.committed_at_ms,
+            checkpoint_duration_us: v1.checkpoint_duration_us,
+            watermark_ms: v1.watermark_ms,
+            counters: v1.counters,
+            totals: v1.totals,
+            buckets: v1.buckets,
+        }
+    }
+}
+
+fn v0_as_v1(update: PartitionUpdateV0) -> PartitionUpdateV1 {
+    PartitionUpdate::from(update).into()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -379,7 +1046,7 @@ impl ResultsCache {
             path: self.path.clone(),
             source,
         };
-        let bytes = codec::encode(&cached);
+        let bytes = cached.encode();
         let temporary = self.path.with_extension("tmp");
         {
             use std::io::Write;
@@ -414,7 +1081,7 @@ impl ResultsCache {
                 return 0;
             }
         };
-        let cached: CachedResults = match codec::decode(&bytes) {
+        let cached = match CachedResults::decode(&bytes) {
             Ok(cached) => cached,
             Err(error) => {
                 tracing::warn!(path = %self.path.display(), %error, "ignoring a damaged results cache");
@@ -451,13 +1118,22 @@ mod tests {
     use crate::operators::event_time_windows::Granularity;
 
     fn update(partition: PartitionId, next_offset: Offset, total_cents: u64) -> PartitionUpdate {
+        campaign_update(partition, next_offset, "meals", total_cents)
+    }
+
+    fn campaign_update(
+        partition: PartitionId,
+        next_offset: Offset,
+        campaign_id: &str,
+        total_cents: u64,
+    ) -> PartitionUpdate {
         let mut bucket = WindowBucket::default();
         bucket.add(total_cents);
         PartitionUpdate {
             partition,
             next_offset,
             totals: vec![(
-                "meals".into(),
+                campaign_id.into(),
                 CampaignTotal {
                     total_cents,
                     donations: next_offset,
@@ -465,13 +1141,139 @@ mod tests {
             )],
             buckets: vec![(
                 BucketKey {
-                    campaign_id: "meals".into(),
+                    campaign_id: campaign_id.into(),
                     granularity: Granularity::Minute,
                     start_ms: 60_000,
                 },
                 bucket,
             )],
             ..PartitionUpdate::default()
+        }
+    }
+
+    fn one_partition_log(dir: &std::path::Path) -> Arc<dyn Log> {
+        let options = EmbeddedLogOptions {
+            partition_count: 1,
+            ..EmbeddedLogOptions::default()
+        };
+        Arc::new(EmbeddedLog::open(dir, options).unwrap())
+    }
+
+    /// A log whose records below `start` are gone, as retention leaves a Fluvio topic: reading
+    /// them is an error.
+    #[derive(Debug)]
+    struct Retained {
+        inner: Arc<dyn Log>,
+        start: Offset,
+    }
+
+    #[async_trait::async_trait]
+    impl Log for Retained {
+        fn partition_count(&self) -> u32 {
+            self.inner.partition_count()
+        }
+
+        async fn append(
+            &self,
+            partition: PartitionId,
+            records: Vec<KeyedRecord>,
+        ) -> Result<crate::log::AppendAck, LogError> {
+            self.inner.append(partition, records).await
+        }
+
+        async fn read(
+            &self,
+            partition: PartitionId,
+            from: Offset,
+            records_max: usize,
+        ) -> Result<Vec<LogRecord>, LogError> {
+            if from < self.start {
+                return Err(LogError::Unavailable {
+                    reason: format!("offset {from} was deleted by retention"),
+                });
+            }
+            self.inner.read(partition, from, records_max).await
+        }
+
+        async fn end_offset(&self, partition: PartitionId) -> Result<Offset, LogError> {
+            self.inner.end_offset(partition).await
+        }
+
+        async fn wait_for_offset(
+            &self,
+            partition: PartitionId,
+            offset: Offset,
+        ) -> Result<(), LogError> {
+            self.inner.wait_for_offset(partition, offset).await
+        }
+    }
+
+    /// An owner of partitions 0 and 1: what its runners do (offer an update, then publish it
+    /// locally), and its publisher.
+    struct Owner {
+        read_model: Arc<ReadModel>,
+        publisher: ResultsPublisher,
+    }
+
+    impl Owner {
+        fn new(log: &Arc<dyn Log>, updates_max: u32) -> Self {
+            let read_model = Arc::new(ReadModel::new(2));
+            let policy = SnapshotPolicy {
+                interval: Duration::from_secs(3600),
+                updates_max,
+            };
+            let publisher = ResultsPublisher::new(Arc::clone(log), Arc::clone(&read_model))
+                .with_snapshot_policy(policy);
+            Self {
+                read_model,
+                publisher,
+            }
+        }
+
+        fn commit(&self, update: PartitionUpdate) {
+            self.publisher.offer(&update);
+            self.read_model.publish(update);
+        }
+
+        fn snapshots(&self) -> u64 {
+            self.publisher
+                .snapshots_published
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    /// Steps of the snapshot search in the tests: small, so that the search reads little below
+    /// the snapshot it finds, and what lies further below can be made unreadable.
+    const TEST_STEP_RECORDS: u64 = 4;
+
+    async fn search(log: &dyn Log, floor: Offset, oldest_ms: UnixMillis) -> Offset {
+        let wanted = BTreeSet::from([0, 1]);
+        search_snapshots(log, wanted, floor, oldest_ms, TEST_STEP_RECORDS)
+            .await
+            .unwrap()
+    }
+
+    /// `log` with every record more than a search step below `start` gone.
+    fn retained_from(log: &Arc<dyn Log>, start: Offset) -> Arc<dyn Log> {
+        Arc::new(Retained {
+            inner: Arc::clone(log),
+            start: start.saturating_sub(TEST_STEP_RECORDS - 1),
+        })
+    }
+
+    async fn folded_from(log: &dyn Log, from: Offset) -> ReadModel {
+        let read_model = ReadModel::new(2);
+        catch_up_results(log, &read_model, &[], from).await.unwrap();
+        read_model
+    }
+
+    fn assert_same_views(a: &ReadModel, b: &ReadModel) {
+        for partition in 0..2 {
+            assert_eq!(
+                format!("{:?}", a.export_partition(partition)),
+                format!("{:?}", b.export_partition(partition)),
+                "partition {partition}"
+            );
         }
     }
 
@@ -483,14 +1285,14 @@ mod tests {
             ..EmbeddedLogOptions::default()
         };
         let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(dir.path(), options).unwrap());
-        let publisher = ResultsPublisher::new(Arc::clone(&log));
+        let publisher = ResultsPublisher::new(Arc::clone(&log), Arc::new(ReadModel::new(2)));
         publisher.offer(&update(1, 10, 500));
         publisher.offer(&update(1, 12, 700));
         publisher.offer(&update(0, 3, 100));
-        publisher.publish_pending().await.unwrap();
+        publisher.publish_pending(Instant::now()).await.unwrap();
         // A stale update re-delivered after a newer one changes nothing.
         publisher.offer(&update(1, 11, 600));
-        publisher.publish_pending().await.unwrap();
+        publisher.publish_pending(Instant::now()).await.unwrap();
 
         let reader = ReadModel::new(2);
         let next = catch_up_results(log.as_ref(), &reader, &[], 0)
@@ -524,10 +1326,10 @@ mod tests {
         };
         let log: Arc<dyn Log> =
             Arc::new(EmbeddedLog::open(&dir.path().join("topic"), options).unwrap());
-        let publisher = ResultsPublisher::new(Arc::clone(&log));
+        let publisher = ResultsPublisher::new(Arc::clone(&log), Arc::new(ReadModel::new(2)));
         publisher.offer(&update(1, 10, 500));
         publisher.offer(&update(0, 4, 100));
-        publisher.publish_pending().await.unwrap();
+        publisher.publish_pending(Instant::now()).await.unwrap();
 
         let first = ReadModel::new(2);
         let next = catch_up_results(log.as_ref(), &first, &[0], 0)
@@ -536,7 +1338,7 @@ mod tests {
         let cache = ResultsCache::new(dir.path().join("results-cache"));
         cache.save(&first, &[0], next).unwrap();
         publisher.offer(&update(1, 20, 900));
-        publisher.publish_pending().await.unwrap();
+        publisher.publish_pending(Instant::now()).await.unwrap();
 
         // Restarted: the cache gives partition 1 at offset 10, the topic the rest.
         let restarted = ReadModel::new(2);
@@ -590,10 +1392,212 @@ mod tests {
         }
         let mut buckets = 0;
         for record in records {
-            let ResultsRecord::Update(part) = codec::decode(&record.value).unwrap();
+            let part = ResultsRecord::decode(&record.value).unwrap().into_update();
             assert_eq!((part.partition, part.next_offset), (2, 99));
             buckets += part.buckets.len();
         }
         assert_eq!(buckets, 2500);
+    }
+
+    #[test]
+    fn unversioned_and_version_1_records_decode_and_cannot_be_confused() {
+        let unversioned = codec::encode(&UnversionedResultsRecord::Update(update(1, 7, 3).into()));
+        assert_eq!(unversioned[..4], [0, 0, 0, 0]);
+        let decoded = ResultsRecord::decode(&unversioned).unwrap().into_update();
+        assert_eq!(format!("{decoded:?}"), format!("{:?}", update(1, 7, 3)));
+        let versioned = ResultsRecord::Update(update(1, 7, 3)).encode();
+        assert_eq!(versioned[..2], [codec::VERSION_MARKER, 1]);
+        let decoded = ResultsRecord::decode(&versioned).unwrap().into_update();
+        assert_eq!(format!("{decoded:?}"), format!("{:?}", update(1, 7, 3)));
+
+        let mut newer = versioned;
+        newer[1] = 2;
+        assert!(matches!(
+            ResultsRecord::decode(&newer),
+            Err(FormatError::UnknownVersion { version: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn an_unversioned_cache_never_starts_with_the_magic_and_a_newer_one_is_refused() {
+        let cached = || CachedResults {
+            next_offset: i64::MAX as Offset,
+            partition_count: 2,
+            owned: vec![0],
+            views: vec![update(1, 7, 3)],
+        };
+        let old = CachedResultsV0 {
+            next_offset: i64::MAX as Offset,
+            partition_count: 2,
+            owned: vec![0],
+            views: vec![update(1, 7, 3).into()],
+        };
+        let unversioned = codec::encode(&old);
+        assert!(unversioned[7] < CACHE_MAGIC[7], "the largest offset");
+        let decoded = CachedResults::decode(&unversioned).unwrap();
+        assert_eq!(format!("{decoded:?}"), format!("{:?}", cached()));
+
+        let mut versioned = cached().encode();
+        assert_eq!(versioned[..9], *b"tallyrc\xFF\x01");
+        let decoded = CachedResults::decode(&versioned).unwrap();
+        assert_eq!(format!("{decoded:?}"), format!("{:?}", cached()));
+        versioned[8] = 7;
+        assert!(matches!(
+            CachedResults::decode(&versioned),
+            Err(FormatError::UnknownVersion { version: 7, .. })
+        ));
+        assert!(matches!(
+            CachedResults::decode(&CACHE_MAGIC),
+            Err(FormatError::Malformed { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_late_follower_starts_at_the_latest_snapshots_and_ends_as_one_that_folded_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = one_partition_log(dir.path());
+        let owner = Owner::new(&log, 3);
+        let now = Instant::now();
+        let mut snapshot_round_begin = None;
+        for round in 1..=10u64 {
+            let begin = log.end_offset(0).await.unwrap();
+            let snapshots = owner.snapshots();
+            // A campaign per round: only the snapshots carry the early ones forward.
+            for partition in 0..2 {
+                owner.commit(campaign_update(
+                    partition,
+                    round * 10,
+                    &format!("c{round}"),
+                    100,
+                ));
+            }
+            owner.publisher.publish_pending(now).await.unwrap();
+            if owner.snapshots() > snapshots {
+                snapshot_round_begin = Some(begin);
+            }
+        }
+        // The first round, then after every 3 updates: rounds 1, 5 and 9, two partitions each.
+        assert_eq!(owner.snapshots(), 6);
+        let everything = folded_from(log.as_ref(), 0).await;
+        assert_same_views(&everything, &owner.read_model);
+
+        let no_cache = ResultsCache::new(dir.path().join("no-cache"));
+        let now_ms = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+        let start = results_start(log.as_ref(), &ReadModel::new(2), &[], &no_cache, now_ms)
+            .await
+            .unwrap();
+        assert_eq!(Some(start), snapshot_round_begin, "round 9's snapshots");
+        // Retention took everything before: a follower that reads below it fails.
+        let retained = retained_from(&log, start);
+        assert_eq!(search(retained.as_ref(), 0, UnixMillis::MIN).await, start);
+        let late = folded_from(retained.as_ref(), start).await;
+        assert_same_views(&late, &everything);
+        assert_eq!(late.campaign_total("c1").total_cents, 200);
+
+        // An idle partition gets a snapshot once the interval has passed.
+        let begin = log.end_offset(0).await.unwrap();
+        owner
+            .publisher
+            .publish_pending(now + Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(owner.snapshots(), 8);
+        let start = search(log.as_ref(), 0, UnixMillis::MIN).await;
+        assert_eq!(start, begin);
+        // A node that owns partition 0 looks for partition 1's only.
+        assert_eq!(
+            snapshot_start(log.as_ref(), 2, &[0], 0, UnixMillis::MIN)
+                .await
+                .unwrap(),
+            start + 1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_cut_short_is_passed_over_for_the_previous_complete_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = one_partition_log(dir.path());
+        let owner = Owner::new(&log, 100);
+        let now = Instant::now();
+        // Partition 0's view is large: its snapshots take several records.
+        let mut large = campaign_update(0, 5, "meals", 1);
+        large.buckets = (0..2500i64)
+            .map(|minute| {
+                let key = BucketKey {
+                    campaign_id: "meals".into(),
+                    granularity: Granularity::Minute,
+                    start_ms: minute * 60_000,
+                };
+                let mut bucket = WindowBucket::default();
+                for amount in 1..=20 {
+                    bucket.add(amount * 1000 + minute as u64);
+                }
+                (key, bucket)
+            })
+            .collect();
+        let complete_begin = log.end_offset(0).await.unwrap();
+        owner.commit(large);
+        owner.commit(campaign_update(1, 5, "meals", 1));
+        owner.publisher.publish_pending(now).await.unwrap();
+        assert_eq!(owner.snapshots(), 2);
+        owner.commit(campaign_update(0, 6, "shelter", 2));
+        owner.commit(campaign_update(1, 6, "shelter", 2));
+        owner.publisher.publish_pending(now).await.unwrap();
+
+        // The owner stopped half-way through a later snapshot of partition 0...
+        let id = SnapshotId {
+            publisher: 7,
+            sequence: 0,
+        };
+        let cut = snapshot_records(&owner.read_model.export_partition(0), id);
+        assert!(cut.len() > 2, "{} records", cut.len());
+        log.append(0, cut[..cut.len() - 1].to_vec()).await.unwrap();
+        // ... and, restarted, published partition 1's before partition 0's next update.
+        let id = SnapshotId {
+            publisher: 8,
+            sequence: 0,
+        };
+        let partition_1 = snapshot_records(&owner.read_model.export_partition(1), id);
+        log.append(0, partition_1).await.unwrap();
+        owner.commit(campaign_update(0, 7, "shelter", 3));
+        owner.publisher.publish_pending(now).await.unwrap();
+
+        let retained = retained_from(&log, complete_begin);
+        let start = search(retained.as_ref(), 0, UnixMillis::MIN).await;
+        assert_eq!(start, complete_begin, "partition 0's complete snapshot");
+        let late = folded_from(retained.as_ref(), start).await;
+        assert_same_views(&late, &folded_from(log.as_ref(), 0).await);
+        assert_same_views(&late, &owner.read_model);
+    }
+
+    #[tokio::test]
+    async fn the_search_stops_at_the_floor_and_at_records_older_than_it_may_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = one_partition_log(dir.path());
+        // Updates only, as written before snapshots existed.
+        let publisher = ResultsPublisher::new(Arc::clone(&log), Arc::new(ReadModel::new(2)));
+        for offset in 1..=5 {
+            publisher.offer(&update(0, offset, 1));
+            publisher.publish_pending(Instant::now()).await.unwrap();
+        }
+        assert_eq!(
+            snapshot_start(log.as_ref(), 2, &[], 0, UnixMillis::MIN)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            snapshot_start(log.as_ref(), 2, &[], 3, UnixMillis::MIN)
+                .await
+                .unwrap(),
+            3
+        );
+        // Every record is older than what may be read: nothing below the end is.
+        assert_eq!(
+            snapshot_start(log.as_ref(), 2, &[], 0, UnixMillis::MAX)
+                .await
+                .unwrap(),
+            5
+        );
     }
 }

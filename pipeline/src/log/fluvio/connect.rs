@@ -15,8 +15,9 @@ use super::reader::Backoff;
 use crate::log::LogError;
 
 /// The log is the record of truth and keeps every record: the longest retention Fluvio takes
-/// (its retention is a `u32` of seconds, about 136 years) ...
-const RETENTION_SECONDS: u32 = u32::MAX;
+/// (its retention is a `u32` of seconds, about 136 years; the default of
+/// `FluvioLogOptions::retention_seconds`) ...
+pub(super) const RETENTION_SECONDS_MAX: u32 = u32::MAX;
 /// ... and no size limit that would delete old segments.
 const PARTITION_BYTES_MAX: u64 = u64::MAX;
 /// Segments of a topic the log creates (the default of `FluvioLogOptions::segment_bytes`). A
@@ -95,10 +96,11 @@ fn check_existing(
             "the existing topic has fewer replicas than asked for"
         );
     }
-    if spec.retention_secs() < RETENTION_SECONDS {
+    if spec.retention_secs() < options.retention_seconds {
         tracing::warn!(
             topic,
             retention_seconds = spec.retention_secs(),
+            wanted = options.retention_seconds,
             "the existing topic deletes records after its retention time; reading them back \
              later will fail with lost records"
         );
@@ -115,7 +117,7 @@ async fn create_topic(
 ) -> Result<Option<u32>, LogError> {
     let mut spec = TopicSpec::new_computed(partition_count, options.replication_factor, None);
     spec.set_cleanup_policy(CleanupPolicy::Segment(SegmentBasedPolicy {
-        time_in_seconds: RETENTION_SECONDS,
+        time_in_seconds: options.retention_seconds,
     }));
     spec.set_storage(TopicStorageConfig {
         segment_size: Some(options.segment_bytes),
@@ -134,6 +136,7 @@ async fn create_topic(
                 topic,
                 partition_count,
                 segment_bytes = options.segment_bytes,
+                retention_seconds = options.retention_seconds,
                 "created the log's topic"
             );
             Ok(Some(options.segment_bytes))

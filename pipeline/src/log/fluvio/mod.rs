@@ -91,6 +91,11 @@ pub struct FluvioLogOptions {
     pub segment_bytes: u32,
     /// A record's key and value at most (the producer's batches hold at least four).
     pub record_bytes_max: usize,
+    /// How long a topic the log creates keeps a closed segment after its last write; no effect
+    /// on a topic that exists (a shorter retention there is warned of). The default keeps
+    /// everything, as a record of truth must; the results topic, which holds snapshots, keeps
+    /// a bounded time (`crate::cluster::results::results_topic_options`).
+    pub retention_seconds: u32,
 }
 
 impl Default for FluvioLogOptions {
@@ -107,6 +112,7 @@ impl Default for FluvioLogOptions {
             linger: Duration::from_millis(1),
             segment_bytes: connect::SEGMENT_BYTES,
             record_bytes_max: producer::RECORD_BYTES_MAX,
+            retention_seconds: connect::RETENTION_SECONDS_MAX,
         }
     }
 }
