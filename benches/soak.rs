@@ -15,7 +15,13 @@
 //!
 //! Run: `cargo bench --bench soak`. Environment: `TALLY_SOAK_DONATIONS` (distinct donations,
 //! default 30,000,000), `TALLY_SOAK_QUERIES` (per range and point, default 2,000),
-//! `TALLY_SOAK_DIR` (where the temporary data directory goes; default the system's).
+//! `TALLY_SOAK_RECORDS_PER_SECOND` (appends paced to this rate; default 0, as fast as the log
+//! takes them), `TALLY_SOAK_DIR` (where the temporary data directory goes; default the
+//! system's).
+
+/// The allocator `tally serve` runs with, so that resident memory is what the server's would be.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "support/machine.rs"]
 mod machine;
@@ -71,6 +77,7 @@ const APPLY_STALL_MAX: Duration = Duration::from_secs(120);
 fn main() -> anyhow::Result<()> {
     let donations = env_count("TALLY_SOAK_DONATIONS", DONATIONS_DEFAULT)?;
     let queries = env_count("TALLY_SOAK_QUERIES", QUERIES_DEFAULT)?;
+    let pace = Some(env_count("TALLY_SOAK_RECORDS_PER_SECOND", 0)?).filter(|&rate| rate > 0);
     ensure!(donations >= 10, "TALLY_SOAK_DONATIONS must be at least 10");
     let parent = match std::env::var_os("TALLY_SOAK_DIR") {
         Some(dir) => std::path::PathBuf::from(dir),
@@ -81,13 +88,17 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("tally-soak-")
         .tempdir_in(&parent)?;
-    print_header(dir.path(), donations, queries);
+    print_header(dir.path(), donations, queries, pace);
     check_free_space(dir.path(), donations)?;
     let started = Instant::now();
-    let soak = Soak::run(dir.path(), donations, queries)?;
+    let soak = Soak::run(dir.path(), donations, queries, pace)?;
     let elapsed = started.elapsed();
     measure::print_report(&soak.points, &soak.phases, donations);
-    println!("elapsed: {:.1} s wall time", elapsed.as_secs_f64());
+    println!(
+        "elapsed: {:.1} s wall time; load average at the end: {}",
+        elapsed.as_secs_f64(),
+        measure::load_average()
+    );
     let verdict = final_check(&soak);
     drop(dir);
     verdict
@@ -103,9 +114,10 @@ fn env_count(name: &str, default: u64) -> anyhow::Result<u64> {
     }
 }
 
-fn print_header(dir: &Path, donations: u64, queries: u64) {
+fn print_header(dir: &Path, donations: u64, queries: u64, pace: Option<u64>) {
     println!("soak: a 30-day campaign through the embedded log and the pipeline, in process");
     println!("machine: {}", machine::describe());
+    println!("load average at start: {}", measure::load_average());
     println!(
         "data directory: {} ({})",
         dir.display(),
@@ -113,11 +125,17 @@ fn print_header(dir: &Path, donations: u64, queries: u64) {
     );
     let config = PipelineConfig::default();
     println!(
-        "parameters: {donations} donations (+{}% resends), {} partitions, checkpoint every {} ms or {} records, appends of {APPEND_BATCH_RECORDS} records",
+        "parameters: {donations} donations (+{}% resends), {} partitions, checkpoint every {} ms or {} records",
         stream::RESEND_PERCENT,
         EmbeddedLogOptions::default().partition_count,
         config.checkpoint_interval.as_millis(),
         config.checkpoint_records_max,
+    );
+    println!(
+        "producer: appends of {APPEND_BATCH_RECORDS} records, {APPENDS_IN_FLIGHT} in flight, {}",
+        pace.map_or("as fast as the log takes them".to_owned(), |rate| format!(
+            "paced at {rate} records/s"
+        )),
     );
     println!(
         "stream: {}% to {}, the rest to {}; paid_at over {} days from 2026-11-02, dinner rush 17-20 h",
@@ -168,6 +186,8 @@ pub struct Phase {
 }
 
 struct Soak {
+    /// Records per second to append at most; `None`: as fast as the log takes them.
+    pace: Option<u64>,
     points: Vec<Point>,
     phases: Vec<Phase>,
     stream: CampaignStream,
@@ -183,11 +203,12 @@ struct Running {
 }
 
 impl Soak {
-    fn run(root: &Path, donations: u64, queries: u64) -> anyhow::Result<Self> {
+    fn run(root: &Path, donations: u64, queries: u64, pace: Option<u64>) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let mut soak = Soak {
+            pace,
             points: Vec::new(),
             phases: Vec::new(),
             stream: CampaignStream::new(donations),
@@ -220,9 +241,15 @@ impl Soak {
         let (donations_before, records_before) = (self.stream.issued(), self.stream.records);
         let log = Arc::clone(&running.log);
         let stream = &mut self.stream;
+        let pace = self.pace;
         runtime.block_on(async move {
             let mut in_flight = tokio::task::JoinSet::new();
             for appends in 1u64.. {
+                if let Some(per_second) = pace {
+                    let sent = stream.records - records_before;
+                    let due = started + Duration::from_secs_f64(sent as f64 / per_second as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let batch: Vec<KeyedRecord> =
                     std::iter::from_fn(|| stream.next_record(until, drain))
                         .take(APPEND_BATCH_RECORDS)

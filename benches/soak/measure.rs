@@ -51,6 +51,15 @@ pub fn memory() -> Memory {
     }
 }
 
+/// The 1, 5 and 15 minute load averages: the machine is shared, and its load moves the figures.
+pub fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Sum of the sizes of the files under `dir`, recursively.
 pub fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
