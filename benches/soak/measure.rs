@@ -315,7 +315,7 @@ fn print_restart_and_queries(points: &[Point]) {
     }
     println!("{header} {:>9}", "max");
     for point in points {
-        let mut row = format!("{:>11} {:>8.2}", point.donations, point.ready.as_secs_f64());
+        let mut row = format!("{:>11} {:>8.3}", point.donations, point.ready.as_secs_f64());
         for quantile in [0.5, 0.99] {
             for range in 0..RANGES.len() {
                 row.push_str(&format!(" {:>8.1}", point.latency.us(range, quantile)));
@@ -370,7 +370,7 @@ fn print_targets(points: &[Point], donations: u64) {
         .iter()
         .map(|p| {
             let seconds = p.ready.as_secs_f64();
-            (seconds <= READY_SECONDS_MAX, format!("{seconds:.2} s"))
+            (seconds <= READY_SECONDS_MAX, format!("{seconds:.3} s"))
         })
         .collect();
     print_target("ready after restart <= 2 s", &ready);
