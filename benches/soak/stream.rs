@@ -87,23 +87,23 @@ impl CampaignStream {
             .pending
             .peek()
             .is_some_and(|Reverse((due_ms, _))| *due_ms <= self.reached_ms);
-        let id = if resend_due || (self.issued >= donations_until && drain) {
+        let event = if resend_due || (self.issued >= donations_until && drain) {
             let Reverse((_, id)) = self.pending.pop()?;
             self.resends += 1;
-            id
+            donation(id, self.donations_total)
         } else if self.issued < donations_until.min(self.donations_total) {
             let id = self.issued;
             self.issued += 1;
-            self.issue(id);
-            id
+            self.issue(id)
         } else {
             return None;
         };
         self.records += 1;
-        Some(donation(id, self.donations_total))
+        Some(event)
     }
 
-    fn issue(&mut self, id: u64) {
+    /// Donation `id`, counted as sent, with its resend scheduled if it has one.
+    fn issue(&mut self, id: u64) -> DonationEvent {
         let event = donation(id, self.donations_total);
         self.reached_ms = self.reached_ms.max(on_time_ms(id, self.donations_total));
         let slot = campaign_index(id);
@@ -114,6 +114,7 @@ impl CampaignStream {
             let delay_ms = 1_000 + (hash >> 8) as i64 % RESEND_DELAY_MS_MAX;
             self.pending.push(Reverse((event.paid_at.0 + delay_ms, id)));
         }
+        event
     }
 
     pub fn distinct_donations(&self) -> u64 {
