@@ -40,11 +40,13 @@ const CATCH_UP_UNLOCKED_BYTES: u64 = 256 * 1024;
 /// add load to a disk in trouble.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
-/// Whether a journal's deltas outweigh its snapshot (and the floor), or it is of an older
-/// format.
+/// Whether a journal is due: its deltas weigh half its snapshot (and the floor), or it is of
+/// an older format. Half, not all: a journal then stays within 1.5× its snapshot, and 2.5×
+/// while a compaction writes the next generation beside it.
 pub(crate) fn is_due(journal: &Journal, floor_bytes: u64) -> bool {
+    let deltas = journal.delta_bytes();
     journal.format_version() < super::journal::JOURNAL_FORMAT_VERSION
-        || journal.delta_bytes() >= journal.snapshot_bytes().max(floor_bytes)
+        || (deltas >= floor_bytes && deltas.saturating_mul(2) >= journal.snapshot_bytes())
 }
 
 fn compacting_path(dir: &Path, partition: PartitionId) -> PathBuf {
@@ -179,7 +181,7 @@ pub(crate) fn compact_partition(
             }
         }
         drop(state);
-        for (key, bucket) in parts.buckets {
+        for (key, bucket) in &parts.buckets {
             writer.bucket(key, bucket)?;
         }
         let content = SnapshotContent {
@@ -241,10 +243,10 @@ fn catch_up_and_switch(
         let Some(journal) = journal_slot.as_mut() else {
             return Ok(false);
         };
-        if journal.generation() != generation {
+        let end = journal.end_position();
+        if journal.generation() != generation || end < copied_to {
             return Ok(false);
         }
-        let end = journal.end_position();
         let entries =
             journal
                 .entries_between(copied_to, end)

@@ -44,6 +44,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::CheckpointError;
+use super::packed::{PackedBuckets, pack_recorded, unpack_recorded};
 use super::store::CheckpointMeta;
 use crate::codec;
 use crate::log::frame::{self, FRAME_HEADER_BYTES};
@@ -74,6 +75,10 @@ pub struct CheckpointContent {
 /// What a format 2 checkpoint committed: what changed since the previous one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeltaContent {
+    /// Donations recorded, packed (see `packed`).
+    #[serde(with = "serde_bytes")]
+    pub recorded: Vec<u8>,
+    /// The other index changes: collisions, resend counts.
     pub index: Vec<IndexChange>,
     /// Changed campaign totals, absolute (a few per checkpoint).
     pub totals: Vec<(String, CampaignTotal)>,
@@ -103,10 +108,10 @@ pub enum JournalEntry {
         meta: CheckpointMeta,
         content: Box<CheckpointContent>,
     },
-    /// Part of a snapshot: recorded donations, packed (see [`pack_recorded`]).
-    SnapshotRecorded(Vec<u8>),
-    /// Part of a snapshot: window buckets, whole.
-    SnapshotBuckets(Vec<(BucketKey, WindowBucket)>),
+    /// Part of a snapshot: recorded donations, packed (see `packed`).
+    SnapshotRecorded(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Part of a snapshot: window buckets of one campaign and granularity, whole, packed.
+    SnapshotBuckets(PackedBuckets),
     /// Commits a snapshot: the state as of `meta`, with the parts before it.
     Snapshot {
         meta: CheckpointMeta,
@@ -147,53 +152,6 @@ pub trait Replay {
     fn recorded(&mut self, fingerprint: u64, offset: Offset);
     fn buckets(&mut self, buckets: Vec<(BucketKey, WindowBucket)>);
     fn committed(&mut self, meta: CheckpointMeta, content: Committed);
-}
-
-/// Packs recorded donations as the snapshot stores them: per entry the fingerprint (8 bytes,
-/// little-endian) and the offset (LEB128), about 12 bytes instead of an encoded change's 20.
-pub fn pack_recorded(packed: &mut Vec<u8>, fingerprint: u64, offset: Offset) {
-    packed.extend_from_slice(&fingerprint.to_le_bytes());
-    let mut rest = offset;
-    loop {
-        let byte = (rest & 0x7f) as u8;
-        rest >>= 7;
-        if rest == 0 {
-            packed.push(byte);
-            return;
-        }
-        packed.push(byte | 0x80);
-    }
-}
-
-/// The entries of a [`pack_recorded`] chunk; `Err` if the bytes are not one.
-pub fn unpack_recorded(
-    packed: &[u8],
-    mut each: impl FnMut(u64, Offset),
-) -> Result<(), &'static str> {
-    let mut at = 0;
-    while at < packed.len() {
-        let fingerprint = packed
-            .get(at..at + 8)
-            .ok_or("a packed entry is cut short")?;
-        let fingerprint = u64::from_le_bytes(fingerprint.try_into().expect("8 bytes"));
-        at += 8;
-        let mut offset: u64 = 0;
-        let mut shift = 0;
-        loop {
-            let byte = *packed.get(at).ok_or("a packed offset is cut short")?;
-            at += 1;
-            if shift > 63 || (shift == 63 && byte > 1) {
-                return Err("a packed offset overflows");
-            }
-            offset |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-        }
-        each(fingerprint, offset);
-    }
-    Ok(())
 }
 
 /// What replaying found beyond the last whole checkpoint.
@@ -483,9 +441,12 @@ impl Journal {
             JournalEntry::SnapshotRecorded(packed) => {
                 unpack_recorded(&packed, |fingerprint, offset| {
                     replay.recorded(fingerprint, offset)
-                })?;
+                })
+                .map_err(str::to_owned)?;
             }
-            JournalEntry::SnapshotBuckets(buckets) => replay.buckets(buckets),
+            JournalEntry::SnapshotBuckets(packed) => {
+                replay.buckets(packed.unpack().map_err(str::to_owned)?)
+            }
             JournalEntry::Checkpoint { meta, content } => {
                 held_back
                     .drain(..)
@@ -495,10 +456,15 @@ impl Journal {
             JournalEntry::Snapshot { meta, content } => {
                 replay.committed(meta, Committed::Snapshot(*content))
             }
-            JournalEntry::Delta { meta, content } => {
+            JournalEntry::Delta { meta, mut content } => {
                 held_back
                     .drain(..)
                     .for_each(|change| replay.index_change(change));
+                unpack_recorded(
+                    &std::mem::take(&mut content.recorded),
+                    |fingerprint, offset| replay.recorded(fingerprint, offset),
+                )
+                .map_err(str::to_owned)?;
                 replay.committed(meta, Committed::Delta(*content));
             }
         }
@@ -720,9 +686,9 @@ const SNAPSHOT_RECORDED_FRAME_BYTES: usize = 1 << 20;
 /// Index changes (collisions, resend counts) per snapshot frame: each encodes to at most a few
 /// hundred bytes.
 const SNAPSHOT_CHANGES_PER_FRAME: usize = 20_000;
-/// Buckets per snapshot frame: a bucket is at most a few tens of KiB (one pair per distinct
-/// amount bucket of its histogram).
-const SNAPSHOT_BUCKETS_PER_FRAME: usize = 1_000;
+/// Bytes of packed buckets per snapshot frame: one bucket packs to at most a few tens of KiB
+/// (two varints per distinct amount bucket of its histogram).
+const SNAPSHOT_BUCKETS_FRAME_BYTES: usize = 1 << 20;
 /// Bytes gathered before a write.
 const SNAPSHOT_WRITE_BYTES: usize = 4 << 20;
 
@@ -748,7 +714,7 @@ pub(crate) struct SnapshotWriter {
     buffer: Vec<u8>,
     recorded: Vec<u8>,
     changes: Vec<IndexChange>,
-    buckets: Vec<(BucketKey, WindowBucket)>,
+    buckets: Option<PackedBuckets>,
     snapshot_end: Option<u64>,
 }
 
@@ -769,7 +735,7 @@ impl SnapshotWriter {
             buffer: header_bytes(partition, recorded_hint, generation).to_vec(),
             recorded: Vec::new(),
             changes: Vec::new(),
-            buckets: Vec::new(),
+            buckets: None,
             snapshot_end: None,
         }
     }
@@ -790,11 +756,27 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    pub fn bucket(&mut self, key: BucketKey, bucket: WindowBucket) -> Result<(), CheckpointError> {
-        self.buckets.push((key, bucket));
-        if self.buckets.len() >= SNAPSHOT_BUCKETS_PER_FRAME {
+    /// Adds a bucket; buckets come in key order.
+    pub fn bucket(
+        &mut self,
+        key: &BucketKey,
+        bucket: &WindowBucket,
+    ) -> Result<(), CheckpointError> {
+        let full = self
+            .buckets
+            .as_ref()
+            .is_some_and(|packed| packed.bytes() >= SNAPSHOT_BUCKETS_FRAME_BYTES);
+        if full
+            || !self
+                .buckets
+                .as_ref()
+                .is_some_and(|packed| packed.takes(key))
+        {
             self.flush_buckets()?;
         }
+        self.buckets
+            .get_or_insert_with(|| PackedBuckets::new(key.campaign_id.clone(), key.granularity))
+            .push(key.start_ms, bucket);
         Ok(())
     }
 
@@ -863,11 +845,13 @@ impl SnapshotWriter {
     }
 
     fn flush_buckets(&mut self) -> Result<(), CheckpointError> {
-        if self.buckets.is_empty() {
-            return Ok(());
+        match self.buckets.take() {
+            Some(packed) if !packed.is_empty() => {
+                let entry = JournalEntry::SnapshotBuckets(packed);
+                self.frame(&codec::encode(&entry), false)
+            }
+            _ => Ok(()),
         }
-        let entry = JournalEntry::SnapshotBuckets(std::mem::take(&mut self.buckets));
-        self.frame(&codec::encode(&entry), false)
     }
 
     fn frame(&mut self, encoded_entry: &[u8], commit: bool) -> Result<(), CheckpointError> {
@@ -919,28 +903,4 @@ fn read_frame(
     let mut records = Vec::with_capacity(1);
     frame::decode_records(frame_bytes, &info, 0, 0, 1, &mut records);
     codec::decode(&records[0].value).map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packed_recorded_entries_round_trip() {
-        let entries = [
-            (0u64, 0u64),
-            (u64::MAX, 127),
-            (7, 128),
-            (9, u64::MAX),
-            (1, 300),
-        ];
-        let mut packed = Vec::new();
-        for (fingerprint, offset) in entries {
-            pack_recorded(&mut packed, fingerprint, offset);
-        }
-        let mut unpacked = Vec::new();
-        unpack_recorded(&packed, |f, o| unpacked.push((f, o))).unwrap();
-        assert_eq!(unpacked, entries);
-        assert!(unpack_recorded(&packed[..packed.len() - 1], |_, _| {}).is_err());
-    }
 }

@@ -32,6 +32,7 @@
 
 mod compaction;
 mod journal;
+mod packed;
 pub mod savepoint;
 mod store;
 

@@ -278,6 +278,8 @@ enum DeltaEntryRef<'a> {
 
 #[derive(Serialize)]
 struct DeltaContentRef<'a> {
+    #[serde(with = "serde_bytes")]
+    recorded: &'a [u8],
     index: &'a [IndexChange],
     totals: &'a [(String, CampaignTotal)],
     bucket_deltas: &'a [(BucketKey, WindowBucket)],
@@ -418,12 +420,16 @@ impl CheckpointStore {
     /// from the log.
     pub fn load(&self, partition: PartitionId) -> Result<LoadedPartition, CheckpointError> {
         let path = self.journal_path(partition);
+        // Held throughout: a compaction under way must not put its generation in place between
+        // this open and this journal taking the slot.
+        let mut journal_slot = lock(&self.journals[partition as usize]);
         // Sized up front, the index is built once instead of grown (and copied) step by step.
         let mut collected = Collected::for_loading(Journal::recorded_hint(&*self.storage, &path));
         let (journal, damage) =
             Journal::open(Arc::clone(&self.storage), &path, partition, &mut collected)?;
+        *journal_slot = Some(journal);
+        drop(journal_slot);
         let loaded = collected.into_state(partition)?;
-        *lock(&self.journals[partition as usize]) = Some(journal);
         Ok(match loaded {
             Some((state, meta, _, _)) => {
                 *lock(&self.latest[partition as usize]) = Some(meta);
@@ -486,7 +492,7 @@ impl CheckpointStore {
             }
         }
         for (key, bucket) in &exported.buckets {
-            writer.bucket(key.clone(), bucket.clone())?;
+            writer.bucket(key, bucket)?;
         }
         let content = super::journal::SnapshotContent {
             rolled_up: RolledUp::NONE,
@@ -544,10 +550,12 @@ impl CheckpointStore {
             state_digest: state.state_digest(),
             committed_at_ms: now_ms,
         };
+        let (recorded, others) = split_index_changes(&changes.index);
         let entry = DeltaEntryRef::Delta {
             meta: &meta,
             content: DeltaContentRef {
-                index: &changes.index,
+                recorded: &recorded,
+                index: &others,
                 totals: &changes.totals,
                 bucket_deltas: &changes.windows.deltas,
                 dropped: &changes.windows.dropped,
@@ -659,6 +667,24 @@ impl CheckpointStore {
     }
 }
 
+/// A checkpoint's index changes as its entry holds them: the recorded donations packed, the
+/// rest (collisions, resend counts) as they are. Replay applies the recorded ones first, which
+/// is safe: the rest only ever refer to donations recorded before them.
+fn split_index_changes(changes: &[IndexChange]) -> (Vec<u8>, Vec<IndexChange>) {
+    let mut recorded = Vec::with_capacity(changes.len() * 12);
+    let mut others = Vec::new();
+    for change in changes {
+        match change {
+            IndexChange::Recorded {
+                fingerprint,
+                offset,
+            } => super::packed::pack_recorded(&mut recorded, *fingerprint, *offset),
+            other => others.push(other.clone()),
+        }
+    }
+    (recorded, others)
+}
+
 impl Drop for CheckpointStore {
     fn drop(&mut self) {
         if let Some(compactor) = lock(&self.compactor).take() {
@@ -709,6 +735,7 @@ mod tests {
             committed_at_ms: 6,
         };
         let content = DeltaContent {
+            recorded: vec![1, 2, 3],
             index: changes.clone(),
             totals: vec![("meals".into(), CampaignTotal::default())],
             bucket_deltas: Vec::new(),
@@ -723,6 +750,7 @@ mod tests {
         let borrowed = DeltaEntryRef::Delta {
             meta: &meta,
             content: DeltaContentRef {
+                recorded: &content.recorded,
                 index: &content.index,
                 totals: &content.totals,
                 bucket_deltas: &content.bucket_deltas,

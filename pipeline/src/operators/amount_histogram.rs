@@ -87,6 +87,21 @@ impl AmountHistogram {
         self.buckets = merged;
     }
 
+    /// The non-empty buckets, `(bucket lowest value, count)` in value order.
+    pub fn cells(&self) -> &[(u64, u64)] {
+        &self.buckets
+    }
+
+    /// A histogram of stored cells, checked: values strictly increasing and each a bucket's
+    /// lowest value, counts at least 1. `None` if they are not.
+    pub fn from_cells(cells: Vec<(u64, u64)>) -> Option<Self> {
+        let ordered = cells.windows(2).all(|pair| pair[0].0 < pair[1].0);
+        let valid = cells
+            .iter()
+            .all(|&(value, count)| count >= 1 && bucket_of(value) == value);
+        (ordered && valid).then_some(Self { buckets: cells })
+    }
+
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|&(_, count)| count).sum()
     }

@@ -1,0 +1,358 @@
+//! Guards the checkpoint journal's generations: a compaction keeps the state exactly (digest,
+//! totals, buckets, conflicts, the checkpoints committed while it ran) and shrinks the journal;
+//! a crash at any step of one, on a simulated disk that keeps only what was synced, leaves a
+//! state that loads — the old generation or the new, never neither — with every committed
+//! checkpoint; journals of format 1 (the fixture data directory) load, verify and are
+//! rewritten as format 2; deltas keep a checkpoint's bytes to what it applied.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::pipeline::{DataDir, donation, verified_digests};
+use tally_pipeline::checkpoint::{CheckpointStore, LoadedPartition};
+use tally_pipeline::clock::SystemClock;
+use tally_pipeline::event::{DonationEvent, envelope};
+use tally_pipeline::log::{EmbeddedLog, EmbeddedLogOptions, Log, append_keyed};
+use tally_pipeline::read_model::ReadModel;
+use tally_pipeline::runner::{Pipeline, PipelineConfig, RunMode};
+use tally_pipeline::storage::Storage;
+use tally_pipeline::storage::simulated::SimulatedDisk;
+
+const PARTITIONS: u32 = 2;
+
+/// `count` donations from `first`, a tenth of them resends of earlier ones, one conflict, over
+/// several days of `paid_at` so that minutes, hours and days all hold some.
+fn events(first: usize, count: usize) -> Vec<DonationEvent> {
+    let mut events = Vec::new();
+    for i in first..first + count {
+        let campaign = ["meals", "books", "water"][i % 3];
+        let paid_at = 1_795_546_800_000 + (i as i64) * 7 * 60_000;
+        events.push(donation(
+            &format!("pay_{i:06}"),
+            campaign,
+            [37, 100, 200, 500, 1234][i % 5],
+            paid_at,
+            (i % 13) as u32,
+        ));
+        if i % 10 == 3 {
+            events.push(events[events.len() / 2].clone());
+        }
+    }
+    let mut conflicting = events[0].clone();
+    conflicting.amount_cents += 1;
+    events.push(conflicting);
+    events
+}
+
+fn catch_up(data: &DataDir, log: &Arc<EmbeddedLog>, floor: u64) -> Pipeline {
+    let pipeline = data.pipeline(Arc::clone(log), 11);
+    pipeline.store().set_compaction_floor(floor);
+    pipeline.run(RunMode::CatchUp).expect("catch up");
+    pipeline
+}
+
+fn journal(data: &DataDir, partition: u32) -> PathBuf {
+    data.state_dir()
+        .join(format!("checkpoints-{partition:03}.journal"))
+}
+
+fn len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+#[test]
+fn a_compaction_keeps_the_state_and_shrinks_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path(), PARTITIONS);
+    let log = data.open_log();
+    data.append(&log, &events(0, 600));
+    // No compaction while catching up: every checkpoint stays in the journal.
+    let pipeline = catch_up(&data, &log, u64::MAX);
+    let before_digests = verified_digests(&pipeline);
+    let before_totals = pipeline.read_model().campaign_totals();
+    let before_stats = pipeline
+        .read_model()
+        .stats("meals", 0, i64::MAX / 2, None)
+        .unwrap();
+    let conflicts_before = pipeline.store().conflicts(0).unwrap();
+    let bytes_before = len(&journal(&data, 0));
+    assert!(
+        pipeline.store().compact(0).unwrap(),
+        "there was something to compact"
+    );
+    let (version, generation, snapshot_bytes, delta_bytes) =
+        pipeline.store().journal_shape(0).unwrap();
+    assert_eq!(
+        (version, delta_bytes),
+        (2, 0),
+        "a snapshot and nothing after it"
+    );
+    assert!(generation >= 2, "a new generation");
+    assert_eq!(snapshot_bytes, len(&journal(&data, 0)));
+    assert!(
+        len(&journal(&data, 0)) * 3 < bytes_before,
+        "{bytes_before} bytes of checkpoints became {}",
+        len(&journal(&data, 0))
+    );
+    // Checkpoints after a compaction land in the new generation and count.
+    data.append(&log, &events(600, 50));
+    pipeline.run(RunMode::CatchUp).unwrap();
+    let after_more = pipeline.read_model().campaign_totals();
+    drop(pipeline);
+
+    let reopened = data.pipeline(Arc::clone(&log), 11);
+    reopened.load().unwrap();
+    assert_eq!(reopened.read_model().campaign_totals(), after_more);
+    assert_eq!(reopened.store().conflicts(0).unwrap(), conflicts_before);
+    let digests = verified_digests(&reopened);
+    assert_ne!(
+        digests, before_digests,
+        "the later records changed the state"
+    );
+    drop(reopened);
+
+    // The same records without a compaction give the same state.
+    let plain = tempfile::tempdir().unwrap();
+    let plain_data = DataDir::new(plain.path(), PARTITIONS);
+    let plain_log = plain_data.open_log();
+    plain_data.append(&plain_log, &events(0, 600));
+    let plain_pipeline = catch_up(&plain_data, &plain_log, u64::MAX);
+    assert_eq!(plain_pipeline.read_model().campaign_totals(), before_totals);
+    assert_eq!(
+        plain_pipeline
+            .read_model()
+            .stats("meals", 0, i64::MAX / 2, None)
+            .unwrap(),
+        before_stats
+    );
+    plain_data.append(&plain_log, &events(600, 50));
+    plain_pipeline.run(RunMode::CatchUp).unwrap();
+    assert_eq!(verified_digests(&plain_pipeline), digests);
+}
+
+#[test]
+fn journals_compact_themselves_in_the_background_and_stay_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path(), PARTITIONS);
+    let log = data.open_log();
+    let mut first = 0;
+    let mut pipeline = catch_up(&data, &log, 0);
+    for _ in 0..20 {
+        data.append(&log, &events(first, 200));
+        first += 200;
+        pipeline.run(RunMode::CatchUp).unwrap();
+    }
+    // Dropping the store waits for a compaction under way.
+    drop(pipeline);
+    pipeline = data.pipeline(Arc::clone(&log), 11);
+    pipeline.load().unwrap();
+    verified_digests(&pipeline);
+    for partition in 0..PARTITIONS {
+        let (version, generation, snapshot_bytes, delta_bytes) =
+            pipeline.store().journal_shape(partition).unwrap();
+        assert_eq!(version, 2);
+        assert!(generation > 1, "partition {partition} was compacted");
+        assert!(
+            delta_bytes <= snapshot_bytes * 2 + 64 * 1024,
+            "partition {partition}: {delta_bytes} bytes of deltas after a {snapshot_bytes}-byte snapshot"
+        );
+    }
+}
+
+#[test]
+fn a_checkpoint_writes_what_it_applied_not_the_buckets_it_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path(), 1);
+    let log = data.open_log();
+    // Thousands of donations in one hour of one campaign: the hour and day buckets are big.
+    let big: Vec<DonationEvent> = (0..3000)
+        .map(|i| {
+            donation(
+                &format!("pay_{i}"),
+                "meals",
+                1 + (i * 7919) % 5000,
+                1_795_546_800_000 + (i as i64 % 60) * 60_000,
+                1,
+            )
+        })
+        .collect();
+    data.append(&log, &big);
+    let pipeline = catch_up(&data, &log, u64::MAX);
+    let before = len(&journal(&data, 0));
+    // One more donation into that hour: its checkpoint must not rewrite the hour's histogram.
+    data.append(
+        &log,
+        &[donation("pay_last", "meals", 4321, 1_795_546_800_000, 1)],
+    );
+    pipeline.run(RunMode::CatchUp).unwrap();
+    let one_checkpoint = len(&journal(&data, 0)) - before;
+    assert!(
+        one_checkpoint < 1024,
+        "a checkpoint of one donation took {one_checkpoint} bytes"
+    );
+}
+
+#[test]
+fn a_data_directory_of_format_1_loads_verifies_and_is_rewritten_as_format_2() {
+    let copy = tempfile::tempdir().unwrap();
+    support::copy_dir(&support::fixtures().join("data_dir_v1"), copy.path());
+    let data = DataDir::new(copy.path(), PARTITIONS);
+    let log = data.open_log();
+    let pipeline = data.pipeline(Arc::clone(&log), 11);
+    for partition in 0..PARTITIONS {
+        match pipeline.store().load(partition).unwrap() {
+            LoadedPartition::Restored { damage, .. } => assert_eq!(damage, None),
+            LoadedPartition::Empty { .. } => panic!("partition {partition} has its checkpoint"),
+        }
+        assert_eq!(pipeline.store().journal_shape(partition).unwrap().0, 1);
+    }
+    drop(pipeline);
+    let pipeline = data.pipeline(Arc::clone(&log), 11);
+    pipeline.load().unwrap();
+    let digests = verified_digests(&pipeline);
+    let totals = pipeline.read_model().campaign_totals();
+    assert_eq!(
+        (
+            totals["meals-for-kids"].total_cents,
+            totals["food-bank"].total_cents
+        ),
+        (18309, 6502)
+    );
+    for partition in 0..PARTITIONS {
+        assert!(pipeline.store().compact(partition).unwrap());
+        assert_eq!(pipeline.store().journal_shape(partition).unwrap().0, 2);
+    }
+    drop(pipeline);
+    let pipeline = data.pipeline(Arc::clone(&log), 11);
+    pipeline.load().unwrap();
+    assert_eq!(verified_digests(&pipeline), digests);
+    assert_eq!(pipeline.read_model().campaign_totals(), totals);
+}
+
+// Crash points of a compaction, on a simulated disk.
+
+fn simulated_pipeline(storage: &Arc<dyn Storage>) -> Result<Pipeline, String> {
+    let state = PathBuf::from("/data/state");
+    let witnesses = CheckpointStore::witnesses(&**storage, &state).map_err(|e| e.to_string())?;
+    let options = EmbeddedLogOptions {
+        partition_count: 1,
+        storage: Arc::clone(storage),
+        witnesses,
+        ..EmbeddedLogOptions::default()
+    };
+    let log: Arc<dyn Log> =
+        Arc::new(EmbeddedLog::open(Path::new("/data/log"), options).map_err(|e| e.to_string())?);
+    let (store, _) =
+        CheckpointStore::open_on(Arc::clone(storage), &state, 1).map_err(|e| e.to_string())?;
+    store.set_compaction_floor(u64::MAX);
+    let config = PipelineConfig {
+        checkpoint_records_max: 13,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..PipelineConfig::default()
+    };
+    Pipeline::new(
+        log,
+        Arc::new(store),
+        Arc::new(ReadModel::new(1)),
+        Arc::new(SystemClock),
+        config,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// A disk holding a journal of many checkpoints, and what its state is.
+fn disk_before_compaction() -> (SimulatedDisk, u64, u64) {
+    let disk = SimulatedDisk::new();
+    let storage = disk.storage();
+    let pipeline = simulated_pipeline(&storage).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let records: Vec<_> = events(0, 300).iter().map(envelope::keyed_record).collect();
+    runtime
+        .block_on(append_keyed(pipeline.log().as_ref(), records))
+        .unwrap();
+    pipeline.run(RunMode::CatchUp).unwrap();
+    let meta = pipeline.store().meta(0).unwrap().unwrap();
+    (disk, meta.state_digest, meta.scalars.next_offset)
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_compaction_leaves_the_state_whole() {
+    let (template, digest, next_offset) = disk_before_compaction();
+    let mut crash_points = 0;
+    for ops in 1.. {
+        let disk = template.crash(0);
+        let storage = disk.storage();
+        let pipeline = simulated_pipeline(&storage).unwrap();
+        pipeline.load().unwrap();
+        disk.crash_after(ops);
+        let finished = pipeline.store().compact(0);
+        let crashed = disk.is_dead();
+        drop(pipeline);
+        let after = disk.crash(ops);
+        let context = format!("crash after {ops} operations");
+        let storage = after.storage();
+        let pipeline = simulated_pipeline(&storage).unwrap_or_else(|e| panic!("{context}: {e}"));
+        match pipeline
+            .store()
+            .load(0)
+            .unwrap_or_else(|e| panic!("{context}: {e}"))
+        {
+            LoadedPartition::Restored { meta, damage, .. } => {
+                assert_eq!(damage, None, "{context}");
+                assert_eq!(
+                    (meta.state_digest, meta.scalars.next_offset),
+                    (digest, next_offset),
+                    "{context}"
+                );
+            }
+            LoadedPartition::Empty { .. } => panic!("{context}: the checkpoint is gone"),
+        }
+        let witness = CheckpointStore::witnesses(&*storage, Path::new("/data/state")).unwrap();
+        assert_eq!(witness[0].end_offset, next_offset, "{context}");
+        if !crashed {
+            assert!(finished.unwrap(), "{context}");
+            break;
+        }
+        crash_points += 1;
+    }
+    assert!(
+        crash_points > 5,
+        "the compaction has several steps to crash in"
+    );
+}
+
+#[test]
+fn checkpoints_committed_during_a_compaction_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path(), 1);
+    let log = data.open_log();
+    data.append(&log, &events(0, 3000));
+    let pipeline = Arc::new(catch_up(&data, &log, u64::MAX));
+    // Commits and compactions race; whatever the interleaving, nothing committed is lost.
+    let compacting = {
+        let pipeline = Arc::clone(&pipeline);
+        std::thread::spawn(move || {
+            for _ in 0..5 {
+                pipeline.store().compact(0).unwrap();
+            }
+        })
+    };
+    for round in 0..10 {
+        data.append(&log, &events(3000 + round * 50, 50));
+        pipeline.run(RunMode::CatchUp).unwrap();
+    }
+    compacting.join().unwrap();
+    let totals = pipeline.read_model().campaign_totals();
+    let committed = pipeline.store().meta(0).unwrap().unwrap();
+    drop(pipeline);
+    let reopened = data.pipeline(Arc::clone(&log), 11);
+    reopened.load().unwrap();
+    assert_eq!(reopened.store().meta(0).unwrap(), Some(committed));
+    assert_eq!(reopened.read_model().campaign_totals(), totals);
+    verified_digests(&reopened);
+}
