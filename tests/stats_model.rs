@@ -3,14 +3,19 @@
 //! spread over partitions, then random ranges — the widest one the API takes among them — with
 //! and without a series, must give the count, sum, min, max, mean, percentiles and series points
 //! that a scan of every donation gives; and an empty campaign over the widest range answers.
+//! The same holds over rolled-up time, at the resolution the roll-up leaves: donations over two
+//! months, some late, through real partition states with short horizons.
 
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use tally_pipeline::clock::UnixMillis;
 use tally_pipeline::operators::amount_histogram::AmountHistogram;
+use tally_pipeline::event::{DonationEvent, EventTime};
 use tally_pipeline::operators::event_time_windows::{
-    DAY_MS, EventTimeWindows, Granularity, HOUR_MS, MINUTE_MS,
+    DAY_MS, EventTimeWindows, Granularity, HOUR_MS, MINUTE_MS, WindowHorizons,
 };
+use tally_pipeline::processor::PartitionState;
+use tally_pipeline::processor::partition_state::{ApplyError, RecordedEvents};
 use tally_pipeline::read_model::{
     CampaignStats, PartitionUpdate, ReadModel, SERIES_POINTS_MAX, SeriesPoint, StatsError,
 };
@@ -328,4 +333,155 @@ fn the_longest_series_allowed_has_every_point_and_the_donations_in_them() {
 
 fn stats_error(read_model: &ReadModel, query: Query) -> Option<StatsError> {
     stats(read_model, query).err()
+}
+
+// Rolled-up time: donations over a couple of months go through real partition states that
+// roll their minutes and hours up at short horizons, checkpoint by checkpoint; the answers must
+// be a scan of every donation at the resolution the cuts leave.
+
+/// Short horizons, so that months of donations roll up several times.
+const SHORT_HORIZONS: WindowHorizons = WindowHorizons {
+    minutes_ms: 3 * DAY_MS,
+    hours_ms: 20 * DAY_MS,
+};
+const SPAN_START_MS: UnixMillis = 1_795_546_800_000;
+const SPAN_MS: i64 = 60 * DAY_MS;
+
+/// Donations in order of arrival: times move forward through the span, and one in eight comes
+/// late (up to several days back, past the minute horizon).
+fn arrivals() -> impl Strategy<Value = Vec<Donation>> {
+    prop::collection::vec(
+        (
+            0..PARTITIONS,
+            prop_oneof![9 => Just("meals"), 1 => Just("other")],
+            1i64..SPAN_MS / 150,
+            prop_oneof![7 => Just(0i64), 1 => 0..6 * DAY_MS],
+            prop_oneof![4 => 1u64..300, 1 => 1u64..10_000_000],
+        ),
+        0..300,
+    )
+    .prop_map(|steps| {
+        let mut now = SPAN_START_MS;
+        steps
+            .into_iter()
+            .map(|(partition, campaign, step, late_by, amount_cents)| {
+                now += step;
+                Donation {
+                    partition,
+                    campaign,
+                    paid_at_ms: now - late_by,
+                    amount_cents,
+                }
+            })
+            .collect()
+    })
+}
+
+/// No look-up is needed: every payment is new.
+struct NoRecordedEvents;
+
+impl RecordedEvents for NoRecordedEvents {
+    fn recorded_event(&self, offset: u64) -> Result<DonationEvent, ApplyError> {
+        panic!("no resends here (offset {offset})")
+    }
+}
+
+/// Applies the donations through partition states, checkpointing every `every` donations of a
+/// partition and publishing what a checkpoint publishes; the read model and each partition's
+/// watermark.
+fn rolled_up_read_model(donations: &[Donation], every: usize) -> (ReadModel, Vec<UnixMillis>) {
+    let read_model = ReadModel::new(PARTITIONS);
+    let mut states: Vec<PartitionState> = (0..PARTITIONS)
+        .map(|partition| PartitionState::new(partition, 0, SHORT_HORIZONS))
+        .collect();
+    let publish = |state: &mut PartitionState| {
+        let changes = state.take_changes();
+        read_model.publish(PartitionUpdate {
+            partition: state.partition(),
+            next_offset: state.next_offset(),
+            watermark_ms: state.watermark().current(),
+            buckets: state.changed_buckets(&changes),
+            rolled_up: changes.windows.rolled_up,
+            ..PartitionUpdate::default()
+        });
+    };
+    for (i, donation) in donations.iter().enumerate() {
+        let state = &mut states[donation.partition as usize];
+        let event = DonationEvent {
+            payment_ref: format!("pay_{i}"),
+            order_id: format!("ord_{i}"),
+            user_id: "usr".into(),
+            campaign_id: donation.campaign.into(),
+            amount_cents: donation.amount_cents,
+            currency: "USD".into(),
+            paid_at: EventTime(donation.paid_at_ms),
+        };
+        let offset = state.next_offset();
+        state.apply(offset, event, &NoRecordedEvents).unwrap();
+        if offset as usize % every == every - 1 {
+            publish(state);
+        }
+    }
+    let watermarks = states
+        .iter_mut()
+        .map(|state| {
+            publish(state);
+            state.watermark().current().unwrap_or(UnixMillis::MIN)
+        })
+        .collect();
+    (read_model, watermarks)
+}
+
+/// The cuts the documented rule gives: minutes before the hour holding the newest watermark
+/// less the minute horizon, hours before the day holding it less the hour horizon.
+fn cuts_of(watermarks: &[UnixMillis]) -> Cuts {
+    let Some(&newest) = watermarks.iter().max().filter(|&&w| w > UnixMillis::MIN) else {
+        return Cuts::NONE;
+    };
+    Cuts {
+        minutes_before_ms: Granularity::Hour.bucket_start(newest - SHORT_HORIZONS.minutes_ms),
+        hours_before_ms: Granularity::Day.bucket_start(newest - SHORT_HORIZONS.hours_ms),
+    }
+}
+
+fn span_query() -> impl Strategy<Value = Query> {
+    let bucket = prop_oneof![
+        Just(None),
+        Just(Some(Granularity::Minute)),
+        Just(Some(Granularity::Hour)),
+        Just(Some(Granularity::Day)),
+    ];
+    let time = SPAN_START_MS - DAY_MS..SPAN_START_MS + SPAN_MS + DAY_MS;
+    (time, 0..40 * DAY_MS, bucket).prop_map(|(from_ms, width, bucket)| Query {
+        from_ms,
+        to_ms: from_ms + width,
+        bucket,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn rolled_up_stats_match_a_scan_of_every_donation(
+        donations in arrivals(),
+        every in 1usize..40,
+        queries in prop::collection::vec(span_query(), 1..16),
+    ) {
+        let (read_model, watermarks) = rolled_up_read_model(&donations, every);
+        let cuts = cuts_of(&watermarks);
+        let complete_through = watermarks
+            .iter()
+            .min()
+            .filter(|&&w| w > UnixMillis::MIN)
+            .map(|&w| Granularity::Minute.bucket_start(w));
+        for query in queries {
+            let expected = brute_force_with_cuts(&donations, query, cuts, complete_through);
+            prop_assert_eq!(stats(&read_model, query), expected, "{:?} {:?}", query, cuts);
+        }
+    }
 }
