@@ -1,7 +1,8 @@
 //! Guards exactly-once processing against real crashes: `tally process --follow` runs over a log
 //! that keeps growing between rounds and is SIGKILLed at random moments; after every round is
 //! restarted and the log fully processed, the totals equal the model exactly (no donation lost,
-//! none counted twice) and `tally checkpoint verify` passes.
+//! none counted twice) and `tally checkpoint verify` passes — also with journals compacting all
+//! the time, so that kills land in compactions.
 
 mod support;
 
@@ -86,6 +87,32 @@ fn reported_totals(data_dir: &Path) -> BTreeMap<String, (u64, u64)> {
 
 #[test]
 fn totals_are_exact_after_repeated_sigkill() {
+    sigkill_rounds(None);
+}
+
+/// The same with journals compacted as soon as they are due (`--compaction-floor-bytes 0`), so
+/// the kills land in compactions: a new generation half written, written but not yet renamed,
+/// renamed but its directory not yet synced.
+#[test]
+fn totals_are_exact_after_repeated_sigkill_during_compactions() {
+    let compaction = sigkill_rounds(Some("0"));
+    assert!(
+        compaction.kills_mid_compaction + compaction.generations_after_the_first > 0,
+        "journals were compacted: {compaction:?}"
+    );
+}
+
+/// What the kills met of journal compaction.
+#[derive(Debug, Default)]
+struct CompactionSeen {
+    /// Kills that left a new generation unfinished beside a journal.
+    kills_mid_compaction: usize,
+    /// Journals past their first generation at the end.
+    generations_after_the_first: usize,
+}
+
+fn sigkill_rounds(compaction_floor_bytes: Option<&str>) -> CompactionSeen {
+    let mut seen = CompactionSeen::default();
     let root = tempfile::tempdir().unwrap();
     let data = DataDir::new(root.path(), PARTITIONS);
     let mut rng = StdRng::seed_from_u64(0x5eed_c4a5);
@@ -109,6 +136,10 @@ fn totals_are_exact_after_repeated_sigkill() {
                 "700",
             ])
             .env("TALLY_LOG", "warn")
+            .env(
+                "TALLY_COMPACTION_FLOOR_BYTES",
+                compaction_floor_bytes.unwrap_or("1048576"),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -117,6 +148,16 @@ fn totals_are_exact_after_repeated_sigkill() {
         std::thread::sleep(Duration::from_millis(rng.gen_range(20..400)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        // No state directory yet when the kill came before the process made it.
+        seen.kills_mid_compaction += std::fs::read_dir(data.state_dir())
+            .into_iter()
+            .flatten()
+            .filter(|entry| {
+                let name = entry.as_ref().unwrap().file_name();
+                name.to_string_lossy().ends_with(".compacting")
+            })
+            .count()
+            .min(1);
         let log = data.open_log();
         let committed = data.committed_offsets();
         let ends: Vec<u64> = (0..PARTITIONS)
@@ -159,4 +200,14 @@ fn totals_are_exact_after_repeated_sigkill() {
         PARTITIONS as usize,
         "{verified}"
     );
+    for partition in 0..PARTITIONS {
+        let journal = std::fs::read(
+            data.state_dir()
+                .join(format!("checkpoints-{partition:03}.journal")),
+        )
+        .unwrap();
+        let generation = u64::from_le_bytes(journal[24..32].try_into().unwrap());
+        seen.generations_after_the_first += usize::from(generation > 1);
+    }
+    seen
 }

@@ -9,8 +9,8 @@
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use tally_pipeline::clock::UnixMillis;
-use tally_pipeline::operators::amount_histogram::AmountHistogram;
 use tally_pipeline::event::{DonationEvent, EventTime};
+use tally_pipeline::operators::amount_histogram::AmountHistogram;
 use tally_pipeline::operators::event_time_windows::{
     DAY_MS, EventTimeWindows, Granularity, HOUR_MS, MINUTE_MS, WindowHorizons,
 };

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::clock::UnixMillis;
 use crate::log::{Offset, PartitionId};
+use crate::operators::amount_histogram::AmountAccumulator;
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::event_time_windows::{
     BucketKey, CampaignBuckets, EventTimeWindows, Granularity, RolledUp, WindowBucket, cover,
@@ -326,7 +327,7 @@ impl ReadModel {
         // A bucket's quantile is its highest equivalent value, which can exceed the largest
         // amount recorded; clamp into the observed range.
         let quantiles = whole
-            .histogram
+            .amounts
             .quantiles([0.5, 0.9, 0.99])
             .map(|values| values.map(|v| v.clamp(whole.min_cents, whole.max_cents)));
         let any = whole.count > 0;
@@ -365,19 +366,46 @@ fn complete_through(partitions: &[PartitionView]) -> Option<UnixMillis> {
         .map(|watermark| Granularity::Minute.bucket_start(watermark))
 }
 
-/// All partitions' buckets covering `[from_ms, to_ms)`, merged into one. Visits only the
-/// buckets that exist in the range's [`cover`]: at most 59 + 23 minutes and hours at each end,
-/// and the days holding donations, per partition.
+/// What the buckets covering a range add up to.
+#[derive(Debug, Default)]
+struct RangeTotals {
+    count: u64,
+    sum_cents: u64,
+    min_cents: u64,
+    max_cents: u64,
+    amounts: AmountAccumulator,
+}
+
+impl RangeTotals {
+    fn add(&mut self, bucket: &WindowBucket) {
+        if bucket.count == 0 {
+            return;
+        }
+        self.min_cents = if self.count == 0 {
+            bucket.min_cents
+        } else {
+            self.min_cents.min(bucket.min_cents)
+        };
+        self.max_cents = self.max_cents.max(bucket.max_cents);
+        self.count += bucket.count;
+        self.sum_cents += bucket.sum_cents;
+        self.amounts.add(&bucket.histogram);
+    }
+}
+
+/// All partitions' buckets covering `[from_ms, to_ms)`, added up. Visits only the buckets that
+/// exist in the range's [`cover`]: at most 59 + 23 minutes and hours at each end, and the days
+/// holding donations, per partition.
 fn merged_range(
     campaigns: &[&CampaignBuckets],
     from_ms: UnixMillis,
     to_ms: UnixMillis,
-) -> WindowBucket {
-    let mut merged = WindowBucket::default();
+) -> RangeTotals {
+    let mut merged = RangeTotals::default();
     for (granularity, starts) in cover(from_ms, to_ms, Granularity::Day) {
         for campaign in campaigns {
             for (_, bucket) in campaign.range(granularity, starts.start, starts.end) {
-                merged.merge(bucket);
+                merged.add(bucket);
             }
         }
     }

@@ -132,6 +132,39 @@ impl AmountHistogram {
     }
 }
 
+/// Sums many histograms without allocating per histogram: their cells are counted into one
+/// dense `hdrhistogram` of the same bucketing (a statistics query over a range adds up
+/// hundreds of buckets).
+#[derive(Debug, Clone)]
+pub struct AmountAccumulator {
+    dense: Histogram<u64>,
+}
+
+impl Default for AmountAccumulator {
+    fn default() -> Self {
+        let mut dense = bucketing().clone();
+        dense.reset();
+        Self { dense }
+    }
+}
+
+impl AmountAccumulator {
+    pub fn add(&mut self, histogram: &AmountHistogram) {
+        for &(value, count) in &histogram.buckets {
+            self.dense
+                .record_n(value, count)
+                .expect("bucket values come from the same bounds");
+        }
+    }
+
+    /// Amounts at the given quantiles, as [`AmountHistogram::quantiles`] gives them for the
+    /// histograms added; `None` when nothing was.
+    pub fn quantiles<const N: usize>(&self, quantiles: [f64; N]) -> Option<[u64; N]> {
+        (self.dense.len() > 0)
+            .then(|| quantiles.map(|quantile| self.dense.value_at_quantile(quantile)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +198,28 @@ mod tests {
         merged.merge(&b);
         assert_eq!(merged, all);
         assert_eq!(merged.count(), 8);
+    }
+
+    #[test]
+    fn an_accumulator_answers_like_the_merged_histogram() {
+        let (mut a, mut b, mut merged) = Default::default();
+        for amount in [5u64, 17, 100, 100, 250_000, 3] {
+            AmountHistogram::record(&mut a, amount);
+            AmountHistogram::record(&mut merged, amount);
+        }
+        for amount in [9u64, 100, 7_777] {
+            AmountHistogram::record(&mut b, amount);
+            AmountHistogram::record(&mut merged, amount);
+        }
+        let mut accumulator = AmountAccumulator::default();
+        assert_eq!(accumulator.quantiles([0.5]), None);
+        accumulator.add(&a);
+        accumulator.add(&b);
+        let quantiles = [0.0, 0.25, 0.5, 0.9, 0.99, 1.0];
+        assert_eq!(
+            accumulator.quantiles(quantiles),
+            merged.quantiles(quantiles)
+        );
     }
 
     #[test]
