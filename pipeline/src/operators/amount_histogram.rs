@@ -160,7 +160,7 @@ impl AmountAccumulator {
     /// Amounts at the given quantiles, as [`AmountHistogram::quantiles`] gives them for the
     /// histograms added; `None` when nothing was.
     pub fn quantiles<const N: usize>(&self, quantiles: [f64; N]) -> Option<[u64; N]> {
-        (self.dense.len() > 0)
+        (!self.dense.is_empty())
             .then(|| quantiles.map(|quantile| self.dense.value_at_quantile(quantile)))
     }
 }
