@@ -356,3 +356,64 @@ fn checkpoints_committed_during_a_compaction_are_kept() {
     assert_eq!(reopened.read_model().campaign_totals(), totals);
     verified_digests(&reopened);
 }
+
+/// The totals of `events(0, 200)` followed by `events(200, 30)`, counted once each.
+fn fixture_v2_totals() -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut totals = std::collections::BTreeMap::<String, (u64, u64)>::new();
+    for event in events(0, 200).into_iter().chain(events(200, 30)) {
+        if seen.insert(event.payment_ref.clone()) {
+            let total = totals.entry(event.campaign_id).or_default();
+            total.0 += event.amount_cents;
+            total.1 += 1;
+        }
+    }
+    totals
+}
+
+#[test]
+fn a_data_directory_of_format_2_loads_and_verifies() {
+    let copy = tempfile::tempdir().unwrap();
+    support::copy_dir(&support::fixtures().join("data_dir_v2"), copy.path());
+    let data = DataDir::new(copy.path(), PARTITIONS);
+    let log = data.open_log();
+    let pipeline = data.pipeline(Arc::clone(&log), 11);
+    pipeline.load().unwrap();
+    for partition in 0..PARTITIONS {
+        let (version, generation, snapshot_bytes, delta_bytes) =
+            pipeline.store().journal_shape(partition).unwrap();
+        assert_eq!(version, 2);
+        assert!(generation > 1 && snapshot_bytes > 32 && delta_bytes > 0);
+    }
+    verified_digests(&pipeline);
+    let totals: std::collections::BTreeMap<String, (u64, u64)> = pipeline
+        .read_model()
+        .campaign_totals()
+        .into_iter()
+        .map(|(campaign, total)| (campaign, (total.total_cents, total.donations)))
+        .collect();
+    assert_eq!(totals, fixture_v2_totals());
+}
+
+#[test]
+#[ignore = "writes the checkpoint format 2 fixture; run only to create it"]
+fn regenerate_format_2_fixture() {
+    if std::env::var("TALLY_WRITE_FIXTURES").as_deref() != Ok("1") {
+        return;
+    }
+    let dir = support::fixtures().join("data_dir_v2");
+    let data = DataDir::new(&dir, PARTITIONS);
+    let log = data.open_log();
+    data.append(&log, &events(0, 200));
+    let pipeline = catch_up(&data, &log, u64::MAX);
+    for partition in 0..PARTITIONS {
+        assert!(pipeline.store().compact(partition).unwrap());
+    }
+    data.append(&log, &events(200, 30));
+    pipeline.run(RunMode::CatchUp).unwrap();
+    drop(pipeline);
+    drop(log);
+    for lock in [data.log_dir().join("LOCK"), data.state_dir().join("LOCK")] {
+        std::fs::remove_file(lock).unwrap();
+    }
+}
