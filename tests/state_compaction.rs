@@ -396,6 +396,47 @@ fn a_data_directory_of_format_2_loads_and_verifies() {
 }
 
 #[test]
+fn a_savepoint_of_format_2_restores() {
+    let copy = tempfile::tempdir().unwrap();
+    support::copy_dir(&support::fixtures().join("data_dir_v2"), copy.path());
+    let data = DataDir::new(copy.path(), PARTITIONS);
+    let log = data.open_log();
+    let savepoint =
+        tally_pipeline::checkpoint::savepoint::read(&support::fixtures().join("savepoint_v2.bin"))
+            .unwrap();
+    assert_eq!(savepoint.created_at_ms, 1_796_000_000_000);
+    {
+        let pipeline = data.pipeline(Arc::clone(&log), 11);
+        for partition in 0..PARTITIONS {
+            pipeline.store().reset(partition).unwrap();
+        }
+        tally_pipeline::checkpoint::savepoint::restore(pipeline.store(), &savepoint).unwrap();
+    }
+    let pipeline = data.pipeline(Arc::clone(&log), 11);
+    pipeline.load().unwrap();
+    verified_digests(&pipeline);
+    let totals: std::collections::BTreeMap<String, (u64, u64)> = pipeline
+        .read_model()
+        .campaign_totals()
+        .into_iter()
+        .map(|(campaign, total)| (campaign, (total.total_cents, total.donations)))
+        .collect();
+    assert_eq!(totals, fixture_v2_totals());
+    assert_eq!(
+        savepoint.offsets(),
+        (0..PARTITIONS)
+            .map(|p| pipeline
+                .store()
+                .meta(p)
+                .unwrap()
+                .unwrap()
+                .scalars
+                .next_offset)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
 #[ignore = "writes the checkpoint format 2 fixture; run only to create it"]
 fn regenerate_format_2_fixture() {
     if std::env::var("TALLY_WRITE_FIXTURES").as_deref() != Ok("1") {
@@ -411,6 +452,10 @@ fn regenerate_format_2_fixture() {
     }
     data.append(&log, &events(200, 30));
     pipeline.run(RunMode::CatchUp).unwrap();
+    let savepoint = support::fixtures().join("savepoint_v2.bin");
+    let _ = std::fs::remove_file(&savepoint);
+    tally_pipeline::checkpoint::savepoint::create(pipeline.store(), &savepoint, 1_796_000_000_000)
+        .unwrap();
     drop(pipeline);
     drop(log);
     for lock in [data.log_dir().join("LOCK"), data.state_dir().join("LOCK")] {

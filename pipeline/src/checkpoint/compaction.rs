@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 
 use super::CheckpointError;
 use super::journal::{Journal, SnapshotContent, SnapshotWriter};
-use super::store::{Collected, journal_path, lock};
+use super::store::{CheckpointMeta, Collected, Parts, journal_path, lock};
 use crate::log::PartitionId;
+use crate::processor::PartitionState;
 use crate::storage::{self, OpenMode, Storage};
 
 const COMPACTING_SUFFIX: &str = ".compacting";
@@ -113,6 +114,97 @@ pub(crate) fn put_in_place(
     Ok(Journal::adopt(storage, &to, written))
 }
 
+/// A partition's state as of a committed checkpoint, rebuilt from its journal's bytes and
+/// checked against that checkpoint's digest.
+pub(crate) struct CommittedState {
+    pub state: PartitionState,
+    pub meta: CheckpointMeta,
+    pub parts: Parts,
+    /// Where the checkpoint ends in the journal.
+    pub until: u64,
+    pub generation: u64,
+}
+
+/// Rebuilds the state of the partition's last committed checkpoint from its journal, holding
+/// the journal only to note where it ends. `None` without a loaded journal or a checkpoint.
+pub(crate) fn committed_state(
+    storage: &Arc<dyn Storage>,
+    dir: &Path,
+    slot: &Mutex<Option<Journal>>,
+    partition: PartitionId,
+) -> Result<Option<CommittedState>, CheckpointError> {
+    let (file, until, generation) = {
+        let journal = lock(slot);
+        let Some(journal) = journal.as_ref() else {
+            return Ok(None);
+        };
+        (
+            Arc::clone(journal.file()),
+            journal.end_position(),
+            journal.generation(),
+        )
+    };
+    let path = journal_path(dir, partition);
+    let mut collected = Collected::for_loading(Journal::recorded_hint(&**storage, &path));
+    let damage = Journal::read_file(
+        Arc::clone(storage),
+        &path,
+        file,
+        partition,
+        Some(until),
+        &mut collected,
+    )?;
+    if let Some(damage) = damage {
+        return Err(CheckpointError::Corrupt {
+            what: format!("checkpoint journal {}", path.display()),
+            reason: format!("damaged at byte {} ({})", damage.position, damage.reason),
+        });
+    }
+    Ok(collected
+        .into_state(partition)?
+        .map(|(state, meta, _, parts)| CommittedState {
+            state,
+            meta,
+            parts,
+            until,
+            generation,
+        }))
+}
+
+/// Streams a committed state into `writer` as a snapshot. `false` if `stop` was raised.
+pub(crate) fn write_snapshot(
+    writer: &mut SnapshotWriter,
+    committed: CommittedState,
+    stop: &AtomicBool,
+) -> Result<bool, CheckpointError> {
+    {
+        let index = committed.state.shared_index();
+        let index = index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (count, (fingerprint, offset)) in index.fingerprint_entries().enumerate() {
+            if count % 65_536 == 0 && stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            writer.recorded(fingerprint, offset)?;
+        }
+        for change in index.other_entries() {
+            writer.index_change(change)?;
+        }
+    }
+    drop(committed.state);
+    for (key, bucket) in &committed.parts.buckets {
+        writer.bucket(key, bucket)?;
+    }
+    let content = SnapshotContent {
+        rolled_up: committed.parts.rolled_up,
+        totals: committed.parts.totals,
+        conflicts: committed.parts.conflicts,
+    };
+    writer.finish_snapshot(&committed.meta, content)?;
+    Ok(true)
+}
+
 /// Compacts one partition's journal (the steps above). `false` if there was nothing to
 /// compact (no journal loaded, or no checkpoint), or `stop` was raised meanwhile.
 pub(crate) fn compact_partition(
@@ -123,76 +215,22 @@ pub(crate) fn compact_partition(
     stop: &AtomicBool,
 ) -> Result<bool, CheckpointError> {
     let slot = &journals[partition as usize];
-    let (file, until, generation) = {
-        let journal = lock(slot);
-        let Some(journal) = journal.as_ref() else {
-            return Ok(false);
-        };
-        (
-            Arc::clone(journal.file()),
-            journal.end_position(),
-            journal.generation(),
-        )
-    };
-    let path = journal_path(dir, partition);
-    let storage = &**storage_arc;
-    let mut collected = Collected::for_loading(Journal::recorded_hint(storage, &path));
-    let damage = Journal::read_file(
-        Arc::clone(storage_arc),
-        &path,
-        file,
-        partition,
-        Some(until),
-        &mut collected,
-    )?;
-    if let Some(damage) = damage {
-        return Err(CheckpointError::Corrupt {
-            what: format!("checkpoint journal {}", path.display()),
-            reason: format!(
-                "damaged at byte {} ({}); not compacted",
-                damage.position, damage.reason
-            ),
-        });
-    }
-    let Some((state, meta, _, parts)) = collected.into_state(partition)? else {
+    let Some(committed) = committed_state(storage_arc, dir, slot, partition)? else {
         return Ok(false);
     };
+    let storage = &**storage_arc;
+    let (until, generation) = (committed.until, committed.generation);
     let mut writer = start_generation(
         storage,
         dir,
         partition,
         generation + 1,
-        meta.scalars.counters.recorded,
+        committed.meta.scalars.counters.recorded,
     )?;
-    let written = (|| {
-        {
-            let index = state.shared_index();
-            let index = index
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for (count, (fingerprint, offset)) in index.fingerprint_entries().enumerate() {
-                if count % 65_536 == 0 && stop.load(Ordering::Relaxed) {
-                    return Ok(false);
-                }
-                writer.recorded(fingerprint, offset)?;
-            }
-            for change in index.other_entries() {
-                writer.index_change(change)?;
-            }
-        }
-        drop(state);
-        for (key, bucket) in &parts.buckets {
-            writer.bucket(key, bucket)?;
-        }
-        let content = SnapshotContent {
-            rolled_up: parts.rolled_up,
-            totals: parts.totals,
-            conflicts: parts.conflicts,
-        };
-        writer.finish_snapshot(&meta, content)?;
+    let written = write_snapshot(&mut writer, committed, stop).and_then(|written| {
         writer.sync()?;
-        Ok(true)
-    })();
+        Ok(written)
+    });
     match written {
         Ok(true) => {}
         Ok(false) => {

@@ -487,24 +487,38 @@ impl Journal {
             Err(e) => return Err(io(e)),
         };
         let file_len = file.len().map_err(io)?;
-        let mut version = [0u8; 4];
         if file_len < HEADER_BYTES_V1 {
             return Ok(None);
         }
-        file.read_exact_at(&mut version, 8).map_err(io)?;
-        let mut position = match u32::from_le_bytes(version) {
-            FORMAT_1 => HEADER_BYTES_V1,
-            _ => JOURNAL_HEADER_BYTES,
-        };
+        Ok(Self::last_meta_between(&*file, 0, file_len)
+            .map_err(io)?
+            .map(|meta| meta.scalars.next_offset))
+    }
+
+    /// The meta of the last whole checkpoint of the journal that lies in `[start, end)` of a
+    /// file (a journal file, or a savepoint's section), found by walking the frame headers and
+    /// decoding only the last committing frames.
+    pub fn last_meta_between(
+        file: &dyn StorageFile,
+        start: u64,
+        end: u64,
+    ) -> std::io::Result<Option<CheckpointMeta>> {
+        let mut version = [0u8; 4];
+        file.read_exact_at(&mut version, start + 8)?;
+        let mut position = start
+            + match u32::from_le_bytes(version) {
+                FORMAT_1 => HEADER_BYTES_V1,
+                _ => JOURNAL_HEADER_BYTES,
+            };
         let mut starts = Vec::new();
         let mut header = [0u8; FRAME_HEADER_BYTES];
-        while position + FRAME_HEADER_BYTES as u64 <= file_len {
-            file.read_exact_at(&mut header, position).map_err(io)?;
+        while position + FRAME_HEADER_BYTES as u64 <= end {
+            file.read_exact_at(&mut header, position)?;
             let Ok(body_len) = frame::body_len_from_header(&header) else {
                 break;
             };
             let frame_end = position + (FRAME_HEADER_BYTES + body_len) as u64;
-            if frame_end > file_len {
+            if frame_end > end {
                 break;
             }
             starts.push((position, frame_end));
@@ -513,7 +527,7 @@ impl Journal {
         let mut frame_bytes = Vec::new();
         for &(start, end) in starts.iter().rev() {
             frame_bytes.resize((end - start) as usize, 0);
-            file.read_exact_at(&mut frame_bytes, start).map_err(io)?;
+            file.read_exact_at(&mut frame_bytes, start)?;
             let Ok(info) = frame::check_frame(&frame_bytes) else {
                 continue;
             };
@@ -523,7 +537,7 @@ impl Journal {
                 && let Ok(entry) = codec::decode::<JournalEntry>(&record.value)
                 && let Some(meta) = entry.meta()
             {
-                return Ok(Some(meta.scalars.next_offset));
+                return Ok(Some(*meta));
             }
         }
         Ok(None)
@@ -726,11 +740,23 @@ impl SnapshotWriter {
         generation: u64,
         recorded_hint: u64,
     ) -> Self {
+        Self::at(path, file, 0, partition, generation, recorded_hint)
+    }
+
+    /// A writer of a generation that starts at byte `base` of `file` (a savepoint's section).
+    pub fn at(
+        path: &Path,
+        file: Arc<dyn StorageFile>,
+        base: u64,
+        partition: PartitionId,
+        generation: u64,
+        recorded_hint: u64,
+    ) -> Self {
         Self {
             path: path.to_owned(),
             file,
             generation,
-            position: 0,
+            position: base,
             frames: 0,
             buffer: header_bytes(partition, recorded_hint, generation).to_vec(),
             recorded: Vec::new(),
@@ -806,6 +832,29 @@ impl SnapshotWriter {
             "checkpoints follow the snapshot"
         );
         self.frame(encoded_entry, true)
+    }
+
+    /// The file being written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes bytes already encoded (a generation copied whole) at `at`, counted from where
+    /// this writer starts; nothing else may be given to it.
+    pub fn raw(&mut self, bytes: &[u8], at: u64) -> Result<(), CheckpointError> {
+        self.buffer.clear();
+        self.file
+            .write_all_at(bytes, at)
+            .map_err(|e| CheckpointError::io(&self.path, e))?;
+        self.position = self.position.max(at + bytes.len() as u64);
+        self.snapshot_end = Some(self.position);
+        Ok(())
+    }
+
+    /// Writes out what was given so far; where it ends.
+    pub fn write_all(&mut self) -> Result<u64, CheckpointError> {
+        self.write_out()?;
+        Ok(self.position)
     }
 
     /// Writes out and syncs what was given so far.

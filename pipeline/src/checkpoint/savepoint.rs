@@ -1,9 +1,22 @@
 //! Savepoints: one consistent, portable file holding every partition's checkpoint.
 //!
 //! ```text
-//! magic "TALLYSVP" (8) | format version u32 = 1 | body_len u64 | body | crc32c(body) u32
-//! body = encoded Savepoint { created_at_ms, partition_count, partitions: [PartitionSavepoint] }
+//! format 2 (written):
+//!   magic "TALLYSVP" (8) | format version u32 = 2 | partition_count u32 | created_at_ms i64
+//!   per partition, in order: partition u32 | section_len u64 | section
+//!       section = a checkpoint journal generation (see `journal`): header, the snapshot of the
+//!                 partition's state, its `Snapshot` frame; empty without a checkpoint
+//!   end magic "TALLYSVE" (8)
+//! format 1 (read):
+//!   magic "TALLYSVP" (8) | format version u32 = 1 | body_len u64 | body | crc32c(body) u32
+//!   body = encoded { created_at_ms, partition_count, partitions: [PartitionSavepoint] }
 //! ```
+//!
+//! A savepoint is written as a stream, a partition at a time: each partition's state is rebuilt
+//! from its journal up to its last committed checkpoint, checked against that checkpoint's
+//! digest, and streamed out as a snapshot, so memory holds one partition's state, never the
+//! whole savepoint. Every frame of a section carries its CRC32C, and restoring a section loads it
+//! whole and checks its digest before it replaces the partition's journal (one rename).
 //!
 //! Restoring a savepoint replaces the state; processing then continues from the savepoint's
 //! offsets, so every record after them is applied again, exactly once.
@@ -15,19 +28,27 @@
 //! [`SAVEPOINTS_DIR`] under its data directory, never to a path its client chose.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::store::{CheckpointStore, PartitionSavepoint};
-use super::{CHECKPOINT_FORMAT_VERSION, CheckpointError};
+use super::CheckpointError;
+use super::store::{CheckpointMeta, CheckpointStore, PartitionSavepoint};
 use crate::clock::UnixMillis;
 use crate::codec;
 use crate::log::Offset;
+use crate::storage::{OpenMode, OsStorage, Storage, StorageFile};
 
 const SAVEPOINT_MAGIC: [u8; 8] = *b"TALLYSVP";
-const HEADER_BYTES: usize = 20;
+const END_MAGIC: [u8; 8] = *b"TALLYSVE";
+const FORMAT_1: u32 = 1;
+/// The savepoint format this build writes.
+pub const SAVEPOINT_FORMAT_VERSION: u32 = 2;
+const HEADER_BYTES_V1: usize = 20;
+const HEADER_BYTES: u64 = 24;
+const SECTION_HEADER_BYTES: u64 = 12;
 
 /// The directory under the data directory that named savepoints are written to.
 pub const SAVEPOINTS_DIR: &str = "savepoints";
@@ -56,20 +77,42 @@ pub enum SavepointError {
     Checkpoint(#[from] CheckpointError),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A savepoint file as read: what it holds, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Savepoint {
     pub created_at_ms: UnixMillis,
     pub partition_count: u32,
-    /// One entry per partition; `None` for a partition that had no checkpoint.
-    pub partitions: Vec<Option<PartitionSavepoint>>,
+    /// Each partition's checkpoint; `None` for a partition that had none.
+    pub checkpoints: Vec<Option<CheckpointMeta>>,
+    contents: Contents,
+}
+
+/// Where a savepoint's partitions are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Contents {
+    /// Format 1: read whole.
+    Whole(Vec<Option<PartitionSavepoint>>),
+    /// Format 2: each partition's section of the file, `(start, length)`.
+    Sections {
+        path: PathBuf,
+        sections: Vec<Option<(u64, u64)>>,
+    },
+}
+
+/// The body of a format 1 savepoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SavepointV1 {
+    created_at_ms: UnixMillis,
+    partition_count: u32,
+    partitions: Vec<Option<PartitionSavepoint>>,
 }
 
 impl Savepoint {
     /// Each partition's offset, 0 where it had no checkpoint.
     pub fn offsets(&self) -> Vec<Offset> {
-        self.partitions
+        self.checkpoints
             .iter()
-            .map(|p| p.as_ref().map_or(0, |p| p.meta.scalars.next_offset))
+            .map(|c| c.as_ref().map_or(0, |meta| meta.scalars.next_offset))
             .collect()
     }
 }
@@ -132,27 +175,139 @@ pub fn create(
     now_ms: UnixMillis,
 ) -> Result<Savepoint, SavepointError> {
     refuse_existing(path)?;
-    let partitions = (0..store.partition_count())
-        .map(|partition| store.export(partition))
-        .collect::<Result<Vec<_>, _>>()?;
-    let savepoint = Savepoint {
+    let partition_count = store.partition_count();
+    let mut checkpoints = Vec::new();
+    let mut sections = Vec::new();
+    write_new_streamed(path, |file, temporary| {
+        let io = |source| SavepointError::Io {
+            path: temporary.to_owned(),
+            source,
+        };
+        let mut header = Vec::with_capacity(HEADER_BYTES as usize);
+        header.extend_from_slice(&SAVEPOINT_MAGIC);
+        header.extend_from_slice(&SAVEPOINT_FORMAT_VERSION.to_le_bytes());
+        header.extend_from_slice(&partition_count.to_le_bytes());
+        header.extend_from_slice(&now_ms.to_le_bytes());
+        file.write_all_at(&header, 0).map_err(io)?;
+        let mut position = HEADER_BYTES;
+        for partition in 0..partition_count {
+            let start = position + SECTION_HEADER_BYTES;
+            let written = store.write_snapshot_section(partition, temporary, file, start)?;
+            let (meta, end) = match written {
+                Some((meta, end)) => (Some(meta), end),
+                None => (None, start),
+            };
+            let mut section_header = partition.to_le_bytes().to_vec();
+            section_header.extend_from_slice(&(end - start).to_le_bytes());
+            file.write_all_at(&section_header, position).map_err(io)?;
+            checkpoints.push(meta);
+            sections.push(meta.map(|_| (start, end - start)));
+            position = end;
+        }
+        file.write_all_at(&END_MAGIC, position).map_err(io)
+    })?;
+    Ok(Savepoint {
         created_at_ms: now_ms,
-        partition_count: store.partition_count(),
-        partitions,
-    };
-    let body = codec::encode(&savepoint);
-    let mut bytes = Vec::with_capacity(HEADER_BYTES + body.len() + 4);
-    bytes.extend_from_slice(&SAVEPOINT_MAGIC);
-    bytes.extend_from_slice(&CHECKPOINT_FORMAT_VERSION.to_le_bytes());
-    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&body);
-    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    write_new(path, &bytes)?;
-    Ok(savepoint)
+        partition_count,
+        checkpoints,
+        contents: Contents::Sections {
+            path: path.to_owned(),
+            sections,
+        },
+    })
 }
 
-/// Reads and checks a savepoint file.
+/// Reads and checks a savepoint file's layout and each partition's checkpoint (the sections
+/// themselves are checked whole when they are restored).
 pub fn read(path: &Path) -> Result<Savepoint, CheckpointError> {
+    let invalid = |reason: String| CheckpointError::Savepoint {
+        path: path.to_owned(),
+        reason,
+    };
+    let io = |e| CheckpointError::io(path, e);
+    let file = OsStorage.open(path, OpenMode::Read).map_err(io)?;
+    let file_len = file.len().map_err(io)?;
+    let mut header = [0u8; HEADER_BYTES as usize];
+    if file_len < HEADER_BYTES {
+        return Err(invalid("not a tally savepoint".into()));
+    }
+    file.read_exact_at(&mut header, 0).map_err(io)?;
+    if header[0..8] != SAVEPOINT_MAGIC {
+        return Err(invalid("not a tally savepoint".into()));
+    }
+    match u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")) {
+        FORMAT_1 => read_format_1(path),
+        SAVEPOINT_FORMAT_VERSION => read_sections(path, &*file, file_len, &header),
+        version => Err(invalid(format!(
+            "format version {version} is not known to this build"
+        ))),
+    }
+}
+
+/// The sections of a format 2 savepoint, walked by their headers.
+fn read_sections(
+    path: &Path,
+    file: &dyn StorageFile,
+    file_len: u64,
+    header: &[u8],
+) -> Result<Savepoint, CheckpointError> {
+    let invalid = |reason: String| CheckpointError::Savepoint {
+        path: path.to_owned(),
+        reason,
+    };
+    let io = |e| CheckpointError::io(path, e);
+    let partition_count = u32::from_le_bytes(header[12..16].try_into().expect("4 bytes"));
+    let created_at_ms = i64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+    let mut position = HEADER_BYTES;
+    let mut checkpoints = Vec::new();
+    let mut sections = Vec::new();
+    for partition in 0..partition_count {
+        if position + SECTION_HEADER_BYTES > file_len {
+            return Err(invalid("file is truncated".into()));
+        }
+        let mut section_header = [0u8; SECTION_HEADER_BYTES as usize];
+        file.read_exact_at(&mut section_header, position)
+            .map_err(io)?;
+        let owner = u32::from_le_bytes(section_header[0..4].try_into().expect("4 bytes"));
+        let len = u64::from_le_bytes(section_header[4..12].try_into().expect("8 bytes"));
+        let start = position + SECTION_HEADER_BYTES;
+        if owner != partition || start.saturating_add(len) > file_len {
+            return Err(invalid(format!(
+                "the section of partition {partition} is damaged or truncated"
+            )));
+        }
+        let meta = if len == 0 {
+            None
+        } else {
+            let meta = super::journal::Journal::last_meta_between(file, start, start + len)
+                .map_err(io)?
+                .ok_or_else(|| invalid(format!("partition {partition} has no whole checkpoint")))?;
+            Some(meta)
+        };
+        checkpoints.push(meta);
+        sections.push(meta.map(|_| (start, len)));
+        position = start + len;
+    }
+    let mut end = [0u8; 8];
+    if position + 8 != file_len
+        || file.read_exact_at(&mut end, position).is_err()
+        || end != END_MAGIC
+    {
+        return Err(invalid("file is truncated or has trailing bytes".into()));
+    }
+    Ok(Savepoint {
+        created_at_ms,
+        partition_count,
+        checkpoints,
+        contents: Contents::Sections {
+            path: path.to_owned(),
+            sections,
+        },
+    })
+}
+
+/// A format 1 savepoint, read whole.
+fn read_format_1(path: &Path) -> Result<Savepoint, CheckpointError> {
     let invalid = |reason: String| CheckpointError::Savepoint {
         path: path.to_owned(),
         reason,
@@ -161,29 +316,33 @@ pub fn read(path: &Path) -> Result<Savepoint, CheckpointError> {
     File::open(path)
         .and_then(|mut file| file.read_to_end(&mut bytes))
         .map_err(|e| CheckpointError::io(path, e))?;
-    if bytes.len() < HEADER_BYTES + 4 || bytes[0..8] != SAVEPOINT_MAGIC {
+    if bytes.len() < HEADER_BYTES_V1 + 4 {
         return Err(invalid("not a tally savepoint".into()));
     }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != CHECKPOINT_FORMAT_VERSION {
-        return Err(invalid(format!(
-            "format version {version} is not known to this build"
-        )));
-    }
     let body_len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as usize;
-    if bytes.len() != HEADER_BYTES + body_len + 4 {
+    if bytes.len() != HEADER_BYTES_V1 + body_len + 4 {
         return Err(invalid("file is truncated or has trailing bytes".into()));
     }
-    let body = &bytes[HEADER_BYTES..HEADER_BYTES + body_len];
+    let body = &bytes[HEADER_BYTES_V1..HEADER_BYTES_V1 + body_len];
     let stored_crc = u32::from_le_bytes(
-        bytes[HEADER_BYTES + body_len..]
+        bytes[HEADER_BYTES_V1 + body_len..]
             .try_into()
             .expect("4 bytes"),
     );
     if crc32c::crc32c(body) != stored_crc {
         return Err(invalid("checksum mismatch".into()));
     }
-    codec::decode(body).map_err(|e| invalid(e.to_string()))
+    let v1: SavepointV1 = codec::decode(body).map_err(|e| invalid(e.to_string()))?;
+    Ok(Savepoint {
+        created_at_ms: v1.created_at_ms,
+        partition_count: v1.partition_count,
+        checkpoints: v1
+            .partitions
+            .iter()
+            .map(|p| p.as_ref().map(|p| p.meta))
+            .collect(),
+        contents: Contents::Whole(v1.partitions),
+    })
 }
 
 /// Replaces the store's state with the savepoint's.
@@ -193,10 +352,24 @@ pub fn restore(store: &CheckpointStore, savepoint: &Savepoint) -> Result<(), Che
         store.partition_count(),
         "caller checks the partition count"
     );
-    for (partition, exported) in savepoint.partitions.iter().enumerate() {
-        match exported {
-            Some(exported) => store.install(exported)?,
-            None => store.reset(partition as u32)?,
+    match &savepoint.contents {
+        Contents::Whole(partitions) => {
+            for (partition, exported) in partitions.iter().enumerate() {
+                match exported {
+                    Some(exported) => store.install(exported)?,
+                    None => store.reset(partition as u32)?,
+                }
+            }
+        }
+        Contents::Sections { path, sections } => {
+            for (partition, section) in sections.iter().enumerate() {
+                match section {
+                    Some((start, len)) => {
+                        store.install_section(partition as u32, path, *start, *len)?
+                    }
+                    None => store.reset(partition as u32)?,
+                }
+            }
         }
     }
     Ok(())
@@ -216,8 +389,25 @@ fn refuse_existing(path: &Path) -> Result<(), SavepointError> {
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, and gives it the name `path`
-/// unless something has it; the temporary file is removed on every failure (dropping it does).
+/// unless something has it; the temporary file is removed on every failure.
+#[cfg(test)]
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), SavepointError> {
+    write_new_streamed(path, |file, temporary| {
+        file.write_all_at(bytes, 0)
+            .map_err(|source| SavepointError::Io {
+                path: temporary.to_owned(),
+                source,
+            })
+    })
+}
+
+/// Has `fill` write a temporary file beside `path` (positioned writes), syncs it, and gives it
+/// the name `path` unless something has it; the temporary file is removed on every failure
+/// (dropping it does).
+fn write_new_streamed(
+    path: &Path,
+    fill: impl FnOnce(&Arc<dyn StorageFile>, &Path) -> Result<(), SavepointError>,
+) -> Result<(), SavepointError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| SavepointError::Io { path, source }
@@ -226,15 +416,17 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), SavepointError> {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    let mut temporary = tempfile::Builder::new()
+    let temporary = tempfile::Builder::new()
         .prefix(TEMPORARY_PREFIX)
         .suffix(TEMPORARY_SUFFIX)
         .tempfile_in(parent)
         .map_err(io(parent))?;
-    temporary
-        .write_all(bytes)
-        .and_then(|()| temporary.as_file().sync_all())
+    let file = OsStorage
+        .open(temporary.path(), OpenMode::ReadWrite)
         .map_err(io(temporary.path()))?;
+    fill(&file, temporary.path())?;
+    file.sync_data().map_err(io(temporary.path()))?;
+    drop(file);
     temporary.persist_noclobber(path).map_err(|error| {
         if error.error.kind() == std::io::ErrorKind::AlreadyExists {
             SavepointError::Exists {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde::{Deserialize, Serialize};
 
 use super::compaction::{self, Compactor};
-use super::journal::{Committed, Damage, Journal, Replay};
+use super::journal::{Committed, Damage, Journal, Replay, SnapshotWriter};
 use super::{CHECKPOINT_FORMAT_VERSION, CheckpointError};
 use crate::clock::UnixMillis;
 use crate::codec;
@@ -505,6 +505,125 @@ impl CheckpointStore {
             compaction::put_in_place(Arc::clone(&self.storage), &self.dir, partition, writer)?;
         *journal_slot = Some(journal);
         *lock(&self.latest[partition as usize]) = Some(exported.meta);
+        Ok(())
+    }
+
+    /// The state of a partition's last committed checkpoint, rebuilt from its journal and
+    /// checked against that checkpoint's digest. Safe while the partition runs (the journal is
+    /// held only to note where it ends); `None` without a checkpoint.
+    fn committed_state(
+        &self,
+        partition: PartitionId,
+    ) -> Result<Option<compaction::CommittedState>, CheckpointError> {
+        let slot = &self.journals[partition as usize];
+        let loaded = lock(slot).is_some();
+        if loaded {
+            return compaction::committed_state(&self.storage, &self.dir, slot, partition);
+        }
+        // Not loaded by this process: the file is read as it is, held against a load.
+        let path = self.journal_path(partition);
+        if !self.journal_exists(&path)? {
+            return Ok(None);
+        }
+        let _no_load = lock(slot);
+        let mut collected = Collected::for_loading(Journal::recorded_hint(&*self.storage, &path));
+        Journal::read(Arc::clone(&self.storage), &path, partition, &mut collected)?;
+        Ok(collected
+            .into_state(partition)?
+            .map(|(state, meta, _, parts)| compaction::CommittedState {
+                state,
+                meta,
+                parts,
+                until: 0,
+                generation: 0,
+            }))
+    }
+
+    /// Streams a partition's last committed checkpoint as a snapshot generation into `file`
+    /// (at `path`) from byte `start`; its meta and where it ends, `None` without a checkpoint.
+    pub(crate) fn write_snapshot_section(
+        &self,
+        partition: PartitionId,
+        path: &Path,
+        file: &Arc<dyn storage::StorageFile>,
+        start: u64,
+    ) -> Result<Option<(CheckpointMeta, u64)>, CheckpointError> {
+        let Some(committed) = self.committed_state(partition)? else {
+            return Ok(None);
+        };
+        let meta = committed.meta;
+        let mut writer = SnapshotWriter::at(
+            path,
+            Arc::clone(file),
+            start,
+            partition,
+            1,
+            meta.scalars.counters.recorded,
+        );
+        let never = std::sync::atomic::AtomicBool::new(false);
+        compaction::write_snapshot(&mut writer, committed, &never)?;
+        Ok(Some((meta, writer.write_all()?)))
+    }
+
+    /// Replaces a partition's checkpoint with a savepoint's section (a snapshot generation at
+    /// `[start, start + len)` of `savepoint`): copied beside the journal, loaded whole and
+    /// checked against its digest, then renamed over the journal.
+    pub(crate) fn install_section(
+        &self,
+        partition: PartitionId,
+        savepoint: &Path,
+        start: u64,
+        len: u64,
+    ) -> Result<(), CheckpointError> {
+        let mut journal_slot = lock(&self.journals[partition as usize]);
+        let source = OsStorage
+            .open(savepoint, OpenMode::Read)
+            .map_err(|e| CheckpointError::io(savepoint, e))?;
+        let mut writer = compaction::start_generation(&*self.storage, &self.dir, partition, 0, 0)?;
+        let target = writer.path().to_owned();
+        let copied = (|| {
+            let mut buffer = vec![0u8; 1 << 20];
+            let mut done = 0;
+            while done < len {
+                let chunk = (len - done).min(buffer.len() as u64) as usize;
+                source
+                    .read_exact_at(&mut buffer[..chunk], start + done)
+                    .map_err(|e| CheckpointError::io(savepoint, e))?;
+                writer.raw(&buffer[..chunk], done)?;
+                done += chunk as u64;
+            }
+            writer.sync()?;
+            let mut collected = Collected::for_loading(0);
+            let damage = Journal::read(
+                Arc::clone(&self.storage),
+                &target,
+                partition,
+                &mut collected,
+            )?;
+            let loaded = collected.into_state(partition)?;
+            match (damage, loaded) {
+                (None, Some((_, meta, _, _))) => Ok(meta),
+                _ => Err(CheckpointError::Savepoint {
+                    path: savepoint.to_owned(),
+                    reason: format!(
+                        "the section of partition {partition} is not a whole checkpoint"
+                    ),
+                }),
+            }
+        })();
+        let meta = match copied {
+            Ok(meta) => meta,
+            Err(error) => {
+                let _ = self.storage.remove_file(&target);
+                return Err(error);
+            }
+        };
+        let journal =
+            compaction::put_in_place(Arc::clone(&self.storage), &self.dir, partition, writer)?;
+        drop(journal);
+        // Loaded again when the partition next runs (the copy's positions are the savepoint's).
+        *journal_slot = None;
+        *lock(&self.latest[partition as usize]) = Some(meta);
         Ok(())
     }
 
