@@ -248,7 +248,7 @@ fn update(partition: PartitionId, next_offset: u64, total_cents: u64) -> Partiti
                 granularity: Granularity::Minute,
                 start_ms: 1_795_546_740_000,
             },
-            bucket,
+            bucket.into(),
         )],
     }
 }

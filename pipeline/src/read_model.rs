@@ -9,7 +9,7 @@
 //! after a newer one is detected and ignored: re-delivery and reordering are harmless.
 
 use std::collections::BTreeMap;
-use std::sync::{PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -19,7 +19,8 @@ use crate::log::{Offset, PartitionId};
 use crate::operators::amount_histogram::AmountAccumulator;
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::event_time_windows::{
-    BucketKey, CampaignBuckets, EventTimeWindows, Granularity, RolledUp, WindowBucket, cover,
+    BucketKey, CampaignBuckets, EventTimeWindows, Granularity, RolledUp, SharedBucket,
+    WindowBucket, cover,
 };
 use crate::processor::{PartitionCounters, PartitionState};
 
@@ -39,7 +40,8 @@ pub struct PartitionUpdate {
     pub watermark_ms: Option<UnixMillis>,
     pub counters: PartitionCounters,
     pub totals: Vec<(String, CampaignTotal)>,
-    pub buckets: Vec<(BucketKey, WindowBucket)>,
+    /// Shared with the partition's state: a bucket that no longer changes is held once.
+    pub buckets: Vec<(BucketKey, SharedBucket)>,
     /// Where the partition's windows are rolled up to: readers drop the buckets below.
     pub rolled_up: RolledUp,
 }
@@ -77,7 +79,7 @@ impl PartitionUpdate {
             buckets: state
                 .windows()
                 .iter()
-                .map(|(k, b)| (k, b.clone()))
+                .map(|(k, b)| (k, Arc::clone(b)))
                 .collect(),
             rolled_up: state.windows().rolled_up(),
         }
@@ -222,7 +224,11 @@ impl ReadModel {
             watermark_ms: view.watermark_ms,
             counters: view.counters,
             totals: view.totals.iter().map(|(c, t)| (c.clone(), *t)).collect(),
-            buckets: view.windows.iter().map(|(k, b)| (k, b.clone())).collect(),
+            buckets: view
+                .windows
+                .iter()
+                .map(|(k, b)| (k, Arc::clone(b)))
+                .collect(),
             rolled_up: view.windows.rolled_up(),
         }
     }

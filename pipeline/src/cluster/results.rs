@@ -58,7 +58,7 @@ use crate::clock::UnixMillis;
 use crate::codec::{self, FormatError};
 use crate::log::{FluvioLogOptions, KeyedRecord, Log, LogError, LogRecord, Offset, PartitionId};
 use crate::operators::campaign_totals::CampaignTotal;
-use crate::operators::event_time_windows::{BucketKey, RolledUp, WindowBucket};
+use crate::operators::event_time_windows::{BucketKey, RolledUp, SharedBucket, WindowBucket};
 use crate::processor::PartitionCounters;
 use crate::read_model::{PartitionUpdate, ReadModel};
 use crate::runner::UpdateSink;
@@ -257,7 +257,11 @@ impl From<PartitionUpdate> for PartitionUpdateV1 {
                 late: counters.late,
             },
             totals: update.totals,
-            buckets: update.buckets,
+            buckets: update
+                .buckets
+                .into_iter()
+                .map(|(key, bucket)| (key, Arc::unwrap_or_clone(bucket)))
+                .collect(),
             rolled_up: update.rolled_up,
         }
     }
@@ -280,7 +284,11 @@ impl From<PartitionUpdateV1> for PartitionUpdate {
                 late: counters.late,
             },
             totals: update.totals,
-            buckets: update.buckets,
+            buckets: update
+                .buckets
+                .into_iter()
+                .map(|(key, bucket)| (key, Arc::new(bucket)))
+                .collect(),
             rolled_up: update.rolled_up,
         }
     }
@@ -291,7 +299,7 @@ impl From<PartitionUpdateV1> for PartitionUpdate {
 struct Pending {
     latest: PartitionUpdate,
     totals: BTreeMap<String, CampaignTotal>,
-    buckets: BTreeMap<BucketKey, WindowBucket>,
+    buckets: BTreeMap<BucketKey, SharedBucket>,
 }
 
 impl Pending {
@@ -341,7 +349,7 @@ impl Pending {
 fn split<'a>(
     header: &PartitionUpdate,
     totals: impl Iterator<Item = (&'a String, &'a CampaignTotal)>,
-    buckets: impl Iterator<Item = (&'a BucketKey, &'a WindowBucket)>,
+    buckets: impl Iterator<Item = (&'a BucketKey, &'a SharedBucket)>,
 ) -> Vec<PartitionUpdate> {
     let mut parts = Vec::new();
     let mut part = header.clone_header();
@@ -362,7 +370,7 @@ fn split<'a>(
             bytes = 0;
         }
         bytes += entry_bytes;
-        part.buckets.push((bucket_key.clone(), bucket.clone()));
+        part.buckets.push((bucket_key.clone(), Arc::clone(bucket)));
     }
     parts.push(part);
     parts
@@ -1145,7 +1153,7 @@ mod tests {
                     granularity: Granularity::Minute,
                     start_ms: 60_000,
                 },
-                bucket,
+                Arc::new(bucket),
             )],
             ..PartitionUpdate::default()
         }
@@ -1378,7 +1386,7 @@ mod tests {
                 for amount in 1..=20 {
                     bucket.add(amount * 1000 + minute as u64);
                 }
-                (key, bucket)
+                (key, Arc::new(bucket))
             })
             .collect();
         let records = Pending::new(&big).records();
@@ -1532,7 +1540,7 @@ mod tests {
                 for amount in 1..=20 {
                     bucket.add(amount * 1000 + minute as u64);
                 }
-                (key, bucket)
+                (key, Arc::new(bucket))
             })
             .collect();
         let complete_begin = log.end_offset(0).await.unwrap();

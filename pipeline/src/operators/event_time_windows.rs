@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -209,18 +210,25 @@ impl Default for RolledUp {
     }
 }
 
+/// A bucket as a partition's state and its readers share it: a reader holds the value it was
+/// given, and the next donation into the bucket copies it first (`Arc::make_mut`), so buckets
+/// that no longer change — almost all of them — are held once in memory, not once per holder.
+pub type SharedBucket = Arc<WindowBucket>;
+
 /// The buckets of one campaign in one partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CampaignBuckets {
     /// Indexed by `Granularity as usize`; keyed by bucket start.
-    by_granularity: [BTreeMap<UnixMillis, WindowBucket>; 3],
+    by_granularity: [BTreeMap<UnixMillis, SharedBucket>; 3],
     /// Per bucket changed since the last checkpoint, the donations added since.
     deltas: BTreeMap<(Granularity, UnixMillis), WindowBucket>,
 }
 
 impl CampaignBuckets {
     pub fn get(&self, granularity: Granularity, start_ms: UnixMillis) -> Option<&WindowBucket> {
-        self.by_granularity[granularity as usize].get(&start_ms)
+        self.by_granularity[granularity as usize]
+            .get(&start_ms)
+            .map(|bucket| &**bucket)
     }
 
     /// Buckets of one granularity starting in `[from_ms, to_ms)`.
@@ -230,7 +238,9 @@ impl CampaignBuckets {
         from_ms: UnixMillis,
         to_ms: UnixMillis,
     ) -> impl Iterator<Item = (&UnixMillis, &WindowBucket)> {
-        self.by_granularity[granularity as usize].range(from_ms..to_ms.max(from_ms))
+        self.by_granularity[granularity as usize]
+            .range(from_ms..to_ms.max(from_ms))
+            .map(|(start, bucket)| (start, &**bucket))
     }
 
     /// Drops the buckets below the cuts; calls `dropped` with each one's granularity and start.
@@ -295,7 +305,7 @@ impl EventTimeWindows {
         };
         for (key, bucket) in buckets {
             debug_assert!(!rolled_up.covers(key.granularity, key.start_ms));
-            windows.set(key, bucket);
+            windows.set(key, Arc::new(bucket));
         }
         windows
     }
@@ -325,10 +335,12 @@ impl EventTimeWindows {
             if self.rolled_up.covers(granularity, start_ms) {
                 continue;
             }
-            campaign.by_granularity[granularity as usize]
-                .entry(start_ms)
-                .or_default()
-                .add(amount_cents);
+            Arc::make_mut(
+                campaign.by_granularity[granularity as usize]
+                    .entry(start_ms)
+                    .or_default(),
+            )
+            .add(amount_cents);
             campaign
                 .deltas
                 .entry((granularity, start_ms))
@@ -376,7 +388,7 @@ impl EventTimeWindows {
 
     /// Replaces one bucket with an absolute value (read models receiving published buckets).
     /// A bucket below the cuts is ignored: its time is held by coarser buckets only.
-    pub fn set(&mut self, key: BucketKey, bucket: WindowBucket) {
+    pub fn set(&mut self, key: BucketKey, bucket: SharedBucket) {
         if self.rolled_up.covers(key.granularity, key.start_ms) {
             return;
         }
@@ -397,8 +409,14 @@ impl EventTimeWindows {
             .get(key.granularity, key.start_ms)
     }
 
-    /// Every bucket, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (BucketKey, &WindowBucket)> {
+    /// A bucket, shared (to hand to a reader without copying it).
+    pub fn get_shared(&self, key: &BucketKey) -> Option<&SharedBucket> {
+        self.campaigns.get(&key.campaign_id)?.by_granularity[key.granularity as usize]
+            .get(&key.start_ms)
+    }
+
+    /// Every bucket, in key order, shared.
+    pub fn iter(&self) -> impl Iterator<Item = (BucketKey, &SharedBucket)> {
         self.campaigns.iter().flat_map(|(campaign_id, campaign)| {
             Granularity::ALL.into_iter().flat_map(move |granularity| {
                 campaign.by_granularity[granularity as usize].iter().map(

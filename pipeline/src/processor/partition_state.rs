@@ -15,7 +15,8 @@ use crate::operators::campaign_totals::{CampaignTotal, CampaignTotals};
 use crate::operators::conflict_audit::Conflict;
 use crate::operators::dedupe::{Candidate, DonationIndex, IndexChange, differing_fields};
 use crate::operators::event_time_windows::{
-    BucketKey, EventTimeWindows, RolledUp, WindowBucket, WindowChanges, WindowHorizons,
+    BucketKey, EventTimeWindows, RolledUp, SharedBucket, WindowBucket, WindowChanges,
+    WindowHorizons,
 };
 use crate::operators::watermark::Watermark;
 
@@ -457,12 +458,12 @@ impl PartitionState {
     }
 
     /// The current, absolute values of the buckets `changes` changed, for readers.
-    pub fn changed_buckets(&self, changes: &StateChanges) -> Vec<(BucketKey, WindowBucket)> {
+    pub fn changed_buckets(&self, changes: &StateChanges) -> Vec<(BucketKey, SharedBucket)> {
         changes
             .windows
             .deltas
             .iter()
-            .filter_map(|(key, _)| Some((key.clone(), self.windows.get(key)?.clone())))
+            .filter_map(|(key, _)| Some((key.clone(), Arc::clone(self.windows.get_shared(key)?))))
             .collect()
     }
 
