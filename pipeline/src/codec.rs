@@ -24,6 +24,13 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
         .expect("state values always encode")
 }
 
+/// Appends the encoding of a value to `buffer` (the same bytes [`encode`] gives).
+pub fn encode_into<T: Serialize + ?Sized>(buffer: &mut Vec<u8>, value: &T) {
+    options()
+        .serialize_into(buffer, value)
+        .expect("state values always encode");
+}
+
 /// Decodes bytes read back from storage.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
     options().deserialize(bytes)

@@ -145,7 +145,7 @@ pub(crate) fn committed_state(
         )
     };
     let path = journal_path(dir, partition);
-    let mut collected = Collected::for_loading(Journal::recorded_hint(&**storage, &path));
+    let mut collected = Collected::for_snapshot(Journal::recorded_hint(&**storage, &path));
     let damage = Journal::read_file(
         Arc::clone(storage),
         &path,

@@ -102,6 +102,8 @@ pub(crate) struct Collected {
     buckets: BTreeMap<BucketKey, WindowBucket>,
     rolled_up: RolledUp,
     conflicts: Vec<Conflict>,
+    /// Whether `into_state` also hands back the totals and buckets.
+    keep_parts: bool,
 }
 
 impl Collected {
@@ -112,10 +114,19 @@ impl Collected {
         }
     }
 
+    /// For writing the state out again: the parts are kept.
+    pub(crate) fn for_snapshot(recorded_hint: u64) -> Self {
+        Self {
+            keep_parts: true,
+            ..Self::for_loading(recorded_hint)
+        }
+    }
+
     fn for_exporting() -> Self {
         Self {
             restorer: Some(IndexRestorer::new(0)),
             raw_index: Some(Vec::new()),
+            keep_parts: true,
             ..Self::default()
         }
     }
@@ -138,13 +149,17 @@ impl Collected {
             });
         }
         let rolled_up = self.rolled_up;
+        let totals: Vec<(String, CampaignTotal)> = self.totals.into_iter().collect();
+        let buckets: Vec<(BucketKey, WindowBucket)> = self
+            .buckets
+            .into_iter()
+            .filter(|(key, _)| !rolled_up.covers(key.granularity, key.start_ms))
+            .collect();
+        // The parts are kept only for writing them out again (exports, snapshots).
+        let keep = self.keep_parts;
         let parts = Parts {
-            totals: self.totals.into_iter().collect(),
-            buckets: self
-                .buckets
-                .into_iter()
-                .filter(|(key, _)| !rolled_up.covers(key.granularity, key.start_ms))
-                .collect(),
+            totals: if keep { totals.clone() } else { Vec::new() },
+            buckets: if keep { buckets.clone() } else { Vec::new() },
             rolled_up,
             conflicts: self.conflicts,
         };
@@ -152,8 +167,8 @@ impl Collected {
         let state = PartitionState::restore(
             meta.scalars,
             restorer,
-            parts.totals.clone(),
-            parts.buckets.clone(),
+            totals,
+            buckets,
             rolled_up,
             &parts.conflicts,
         );
@@ -526,7 +541,7 @@ impl CheckpointStore {
             return Ok(None);
         }
         let _no_load = lock(slot);
-        let mut collected = Collected::for_loading(Journal::recorded_hint(&*self.storage, &path));
+        let mut collected = Collected::for_snapshot(Journal::recorded_hint(&*self.storage, &path));
         Journal::read(Arc::clone(&self.storage), &path, partition, &mut collected)?;
         Ok(collected
             .into_state(partition)?

@@ -196,6 +196,15 @@ pub fn decode_records(
     }
 }
 
+/// The value of the first record of a checked frame (`bytes` starts at the frame), in place.
+pub fn only_record_value<'a>(bytes: &'a [u8], info: &FrameInfo) -> &'a [u8] {
+    let body = &bytes[FRAME_HEADER_BYTES..info.frame_bytes];
+    let key_len = read_u32(body, BODY_FIXED_BYTES) as usize;
+    let value_len = read_u32(body, BODY_FIXED_BYTES + 4) as usize;
+    let value_start = BODY_FIXED_BYTES + RECORD_HEADER_BYTES + key_len;
+    &body[value_start..value_start + value_len]
+}
+
 fn check_record_layout(body: &[u8], record_count: u32) -> Result<(), FrameProblem> {
     if record_count == 0 {
         return Err(FrameProblem::Invalid("frame with zero records".into()));

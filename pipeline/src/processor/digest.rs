@@ -25,6 +25,21 @@ pub fn element_hash<K: Serialize + ?Sized, V: Serialize + ?Sized>(
     xxh3_64_with_seed(&bytes, ELEMENT_SEED)
 }
 
+/// [`element_hash`], encoding into `buffer` (cleared first) instead of a new allocation: for
+/// hashing many elements in a row.
+pub fn element_hash_with<K: Serialize + ?Sized, V: Serialize + ?Sized>(
+    buffer: &mut Vec<u8>,
+    kind: u8,
+    key: &K,
+    value: &V,
+) -> u64 {
+    buffer.clear();
+    buffer.push(kind);
+    codec::encode_into(buffer, key);
+    codec::encode_into(buffer, value);
+    xxh3_64_with_seed(buffer, ELEMENT_SEED)
+}
+
 /// `element_hash(kind, &a, &b)` for two `u64`s (their canonical encoding is 8 little-endian
 /// bytes each), computed on the stack.
 pub fn element_hash_of_two_u64(kind: u8, a: u64, b: u64) -> u64 {

@@ -9,6 +9,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 use serde::{Deserialize, Serialize};
 
 use super::digest::{self, StateDigest, element_hash, kind};
+use crate::clock::UnixMillis;
 use crate::event::DonationEvent;
 use crate::log::{Offset, PartitionId};
 use crate::operators::campaign_totals::{CampaignTotal, CampaignTotals};
@@ -128,7 +129,15 @@ pub struct IndexRestorer {
     index: DonationIndex,
     recorded_digest: u64,
     resend_hashes: HashMap<Offset, u64>,
+    /// Recorded donations not yet in the table (see [`RESTORE_BATCH`]).
+    recorded: Vec<(u64, Offset)>,
 }
+
+/// Recorded donations are inserted into the table in batches of this many, sorted by
+/// fingerprint: a fingerprint's slot follows from its value, so sorted inserts walk the table
+/// in order instead of missing the cache on every one (a snapshot's entries come sorted
+/// already; the checkpoints after it, in log order).
+const RESTORE_BATCH: usize = 1 << 16;
 
 impl IndexRestorer {
     pub fn new(recorded: u64) -> Self {
@@ -136,11 +145,12 @@ impl IndexRestorer {
             index: DonationIndex::with_capacity(recorded as usize),
             recorded_digest: 0,
             resend_hashes: HashMap::new(),
+            recorded: Vec::new(),
         }
     }
 
     pub fn add(&mut self, change: IndexChange) {
-        match &change {
+        match change {
             IndexChange::Recorded {
                 fingerprint,
                 offset,
@@ -148,22 +158,45 @@ impl IndexRestorer {
                 digest::replace(
                     &mut self.recorded_digest,
                     None,
-                    recorded_hash(*fingerprint, *offset),
+                    recorded_hash(fingerprint, offset),
                 );
+                self.recorded.push((fingerprint, offset));
+                if self.recorded.len() >= RESTORE_BATCH {
+                    self.insert_recorded();
+                }
             }
             IndexChange::RecordedCollision {
-                payment_ref,
+                ref payment_ref,
                 offset,
             } => {
-                let hash = element_hash(kind::RECORDED_COLLISION, payment_ref, offset);
+                let hash = element_hash(kind::RECORDED_COLLISION, payment_ref, &offset);
                 digest::replace(&mut self.recorded_digest, None, hash);
+                self.index.restore(change);
             }
             IndexChange::Resends { offset, counts } => {
                 self.resend_hashes
-                    .insert(*offset, element_hash(kind::RESENDS, offset, counts));
+                    .insert(offset, element_hash(kind::RESENDS, &offset, &counts));
+                self.index.restore(change);
             }
         }
-        self.index.restore(change);
+    }
+
+    /// Inserts the recorded donations held back, sorted.
+    fn insert_recorded(&mut self) {
+        self.recorded
+            .sort_unstable_by_key(|&(fingerprint, _)| fingerprint);
+        for (fingerprint, offset) in self.recorded.drain(..) {
+            self.index.restore(IndexChange::Recorded {
+                fingerprint,
+                offset,
+            });
+        }
+    }
+
+    /// The index, every change in.
+    fn finish(mut self) -> Self {
+        self.insert_recorded();
+        self
     }
 }
 
@@ -182,7 +215,7 @@ pub struct PartitionState {
     digest: StateDigest,
     /// Element hashes as of the last checkpoint, to replace them in the digest.
     total_hashes: HashMap<String, u64>,
-    bucket_hashes: HashMap<BucketKey, u64>,
+    bucket_hashes: BucketHashes,
 }
 
 impl PartitionState {
@@ -199,7 +232,7 @@ impl PartitionState {
             pending_conflicts: Vec::new(),
             digest: StateDigest::default(),
             total_hashes: HashMap::new(),
-            bucket_hashes: HashMap::new(),
+            bucket_hashes: BucketHashes::default(),
         }
     }
 
@@ -215,6 +248,7 @@ impl PartitionState {
         rolled_up: RolledUp,
         conflicts: &[Conflict],
     ) -> Self {
+        let index = index.finish();
         let mut state = Self::new(scalars.partition, 0, WindowHorizons::DEFAULT);
         state.next_offset = scalars.next_offset;
         state.counters = scalars.counters;
@@ -230,10 +264,11 @@ impl PartitionState {
             digest::replace(&mut state.digest.totals, None, hash);
             state.total_hashes.insert(campaign_id.clone(), hash);
         }
+        let mut encoded = Vec::new();
         for (key, bucket) in &buckets {
-            let hash = element_hash(kind::WINDOW_BUCKET, key, bucket);
+            let hash = digest::element_hash_with(&mut encoded, kind::WINDOW_BUCKET, key, bucket);
             digest::replace(&mut state.digest.windows, None, hash);
-            state.bucket_hashes.insert(key.clone(), hash);
+            state.bucket_hashes.insert(key, hash);
         }
         for conflict in conflicts {
             digest::replace(&mut state.digest.conflicts, None, conflict_hash(conflict));
@@ -440,7 +475,7 @@ impl PartitionState {
         for (key, _) in &windows.deltas {
             let bucket = self.windows.get(key).expect("a changed bucket is held");
             let hash = element_hash(kind::WINDOW_BUCKET, key, bucket);
-            let old = self.bucket_hashes.insert(key.clone(), hash);
+            let old = self.bucket_hashes.insert(key, hash);
             digest::replace(&mut self.digest.windows, old, hash);
         }
         for key in &windows.dropped {
@@ -470,6 +505,32 @@ impl PartitionState {
     /// Whether anything changed since the last `take_changes`.
     pub fn has_changes(&self) -> bool {
         !self.pending_conflicts.is_empty() || self.windows.has_changes()
+    }
+}
+
+/// Each bucket's element hash as of the last checkpoint, by campaign, granularity and start: a
+/// campaign's name once, not once per bucket (a partition holds about a hundred thousand
+/// buckets per campaign at the default horizons).
+#[derive(Debug, Default)]
+struct BucketHashes {
+    campaigns: HashMap<String, [HashMap<UnixMillis, u64>; 3]>,
+}
+
+impl BucketHashes {
+    /// Sets a bucket's hash; the one it had.
+    fn insert(&mut self, key: &BucketKey, hash: u64) -> Option<u64> {
+        if !self.campaigns.contains_key(&key.campaign_id) {
+            self.campaigns
+                .insert(key.campaign_id.clone(), Default::default());
+        }
+        self.campaigns
+            .get_mut(&key.campaign_id)
+            .expect("inserted above")[key.granularity as usize]
+            .insert(key.start_ms, hash)
+    }
+
+    fn remove(&mut self, key: &BucketKey) -> Option<u64> {
+        self.campaigns.get_mut(&key.campaign_id)?[key.granularity as usize].remove(&key.start_ms)
     }
 }
 
