@@ -7,15 +7,9 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-
-use support::read_all;
+use support::{copy_dir, fixtures, read_all};
 use tally_pipeline::event::{DonationEvent, EventTime, envelope};
 use tally_pipeline::log::{EmbeddedLog, EmbeddedLogOptions, KeyedRecord};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 fn event(i: u64) -> DonationEvent {
     DonationEvent {
@@ -60,19 +54,6 @@ fn log_directory_v1_fixture_opens_and_reads() {
     let expected: Vec<DonationEvent> = (0..LOG_FIXTURE_EVENTS).map(event).collect();
     assert_eq!(events, expected);
     log.verify().unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 #[test]

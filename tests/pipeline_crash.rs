@@ -6,10 +6,9 @@
 
 mod support;
 
-use support::tally;
+use support::{reported_totals, tally};
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -64,25 +63,6 @@ fn model_totals(all: &[DonationEvent]) -> BTreeMap<String, (u64, u64)> {
         }
     }
     totals
-}
-
-fn reported_totals(data_dir: &Path) -> BTreeMap<String, (u64, u64)> {
-    let output = tally(data_dir, &["campaign", "totals", "--json"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
-    rows.iter()
-        .map(|row| {
-            let total = (
-                row["total_cents"].as_u64().unwrap(),
-                row["donations"].as_u64().unwrap(),
-            );
-            (row["campaign_id"].as_str().unwrap().to_owned(), total)
-        })
-        .collect()
 }
 
 #[test]

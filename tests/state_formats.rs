@@ -9,7 +9,7 @@ mod support;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use support::{copy_dir, fixtures, tally};
+use support::{copy_dir, fixtures, reported_totals, tally};
 
 /// Every campaign's (total cents, donations) from the imported files: the first event of each
 /// `payment_ref` counts.
@@ -41,20 +41,6 @@ fn succeed(data_dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
-}
-
-fn reported_totals(data_dir: &Path) -> BTreeMap<String, (u64, u64)> {
-    let rows: Vec<serde_json::Value> =
-        serde_json::from_str(&succeed(data_dir, &["campaign", "totals", "--json"])).unwrap();
-    rows.iter()
-        .map(|row| {
-            let total = (
-                row["total_cents"].as_u64().unwrap(),
-                row["donations"].as_u64().unwrap(),
-            );
-            (row["campaign_id"].as_str().unwrap().to_owned(), total)
-        })
-        .collect()
 }
 
 fn verified(data_dir: &Path) {

@@ -104,3 +104,23 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Every campaign's `(total cents, donations)` as `tally campaign totals --json` reports them.
+pub fn reported_totals(data_dir: &Path) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let output = tally(data_dir, &["campaign", "totals", "--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    rows.iter()
+        .map(|row| {
+            let total = (
+                row["total_cents"].as_u64().unwrap(),
+                row["donations"].as_u64().unwrap(),
+            );
+            (row["campaign_id"].as_str().unwrap().to_owned(), total)
+        })
+        .collect()
+}
