@@ -849,6 +849,40 @@ fn stats_summarize_a_range_and_refuse_bad_parameters() {
     assert_error(response, 404, "campaign_not_found", None);
 }
 
+#[test]
+fn rolled_up_time_answers_by_the_hour_and_refuses_a_minute_series() {
+    let fixture = Fixture::start(&[]);
+    fixture.create_campaign("stats", "USD");
+    // One donation now moves the watermark; one 20 days back is in time whose minutes the
+    // default 14-day horizon has rolled up into hours.
+    let now_hour_s = (now_s() / 3600) * 3600;
+    let old_s = now_hour_s - 20 * 86_400 + 15 * 60;
+    for (index, paid_at_s) in [now_s() - 60, old_s].into_iter().enumerate() {
+        let mut body = donation(&format!("rolled-{index}"), "stats", 100, "usr-rolled");
+        body["paid_at"] = json!(rfc3339_s(paid_at_s));
+        fixture.donate_accepted(&body);
+    }
+    fixture.wait_for_total("stats", 200, 2);
+    let (from, to) = (rfc3339_s(old_s - 600), rfc3339_s(old_s + 3600));
+    let answer = json_ok(fixture.stats(&[("from", &from), ("to", &to)]), 200);
+    assert_eq!(
+        (&answer["resolution"], &answer["from"], &answer["count"]),
+        (
+            &json!("hour"),
+            &json!(rfc3339_s(now_hour_s - 20 * 86_400)),
+            &json!(1)
+        ),
+        "{answer}"
+    );
+    let response = fixture.stats(&[("from", &from), ("to", &to), ("bucket", "minute")]);
+    assert_error(
+        response,
+        400,
+        "series_finer_than_resolution",
+        Some("bucket"),
+    );
+}
+
 /// The widest range RFC 3339 can name, as a client asks for "everything".
 const WIDEST_FROM: &str = "0000-01-01T00:00:00Z";
 const WIDEST_TO: &str = "9999-12-31T23:59:00Z";

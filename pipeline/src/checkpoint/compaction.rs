@@ -29,7 +29,7 @@ use super::journal::{Journal, SnapshotContent, SnapshotWriter};
 use super::store::{CheckpointMeta, Collected, Parts, journal_path, lock};
 use crate::log::PartitionId;
 use crate::processor::PartitionState;
-use crate::storage::{self, OpenMode, Storage};
+use crate::storage::{self, OpenMode, Storage, StorageFile};
 
 const COMPACTING_SUFFIX: &str = ".compacting";
 /// Checkpoints committed during a compaction are copied without holding the journal while
@@ -285,21 +285,20 @@ fn catch_up_and_switch(
         if journal.generation() != generation || end < copied_to {
             return Ok(false);
         }
-        let entries =
-            journal
-                .entries_between(copied_to, end)
-                .map_err(|reason| CheckpointError::Corrupt {
-                    what: format!("checkpoint journal {}", journal.path().display()),
-                    reason,
-                })?;
-        for entry in &entries {
-            writer.checkpoint(entry)?;
-        }
         if end - copied_to > CATCH_UP_UNLOCKED_BYTES {
+            // Bytes below the journal's end never change: read them without holding it.
+            let file = Arc::clone(journal.file());
+            let path = journal.path().to_owned();
             drop(journal_slot);
+            for entry in &read_entries(&path, &*file, copied_to, end)? {
+                writer.checkpoint(entry)?;
+            }
             writer.sync()?;
             copied_to = end;
             continue;
+        }
+        for entry in &read_entries(journal.path(), &**journal.file(), copied_to, end)? {
+            writer.checkpoint(entry)?;
         }
         let new_journal = put_in_place(Arc::clone(&storage), dir, partition, writer)?;
         tracing::info!(
@@ -313,6 +312,19 @@ fn catch_up_and_switch(
         *journal = new_journal;
         return Ok(true);
     }
+}
+
+/// The encoded entries of a journal's whole frames in `[from, to)`.
+fn read_entries(
+    path: &Path,
+    file: &dyn StorageFile,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Vec<u8>>, CheckpointError> {
+    Journal::entries_between(file, from, to).map_err(|reason| CheckpointError::Corrupt {
+        what: format!("checkpoint journal {}", path.display()),
+        reason,
+    })
 }
 
 fn abandon(storage: &dyn Storage, dir: &Path, partition: PartitionId) {

@@ -638,11 +638,14 @@ impl Journal {
         self.end_position
     }
 
-    /// The encoded entries of the whole frames in `[from, to)` of this journal, in order.
-    pub(crate) fn entries_between(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>, String> {
+    /// The encoded entries of the whole frames in `[from, to)` of a journal file, in order.
+    pub(crate) fn entries_between(
+        file: &dyn StorageFile,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Vec<u8>>, String> {
         let mut bytes = vec![0u8; (to - from) as usize];
-        self.file
-            .read_exact_at(&mut bytes, from)
+        file.read_exact_at(&mut bytes, from)
             .map_err(|e| e.to_string())?;
         let mut entries = Vec::new();
         let mut at = 0;

@@ -378,12 +378,10 @@ impl EventTimeWindows {
         });
     }
 
-    /// Forgets what changed (a read model keeps no checkpoint).
+    /// Forgets the buckets the roll-up dropped (a read model keeps no checkpoint; it only
+    /// `set`s buckets, which records no deltas).
     pub fn forget_changes(&mut self) {
         self.dropped.clear();
-        for campaign in self.campaigns.values_mut() {
-            campaign.deltas.clear();
-        }
     }
 
     /// Replaces one bucket with an absolute value (read models receiving published buckets).
