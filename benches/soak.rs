@@ -17,7 +17,10 @@
 //! default 30,000,000), `TALLY_SOAK_QUERIES` (per range and point, default 2,000),
 //! `TALLY_SOAK_RECORDS_PER_SECOND` (appends paced to this rate; default 0, as fast as the log
 //! takes them), `TALLY_SOAK_DIR` (where the temporary data directory goes; default the
-//! system's).
+//! system's), `TALLY_SOAK_KEEP=1` (keeps the data directory at the end, to look into or load
+//! again), `TALLY_SOAK_REOPEN=<kept directory>` (only restarts on a kept directory, three
+//! times, printing how long each took to be ready and the memory after it: for profiling a
+//! restart).
 
 /// The allocator `tally serve` runs with, so that resident memory is what the server's would be.
 #[global_allocator]
@@ -76,6 +79,9 @@ const FREE_SPACE_CHECK_APPENDS: u64 = 100;
 const APPLY_STALL_MAX: Duration = Duration::from_secs(120);
 
 fn main() -> anyhow::Result<()> {
+    if let Some(kept) = std::env::var_os("TALLY_SOAK_REOPEN") {
+        return reopen(Path::new(&kept));
+    }
     let donations = env_count("TALLY_SOAK_DONATIONS", DONATIONS_DEFAULT)?;
     let queries = env_count("TALLY_SOAK_QUERIES", QUERIES_DEFAULT)?;
     let pace = Some(env_count("TALLY_SOAK_RECORDS_PER_SECOND", 0)?).filter(|&rate| rate > 0);
@@ -101,8 +107,31 @@ fn main() -> anyhow::Result<()> {
         measure::load_average()
     );
     let verdict = final_check(&soak);
-    drop(dir);
+    if std::env::var_os("TALLY_SOAK_KEEP").is_some_and(|keep| keep == "1") {
+        println!("data directory kept: {}", dir.keep().display());
+    }
     verdict
+}
+
+/// Restarts on a kept data directory, three times: ready and resident memory each time.
+fn reopen(root: &Path) -> anyhow::Result<()> {
+    println!("machine: {}", machine::describe());
+    println!("reopening {}", root.display());
+    for attempt in 1..=3 {
+        let started = Instant::now();
+        let opened = open(root)?;
+        let ready = started.elapsed();
+        let memory = measure::memory();
+        println!(
+            "restart {attempt}: ready in {:.3} s, {} partitions rebuilt; RSS {} MiB, peak {} MiB",
+            ready.as_secs_f64(),
+            opened.rebuilt,
+            memory.rss_kb / 1024,
+            memory.peak_kb / 1024
+        );
+        drop(opened);
+    }
+    Ok(())
 }
 
 fn env_count(name: &str, default: u64) -> anyhow::Result<u64> {

@@ -14,7 +14,9 @@ use crate::event::DonationEvent;
 use crate::log::{Offset, PartitionId};
 use crate::operators::campaign_totals::{CampaignTotal, CampaignTotals};
 use crate::operators::conflict_audit::Conflict;
-use crate::operators::dedupe::{Candidate, DonationIndex, IndexChange, differing_fields};
+use crate::operators::dedupe::{
+    Candidate, DonationIndex, IndexChange, ResendCounts, differing_fields,
+};
 use crate::operators::event_time_windows::{
     BucketKey, EventTimeWindows, RolledUp, SharedBucket, WindowBucket, WindowChanges,
     WindowHorizons,
@@ -128,24 +130,20 @@ pub type SharedIndex = Arc<RwLock<DonationIndex>>;
 pub struct IndexRestorer {
     index: DonationIndex,
     recorded_digest: u64,
-    resend_hashes: HashMap<Offset, u64>,
-    /// Recorded donations not yet in the table (see [`RESTORE_BATCH`]).
-    recorded: Vec<(u64, Offset)>,
+    /// The largest fingerprint inserted so far.
+    largest: Option<u64>,
+    /// Recorded donations not in ascending order of fingerprint (those of the checkpoints after
+    /// a snapshot, in log order), merged into the table at the end in one pass.
+    out_of_order: Vec<(u64, Offset)>,
 }
-
-/// Recorded donations are inserted into the table in batches of this many, sorted by
-/// fingerprint: a fingerprint's slot follows from its value, so sorted inserts walk the table
-/// in order instead of missing the cache on every one (a snapshot's entries come sorted
-/// already; the checkpoints after it, in log order).
-const RESTORE_BATCH: usize = 1 << 16;
 
 impl IndexRestorer {
     pub fn new(recorded: u64) -> Self {
         Self {
             index: DonationIndex::with_capacity(recorded as usize),
             recorded_digest: 0,
-            resend_hashes: HashMap::new(),
-            recorded: Vec::new(),
+            largest: None,
+            out_of_order: Vec::new(),
         }
     }
 
@@ -160,9 +158,12 @@ impl IndexRestorer {
                     None,
                     recorded_hash(fingerprint, offset),
                 );
-                self.recorded.push((fingerprint, offset));
-                if self.recorded.len() >= RESTORE_BATCH {
-                    self.insert_recorded();
+                if self.largest.is_none_or(|largest| fingerprint > largest) {
+                    // A snapshot's, in ascending order: each goes after every one in the table.
+                    self.largest = Some(fingerprint);
+                    self.index.restore(change);
+                } else {
+                    self.out_of_order.push((fingerprint, offset));
                 }
             }
             IndexChange::RecordedCollision {
@@ -173,29 +174,16 @@ impl IndexRestorer {
                 digest::replace(&mut self.recorded_digest, None, hash);
                 self.index.restore(change);
             }
-            IndexChange::Resends { offset, counts } => {
-                self.resend_hashes
-                    .insert(offset, element_hash(kind::RESENDS, &offset, &counts));
-                self.index.restore(change);
-            }
-        }
-    }
-
-    /// Inserts the recorded donations held back, sorted.
-    fn insert_recorded(&mut self) {
-        self.recorded
-            .sort_unstable_by_key(|&(fingerprint, _)| fingerprint);
-        for (fingerprint, offset) in self.recorded.drain(..) {
-            self.index.restore(IndexChange::Recorded {
-                fingerprint,
-                offset,
-            });
+            // Absolute counts: the last of an offset's stands, hashed once all are in.
+            IndexChange::Resends { .. } => self.index.restore(change),
         }
     }
 
     /// The index, every change in.
     fn finish(mut self) -> Self {
-        self.insert_recorded();
+        self.out_of_order.sort_unstable();
+        self.index.restore_recorded(&self.out_of_order);
+        self.out_of_order = Vec::new();
         self
     }
 }
@@ -255,9 +243,11 @@ impl PartitionState {
         state.watermark = scalars.watermark;
         state.digest.recorded = index.recorded_digest;
         state.digest.resends = index
-            .resend_hashes
-            .values()
-            .fold(0, |sum, hash| sum.wrapping_add(*hash));
+            .index
+            .resend_entries()
+            .fold(0, |sum, (offset, counts)| {
+                sum.wrapping_add(resends_hash(offset, counts))
+            });
         state.index = Arc::new(RwLock::new(index.index));
         for (campaign_id, total) in &totals {
             let hash = element_hash(kind::CAMPAIGN_TOTAL, campaign_id, total);
@@ -433,11 +423,11 @@ impl PartitionState {
         let change = self.index().count_resend(recorded_offset, is_conflict);
         if let IndexChange::Resends { counts, .. } = &change {
             let old = (old_counts != Default::default())
-                .then(|| element_hash(kind::RESENDS, &recorded_offset, &old_counts));
+                .then(|| resends_hash(recorded_offset, old_counts));
             digest::replace(
                 &mut self.digest.resends,
                 old,
-                element_hash(kind::RESENDS, &recorded_offset, counts),
+                resends_hash(recorded_offset, *counts),
             );
         }
         match duplicate {
@@ -543,6 +533,12 @@ enum Confirmation {
 /// recorded donation, and once per entry when a checkpoint is loaded.
 fn recorded_hash(fingerprint: u64, offset: Offset) -> u64 {
     digest::element_hash_of_two_u64(kind::RECORDED, fingerprint, offset)
+}
+
+/// `element_hash(RESENDS, &offset, &counts)`, on the stack: the counts' encoding is their
+/// packed `u64`'s.
+fn resends_hash(offset: Offset, counts: ResendCounts) -> u64 {
+    digest::element_hash_of_two_u64(kind::RESENDS, offset, counts.packed())
 }
 
 fn conflict_hash(conflict: &Conflict) -> u64 {

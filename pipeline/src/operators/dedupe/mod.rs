@@ -13,14 +13,14 @@
 //! and comparing every field exactly. Two different `payment_ref`s that share a fingerprint are
 //! kept apart by an exact side table, so the index never merges two payments.
 
-mod fingerprint_table;
+mod ordered_table;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-pub use fingerprint_table::FingerprintTable;
+pub use ordered_table::OrderedTable;
 
 use crate::event::DonationEvent;
 use crate::log::Offset;
@@ -28,9 +28,9 @@ use crate::log::Offset;
 const FINGERPRINT_SEED: u64 = 0x7461_6c6c_795f_6670; // "tally_fp"
 const IDENTITY_CHECK_SEED: u64 = 0x7461_6c6c_795f_6964; // "tally_id"
 const CONTENT_SEED: u64 = 0x7461_6c6c_795f_6374; // "tally_ct"
-/// Recently recorded donations remembered per generation; two generations are kept, so a retry
-/// arriving within this many donations of its original needs no log read.
-const RECENT_PER_GENERATION: usize = 64 * 1024;
+/// Recently recorded donations remembered: a retry arriving within this many donations of its
+/// original needs no log read.
+const RECENT_DONATIONS: usize = 128 * 1024;
 
 /// The index key of a `payment_ref`.
 pub fn fingerprint(payment_ref: &str) -> u64 {
@@ -164,23 +164,127 @@ impl RecentChecks {
     }
 }
 
+/// Resend counts by the offset of the recorded donation, in an [`OrderedTable`]: about 14 bytes
+/// a donation resent (a hash map of them took twice that).
+///
+/// The table wants uniformly distributed keys, so an offset is scrambled by multiplying it
+/// (plus one: never 0) by an odd constant, which is undone by multiplying with its inverse. The
+/// counts are packed in one `u64` (duplicates in the low half), nearly always under 32 bits.
+#[derive(Debug, Default)]
+pub struct ResendTable {
+    table: OrderedTable,
+}
+
+/// 2^64 / φ, odd: consecutive offsets land evenly spread over the keys.
+const OFFSET_SCRAMBLE: u64 = 0x9E37_79B9_7F4A_7C15;
+const OFFSET_UNSCRAMBLE: u64 = inverse_of(OFFSET_SCRAMBLE);
+
+/// The inverse of an odd number modulo 2^64, by Newton's iteration (each step doubles the bits
+/// that are right).
+const fn inverse_of(odd: u64) -> u64 {
+    let mut inverse = odd;
+    let mut step = 0;
+    while step < 6 {
+        inverse = inverse.wrapping_mul(2u64.wrapping_sub(odd.wrapping_mul(inverse)));
+        step += 1;
+    }
+    inverse
+}
+
+impl ResendTable {
+    pub fn get(&self, offset: Offset) -> ResendCounts {
+        self.table
+            .get(scramble(offset))
+            .map_or_else(ResendCounts::default, ResendCounts::unpacked)
+    }
+
+    pub fn set(&mut self, offset: Offset, counts: ResendCounts) {
+        self.table.set(scramble(offset), counts.packed());
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Every `(offset, counts)`, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (Offset, ResendCounts)> + '_ {
+        self.table
+            .iter()
+            .map(|(key, packed)| (unscramble(key), ResendCounts::unpacked(packed)))
+    }
+}
+
+fn scramble(offset: Offset) -> u64 {
+    offset.wrapping_add(1).wrapping_mul(OFFSET_SCRAMBLE)
+}
+
+fn unscramble(key: u64) -> Offset {
+    key.wrapping_mul(OFFSET_UNSCRAMBLE).wrapping_sub(1)
+}
+
+impl ResendCounts {
+    /// Duplicates in the low 32 bits, conflicts in the high: the same eight bytes as their
+    /// canonical encoding, read as a little-endian `u64`.
+    pub fn packed(self) -> u64 {
+        u64::from(self.duplicates) | (u64::from(self.conflicts) << 32)
+    }
+
+    pub fn unpacked(packed: u64) -> Self {
+        Self {
+            duplicates: packed as u32,
+            conflicts: (packed >> 32) as u32,
+        }
+    }
+}
+
 /// The recorded donations of one partition.
 #[derive(Debug, Default)]
 pub struct DonationIndex {
-    first_offsets: FingerprintTable,
+    first_offsets: OrderedTable,
     /// `payment_ref`s whose fingerprint was taken by another `payment_ref`.
     collisions: BTreeMap<String, Offset>,
-    /// Keyed by the offset of the recorded donation.
-    resends: HashMap<Offset, ResendCounts>,
+    resends: ResendTable,
     /// Changes since the last checkpoint, in order.
     pending: Vec<IndexChange>,
-    recent: [HashMap<Offset, RecentChecks>; 2],
+    recent: RecentDonations,
+}
+
+/// The checks of the last [`RECENT_DONATIONS`] donations recorded, by ascending offset (they
+/// are recorded in log order): 24 bytes each, found by binary search.
+#[derive(Debug, Default)]
+struct RecentDonations {
+    entries: VecDeque<(Offset, RecentChecks)>,
+}
+
+impl RecentDonations {
+    fn remember(&mut self, offset: Offset, checks: RecentChecks) {
+        if self.entries.back().is_some_and(|&(last, _)| last >= offset) {
+            // Not in log order (a state rebuilt over again): start over rather than mis-sort.
+            self.entries.clear();
+        }
+        if self.entries.len() == RECENT_DONATIONS {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((offset, checks));
+    }
+
+    fn get(&self, offset: Offset) -> Option<RecentChecks> {
+        let at = self
+            .entries
+            .binary_search_by_key(&offset, |&(recorded, _)| recorded)
+            .ok()?;
+        Some(self.entries[at].1)
+    }
 }
 
 impl DonationIndex {
     pub fn with_capacity(recorded: usize) -> Self {
         Self {
-            first_offsets: FingerprintTable::with_capacity(recorded),
+            first_offsets: OrderedTable::with_capacity(recorded),
             ..Self::default()
         }
     }
@@ -201,9 +305,15 @@ impl DonationIndex {
                 self.collisions.insert(payment_ref, offset);
             }
             IndexChange::Resends { offset, counts } => {
-                self.resends.insert(offset, counts);
+                self.resends.set(offset, counts);
             }
         }
+    }
+
+    /// Replays checkpointed recorded donations (on load) given by ascending fingerprint, in one
+    /// pass over the table.
+    pub fn restore_recorded(&mut self, recorded: &[(u64, Offset)]) {
+        self.first_offsets.extend_sorted(recorded);
     }
 
     pub fn lookup(&self, payment_ref: &str) -> Candidate {
@@ -220,9 +330,7 @@ impl DonationIndex {
 
     /// Checks of a recently recorded donation, if still remembered.
     pub fn recent(&self, offset: Offset) -> Option<RecentChecks> {
-        self.recent
-            .iter()
-            .find_map(|generation| generation.get(&offset).copied())
+        self.recent.get(offset)
     }
 
     /// Records a new donation whose `payment_ref` is not in the index.
@@ -241,36 +349,26 @@ impl DonationIndex {
         };
         self.restore(change.clone());
         self.pending.push(change.clone());
-        self.remember(offset, RecentChecks::of(event));
+        self.recent.remember(offset, RecentChecks::of(event));
         change
-    }
-
-    fn remember(&mut self, offset: Offset, checks: RecentChecks) {
-        if self.recent[0].len() >= RECENT_PER_GENERATION {
-            self.recent.swap(0, 1);
-            self.recent[0].clear();
-        }
-        self.recent[0].insert(offset, checks);
     }
 
     /// Counts a duplicate or conflict of the donation recorded at `offset`.
     pub fn count_resend(&mut self, offset: Offset, conflict: bool) -> IndexChange {
-        let counts = self.resends.entry(offset).or_default();
+        let mut counts = self.resends.get(offset);
         if conflict {
             counts.conflicts = counts.conflicts.saturating_add(1);
         } else {
             counts.duplicates = counts.duplicates.saturating_add(1);
         }
-        let change = IndexChange::Resends {
-            offset,
-            counts: *counts,
-        };
+        self.resends.set(offset, counts);
+        let change = IndexChange::Resends { offset, counts };
         self.pending.push(change.clone());
         change
     }
 
     pub fn resends(&self, offset: Offset) -> ResendCounts {
-        self.resends.get(&offset).copied().unwrap_or_default()
+        self.resends.get(offset)
     }
 
     /// Changes since the last call, for the next checkpoint.
@@ -319,11 +417,15 @@ impl DonationIndex {
         self.first_offsets.iter()
     }
 
+    /// Every donation resent, with its counts, in no particular order.
+    pub fn resend_entries(&self) -> impl Iterator<Item = (Offset, ResendCounts)> + '_ {
+        self.resends.iter()
+    }
+
     /// The rest of the index as changes that rebuild it: collisions, then resend counts by
     /// offset.
     pub fn other_entries(&self) -> impl Iterator<Item = IndexChange> + '_ {
-        let mut resends: Vec<(Offset, ResendCounts)> =
-            self.resends.iter().map(|(&o, &c)| (o, c)).collect();
+        let mut resends: Vec<(Offset, ResendCounts)> = self.resends.iter().collect();
         resends.sort_unstable_by_key(|&(offset, _)| offset);
         self.collisions
             .iter()
@@ -354,6 +456,23 @@ mod tests {
             currency: "USD".into(),
             paid_at: EventTime(0),
         }
+    }
+
+    #[test]
+    fn remembers_the_last_recent_donations_only() {
+        let mut recent = RecentDonations::default();
+        let checks = RecentChecks::of(&event("pay_1", 100));
+        for offset in 0..(RECENT_DONATIONS as u64 + 10) {
+            recent.remember(offset * 2, checks);
+        }
+        assert_eq!(recent.get(0), None, "the oldest are forgotten");
+        assert_eq!(recent.get(18), None);
+        assert_eq!(recent.get(20), Some(checks));
+        assert_eq!(recent.get(21), None, "never recorded");
+        assert_eq!(recent.get(RECENT_DONATIONS as u64 * 2 + 18), Some(checks));
+        recent.remember(5, checks);
+        assert_eq!(recent.get(5), Some(checks), "out of order: starts over");
+        assert_eq!(recent.get(20), None);
     }
 
     #[test]
@@ -389,6 +508,34 @@ mod tests {
         index.collisions.insert("pay_x".into(), 3);
         assert_eq!(index.lookup("pay_x"), Candidate::Exact(3));
         assert_eq!(index.recorded(), 3);
+    }
+
+    #[test]
+    fn resend_counts_keep_their_offsets_through_the_scramble() {
+        assert_eq!(OFFSET_SCRAMBLE.wrapping_mul(OFFSET_UNSCRAMBLE), 1);
+        let mut table = ResendTable::default();
+        let offsets = [0, 1, 2, 1_000, u64::from(u32::MAX), u64::MAX - 1];
+        for (i, &offset) in offsets.iter().enumerate() {
+            let counts = ResendCounts {
+                duplicates: i as u32 + 1,
+                conflicts: if i % 2 == 0 { 0 } else { u32::MAX },
+            };
+            table.set(offset, counts);
+            assert_eq!(table.get(offset), counts);
+        }
+        let mut listed: Vec<Offset> = table.iter().map(|(offset, _)| offset).collect();
+        listed.sort_unstable();
+        assert_eq!(listed, offsets);
+        assert_eq!(table.get(3), ResendCounts::default());
+        let counts = ResendCounts {
+            duplicates: 7,
+            conflicts: 9,
+        };
+        assert_eq!(
+            counts.packed().to_le_bytes().to_vec(),
+            crate::codec::encode(&counts),
+            "packed as encoded"
+        );
     }
 
     #[test]

@@ -1,0 +1,576 @@
+//! A compact map from uniformly distributed 64-bit keys to values that nearly always fit 32
+//! bits: the dedupe index's `payment_ref` fingerprints to the offset of the recorded donation,
+//! and its resend counts by (scrambled) offset.
+//!
+//! Tens of millions of entries must fit in well under a gigabyte, so this is an open-addressing
+//! table over one flat array — 8 bytes of key and 4 bytes of value per slot — instead of a
+//! general hash map, whose power-of-two sizing can double its footprint. Values that do not fit
+//! 32 bits (an offset past four billion records in one partition) go to a side map.
+//!
+//! Keys are uniformly distributed, so a key's home slot is its value scaled onto the table, with
+//! no further hashing, and the table is kept **ordered**: along the slots, the keys stored
+//! ascend. A lookup therefore stops at the first larger
+//! key as well as at an empty slot, and costs the same whether it finds one or not,
+//! which lets the table run 92% full. An insert shifts the rest of its run of occupied slots one
+//! place up.
+//!
+//! The table is split into [`SHARDS`] shards by the key's top bits, each growing by
+//! itself and only by an eighth at a time: the table stays 80–92% full at any size, and a
+//! growth copies one shard, never the whole table at once. Iteration yields keys in ascending
+//! order, and inserting in ascending order only ever appends to a run, so a table rebuilt from
+//! a snapshot is written front to back.
+//!
+//! A key of 0 marks an empty slot, so a key of 0 is stored as 1: the fingerprint index treats a
+//! match only as a candidate to confirm, so merging the two is harmless there, and scrambled
+//! offsets are never 0.
+
+use std::collections::HashMap;
+
+/// A slot whose key is this is empty.
+const EMPTY: u64 = 0;
+/// A slot's value is this when the real value is in the side map.
+const WIDE: u32 = u32::MAX;
+/// A shard grows before an insert would take it past this share of its home slots.
+const LOAD_FACTOR_MAX: f64 = 0.92;
+/// A sized table (a load) is filled to this, leaving room before its first growth.
+const LOAD_FACTOR_SIZED: f64 = 0.85;
+/// A growing shard gets this many times its home slots.
+const GROWTH: f64 = 1.125;
+const SHARD_BITS: u32 = 6;
+/// Shards per table, chosen by the key's top [`SHARD_BITS`] bits.
+pub const SHARDS: usize = 1 << SHARD_BITS;
+const HOMES_MIN: usize = 8;
+/// Slots past the last home slot, where the last run may spill: a few, and 1/256 of the homes.
+const SPILL_MIN: usize = 8;
+const SPILL_SHARE: usize = 256;
+
+#[derive(Debug)]
+pub struct OrderedTable {
+    shards: Vec<Shard>,
+    len: usize,
+    /// Entries whose value is [`WIDE`] or more; their slot holds [`WIDE`].
+    wide_values: HashMap<u64, u64>,
+}
+
+/// A slot: a key and the 32-bit value beside it, in 12 bytes (one cache line holds both for a
+/// lookup).
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot([u32; 3]);
+
+impl Slot {
+    const EMPTY: Slot = Slot([0; 3]);
+
+    fn new(key: u64, value: u32) -> Self {
+        Self([key as u32, (key >> 32) as u32, value])
+    }
+
+    fn key(self) -> u64 {
+        u64::from(self.0[0]) | (u64::from(self.0[1]) << 32)
+    }
+
+    fn value(self) -> u32 {
+        self.0[2]
+    }
+}
+
+/// One shard: `homes` home slots and a spill area after them, with no wrap-around.
+///
+/// Invariants: the stored keys ascend along the slots (empty slots between them); a key sits at
+/// or after its home slot, and every slot from its home to it is occupied.
+#[derive(Debug, Default)]
+struct Shard {
+    slots: Box<[Slot]>,
+    homes: usize,
+    len: usize,
+    /// One past the last occupied slot (0 when empty): where a key larger than every one in the
+    /// shard goes, if its home is not further.
+    tail: usize,
+}
+
+impl Default for OrderedTable {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
+impl OrderedTable {
+    /// A table that holds `entries` without growing.
+    pub fn with_capacity(entries: usize) -> Self {
+        let per_shard = entries.div_ceil(SHARDS);
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| match per_shard {
+                    // Allocated on the first insert: an empty table costs next to nothing.
+                    0 => Shard::default(),
+                    entries => Shard::with_homes(homes_for(entries, LOAD_FACTOR_SIZED)),
+                })
+                .collect(),
+            len: 0,
+            wide_values: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, key: u64) -> Option<u64> {
+        let key = stored(key);
+        let shard = &self.shards[shard_of(key)];
+        let slot = shard.find(key).ok()?;
+        Some(self.widened(shard.slots[slot].value(), key))
+    }
+
+    pub fn contains(&self, key: u64) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Inserts a key that is not in the table.
+    pub fn insert(&mut self, key: u64, value: u64) {
+        let key = stored(key);
+        let narrow = self.narrowed(key, value);
+        self.shards[shard_of(key)].insert(key, narrow);
+        self.len += 1;
+    }
+
+    /// Sets a key's value, inserting the key if it is not in the table; the value it had.
+    pub fn set(&mut self, key: u64, value: u64) -> Option<u64> {
+        let stored_key = stored(key);
+        let shard_index = shard_of(stored_key);
+        match self.shards[shard_index].find(stored_key) {
+            Ok(slot) => {
+                let old = self.widened(self.shards[shard_index].slots[slot].value(), stored_key);
+                self.wide_values.remove(&stored_key);
+                let narrow = self.narrowed(stored_key, value);
+                self.shards[shard_index].slots[slot] = Slot::new(stored_key, narrow);
+                Some(old)
+            }
+            Err(_) => {
+                self.insert(key, value);
+                None
+            }
+        }
+    }
+
+    /// Inserts entries that are not in the table, given by ascending key, in one pass over each
+    /// shard: for many entries at once (a load's), where inserting each would shift runs.
+    pub fn extend_sorted(&mut self, entries: &[(u64, u64)]) {
+        assert!(
+            entries.windows(2).all(|pair| pair[0].0 < pair[1].0),
+            "entries ascend"
+        );
+        let mut rest = entries;
+        for shard_index in 0..SHARDS {
+            let count = rest.partition_point(|&(key, _)| shard_of(stored(key)) <= shard_index);
+            let (these, later) = rest.split_at(count);
+            rest = later;
+            if these.is_empty() {
+                continue;
+            }
+            let slots: Vec<Slot> = these
+                .iter()
+                .map(|&(key, value)| {
+                    let key = stored(key);
+                    Slot::new(key, self.narrowed(key, value))
+                })
+                .collect();
+            self.shards[shard_index].merge(&slots);
+            self.len += these.len();
+        }
+    }
+
+    /// Every `(key, value)`, by ascending key.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.shards.iter().flat_map(move |shard| {
+            shard
+                .slots
+                .iter()
+                .filter(|slot| slot.key() != EMPTY)
+                .map(move |slot| (slot.key(), self.widened(slot.value(), slot.key())))
+        })
+    }
+
+    /// Heap bytes used, for operators.
+    pub fn heap_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| shard.slots.len() * std::mem::size_of::<Slot>())
+            .sum::<usize>()
+            + self.wide_values.len() * 32
+    }
+
+    fn widened(&self, narrow: u32, key: u64) -> u64 {
+        match narrow {
+            WIDE => self.wide_values[&key],
+            narrow => u64::from(narrow),
+        }
+    }
+
+    /// The 32 bits a slot holds for `value`, putting a wide one in the side map.
+    fn narrowed(&mut self, key: u64, value: u64) -> u32 {
+        match u32::try_from(value) {
+            Ok(narrow) if narrow != WIDE => narrow,
+            _ => {
+                self.wide_values.insert(key, value);
+                WIDE
+            }
+        }
+    }
+}
+
+impl Shard {
+    fn with_homes(homes: usize) -> Self {
+        Self {
+            slots: vec![Slot::EMPTY; homes + spill_for(homes)].into_boxed_slice(),
+            homes,
+            len: 0,
+            tail: 0,
+        }
+    }
+
+    /// The first slot to probe: the key, less the shard's bits, scaled onto the homes.
+    fn home(&self, key: u64) -> usize {
+        let within = key << SHARD_BITS;
+        ((u128::from(within) * self.homes as u128) >> 64) as usize
+    }
+
+    /// `Ok(slot)` holding `key`, or `Err(slot)` where it would go: the first slot from its home
+    /// that is empty or holds a larger key (the end of the slots if none).
+    fn find(&self, key: u64) -> Result<usize, usize> {
+        let mut slot = self.home(key);
+        while let Some(found) = self.slots.get(slot).map(|slot| slot.key()) {
+            if found == key {
+                return Ok(slot);
+            }
+            if found == EMPTY || found > key {
+                return Err(slot);
+            }
+            slot += 1;
+        }
+        Err(slot)
+    }
+
+    fn insert(&mut self, key: u64, value: u32) {
+        if (self.len + 1) as f64 > self.homes as f64 * LOAD_FACTOR_MAX {
+            self.grow();
+        }
+        let home = self.home(key);
+        if home >= self.tail && home < self.slots.len() {
+            // Past every occupied slot (so larger than every key here: each sits at or
+            // after its home): the common case of a load in ascending order.
+            self.slots[home] = Slot::new(key, value);
+            self.len += 1;
+            self.tail = home + 1;
+            return;
+        }
+        loop {
+            let at = match self.find(key) {
+                Ok(_) => panic!("a key is inserted once"),
+                Err(at) => at,
+            };
+            let Some(empty) = self.slots[at.min(self.slots.len())..]
+                .iter()
+                .position(|slot| slot.key() == EMPTY)
+                .map(|distance| at + distance)
+            else {
+                // The last run reached the end of the spill area.
+                self.grow();
+                continue;
+            };
+            self.slots.copy_within(at..empty, at + 1);
+            self.slots[at] = Slot::new(key, value);
+            self.len += 1;
+            self.tail = self.tail.max(empty + 1);
+            return;
+        }
+    }
+
+    /// Rebuilds the shard with [`GROWTH`] times its home slots.
+    fn grow(&mut self) {
+        let homes = ((self.homes as f64 * GROWTH).ceil() as usize).max(self.homes + HOMES_MIN);
+        self.rebuild(homes, &[]);
+    }
+
+    /// Adds `extra` (ascending, none of them here) in one pass, larger if they need the room.
+    fn merge(&mut self, extra: &[Slot]) {
+        let len = self.len + extra.len();
+        let homes = if len as f64 > self.homes as f64 * LOAD_FACTOR_MAX {
+            homes_for(len, LOAD_FACTOR_SIZED)
+        } else {
+            self.homes
+        };
+        self.rebuild(homes, extra);
+    }
+
+    /// Rebuilds the shard over `homes` home slots from its entries and `extra` (ascending,
+    /// none of them here), placing each at its home or just after the one before it.
+    fn rebuild(&mut self, homes: usize, extra: &[Slot]) {
+        let mut homes = homes;
+        let rebuilt = loop {
+            match self.rebuilt(homes, extra) {
+                Some(rebuilt) => break rebuilt,
+                // A run longer than the spill area: more homes instead.
+                None => homes += homes / 8 + HOMES_MIN,
+            }
+        };
+        *self = rebuilt;
+    }
+
+    /// The shard [`rebuild`](Self::rebuild) makes, or `None` if a run would not fit.
+    fn rebuilt(&self, homes: usize, extra: &[Slot]) -> Option<Shard> {
+        let mut rebuilt = Shard::with_homes(homes);
+        let mut next_free = 0;
+        let occupied = self
+            .slots
+            .iter()
+            .copied()
+            .filter(|slot| slot.key() != EMPTY);
+        for entry in ascending(occupied, extra.iter().copied()) {
+            let slot = rebuilt.home(entry.key()).max(next_free);
+            *rebuilt.slots.get_mut(slot)? = entry;
+            next_free = slot + 1;
+            rebuilt.len += 1;
+        }
+        rebuilt.tail = next_free;
+        Some(rebuilt)
+    }
+}
+
+/// Two ascending runs of slots merged into one; a key in both is a broken promise.
+fn ascending(
+    first: impl Iterator<Item = Slot>,
+    second: impl Iterator<Item = Slot>,
+) -> impl Iterator<Item = Slot> {
+    let mut first = first.peekable();
+    let mut second = second.peekable();
+    std::iter::from_fn(move || match (first.peek(), second.peek()) {
+        (Some(a), Some(b)) => {
+            assert_ne!(a.key(), b.key(), "a key is inserted once");
+            if a.key() < b.key() {
+                first.next()
+            } else {
+                second.next()
+            }
+        }
+        (Some(_), None) => first.next(),
+        (None, _) => second.next(),
+    })
+}
+
+fn stored(key: u64) -> u64 {
+    if key == EMPTY { 1 } else { key }
+}
+
+fn shard_of(key: u64) -> usize {
+    (key >> (u64::BITS - SHARD_BITS)) as usize
+}
+
+fn homes_for(entries: usize, load_factor: f64) -> usize {
+    ((entries as f64 / load_factor).ceil() as usize).max(HOMES_MIN)
+}
+
+fn spill_for(homes: usize) -> usize {
+    SPILL_MIN + homes / SPILL_SHARE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spread(i: u64) -> u64 {
+        i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i >> 7)
+    }
+
+    /// The shard invariants, checked slot by slot.
+    fn assert_ordered(table: &OrderedTable) {
+        let mut total = 0;
+        for (index, shard) in table.shards.iter().enumerate() {
+            let mut previous = 0;
+            let mut occupied = 0;
+            for (slot, entry) in shard.slots.iter().enumerate() {
+                let fingerprint = entry.key();
+                if fingerprint == EMPTY {
+                    continue;
+                }
+                occupied += 1;
+                assert_eq!(shard_of(fingerprint), index, "in its shard");
+                assert!(fingerprint > previous, "ascending at slot {slot}");
+                let home = shard.home(fingerprint);
+                assert!(home <= slot, "at or after its home");
+                assert!(
+                    shard.slots[home..=slot].iter().all(|s| s.key() != EMPTY),
+                    "no gap between its home and slot {slot}"
+                );
+                previous = fingerprint;
+            }
+            assert_eq!(occupied, shard.len);
+            let last_occupied = shard.slots.iter().rposition(|s| s.key() != EMPTY);
+            assert_eq!(shard.tail, last_occupied.map_or(0, |slot| slot + 1), "tail");
+            assert!(shard.len as f64 <= shard.homes as f64 * LOAD_FACTOR_MAX + 1.0);
+            total += occupied;
+        }
+        assert_eq!(total, table.len());
+    }
+
+    #[test]
+    fn finds_what_was_inserted_across_growth() {
+        let mut table = OrderedTable::default();
+        for i in 1..50_000u64 {
+            table.insert(spread(i), i * 3);
+        }
+        assert_eq!(table.len(), 49_999);
+        for i in 1..50_000u64 {
+            assert_eq!(table.get(spread(i)), Some(i * 3));
+        }
+        assert_eq!(table.get(spread(50_001)), None);
+        let mut offsets: Vec<u64> = table.iter().map(|(_, offset)| offset).collect();
+        offsets.sort_unstable();
+        assert_eq!(offsets, (1..50_000u64).map(|i| i * 3).collect::<Vec<_>>());
+        assert_ordered(&table);
+    }
+
+    #[test]
+    fn iterates_in_ascending_order_and_reloads_in_place() {
+        let mut table = OrderedTable::default();
+        for i in 1..20_000u64 {
+            table.insert(spread(i), i);
+        }
+        let entries: Vec<(u64, u64)> = table.iter().collect();
+        assert!(entries.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        let mut reloaded = OrderedTable::with_capacity(entries.len());
+        for &(fingerprint, offset) in &entries {
+            reloaded.insert(fingerprint, offset);
+        }
+        assert_eq!(reloaded.iter().collect::<Vec<_>>(), entries);
+        assert_ordered(&reloaded);
+        let slots = |table: &OrderedTable| table.heap_bytes();
+        assert!(
+            slots(&reloaded) <= slots(&table) * 11 / 10,
+            "a sized table is no larger than a grown one"
+        );
+    }
+
+    #[test]
+    fn stays_dense_at_any_size() {
+        let mut table = OrderedTable::default();
+        for i in 1..200_000u64 {
+            table.insert(spread(i), i);
+            if i % 20_000 == 0 {
+                let bytes_per_entry = table.heap_bytes() as f64 / table.len() as f64;
+                assert!(
+                    bytes_per_entry < 12.0 / 0.78,
+                    "{bytes_per_entry:.1} bytes an entry at {i}"
+                );
+            }
+        }
+        assert_ordered(&table);
+    }
+
+    #[test]
+    fn wide_values_and_the_empty_key_work() {
+        let mut table = OrderedTable::with_capacity(10);
+        table.insert(0, 5);
+        table.insert(77, u64::from(u32::MAX));
+        table.insert(78, u64::MAX - 1);
+        assert_eq!(table.get(0), Some(5));
+        assert_eq!(table.get(77), Some(u64::from(u32::MAX)));
+        assert_eq!(table.get(78), Some(u64::MAX - 1));
+        for i in 100..5_000 {
+            table.insert(spread(i), i);
+        }
+        assert_eq!(
+            table.get(78),
+            Some(u64::MAX - 1),
+            "wide values survive growth"
+        );
+        assert_ordered(&table);
+    }
+
+    #[test]
+    fn a_crowded_end_of_a_shard_spills_and_grows() {
+        let mut table = OrderedTable::with_capacity(0);
+        let last_home = u64::MAX;
+        for i in 0..100 {
+            table.insert(last_home - i, i);
+        }
+        for i in 0..100 {
+            assert_eq!(table.get(last_home - i), Some(i));
+        }
+        let mut first_shard = OrderedTable::with_capacity(0);
+        for i in 1..=100 {
+            first_shard.insert(i, i);
+        }
+        assert_eq!(first_shard.get(50), Some(50));
+        assert_eq!(first_shard.get(101), None);
+        assert_ordered(&table);
+        assert_ordered(&first_shard);
+    }
+
+    #[test]
+    fn extend_sorted_merges_into_what_is_there() {
+        let mut table = OrderedTable::with_capacity(3_000);
+        for i in 1..3_000u64 {
+            table.insert(spread(i), i);
+        }
+        let mut more: Vec<(u64, u64)> = (3_000..40_000u64).map(|i| (spread(i), i)).collect();
+        more.push((spread(40_000), u64::MAX - 3));
+        more.sort_unstable();
+        table.extend_sorted(&more);
+        table.extend_sorted(&[]);
+        assert_eq!(table.len(), 40_000);
+        for i in 1..40_000u64 {
+            assert_eq!(table.get(spread(i)), Some(i));
+        }
+        assert_eq!(table.get(spread(40_000)), Some(u64::MAX - 3));
+        assert_ordered(&table);
+        table.insert(spread(50_000), 5);
+        assert_eq!(table.get(spread(50_000)), Some(5));
+    }
+
+    #[test]
+    #[should_panic(expected = "a key is inserted once")]
+    fn extend_sorted_refuses_a_key_already_there() {
+        let mut table = OrderedTable::default();
+        table.insert(spread(1), 1);
+        table.extend_sorted(&[(spread(1), 2)]);
+    }
+
+    #[test]
+    fn set_replaces_a_value_narrow_or_wide() {
+        let mut table = OrderedTable::default();
+        assert_eq!(table.set(spread(1), 5), None);
+        assert_eq!(table.set(spread(1), 6), Some(5));
+        assert_eq!(table.set(spread(1), u64::MAX), Some(6));
+        assert_eq!(table.get(spread(1)), Some(u64::MAX));
+        assert_eq!(table.set(spread(1), 7), Some(u64::MAX));
+        assert!(
+            table.wide_values.is_empty(),
+            "a value made narrow leaves the side map"
+        );
+        for i in 2..10_000 {
+            table.set(spread(i), i);
+        }
+        for i in 2..10_000 {
+            assert_eq!(table.set(spread(i), i + 1), Some(i));
+        }
+        assert_eq!(table.len(), 9_999);
+        assert_eq!(table.get(spread(1)), Some(7));
+        assert_eq!(table.get(spread(9_999)), Some(10_000));
+        assert_ordered(&table);
+    }
+
+    #[test]
+    fn lookups_of_absent_keys_stop_at_a_larger_one() {
+        let mut table = OrderedTable::with_capacity(1_000);
+        for i in 1..1_000u64 {
+            table.insert(spread(i) | 1, i);
+        }
+        for i in 1..1_000u64 {
+            assert_eq!(table.get(spread(i) & !1), None);
+        }
+    }
+}
