@@ -10,7 +10,8 @@
 //! A partition thread owns its state; nothing else writes it. It runs its own single-threaded
 //! async runtime to wait on the log, so checkpoint syncs never block a server's executor.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -224,23 +225,35 @@ impl Pipeline {
         &self,
         partitions: &[PartitionId],
     ) -> Result<Vec<(PartitionState, bool)>, PipelineError> {
-        let loaders = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let mut loaded: Vec<Option<Result<(PartitionState, bool), PipelineError>>> =
-            (0..partitions.len()).map(|_| None).collect();
-        // Loading is reading and hashing: spread the partitions over the cores.
+        let loaders = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(partitions.len().max(1));
+        let loaded: Vec<Mutex<Option<Result<(PartitionState, bool), PipelineError>>>> =
+            (0..partitions.len()).map(|_| Mutex::new(None)).collect();
+        // Loading is reading and hashing: the cores take the partitions one at a time, the next
+        // free core the next partition, so one large journal does not hold up the rest.
+        let next = AtomicUsize::new(0);
         std::thread::scope(|scope| {
-            let chunk = partitions.len().div_ceil(loaders).max(1);
-            for (slots, ids) in loaded.chunks_mut(chunk).zip(partitions.chunks(chunk)) {
-                scope.spawn(move || {
-                    for (slot, &partition) in slots.iter_mut().zip(ids) {
-                        *slot = Some(self.load_partition(partition));
+            for _ in 0..loaders {
+                scope.spawn(|| {
+                    loop {
+                        let at = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&partition) = partitions.get(at) else {
+                            break;
+                        };
+                        let result = self.load_partition(partition);
+                        *loaded[at].lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
                     }
                 });
             }
         });
         loaded
             .into_iter()
-            .map(|slot| slot.expect("every partition was loaded"))
+            .map(|slot| {
+                slot.into_inner()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .expect("every partition was loaded")
+            })
             .collect()
     }
 

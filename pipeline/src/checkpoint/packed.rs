@@ -152,7 +152,7 @@ impl PackedBuckets {
         let cells = bucket.histogram.cells();
         put_varint(&mut self.packed, cells.len() as u64);
         let mut previous = 0;
-        for &(value, count) in cells {
+        for (value, count) in cells {
             put_varint(&mut self.packed, value - previous);
             put_varint(&mut self.packed, count);
             previous = value;

@@ -31,39 +31,89 @@ pub fn bucket_of(amount_cents: u64) -> u64 {
 }
 
 /// Counts of amounts per bucket, sparse.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Serialized as its `(bucket lowest value, count)` pairs in value order; held as one `u64`
+/// per pair ([`Cell`]), half the bytes: hundreds of thousands of buckets stay in memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AmountHistogram {
-    /// `(bucket lowest value, count)`, strictly increasing by value, counts ≥ 1.
-    buckets: Vec<(u64, u64)>,
+    /// Strictly increasing by value, counts ≥ 1.
+    cells: Vec<Cell>,
+}
+
+/// One non-empty bucket in 8 bytes: its count above 16 bits that name the bucket (see
+/// [`Cell::code_of`]), so cells order as their values do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cell(u64);
+
+/// Counts a cell can hold: 2^48 − 1, hundreds of trillions of one amount in one bucket.
+const CELL_COUNT_MAX: u64 = (1 << 48) - 1;
+
+impl Cell {
+    /// A bucket's lowest value has at most 8 significant bits (two significant digits take
+    /// 256 sub-buckets): the code is its shift above 8 bits, then those bits, and orders as
+    /// the value does. `None` for a value that is not a bucket's lowest.
+    fn code_of(value: u64) -> Option<u64> {
+        let shift = (u64::BITS - value.leading_zeros()).saturating_sub(8);
+        let significant = value >> shift;
+        ((significant << shift) == value).then_some((u64::from(shift) << 8) | significant)
+    }
+
+    fn new(value: u64, count: u64) -> Option<Self> {
+        let code = Self::code_of(value)?;
+        (count <= CELL_COUNT_MAX).then_some(Self((count << 16) | code))
+    }
+
+    fn value(self) -> u64 {
+        let code = self.0 & 0xFFFF;
+        (code & 0xFF) << (code >> 8)
+    }
+
+    fn count(self) -> u64 {
+        self.0 >> 16
+    }
+
+    fn code(self) -> u64 {
+        self.0 & 0xFFFF
+    }
+
+    /// This cell with `more` counted.
+    fn plus(self, more: u64) -> Self {
+        let count = self.count() + more;
+        assert!(
+            count <= CELL_COUNT_MAX,
+            "a histogram cell counts at most {CELL_COUNT_MAX}"
+        );
+        Self((count << 16) | self.code())
+    }
 }
 
 impl AmountHistogram {
     pub fn record(&mut self, amount_cents: u64) {
-        let bucket = bucket_of(amount_cents);
-        match self
-            .buckets
-            .binary_search_by_key(&bucket, |&(value, _)| value)
-        {
-            Ok(at) => self.buckets[at].1 += 1,
-            Err(at) => self.buckets.insert(at, (bucket, 1)),
+        let value = bucket_of(amount_cents);
+        let code = Cell::code_of(value).expect("a bucket's lowest value has a code");
+        match self.cells.binary_search_by_key(&code, |cell| cell.code()) {
+            Ok(at) => self.cells[at] = self.cells[at].plus(1),
+            Err(at) => self
+                .cells
+                .insert(at, Cell::new(value, 1).expect("a bucket's lowest value")),
         }
     }
 
     pub fn merge(&mut self, other: &AmountHistogram) {
-        let mut merged = Vec::with_capacity(self.buckets.len() + other.buckets.len());
+        let mut merged = Vec::with_capacity(self.cells.len() + other.cells.len());
         let (mut left, mut right) = (
-            self.buckets.iter().peekable(),
-            other.buckets.iter().peekable(),
+            self.cells.iter().copied().peekable(),
+            other.cells.iter().copied().peekable(),
         );
         loop {
-            let next = match (left.peek(), right.peek()) {
-                (Some(&&(a, n)), Some(&&(b, m))) if a == b => {
+            let next = match (left.peek().copied(), right.peek().copied()) {
+                (Some(l), Some(r)) if l.code() == r.code() => {
                     left.next();
                     right.next();
-                    (a, n + m)
+                    l.plus(r.count())
                 }
-                (Some(&&l), Some(&&r)) => {
-                    if l.0 < r.0 {
+                (Some(l), Some(r)) => {
+                    if l.code() < r.code() {
                         left.next();
                         l
                     } else {
@@ -71,11 +121,11 @@ impl AmountHistogram {
                         r
                     }
                 }
-                (Some(&&l), None) => {
+                (Some(l), None) => {
                     left.next();
                     l
                 }
-                (None, Some(&&r)) => {
+                (None, Some(r)) => {
                     right.next();
                     r
                 }
@@ -83,52 +133,73 @@ impl AmountHistogram {
             };
             merged.push(next);
         }
-        debug_assert!(merged.windows(2).all(|pair| pair[0].0 < pair[1].0));
-        self.buckets = merged;
+        debug_assert!(
+            merged
+                .windows(2)
+                .all(|pair| pair[0].code() < pair[1].code())
+        );
+        self.cells = merged;
     }
 
     /// The non-empty buckets, `(bucket lowest value, count)` in value order.
-    pub fn cells(&self) -> &[(u64, u64)] {
-        &self.buckets
+    pub fn cells(&self) -> impl ExactSizeIterator<Item = (u64, u64)> + '_ {
+        self.cells.iter().map(|cell| (cell.value(), cell.count()))
     }
 
     /// A histogram of stored cells, checked: values strictly increasing and each a bucket's
-    /// lowest value, counts at least 1. `None` if they are not.
+    /// lowest value, counts at least 1 (and under 2^48). `None` if they are not.
     pub fn from_cells(cells: Vec<(u64, u64)>) -> Option<Self> {
         let ordered = cells.windows(2).all(|pair| pair[0].0 < pair[1].0);
-        let valid = cells
+        let packed: Option<Vec<Cell>> = cells
             .iter()
-            .all(|&(value, count)| count >= 1 && bucket_of(value) == value);
-        (ordered && valid).then_some(Self { buckets: cells })
+            .map(|&(value, count)| {
+                (count >= 1 && bucket_of(value) == value)
+                    .then(|| Cell::new(value, count))
+                    .flatten()
+            })
+            .collect();
+        packed.filter(|_| ordered).map(|cells| Self { cells })
     }
 
     pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|&(_, count)| count).sum()
+        self.cells.iter().map(|cell| cell.count()).sum()
     }
 
     /// How many distinct amount buckets hold something.
     pub fn len(&self) -> usize {
-        self.buckets.len()
+        self.cells.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
+        self.cells.is_empty()
     }
 
     /// Amounts at the given quantiles (0.0–1.0), as an hdrhistogram with the same bucketing
     /// reports them; `None` when empty.
     pub fn quantiles<const N: usize>(&self, quantiles: [f64; N]) -> Option<[u64; N]> {
-        if self.buckets.is_empty() {
+        if self.cells.is_empty() {
             return None;
         }
-        let mut dense = bucketing().clone();
-        dense.reset();
-        for &(value, count) in &self.buckets {
-            dense
-                .record_n(value, count)
-                .expect("bucket values come from the same bounds");
-        }
-        Some(quantiles.map(|quantile| dense.value_at_quantile(quantile)))
+        let mut dense = AmountAccumulator::default();
+        dense.add(self);
+        dense.quantiles(quantiles)
+    }
+}
+
+impl Serialize for AmountHistogram {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.cells())
+    }
+}
+
+impl<'de> Deserialize<'de> for AmountHistogram {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let cells = Vec::<(u64, u64)>::deserialize(deserializer)?;
+        Self::from_cells(cells).ok_or_else(|| {
+            serde::de::Error::custom(
+                "histogram cells must ascend, each a bucket's lowest value counted 1 to 2^48 - 1 times",
+            )
+        })
     }
 }
 
@@ -150,7 +221,7 @@ impl Default for AmountAccumulator {
 
 impl AmountAccumulator {
     pub fn add(&mut self, histogram: &AmountHistogram) {
-        for &(value, count) in &histogram.buckets {
+        for (value, count) in histogram.cells() {
             self.dense
                 .record_n(value, count)
                 .expect("bucket values come from the same bounds");
@@ -181,6 +252,55 @@ mod tests {
                 "{amount} -> {bucket}"
             );
         }
+    }
+
+    #[test]
+    fn every_bucket_value_has_a_code_that_orders_as_it_does() {
+        let mut previous: Option<(u64, u64)> = None;
+        let mut amount = 1u64;
+        while amount <= AMOUNT_CENTS_TRACKABLE_MAX {
+            let value = bucket_of(amount);
+            let cell = Cell::new(value, 3).expect("a bucket value has a code");
+            assert_eq!((cell.value(), cell.count()), (value, 3));
+            if let Some((previous_value, previous_code)) = previous
+                && previous_value != value
+            {
+                assert!(
+                    previous_code < cell.code(),
+                    "codes order as values at {value}"
+                );
+            }
+            previous = Some((value, cell.code()));
+            amount += 1 + amount / 300;
+        }
+        assert_eq!(Cell::code_of(257), None, "not a bucket's lowest value");
+        assert!(Cell::new(100, CELL_COUNT_MAX + 1).is_none());
+    }
+
+    #[test]
+    fn serializes_as_the_pairs_it_always_did() {
+        let mut histogram = AmountHistogram::default();
+        for amount in [100u64, 100, 37, 5_000_000, 12_345] {
+            histogram.record(amount);
+        }
+        let pairs: Vec<(u64, u64)> = histogram.cells().collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (37, 1),
+                (100, 2),
+                (bucket_of(12_345), 1),
+                (bucket_of(5_000_000), 1)
+            ]
+        );
+        let encoded = crate::codec::encode(&histogram);
+        assert_eq!(encoded, crate::codec::encode(&pairs));
+        let decoded: AmountHistogram = crate::codec::decode(&encoded).unwrap();
+        assert_eq!(decoded, histogram);
+        let unordered = crate::codec::encode(&vec![(100u64, 1u64), (37, 1)]);
+        assert!(crate::codec::decode::<AmountHistogram>(&unordered).is_err());
+        let not_a_bucket = crate::codec::encode(&vec![(257u64, 1u64)]);
+        assert!(crate::codec::decode::<AmountHistogram>(&not_a_bucket).is_err());
     }
 
     #[test]
