@@ -358,10 +358,11 @@ fn checkpoints_committed_during_a_compaction_are_kept() {
 }
 
 /// The totals of `events(0, 200)` followed by `events(200, 30)`, counted once each.
-fn fixture_v2_totals() -> std::collections::BTreeMap<String, (u64, u64)> {
+/// What a format 2 fixture recorded: `first` donations, compacted, then 30 more.
+fn fixture_v2_totals(first: usize) -> std::collections::BTreeMap<String, (u64, u64)> {
     let mut seen = std::collections::HashSet::new();
     let mut totals = std::collections::BTreeMap::<String, (u64, u64)>::new();
-    for event in events(0, 200).into_iter().chain(events(200, 30)) {
+    for event in events(0, first).into_iter().chain(events(first, 30)) {
         if seen.insert(event.payment_ref.clone()) {
             let total = totals.entry(event.campaign_id).or_default();
             total.0 += event.amount_cents;
@@ -371,10 +372,24 @@ fn fixture_v2_totals() -> std::collections::BTreeMap<String, (u64, u64)> {
     totals
 }
 
+/// `data_dir_v2` holds snapshots whose recorded donations are packed entries;
+/// `data_dir_v2_shards`, snapshots whose recorded donations are the table's shards as they lie.
+/// Each with the number of donations it recorded before its compaction.
+const FORMAT_2_FIXTURES: [(&str, &str, usize); 2] = [
+    ("data_dir_v2", "savepoint_v2.bin", 200),
+    ("data_dir_v2_shards", "savepoint_v2_shards.bin", 4_500),
+];
+
 #[test]
 fn a_data_directory_of_format_2_loads_and_verifies() {
+    for (fixture, _, first) in FORMAT_2_FIXTURES {
+        data_directory_of_format_2_loads_and_verifies(fixture, first);
+    }
+}
+
+fn data_directory_of_format_2_loads_and_verifies(fixture: &str, first: usize) {
     let copy = tempfile::tempdir().unwrap();
-    support::copy_dir(&support::fixtures().join("data_dir_v2"), copy.path());
+    support::copy_dir(&support::fixtures().join(fixture), copy.path());
     let data = DataDir::new(copy.path(), PARTITIONS);
     let log = data.open_log();
     let pipeline = data.pipeline(Arc::clone(&log), 11);
@@ -392,18 +407,23 @@ fn a_data_directory_of_format_2_loads_and_verifies() {
         .into_iter()
         .map(|(campaign, total)| (campaign, (total.total_cents, total.donations)))
         .collect();
-    assert_eq!(totals, fixture_v2_totals());
+    assert_eq!(totals, fixture_v2_totals(first));
 }
 
 #[test]
 fn a_savepoint_of_format_2_restores() {
+    for (fixture, savepoint, first) in FORMAT_2_FIXTURES {
+        savepoint_of_format_2_restores(fixture, savepoint, first);
+    }
+}
+
+fn savepoint_of_format_2_restores(fixture: &str, savepoint: &str, first: usize) {
     let copy = tempfile::tempdir().unwrap();
-    support::copy_dir(&support::fixtures().join("data_dir_v2"), copy.path());
+    support::copy_dir(&support::fixtures().join(fixture), copy.path());
     let data = DataDir::new(copy.path(), PARTITIONS);
     let log = data.open_log();
     let savepoint =
-        tally_pipeline::checkpoint::savepoint::read(&support::fixtures().join("savepoint_v2.bin"))
-            .unwrap();
+        tally_pipeline::checkpoint::savepoint::read(&support::fixtures().join(savepoint)).unwrap();
     assert_eq!(savepoint.created_at_ms, 1_796_000_000_000);
     {
         let pipeline = data.pipeline(Arc::clone(&log), 11);
@@ -421,7 +441,7 @@ fn a_savepoint_of_format_2_restores() {
         .into_iter()
         .map(|(campaign, total)| (campaign, (total.total_cents, total.donations)))
         .collect();
-    assert_eq!(totals, fixture_v2_totals());
+    assert_eq!(totals, fixture_v2_totals(first));
     assert_eq!(
         savepoint.offsets(),
         (0..PARTITIONS)
@@ -437,22 +457,27 @@ fn a_savepoint_of_format_2_restores() {
 }
 
 #[test]
-#[ignore = "writes the checkpoint format 2 fixture; run only to create it"]
+#[ignore = "writes today's checkpoint format 2 fixture; run only to create it"]
 fn regenerate_format_2_fixture() {
     if std::env::var("TALLY_WRITE_FIXTURES").as_deref() != Ok("1") {
         return;
     }
-    let dir = support::fixtures().join("data_dir_v2");
+    // `data_dir_v2` and `savepoint_v2.bin` were written by the first encoding of format 2 and
+    // stay as they are; this writes today's.
+    let (fixture, savepoint, first) = FORMAT_2_FIXTURES[FORMAT_2_FIXTURES.len() - 1];
+    let dir = support::fixtures().join(fixture);
     let data = DataDir::new(&dir, PARTITIONS);
     let log = data.open_log();
-    data.append(&log, &events(0, 200));
+    // Enough donations that most of the 64 shards of each partition's table are written as
+    // they lie and a few, below 32 donations, as packed entries.
+    data.append(&log, &events(0, first));
     let pipeline = catch_up(&data, &log, u64::MAX);
     for partition in 0..PARTITIONS {
         assert!(pipeline.store().compact(partition).unwrap());
     }
-    data.append(&log, &events(200, 30));
+    data.append(&log, &events(first, 30));
     pipeline.run(RunMode::CatchUp).unwrap();
-    let savepoint = support::fixtures().join("savepoint_v2.bin");
+    let savepoint = support::fixtures().join(savepoint);
     let _ = std::fs::remove_file(&savepoint);
     tally_pipeline::checkpoint::savepoint::create(pipeline.store(), &savepoint, 1_796_000_000_000)
         .unwrap();

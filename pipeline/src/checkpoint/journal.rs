@@ -51,7 +51,7 @@ use crate::log::frame::{self, FRAME_HEADER_BYTES};
 use crate::log::{KeyedRecord, Offset, PartitionId};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::conflict_audit::Conflict;
-use crate::operators::dedupe::IndexChange;
+use crate::operators::dedupe::{IndexChange, ShardImage};
 use crate::operators::event_time_windows::{BucketKey, RolledUp, WindowBucket};
 use crate::storage::{self, FileReader, OpenMode, Storage, StorageFile};
 
@@ -122,6 +122,9 @@ pub enum JournalEntry {
         meta: CheckpointMeta,
         content: Box<DeltaContent>,
     },
+    /// Part of a snapshot: one shard of the recorded donations' table, slot by slot, for a
+    /// load to take as it lies (instead of [`JournalEntry::SnapshotRecorded`]).
+    SnapshotShard(ShardImage),
 }
 
 impl JournalEntry {
@@ -133,6 +136,7 @@ impl JournalEntry {
             | JournalEntry::Delta { meta, .. } => Some(meta),
             JournalEntry::IndexChanges(_)
             | JournalEntry::SnapshotRecorded(_)
+            | JournalEntry::SnapshotShard(_)
             | JournalEntry::SnapshotBuckets(_) => None,
         }
     }
@@ -150,6 +154,13 @@ pub enum Committed {
 pub trait Replay {
     fn index_change(&mut self, change: IndexChange);
     fn recorded(&mut self, fingerprint: u64, offset: Offset);
+    /// A shard of recorded donations, whole; its entries are valid ([`ShardImage::entries`]).
+    /// By default, each entry as [`Replay::recorded`].
+    fn recorded_shard(&mut self, image: ShardImage) {
+        for (fingerprint, offset) in image.entries().unwrap_or_default() {
+            self.recorded(fingerprint, offset);
+        }
+    }
     fn buckets(&mut self, buckets: Vec<(BucketKey, WindowBucket)>);
     fn committed(&mut self, meta: CheckpointMeta, content: Committed);
 }
@@ -443,6 +454,12 @@ impl Journal {
                     replay.recorded(fingerprint, offset)
                 })
                 .map_err(str::to_owned)?;
+            }
+            JournalEntry::SnapshotShard(image) => {
+                if !image.is_whole() {
+                    return Err("a snapshot's table shard is not whole slots".into());
+                }
+                replay.recorded_shard(image);
             }
             JournalEntry::SnapshotBuckets(packed) => {
                 replay.buckets(packed.unpack().map_err(str::to_owned)?)
@@ -775,6 +792,12 @@ impl SnapshotWriter {
             self.flush_recorded()?;
         }
         Ok(())
+    }
+
+    /// A shard of the recorded donations' table, as it lies (see [`JournalEntry::SnapshotShard`]).
+    pub fn shard(&mut self, image: ShardImage) -> Result<(), CheckpointError> {
+        self.flush_recorded()?;
+        self.frame(&codec::encode(&JournalEntry::SnapshotShard(image)), false)
     }
 
     pub fn index_change(&mut self, change: IndexChange) -> Result<(), CheckpointError> {

@@ -16,7 +16,7 @@ use crate::codec;
 use crate::log::{Offset, PartitionId, Witness};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::conflict_audit::Conflict;
-use crate::operators::dedupe::IndexChange;
+use crate::operators::dedupe::{IndexChange, ShardImage};
 use crate::operators::event_time_windows::{BucketKey, RolledUp, WindowBucket};
 use crate::processor::StateDigest;
 use crate::processor::partition_state::{
@@ -217,6 +217,17 @@ impl Replay for Collected {
             fingerprint,
             offset,
         });
+    }
+
+    fn recorded_shard(&mut self, image: ShardImage) {
+        match (&mut self.raw_index, &mut self.restorer) {
+            (None, Some(restorer)) => restorer.add_shard(image),
+            _ => {
+                for (fingerprint, offset) in image.entries().unwrap_or_default() {
+                    self.recorded(fingerprint, offset);
+                }
+            }
+        }
     }
 
     fn buckets(&mut self, buckets: Vec<(BucketKey, WindowBucket)>) {

@@ -15,7 +15,7 @@ use crate::log::{Offset, PartitionId};
 use crate::operators::campaign_totals::{CampaignTotal, CampaignTotals};
 use crate::operators::conflict_audit::Conflict;
 use crate::operators::dedupe::{
-    Candidate, DonationIndex, IndexChange, ResendCounts, differing_fields,
+    Candidate, DonationIndex, IndexChange, ResendCounts, ShardImage, differing_fields,
 };
 use crate::operators::event_time_windows::{
     BucketKey, EventTimeWindows, RolledUp, SharedBucket, WindowBucket, WindowChanges,
@@ -158,13 +158,7 @@ impl IndexRestorer {
                     None,
                     recorded_hash(fingerprint, offset),
                 );
-                if self.largest.is_none_or(|largest| fingerprint > largest) {
-                    // A snapshot's, in ascending order: each goes after every one in the table.
-                    self.largest = Some(fingerprint);
-                    self.index.restore(change);
-                } else {
-                    self.out_of_order.push((fingerprint, offset));
-                }
+                self.add_recorded_undigested(fingerprint, offset);
             }
             IndexChange::RecordedCollision {
                 ref payment_ref,
@@ -177,6 +171,37 @@ impl IndexRestorer {
             // Absolute counts: the last of an offset's stands, hashed once all are in.
             IndexChange::Resends { .. } => self.index.restore(change),
         }
+    }
+
+    /// A recorded donation into the table, already counted in the digest.
+    fn add_recorded_undigested(&mut self, fingerprint: u64, offset: Offset) {
+        if self.largest.is_none_or(|largest| fingerprint > largest) {
+            // A snapshot's, in ascending order: each goes after every one in the table.
+            self.largest = Some(fingerprint);
+            self.index.restore(IndexChange::Recorded {
+                fingerprint,
+                offset,
+            });
+        } else {
+            self.out_of_order.push((fingerprint, offset));
+        }
+    }
+
+    /// A snapshot's shard of recorded donations, counted in the digest and built into the
+    /// table in one pass (the donations recorded after the snapshot are merged in at the
+    /// end).
+    pub fn add_shard(&mut self, image: ShardImage) {
+        let mut last = None;
+        image.for_each_entry(|fingerprint, offset| {
+            digest::replace(
+                &mut self.recorded_digest,
+                None,
+                recorded_hash(fingerprint, offset),
+            );
+            last = Some(fingerprint);
+        });
+        self.largest = self.largest.max(last);
+        self.index.restore_from_shards(vec![image], &[]);
     }
 
     /// The index, every change in.

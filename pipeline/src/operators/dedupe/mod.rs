@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-pub use ordered_table::OrderedTable;
+pub use ordered_table::{OrderedTable, ShardImage};
 
 use crate::event::DonationEvent;
 use crate::log::Offset;
@@ -409,6 +409,17 @@ impl DonationIndex {
 
     pub fn recorded(&self) -> usize {
         self.first_offsets.len() + self.collisions.len()
+    }
+
+    /// The fingerprint table's shards as a snapshot writes them.
+    pub fn fingerprint_shards(&self) -> impl Iterator<Item = ShardImage> + '_ {
+        self.first_offsets.shard_images()
+    }
+
+    /// Builds the fingerprint table from a snapshot's shards and the recorded donations after
+    /// them (ascending by fingerprint), on load: each shard written once.
+    pub fn restore_from_shards(&mut self, images: Vec<ShardImage>, recorded: &[(u64, Offset)]) {
+        self.first_offsets.extend_from_images(images, recorded);
     }
 
     /// The recorded donations of the fingerprint table, `(fingerprint, offset)`, in table

@@ -26,6 +26,8 @@
 
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
+
 /// A slot whose key is this is empty.
 const EMPTY: u64 = 0;
 /// A slot's value is this when the real value is in the side map.
@@ -53,23 +55,29 @@ pub struct OrderedTable {
 }
 
 /// A slot: a key and the 32-bit value beside it, in 12 bytes (one cache line holds both for a
-/// lookup).
-#[derive(Debug, Clone, Copy, Default)]
-struct Slot([u32; 3]);
+/// lookup): the key's low and high halves, then the value. All zeros is an empty slot, so the
+/// slots of a new shard are zeroed memory, which the system hands over untouched.
+type Slot = [u32; 3];
 
-impl Slot {
-    const EMPTY: Slot = Slot([0; 3]);
+const EMPTY_SLOT: Slot = [0; 3];
 
-    fn new(key: u64, value: u32) -> Self {
-        Self([key as u32, (key >> 32) as u32, value])
+fn new_slot(key: u64, value: u32) -> Slot {
+    [key as u32, (key >> 32) as u32, value]
+}
+
+/// A slot's parts.
+trait SlotParts {
+    fn key(&self) -> u64;
+    fn value(&self) -> u32;
+}
+
+impl SlotParts for Slot {
+    fn key(&self) -> u64 {
+        u64::from(self[0]) | (u64::from(self[1]) << 32)
     }
 
-    fn key(self) -> u64 {
-        u64::from(self.0[0]) | (u64::from(self.0[1]) << 32)
-    }
-
-    fn value(self) -> u32 {
-        self.0[2]
+    fn value(&self) -> u32 {
+        self[2]
     }
 }
 
@@ -85,6 +93,112 @@ struct Shard {
     /// One past the last occupied slot (0 when empty): where a key larger than every one in the
     /// shard goes, if its home is not further.
     tail: usize,
+}
+
+/// One shard of a table as written to a snapshot: its slots as they lie, so that a load
+/// copies them back instead of inserting each entry. A loader checks the image slot by slot
+/// and falls back to inserting its entries when it is not a valid shard of its own table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardImage {
+    /// The table's [`SHARD_BITS`] when written.
+    pub shard_bits: u8,
+    pub shard: u32,
+    pub homes: u64,
+    /// Every slot, 12 bytes each: the key then the value, little-endian (an empty slot's key is
+    /// 0).
+    #[serde(with = "serde_bytes")]
+    pub slots: Vec<u8>,
+    /// The values of the slots whose value is `u32::MAX`: `(key, value)`.
+    pub wide: Vec<(u64, u64)>,
+}
+
+const SLOT_BYTES: usize = 12;
+
+impl ShardImage {
+    /// Whole slots, and every wide value given: [`ShardImage::entries`] is `Some`.
+    pub fn is_whole(&self) -> bool {
+        if self.slots.len() % SLOT_BYTES != 0 {
+            return false;
+        }
+        let wide_keys: Vec<u64> = self
+            .slots
+            .chunks_exact(SLOT_BYTES)
+            .map(slot_from_bytes)
+            .filter(|slot| slot.key() != EMPTY && slot.value() == WIDE)
+            .map(|slot| slot.key())
+            .collect();
+        wide_keys
+            .iter()
+            .all(|key| self.wide.iter().any(|&(wide_key, _)| wide_key == *key))
+    }
+
+    /// The occupied slots, `(key, value as held)`, in slot order.
+    fn occupied(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.slots
+            .chunks_exact(SLOT_BYTES)
+            .map(slot_from_bytes)
+            .filter(|slot| slot.key() != EMPTY)
+            .map(|slot| (slot.key(), slot.value()))
+    }
+
+    /// How many entries it holds if it is a shard of this table's layout, its keys ascending,
+    /// each in the shard; `None` if not. One pass.
+    fn len_in_this_layout(&self) -> Option<usize> {
+        let index = self.shard as usize;
+        if u32::from(self.shard_bits) != SHARD_BITS
+            || index >= SHARDS
+            || self.slots.len() % SLOT_BYTES != 0
+            || usize::try_from(self.homes).is_err()
+        {
+            return None;
+        }
+        let mut previous = EMPTY;
+        let mut len = 0;
+        for (key, _) in self.occupied() {
+            if key <= previous || shard_of(key) != index {
+                return None;
+            }
+            previous = key;
+            len += 1;
+        }
+        Some(len)
+    }
+
+    /// Each `(key, value)` in the image, without collecting them.
+    pub fn for_each_entry(&self, mut each: impl FnMut(u64, u64)) {
+        let wide: HashMap<u64, u64> = self.wide.iter().copied().collect();
+        for (key, narrow) in self.occupied() {
+            let value = match narrow {
+                WIDE => wide.get(&key).copied().unwrap_or(u64::MAX),
+                narrow => u64::from(narrow),
+            };
+            each(key, value);
+        }
+    }
+
+    /// Every `(key, value)` in the image, by slot order; `None` if the bytes are not whole
+    /// slots or a wide value is missing.
+    pub fn entries(&self) -> Option<Vec<(u64, u64)>> {
+        if self.slots.len() % SLOT_BYTES != 0 {
+            return None;
+        }
+        let wide: HashMap<u64, u64> = self.wide.iter().copied().collect();
+        self.slots
+            .chunks_exact(SLOT_BYTES)
+            .map(slot_from_bytes)
+            .filter(|slot| slot.key() != EMPTY)
+            .map(|slot| match slot.value() {
+                WIDE => wide.get(&slot.key()).map(|&value| (slot.key(), value)),
+                narrow => Some((slot.key(), u64::from(narrow))),
+            })
+            .collect()
+    }
+}
+
+fn slot_from_bytes(bytes: &[u8]) -> Slot {
+    let key = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let value = u32::from_le_bytes(bytes[8..SLOT_BYTES].try_into().expect("4 bytes"));
+    new_slot(key, value)
 }
 
 impl Default for OrderedTable {
@@ -146,7 +260,7 @@ impl OrderedTable {
                 let old = self.widened(self.shards[shard_index].slots[slot].value(), stored_key);
                 self.wide_values.remove(&stored_key);
                 let narrow = self.narrowed(stored_key, value);
-                self.shards[shard_index].slots[slot] = Slot::new(stored_key, narrow);
+                self.shards[shard_index].slots[slot] = new_slot(stored_key, narrow);
                 Some(old)
             }
             Err(_) => {
@@ -175,11 +289,96 @@ impl OrderedTable {
                 .iter()
                 .map(|&(key, value)| {
                     let key = stored(key);
-                    Slot::new(key, self.narrowed(key, value))
+                    new_slot(key, self.narrowed(key, value))
                 })
                 .collect();
             self.shards[shard_index].merge(&slots);
             self.len += these.len();
+        }
+    }
+
+    /// Each non-empty shard as a snapshot writes it, in key order.
+    pub fn shard_images(&self) -> impl Iterator<Item = ShardImage> + '_ {
+        self.shards
+            .iter()
+            .enumerate()
+            .filter(|(_, shard)| shard.len > 0)
+            .map(|(index, shard)| {
+                let mut slots = Vec::with_capacity(shard.slots.len() * SLOT_BYTES);
+                let mut wide = Vec::new();
+                for slot in shard.slots.iter() {
+                    slots.extend_from_slice(&slot.key().to_le_bytes());
+                    slots.extend_from_slice(&slot.value().to_le_bytes());
+                    if slot.key() != EMPTY && slot.value() == WIDE {
+                        wide.push((slot.key(), self.wide_values[&slot.key()]));
+                    }
+                }
+                ShardImage {
+                    shard_bits: SHARD_BITS as u8,
+                    shard: index as u32,
+                    homes: shard.homes as u64,
+                    slots,
+                    wide,
+                }
+            })
+    }
+
+    /// Builds the table's shards once from a snapshot's shard images and more entries
+    /// (ascending; in no image): each shard in one pass, merging what it holds already, its
+    /// image's slots and its share of `extra`, sized for them all. An image that is not a
+    /// shard of this layout in ascending order (or whose shard came twice) counts as entries
+    /// to sort in. Its entries are valid: [`ShardImage::is_whole`].
+    pub fn extend_from_images(&mut self, images: Vec<ShardImage>, extra: &[(u64, u64)]) {
+        let mut by_shard: Vec<Option<(ShardImage, usize)>> = (0..SHARDS).map(|_| None).collect();
+        let mut loose: Vec<(u64, u64)> = Vec::new();
+        for image in images {
+            let index = image.shard as usize;
+            match image.len_in_this_layout() {
+                Some(len) if by_shard[index].is_none() => by_shard[index] = Some((image, len)),
+                _ => loose.extend(image.entries().unwrap_or_default()),
+            }
+        }
+        let sorted_extra;
+        let extra = if loose.is_empty() {
+            extra
+        } else {
+            loose.extend_from_slice(extra);
+            loose.sort_unstable();
+            sorted_extra = loose;
+            &sorted_extra[..]
+        };
+        assert!(
+            extra.windows(2).all(|pair| pair[0].0 < pair[1].0),
+            "entries ascend"
+        );
+        let mut rest = extra;
+        for (index, image) in by_shard.into_iter().enumerate() {
+            let count = rest.partition_point(|&(key, _)| shard_of(stored(key)) <= index);
+            let (these, later) = rest.split_at(count);
+            rest = later;
+            let Some((image, image_len)) = image else {
+                if !these.is_empty() {
+                    self.extend_sorted(these);
+                }
+                continue;
+            };
+            self.wide_values.extend(image.wide.iter().copied());
+            let these: Vec<Slot> = these
+                .iter()
+                .map(|&(key, value)| {
+                    let key = stored(key);
+                    new_slot(key, self.narrowed(key, value))
+                })
+                .collect();
+            let shard = &mut self.shards[index];
+            let before = shard.len;
+            let total = before + image_len + these.len();
+            let homes = homes_for(total, LOAD_FACTOR_SIZED).max(image.homes as usize);
+            shard.rebuild_from(homes, || {
+                let image_slots = image.occupied().map(|(key, value)| new_slot(key, value));
+                ascending(image_slots, these.iter().copied())
+            });
+            self.len += shard.len - before;
         }
     }
 
@@ -225,7 +424,7 @@ impl OrderedTable {
 impl Shard {
     fn with_homes(homes: usize) -> Self {
         Self {
-            slots: vec![Slot::EMPTY; homes + spill_for(homes)].into_boxed_slice(),
+            slots: vec![EMPTY_SLOT; homes + spill_for(homes)].into_boxed_slice(),
             homes,
             len: 0,
             tail: 0,
@@ -262,7 +461,7 @@ impl Shard {
         if home >= self.tail && home < self.slots.len() {
             // Past every occupied slot (so larger than every key here: each sits at or
             // after its home): the common case of a load in ascending order.
-            self.slots[home] = Slot::new(key, value);
+            self.slots[home] = new_slot(key, value);
             self.len += 1;
             self.tail = home + 1;
             return;
@@ -282,7 +481,7 @@ impl Shard {
                 continue;
             };
             self.slots.copy_within(at..empty, at + 1);
-            self.slots[at] = Slot::new(key, value);
+            self.slots[at] = new_slot(key, value);
             self.len += 1;
             self.tail = self.tail.max(empty + 1);
             return;
@@ -322,22 +521,41 @@ impl Shard {
 
     /// The shard [`rebuild`](Self::rebuild) makes, or `None` if a run would not fit.
     fn rebuilt(&self, homes: usize, extra: &[Slot]) -> Option<Shard> {
-        let mut rebuilt = Shard::with_homes(homes);
-        let mut next_free = 0;
-        let occupied = self
-            .slots
-            .iter()
-            .copied()
-            .filter(|slot| slot.key() != EMPTY);
-        for entry in ascending(occupied, extra.iter().copied()) {
-            let slot = rebuilt.home(entry.key()).max(next_free);
-            *rebuilt.slots.get_mut(slot)? = entry;
-            next_free = slot + 1;
-            rebuilt.len += 1;
-        }
-        rebuilt.tail = next_free;
-        Some(rebuilt)
+        let occupied = self.slots.iter().copied().filter(|slot| slot.key() != EMPTY);
+        placed(homes, ascending(occupied, extra.iter().copied()))
     }
+
+    /// Rebuilds the shard from what it holds and `more` (ascending, none of them here) over at
+    /// least `homes` home slots.
+    fn rebuild_from<I: Iterator<Item = Slot>>(&mut self, homes: usize, more: impl Fn() -> I) {
+        if self.len > 0 {
+            let more: Vec<Slot> = more().collect();
+            return self.rebuild(homes, &more);
+        }
+        // Nothing here to merge: its slots (perhaps never touched) need not be read.
+        let mut homes = homes;
+        *self = loop {
+            match placed(homes, more()) {
+                Some(placed) => break placed,
+                None => homes += homes / 8 + HOMES_MIN,
+            }
+        };
+    }
+}
+
+/// A shard over `homes` home slots holding `entries` (ascending), each at its home or just
+/// after the one before it; `None` if a run would not fit.
+fn placed(homes: usize, entries: impl Iterator<Item = Slot>) -> Option<Shard> {
+    let mut shard = Shard::with_homes(homes);
+    let mut next_free = 0;
+    for entry in entries {
+        let slot = shard.home(entry.key()).max(next_free);
+        *shard.slots.get_mut(slot)? = entry;
+        next_free = slot + 1;
+        shard.len += 1;
+    }
+    shard.tail = next_free;
+    Some(shard)
 }
 
 /// Two ascending runs of slots merged into one; a key in both is a broken promise.
@@ -537,6 +755,67 @@ mod tests {
         let mut table = OrderedTable::default();
         table.insert(spread(1), 1);
         table.extend_sorted(&[(spread(1), 2)]);
+    }
+
+    #[test]
+    fn a_table_builds_from_its_shard_images_and_more_entries() {
+        let mut table = OrderedTable::default();
+        for i in 1..30_000u64 {
+            table.insert(spread(i), i);
+        }
+        table.insert(spread(30_000), u64::MAX - 1);
+        let images: Vec<ShardImage> = table.shard_images().collect();
+        assert!(images.iter().all(ShardImage::is_whole));
+        let entries: Vec<(u64, u64)> = images.iter().flat_map(|i| i.entries().unwrap()).collect();
+        assert_eq!(entries, table.iter().collect::<Vec<_>>());
+        let mut more: Vec<(u64, u64)> = (30_001..40_000u64).map(|i| (spread(i), i)).collect();
+        more.sort_unstable();
+        let mut built = OrderedTable::with_capacity(40_000);
+        built.insert(spread(50_000), 7);
+        built.extend_from_images(images, &more);
+        assert_eq!(built.len(), 40_000);
+        for i in 1..40_000u64 {
+            let expected = if i == 30_000 { u64::MAX - 1 } else { i };
+            assert_eq!(built.get(spread(i)), Some(expected));
+        }
+        assert_eq!(built.get(spread(50_000)), Some(7), "what it held stays");
+        assert_ordered(&built);
+    }
+
+    #[test]
+    fn a_shard_image_out_of_order_is_sorted_in_instead() {
+        let mut table = OrderedTable::default();
+        for i in 1..5_000u64 {
+            table.insert(spread(i), i);
+        }
+        let images: Vec<ShardImage> = table.shard_images().collect();
+        let mut swapped = images[0].clone();
+        let occupied: Vec<usize> = (0..swapped.slots.len() / SLOT_BYTES)
+            .filter(|&at| slot_from_bytes(&swapped.slots[at * SLOT_BYTES..]).key() != EMPTY)
+            .collect();
+        let (a, b) = (occupied[0] * SLOT_BYTES, occupied[1] * SLOT_BYTES);
+        let first: Vec<u8> = swapped.slots[a..a + SLOT_BYTES].to_vec();
+        let second: Vec<u8> = swapped.slots[b..b + SLOT_BYTES].to_vec();
+        swapped.slots[a..a + SLOT_BYTES].copy_from_slice(&second);
+        swapped.slots[b..b + SLOT_BYTES].copy_from_slice(&first);
+        assert_eq!(swapped.len_in_this_layout(), None);
+        assert_eq!(images[0].len_in_this_layout(), Some(images[0].entries().unwrap().len()));
+        let mut other_layout = images[1].clone();
+        other_layout.shard_bits += 1;
+        let mut rebuilt_images = images.clone();
+        rebuilt_images[0] = swapped;
+        rebuilt_images[1] = other_layout;
+        let mut built = OrderedTable::default();
+        built.extend_from_images(rebuilt_images, &[]);
+        assert_eq!(
+            built.iter().collect::<Vec<_>>(),
+            table.iter().collect::<Vec<_>>()
+        );
+        assert_ordered(&built);
+        let mut torn = images[2].clone();
+        torn.slots.truncate(torn.slots.len() - 5);
+        assert_eq!(torn.entries(), None, "not whole slots");
+        assert!(!torn.is_whole());
     }
 
     #[test]
