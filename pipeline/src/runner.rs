@@ -157,6 +157,9 @@ pub struct Pipeline {
     sink: Option<Arc<dyn UpdateSink>>,
 }
 
+/// A partition's state as loaded, and whether a damaged checkpoint made it start over.
+type LoadResult = Result<(PartitionState, bool), PipelineError>;
+
 impl Pipeline {
     pub fn new(
         log: Arc<dyn Log>,
@@ -228,7 +231,7 @@ impl Pipeline {
         let loaders = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(partitions.len().max(1));
-        let loaded: Vec<Mutex<Option<Result<(PartitionState, bool), PipelineError>>>> =
+        let loaded: Vec<Mutex<Option<LoadResult>>> =
             (0..partitions.len()).map(|_| Mutex::new(None)).collect();
         // Loading is reading and hashing: the cores take the partitions one at a time, the next
         // free core the next partition, so one large journal does not hold up the rest.

@@ -117,7 +117,7 @@ const SLOT_BYTES: usize = 12;
 impl ShardImage {
     /// Whole slots, and every wide value given: [`ShardImage::entries`] is `Some`.
     pub fn is_whole(&self) -> bool {
-        if self.slots.len() % SLOT_BYTES != 0 {
+        if !self.slots.len().is_multiple_of(SLOT_BYTES) {
             return false;
         }
         let wide_keys: Vec<u64> = self
@@ -147,7 +147,7 @@ impl ShardImage {
         let index = self.shard as usize;
         if u32::from(self.shard_bits) != SHARD_BITS
             || index >= SHARDS
-            || self.slots.len() % SLOT_BYTES != 0
+            || !self.slots.len().is_multiple_of(SLOT_BYTES)
             || usize::try_from(self.homes).is_err()
         {
             return None;
@@ -179,7 +179,7 @@ impl ShardImage {
     /// Every `(key, value)` in the image, by slot order; `None` if the bytes are not whole
     /// slots or a wide value is missing.
     pub fn entries(&self) -> Option<Vec<(u64, u64)>> {
-        if self.slots.len() % SLOT_BYTES != 0 {
+        if !self.slots.len().is_multiple_of(SLOT_BYTES) {
             return None;
         }
         let wide: HashMap<u64, u64> = self.wide.iter().copied().collect();
@@ -521,7 +521,11 @@ impl Shard {
 
     /// The shard [`rebuild`](Self::rebuild) makes, or `None` if a run would not fit.
     fn rebuilt(&self, homes: usize, extra: &[Slot]) -> Option<Shard> {
-        let occupied = self.slots.iter().copied().filter(|slot| slot.key() != EMPTY);
+        let occupied = self
+            .slots
+            .iter()
+            .copied()
+            .filter(|slot| slot.key() != EMPTY);
         placed(homes, ascending(occupied, extra.iter().copied()))
     }
 
@@ -799,7 +803,10 @@ mod tests {
         swapped.slots[a..a + SLOT_BYTES].copy_from_slice(&second);
         swapped.slots[b..b + SLOT_BYTES].copy_from_slice(&first);
         assert_eq!(swapped.len_in_this_layout(), None);
-        assert_eq!(images[0].len_in_this_layout(), Some(images[0].entries().unwrap().len()));
+        assert_eq!(
+            images[0].len_in_this_layout(),
+            Some(images[0].entries().unwrap().len())
+        );
         let mut other_layout = images[1].clone();
         other_layout.shard_bits += 1;
         let mut rebuilt_images = images.clone();
