@@ -51,6 +51,17 @@ pub fn memory() -> Memory {
     }
 }
 
+/// The system's dirty page cache (`Dirty:` of `/proc/meminfo`), in KiB; 0 if unknown.
+pub fn dirty_kb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|line| line.starts_with("Dirty:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The 1, 5 and 15 minute load averages: the machine is shared, and its load moves the figures.
 pub fn load_average() -> String {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -6,12 +6,13 @@
 //! is counted again.
 //!
 //! The index maps a 64-bit fingerprint of each recorded `payment_ref` to the log offset of its
-//! first event — 16 bytes per donation, so tens of millions fit in memory — and the log itself
-//! holds what was recorded. A fingerprint match is confirmed against the recorded event before
-//! anything is decided: from a small cache of recently recorded donations (two independent
-//! 64-bit checks of identity and content), or else by reading the recorded event from the log
-//! and comparing every field exactly. Two different `payment_ref`s that share a fingerprint are
-//! kept apart by an exact side table, so the index never merges two payments.
+//! first event, in an [`OrderedTable`] — 13 to 15 bytes per donation, so tens of millions fit
+//! in memory — and the log itself holds what was recorded. A fingerprint match is confirmed
+//! against the recorded event before anything is decided: from a ring of the last donations
+//! recorded (two independent 64-bit checks of identity and content), or else by reading the
+//! recorded event from the log and comparing every field exactly. Two different `payment_ref`s
+//! that share a fingerprint are kept apart by an exact side table, so the index never merges two
+//! payments.
 
 mod ordered_table;
 
