@@ -145,10 +145,15 @@ impl ShardImage {
     /// each in the shard; `None` if not. One pass.
     fn len_in_this_layout(&self) -> Option<usize> {
         let index = self.shard as usize;
+        // The slots a shard of `homes` has: a load sizes the shard from `homes`, so a value
+        // the slots do not bear out (damage the frame's checksum missed) is not trusted.
+        let slots_for_homes = usize::try_from(self.homes)
+            .ok()
+            .and_then(|homes| homes.checked_add(spill_for(homes)));
         if u32::from(self.shard_bits) != SHARD_BITS
             || index >= SHARDS
             || !self.slots.len().is_multiple_of(SLOT_BYTES)
-            || usize::try_from(self.homes).is_err()
+            || slots_for_homes != Some(self.slots.len() / SLOT_BYTES)
         {
             return None;
         }
@@ -809,9 +814,13 @@ mod tests {
         );
         let mut other_layout = images[1].clone();
         other_layout.shard_bits += 1;
+        let mut too_many_homes = images[2].clone();
+        too_many_homes.homes = 1 << 40;
+        assert_eq!(too_many_homes.len_in_this_layout(), None);
         let mut rebuilt_images = images.clone();
         rebuilt_images[0] = swapped;
         rebuilt_images[1] = other_layout;
+        rebuilt_images[2] = too_many_homes;
         let mut built = OrderedTable::default();
         built.extend_from_images(rebuilt_images, &[]);
         assert_eq!(
