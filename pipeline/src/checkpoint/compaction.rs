@@ -28,6 +28,7 @@ use super::CheckpointError;
 use super::journal::{Journal, SnapshotContent, SnapshotWriter};
 use super::store::{CheckpointMeta, Collected, Parts, journal_path, lock};
 use crate::log::PartitionId;
+use crate::operators::event_time_windows::{BucketKey, SharedBucket};
 use crate::processor::PartitionState;
 use crate::storage::{self, OpenMode, Storage, StorageFile};
 
@@ -212,8 +213,15 @@ pub(crate) fn write_snapshot(
             writer.index_change(change)?;
         }
     }
+    // The buckets are shared with the state, which goes first: its table is the bulk of it.
+    let buckets: Vec<(BucketKey, SharedBucket)> = committed
+        .state
+        .windows()
+        .iter()
+        .map(|(key, bucket)| (key, Arc::clone(bucket)))
+        .collect();
     drop(committed.state);
-    for (key, bucket) in &committed.parts.buckets {
+    for (key, bucket) in &buckets {
         writer.bucket(key, bucket)?;
     }
     let content = SnapshotContent {

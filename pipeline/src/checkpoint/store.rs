@@ -102,8 +102,11 @@ pub(crate) struct Collected {
     buckets: BTreeMap<BucketKey, WindowBucket>,
     rolled_up: RolledUp,
     conflicts: Vec<Conflict>,
-    /// Whether `into_state` also hands back the totals and buckets.
+    /// Whether `into_state` also hands back the totals.
     keep_parts: bool,
+    /// Whether `into_state` also hands back a copy of the buckets (a snapshot writes them from
+    /// the state's windows instead: one copy in memory).
+    keep_buckets: bool,
 }
 
 impl Collected {
@@ -114,7 +117,7 @@ impl Collected {
         }
     }
 
-    /// For writing the state out again: the parts are kept.
+    /// For writing the state out again: the totals are kept (the buckets are the state's).
     pub(crate) fn for_snapshot(recorded_hint: u64) -> Self {
         Self {
             keep_parts: true,
@@ -127,6 +130,7 @@ impl Collected {
             restorer: Some(IndexRestorer::new(0)),
             raw_index: Some(Vec::new()),
             keep_parts: true,
+            keep_buckets: true,
             ..Self::default()
         }
     }
@@ -159,7 +163,11 @@ impl Collected {
         let keep = self.keep_parts;
         let parts = Parts {
             totals: if keep { totals.clone() } else { Vec::new() },
-            buckets: if keep { buckets.clone() } else { Vec::new() },
+            buckets: if self.keep_buckets {
+                buckets.clone()
+            } else {
+                Vec::new()
+            },
             rolled_up,
             conflicts: self.conflicts,
         };
