@@ -10,8 +10,8 @@
 //! A partition thread owns its state; nothing else writes it. It runs its own single-threaded
 //! async runtime to wait on the log, so checkpoint syncs never block a server's executor.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -231,33 +231,35 @@ impl Pipeline {
         let loaders = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(partitions.len().max(1));
-        let loaded: Vec<Mutex<Option<LoadResult>>> =
-            (0..partitions.len()).map(|_| Mutex::new(None)).collect();
         // Loading is reading and hashing: the cores take the partitions one at a time, the next
         // free core the next partition, so one large journal does not hold up the rest.
         let next = AtomicUsize::new(0);
-        std::thread::scope(|scope| {
-            for _ in 0..loaders {
-                scope.spawn(|| {
-                    loop {
-                        let at = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&partition) = partitions.get(at) else {
-                            break;
-                        };
-                        let result = self.load_partition(partition);
-                        *loaded[at].lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
-                    }
-                });
-            }
+        let mut loaded: Vec<(usize, LoadResult)> = std::thread::scope(|scope| {
+            let loaders: Vec<_> = (0..loaders)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut taken = Vec::new();
+                        loop {
+                            let at = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(&partition) = partitions.get(at) else {
+                                return taken;
+                            };
+                            taken.push((at, self.load_partition(partition)));
+                        }
+                    })
+                })
+                .collect();
+            loaders
+                .into_iter()
+                .flat_map(|loader| {
+                    loader
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
         });
-        loaded
-            .into_iter()
-            .map(|slot| {
-                slot.into_inner()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .expect("every partition was loaded")
-            })
-            .collect()
+        loaded.sort_unstable_by_key(|&(at, _)| at);
+        loaded.into_iter().map(|(_, result)| result).collect()
     }
 
     fn load_partition(

@@ -179,7 +179,6 @@ pub(crate) fn committed_state(
 /// small shard.
 const SHARD_IMAGE_ENTRIES_MIN: usize = 32;
 const SHARD_IMAGE_BYTES_MAX: usize = 40 << 20;
-const SHARD_SLOT_BYTES: usize = 12;
 
 /// Streams a committed state into `writer` as a snapshot. `false` if `stop` was raised.
 pub(crate) fn write_snapshot(
@@ -196,15 +195,14 @@ pub(crate) fn write_snapshot(
             if stop.load(Ordering::Relaxed) {
                 return Ok(false);
             }
-            let entries = image.entries().expect("a table's own shard");
-            let dense = entries.len() >= SHARD_IMAGE_ENTRIES_MIN
-                && image.slots.len() <= 2 * SHARD_SLOT_BYTES * entries.len();
+            let entries = image.entry_count();
+            let dense = entries >= SHARD_IMAGE_ENTRIES_MIN && image.slot_count() <= 2 * entries;
             if dense && image.slots.len() + image.wide.len() * 16 <= SHARD_IMAGE_BYTES_MAX {
                 writer.shard(image)?;
             } else {
                 // Small (its empty slots would outweigh it) or too large for one frame: its
                 // entries, packed.
-                for (fingerprint, offset) in entries {
+                for (fingerprint, offset) in image.entries().expect("a table's own shard") {
                     writer.recorded(fingerprint, offset)?;
                 }
             }

@@ -201,7 +201,7 @@ impl IndexRestorer {
             last = Some(fingerprint);
         });
         self.largest = self.largest.max(last);
-        self.index.restore_from_shards(vec![image], &[]);
+        self.index.restore_shard(&image);
     }
 
     /// The index, every change in.

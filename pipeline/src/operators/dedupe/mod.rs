@@ -417,16 +417,9 @@ impl DonationIndex {
         self.first_offsets.shard_images()
     }
 
-    /// Builds the fingerprint table from a snapshot's shards and the recorded donations after
-    /// them (ascending by fingerprint), on load: each shard written once.
-    pub fn restore_from_shards(&mut self, images: Vec<ShardImage>, recorded: &[(u64, Offset)]) {
-        self.first_offsets.extend_from_images(images, recorded);
-    }
-
-    /// The recorded donations of the fingerprint table, `(fingerprint, offset)`, in table
-    /// order (a snapshot writes them so, and a table of the same size loads them in order).
-    pub fn fingerprint_entries(&self) -> impl Iterator<Item = (u64, Offset)> + '_ {
-        self.first_offsets.iter()
+    /// Replays a snapshot's shard of the fingerprint table (on load), built in one pass.
+    pub fn restore_shard(&mut self, image: &ShardImage) {
+        self.first_offsets.extend_from_image(image);
     }
 
     /// Every donation resent, with its counts, in no particular order.

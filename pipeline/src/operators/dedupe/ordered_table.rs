@@ -9,13 +9,12 @@
 //!
 //! Keys are uniformly distributed, so a key's home slot is its value scaled onto the table, with
 //! no further hashing, and the table is kept **ordered**: along the slots, the keys stored
-//! ascend. A lookup therefore stops at the first larger
-//! key as well as at an empty slot, and costs the same whether it finds one or not,
-//! which lets the table run 92% full. An insert shifts the rest of its run of occupied slots one
-//! place up.
+//! ascend. A lookup therefore stops at the first larger key as well as at an empty slot, and a
+//! miss costs about what a hit does, which lets the table run 92% full. An insert shifts the rest
+//! of its run of occupied slots one place up.
 //!
-//! The table is split into [`SHARDS`] shards by the key's top bits, each growing by
-//! itself and only by an eighth at a time: the table stays 80–92% full at any size, and a
+//! The table is split into [`SHARDS`] shards by the key's top bits, each growing by itself and
+//! only by an eighth at a time: the table stays 80–92% full at any size, and a
 //! growth copies one shard, never the whole table at once. Iteration yields keys in ascending
 //! order, and inserting in ascending order only ever appends to a run, so a table rebuilt from
 //! a snapshot is written front to back.
@@ -117,19 +116,20 @@ const SLOT_BYTES: usize = 12;
 impl ShardImage {
     /// Whole slots, and every wide value given: [`ShardImage::entries`] is `Some`.
     pub fn is_whole(&self) -> bool {
-        if !self.slots.len().is_multiple_of(SLOT_BYTES) {
-            return false;
-        }
-        let wide_keys: Vec<u64> = self
-            .slots
-            .chunks_exact(SLOT_BYTES)
-            .map(slot_from_bytes)
-            .filter(|slot| slot.key() != EMPTY && slot.value() == WIDE)
-            .map(|slot| slot.key())
-            .collect();
-        wide_keys
-            .iter()
-            .all(|key| self.wide.iter().any(|&(wide_key, _)| wide_key == *key))
+        self.slots.len().is_multiple_of(SLOT_BYTES)
+            && self.occupied().all(|(key, narrow)| {
+                narrow != WIDE || self.wide.iter().any(|&(wide_key, _)| wide_key == key)
+            })
+    }
+
+    /// How many entries it holds.
+    pub fn entry_count(&self) -> usize {
+        self.occupied().count()
+    }
+
+    /// How many slots it has, empty ones included.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len() / SLOT_BYTES
     }
 
     /// The occupied slots, `(key, value as held)`, in slot order.
@@ -169,7 +169,9 @@ impl ShardImage {
         Some(len)
     }
 
-    /// Each `(key, value)` in the image, without collecting them.
+    /// Each `(key, value)` in the image, in slot order, without collecting them; a wide value
+    /// missing from the image reads as `u64::MAX` (an image that [`is_whole`](Self::is_whole)
+    /// has none missing).
     pub fn for_each_entry(&self, mut each: impl FnMut(u64, u64)) {
         let wide: HashMap<u64, u64> = self.wide.iter().copied().collect();
         for (key, narrow) in self.occupied() {
@@ -181,22 +183,14 @@ impl ShardImage {
         }
     }
 
-    /// Every `(key, value)` in the image, by slot order; `None` if the bytes are not whole
-    /// slots or a wide value is missing.
+    /// Every `(key, value)` in the image, in slot order; `None` if it is not
+    /// [whole](Self::is_whole).
     pub fn entries(&self) -> Option<Vec<(u64, u64)>> {
-        if !self.slots.len().is_multiple_of(SLOT_BYTES) {
-            return None;
-        }
-        let wide: HashMap<u64, u64> = self.wide.iter().copied().collect();
-        self.slots
-            .chunks_exact(SLOT_BYTES)
-            .map(slot_from_bytes)
-            .filter(|slot| slot.key() != EMPTY)
-            .map(|slot| match slot.value() {
-                WIDE => wide.get(&slot.key()).map(|&value| (slot.key(), value)),
-                narrow => Some((slot.key(), u64::from(narrow))),
-            })
-            .collect()
+        self.is_whole().then(|| {
+            let mut entries = Vec::with_capacity(self.entry_count());
+            self.for_each_entry(|key, value| entries.push((key, value)));
+            entries
+        })
     }
 }
 
@@ -328,62 +322,25 @@ impl OrderedTable {
             })
     }
 
-    /// Builds the table's shards once from a snapshot's shard images and more entries
-    /// (ascending; in no image): each shard in one pass, merging what it holds already, its
-    /// image's slots and its share of `extra`, sized for them all. An image that is not a
-    /// shard of this layout in ascending order (or whose shard came twice) counts as entries
-    /// to sort in. Its entries are valid: [`ShardImage::is_whole`].
-    pub fn extend_from_images(&mut self, images: Vec<ShardImage>, extra: &[(u64, u64)]) {
-        let mut by_shard: Vec<Option<(ShardImage, usize)>> = (0..SHARDS).map(|_| None).collect();
-        let mut loose: Vec<(u64, u64)> = Vec::new();
-        for image in images {
-            let index = image.shard as usize;
-            match image.len_in_this_layout() {
-                Some(len) if by_shard[index].is_none() => by_shard[index] = Some((image, len)),
-                _ => loose.extend(image.entries().unwrap_or_default()),
+    /// Adds a snapshot's shard image (it [is whole](ShardImage::is_whole), its keys in no
+    /// shard here yet): a shard of this layout, keys ascending, whose shard is still empty here
+    /// is built from it in one pass, sized for it; any other image is sorted in.
+    pub fn extend_from_image(&mut self, image: &ShardImage) {
+        let index = image.shard as usize;
+        match image.len_in_this_layout() {
+            Some(len) if self.shards[index].len == 0 => {
+                self.wide_values.extend(image.wide.iter().copied());
+                let homes = homes_for(len, LOAD_FACTOR_SIZED).max(image.homes as usize);
+                self.shards[index] = placed_growing(homes, || {
+                    image.occupied().map(|(key, value)| new_slot(key, value))
+                });
+                self.len += len;
             }
-        }
-        let sorted_extra;
-        let extra = if loose.is_empty() {
-            extra
-        } else {
-            loose.extend_from_slice(extra);
-            loose.sort_unstable();
-            sorted_extra = loose;
-            &sorted_extra[..]
-        };
-        assert!(
-            extra.windows(2).all(|pair| pair[0].0 < pair[1].0),
-            "entries ascend"
-        );
-        let mut rest = extra;
-        for (index, image) in by_shard.into_iter().enumerate() {
-            let count = rest.partition_point(|&(key, _)| shard_of(stored(key)) <= index);
-            let (these, later) = rest.split_at(count);
-            rest = later;
-            let Some((image, image_len)) = image else {
-                if !these.is_empty() {
-                    self.extend_sorted(these);
-                }
-                continue;
-            };
-            self.wide_values.extend(image.wide.iter().copied());
-            let these: Vec<Slot> = these
-                .iter()
-                .map(|&(key, value)| {
-                    let key = stored(key);
-                    new_slot(key, self.narrowed(key, value))
-                })
-                .collect();
-            let shard = &mut self.shards[index];
-            let before = shard.len;
-            let total = before + image_len + these.len();
-            let homes = homes_for(total, LOAD_FACTOR_SIZED).max(image.homes as usize);
-            shard.rebuild_from(homes, || {
-                let image_slots = image.occupied().map(|(key, value)| new_slot(key, value));
-                ascending(image_slots, these.iter().copied())
-            });
-            self.len += shard.len - before;
+            _ => {
+                let mut entries = image.entries().unwrap_or_default();
+                entries.sort_unstable();
+                self.extend_sorted(&entries);
+            }
         }
     }
 
@@ -398,8 +355,9 @@ impl OrderedTable {
         })
     }
 
-    /// Heap bytes used, for operators.
-    pub fn heap_bytes(&self) -> usize {
+    /// Heap bytes the slots take (the side map counted at 32 bytes an entry).
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
         self.shards
             .iter()
             .map(|shard| shard.slots.len() * std::mem::size_of::<Slot>())
@@ -513,42 +471,25 @@ impl Shard {
     /// Rebuilds the shard over `homes` home slots from its entries and `extra` (ascending,
     /// none of them here), placing each at its home or just after the one before it.
     fn rebuild(&mut self, homes: usize, extra: &[Slot]) {
-        let mut homes = homes;
-        let rebuilt = loop {
-            match self.rebuilt(homes, extra) {
-                Some(rebuilt) => break rebuilt,
-                // A run longer than the spill area: more homes instead.
-                None => homes += homes / 8 + HOMES_MIN,
-            }
+        let occupied = || {
+            self.slots
+                .iter()
+                .copied()
+                .filter(|slot| slot.key() != EMPTY)
         };
-        *self = rebuilt;
+        *self = placed_growing(homes, || ascending(occupied(), extra.iter().copied()));
     }
+}
 
-    /// The shard [`rebuild`](Self::rebuild) makes, or `None` if a run would not fit.
-    fn rebuilt(&self, homes: usize, extra: &[Slot]) -> Option<Shard> {
-        let occupied = self
-            .slots
-            .iter()
-            .copied()
-            .filter(|slot| slot.key() != EMPTY);
-        placed(homes, ascending(occupied, extra.iter().copied()))
-    }
-
-    /// Rebuilds the shard from what it holds and `more` (ascending, none of them here) over at
-    /// least `homes` home slots.
-    fn rebuild_from<I: Iterator<Item = Slot>>(&mut self, homes: usize, more: impl Fn() -> I) {
-        if self.len > 0 {
-            let more: Vec<Slot> = more().collect();
-            return self.rebuild(homes, &more);
+/// [`placed`] over `homes` home slots, or over more if a run would not fit.
+fn placed_growing<I: Iterator<Item = Slot>>(homes: usize, entries: impl Fn() -> I) -> Shard {
+    let mut homes = homes;
+    loop {
+        match placed(homes, entries()) {
+            Some(shard) => return shard,
+            // A run longer than the spill area: more homes instead.
+            None => homes += homes / 8 + HOMES_MIN,
         }
-        // Nothing here to merge: its slots (perhaps never touched) need not be read.
-        let mut homes = homes;
-        *self = loop {
-            match placed(homes, more()) {
-                Some(placed) => break placed,
-                None => homes += homes / 8 + HOMES_MIN,
-            }
-        };
     }
 }
 
@@ -781,7 +722,10 @@ mod tests {
         more.sort_unstable();
         let mut built = OrderedTable::with_capacity(40_000);
         built.insert(spread(50_000), 7);
-        built.extend_from_images(images, &more);
+        for image in &images {
+            built.extend_from_image(image);
+        }
+        built.extend_sorted(&more);
         assert_eq!(built.len(), 40_000);
         for i in 1..40_000u64 {
             let expected = if i == 30_000 { u64::MAX - 1 } else { i };
@@ -822,7 +766,9 @@ mod tests {
         rebuilt_images[1] = other_layout;
         rebuilt_images[2] = too_many_homes;
         let mut built = OrderedTable::default();
-        built.extend_from_images(rebuilt_images, &[]);
+        for image in &rebuilt_images {
+            built.extend_from_image(image);
+        }
         assert_eq!(
             built.iter().collect::<Vec<_>>(),
             table.iter().collect::<Vec<_>>()
