@@ -36,6 +36,13 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
     options().deserialize(bytes)
 }
 
+/// [`decode`] into a value that borrows from `bytes` (byte strings are not copied out).
+pub fn decode_borrowed<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<T, bincode::Error> {
+    options().deserialize(bytes)
+}
+
 /// The first byte of every versioned record: `[VERSION_MARKER, version, bincode body…]`.
 ///
 /// Records written before versions existed are a bare bincode enum, which starts with its

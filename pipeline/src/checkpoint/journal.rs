@@ -44,14 +44,14 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::CheckpointError;
-use super::packed::{PackedBuckets, pack_recorded, unpack_recorded};
+use super::packed::{Malformed, PackedBuckets, pack_recorded, unpack_recorded};
 use super::store::CheckpointMeta;
 use crate::codec;
 use crate::log::frame::{self, FRAME_HEADER_BYTES};
 use crate::log::{KeyedRecord, Offset, PartitionId};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::conflict_audit::Conflict;
-use crate::operators::dedupe::{IndexChange, ShardImage};
+use crate::operators::dedupe::{IndexChange, ShardImage, ShardImageRef};
 use crate::operators::event_time_windows::{BucketKey, RolledUp, WindowBucket};
 use crate::storage::{self, FileReader, OpenMode, Storage, StorageFile};
 
@@ -154,14 +154,20 @@ pub enum Committed {
 pub trait Replay {
     fn index_change(&mut self, change: IndexChange);
     fn recorded(&mut self, fingerprint: u64, offset: Offset);
-    /// A shard of recorded donations, whole; its entries are valid ([`ShardImage::entries`]).
-    /// By default, each entry as [`Replay::recorded`].
-    fn recorded_shard(&mut self, image: ShardImage) {
+    /// A shard of recorded donations, whole; its entries are valid
+    /// ([`ShardImageRef::entries`]). By default, each entry as [`Replay::recorded`].
+    fn recorded_shard(&mut self, image: ShardImageRef<'_>) {
         for (fingerprint, offset) in image.entries().unwrap_or_default() {
             self.recorded(fingerprint, offset);
         }
     }
     fn buckets(&mut self, buckets: Vec<(BucketKey, WindowBucket)>);
+    /// A snapshot's buckets of one campaign and granularity; by default unpacked whole, as
+    /// [`Replay::buckets`].
+    fn packed_buckets(&mut self, packed: &PackedBuckets) -> Result<(), Malformed> {
+        self.buckets(packed.unpack()?);
+        Ok(())
+    }
     fn committed(&mut self, meta: CheckpointMeta, content: Committed);
 }
 
@@ -370,7 +376,9 @@ impl Journal {
             if position == file_len {
                 break None;
             }
-            let entry = match read_frame(&mut reader, &mut frame_bytes, frames) {
+            let entry = match read_frame(&mut reader, &mut frame_bytes, frames)
+                .and_then(|info| decode_frame(&frame_bytes, &info))
+            {
                 Ok(entry) => entry,
                 Err(reason) => {
                     let torn = position + frame_bytes.len() as u64 >= file_len;
@@ -385,10 +393,10 @@ impl Journal {
             position += frame_bytes.len() as u64;
             frames += 1;
             let commits = entry.meta().is_some();
-            let is_snapshot = matches!(entry, JournalEntry::Snapshot { .. });
+            let is_snapshot = matches!(entry, FrameEntry::Owned(JournalEntry::Snapshot { .. }));
             if !commits {
                 let misplaced = if self.format_version == FORMAT_1 {
-                    !matches!(entry, JournalEntry::IndexChanges(_))
+                    !matches!(entry, FrameEntry::Owned(JournalEntry::IndexChanges(_)))
                 } else {
                     committed_any
                 };
@@ -413,7 +421,11 @@ impl Journal {
                     torn: false,
                 });
             }
-            if let Err(reason) = self.deliver(entry, &mut held_back, replay) {
+            let delivered = match entry {
+                FrameEntry::Owned(entry) => self.deliver(entry, &mut held_back, replay),
+                FrameEntry::Shard(image) => deliver_shard(image, replay),
+            };
+            if let Err(reason) = delivered {
                 break Some(Damage {
                     position: at,
                     reason,
@@ -455,14 +467,9 @@ impl Journal {
                 })
                 .map_err(str::to_owned)?;
             }
-            JournalEntry::SnapshotShard(image) => {
-                if !image.is_whole() {
-                    return Err("a snapshot's table shard is not whole slots".into());
-                }
-                replay.recorded_shard(image);
-            }
+            JournalEntry::SnapshotShard(image) => deliver_shard(image.view(), replay)?,
             JournalEntry::SnapshotBuckets(packed) => {
-                replay.buckets(packed.unpack().map_err(str::to_owned)?)
+                replay.packed_buckets(&packed).map_err(str::to_owned)?
             }
             JournalEntry::Checkpoint { meta, content } => {
                 held_back
@@ -953,11 +960,56 @@ impl SnapshotWriter {
 
 /// Reads the next frame into `frame_bytes` and decodes its entry; the error says why it is not a
 /// whole, valid frame (then `frame_bytes` holds what could be read).
+/// A snapshot's table shard, whole, to `replay`.
+fn deliver_shard(image: ShardImageRef<'_>, replay: &mut dyn Replay) -> Result<(), String> {
+    if !image.is_whole() {
+        return Err("a snapshot's table shard is not whole slots".into());
+    }
+    replay.recorded_shard(image);
+    Ok(())
+}
+
+/// A journal entry as read from its frame: a snapshot's table shard stays in the frame's bytes
+/// (a MiB of slots each, copied once, into the table).
+enum FrameEntry<'a> {
+    Owned(JournalEntry),
+    Shard(ShardImageRef<'a>),
+}
+
+impl FrameEntry<'_> {
+    fn meta(&self) -> Option<&CheckpointMeta> {
+        match self {
+            FrameEntry::Owned(entry) => entry.meta(),
+            FrameEntry::Shard(_) => None,
+        }
+    }
+}
+
+/// The variant index `JournalEntry::SnapshotShard` is encoded with (a little-endian `u32`).
+const SNAPSHOT_SHARD_VARIANT: u32 = 6;
+
+/// The entry of a frame read by [`read_frame`], which may borrow from its bytes.
+fn decode_frame<'a>(
+    frame_bytes: &'a [u8],
+    info: &frame::FrameInfo,
+) -> Result<FrameEntry<'a>, String> {
+    // Decoded where it lies: a snapshot's frames are a MiB each.
+    let value = frame::only_record_value(frame_bytes, info);
+    match value.split_first_chunk::<4>() {
+        Some((variant, image)) if u32::from_le_bytes(*variant) == SNAPSHOT_SHARD_VARIANT => {
+            codec::decode_borrowed(image).map(FrameEntry::Shard)
+        }
+        _ => codec::decode(value).map(FrameEntry::Owned),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// Reads the next frame into `frame_bytes`, checked and in sequence.
 fn read_frame(
     reader: &mut impl Read,
     frame_bytes: &mut Vec<u8>,
     sequence: u64,
-) -> Result<JournalEntry, String> {
+) -> Result<frame::FrameInfo, String> {
     frame_bytes.clear();
     reader
         .by_ref()
@@ -975,6 +1027,30 @@ fn read_frame(
     if info.base_offset != sequence || info.record_count != 1 {
         return Err(format!("frame out of sequence (expected {sequence})"));
     }
-    // Decoded where it lies: a snapshot's frames are a MiB each.
-    codec::decode(frame::only_record_value(frame_bytes, &info)).map_err(|e| e.to_string())
+    Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operators::dedupe::OrderedTable;
+
+    #[test]
+    fn a_shard_frame_decodes_borrowed_to_the_same_image() {
+        let mut table = OrderedTable::default();
+        for key in 1..200u64 {
+            table.insert(key.wrapping_mul(0x9E37_79B9_7F4A_7C15), key);
+        }
+        table.insert(7, u64::from(u32::MAX) + 9);
+        for image in table.shard_images() {
+            let encoded = codec::encode(&JournalEntry::SnapshotShard(image.clone()));
+            assert_eq!(
+                encoded[..4],
+                SNAPSHOT_SHARD_VARIANT.to_le_bytes(),
+                "the variant"
+            );
+            let borrowed: ShardImageRef<'_> = codec::decode_borrowed(&encoded[4..]).unwrap();
+            assert_eq!(borrowed, image.view());
+        }
+    }
 }

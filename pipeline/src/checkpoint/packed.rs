@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::UnixMillis;
 use crate::log::Offset;
 use crate::operators::amount_histogram::AmountHistogram;
 use crate::operators::event_time_windows::{BucketKey, Granularity, WindowBucket};
@@ -49,6 +50,10 @@ impl<'a> Reader<'a> {
 
     fn is_done(&self) -> bool {
         self.at == self.bytes.len()
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
     }
 
     fn varint(&mut self) -> Result<u64, Malformed> {
@@ -161,9 +166,26 @@ impl PackedBuckets {
 
     /// The buckets, checked.
     pub fn unpack(&self) -> Result<Vec<(BucketKey, WindowBucket)>, Malformed> {
+        let mut buckets = Vec::new();
+        self.unpack_each(|start_ms, bucket| {
+            let key = BucketKey {
+                campaign_id: self.campaign_id.clone(),
+                granularity: self.granularity,
+                start_ms,
+            };
+            buckets.push((key, bucket));
+        })?;
+        Ok(buckets)
+    }
+
+    /// Each bucket, checked, with its start, in start order; stops at the first malformed
+    /// one (those before it have been handed over).
+    pub fn unpack_each(
+        &self,
+        mut each: impl FnMut(UnixMillis, WindowBucket),
+    ) -> Result<(), Malformed> {
         let width = self.granularity.width_ms();
         let mut reader = Reader::new(&self.packed);
-        let mut buckets = Vec::new();
         let mut index: i64 = 0;
         while !reader.is_done() {
             index = index
@@ -176,27 +198,7 @@ impl PackedBuckets {
                 reader.varint()?,
                 reader.varint()?,
             );
-            let cells_len = reader.varint()?;
-            if cells_len > count {
-                return Err("more histogram cells than donations");
-            }
-            let mut cells = Vec::with_capacity(cells_len as usize);
-            let mut value: u64 = 0;
-            for _ in 0..cells_len {
-                value = value
-                    .checked_add(reader.varint()?)
-                    .ok_or("a histogram value overflows")?;
-                cells.push((value, reader.varint()?));
-            }
-            let histogram = AmountHistogram::from_cells(cells).ok_or("a histogram is not valid")?;
-            if histogram.count() != count {
-                return Err("a histogram does not count its bucket's donations");
-            }
-            let key = BucketKey {
-                campaign_id: self.campaign_id.clone(),
-                granularity: self.granularity,
-                start_ms,
-            };
+            let histogram = unpack_histogram(&mut reader, count)?;
             let bucket = WindowBucket {
                 count,
                 sum_cents,
@@ -204,10 +206,42 @@ impl PackedBuckets {
                 max_cents,
                 histogram,
             };
-            buckets.push((key, bucket));
+            each(start_ms, bucket);
         }
-        Ok(buckets)
+        Ok(())
     }
+}
+
+/// A bucket's histogram cells, which must count its `count` donations.
+fn unpack_histogram(reader: &mut Reader<'_>, count: u64) -> Result<AmountHistogram, Malformed> {
+    let cells_len = reader.varint()?;
+    if cells_len > count {
+        return Err("more histogram cells than donations");
+    }
+    // A cell takes two bytes at least: a damaged length cannot size a huge allocation.
+    if cells_len > (reader.remaining() / 2) as u64 {
+        return Err("more histogram cells than bytes");
+    }
+    let mut value: u64 = 0;
+    let mut malformed = None;
+    let cells = (0..cells_len).map_while(|_| {
+        let cell = reader.varint().and_then(|step| {
+            value = value
+                .checked_add(step)
+                .ok_or("a histogram value overflows")?;
+            Ok((value, reader.varint()?))
+        });
+        cell.map_err(|problem| malformed = Some(problem)).ok()
+    });
+    let histogram = AmountHistogram::from_cell_iter(cells_len as usize, cells);
+    if let Some(problem) = malformed {
+        return Err(problem);
+    }
+    let histogram = histogram.ok_or("a histogram is not valid")?;
+    if histogram.count() != count {
+        return Err("a histogram does not count its bucket's donations");
+    }
+    Ok(histogram)
 }
 
 #[cfg(test)]

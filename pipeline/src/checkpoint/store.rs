@@ -10,14 +10,15 @@ use serde::{Deserialize, Serialize};
 
 use super::compaction::{self, Compactor};
 use super::journal::{Committed, Damage, Journal, Replay, SnapshotWriter};
+use super::packed::{Malformed, PackedBuckets};
 use super::{CHECKPOINT_FORMAT_VERSION, CheckpointError};
 use crate::clock::UnixMillis;
 use crate::codec;
 use crate::log::{Offset, PartitionId, Witness};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::conflict_audit::Conflict;
-use crate::operators::dedupe::{IndexChange, ShardImage};
-use crate::operators::event_time_windows::{BucketKey, RolledUp, WindowBucket};
+use crate::operators::dedupe::{IndexChange, ShardImageRef};
+use crate::operators::event_time_windows::{BucketKey, GroupedBuckets, RolledUp, WindowBucket};
 use crate::processor::StateDigest;
 use crate::processor::partition_state::{
     IndexRestorer, PartitionState, StateChanges, StateScalars,
@@ -99,7 +100,7 @@ pub(crate) struct Collected {
     /// Kept only when exporting.
     raw_index: Option<Vec<IndexChange>>,
     totals: BTreeMap<String, CampaignTotal>,
-    buckets: BTreeMap<BucketKey, WindowBucket>,
+    buckets: GroupedBuckets,
     rolled_up: RolledUp,
     conflicts: Vec<Conflict>,
     /// Whether `into_state` also hands back the totals.
@@ -154,17 +155,14 @@ impl Collected {
         }
         let rolled_up = self.rolled_up;
         let totals: Vec<(String, CampaignTotal)> = self.totals.into_iter().collect();
-        let buckets: Vec<(BucketKey, WindowBucket)> = self
-            .buckets
-            .into_iter()
-            .filter(|(key, _)| !rolled_up.covers(key.granularity, key.start_ms))
-            .collect();
+        let mut buckets = self.buckets;
+        buckets.retain_not_rolled_up(rolled_up);
         // The parts are kept only for writing them out again (exports, snapshots).
         let keep = self.keep_parts;
         let parts = Parts {
             totals: if keep { totals.clone() } else { Vec::new() },
             buckets: if self.keep_buckets {
-                buckets.clone()
+                buckets.clone().into_vec()
             } else {
                 Vec::new()
             },
@@ -227,7 +225,7 @@ impl Replay for Collected {
         });
     }
 
-    fn recorded_shard(&mut self, image: ShardImage) {
+    fn recorded_shard(&mut self, image: ShardImageRef<'_>) {
         match (&mut self.raw_index, &mut self.restorer) {
             (None, Some(restorer)) => restorer.add_shard(image),
             _ => {
@@ -239,7 +237,18 @@ impl Replay for Collected {
     }
 
     fn buckets(&mut self, buckets: Vec<(BucketKey, WindowBucket)>) {
-        self.buckets.extend(buckets);
+        for (key, bucket) in buckets {
+            self.buckets.insert(&key, bucket);
+        }
+    }
+
+    fn packed_buckets(&mut self, packed: &PackedBuckets) -> Result<(), Malformed> {
+        let group = self
+            .buckets
+            .group_mut(&packed.campaign_id, packed.granularity);
+        packed.unpack_each(|start_ms, bucket| {
+            group.insert(start_ms, bucket);
+        })
     }
 
     fn committed(&mut self, meta: CheckpointMeta, content: Committed) {
@@ -249,7 +258,7 @@ impl Replay for Collected {
                     self.index_change(change);
                 }
                 self.totals.extend(content.totals);
-                self.buckets.extend(content.buckets);
+                self.buckets(content.buckets);
                 self.conflicts.extend(content.conflicts);
             }
             Committed::Snapshot(content) => {
@@ -262,8 +271,8 @@ impl Replay for Collected {
                     self.index_change(change);
                 }
                 self.totals.extend(content.totals);
-                for (key, delta) in content.bucket_deltas {
-                    self.buckets.entry(key).or_default().merge(&delta);
+                for (key, delta) in &content.bucket_deltas {
+                    self.buckets.merge(key, delta);
                 }
                 for key in &content.dropped {
                     self.buckets.remove(key);

@@ -149,16 +149,22 @@ impl AmountHistogram {
     /// A histogram of stored cells, checked: values strictly increasing and each a bucket's
     /// lowest value, counts at least 1 (and under 2^48). `None` if they are not.
     pub fn from_cells(cells: Vec<(u64, u64)>) -> Option<Self> {
-        let ordered = cells.windows(2).all(|pair| pair[0].0 < pair[1].0);
-        let packed: Option<Vec<Cell>> = cells
-            .iter()
-            .map(|&(value, count)| {
-                (count >= 1 && bucket_of(value) == value)
-                    .then(|| Cell::new(value, count))
-                    .flatten()
-            })
-            .collect();
-        packed.filter(|_| ordered).map(|cells| Self { cells })
+        Self::from_cell_iter(cells.len(), cells)
+    }
+
+    /// [`from_cells`](Self::from_cells) from an iterator of `len` cells (more or fewer is not
+    /// valid), without collecting them first.
+    pub fn from_cell_iter(len: usize, cells: impl IntoIterator<Item = (u64, u64)>) -> Option<Self> {
+        let mut packed = Vec::with_capacity(len);
+        let mut previous: Option<u64> = None;
+        for (value, count) in cells {
+            let valid = count >= 1
+                && bucket_of(value) == value
+                && previous.is_none_or(|previous| previous < value);
+            packed.push(Cell::new(value, count).filter(|_| valid)?);
+            previous = Some(value);
+        }
+        (packed.len() == len).then_some(Self { cells: packed })
     }
 
     pub fn count(&self) -> u64 {

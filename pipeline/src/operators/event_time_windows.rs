@@ -210,6 +210,124 @@ impl Default for RolledUp {
     }
 }
 
+/// A bucket's key, borrowed: encodes exactly as a [`BucketKey`] does.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BucketKeyRef<'a> {
+    pub campaign_id: &'a str,
+    pub granularity: Granularity,
+    pub start_ms: UnixMillis,
+}
+
+/// Buckets by campaign and granularity, keyed by start: how a load collects them, with a
+/// campaign's name held once rather than once per bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupedBuckets {
+    campaigns: BTreeMap<String, [BTreeMap<UnixMillis, WindowBucket>; 3]>,
+}
+
+impl GroupedBuckets {
+    /// The buckets of one campaign and granularity.
+    pub fn group_mut(
+        &mut self,
+        campaign_id: &str,
+        granularity: Granularity,
+    ) -> &mut BTreeMap<UnixMillis, WindowBucket> {
+        if !self.campaigns.contains_key(campaign_id) {
+            self.campaigns
+                .insert(campaign_id.to_owned(), Default::default());
+        }
+        let groups = self.campaigns.get_mut(campaign_id).expect("inserted above");
+        &mut groups[granularity as usize]
+    }
+
+    pub fn insert(&mut self, key: &BucketKey, bucket: WindowBucket) {
+        self.group_mut(&key.campaign_id, key.granularity)
+            .insert(key.start_ms, bucket);
+    }
+
+    /// Adds a delta's donations to the bucket (an empty one if there is none).
+    pub fn merge(&mut self, key: &BucketKey, delta: &WindowBucket) {
+        self.group_mut(&key.campaign_id, key.granularity)
+            .entry(key.start_ms)
+            .or_default()
+            .merge(delta);
+    }
+
+    pub fn remove(&mut self, key: &BucketKey) {
+        if let Some(groups) = self.campaigns.get_mut(&key.campaign_id) {
+            groups[key.granularity as usize].remove(&key.start_ms);
+        }
+    }
+
+    /// Drops the buckets `rolled_up` covers.
+    pub fn retain_not_rolled_up(&mut self, rolled_up: RolledUp) {
+        for groups in self.campaigns.values_mut() {
+            for granularity in Granularity::ALL {
+                let before = rolled_up.before_ms(granularity);
+                let group = &mut groups[granularity as usize];
+                *group = group.split_off(&before);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.campaigns
+            .values()
+            .flat_map(|groups| groups.iter().map(BTreeMap::len))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every bucket, by campaign, granularity and start.
+    pub fn iter(&self) -> impl Iterator<Item = (BucketKeyRef<'_>, &WindowBucket)> {
+        self.campaigns.iter().flat_map(|(campaign_id, groups)| {
+            Granularity::ALL.into_iter().flat_map(move |granularity| {
+                groups[granularity as usize]
+                    .iter()
+                    .map(move |(&start_ms, bucket)| {
+                        let key = BucketKeyRef {
+                            campaign_id,
+                            granularity,
+                            start_ms,
+                        };
+                        (key, bucket)
+                    })
+            })
+        })
+    }
+
+    /// Every bucket with its own key, by campaign, granularity and start.
+    pub fn into_vec(self) -> Vec<(BucketKey, WindowBucket)> {
+        let mut buckets = Vec::with_capacity(self.len());
+        for (campaign_id, groups) in self.campaigns {
+            for (granularity, group) in Granularity::ALL.into_iter().zip(groups) {
+                buckets.extend(group.into_iter().map(|(start_ms, bucket)| {
+                    let key = BucketKey {
+                        campaign_id: campaign_id.clone(),
+                        granularity,
+                        start_ms,
+                    };
+                    (key, bucket)
+                }));
+            }
+        }
+        buckets
+    }
+}
+
+impl FromIterator<(BucketKey, WindowBucket)> for GroupedBuckets {
+    fn from_iter<I: IntoIterator<Item = (BucketKey, WindowBucket)>>(buckets: I) -> Self {
+        let mut grouped = Self::default();
+        for (key, bucket) in buckets {
+            grouped.insert(&key, bucket);
+        }
+        grouped
+    }
+}
+
 /// A bucket as a partition's state and its readers share it: a reader holds the value it was
 /// given, and the next donation into the bucket copies it first (`Arc::make_mut`), so buckets
 /// that no longer change — almost all of them — are held once in memory, not once per holder.
@@ -295,6 +413,33 @@ impl EventTimeWindows {
     }
 
     /// Windows as stored: absolute buckets and the cuts they were rolled up to.
+    /// Windows holding `buckets` (none of them covered by `rolled_up`), shared from now on.
+    pub fn from_grouped(buckets: GroupedBuckets, rolled_up: RolledUp) -> Self {
+        let campaigns = buckets
+            .campaigns
+            .into_iter()
+            .map(|(campaign_id, groups)| {
+                let by_granularity = groups.map(|group| {
+                    group
+                        .into_iter()
+                        .map(|(start_ms, bucket)| (start_ms, Arc::new(bucket)))
+                        .collect()
+                });
+                let buckets = CampaignBuckets {
+                    by_granularity,
+                    deltas: BTreeMap::new(),
+                };
+                (campaign_id, buckets)
+            })
+            .filter(|(_, buckets)| !buckets.is_empty())
+            .collect();
+        Self {
+            campaigns,
+            rolled_up,
+            ..Self::default()
+        }
+    }
+
     pub fn from_buckets(
         buckets: impl IntoIterator<Item = (BucketKey, WindowBucket)>,
         rolled_up: RolledUp,

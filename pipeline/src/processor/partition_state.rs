@@ -15,11 +15,11 @@ use crate::log::{Offset, PartitionId};
 use crate::operators::campaign_totals::{CampaignTotal, CampaignTotals};
 use crate::operators::conflict_audit::Conflict;
 use crate::operators::dedupe::{
-    Candidate, DonationIndex, IndexChange, ResendCounts, ShardImage, differing_fields,
+    Candidate, DonationIndex, IndexChange, ResendCounts, ShardImageRef, differing_fields,
 };
 use crate::operators::event_time_windows::{
-    BucketKey, EventTimeWindows, RolledUp, SharedBucket, WindowBucket, WindowChanges,
-    WindowHorizons,
+    BucketKey, BucketKeyRef, EventTimeWindows, GroupedBuckets, RolledUp, SharedBucket,
+    WindowBucket, WindowChanges, WindowHorizons,
 };
 use crate::operators::watermark::Watermark;
 
@@ -135,6 +135,8 @@ pub struct IndexRestorer {
     /// Recorded donations not in ascending order of fingerprint (those of the checkpoints after
     /// a snapshot, in log order), merged into the table at the end in one pass.
     out_of_order: Vec<(u64, Offset)>,
+    /// Resend counts in checkpoint order, put in the table at the end in one pass.
+    resends: Vec<(Offset, ResendCounts)>,
 }
 
 impl IndexRestorer {
@@ -144,6 +146,7 @@ impl IndexRestorer {
             recorded_digest: 0,
             largest: None,
             out_of_order: Vec::new(),
+            resends: Vec::new(),
         }
     }
 
@@ -169,7 +172,7 @@ impl IndexRestorer {
                 self.index.restore(change);
             }
             // Absolute counts: the last of an offset's stands, hashed once all are in.
-            IndexChange::Resends { .. } => self.index.restore(change),
+            IndexChange::Resends { offset, counts } => self.resends.push((offset, counts)),
         }
     }
 
@@ -190,7 +193,7 @@ impl IndexRestorer {
     /// A snapshot's shard of recorded donations, counted in the digest and built into the
     /// table in one pass (the donations recorded after the snapshot are merged in at the
     /// end).
-    pub fn add_shard(&mut self, image: ShardImage) {
+    pub fn add_shard(&mut self, image: ShardImageRef<'_>) {
         let mut last = None;
         image.for_each_entry(|fingerprint, offset| {
             digest::replace(
@@ -209,6 +212,8 @@ impl IndexRestorer {
         self.out_of_order.sort_unstable();
         self.index.restore_recorded(&self.out_of_order);
         self.out_of_order = Vec::new();
+        self.index
+            .restore_resends(std::mem::take(&mut self.resends));
         self
     }
 }
@@ -257,7 +262,7 @@ impl PartitionState {
         scalars: StateScalars,
         index: IndexRestorer,
         totals: Vec<(String, CampaignTotal)>,
-        buckets: Vec<(BucketKey, WindowBucket)>,
+        buckets: GroupedBuckets,
         rolled_up: RolledUp,
         conflicts: &[Conflict],
     ) -> Self {
@@ -280,16 +285,16 @@ impl PartitionState {
             state.total_hashes.insert(campaign_id.clone(), hash);
         }
         let mut encoded = Vec::new();
-        for (key, bucket) in &buckets {
-            let hash = digest::element_hash_with(&mut encoded, kind::WINDOW_BUCKET, key, bucket);
+        for (key, bucket) in buckets.iter() {
+            let hash = digest::element_hash_with(&mut encoded, kind::WINDOW_BUCKET, &key, bucket);
             digest::replace(&mut state.digest.windows, None, hash);
-            state.bucket_hashes.insert(key, hash);
+            state.bucket_hashes.insert_ref(key, hash);
         }
         for conflict in conflicts {
             digest::replace(&mut state.digest.conflicts, None, conflict_hash(conflict));
         }
         state.totals = CampaignTotals::from_totals(totals);
-        state.windows = EventTimeWindows::from_buckets(buckets, rolled_up);
+        state.windows = EventTimeWindows::from_grouped(buckets, rolled_up);
         state
     }
 
@@ -532,6 +537,18 @@ struct BucketHashes {
 }
 
 impl BucketHashes {
+    /// Sets a bucket's hash, as a load finds it.
+    fn insert_ref(&mut self, key: BucketKeyRef<'_>, hash: u64) {
+        if !self.campaigns.contains_key(key.campaign_id) {
+            self.campaigns
+                .insert(key.campaign_id.to_owned(), Default::default());
+        }
+        self.campaigns
+            .get_mut(key.campaign_id)
+            .expect("inserted above")[key.granularity as usize]
+            .insert(key.start_ms, hash);
+    }
+
     /// Sets a bucket's hash; the one it had.
     fn insert(&mut self, key: &BucketKey, hash: u64) -> Option<u64> {
         if !self.campaigns.contains_key(&key.campaign_id) {

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-pub use ordered_table::{OrderedTable, ShardImage};
+pub use ordered_table::{OrderedTable, ShardImage, ShardImageRef};
 
 use crate::event::DonationEvent;
 use crate::log::Offset;
@@ -203,6 +203,33 @@ impl ResendTable {
         self.table.set(scramble(offset), counts.packed());
     }
 
+    /// Counts as a load reads them, in the order they were checkpointed (the last of an
+    /// offset's stands): into an empty table in one pass, sized for them, instead of growing
+    /// it one entry at a time.
+    pub fn restore(&mut self, counts: Vec<(Offset, ResendCounts)>) {
+        if !self.table.is_empty() {
+            counts
+                .into_iter()
+                .for_each(|(offset, counts)| self.set(offset, counts));
+            return;
+        }
+        let mut entries: Vec<(u64, u64)> = counts
+            .into_iter()
+            .map(|(offset, counts)| (scramble(offset), counts.packed()))
+            .collect();
+        // Stable: an offset's entries stay in checkpoint order, and the last is kept.
+        entries.sort_by_key(|&(key, _)| key);
+        entries.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 = later.1;
+            }
+            same
+        });
+        self.table = OrderedTable::with_capacity(entries.len());
+        self.table.extend_sorted(&entries);
+    }
+
     pub fn len(&self) -> usize {
         self.table.len()
     }
@@ -313,6 +340,11 @@ impl DonationIndex {
 
     /// Replays checkpointed recorded donations (on load) given by ascending fingerprint, in one
     /// pass over the table.
+    /// Replays the resend counts a load read, in checkpoint order (see [`ResendTable::restore`]).
+    pub fn restore_resends(&mut self, counts: Vec<(Offset, ResendCounts)>) {
+        self.resends.restore(counts);
+    }
+
     pub fn restore_recorded(&mut self, recorded: &[(u64, Offset)]) {
         self.first_offsets.extend_sorted(recorded);
     }
@@ -418,7 +450,7 @@ impl DonationIndex {
     }
 
     /// Replays a snapshot's shard of the fingerprint table (on load), built in one pass.
-    pub fn restore_shard(&mut self, image: &ShardImage) {
+    pub fn restore_shard(&mut self, image: &ShardImageRef<'_>) {
         self.first_offsets.extend_from_image(image);
     }
 
@@ -541,6 +573,33 @@ mod tests {
             crate::codec::encode(&counts),
             "packed as encoded"
         );
+    }
+
+    #[test]
+    fn restored_resend_counts_keep_the_last_of_each_offset() {
+        let counts = |duplicates| ResendCounts {
+            duplicates,
+            conflicts: duplicates / 2,
+        };
+        let checkpointed: Vec<(Offset, ResendCounts)> = (0..5_000u64)
+            .flat_map(|offset| (1..=(offset % 4) as u32).map(move |n| (offset, counts(n))))
+            .collect();
+        let mut bulk = ResendTable::default();
+        bulk.restore(checkpointed.clone());
+        let mut one_by_one = ResendTable::default();
+        for &(offset, counts) in &checkpointed {
+            one_by_one.set(offset, counts);
+        }
+        let mut restored: Vec<_> = bulk.iter().collect();
+        let mut set: Vec<_> = one_by_one.iter().collect();
+        restored.sort_unstable_by_key(|&(offset, _)| offset);
+        set.sort_unstable_by_key(|&(offset, _)| offset);
+        assert_eq!(restored, set);
+        assert_eq!(bulk.get(7), counts(3));
+        assert_eq!(bulk.get(4), ResendCounts::default());
+        // Into a table already holding counts: the same as setting each.
+        bulk.restore(vec![(7, counts(9)), (8, counts(1))]);
+        assert_eq!((bulk.get(7), bulk.get(8)), (counts(9), counts(1)));
     }
 
     #[test]

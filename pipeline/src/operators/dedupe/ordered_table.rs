@@ -51,6 +51,10 @@ pub struct OrderedTable {
     len: usize,
     /// Entries whose value is [`WIDE`] or more; their slot holds [`WIDE`].
     wide_values: HashMap<u64, u64>,
+    /// Home slots a shard gets when it is first filled, in a table sized for a number of
+    /// entries (0: a shard grows from the smallest size). A sized table allocates its shards as
+    /// they fill, so a shard loaded from an image never costs a second allocation.
+    sized_homes: usize,
 }
 
 /// A slot: a key and the 32-bit value beside it, in 12 bytes (one cache line holds both for a
@@ -113,7 +117,47 @@ pub struct ShardImage {
 
 const SLOT_BYTES: usize = 12;
 
+/// A shard image as it lies in the bytes it was read from: what a load takes in, without
+/// copying its slots out of the frame first. It decodes from the same bytes as [`ShardImage`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ShardImageRef<'a> {
+    pub shard_bits: u8,
+    pub shard: u32,
+    pub homes: u64,
+    #[serde(borrow)]
+    pub slots: &'a [u8],
+    pub wide: Vec<(u64, u64)>,
+}
+
 impl ShardImage {
+    /// The image borrowed, as a load reads it.
+    pub fn view(&self) -> ShardImageRef<'_> {
+        ShardImageRef {
+            shard_bits: self.shard_bits,
+            shard: self.shard,
+            homes: self.homes,
+            slots: &self.slots,
+            wide: self.wide.clone(),
+        }
+    }
+
+    /// How many entries it holds.
+    pub fn entry_count(&self) -> usize {
+        self.view().entry_count()
+    }
+
+    /// How many slots it has, empty ones included.
+    pub fn slot_count(&self) -> usize {
+        self.view().slot_count()
+    }
+
+    /// Every `(key, value)` in the image, in slot order; `None` if it is not whole.
+    pub fn entries(&self) -> Option<Vec<(u64, u64)>> {
+        self.view().entries()
+    }
+}
+
+impl ShardImageRef<'_> {
     /// Whole slots, and every wide value given: [`ShardImage::entries`] is `Some`.
     pub fn is_whole(&self) -> bool {
         self.slots.len().is_multiple_of(SLOT_BYTES)
@@ -209,17 +253,16 @@ impl Default for OrderedTable {
 impl OrderedTable {
     /// A table that holds `entries` without growing.
     pub fn with_capacity(entries: usize) -> Self {
-        let per_shard = entries.div_ceil(SHARDS);
+        let sized_homes = match entries.div_ceil(SHARDS) {
+            0 => 0,
+            per_shard => homes_for(per_shard, LOAD_FACTOR_SIZED),
+        };
         Self {
-            shards: (0..SHARDS)
-                .map(|_| match per_shard {
-                    // Allocated on the first insert: an empty table costs next to nothing.
-                    0 => Shard::default(),
-                    entries => Shard::with_homes(homes_for(entries, LOAD_FACTOR_SIZED)),
-                })
-                .collect(),
+            // Each allocated when first filled: an empty table costs next to nothing.
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             len: 0,
             wide_values: HashMap::new(),
+            sized_homes,
         }
     }
 
@@ -246,7 +289,11 @@ impl OrderedTable {
     pub fn insert(&mut self, key: u64, value: u64) {
         let key = stored(key);
         let narrow = self.narrowed(key, value);
-        self.shards[shard_of(key)].insert(key, narrow);
+        let shard = &mut self.shards[shard_of(key)];
+        if shard.slots.is_empty() && self.sized_homes > 0 {
+            *shard = Shard::with_homes(self.sized_homes);
+        }
+        shard.insert(key, narrow);
         self.len += 1;
     }
 
@@ -291,7 +338,7 @@ impl OrderedTable {
                     new_slot(key, self.narrowed(key, value))
                 })
                 .collect();
-            self.shards[shard_index].merge(&slots);
+            self.shards[shard_index].merge(&slots, self.sized_homes);
             self.len += these.len();
         }
     }
@@ -322,15 +369,17 @@ impl OrderedTable {
             })
     }
 
-    /// Adds a snapshot's shard image (it [is whole](ShardImage::is_whole), its keys in no
+    /// Adds a snapshot's shard image (it [is whole](ShardImageRef::is_whole), its keys in no
     /// shard here yet): a shard of this layout, keys ascending, whose shard is still empty here
     /// is built from it in one pass, sized for it; any other image is sorted in.
-    pub fn extend_from_image(&mut self, image: &ShardImage) {
+    pub fn extend_from_image(&mut self, image: &ShardImageRef<'_>) {
         let index = image.shard as usize;
         match image.len_in_this_layout() {
             Some(len) if self.shards[index].len == 0 => {
                 self.wide_values.extend(image.wide.iter().copied());
-                let homes = homes_for(len, LOAD_FACTOR_SIZED).max(image.homes as usize);
+                let homes = homes_for(len, LOAD_FACTOR_SIZED)
+                    .max(image.homes as usize)
+                    .max(self.sized_homes);
                 self.shards[index] = placed_growing(homes, || {
                     image.occupied().map(|(key, value)| new_slot(key, value))
                 });
@@ -457,11 +506,12 @@ impl Shard {
         self.rebuild(homes, &[]);
     }
 
-    /// Adds `extra` (ascending, none of them here) in one pass, larger if they need the room.
-    fn merge(&mut self, extra: &[Slot]) {
+    /// Adds `extra` (ascending, none of them here) in one pass, into a shard larger if they
+    /// need the room (at least `sized_homes`).
+    fn merge(&mut self, extra: &[Slot], sized_homes: usize) {
         let len = self.len + extra.len();
         let homes = if len as f64 > self.homes as f64 * LOAD_FACTOR_MAX {
-            homes_for(len, LOAD_FACTOR_SIZED)
+            homes_for(len, LOAD_FACTOR_SIZED).max(sized_homes)
         } else {
             self.homes
         };
@@ -679,6 +729,42 @@ mod tests {
     }
 
     #[test]
+    fn a_sized_table_allocates_each_shard_when_first_filled_and_never_grows() {
+        let total = 64_000u64;
+        let mut table = OrderedTable::with_capacity(total as usize);
+        assert!(
+            table.shards.iter().all(|shard| shard.slots.is_empty()),
+            "lazily"
+        );
+        let mut first: Vec<(u64, u64)> = (1..=total / 2).map(|i| (spread(i), i)).collect();
+        first.sort_unstable();
+        for &(key, value) in &first {
+            table.insert(key, value);
+        }
+        let homes: Vec<usize> = table.shards.iter().map(|shard| shard.homes).collect();
+        assert!(
+            homes.iter().all(|&h| h == table.sized_homes),
+            "sized when first filled"
+        );
+        // Three rounds of entries spread among those there, like a load's deltas.
+        for round in 0..3 {
+            let mut more: Vec<(u64, u64)> = (total / 2 + 1..=total)
+                .filter(|i| i % 3 == round)
+                .map(|i| (spread(i), i))
+                .collect();
+            more.sort_unstable();
+            table.extend_sorted(&more);
+            assert_ordered(&table);
+        }
+        let now: Vec<usize> = table.shards.iter().map(|shard| shard.homes).collect();
+        assert_eq!(homes, now, "no shard grew");
+        assert_eq!(table.len(), total as usize);
+        for i in 1..=total {
+            assert_eq!(table.get(spread(i)), Some(i), "entry {i}");
+        }
+    }
+
+    #[test]
     fn extend_sorted_merges_into_what_is_there() {
         let mut table = OrderedTable::with_capacity(3_000);
         for i in 1..3_000u64 {
@@ -715,7 +801,7 @@ mod tests {
         }
         table.insert(spread(30_000), u64::MAX - 1);
         let images: Vec<ShardImage> = table.shard_images().collect();
-        assert!(images.iter().all(ShardImage::is_whole));
+        assert!(images.iter().all(|image| image.view().is_whole()));
         let entries: Vec<(u64, u64)> = images.iter().flat_map(|i| i.entries().unwrap()).collect();
         assert_eq!(entries, table.iter().collect::<Vec<_>>());
         let mut more: Vec<(u64, u64)> = (30_001..40_000u64).map(|i| (spread(i), i)).collect();
@@ -723,7 +809,7 @@ mod tests {
         let mut built = OrderedTable::with_capacity(40_000);
         built.insert(spread(50_000), 7);
         for image in &images {
-            built.extend_from_image(image);
+            built.extend_from_image(&image.view());
         }
         built.extend_sorted(&more);
         assert_eq!(built.len(), 40_000);
@@ -751,23 +837,23 @@ mod tests {
         let second: Vec<u8> = swapped.slots[b..b + SLOT_BYTES].to_vec();
         swapped.slots[a..a + SLOT_BYTES].copy_from_slice(&second);
         swapped.slots[b..b + SLOT_BYTES].copy_from_slice(&first);
-        assert_eq!(swapped.len_in_this_layout(), None);
+        assert_eq!(swapped.view().len_in_this_layout(), None);
         assert_eq!(
-            images[0].len_in_this_layout(),
+            images[0].view().len_in_this_layout(),
             Some(images[0].entries().unwrap().len())
         );
         let mut other_layout = images[1].clone();
         other_layout.shard_bits += 1;
         let mut too_many_homes = images[2].clone();
         too_many_homes.homes = 1 << 40;
-        assert_eq!(too_many_homes.len_in_this_layout(), None);
+        assert_eq!(too_many_homes.view().len_in_this_layout(), None);
         let mut rebuilt_images = images.clone();
         rebuilt_images[0] = swapped;
         rebuilt_images[1] = other_layout;
         rebuilt_images[2] = too_many_homes;
         let mut built = OrderedTable::default();
         for image in &rebuilt_images {
-            built.extend_from_image(image);
+            built.extend_from_image(&image.view());
         }
         assert_eq!(
             built.iter().collect::<Vec<_>>(),
@@ -777,7 +863,7 @@ mod tests {
         let mut torn = images[2].clone();
         torn.slots.truncate(torn.slots.len() - 5);
         assert_eq!(torn.entries(), None, "not whole slots");
-        assert!(!torn.is_whole());
+        assert!(!torn.view().is_whole());
     }
 
     #[test]
