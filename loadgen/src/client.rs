@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use tally_ingest::signature::{SIGNATURE_HEADER, SigningSecret, sign};
+use tally_api::signature::{SIGNATURE_HEADER, SigningSecret, sign};
 
 /// Where one accepted donation landed in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use tally_ingest::signature::SigningSecret;
+use tally_api::signature::SigningSecret;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::chaos::ManagedServer;
