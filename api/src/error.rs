@@ -10,7 +10,8 @@
 //! delayed, never lost. Only a failure that may pass without anyone fixing anything is a 503;
 //! one that needs an operator (a damaged log, lost records, a failed disk) is a 500 with its own
 //! code and no `Retry-After`. Each domain error decides which it is in one `From` impl, beside
-//! the error: the pipeline's in [`crate::pipeline_errors`], ingest's in `tally_ingest::error`.
+//! the error: the pipeline's in `pipeline_errors` (the `server` feature), ingest's in
+//! `tally_ingest::error`.
 //!
 //! [`ErrorBody`] is the shape on the wire, written by the server and read by clients.
 

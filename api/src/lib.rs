@@ -14,9 +14,9 @@
 //! With the `server` feature (the server crates enable it; clients do not, and so build no
 //! axum):
 //!
-//! - [`server`]: [`ApiError`] as an axum response, and [`server::PathParameter`].
-//! - [`pipeline_errors`]: the pipeline's errors mapped to [`ApiError`], each in one place.
-//! - [`remote`]: a donation look-up asked of the node that runs its partition, and that node's
+//! - `server`: [`ApiError`] as an axum response, and `PathParameter`.
+//! - `pipeline_errors`: the pipeline's errors mapped to [`ApiError`], each in one place.
+//! - `remote`: a donation look-up asked of the node that runs its partition, and that node's
 //!   answer read back in the API's shapes.
 
 pub mod error;

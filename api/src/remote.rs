@@ -1,5 +1,7 @@
 //! Donations recorded in partitions another node runs. Only the node that runs a partition's
 //! pipeline holds its dedupe index, so a look-up of a donation there is asked of that node.
+//! Ingest (a resend for a closed campaign) and query (`GET /v1/donations/{payment_ref}`) both ask
+//! through [`RemoteDonations`]; `tally serve` implements it by forwarding the look-up over HTTP.
 //!
 //! The owner's answer decides whether a resend for a closed campaign is acknowledged or refused,
 //! so it is read into a typed shape ([`OwnerAnswer`]) and an answer that does not fit it is
