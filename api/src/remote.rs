@@ -228,6 +228,57 @@ mod tests {
         ));
     }
 
+    fn refusal(status: u16, retry_after_s: Option<u64>) -> OwnerRefusal {
+        OwnerRefusal {
+            status: StatusCode::from_u16(status).unwrap(),
+            code: "log_unavailable".into(),
+            message: "m".into(),
+            retry_after_s,
+            body: Bytes::from_static(br#"{"error":{"code":"log_unavailable","message":"m"}}"#),
+        }
+    }
+
+    #[test]
+    fn a_passed_on_refusal_keeps_its_body_and_a_503_its_wait() {
+        let header = |response: &Response| {
+            let value = response.headers().get(header::RETRY_AFTER)?;
+            Some(value.to_str().unwrap().to_owned())
+        };
+        let named = refusal(503, Some(7)).into_response();
+        assert_eq!(
+            (named.status(), header(&named).as_deref()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("7"))
+        );
+        let unnamed = refusal(503, None).into_response();
+        assert_eq!(header(&unnamed).as_deref(), Some("1"));
+        let final_refusal = refusal(500, Some(7)).into_response();
+        assert_eq!(header(&final_refusal), None);
+        assert_eq!(
+            final_refusal.headers().get(header::CONTENT_TYPE).unwrap(),
+            "application/json"
+        );
+    }
+
+    #[test]
+    fn a_refusal_maps_with_the_owners_wait_or_its_operator_code() {
+        let error = ApiError::from(refusal(503, Some(7)));
+        assert_eq!(
+            (error.status, error.code, error.retry_after_s),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "owner_unavailable",
+                Some(7)
+            )
+        );
+        let mut corrupted = refusal(500, None);
+        corrupted.code = "log_corrupted".into();
+        let error = ApiError::from(corrupted);
+        assert_eq!(
+            (error.status, error.code, error.retry_after_s),
+            (StatusCode::INTERNAL_SERVER_ERROR, "log_corrupted", None)
+        );
+    }
+
     #[test]
     fn an_answer_that_does_not_fit_its_shape_is_unreadable() {
         let cases = [
