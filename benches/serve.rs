@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use tally_ingest::signature::{SigningSecret, sign};
+use tally_api::signature::{SigningSecret, sign};
 
 use server::{ADMIN_TOKEN, Connection, SIGNING_SECRET, start_server};
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::{Value, json};
-use tally_ingest::signature::{SigningSecret, sign};
+use tally_api::signature::{SigningSecret, sign};
 use tempfile::TempDir;
 
 use support::server::*;

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::server::{ADMIN_TOKEN, SIGNING_SECRET, ServerProcess};
-use tally_ingest::signature::SigningSecret;
+use tally_api::signature::SigningSecret;
 use tally_loadgen::report::Report;
 use tally_loadgen::run::{RunConfig, run};
 use tally_loadgen::schedule::Profile;

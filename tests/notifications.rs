@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use support::server::{
     SIGNING_SECRET, ServerProcess, client, create_campaign, donation_json, now_s, post_signed,
 };
-use tally_ingest::signature::{SigningSecret, verify};
+use tally_api::signature::{SigningSecret, verify};
 
 const DONATIONS: usize = 60;
 const DEADLINE: Duration = Duration::from_secs(120);

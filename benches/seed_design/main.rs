@@ -39,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use tally_ingest::signature::{SigningSecret, sign};
+use tally_api::signature::{SigningSecret, sign};
 use tally_loadgen::ground_truth::{ExpectedTotal, GroundTruth};
 
 use stream::{EventIndex, Kind, Stream};

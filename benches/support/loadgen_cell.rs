@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tally_ingest::signature::SigningSecret;
+use tally_api::signature::SigningSecret;
 use tally_loadgen::report::Report;
 use tally_loadgen::run::{RunConfig, run};
 use tally_loadgen::schedule::Profile;

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
-use tally_ingest::signature::SIGNATURE_HEADER;
+use tally_api::signature::SIGNATURE_HEADER;
 
 /// The callback signing secret the bench server takes, as text.
 pub const SIGNING_SECRET: &str = "bench-signing-secret";

@@ -466,11 +466,11 @@ impl<'de> Visitor<'de> for Walk<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::error::ApiError;
     use axum::http::{HeaderValue, StatusCode};
     use http_body_util::Channel;
     use serde::Deserialize;
     use serde_json::json;
+    use tally_api::ApiError;
 
     use super::*;
 

@@ -9,15 +9,13 @@
 //! - [`routes`]: `POST /v1/donations` and `POST /v1/donations/batch`.
 //! - [`body`]: how a JSON body is read (type, encoding, size; in a bounded slot, within a
 //!   timeout, before authentication) and parsed (no key twice).
-//! - [`error`]: the API's one error type and its JSON shape, shared with the query side.
-//! - [`signature`]: the `Tally-Signature` header, HMAC-SHA256 signing and replay-safe checking
-//!   of callbacks.
+//! - [`error`]: ingest's errors (bodies, the rate limit) as the API's one error type.
 //! - [`rate_limit`]: per-user token buckets in bounded memory, answering how long to wait.
-//! - [`remote`]: donations in partitions another node runs, asked of that node.
+//!
+//! The contract these routes keep (the error shape, the `Tally-Signature` scheme, the JSON
+//! answers, the look-up on the node that runs a partition) is `tally-api`'s.
 
 pub mod body;
 pub mod error;
 pub mod rate_limit;
-pub mod remote;
 pub mod routes;
-pub mod signature;

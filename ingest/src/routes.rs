@@ -14,7 +14,10 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use serde::Serialize;
+use tally_api::ApiError;
+use tally_api::remote::{OwnerAnswer, RemoteDonations};
+use tally_api::signature::{self, SIGNATURE_HEADER, SigningSecret};
+use tally_api::views::{Accepted, BatchOutcome, BatchRejection, BatchResult};
 use tally_pipeline::campaigns::{CampaignRegistry, CampaignStatus};
 use tally_pipeline::clock::Clock;
 use tally_pipeline::event::validate::{DonationInput, DonationLimits, validate_donation};
@@ -23,10 +26,7 @@ use tally_pipeline::log::{Log, Offset, PartitionId, append_keyed};
 use tally_pipeline::runner::DonationDirectory;
 
 use crate::body::{self, BodyError, BodyReads, CALLBACK_BODY_BYTES_MAX};
-use crate::error::ApiError;
 use crate::rate_limit::RateLimiter;
-use crate::remote::{OwnerAnswer, RemoteDonations};
-use crate::signature::{self, SIGNATURE_HEADER, SigningSecret};
 
 /// Bounds on what one request may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,39 +90,6 @@ pub fn routes(context: Arc<IngestContext>) -> Router {
         .with_state(context)
 }
 
-/// The 202 answer: where the donation is, durably.
-#[derive(Debug, Serialize)]
-pub struct Accepted {
-    pub status: &'static str,
-    pub payment_ref: String,
-    pub partition: PartitionId,
-    pub offset: Offset,
-}
-
-#[derive(Debug, Serialize)]
-pub struct BatchOutcome {
-    pub accepted: usize,
-    pub rejected: Vec<BatchRejection>,
-    pub results: Vec<BatchResult>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct BatchRejection {
-    pub index: usize,
-    pub code: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    pub message: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct BatchResult {
-    pub index: usize,
-    pub payment_ref: String,
-    pub partition: PartitionId,
-    pub offset: Offset,
-}
-
 /// What to do with a valid donation.
 enum Admission {
     Append(DonationEvent),
@@ -144,7 +111,7 @@ async fn post_donation(
     let input = validate_donation(&value, &context.limits.donation, context.clock.now_ms())?;
     if let Err(retry) = context.rate_limiter.check(&input.user_id) {
         context.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-        return Err(ApiError::rate_limited(retry.seconds));
+        return Err(retry.into());
     }
     let payment_ref = input.payment_ref.clone();
     let _intake = context.intake.read().await;
@@ -153,7 +120,7 @@ async fn post_donation(
         Admission::Append(event) => context.append(vec![event]).await?[0],
     };
     let accepted = Accepted {
-        status: "accepted",
+        status: "accepted".to_owned(),
         payment_ref,
         partition,
         offset,
@@ -198,7 +165,7 @@ async fn post_batch(
             Ok(input) => match context.rate_limiter.check(&input.user_id) {
                 Err(retry) => {
                     context.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-                    Err(ApiError::rate_limited(retry.seconds))
+                    Err(retry.into())
                 }
                 Ok(()) => context.admit(input).await,
             },
@@ -216,7 +183,7 @@ async fn post_batch(
             }),
             Err(error) => rejected.push(BatchRejection {
                 index,
-                code: error.code,
+                code: error.code.to_owned(),
                 field: error.field,
                 message: error.message,
             }),
@@ -263,7 +230,7 @@ impl IngestContext {
             now_s,
             self.limits.signature_tolerance_s,
         )
-        .map_err(|error| ApiError::unauthorized(error.code(), error.to_string()))?;
+        .map_err(ApiError::from)?;
         Ok(bytes)
     }
 

@@ -1,10 +1,13 @@
 //! The load generator's view of a tally server: signed donation callbacks, admin calls and the
-//! read endpoints, each answer reduced to what the run needs to know.
+//! read endpoints, each answer read in the contract's shapes ([`tally_api::views`]) and reduced
+//! to what the run needs to know.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
-use tally_ingest::signature::{SIGNATURE_HEADER, SigningSecret, sign};
+use serde::de::DeserializeOwned;
+use tally_api::ErrorBody;
+use tally_api::signature::{SIGNATURE_HEADER, SigningSecret, sign};
+use tally_api::views::{Accepted, BatchOutcome, CampaignView, StatsView};
 
 /// Where one accepted donation landed in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,52 +135,58 @@ impl Server {
             return Ok(());
         }
         let text = response.text().await.unwrap_or_default();
-        let exists = status == 409
-            && serde_json::from_str::<Value>(&text)
-                .is_ok_and(|v| error_code(&v) == "campaign_exists");
+        let exists = status == 409 && error_code(text.as_bytes()) == "campaign_exists";
         anyhow::ensure!(exists, "creating campaign {campaign_id}: {status} {text}");
         Ok(())
     }
 
     pub async fn post_donation(&self, body: &[u8]) -> SingleAnswer {
-        let answer = match self.post_signed_json("/v1/donations", body).await {
-            Ok(answer) => answer,
-            Err(unanswered) => return unanswered.into(),
-        };
-        match placement(&answer) {
-            Some(placement) => SingleAnswer::Accepted(placement),
-            None => SingleAnswer::Unreachable,
+        match self
+            .post_signed_json::<Accepted>("/v1/donations", body)
+            .await
+        {
+            Ok(accepted) => SingleAnswer::Accepted(Placement {
+                partition: accepted.partition as usize,
+                offset: accepted.offset,
+            }),
+            Err(unanswered) => unanswered.into(),
         }
     }
 
     pub async fn post_batch(&self, body: &[u8]) -> BatchAnswer {
-        let answer = match self.post_signed_json("/v1/donations/batch", body).await {
-            Ok(answer) => answer,
+        let outcome = match self
+            .post_signed_json::<BatchOutcome>("/v1/donations/batch", body)
+            .await
+        {
+            Ok(outcome) => outcome,
             Err(unanswered) => return unanswered.into(),
         };
-        let index = |item: &Value| item["index"].as_u64().map(|i| i as usize);
-        let accepted = answer["results"]
-            .as_array()
+        let accepted = outcome
+            .results
             .into_iter()
-            .flatten()
-            .filter_map(|item| Some((index(item)?, placement(item)?)))
+            .map(|result| {
+                let placement = Placement {
+                    partition: result.partition as usize,
+                    offset: result.offset,
+                };
+                (result.index, placement)
+            })
             .collect();
-        let rejected = answer["rejected"]
-            .as_array()
+        let rejected = outcome
+            .rejected
             .into_iter()
-            .flatten()
-            .filter_map(|item| Some((index(item)?, item["code"].as_str()?.to_owned())))
+            .map(|rejection| (rejection.index, rejection.code))
             .collect();
         BatchAnswer::Answered { accepted, rejected }
     }
 
     /// `GET /v1/campaigns/{id}`, or `None` while the server does not answer.
-    pub async fn campaign(&self, campaign_id: &str) -> Option<Value> {
+    pub async fn campaign(&self, campaign_id: &str) -> Option<CampaignView> {
         self.get_json(&format!("/v1/campaigns/{campaign_id}")).await
     }
 
     /// `GET /v1/campaigns/{id}/stats` over `[from_ms, to_ms)` with a per-minute series.
-    pub async fn stats(&self, campaign_id: &str, from_ms: i64, to_ms: i64) -> Option<Value> {
+    pub async fn stats(&self, campaign_id: &str, from_ms: i64, to_ms: i64) -> Option<StatsView> {
         let (from, to) = (
             crate::traffic::rfc3339(from_ms),
             crate::traffic::rfc3339(to_ms),
@@ -209,7 +218,7 @@ impl Server {
             .is_ok_and(|r| r.status().is_success())
     }
 
-    async fn get_json(&self, path: &str) -> Option<Value> {
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Option<T> {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
@@ -223,7 +232,11 @@ impl Server {
     }
 
     /// A signed POST's JSON answer when it is a 2xx; otherwise how it ended.
-    async fn post_signed_json(&self, path: &str, body: &[u8]) -> Result<Value, Unanswered> {
+    async fn post_signed_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &[u8],
+    ) -> Result<T, Unanswered> {
         let response = self
             .signed_post(path, body)
             .await
@@ -233,15 +246,16 @@ impl Server {
             let status = status.as_u16();
             return Err(Unanswered::RetryAfter { status, wait });
         }
-        match response.json::<Value>().await {
-            Ok(answer) if status.is_success() => Ok(answer),
-            // A 2xx whose body did not arrive: the outcome is unknown.
-            Err(_) if status.is_success() => Err(Unanswered::Unreachable),
-            answer => Err(Unanswered::Refused {
-                status: status.as_u16(),
-                code: error_code(&answer.unwrap_or_default()),
-            }),
+        let bytes = response.bytes().await;
+        if status.is_success() {
+            // A 2xx whose body did not arrive, or is not the answer: the outcome is unknown.
+            let answer = bytes.ok().and_then(|b| serde_json::from_slice(&b).ok());
+            return answer.ok_or(Unanswered::Unreachable);
         }
+        Err(Unanswered::Refused {
+            status: status.as_u16(),
+            code: error_code(&bytes.unwrap_or_default()),
+        })
     }
 
     async fn signed_post(&self, path: &str, body: &[u8]) -> reqwest::Result<reqwest::Response> {
@@ -276,16 +290,8 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     Some(Duration::from_secs(seconds))
 }
 
-fn placement(answer: &Value) -> Option<Placement> {
-    Some(Placement {
-        partition: answer["partition"].as_u64()? as usize,
-        offset: answer["offset"].as_u64()?,
-    })
-}
-
-fn error_code(answer: &Value) -> String {
-    answer["error"]["code"]
-        .as_str()
-        .unwrap_or("unknown")
-        .to_owned()
+/// The `code` of an error answer, or `unknown` when the body is not in the API's error shape.
+fn error_code(body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .map_or_else(|_| "unknown".to_owned(), |answer| answer.error.code)
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Parser;
-use tally_ingest::signature::SigningSecret;
+use tally_api::signature::SigningSecret;
 use tally_loadgen::run::{RunConfig, run};
 use tally_loadgen::schedule::Profile;
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use tally_ingest::signature::SigningSecret;
+use tally_api::signature::SigningSecret;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::chaos::ManagedServer;
@@ -648,7 +648,9 @@ async fn probe_freshness(shared: Arc<Shared>, finished: Arc<Notify>) {
 async fn wait_visible(server: &Server, probe: &Probe) -> bool {
     while probe.acknowledged_at.elapsed() < FRESHNESS_PROBE_TIMEOUT {
         if let Some(view) = server.campaign(&probe.campaign_id).await {
-            let applied = view["freshness"]["applied_offsets"][probe.placement.partition].as_u64();
+            let applied = view
+                .freshness
+                .and_then(|f| f.applied_offsets.get(probe.placement.partition).copied());
             if applied.is_some_and(|applied| applied > probe.placement.offset) {
                 return true;
             }

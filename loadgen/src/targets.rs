@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tally_ingest::signature::SigningSecret;
+use tally_api::signature::SigningSecret;
 
 use crate::client::Server;
 

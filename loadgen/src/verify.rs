@@ -9,8 +9,7 @@ use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-
-use serde_json::Value;
+use tally_api::views::StatsView;
 
 use crate::client::Server;
 use crate::ground_truth::{ExpectedStats, ExpectedTotal, GroundTruth};
@@ -111,10 +110,8 @@ pub async fn wait_caught_up(
     for campaign in campaigns {
         loop {
             let view = server.campaign(campaign).await;
-            if view
-                .as_ref()
-                .is_some_and(|v| v["freshness"]["lag_records"] == 0)
-            {
+            let lag_records = view.as_ref().and_then(|v| v.freshness.as_ref());
+            if lag_records.is_some_and(|freshness| freshness.lag_records == 0) {
                 break;
             }
             anyhow::ensure!(
@@ -142,8 +139,8 @@ pub async fn snapshot(
         snapshot.totals.insert(
             campaign.clone(),
             ExpectedTotal {
-                total_cents: number(&view["total_cents"]),
-                donations: number(&view["donations"]),
+                total_cents: view.total_cents,
+                donations: view.donations,
             },
         );
         for range in ranges {
@@ -159,29 +156,22 @@ pub async fn snapshot(
     Ok(snapshot)
 }
 
-fn number(value: &Value) -> u64 {
-    value.as_u64().unwrap_or(u64::MAX)
-}
-
-fn parse_stats(stats: &Value) -> anyhow::Result<ExpectedStats> {
+fn parse_stats(stats: &StatsView) -> anyhow::Result<ExpectedStats> {
     let mut per_minute = BTreeMap::new();
-    for point in stats["series"].as_array().into_iter().flatten() {
-        let start = point["start"]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("a series point without a start: {point}"))?;
+    for point in stats.series.iter().flatten() {
         let total = ExpectedTotal {
-            total_cents: number(&point["sum_cents"]),
-            donations: number(&point["count"]),
+            total_cents: point.sum_cents,
+            donations: point.count,
         };
         if total.donations > 0 {
-            per_minute.insert(parse_minute(start)?, total);
+            per_minute.insert(parse_minute(&point.start)?, total);
         }
     }
     Ok(ExpectedStats {
-        count: number(&stats["count"]),
-        sum_cents: number(&stats["sum_cents"]),
-        min_cents: stats["min_cents"].as_u64(),
-        max_cents: stats["max_cents"].as_u64(),
+        count: stats.count,
+        sum_cents: stats.sum_cents,
+        min_cents: stats.min_cents,
+        max_cents: stats.max_cents,
         per_minute,
     })
 }

@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::Stream;
-use tally_ingest::error::{ApiError, PathParameter};
-use tally_ingest::remote::{OwnerAnswer, RemoteDonations};
+use tally_api::ApiError;
+use tally_api::remote::{OwnerAnswer, RemoteDonations};
+use tally_api::server::PathParameter;
+use tally_api::views::{CampaignView, DonationView, Freshness};
 use tally_pipeline::campaigns::{Campaign, CampaignRegistry};
 use tally_pipeline::clock::Clock;
 use tally_pipeline::event::{EventTime, envelope};
@@ -24,7 +26,7 @@ use tally_pipeline::read_model::ReadModel;
 use tally_pipeline::runner::DonationDirectory;
 
 use crate::slots::QuerySlots;
-use crate::views::{CampaignView, DonationView, Freshness, RecordedDonation, StatsView, rfc3339};
+use crate::views::{campaign_view, recorded_donation, rfc3339, stats_view};
 
 /// Live updates are coalesced to at most one per this interval (about ten a second).
 const LIVE_UPDATE_INTERVAL: Duration = Duration::from_millis(100);
@@ -122,7 +124,7 @@ async fn list_campaigns(State(context): State<Arc<QueryContext>>) -> axum::Json<
                 .get(&campaign.definition.campaign_id)
                 .copied()
                 .unwrap_or_default();
-            CampaignView::new(campaign, total, None)
+            campaign_view(campaign, total, None)
         })
         .collect();
     axum::Json(views)
@@ -135,11 +137,7 @@ async fn get_campaign(
     let campaign = context.campaign(&campaign_id).await?;
     let total = context.read_model.campaign_total(&campaign_id);
     let freshness = context.freshness().await?;
-    Ok(axum::Json(CampaignView::new(
-        &campaign,
-        total,
-        Some(freshness),
-    )))
+    Ok(axum::Json(campaign_view(&campaign, total, Some(freshness))))
 }
 
 async fn get_stats(
@@ -156,7 +154,7 @@ async fn get_stats(
         .query_slots
         .run(move || {
             let stats = read_model.stats(&campaign_id, from_ms, to_ms, bucket)?;
-            serde_json::to_vec(&StatsView::new(&campaign_id, stats))
+            serde_json::to_vec(&stats_view(&campaign_id, stats))
                 .map_err(|error| ApiError::internal(format!("cannot encode statistics: {error}")))
         })
         .await??;
@@ -261,16 +259,7 @@ async fn get_donation(
         return match answer?.read(&payment_ref)? {
             OwnerAnswer::Recorded { body, .. } => Ok((StatusCode::OK, json, body).into_response()),
             OwnerAnswer::NotRecorded => Err(donation_not_found(&payment_ref)),
-            OwnerAnswer::Refused(refusal) => {
-                let mut response = (refusal.status, json, refusal.body).into_response();
-                if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
-                    let seconds = refusal.retry_after_s.unwrap_or(1).max(1);
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-                }
-                Ok(response)
-            }
+            OwnerAnswer::Refused(refusal) => Ok(refusal.into_response()),
         };
     }
     local_donation(&context, payment_ref)
@@ -311,7 +300,7 @@ async fn local_donation(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .resends(offset);
     Ok(axum::Json(DonationView {
-        donation: RecordedDonation::new(event, partition, offset),
+        donation: recorded_donation(event, partition, offset),
         recorded_at: rfc3339(record.append_time_ms),
         duplicates: resends.duplicates,
         conflicts: resends.conflicts,

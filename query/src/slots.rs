@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use tally_ingest::error::ApiError;
+use tally_api::ApiError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Cores per query slot: statistics run on at most half the cores at once (one slot on two).

@@ -13,14 +13,16 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
-use tally_ingest::error::{ApiError, PathParameter};
+use tally_api::ApiError;
+use tally_api::server::PathParameter;
+use tally_api::views::CampaignView;
 use tally_pipeline::campaigns::{Campaign, CampaignDefinition, CampaignStatus, Reconciliation};
 use tally_pipeline::checkpoint::{CheckpointInfo, savepoint};
 use tally_pipeline::event::EventTime;
 use tally_pipeline::event::currency::is_iso_4217;
 use tally_pipeline::event::validate::{CAMPAIGN_ID_CHARS_MAX, check_token};
 use tally_pipeline::log::{Offset, PartitionId};
-use tally_query::views::CampaignView;
+use tally_query::views::campaign_view;
 
 use super::AppState;
 use super::notifications::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, Page};
@@ -159,7 +161,7 @@ async fn create_campaign(
     let created = state.campaigns.create(definition, now).await?;
     Ok((
         StatusCode::CREATED,
-        Json(CampaignView::new(&created, Default::default(), None)),
+        Json(campaign_view(&created, Default::default(), None)),
     ))
 }
 
@@ -224,7 +226,7 @@ async fn close_campaign(
 }
 
 fn view(state: &AppState, campaign: &Campaign) -> CampaignView {
-    CampaignView::new(
+    campaign_view(
         campaign,
         state
             .read_model

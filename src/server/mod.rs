@@ -192,7 +192,7 @@ fn positive(duration: humantime::Duration, flag: &str) -> anyhow::Result<Duratio
 #[derive(Debug)]
 pub struct AppState {
     pub log: Arc<dyn Log>,
-    pub remote: Option<Arc<dyn tally_ingest::remote::RemoteDonations>>,
+    pub remote: Option<Arc<dyn tally_api::remote::RemoteDonations>>,
     pub store: Arc<CheckpointStore>,
     pub campaigns: Arc<CampaignRegistry>,
     pub read_model: Arc<ReadModel>,
@@ -400,7 +400,7 @@ pub async fn run(
         pipeline = pipeline.with_sink(Arc::clone(publisher) as _);
     }
     let directory = Arc::clone(pipeline.directory());
-    let remote: Option<Arc<dyn tally_ingest::remote::RemoteDonations>> =
+    let remote: Option<Arc<dyn tally_api::remote::RemoteDonations>> =
         node.cluster.as_ref().map(|_| {
             Arc::new(remote::ForwardToOwner {
                 node: Arc::clone(&node),
@@ -659,14 +659,14 @@ fn router(state: Arc<AppState>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::disable())
 }
 
-async fn method_not_allowed() -> tally_ingest::error::ApiError {
-    tally_ingest::error::ApiError::new(
+async fn method_not_allowed() -> tally_api::ApiError {
+    tally_api::ApiError::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "this route does not take that method",
     )
 }
 
-async fn not_found() -> tally_ingest::error::ApiError {
-    tally_ingest::error::ApiError::not_found("not_found", "no such route")
+async fn not_found() -> tally_api::ApiError {
+    tally_api::ApiError::not_found("not_found", "no such route")
 }

@@ -13,15 +13,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
-use tally_ingest::error::ApiError;
-use tally_ingest::signature::{self, SigningSecret};
+use tally_api::ApiError;
+use tally_api::signature::{self, SigningSecret};
+use tally_api::views::RecordedDonation;
 use tally_pipeline::checkpoint::CheckpointStore;
 use tally_pipeline::clock::Clock;
 use tally_pipeline::event::envelope;
 use tally_pipeline::log::{Log, Offset, PartitionId};
 use tally_pipeline::read_model::{PartitionProgress, ReadModel};
 use tally_pipeline::runner::DonationDirectory;
-use tally_query::views::RecordedDonation;
+use tally_query::views::recorded_donation;
 use tokio::sync::watch;
 
 /// Records read from the log per scan step.
@@ -189,7 +190,7 @@ impl Notifications {
                     .is_recorded_at(&event.payment_ref, record.offset);
                 next = record.offset + 1;
                 if recorded {
-                    found.push(Notification::new(event, partition, record.offset));
+                    found.push(recorded_donation(event, partition, record.offset));
                     if found.len() >= limit {
                         break;
                     }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::http::StatusCode;
-use tally_ingest::error::ApiError;
-use tally_ingest::remote::{RemoteAnswer, RemoteDonations};
+use tally_api::ApiError;
+use tally_api::remote::{RemoteAnswer, RemoteDonations};
 use tally_pipeline::log::PartitionId;
 
 use super::node::Node;

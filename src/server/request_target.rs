@@ -9,7 +9,7 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tally_ingest::error::ApiError;
+use tally_api::ApiError;
 
 use super::connections::REQUEST_HEAD_BYTES_MAX;
 

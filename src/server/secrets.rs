@@ -6,7 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use tally_ingest::signature::SigningSecret;
+use tally_api::signature::SigningSecret;
 
 /// A secret and where it came from, for the start-up message.
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tally_ingest::signature::{SigningSecret, sign};
+use tally_api::signature::{SigningSecret, sign};
 
 pub const SIGNING_SECRET: &str = "test-signing-secret";
 pub const ADMIN_TOKEN: &str = "test-admin-token";

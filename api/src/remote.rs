@@ -1,5 +1,7 @@
 //! Donations recorded in partitions another node runs. Only the node that runs a partition's
 //! pipeline holds its dedupe index, so a look-up of a donation there is asked of that node.
+//! Ingest (a resend for a closed campaign) and query (`GET /v1/donations/{payment_ref}`) both ask
+//! through [`RemoteDonations`]; `tally serve` implements it by forwarding the look-up over HTTP.
 //!
 //! The owner's answer decides whether a resend for a closed campaign is acknowledged or refused,
 //! so it is read into a typed shape ([`OwnerAnswer`]) and an answer that does not fit it is
@@ -7,11 +9,16 @@
 
 use async_trait::async_trait;
 use axum::body::Bytes;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use tally_pipeline::log::{Offset, PartitionId};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::views::{Offset, PartitionId};
+
+/// The codes of failures that need an operator, which a node passes on when the owner of a
+/// partition answers with one.
+const NON_TRANSIENT_CODES: [&str; 4] = ["log_corrupted", "records_lost", "log_failed", "internal"];
 
 /// Another node's answer to `GET /v1/donations/{payment_ref}`, as it came over the wire.
 #[derive(Debug, Clone)]
@@ -67,17 +74,6 @@ struct RecordedAnswer {
     offset: Offset,
 }
 
-#[derive(Debug, Deserialize)]
-struct ErrorAnswer {
-    error: ErrorDetail,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorDetail {
-    code: String,
-    message: String,
-}
-
 impl RemoteAnswer {
     /// Reads the owner's answer to a look-up of `payment_ref` into what it says.
     pub fn read(&self, payment_ref: &str) -> Result<OwnerAnswer, UnreadableAnswer> {
@@ -100,7 +96,7 @@ impl RemoteAnswer {
                 body: self.body.clone(),
             });
         }
-        let error: ErrorAnswer = serde_json::from_slice(&self.body)
+        let error: ErrorBody = serde_json::from_slice(&self.body)
             .map_err(|e| unreadable(format!("not an error in the API's shape: {e}")))?;
         if self.status.is_success() {
             return Err(unreadable("an error body with a success status".into()));
@@ -115,6 +111,59 @@ impl RemoteAnswer {
             retry_after_s: self.retry_after_s,
             body: self.body.clone(),
         }))
+    }
+}
+
+impl OwnerRefusal {
+    /// The `Retry-After` to pass on: a 503 stays retryable, after the owner's wait or a second.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        (self.status == StatusCode::SERVICE_UNAVAILABLE)
+            .then(|| self.retry_after_s.unwrap_or(1).max(1))
+    }
+}
+
+/// The owner's refusal passed on as it sent it: its status and body, and its `Retry-After`.
+impl IntoResponse for OwnerRefusal {
+    fn into_response(self) -> Response {
+        let retry_after_s = self.retry_after_s();
+        let json = [(header::CONTENT_TYPE, "application/json")];
+        let mut response = (self.status, json, self.body).into_response();
+        if let Some(seconds) = retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<UnreadableAnswer> for ApiError {
+    fn from(error: UnreadableAnswer) -> Self {
+        Self::owner_unavailable(format!(
+            "the node that runs this payment's partition cannot tell whether it is recorded \
+             ({error}); retry"
+        ))
+    }
+}
+
+/// The owner could not answer: a 503 of its own stays a 503 here; a failure that needs an
+/// operator keeps its code (as a 500), and anything else is a 500 `internal`.
+impl From<OwnerRefusal> for ApiError {
+    fn from(refusal: OwnerRefusal) -> Self {
+        let message = format!(
+            "the node that runs this payment's partition answered {} {}: {}",
+            refusal.status, refusal.code, refusal.message
+        );
+        if let Some(retry_after_s) = refusal.retry_after_s() {
+            return Self::owner_unavailable(message).with_retry_after(retry_after_s);
+        }
+        match NON_TRANSIENT_CODES
+            .iter()
+            .find(|code| **code == refusal.code)
+        {
+            Some(code) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, message),
+            None => Self::internal(message),
+        }
     }
 }
 
@@ -177,6 +226,57 @@ mod tests {
             answer(404, no_route).read("pay-1").unwrap(),
             OwnerAnswer::Refused(_)
         ));
+    }
+
+    fn refusal(status: u16, retry_after_s: Option<u64>) -> OwnerRefusal {
+        OwnerRefusal {
+            status: StatusCode::from_u16(status).unwrap(),
+            code: "log_unavailable".into(),
+            message: "m".into(),
+            retry_after_s,
+            body: Bytes::from_static(br#"{"error":{"code":"log_unavailable","message":"m"}}"#),
+        }
+    }
+
+    #[test]
+    fn a_passed_on_refusal_keeps_its_body_and_a_503_its_wait() {
+        let header = |response: &Response| {
+            let value = response.headers().get(header::RETRY_AFTER)?;
+            Some(value.to_str().unwrap().to_owned())
+        };
+        let named = refusal(503, Some(7)).into_response();
+        assert_eq!(
+            (named.status(), header(&named).as_deref()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("7"))
+        );
+        let unnamed = refusal(503, None).into_response();
+        assert_eq!(header(&unnamed).as_deref(), Some("1"));
+        let final_refusal = refusal(500, Some(7)).into_response();
+        assert_eq!(header(&final_refusal), None);
+        assert_eq!(
+            final_refusal.headers().get(header::CONTENT_TYPE).unwrap(),
+            "application/json"
+        );
+    }
+
+    #[test]
+    fn a_refusal_maps_with_the_owners_wait_or_its_operator_code() {
+        let error = ApiError::from(refusal(503, Some(7)));
+        assert_eq!(
+            (error.status, error.code, error.retry_after_s),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "owner_unavailable",
+                Some(7)
+            )
+        );
+        let mut corrupted = refusal(500, None);
+        corrupted.code = "log_corrupted".into();
+        let error = ApiError::from(corrupted);
+        assert_eq!(
+            (error.status, error.code, error.retry_after_s),
+            (StatusCode::INTERNAL_SERVER_ERROR, "log_corrupted", None)
+        );
     }
 
     #[test]

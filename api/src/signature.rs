@@ -4,8 +4,9 @@
 //! The header value is `t=<unix seconds>,v1=<lowercase hex HMAC-SHA256 of "<t>.<raw body>">`.
 //! The timestamp is inside the MAC, so a captured request can only be replayed within the
 //! tolerance window; more than one `v1=` entry is accepted so a provider can sign with the old
-//! and the new secret while the secret is rotated. Ingest owns this check because it is the only
-//! place where the raw body bytes, exactly as sent, are still at hand.
+//! and the new secret while the secret is rotated. The scheme is part of the contract, so it is
+//! kept here once for both sides: ingest checks callbacks against the raw body bytes, exactly as
+//! sent, and clients (the load generator, the benches) and donor notifications sign with it.
 
 use std::fmt;
 use std::fs::File;

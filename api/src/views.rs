@@ -1,0 +1,187 @@
+//! The JSON bodies of the API's successful answers, which the server writes and clients read.
+//! Times are RFC 3339 strings; money is integer cents. Fields serialize in the order declared
+//! here, which is the order on the wire: reorder nothing.
+//!
+//! The server builds them from its state (`tally_query::views`, `tally_ingest::routes`); this
+//! crate knows no state, so the types carry plain values only.
+
+use serde::{Deserialize, Serialize};
+
+/// A log partition, as the API reports it (the pipeline's `PartitionId`).
+pub type PartitionId = u32;
+/// A record's position in its partition, as the API reports it (the pipeline's `Offset`).
+pub type Offset = u64;
+
+/// `POST /v1/donations`, 202: where the donation is, durably.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// Always `accepted`.
+    pub status: String,
+    pub payment_ref: String,
+    pub partition: PartitionId,
+    pub offset: Offset,
+}
+
+/// `POST /v1/donations/batch`, 200: each item accepted with its place, or rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchOutcome {
+    pub accepted: usize,
+    pub rejected: Vec<BatchRejection>,
+    pub results: Vec<BatchResult>,
+}
+
+/// A batch item refused, with the code and field a single request would have answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRejection {
+    pub index: usize,
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub message: String,
+}
+
+/// A batch item recorded, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResult {
+    pub index: usize,
+    pub payment_ref: String,
+    pub partition: PartitionId,
+    pub offset: Offset,
+}
+
+/// How fresh the totals are: what the operators applied against what the log holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freshness {
+    pub applied_offsets: Vec<Offset>,
+    pub log_end_offsets: Vec<Offset>,
+    pub lag_records: u64,
+    /// Time since the oldest partition that is behind last committed; 0 when none is behind.
+    pub lag_ms: i64,
+    /// False while the log does not answer: `log_end_offsets` are then the ones last read.
+    pub log_reachable: bool,
+}
+
+/// `GET /v1/campaigns/{campaign_id}` (with `freshness`), and each item of `GET /v1/campaigns`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignView {
+    pub campaign_id: String,
+    pub name: String,
+    pub currency: String,
+    pub goal_cents: Option<u64>,
+    pub starts_at: Option<String>,
+    pub ends_at: Option<String>,
+    /// `open` or `closed`.
+    pub status: String,
+    pub total_cents: u64,
+    pub donations: u64,
+    pub created_at: String,
+    pub closed_at: Option<String>,
+    pub reconciliation: Option<Reconciliation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<Freshness>,
+}
+
+/// A closed campaign's total recomputed from the donation records, against the running total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconciliation {
+    pub final_total_cents: u64,
+    pub final_donations: u64,
+    pub running_total_cents: u64,
+    pub running_donations: u64,
+    /// Whether the two agree.
+    pub matched: bool,
+}
+
+/// `GET /v1/campaigns/{campaign_id}/stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsView {
+    pub campaign_id: String,
+    pub from: String,
+    pub to: String,
+    /// The finest buckets still held from `from` on: `minute`, `hour` or `day`.
+    pub resolution: String,
+    pub count: u64,
+    pub sum_cents: u64,
+    pub min_cents: Option<u64>,
+    pub max_cents: Option<u64>,
+    pub mean_cents: Option<u64>,
+    pub p50_cents: Option<u64>,
+    pub p90_cents: Option<u64>,
+    pub p99_cents: Option<u64>,
+    pub complete_through: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<Vec<SeriesPointView>>,
+}
+
+/// One bucket of a statistics series.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesPointView {
+    pub start: String,
+    pub count: u64,
+    pub sum_cents: u64,
+}
+
+/// A donation as the log records it, and where: the shape both the donation lookup and donor
+/// notifications answer with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedDonation {
+    pub payment_ref: String,
+    pub order_id: String,
+    pub user_id: String,
+    pub campaign_id: String,
+    pub amount_cents: u64,
+    pub currency: String,
+    pub paid_at: String,
+    pub partition: PartitionId,
+    pub offset: Offset,
+}
+
+/// `GET /v1/donations/{payment_ref}`: a recorded donation, with how often its payment was sent
+/// again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DonationView {
+    #[serde(flatten)]
+    pub donation: RecordedDonation,
+    pub recorded_at: String,
+    pub duplicates: u32,
+    pub conflicts: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_donation_view_is_flat_on_the_wire_and_reads_back() {
+        let view = DonationView {
+            donation: RecordedDonation {
+                payment_ref: "pay_1".into(),
+                order_id: "ord_1".into(),
+                user_id: "usr_1".into(),
+                campaign_id: "meals".into(),
+                amount_cents: 100,
+                currency: "USD".into(),
+                paid_at: "2026-11-24T18:30:00Z".into(),
+                partition: 3,
+                offset: 17,
+            },
+            recorded_at: "2026-11-24T18:30:01Z".into(),
+            duplicates: 1,
+            conflicts: 0,
+        };
+        let json = serde_json::to_string(&view).unwrap();
+        assert_eq!(
+            json,
+            r#"{"payment_ref":"pay_1","order_id":"ord_1","user_id":"usr_1","campaign_id":"meals","amount_cents":100,"currency":"USD","paid_at":"2026-11-24T18:30:00Z","partition":3,"offset":17,"recorded_at":"2026-11-24T18:30:01Z","duplicates":1,"conflicts":0}"#
+        );
+        assert_eq!(serde_json::from_str::<DonationView>(&json).unwrap(), view);
+    }
+
+    #[test]
+    fn a_campaign_view_without_freshness_leaves_it_out_and_reads_back() {
+        let json = r#"{"campaign_id":"meals","name":"Meals","currency":"USD","goal_cents":null,"starts_at":null,"ends_at":null,"status":"open","total_cents":0,"donations":0,"created_at":"2026-11-24T18:00:00Z","closed_at":null,"reconciliation":null}"#;
+        let view: CampaignView = serde_json::from_str(json).unwrap();
+        assert_eq!(view.freshness, None);
+        assert_eq!(serde_json::to_string(&view).unwrap(), json);
+    }
+}
