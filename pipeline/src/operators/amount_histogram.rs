@@ -183,12 +183,7 @@ impl AmountHistogram {
     /// Amounts at the given quantiles (0.0–1.0), as an hdrhistogram with the same bucketing
     /// reports them; `None` when empty.
     pub fn quantiles<const N: usize>(&self, quantiles: [f64; N]) -> Option<[u64; N]> {
-        if self.cells.is_empty() {
-            return None;
-        }
-        let mut dense = AmountAccumulator::default();
-        dense.add(self);
-        dense.quantiles(quantiles)
+        hdr_quantiles(self.cells(), quantiles)
     }
 }
 
@@ -209,36 +204,61 @@ impl<'de> Deserialize<'de> for AmountHistogram {
     }
 }
 
-/// Sums many histograms without allocating per histogram: their cells are counted into one
-/// dense `hdrhistogram` of the same bucketing (a statistics query over a range adds up
-/// hundreds of buckets).
+/// Cell codes run below this: the code of the largest trackable amount's bucket is the last.
+const CODES: usize = {
+    let shift = (u64::BITS - AMOUNT_CENTS_TRACKABLE_MAX.leading_zeros()).saturating_sub(8);
+    ((shift as usize) << 8) + 256
+};
+
+/// Amounts at `quantiles` of the `(bucket lowest value, count)` cells given in value order, as
+/// an `hdrhistogram` of the same bucketing reports them; `None` when there are none.
+fn hdr_quantiles<const N: usize>(
+    cells: impl Iterator<Item = (u64, u64)>,
+    quantiles: [f64; N],
+) -> Option<[u64; N]> {
+    let mut dense = bucketing().clone();
+    dense.reset();
+    for (value, count) in cells {
+        dense
+            .record_n(value, count)
+            .expect("bucket values come from the same bounds");
+    }
+    (!dense.is_empty()).then(|| quantiles.map(|quantile| dense.value_at_quantile(quantile)))
+}
+
+/// Sums many histograms without allocating per histogram: their cells' counts are added up by
+/// cell code in one flat array (a statistics query over a range adds up hundreds of buckets of
+/// hundreds of cells each), and only the sums go into an `hdrhistogram` for the quantiles.
 #[derive(Debug, Clone)]
 pub struct AmountAccumulator {
-    dense: Histogram<u64>,
+    counts_by_code: Vec<u64>,
 }
 
 impl Default for AmountAccumulator {
     fn default() -> Self {
-        let mut dense = bucketing().clone();
-        dense.reset();
-        Self { dense }
+        Self {
+            counts_by_code: vec![0; CODES],
+        }
     }
 }
 
 impl AmountAccumulator {
     pub fn add(&mut self, histogram: &AmountHistogram) {
-        for (value, count) in histogram.cells() {
-            self.dense
-                .record_n(value, count)
-                .expect("bucket values come from the same bounds");
+        for cell in &histogram.cells {
+            self.counts_by_code[cell.code() as usize] += cell.count();
         }
     }
 
     /// Amounts at the given quantiles, as [`AmountHistogram::quantiles`] gives them for the
     /// histograms added; `None` when nothing was.
     pub fn quantiles<const N: usize>(&self, quantiles: [f64; N]) -> Option<[u64; N]> {
-        (!self.dense.is_empty())
-            .then(|| quantiles.map(|quantile| self.dense.value_at_quantile(quantile)))
+        let cells = self
+            .counts_by_code
+            .iter()
+            .enumerate()
+            .filter(|&(_, &count)| count > 0)
+            .map(|(code, &count)| (Cell(code as u64).value(), count));
+        hdr_quantiles(cells, quantiles)
     }
 }
 
@@ -324,6 +344,43 @@ mod tests {
         merged.merge(&b);
         assert_eq!(merged, all);
         assert_eq!(merged.count(), 8);
+    }
+
+    #[test]
+    fn every_trackable_amount_has_a_code_below_the_accumulators_end() {
+        let largest = Cell::new(bucket_of(u64::MAX), 1).expect("a bucket value");
+        assert!((largest.code() as usize) < CODES);
+        assert_eq!(largest.value(), bucket_of(AMOUNT_CENTS_TRACKABLE_MAX));
+    }
+
+    #[test]
+    fn an_accumulator_of_many_histograms_answers_like_their_merge() {
+        let mut merged = AmountHistogram::default();
+        let mut accumulator = AmountAccumulator::default();
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        for round in 0..200 {
+            let mut histogram = AmountHistogram::default();
+            for _ in 0..(round % 50 + 1) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let amount = match seed % 4 {
+                    0 => seed % 100,
+                    1 => (seed % 20 + 1) * 100,
+                    2 => seed % 100_000,
+                    _ => seed >> (seed % 64),
+                };
+                histogram.record(amount);
+            }
+            accumulator.add(&histogram);
+            merged.merge(&histogram);
+        }
+        let quantiles = [0.0, 0.001, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0];
+        assert!(merged.count() > 1_000);
+        assert_eq!(
+            accumulator.quantiles(quantiles),
+            merged.quantiles(quantiles)
+        );
     }
 
     #[test]
