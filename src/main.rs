@@ -2,10 +2,11 @@
 //!
 //! Every command works on a data directory (`--data-dir`, default `./tally-data`) whose `log/`
 //! subdirectory is the embedded donation log. Failures are reported as one line on standard
-//! error with a non-zero exit status.
+//! error with a non-zero exit status. `serve` is the library's [`tally::run`]; this binary parses
+//! its flags ([`cli`]) and runs the other commands ([`commands`]).
 
+mod cli;
 mod commands;
-mod server;
 
 /// mimalloc: the server allocates many small, short-lived buffers per request across threads,
 /// which glibc's allocator serves markedly slower (malloc/free took ~8% of a profile under load).
@@ -40,7 +41,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run tally: take payment callbacks, process them exactly once, serve totals and statistics.
-    Serve(server::ServeArgs),
+    Serve(cli::ServeArgs),
     /// Append donations from an NDJSON file (one JSON event a line) to the log.
     Import(commands::import::ImportArgs),
     /// Inspect the donation log.
@@ -103,14 +104,16 @@ fn init_tracing() {
         .init();
 }
 
-fn serve(data_dir: PathBuf, args: server::ServeArgs) -> anyhow::Result<ExitCode> {
+fn serve(data_dir: PathBuf, args: cli::ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = server::connections::bind(args.listen)
+        let listener = tally::bind(args.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
-        server::run(listener, data_dir, args, shutdown_signal()).await
+        let config = args.into_config(data_dir, commands::state_settings())?;
+        let clock = std::sync::Arc::new(tally_pipeline::clock::SystemClock);
+        tally::run(listener, config, clock, shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! Guards the public HTTP API of `tally serve` end to end: every route, every error code and the
-//! error shape, against the real binary listening on 127.0.0.1.
+//! error shape, against the server `tally serve` runs (`tally::run`), started in this process on
+//! 127.0.0.1.
 //!
 //! Each test starts its own server on its own temporary data directory and groups the assertions
 //! that can share it. Nothing sleeps for correctness: where the pipeline has to catch up, a test
@@ -10,14 +11,17 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::{Value, json};
+use tally::ServerConfig;
 use tally_api::signature::{SigningSecret, sign};
-use tempfile::TempDir;
+use tally_pipeline::clock::{Clock, ManualClock};
 
+use support::in_process::{InProcessServer, clock_at_now};
 use support::server::*;
 
 /// How long a polled condition may take before the test fails.
@@ -44,7 +48,7 @@ const RAW_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[test]
 fn accepted_donations_are_counted_once_looked_up_and_streamed_live() {
-    let fixture = Fixture::start(&[]);
+    let fixture = Fixture::start(|_| {});
     fixture.create_campaign("meals", "USD");
 
     // No currency: the campaign's is used. An explicit matching currency is accepted too.
@@ -170,12 +174,13 @@ fn check_live_stream(fixture: &Fixture) {
 
 #[test]
 fn refused_callbacks_get_their_code_on_a_connection_that_stays_open() {
-    let fixture = Fixture::start(&[]);
+    // The server's clock stands still, so the tolerance is measured from a known second.
+    let fixture = Fixture::start_with_clock(|_| {}, clock_at_now());
     fixture.create_campaign("checks", "USD");
     let good = fixture.donate_accepted(&donation("good-1", "checks", 500, "usr-good"));
 
     let mut connection = RawConnection::open(&fixture.server);
-    let cases = refused_callbacks();
+    let cases = refused_callbacks(fixture.now_s());
     for case in &cases {
         let mut headers = vec![("Content-Type", case.content_type.to_owned())];
         if let Some(signature) = &case.signature {
@@ -260,8 +265,8 @@ enum Signed {
 }
 
 /// Every way a single callback can be refused, bar the rate limit (its own test).
-fn refused_callbacks() -> Vec<RefusedCallback> {
-    let now = now_s();
+/// `now`: the server's time, in Unix seconds.
+fn refused_callbacks(now: i64) -> Vec<RefusedCallback> {
     let body_of = |payment_ref: &str| {
         serde_json::to_vec(&donation(payment_ref, "checks", 100, "usr-bad")).unwrap()
     };
@@ -421,7 +426,7 @@ fn check_public_utility_routes(fixture: &Fixture) {
 
 #[test]
 fn a_batch_records_its_good_items_and_reports_each_bad_one() {
-    let fixture = Fixture::start(&[]);
+    let fixture = Fixture::start(|_| {});
     fixture.create_campaign("batch", "USD");
     let mut unknown_field = donation("b-4", "batch", 100, "usr-4");
     unknown_field["tip"] = json!(1);
@@ -524,7 +529,14 @@ fn a_batch_records_its_good_items_and_reports_each_bad_one() {
 
 #[test]
 fn the_rate_limit_refuses_one_users_burst_and_counts_nothing_refused() {
-    let fixture = Fixture::start(&["--rate-limit-burst", "3", "--rate-limit-per-second", "0.5"]);
+    // The clock stands still: no allowance refills while the test runs.
+    let fixture = Fixture::start_with_clock(
+        |config| {
+            config.rate_limit.burst = 3;
+            config.rate_limit.refill_per_second = 0.5;
+        },
+        clock_at_now(),
+    );
     fixture.create_campaign("rush", "USD");
     for index in 0..3 {
         let payment_ref = format!("busy-{index}");
@@ -560,7 +572,7 @@ fn the_rate_limit_refuses_one_users_burst_and_counts_nothing_refused() {
 
 #[test]
 fn campaign_admin_needs_the_token_and_a_close_reconciles_the_total() {
-    let fixture = Fixture::start(&[]);
+    let fixture = Fixture::start(|_| {});
     check_admin_token_is_required(&fixture);
     check_campaign_creation(&fixture);
 
@@ -740,7 +752,7 @@ type StatsQuery<'a> = &'a [(&'a str, &'a str)];
 
 #[test]
 fn stats_summarize_a_range_and_refuse_bad_parameters() {
-    let fixture = Fixture::start(&[]);
+    let fixture = Fixture::start(|_| {});
     fixture.create_campaign("stats", "USD");
     // A whole hour three hours ago: every paid_at below is in the past.
     let hour_s = (now_s() / 3600 - 3) * 3600;
@@ -851,7 +863,7 @@ fn stats_summarize_a_range_and_refuse_bad_parameters() {
 
 #[test]
 fn rolled_up_time_answers_by_the_hour_and_refuses_a_minute_series() {
-    let fixture = Fixture::start(&[]);
+    let fixture = Fixture::start(|_| {});
     fixture.create_campaign("stats", "USD");
     // One donation now moves the watermark; one 20 days back is in time whose minutes the
     // default 14-day horizon has rolled up into hours.
@@ -889,7 +901,7 @@ const WIDEST_TO: &str = "9999-12-31T23:59:00Z";
 
 #[test]
 fn the_widest_range_answers_on_empty_and_populated_campaigns_and_its_series_is_refused() {
-    let fixture = Fixture::start(&[]);
+    let fixture = Fixture::start(|_| {});
     fixture.create_campaign("stats", "USD");
     let widest = [("from", WIDEST_FROM), ("to", WIDEST_TO)];
     let empty = json_ok(fixture.stats(&widest), 200);
@@ -948,7 +960,7 @@ fn the_widest_range_answers_on_empty_and_populated_campaigns_and_its_series_is_r
 
 #[test]
 fn notifications_page_through_recorded_donations_and_ack_moves_the_cursor() {
-    let fixture = Fixture::start(&[]);
+    let fixture = Fixture::start(|_| {});
     fixture.create_campaign("notify", "USD");
     let mut by_partition: BTreeMap<u64, Vec<(u64, String)>> = BTreeMap::new();
     for index in 0..16 {
@@ -1080,7 +1092,7 @@ fn check_checkpoints(fixture: &Fixture, partition: u64, end_offset: &Value) {
 
 #[test]
 fn a_wrong_method_answers_with_the_error_shape() {
-    let fixture = Fixture::start(&[]);
+    let fixture = Fixture::start(|_| {});
     for (method, path) in [
         (Method::GET, "/v1/donations"),
         (Method::DELETE, "/v1/campaigns"),
@@ -1094,7 +1106,7 @@ fn a_wrong_method_answers_with_the_error_shape() {
 
 #[test]
 fn a_path_parameter_that_is_not_utf8_answers_with_the_error_shape() {
-    let fixture = Fixture::start(&[]);
+    let fixture = Fixture::start(|_| {});
     for (path, field) in [
         ("/v1/campaigns/%FF", "campaign_id"),
         ("/v1/campaigns/%FF/stats", "campaign_id"),
@@ -1106,7 +1118,7 @@ fn a_path_parameter_that_is_not_utf8_answers_with_the_error_shape() {
 
 #[test]
 fn checkpoint_age_is_small_on_a_fresh_server() {
-    let fixture = Fixture::start(&[]);
+    let fixture = Fixture::start(|_| {});
     let metrics = fixture.metrics();
     for partition in 0..PARTITIONS {
         let series = format!("tally_checkpoint_age_seconds{{partition=\"{partition}\"}}");
@@ -1118,7 +1130,7 @@ fn checkpoint_age_is_small_on_a_fresh_server() {
 
 #[test]
 fn a_notification_partition_beyond_u32_is_refused() {
-    let fixture = Fixture::start(&[]);
+    let fixture = Fixture::start(|_| {});
     let path = format!("/v1/notifications?partition={}", u64::from(u32::MAX) + 1);
     let response = fixture.admin_send(Method::GET, &path);
     assert_error(response, 400, "invalid_field", Some("partition"));
@@ -1126,7 +1138,7 @@ fn a_notification_partition_beyond_u32_is_refused() {
 
 #[test]
 fn concurrent_closes_all_answer_the_closed_campaign() {
-    let fixture = Fixture::start(&[]);
+    let fixture = Fixture::start(|_| {});
     let campaigns = ["race-1", "race-2", "race-3", "race-4"];
     for campaign in campaigns {
         fixture.create_campaign(campaign, "USD");
@@ -1158,7 +1170,7 @@ fn concurrent_closes_all_answer_the_closed_campaign() {
 
 #[test]
 fn a_key_given_twice_is_refused_in_every_body() {
-    let fixture = Fixture::start(&[]);
+    let fixture = Fixture::start(|_| {});
     fixture.create_campaign("twice", "USD");
     let good = |payment_ref: &str| {
         serde_json::to_string(&donation(payment_ref, "twice", 100, "usr-twice")).unwrap()
@@ -1232,7 +1244,7 @@ fn a_key_given_twice_is_refused_in_every_body() {
 
 #[test]
 fn an_admin_body_of_the_wrong_type_names_the_field() {
-    let fixture = Fixture::start(&[]);
+    let fixture = Fixture::start(|_| {});
     #[rustfmt::skip]
     let cases = [
         (json!({"campaign_id": "c1", "name": 5, "currency": "USD"}), "name"),
@@ -1254,7 +1266,7 @@ fn an_admin_body_of_the_wrong_type_names_the_field() {
 
 #[test]
 fn a_body_is_refused_from_its_headers_before_it_is_read() {
-    let fixture = Fixture::start(&[]);
+    let fixture = Fixture::start(|_| {});
     let admin_token = ("Authorization", format!("Bearer {ADMIN_TOKEN}"));
     // A declared length over the route's limit is refused at once: the client that waits for
     // `100 Continue` hears 413 instead, and never sends the body.
@@ -1311,7 +1323,7 @@ fn a_body_is_refused_from_its_headers_before_it_is_read() {
 
 #[test]
 fn an_overlong_request_target_answers_414_in_the_error_shape() {
-    let fixture = Fixture::start(&[]);
+    let fixture = Fixture::start(|_| {});
     let long_id = "a".repeat(URI_BYTES_MAX);
     for path in [
         format!("/v1/campaigns/{long_id}"),
@@ -1338,12 +1350,12 @@ fn an_overlong_request_target_answers_414_in_the_error_shape() {
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-/// A running server on its own data directory, and a client for it.
+/// A running server on its own data directory (removed when it stops), and a client for it.
 struct Fixture {
-    /// Declared first so that the server is killed before its data directory is removed.
-    server: ServerProcess,
+    server: InProcessServer,
     client: Client,
-    _data_dir: TempDir,
+    /// The server's clock, where the test holds it.
+    clock: Option<ManualClock>,
 }
 
 /// Where the server says a donation is: its answer to a 202.
@@ -1354,13 +1366,29 @@ struct Placement {
 }
 
 impl Fixture {
-    fn start(extra_args: &[&str]) -> Self {
-        let data_dir = TempDir::new().expect("a temporary data directory");
-        let server = ServerProcess::start(data_dir.path(), extra_args);
+    /// A server with `configure`'s changes to the test configuration, on the system clock.
+    fn start(configure: impl FnOnce(&mut ServerConfig)) -> Self {
         Self {
-            server,
+            server: InProcessServer::start(configure),
             client: client(),
-            _data_dir: data_dir,
+            clock: None,
+        }
+    }
+
+    /// As [`start`](Self::start), on a clock the test holds.
+    fn start_with_clock(configure: impl FnOnce(&mut ServerConfig), clock: ManualClock) -> Self {
+        Self {
+            server: InProcessServer::start_with_clock(configure, Arc::new(clock.clone())),
+            client: client(),
+            clock: Some(clock),
+        }
+    }
+
+    /// The server's time, in Unix seconds.
+    fn now_s(&self) -> i64 {
+        match &self.clock {
+            Some(clock) => clock.now_ms().div_euclid(1000),
+            None => now_s(),
         }
     }
 
@@ -1642,12 +1670,8 @@ struct RawConnection {
 }
 
 impl RawConnection {
-    fn open(server: &ServerProcess) -> Self {
-        let address = server
-            .base
-            .strip_prefix("http://")
-            .expect("an http:// base");
-        let stream = TcpStream::connect(address).expect("connect to the server");
+    fn open(server: &InProcessServer) -> Self {
+        let stream = TcpStream::connect(server.address).expect("connect to the server");
         stream.set_read_timeout(Some(RAW_READ_TIMEOUT)).unwrap();
         Self {
             reader: BufReader::new(stream),

@@ -6,8 +6,9 @@
 //! (donations, batches, admin requests) reads it in a slot within the read timeout.
 //!
 //! Hostile traffic goes to 127.0.0.1 only, in bounded counts, and every wait has a deadline.
-//! The timeouts are set short through the flags so the test is quick; nothing asserts how fast
-//! the server answers, only that it does before a generous deadline.
+//! The timeouts are set short in the server's configuration so the test is quick; nothing asserts
+//! how fast the server answers, only that it does before a generous deadline. The server runs in
+//! this process (`tally::run`, as `tally serve` runs it).
 
 mod support;
 
@@ -16,8 +17,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tempfile::TempDir;
-
+use support::in_process::InProcessServer;
 use support::server::*;
 
 /// Stalled uploads: more than the 4,096 requests the server once served at once, each of which
@@ -29,7 +29,7 @@ const SILENT_SOCKETS: usize = 2000;
 const SIGNED_DONATIONS: usize = 20;
 /// The server's header-read and body-read timeouts under hostile load: long enough for the
 /// hostile connections to be set up and the donations sent while the first are still held.
-const HOSTILE_TIMEOUT: &str = "15s";
+const HOSTILE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long any wait of the test may take before it fails: far above every timeout set.
 const WAIT_MAX: Duration = Duration::from_secs(90);
 /// Pause between two polls of a condition.
@@ -44,16 +44,10 @@ const TEST_FILES_MAX: u64 = (STALLED_BODIES + SILENT_SOCKETS) as u64 + 1024;
 #[test]
 fn signed_donations_are_accepted_while_thousands_of_stalled_bodies_and_silent_sockets_are_open() {
     raise_open_file_limit(TEST_FILES_MAX);
-    let dir = TempDir::new().unwrap();
-    let server = ServerProcess::start(
-        dir.path(),
-        &[
-            "--header-read-timeout",
-            HOSTILE_TIMEOUT,
-            "--body-read-timeout",
-            HOSTILE_TIMEOUT,
-        ],
-    );
+    let server = InProcessServer::start(|config| {
+        config.header_read_timeout = HOSTILE_TIMEOUT;
+        config.body_read_timeout = HOSTILE_TIMEOUT;
+    });
     let client = client();
     create_campaign(&client, &server, "meals", "USD");
     let address = socket_address(&server);
@@ -115,11 +109,10 @@ fn signed_donations_are_accepted_while_thousands_of_stalled_bodies_and_silent_so
 
 #[test]
 fn a_client_trickling_its_request_head_is_disconnected_and_an_idle_one_closed() {
-    let dir = TempDir::new().unwrap();
-    let server = ServerProcess::start(
-        dir.path(),
-        &["--header-read-timeout", "1s", "--idle-timeout", "1s"],
-    );
+    let server = InProcessServer::start(|config| {
+        config.header_read_timeout = Duration::from_secs(1);
+        config.idle_timeout = Duration::from_secs(1);
+    });
     let address = socket_address(&server);
 
     let mut slow = connect(address);
@@ -159,8 +152,7 @@ fn a_client_trickling_its_request_head_is_disconnected_and_an_idle_one_closed() 
 #[test]
 fn a_connection_above_the_cap_is_answered_503_and_served_once_there_is_room() {
     const CAP: usize = 16;
-    let dir = TempDir::new().unwrap();
-    let server = ServerProcess::start(dir.path(), &["--connections-max", &CAP.to_string()]);
+    let server = InProcessServer::start(|config| config.connections_max = Some(CAP as u64));
     let address = socket_address(&server);
     let held: Vec<TcpStream> = (0..CAP).map(|_| connect(address)).collect();
 
@@ -184,16 +176,10 @@ fn a_connection_above_the_cap_is_answered_503_and_served_once_there_is_room() {
 #[test]
 fn a_body_above_its_slots_is_refused_at_once_and_donations_flow_once_the_stalled_time_out() {
     const SLOTS: usize = 4;
-    let dir = TempDir::new().unwrap();
-    let server = ServerProcess::start(
-        dir.path(),
-        &[
-            "--body-reads-max",
-            &SLOTS.to_string(),
-            "--body-read-timeout",
-            "2s",
-        ],
-    );
+    let server = InProcessServer::start(|config| {
+        config.body_reads_max = SLOTS;
+        config.body_read_timeout = Duration::from_secs(2);
+    });
     let client = client();
     create_campaign(&client, &server, "meals", "USD");
     let address = socket_address(&server);
@@ -226,16 +212,10 @@ fn a_body_above_its_slots_is_refused_at_once_and_donations_flow_once_the_stalled
 #[test]
 fn every_route_that_reads_a_body_reads_it_in_a_slot_within_the_timeout() {
     const SLOTS: usize = 1;
-    let dir = TempDir::new().unwrap();
-    let server = ServerProcess::start(
-        dir.path(),
-        &[
-            "--body-reads-max",
-            &SLOTS.to_string(),
-            "--body-read-timeout",
-            "1s",
-        ],
-    );
+    let server = InProcessServer::start(|config| {
+        config.body_reads_max = SLOTS;
+        config.body_read_timeout = Duration::from_secs(1);
+    });
     let address = socket_address(&server);
     let admin_token = format!("Authorization: Bearer {ADMIN_TOKEN}\r\n");
     for (path, headers) in [
@@ -268,17 +248,11 @@ fn every_route_that_reads_a_body_reads_it_in_a_slot_within_the_timeout() {
 #[test]
 fn an_admin_body_above_its_slots_is_refused_and_one_refused_from_its_headers_takes_no_slot() {
     const SLOTS: usize = 1;
-    let dir = TempDir::new().unwrap();
     // The stalled body holds the one slot for the whole test.
-    let server = ServerProcess::start(
-        dir.path(),
-        &[
-            "--body-reads-max",
-            &SLOTS.to_string(),
-            "--body-read-timeout",
-            "1h",
-        ],
-    );
+    let server = InProcessServer::start(|config| {
+        config.body_reads_max = SLOTS;
+        config.body_read_timeout = Duration::from_secs(3600);
+    });
     let address = socket_address(&server);
     let mut held = connect(address);
     held.write_all(STALLED_REQUEST).unwrap();
@@ -337,12 +311,12 @@ fn raise_open_file_limit(wanted: u64) {
     .expect("raise the open-file limit");
 }
 
-fn socket_address(server: &ServerProcess) -> SocketAddr {
-    server.base.trim_start_matches("http://").parse().unwrap()
+fn socket_address(server: &InProcessServer) -> SocketAddr {
+    server.address
 }
 
 fn connect(address: SocketAddr) -> TcpStream {
-    TcpStream::connect_timeout(&address, WAIT_MAX).expect("connect to tally serve")
+    TcpStream::connect_timeout(&address, WAIT_MAX).expect("connect to the server")
 }
 
 /// GET `path` on a new connection that asks to be closed; the answer as text.
@@ -376,7 +350,7 @@ fn read_until_closed(mut stream: TcpStream) -> String {
 
 /// The value of a sample in `/metrics` (`name` with its labels, as the line starts); 0 when
 /// absent.
-fn metric(server: &ServerProcess, sample: &str) -> f64 {
+fn metric(server: &InProcessServer, sample: &str) -> f64 {
     let text = client()
         .get(server.url("/metrics"))
         .send()

@@ -5,25 +5,25 @@ pub mod campaign;
 pub mod checkpoint;
 pub mod import;
 pub mod log;
-pub mod log_binding;
 pub mod log_repair;
 pub mod process;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use tally::data_dir;
+pub use tally::data_dir::{log_binding, log_dir, open_existing_log, open_log, witnesses};
 use tally_pipeline::checkpoint::{
     COMPACTION_FLOOR_BYTES_DEFAULT, CheckpointStore, LoadedPartition,
 };
 use tally_pipeline::clock::{Clock, SystemClock};
-use tally_pipeline::log::{EmbeddedLog, EmbeddedLogOptions, Log, Witness};
+use tally_pipeline::log::Log;
 use tally_pipeline::operators::event_time_windows::{DAY_MS, HOUR_MS, WindowHorizons};
 use tally_pipeline::read_model::{PartitionUpdate, ReadModel};
 use tally_pipeline::runner::{Pipeline, PipelineConfig};
-use tally_pipeline::storage::OsStorage;
 
 /// How the state keeps its windows and journals: the same for every command (set them in the
 /// environment so `serve`, `process` and `checkpoint verify` agree).
@@ -47,9 +47,9 @@ pub struct StateArgs {
 
 /// The state settings of this process, checked.
 #[derive(Debug, Clone, Copy)]
-struct StateSettings {
-    horizons: WindowHorizons,
-    compaction_floor_bytes: u64,
+pub struct StateSettings {
+    pub horizons: WindowHorizons,
+    pub compaction_floor_bytes: u64,
 }
 
 static STATE_SETTINGS: OnceLock<StateSettings> = OnceLock::new();
@@ -77,7 +77,8 @@ pub fn use_state_settings(args: &StateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn state_settings() -> StateSettings {
+/// The settings [`use_state_settings`] made this process's, or the defaults.
+pub fn state_settings() -> StateSettings {
     *STATE_SETTINGS.get_or_init(|| StateSettings {
         horizons: WindowHorizons::DEFAULT,
         compaction_floor_bytes: COMPACTION_FLOOR_BYTES_DEFAULT,
@@ -92,59 +93,13 @@ pub fn pipeline_config(config: PipelineConfig) -> PipelineConfig {
     }
 }
 
-/// Where the embedded log lives inside a data directory.
-pub fn log_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("log")
-}
-
-/// Opens the data directory's embedded log, creating it with `partition_count` partitions if
-/// it does not exist yet.
-pub fn open_log(data_dir: &Path, partition_count: Option<u32>) -> anyhow::Result<EmbeddedLog> {
-    log_binding::ensure_embedded(data_dir)?;
-    let mut options = EmbeddedLogOptions::default();
-    if let Some(count) = partition_count {
-        options.partition_count = count;
-    }
-    options.witnesses = witnesses(data_dir)?;
-    let dir = log_dir(data_dir);
-    EmbeddedLog::open(&dir, options)
-        .with_context(|| format!("cannot open the log in {}", dir.display()))
-}
-
-/// How far the checkpoints in the data directory have seen each partition of the log reach:
-/// recovery never cuts the log below that.
-pub fn witnesses(data_dir: &Path) -> anyhow::Result<Vec<Witness>> {
-    let dir = state_dir(data_dir);
-    CheckpointStore::witnesses(&OsStorage, &dir)
-        .with_context(|| format!("cannot read the checkpoints in {}", dir.display()))
-}
-
-/// Opens an existing log, refusing to create one where there is none.
-pub fn open_existing_log(data_dir: &Path) -> anyhow::Result<EmbeddedLog> {
-    let dir = log_dir(data_dir);
-    anyhow::ensure!(
-        dir.join("manifest.json").exists(),
-        "no donation log in {} (import or serve creates one)",
-        dir.display()
-    );
-    open_log(data_dir, None)
-}
-
-/// Where the checkpointed state lives inside a data directory.
-pub fn state_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("state")
-}
-
-/// Opens the checkpoint store for a log's partitions, reporting any rebuild it forces.
+/// Opens the checkpoint store for a log's partitions with this process's compaction floor.
 pub fn open_store(data_dir: &Path, partition_count: u32) -> anyhow::Result<CheckpointStore> {
-    let dir = state_dir(data_dir);
-    let (store, notes) = CheckpointStore::open(&dir, partition_count)
-        .with_context(|| format!("cannot open the state in {}", dir.display()))?;
-    store.set_compaction_floor(state_settings().compaction_floor_bytes);
-    for note in notes {
-        tracing::warn!("{note}");
-    }
-    Ok(store)
+    data_dir::open_store(
+        data_dir,
+        partition_count,
+        state_settings().compaction_floor_bytes,
+    )
 }
 
 /// The log, the state and the pipeline over them, for commands that process.

@@ -6,16 +6,22 @@
 //! topic, keeps its lease with heartbeats, publishes its partitions' results and folds the
 //! others'.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use anyhow::Context;
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
-use tally_pipeline::cluster::{Membership, NodeView};
+use tally_pipeline::clock::Clock;
+use tally_pipeline::cluster::{Membership, NodeAnnouncement, NodeView};
 use tally_pipeline::log::{Log, PartitionId};
 use tokio::sync::watch;
 
 use tally_pipeline::cluster::membership::HEARTBEAT_INTERVAL;
+
+use super::ServerConfig;
+use super::logs::SharedTopics;
 
 /// What this node is and owns.
 #[derive(Debug)]
@@ -102,6 +108,59 @@ impl Node {
             self.refresh().await;
         }
     }
+}
+
+/// Joins the other nodes on a shared log (refusing partitions a live node owns), or stands
+/// alone on the embedded log.
+pub async fn join(
+    config: &ServerConfig,
+    address: SocketAddr,
+    partition_count: u32,
+    shared: Option<&SharedTopics>,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<Node> {
+    let owns = config
+        .owns
+        .resolve(partition_count)
+        .context("invalid --owns")?;
+    anyhow::ensure!(!owns.is_empty(), "--owns names no partition");
+    let node_id = super::secrets::node_id(&config.data_dir, config.node_id.as_deref())?;
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{address}"));
+    let Some(shared) = shared else {
+        anyhow::ensure!(
+            owns.len() == partition_count as usize,
+            "--owns {} needs a shared log (--log fluvio://…): on the embedded log one node runs \
+             every partition",
+            config.owns
+        );
+        return Ok(Node {
+            node_id,
+            owns,
+            advertise,
+            cluster: None,
+        });
+    };
+    let me = NodeAnnouncement {
+        node_id: node_id.clone(),
+        owns: owns.clone(),
+        advertise: advertise.clone(),
+    };
+    let membership = Membership::join(Arc::clone(&shared.nodes), me, Arc::clone(clock))
+        .await
+        .context("cannot join the other nodes")?;
+    tracing::info!(node_id, owns = %config.owns, %advertise, "joined the nodes on the shared log");
+    Ok(Node {
+        node_id,
+        owns,
+        advertise,
+        cluster: Some(ClusterLink {
+            membership: Arc::new(membership),
+            results: Arc::clone(&shared.results),
+        }),
+    })
 }
 
 /// `GET /v1/cluster`: this node and the live nodes it knows of.

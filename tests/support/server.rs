@@ -21,6 +21,24 @@ pub struct ServerProcess {
     pub data_dir: PathBuf,
 }
 
+/// A running server, in its own process or in this one.
+pub trait Server {
+    /// `path` on the server's base URL.
+    fn url(&self, path: &str) -> String;
+}
+
+impl Server for ServerProcess {
+    fn url(&self, path: &str) -> String {
+        ServerProcess::url(self, path)
+    }
+}
+
+impl Server for super::in_process::InProcessServer {
+    fn url(&self, path: &str) -> String {
+        super::in_process::InProcessServer::url(self, path)
+    }
+}
+
 impl ServerProcess {
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Self {
         let mut child = serve_command(data_dir, extra_args)
@@ -147,7 +165,7 @@ pub fn admin(
 
 pub fn create_campaign(
     client: &reqwest::blocking::Client,
-    server: &ServerProcess,
+    server: &impl Server,
     campaign_id: &str,
     currency: &str,
 ) {
@@ -177,7 +195,7 @@ pub fn donation_json(
 
 /// Posts a signed $1 donation to `meals` from user `usr-{user}`; its status and JSON answer.
 pub fn donate_to_meals(
-    server: &ServerProcess,
+    server: &impl Server,
     payment_ref: &str,
     user: usize,
 ) -> (u16, serde_json::Value) {
