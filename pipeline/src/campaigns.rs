@@ -34,6 +34,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub mod close;
+pub mod definition;
+pub mod reconcile;
+
+pub use close::{ClosingNode, close_campaign};
+pub use definition::{CAMPAIGN_NAME_CHARS_MAX, CampaignRequest};
+
 use crate::backoff::Backoff;
 use crate::codec::{self, FormatError};
 use crate::event::EventTime;

@@ -15,10 +15,11 @@
 //! - [`checkpoint`]: committing state and offsets together; savepoints.
 //! - [`runner`]: one thread per partition from the log through the operators to checkpoints.
 //! - [`read_model`]: what queries see — committed totals and buckets of every partition.
-//! - [`campaigns`]: campaign definitions and closes, on a control log of their own.
+//! - [`campaigns`]: campaign definitions (checked once for every way in), closes and their
+//!   reconciliation (a campaign's total recomputed from the donation records), on a control log
+//!   of their own.
 //! - [`cluster`]: several nodes on one shared log: partition ownership, membership, and the
 //!   results topic through which every node sees every partition's results.
-//! - [`reconcile`]: a campaign's total recomputed from the donation records.
 //! - [`clock`], [`codec`]: the injectable clock; the one encoding of checkpointed state.
 //! - [`storage`]: the file interface the log and checkpoints write through, and a simulated
 //!   disk that tears unsynced writes at a crash, for tests.
@@ -43,6 +44,5 @@ pub mod log;
 pub mod operators;
 pub mod processor;
 pub mod read_model;
-pub mod reconcile;
 pub mod runner;
 pub mod storage;
