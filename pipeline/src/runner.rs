@@ -112,11 +112,11 @@ pub struct PartitionRunSummary {
 
 /// Each partition's donation index, as the running partitions share them with readers.
 #[derive(Debug)]
-pub struct DonationDirectory {
+pub struct DonationIndexes {
     partitions: Vec<std::sync::RwLock<SharedIndex>>,
 }
 
-impl DonationDirectory {
+impl DonationIndexes {
     fn new(partition_count: u32) -> Self {
         Self {
             partitions: (0..partition_count).map(|_| Default::default()).collect(),
@@ -151,7 +151,7 @@ pub struct Pipeline {
     log: Arc<dyn Log>,
     store: Arc<CheckpointStore>,
     read_model: Arc<ReadModel>,
-    directory: Arc<DonationDirectory>,
+    donation_indexes: Arc<DonationIndexes>,
     clock: Arc<dyn Clock>,
     config: PipelineConfig,
     sink: Option<Arc<dyn UpdateSink>>,
@@ -174,12 +174,12 @@ impl Pipeline {
                 state: store.partition_count(),
             });
         }
-        let directory = Arc::new(DonationDirectory::new(log.partition_count()));
+        let donation_indexes = Arc::new(DonationIndexes::new(log.partition_count()));
         Ok(Self {
             log,
             store,
             read_model,
-            directory,
+            donation_indexes,
             clock,
             config,
             sink: None,
@@ -204,8 +204,8 @@ impl Pipeline {
         &self.store
     }
 
-    pub fn directory(&self) -> &Arc<DonationDirectory> {
-        &self.directory
+    pub fn donation_indexes(&self) -> &Arc<DonationIndexes> {
+        &self.donation_indexes
     }
 
     pub fn log(&self) -> &Arc<dyn Log> {
@@ -278,7 +278,8 @@ impl Pipeline {
                 }
                 // The index first: a reader that sees the published offsets must find every
                 // donation recorded below them.
-                self.directory.install(partition, state.shared_index());
+                self.donation_indexes
+                    .install(partition, state.shared_index());
                 self.publish(PartitionUpdate::whole(&state, meta.committed_at_ms));
                 Ok((*state, damage.as_ref().is_some_and(|d| !d.torn)))
             }
@@ -287,7 +288,8 @@ impl Pipeline {
                     warn_damage(partition, None, damage);
                 }
                 let state = self.empty_state(partition);
-                self.directory.install(partition, state.shared_index());
+                self.donation_indexes
+                    .install(partition, state.shared_index());
                 Ok((state, damage.as_ref().is_some_and(|d| !d.torn)))
             }
             Err(CheckpointError::Corrupt { what, reason }) => {
@@ -298,7 +300,8 @@ impl Pipeline {
                 self.store.reset(partition)?;
                 self.read_model.reset_partition(partition);
                 let state = self.empty_state(partition);
-                self.directory.install(partition, state.shared_index());
+                self.donation_indexes
+                    .install(partition, state.shared_index());
                 Ok((state, true))
             }
             Err(other) => Err(other.into()),
@@ -357,7 +360,8 @@ impl Pipeline {
         mode: RunMode,
     ) -> Result<PartitionRunSummary, PipelineError> {
         let partition = state.partition();
-        self.directory.install(partition, state.shared_index());
+        self.donation_indexes
+            .install(partition, state.shared_index());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -46,7 +46,7 @@ use tally_pipeline::cluster::{
 use tally_pipeline::log::location::FluvioLocation;
 use tally_pipeline::log::{FluvioLog, FluvioLogOptions, Log, LogLocation};
 use tally_pipeline::read_model::ReadModel;
-use tally_pipeline::runner::{DonationDirectory, Pipeline, PipelineConfig, RunMode};
+use tally_pipeline::runner::{DonationIndexes, Pipeline, PipelineConfig, RunMode};
 use tally_query::routes::QueryContext;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -196,7 +196,7 @@ pub struct AppState {
     pub store: Arc<CheckpointStore>,
     pub campaigns: Arc<CampaignRegistry>,
     pub read_model: Arc<ReadModel>,
-    pub directory: Arc<DonationDirectory>,
+    pub donation_indexes: Arc<DonationIndexes>,
     pub ingest: Arc<IngestContext>,
     pub notifications: Arc<Notifications>,
     pub requests: Arc<metrics::RequestCounter>,
@@ -399,7 +399,7 @@ pub async fn run(
     if let Some(publisher) = &publisher {
         pipeline = pipeline.with_sink(Arc::clone(publisher) as _);
     }
-    let directory = Arc::clone(pipeline.directory());
+    let donation_indexes = Arc::clone(pipeline.donation_indexes());
     let remote: Option<Arc<dyn tally_api::remote::RemoteDonations>> =
         node.cluster.as_ref().map(|_| {
             Arc::new(remote::ForwardToOwner {
@@ -427,7 +427,7 @@ pub async fn run(
         log: Arc::clone(&log),
         campaigns: Arc::clone(&campaigns),
         intake: Arc::new(tokio::sync::RwLock::new(())),
-        directory: Arc::clone(&directory),
+        donation_indexes: Arc::clone(&donation_indexes),
         remote: remote.clone(),
         signing_secret: signing_secret.value.clone(),
         limits,
@@ -447,7 +447,7 @@ pub async fn run(
     let notifications = Arc::new(Notifications::new(
         Arc::clone(&store),
         Arc::clone(&log),
-        Arc::clone(&directory),
+        Arc::clone(&donation_indexes),
         Arc::clone(&read_model),
         Arc::clone(&clock),
         webhook,
@@ -459,7 +459,7 @@ pub async fn run(
         store,
         campaigns: Arc::clone(&campaigns),
         read_model: Arc::clone(&read_model),
-        directory: Arc::clone(&directory),
+        donation_indexes: Arc::clone(&donation_indexes),
         ingest: Arc::clone(&ingest),
         notifications: Arc::clone(&notifications),
         requests: Default::default(),
@@ -620,7 +620,7 @@ fn router(state: Arc<AppState>) -> Router {
         read_model: Arc::clone(&state.read_model),
         campaigns: Arc::clone(&state.campaigns),
         log: Arc::clone(&state.log),
-        directory: Arc::clone(&state.directory),
+        donation_indexes: Arc::clone(&state.donation_indexes),
         remote: state.remote.clone(),
         clock: Arc::clone(&state.clock),
         last_log_ends: Default::default(),

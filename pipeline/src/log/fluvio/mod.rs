@@ -315,7 +315,7 @@ impl Log for FluvioLog {
         offset: Offset,
     ) -> Result<(), LogError> {
         let state = self.partition(partition)?;
-        let mut poll = reader::Backoff::default();
+        let mut poll = reader::PollDelay::default();
         loop {
             if state.ends.seen() > offset {
                 return Ok(());
