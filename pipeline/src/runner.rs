@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::backoff::Backoff;
 use crate::checkpoint::{CheckpointError, CheckpointMeta, CheckpointStore, LoadedPartition};
-use crate::clock::Clock;
 use crate::event::{DonationEvent, envelope};
 use crate::log::{Log, LogError, LogRecord, Offset, PartitionId};
 use crate::operators::event_time_windows::WindowHorizons;
@@ -26,6 +24,8 @@ use crate::operators::watermark::ALLOWED_LATENESS_MS_DEFAULT;
 use crate::processor::partition_state::{ApplyError, RecordedEvents, SharedIndex};
 use crate::processor::{PartitionState, StateChanges};
 use crate::read_model::{PartitionUpdate, ReadModel};
+use crate::support::backoff::Backoff;
+use crate::support::clock::Clock;
 
 /// How the pipeline runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::currency::is_iso_4217;
 use super::{DonationEvent, EventTime};
-use crate::clock::UnixMillis;
+use crate::support::clock::UnixMillis;
 
 /// Longest `payment_ref`, `order_id` or `user_id`, in characters.
 pub const REFERENCE_CHARS_MAX: usize = 128;

@@ -28,8 +28,8 @@ use super::segment::{
     index_file_name, scan_segment,
 };
 use super::{AppendAck, KeyedRecord, LogError, LogRecord, Offset, PartitionId, Witness};
-use crate::clock::Clock;
-use crate::storage::{self, OpenMode, Storage, StorageFile};
+use crate::support::clock::Clock;
+use crate::support::storage::{self, OpenMode, Storage, StorageFile};
 
 /// Tunables of one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,10 +7,10 @@ use std::future::Future;
 
 use super::reconcile::{ReconcileError, recompute_campaign_total};
 use super::{Campaign, CampaignError, CampaignRegistry, CampaignStatus, Reconciliation};
-use crate::clock::Clock;
 use crate::event::EventTime;
 use crate::log::{Log, LogError, Offset};
 use crate::operators::campaign_totals::CampaignTotal;
+use crate::support::clock::Clock;
 
 /// Where a close runs: what it does between the steps the control log records.
 pub trait ClosingNode: Sync {
