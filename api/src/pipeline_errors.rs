@@ -6,13 +6,13 @@
 
 use http::StatusCode;
 use tally_pipeline::campaigns::CampaignError;
+use tally_pipeline::campaigns::reconcile::ReconcileError;
 use tally_pipeline::checkpoint::CheckpointError;
 use tally_pipeline::checkpoint::savepoint::SavepointError;
 use tally_pipeline::event::envelope::EnvelopeError;
 use tally_pipeline::event::validate::Rejection;
 use tally_pipeline::log::LogError;
 use tally_pipeline::read_model::StatsError;
-use tally_pipeline::reconcile::ReconcileError;
 
 use crate::error::ApiError;
 

@@ -23,7 +23,7 @@ use tally_pipeline::clock::Clock;
 use tally_pipeline::event::validate::{DonationInput, DonationLimits, validate_donation};
 use tally_pipeline::event::{DonationEvent, envelope};
 use tally_pipeline::log::{Log, Offset, PartitionId, append_keyed};
-use tally_pipeline::runner::DonationDirectory;
+use tally_pipeline::runner::DonationIndexes;
 
 use crate::body::{self, BodyError, BodyReads, CALLBACK_BODY_BYTES_MAX};
 use crate::rate_limit::RateLimiter;
@@ -68,7 +68,7 @@ pub struct IngestContext {
     /// Donation appends hold it shared; closing a campaign holds it exclusively for an instant, so
     /// that no donation validated against an open campaign lands after its close point.
     pub intake: Arc<tokio::sync::RwLock<()>>,
-    pub directory: Arc<DonationDirectory>,
+    pub donation_indexes: Arc<DonationIndexes>,
     /// Asks other nodes about partitions they run (on a shared log).
     pub remote: Option<Arc<dyn RemoteDonations>>,
     pub signing_secret: SigningSecret,
@@ -301,7 +301,7 @@ impl IngestContext {
             };
         }
         let candidate = {
-            let index = self.directory.index(partition);
+            let index = self.donation_indexes.index(partition);
             let index = index
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -5,24 +5,25 @@
 //! `tally-query` build on it, never the other way round.
 //!
 //! # Layout
+//! The stages, in the order a donation passes them:
 //! - [`event`]: the [`DonationEvent`](event::DonationEvent), its validation from JSON input, and
 //!   its versioned binary envelope (the bytes stored in the log).
 //! - [`log`]: the partitioned, keyed, append-only log that is the record of truth. The
 //!   [`Log`](log::Log) trait is the interface; [`EmbeddedLog`](log::EmbeddedLog) is the default
 //!   backend: segment files in one directory, group-committed with `fdatasync`.
-//! - [`operators`]: the stream operators (dedupe, totals, windows, watermark, outbox, conflicts).
-//! - [`processor`]: one partition's state, how a record changes it, and its digest.
-//! - [`checkpoint`]: committing state and offsets together; savepoints.
-//! - [`runner`]: one thread per partition from the log through the operators to checkpoints.
+//! - [`operators`]: the stream operators (dedupe, totals, windows, watermark, conflicts), and
+//!   [`processor`]: one partition's state, how a record changes it, and its digest;
+//!   [`runner`]: one thread per partition from the log through the operators to checkpoints.
+//! - [`checkpoint`]: committing state and offsets together; savepoints; verifying a
+//!   checkpoint against the log.
 //! - [`read_model`]: what queries see — committed totals and buckets of every partition.
-//! - [`campaigns`]: campaign definitions and closes, on a control log of their own.
-//! - [`cluster`]: several nodes on one shared log: partition ownership, membership, and the
-//!   results topic through which every node sees every partition's results.
-//! - [`reconcile`]: a campaign's total recomputed from the donation records.
-//! - [`clock`], [`codec`]: the injectable clock; the one encoding of checkpointed state.
-//! - [`storage`]: the file interface the log and checkpoints write through, and a simulated
-//!   disk that tears unsynced writes at a crash, for tests.
-//! - [`backoff`]: the doubling pause with which followers wait out a log that does not answer.
+//!
+//! Beside them, [`control`], the control plane: [`campaigns`] (definitions, closes and their
+//! reconciliation, on a control log of their own) and [`cluster`] (partition ownership,
+//! membership and the results topic, for several nodes on one shared log). And [`support`],
+//! what the stages share: the [`backoff`](support::backoff) of followers, the injectable
+//! [`clock`], the [`codec`](support::codec) of checkpointed state, the [`storage`] interface
+//! (with a simulated disk that tears unsynced writes at a crash) and the directory lock.
 //!
 //! # Data flow
 //! A validated event is encoded into its envelope and appended under its `payment_ref` key; the
@@ -31,18 +32,16 @@
 //! partition's runner applies records in order, commits a checkpoint (state and next offset in
 //! one step) every few milliseconds, and publishes what it committed to the read model.
 
-pub mod backoff;
-pub mod campaigns;
 pub mod checkpoint;
-pub mod clock;
-pub mod cluster;
-pub mod codec;
-mod directory_lock;
+pub mod control;
 pub mod event;
 pub mod log;
 pub mod operators;
 pub mod processor;
 pub mod read_model;
-pub mod reconcile;
 pub mod runner;
-pub mod storage;
+pub mod support;
+
+// The paths other crates use.
+pub use control::{campaigns, cluster};
+pub use support::{clock, storage};

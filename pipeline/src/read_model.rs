@@ -14,7 +14,6 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::clock::UnixMillis;
 use crate::log::{Offset, PartitionId};
 use crate::operators::amount_histogram::AmountAccumulator;
 use crate::operators::campaign_totals::CampaignTotal;
@@ -23,12 +22,13 @@ use crate::operators::event_time_windows::{
     WindowBucket, cover,
 };
 use crate::processor::{PartitionCounters, PartitionState};
+use crate::support::clock::UnixMillis;
 
 /// Series longer than this are refused: a day of minutes.
 pub const SERIES_POINTS_MAX: i64 = 1440;
 
 /// One partition's committed changes, as published after a checkpoint (and, between nodes, on
-/// the results topic: [`crate::cluster::results`]).
+/// the results topic: [`crate::control::cluster::results`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PartitionUpdate {
     pub partition: PartitionId,

@@ -16,16 +16,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::backoff::Backoff;
 use crate::checkpoint::{CheckpointError, CheckpointMeta, CheckpointStore, LoadedPartition};
-use crate::clock::Clock;
 use crate::event::{DonationEvent, envelope};
-use crate::log::{Log, LogError, Offset, PartitionId};
+use crate::log::{Log, LogError, LogRecord, Offset, PartitionId};
 use crate::operators::event_time_windows::WindowHorizons;
 use crate::operators::watermark::ALLOWED_LATENESS_MS_DEFAULT;
 use crate::processor::partition_state::{ApplyError, RecordedEvents, SharedIndex};
 use crate::processor::{PartitionState, StateChanges};
 use crate::read_model::{PartitionUpdate, ReadModel};
+use crate::support::backoff::Backoff;
+use crate::support::clock::Clock;
 
 /// How the pipeline runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,11 +112,11 @@ pub struct PartitionRunSummary {
 
 /// Each partition's donation index, as the running partitions share them with readers.
 #[derive(Debug)]
-pub struct DonationDirectory {
+pub struct DonationIndexes {
     partitions: Vec<std::sync::RwLock<SharedIndex>>,
 }
 
-impl DonationDirectory {
+impl DonationIndexes {
     fn new(partition_count: u32) -> Self {
         Self {
             partitions: (0..partition_count).map(|_| Default::default()).collect(),
@@ -151,7 +151,7 @@ pub struct Pipeline {
     log: Arc<dyn Log>,
     store: Arc<CheckpointStore>,
     read_model: Arc<ReadModel>,
-    directory: Arc<DonationDirectory>,
+    donation_indexes: Arc<DonationIndexes>,
     clock: Arc<dyn Clock>,
     config: PipelineConfig,
     sink: Option<Arc<dyn UpdateSink>>,
@@ -174,12 +174,12 @@ impl Pipeline {
                 state: store.partition_count(),
             });
         }
-        let directory = Arc::new(DonationDirectory::new(log.partition_count()));
+        let donation_indexes = Arc::new(DonationIndexes::new(log.partition_count()));
         Ok(Self {
             log,
             store,
             read_model,
-            directory,
+            donation_indexes,
             clock,
             config,
             sink: None,
@@ -204,8 +204,8 @@ impl Pipeline {
         &self.store
     }
 
-    pub fn directory(&self) -> &Arc<DonationDirectory> {
-        &self.directory
+    pub fn donation_indexes(&self) -> &Arc<DonationIndexes> {
+        &self.donation_indexes
     }
 
     pub fn log(&self) -> &Arc<dyn Log> {
@@ -278,7 +278,8 @@ impl Pipeline {
                 }
                 // The index first: a reader that sees the published offsets must find every
                 // donation recorded below them.
-                self.directory.install(partition, state.shared_index());
+                self.donation_indexes
+                    .install(partition, state.shared_index());
                 self.publish(PartitionUpdate::whole(&state, meta.committed_at_ms));
                 Ok((*state, damage.as_ref().is_some_and(|d| !d.torn)))
             }
@@ -287,7 +288,8 @@ impl Pipeline {
                     warn_damage(partition, None, damage);
                 }
                 let state = self.empty_state(partition);
-                self.directory.install(partition, state.shared_index());
+                self.donation_indexes
+                    .install(partition, state.shared_index());
                 Ok((state, damage.as_ref().is_some_and(|d| !d.torn)))
             }
             Err(CheckpointError::Corrupt { what, reason }) => {
@@ -298,7 +300,8 @@ impl Pipeline {
                 self.store.reset(partition)?;
                 self.read_model.reset_partition(partition);
                 let state = self.empty_state(partition);
-                self.directory.install(partition, state.shared_index());
+                self.donation_indexes
+                    .install(partition, state.shared_index());
                 Ok((state, true))
             }
             Err(other) => Err(other.into()),
@@ -349,15 +352,17 @@ impl Pipeline {
             .collect()
     }
 
-    /// Runs one partition on the calling thread until the mode says stop.
+    /// Runs one partition on the calling thread until the mode says stop: read, apply,
+    /// checkpoint when due; following, a log or disk that fails for a while is waited out.
     pub fn run_partition(
         &self,
-        mut state: PartitionState,
+        state: PartitionState,
         rebuilt: bool,
         mode: RunMode,
     ) -> Result<PartitionRunSummary, PipelineError> {
         let partition = state.partition();
-        self.directory.install(partition, state.shared_index());
+        self.donation_indexes
+            .install(partition, state.shared_index());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -370,141 +375,29 @@ impl Pipeline {
                 log_end,
             });
         }
-        let mut summary = PartitionRunSummary {
-            partition,
-            started_at_offset: state.next_offset(),
-            next_offset: state.next_offset(),
-            rebuilt,
-            last_checkpoint: None,
-        };
-        let lookup = LogLookup {
-            log: self.log.as_ref(),
-            partition,
-            runtime: &runtime,
-        };
-        let mut shutdown = match &mode {
-            RunMode::CatchUp => None,
-            RunMode::Follow { shutdown } => Some(shutdown.clone()),
-        };
-        let mut cadence = Cadence::new();
-        // What a checkpoint that failed to commit (a full disk) still owes the journal.
-        let mut unsaved: Option<StateChanges> = None;
-        // A following partition whose log does not answer tries again after a doubling pause.
-        let mut backoff = Backoff::for_log();
-        loop {
-            if shutdown.as_ref().is_some_and(|s| *s.borrow()) {
-                break;
-            }
+        let mut run = PartitionRun::new(self, &runtime, state, rebuilt, mode);
+        while !run.shutdown_asked() {
             // A checkpoint failed (a full disk): nothing more is applied until it is committed,
             // so what it owes the journal stays one checkpoint's worth.
-            if let (Some(_), Some(shutdown)) = (&unsaved, shutdown.as_mut()) {
-                if let Some(meta) = self.checkpoint_or_wait(
-                    &mut state,
-                    &mut unsaved,
-                    shutdown,
-                    &mut backoff,
-                    &runtime,
-                )? {
-                    cadence.committed(&mut summary, meta);
-                    backoff.reset();
-                }
+            if run.unsaved.is_some() && run.following() {
+                run.commit()?;
                 continue;
             }
-            let read = runtime.block_on(self.log.read(
-                partition,
-                state.next_offset(),
-                self.config.read_batch_records,
-            ));
-            let records = match (read, shutdown.as_mut()) {
-                (Ok(records), _) => {
-                    backoff.reset();
-                    records
-                }
-                // Following, a log that does not answer (a Fluvio cluster away) is waited for:
-                // nothing was applied, and the next read starts at the same offset.
-                (Err(error), Some(shutdown)) if error.is_retryable() => {
-                    tracing::warn!(partition, %error, "the log is unavailable; reading again in {:?}", backoff.next());
-                    runtime.block_on(backoff.pause(shutdown));
-                    continue;
-                }
-                (Err(error), _) => return Err(error.into()),
+            let Some(records) = run.read()? else {
+                continue; // the log did not answer; waited, and reading again from the same offset
             };
             if records.is_empty() {
-                let Some(shutdown) = shutdown.as_mut() else {
+                if !run.following() {
                     break; // caught up: the checkpoint after the loop commits what was applied
-                };
-                // Caught up while following: commit once the interval is over, not at every
-                // wake-up (each commit is an fdatasync; under steady load the partition is caught
-                // up after almost every read).
-                let commit_at = (cadence.applied > 0)
-                    .then(|| cadence.committed_at + self.config.checkpoint_interval);
-                if commit_at.is_some_and(|at| Instant::now() >= at) {
-                    if let Some(meta) = self.checkpoint_or_wait(
-                        &mut state,
-                        &mut unsaved,
-                        shutdown,
-                        &mut backoff,
-                        &runtime,
-                    )? {
-                        cadence.committed(&mut summary, meta);
-                    }
-                    continue;
                 }
-                runtime.block_on(wait_for_records(
-                    self.log.as_ref(),
-                    partition,
-                    state.next_offset(),
-                    shutdown,
-                    commit_at,
-                ));
+                run.idle()?;
                 continue;
             }
-            let mut waiting_for_log = None;
-            for record in records {
-                let event = decode(partition, record.offset, &record.value)?;
-                match (
-                    state.apply(record.offset, event, &lookup),
-                    shutdown.as_ref(),
-                ) {
-                    (Ok(_), _) => cadence.applied += 1,
-                    // Following, a recorded event that cannot be read back because the log
-                    // is away is waited for like a failed read: the record changed nothing and
-                    // is applied again from the same offset.
-                    (Err(error), Some(_)) if error.is_retryable() => {
-                        waiting_for_log = Some(error);
-                        break;
-                    }
-                    (Err(error), _) => return Err(error.into()),
-                }
-            }
-            if let (Some(error), Some(shutdown)) = (waiting_for_log, shutdown.as_mut()) {
-                tracing::warn!(partition, %error, "the log is unavailable; applying again in {:?}", backoff.next());
-                runtime.block_on(backoff.pause(shutdown));
-                continue;
-            }
-            if cadence.applied >= self.config.checkpoint_records_max
-                || cadence.committed_at.elapsed() >= self.config.checkpoint_interval
-            {
-                let committed = match shutdown.as_mut() {
-                    Some(shutdown) => self.checkpoint_or_wait(
-                        &mut state,
-                        &mut unsaved,
-                        shutdown,
-                        &mut backoff,
-                        &runtime,
-                    )?,
-                    None => Some(self.checkpoint(&mut state, &mut unsaved)?),
-                };
-                if let Some(meta) = committed {
-                    cadence.committed(&mut summary, meta);
-                }
+            if run.apply(records)? && run.commit_due() {
+                run.commit()?;
             }
         }
-        if cadence.applied > 0 || summary.last_checkpoint.is_none() {
-            summary.last_checkpoint = Some(self.checkpoint(&mut state, &mut unsaved)?);
-        }
-        summary.next_offset = state.next_offset();
-        Ok(summary)
+        run.finish()
     }
 
     /// Rebuilds a partition's state from the log alone, in memory, applying records
@@ -608,25 +501,183 @@ impl Pipeline {
     }
 }
 
-/// When a running partition last committed, and how many records it applied since.
-struct Cadence {
-    applied: u64,
+/// One partition's run: its state, and what a checkpoint resets (the records applied since the
+/// last commit, when it was, the pause after a failure). Every commit goes through
+/// [`PartitionRun::commit`], or [`PartitionRun::finish`] at the end.
+struct PartitionRun<'a> {
+    pipeline: &'a Pipeline,
+    runtime: &'a tokio::runtime::Runtime,
+    state: PartitionState,
+    summary: PartitionRunSummary,
+    /// Following: the signal to stop. Catching up: `None`.
+    shutdown: Option<watch::Receiver<bool>>,
+    applied_since_commit: u64,
     committed_at: Instant,
+    /// What a checkpoint that failed to commit (a full disk) still owes the journal.
+    unsaved: Option<StateChanges>,
+    /// A following partition whose log or disk fails tries again after a doubling pause.
+    backoff: Backoff,
 }
 
-impl Cadence {
-    fn new() -> Self {
+impl<'a> PartitionRun<'a> {
+    fn new(
+        pipeline: &'a Pipeline,
+        runtime: &'a tokio::runtime::Runtime,
+        state: PartitionState,
+        rebuilt: bool,
+        mode: RunMode,
+    ) -> Self {
+        let summary = PartitionRunSummary {
+            partition: state.partition(),
+            started_at_offset: state.next_offset(),
+            next_offset: state.next_offset(),
+            rebuilt,
+            last_checkpoint: None,
+        };
+        let shutdown = match mode {
+            RunMode::CatchUp => None,
+            RunMode::Follow { shutdown } => Some(shutdown),
+        };
         Self {
-            applied: 0,
+            pipeline,
+            runtime,
+            state,
+            summary,
+            shutdown,
+            applied_since_commit: 0,
             committed_at: Instant::now(),
+            unsaved: None,
+            backoff: Backoff::for_log(),
         }
     }
 
-    /// Notes a committed checkpoint in the run's summary and starts counting again.
-    fn committed(&mut self, summary: &mut PartitionRunSummary, meta: CheckpointMeta) {
-        summary.last_checkpoint = Some(meta);
-        self.applied = 0;
-        self.committed_at = Instant::now();
+    fn following(&self) -> bool {
+        self.shutdown.is_some()
+    }
+
+    fn shutdown_asked(&self) -> bool {
+        self.shutdown.as_ref().is_some_and(|s| *s.borrow())
+    }
+
+    /// The next records from the partition's next offset. Following, a log that does not
+    /// answer (a Fluvio cluster away) is waited for: `None`, nothing was applied, and the next
+    /// read starts at the same offset.
+    fn read(&mut self) -> Result<Option<Vec<LogRecord>>, PipelineError> {
+        let partition = self.state.partition();
+        let read = self.runtime.block_on(self.pipeline.log.read(
+            partition,
+            self.state.next_offset(),
+            self.pipeline.config.read_batch_records,
+        ));
+        match (read, self.shutdown.as_mut()) {
+            (Ok(records), _) => {
+                self.backoff.reset();
+                Ok(Some(records))
+            }
+            (Err(error), Some(shutdown)) if error.is_retryable() => {
+                tracing::warn!(partition, %error, "the log is unavailable; reading again in {:?}", self.backoff.next());
+                self.runtime.block_on(self.backoff.pause(shutdown));
+                Ok(None)
+            }
+            (Err(error), _) => Err(error.into()),
+        }
+    }
+
+    /// Applies records in order; false if it stopped to wait for the log.
+    fn apply(&mut self, records: Vec<LogRecord>) -> Result<bool, PipelineError> {
+        let partition = self.state.partition();
+        let lookup = LogLookup {
+            log: self.pipeline.log.as_ref(),
+            partition,
+            runtime: self.runtime,
+        };
+        for record in records {
+            let event = decode(partition, record.offset, &record.value)?;
+            match (
+                self.state.apply(record.offset, event, &lookup),
+                &mut self.shutdown,
+            ) {
+                (Ok(_), _) => self.applied_since_commit += 1,
+                // Following, a recorded event that cannot be read back because the log is away
+                // is waited for like a failed read: the record changed nothing and is applied
+                // again from the same offset.
+                (Err(error), Some(shutdown)) if error.is_retryable() => {
+                    tracing::warn!(partition, %error, "the log is unavailable; applying again in {:?}", self.backoff.next());
+                    self.runtime.block_on(self.backoff.pause(shutdown));
+                    return Ok(false);
+                }
+                (Err(error), _) => return Err(error.into()),
+            }
+        }
+        Ok(true)
+    }
+
+    /// After applying: enough records, or the interval is over.
+    fn commit_due(&self) -> bool {
+        let config = &self.pipeline.config;
+        self.applied_since_commit >= config.checkpoint_records_max
+            || self.committed_at.elapsed() >= config.checkpoint_interval
+    }
+
+    /// Caught up while following: commits once the interval is over, not at every wake-up
+    /// (each commit is an fdatasync; under steady load the partition is caught up after almost
+    /// every read); until then waits for records.
+    fn idle(&mut self) -> Result<(), PipelineError> {
+        let commit_at = (self.applied_since_commit > 0)
+            .then(|| self.committed_at + self.pipeline.config.checkpoint_interval);
+        if commit_at.is_some_and(|at| Instant::now() >= at) {
+            return self.commit();
+        }
+        let shutdown = self
+            .shutdown
+            .as_mut()
+            .expect("only a following partition idles");
+        self.runtime.block_on(wait_for_records(
+            self.pipeline.log.as_ref(),
+            self.state.partition(),
+            self.state.next_offset(),
+            shutdown,
+            commit_at,
+        ));
+        Ok(())
+    }
+
+    /// Commits a checkpoint and starts counting again. Following, a failure of the state's
+    /// storage is waited out ([`Pipeline::checkpoint_or_wait`]) and nothing is reset.
+    fn commit(&mut self) -> Result<(), PipelineError> {
+        let committed = match self.shutdown.as_mut() {
+            Some(shutdown) => self.pipeline.checkpoint_or_wait(
+                &mut self.state,
+                &mut self.unsaved,
+                shutdown,
+                &mut self.backoff,
+                self.runtime,
+            )?,
+            None => Some(
+                self.pipeline
+                    .checkpoint(&mut self.state, &mut self.unsaved)?,
+            ),
+        };
+        if let Some(meta) = committed {
+            self.summary.last_checkpoint = Some(meta);
+            self.applied_since_commit = 0;
+            self.committed_at = Instant::now();
+            self.backoff.reset();
+        }
+        Ok(())
+    }
+
+    /// The last checkpoint, of what was applied since the one before (or the first of a run
+    /// that committed none); a failure here is the run's error.
+    fn finish(mut self) -> Result<PartitionRunSummary, PipelineError> {
+        if self.applied_since_commit > 0 || self.summary.last_checkpoint.is_none() {
+            let meta = self
+                .pipeline
+                .checkpoint(&mut self.state, &mut self.unsaved)?;
+            self.summary.last_checkpoint = Some(meta);
+        }
+        self.summary.next_offset = self.state.next_offset();
+        Ok(self.summary)
     }
 }
 

@@ -23,7 +23,7 @@ use tally_pipeline::event::{EventTime, envelope};
 use tally_pipeline::log::{Log, Offset};
 use tally_pipeline::operators::event_time_windows::Granularity;
 use tally_pipeline::read_model::ReadModel;
-use tally_pipeline::runner::DonationDirectory;
+use tally_pipeline::runner::DonationIndexes;
 
 use crate::slots::QuerySlots;
 use crate::views::{campaign_view, recorded_donation, rfc3339, stats_view};
@@ -37,7 +37,7 @@ pub struct QueryContext {
     pub read_model: Arc<ReadModel>,
     pub campaigns: Arc<CampaignRegistry>,
     pub log: Arc<dyn Log>,
-    pub directory: Arc<DonationDirectory>,
+    pub donation_indexes: Arc<DonationIndexes>,
     /// Asks other nodes about partitions they run (on a shared log).
     pub remote: Option<Arc<dyn RemoteDonations>>,
     pub clock: Arc<dyn Clock>,
@@ -281,7 +281,7 @@ async fn local_donation(
 ) -> Result<axum::Json<DonationView>, ApiError> {
     let not_found = || donation_not_found(&payment_ref);
     let partition = context.log.partition_for_key(payment_ref.as_bytes());
-    let index = context.directory.index(partition);
+    let index = context.donation_indexes.index(partition);
     let Some(offset) = index
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

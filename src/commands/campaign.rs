@@ -210,18 +210,22 @@ pub fn run(data_dir: &Path, command: CampaignCommand) -> anyhow::Result<ExitCode
 mod admin {
     use std::path::Path;
     use std::process::ExitCode;
-    use std::sync::Arc;
 
     use anyhow::Context;
-    use tally_pipeline::campaigns::{CampaignDefinition, CampaignRegistry, Reconciliation};
+    use tally_pipeline::campaigns::{
+        self, Campaign, CampaignError, CampaignRegistry, CampaignRequest, CampaignStatus,
+        ClosingNode,
+    };
+    use tally_pipeline::clock::{Clock, SystemClock};
     use tally_pipeline::event::EventTime;
-    use tally_pipeline::runner::{PipelineConfig, RunMode};
+    use tally_pipeline::log::Offset;
+    use tally_pipeline::operators::campaign_totals::CampaignTotal;
+    use tally_pipeline::runner::{Pipeline, PipelineConfig, RunMode};
 
     use super::CreateArgs;
     use crate::commands::{Target, server_request as request};
 
     fn now() -> EventTime {
-        use tally_pipeline::clock::{Clock, SystemClock};
         EventTime(SystemClock.now_ms())
     }
 
@@ -247,11 +251,16 @@ mod admin {
     }
 
     pub fn create(data_dir: &Path, args: CreateArgs) -> anyhow::Result<ExitCode> {
-        let body = serde_json::json!({
-            "campaign_id": args.campaign_id, "name": args.name, "currency": args.currency,
-            "goal_cents": args.goal_cents, "starts_at": args.starts_at, "ends_at": args.ends_at,
-        });
+        let campaign = CampaignRequest {
+            campaign_id: args.campaign_id,
+            name: args.name,
+            currency: args.currency,
+            goal_cents: args.goal_cents,
+            starts_at: args.starts_at,
+            ends_at: args.ends_at,
+        };
         if args.target.server.is_some() {
+            let body = serde_json::to_value(&campaign)?;
             print_json(&request(
                 data_dir,
                 &args.target,
@@ -261,29 +270,7 @@ mod admin {
             )?)?;
             return Ok(ExitCode::SUCCESS);
         }
-        anyhow::ensure!(
-            tally_pipeline::event::currency::is_iso_4217(&args.currency),
-            "--currency {:?} is not an ISO 4217 code",
-            args.currency
-        );
-        let allowed =
-            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-');
-        let campaign_id = tally_pipeline::event::validate::check_token(
-            "campaign_id",
-            &args.campaign_id,
-            64,
-            allowed,
-            "[a-z0-9_-]",
-        )?;
-        let time = |text: Option<String>| text.map(|t| EventTime::parse_rfc3339(&t)).transpose();
-        let definition = CampaignDefinition {
-            campaign_id,
-            name: args.name,
-            currency: args.currency,
-            goal_cents: args.goal_cents,
-            starts_at: time(args.starts_at)?,
-            ends_at: time(args.ends_at)?,
-        };
+        let definition = campaign.validate()?;
         let runtime = runtime()?;
         let created = runtime.block_on(registry(&runtime, data_dir)?.create(definition, now()))?;
         print_json(&created)?;
@@ -303,8 +290,7 @@ mod admin {
         }
         let campaigns = registry(&runtime()?, data_dir)?.list();
         if json {
-            let campaigns: Vec<&tally_pipeline::campaigns::Campaign> =
-                campaigns.iter().map(|c| c.as_ref()).collect();
+            let campaigns: Vec<&Campaign> = campaigns.iter().map(|c| c.as_ref()).collect();
             print_json(&campaigns)?;
         } else {
             println!(
@@ -342,33 +328,54 @@ mod admin {
         let runtime = runtime()?;
         let registry = registry(&runtime, data_dir)?;
         let pipeline = crate::commands::open_pipeline(data_dir, PipelineConfig::default())?;
-        let log = Arc::clone(pipeline.log());
-        let close_offsets = runtime.block_on(tally_pipeline::log::end_offsets(log.as_ref()))?;
-        // Nothing else takes donations while this command holds the data directory.
-        let closing = runtime.block_on(registry.start_close(campaign_id, close_offsets))?;
-        let close_offsets = closing.close_offsets.clone().unwrap_or_default();
-        pipeline.run(RunMode::CatchUp)?;
-        let (final_total_cents, final_donations) =
-            runtime.block_on(tally_pipeline::reconcile::recompute_campaign_total(
-                log.as_ref(),
-                campaign_id,
-                &close_offsets,
-            ))?;
-        let running = pipeline.read_model().campaign_total(campaign_id);
-        let reconciliation = Reconciliation {
-            final_total_cents,
-            final_donations,
-            running_total_cents: running.total_cents,
-            running_donations: running.donations,
-            matched: (final_total_cents, final_donations)
-                == (running.total_cents, running.donations),
-        };
-        let closed = runtime.block_on(registry.finish_close(campaign_id, reconciliation, now()))?;
+        if registry
+            .get(campaign_id)
+            .is_some_and(|c| c.status == CampaignStatus::Closed)
+        {
+            return Err(CampaignError::AlreadyClosed(campaign_id.to_owned()).into());
+        }
+        let closed = runtime.block_on(campaigns::close_campaign(
+            &OfflineNode(&pipeline),
+            &registry,
+            pipeline.log().as_ref(),
+            &SystemClock,
+            campaign_id,
+        ))?;
+        let matched = closed.reconciliation.is_some_and(|r| r.matched);
         print_json(&closed)?;
-        Ok(if reconciliation.matched {
+        Ok(if matched {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         })
+    }
+
+    /// A close run offline: nothing else takes donations while this command holds the data
+    /// directory, and the pipeline runs here, to the end of the log.
+    struct OfflineNode<'a>(&'a Pipeline);
+
+    impl ClosingNode for OfflineNode<'_> {
+        type Error = anyhow::Error;
+
+        async fn stop_intake(
+            &self,
+            registry: &CampaignRegistry,
+            campaign_id: &str,
+        ) -> anyhow::Result<Campaign> {
+            let campaign = registry
+                .get(campaign_id)
+                .ok_or_else(|| CampaignError::NotFound(campaign_id.to_owned()))?;
+            Ok(Campaign::clone(&campaign))
+        }
+
+        async fn apply_through(&self, _close_offsets: &[Offset]) -> anyhow::Result<()> {
+            // The close point is the log's end, so catching up applies everything below it.
+            self.0.run(RunMode::CatchUp)?;
+            Ok(())
+        }
+
+        fn running_total(&self, campaign_id: &str) -> CampaignTotal {
+            self.0.read_model().campaign_total(campaign_id)
+        }
     }
 }

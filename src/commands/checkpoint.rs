@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 use tally_pipeline::checkpoint::savepoint;
+use tally_pipeline::checkpoint::verify::{Verdict, verify_partition};
 use tally_pipeline::clock::{Clock, SystemClock};
 use tally_pipeline::log::Log;
 use tally_pipeline::runner::PipelineConfig;
@@ -108,16 +109,15 @@ pub fn run(data_dir: &Path, command: CheckpointCommand) -> anyhow::Result<ExitCo
         }
         CheckpointCommand::List { json, .. } => list(data_dir, json),
         CheckpointCommand::Create { out, name, .. } => {
-            let out = match (out, name) {
-                (Some(out), _) => out,
+            let destination = match (out, name) {
+                (Some(out), _) => Destination::File(out),
                 (None, Some(name)) => {
                     let path = savepoint::named_path(data_dir, &name)?;
-                    std::fs::create_dir_all(data_dir.join(savepoint::SAVEPOINTS_DIR))?;
-                    path
+                    Destination::Named { name, path }
                 }
                 (None, None) => unreachable!("clap requires --out or --name"),
             };
-            create(data_dir, &out)
+            create(data_dir, destination)
         }
         CheckpointCommand::Restore { path, name } => {
             let path = match (path, name) {
@@ -167,11 +167,29 @@ fn list(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn create(data_dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
+/// Where `checkpoint create` writes.
+enum Destination {
+    File(PathBuf),
+    /// Into the data directory's savepoints/, as the server does.
+    Named {
+        name: String,
+        path: PathBuf,
+    },
+}
+
+fn create(data_dir: &Path, destination: Destination) -> anyhow::Result<ExitCode> {
     let log = super::open_existing_log(data_dir)?;
     let store = super::open_store(data_dir, log.partition_count())?;
-    let savepoint = savepoint::create(&store, out, SystemClock.now_ms())
-        .with_context(|| format!("cannot write the savepoint {}", out.display()))?;
+    let now_ms = SystemClock.now_ms();
+    let (written, out) = match destination {
+        Destination::File(out) => (savepoint::create(&store, &out, now_ms), out),
+        Destination::Named { name, path } => (
+            savepoint::create_named(&store, data_dir, &name, now_ms).map(|(written, _)| written),
+            path,
+        ),
+    };
+    let savepoint =
+        written.with_context(|| format!("cannot write the savepoint {}", out.display()))?;
     println!(
         "savepoint {} written at offsets {:?}",
         out.display(),
@@ -208,40 +226,30 @@ fn restore(data_dir: &Path, path: &Path) -> anyhow::Result<ExitCode> {
 
 fn verify(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let pipeline = super::open_pipeline(data_dir, PipelineConfig::default())?;
-    let store = pipeline.store();
     let mut mismatches = 0;
-    for partition in 0..store.partition_count() {
-        let stored = match store.export(partition) {
-            Ok(Some(exported)) => exported.meta,
-            Ok(None) => {
-                println!("partition {partition}: no checkpoint");
-                continue;
-            }
-            Err(error) => {
-                mismatches += 1;
-                println!("partition {partition}: MISMATCH: {error}");
-                continue;
-            }
-        };
-        let scalars = stored.scalars;
-        let rebuilt = pipeline.rebuild_in_memory(
-            partition,
-            scalars.next_offset,
-            scalars.watermark.allowed_lateness_ms(),
-        )?;
-        if rebuilt.state_digest() == stored.state_digest {
-            println!(
-                "partition {partition}: ok at offset {} (digest {:016x})",
-                scalars.next_offset, stored.state_digest
-            );
-        } else {
+    for partition in 0..pipeline.store().partition_count() {
+        let verdict = verify_partition(&pipeline, partition);
+        if !verdict.ok() {
             mismatches += 1;
-            println!(
-                "partition {partition}: MISMATCH at offset {}: checkpoint digest {:016x}, rebuilt from the log {:016x}",
-                scalars.next_offset,
-                stored.state_digest,
-                rebuilt.state_digest()
-            );
+        }
+        match verdict {
+            Verdict::NoCheckpoint => println!("partition {partition}: no checkpoint"),
+            Verdict::Unreadable(error) => println!("partition {partition}: MISMATCH: {error}"),
+            Verdict::RebuildFailed(error) => return Err(error.into()),
+            Verdict::Compared {
+                offset,
+                checkpoint_digest,
+                rebuilt_digest,
+            } if checkpoint_digest == rebuilt_digest => println!(
+                "partition {partition}: ok at offset {offset} (digest {checkpoint_digest:016x})"
+            ),
+            Verdict::Compared {
+                offset,
+                checkpoint_digest,
+                rebuilt_digest,
+            } => println!(
+                "partition {partition}: MISMATCH at offset {offset}: checkpoint digest {checkpoint_digest:016x}, rebuilt from the log {rebuilt_digest:016x}"
+            ),
         }
     }
     if mismatches > 0 {

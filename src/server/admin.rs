@@ -16,12 +16,12 @@ use subtle::ConstantTimeEq;
 use tally_api::ApiError;
 use tally_api::server::PathParameter;
 use tally_api::views::CampaignView;
-use tally_pipeline::campaigns::{Campaign, CampaignDefinition, CampaignStatus, Reconciliation};
+use tally_pipeline::campaigns::{self, Campaign, CampaignRegistry, CampaignRequest, ClosingNode};
+use tally_pipeline::checkpoint::verify::{Verdict, verify_partition};
 use tally_pipeline::checkpoint::{CheckpointInfo, savepoint};
 use tally_pipeline::event::EventTime;
-use tally_pipeline::event::currency::is_iso_4217;
-use tally_pipeline::event::validate::{CAMPAIGN_ID_CHARS_MAX, check_token};
 use tally_pipeline::log::{Offset, PartitionId};
+use tally_pipeline::operators::campaign_totals::CampaignTotal;
 use tally_query::views::campaign_view;
 
 use super::AppState;
@@ -30,7 +30,6 @@ use super::notifications::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, Page};
 /// Admin request bodies are small: they are read in the callback-sized body slots.
 const ADMIN_BODY_BYTES_MAX: usize = 16 * 1024;
 const _: () = assert!(ADMIN_BODY_BYTES_MAX <= tally_ingest::body::CALLBACK_BODY_BYTES_MAX);
-const CAMPAIGN_NAME_CHARS_MAX: usize = 200;
 /// How long a close waits for the pipeline to apply the log up to the close point.
 const CLOSE_WAIT_MAX: Duration = Duration::from_secs(60);
 
@@ -82,71 +81,8 @@ async fn json_body<T: DeserializeOwned>(
     Ok(tally_ingest::body::typed(&bytes)?)
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateCampaign {
-    campaign_id: String,
-    name: String,
-    currency: String,
-    goal_cents: Option<u64>,
-    starts_at: Option<String>,
-    ends_at: Option<String>,
-}
-
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message).with_field(field)
-}
-
-impl CreateCampaign {
-    fn into_definition(self) -> Result<CampaignDefinition, ApiError> {
-        let allowed =
-            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-');
-        let campaign_id = check_token(
-            "campaign_id",
-            &self.campaign_id,
-            CAMPAIGN_ID_CHARS_MAX,
-            allowed,
-            "[a-z0-9_-]",
-        )?;
-        let name_chars = self.name.chars().count();
-        if name_chars == 0 || name_chars > CAMPAIGN_NAME_CHARS_MAX {
-            return Err(invalid(
-                "name",
-                format!("must be 1 to {CAMPAIGN_NAME_CHARS_MAX} characters"),
-            ));
-        }
-        if !is_iso_4217(&self.currency) {
-            return Err(invalid(
-                "currency",
-                "must be an ISO 4217 code such as \"USD\"",
-            ));
-        }
-        if self.goal_cents == Some(0) {
-            return Err(invalid("goal_cents", "must be at least 1"));
-        }
-        let time = |field: &str, text: Option<String>| -> Result<Option<EventTime>, ApiError> {
-            text.map(|t| {
-                EventTime::parse_rfc3339(&t)
-                    .map_err(|_| invalid(field, "must be an RFC 3339 timestamp"))
-            })
-            .transpose()
-        };
-        let starts_at = time("starts_at", self.starts_at)?;
-        let ends_at = time("ends_at", self.ends_at)?;
-        if let (Some(start), Some(end)) = (starts_at, ends_at)
-            && start >= end
-        {
-            return Err(invalid("ends_at", "must be after starts_at"));
-        }
-        Ok(CampaignDefinition {
-            campaign_id,
-            name: self.name,
-            currency: self.currency,
-            goal_cents: self.goal_cents,
-            starts_at,
-            ends_at,
-        })
-    }
 }
 
 async fn create_campaign(
@@ -155,8 +91,8 @@ async fn create_campaign(
     body: Body,
 ) -> Result<(StatusCode, Json<CampaignView>), ApiError> {
     authorize(&state, &headers)?;
-    let request: CreateCampaign = json_body(&state, &headers, body).await?;
-    let definition = request.into_definition()?;
+    let request: CampaignRequest = json_body(&state, &headers, body).await?;
+    let definition = request.validate()?;
     let now = EventTime(state.clock.now_ms());
     let created = state.campaigns.create(definition, now).await?;
     Ok((
@@ -165,11 +101,8 @@ async fn create_campaign(
     ))
 }
 
-/// Stops the campaign taking donations on every live node, notes the log's end offsets as the
-/// close point, waits until every partition's owner has applied the log up to it, recomputes
-/// the total from the donation records and compares it with the running total, and records the
-/// reconciled final total. Any node can close; every step is decided by the control log, so
-/// racing closes agree.
+/// Closes the campaign ([`campaigns::close_campaign`]) from this node: any node can close, and every step
+/// is decided by the control log, so racing closes agree.
 async fn close_campaign(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -177,51 +110,14 @@ async fn close_campaign(
 ) -> Result<Json<CampaignView>, ApiError> {
     authorize(&state, &headers)?;
     let _one_close_at_a_time = state.close_lock.lock().await;
-    let campaigns = &state.campaigns;
-    campaigns.sync().await?;
-    let campaign = campaigns.get(&campaign_id).ok_or_else(|| {
-        ApiError::not_found(
-            "campaign_not_found",
-            format!("there is no campaign {campaign_id:?}"),
-        )
-    })?;
-    if campaign.status == CampaignStatus::Closed {
-        return Ok(Json(view(&state, &campaign)));
-    }
-    let mut campaign = campaigns
-        .request_close(&campaign_id, &state.node.node_id)
-        .await?;
-    if campaign.close_offsets.is_none() {
-        wait_until_intake_stopped(&state, &campaign_id).await?;
-        let ends = tally_pipeline::log::end_offsets(state.log.as_ref()).await?;
-        campaign = campaigns.start_close(&campaign_id, ends).await?;
-    }
-    let close_offsets = campaign
-        .close_offsets
-        .clone()
-        .expect("a campaign past its close point has its close offsets");
-    wait_until_applied(&state, &close_offsets).await?;
-    let (final_total_cents, final_donations) =
-        recompute_total(&state, &campaign_id, &close_offsets).await?;
-    let running = state.read_model.campaign_total(&campaign_id);
-    let reconciliation = Reconciliation {
-        final_total_cents,
-        final_donations,
-        running_total_cents: running.total_cents,
-        running_donations: running.donations,
-        matched: (final_total_cents, final_donations) == (running.total_cents, running.donations),
-    };
-    if !reconciliation.matched {
-        tracing::error!(
-            campaign_id,
-            ?reconciliation,
-            "campaign close: recomputed total differs from the running total"
-        );
-    }
-    let now = EventTime(state.clock.now_ms());
-    let closed = campaigns
-        .finish_close(&campaign_id, reconciliation, now)
-        .await?;
+    let closed = campaigns::close_campaign(
+        &ServingNode(&state),
+        &state.campaigns,
+        state.log.as_ref(),
+        state.clock.as_ref(),
+        &campaign_id,
+    )
+    .await?;
     Ok(Json(view(&state, &closed)))
 }
 
@@ -233,6 +129,36 @@ fn view(state: &AppState, campaign: &Campaign) -> CampaignView {
             .campaign_total(&campaign.definition.campaign_id),
         None,
     )
+}
+
+/// A close run by a serving node, among the other live nodes taking donations.
+struct ServingNode<'a>(&'a AppState);
+
+impl ClosingNode for ServingNode<'_> {
+    type Error = ApiError;
+
+    /// Asks every node to stop taking donations and waits until every live one says it did.
+    async fn stop_intake(
+        &self,
+        registry: &CampaignRegistry,
+        campaign_id: &str,
+    ) -> Result<Campaign, ApiError> {
+        let campaign = registry
+            .request_close(campaign_id, &self.0.node.node_id)
+            .await?;
+        if campaign.close_offsets.is_none() {
+            wait_until_intake_stopped(self.0, campaign_id).await?;
+        }
+        Ok(campaign)
+    }
+
+    async fn apply_through(&self, close_offsets: &[Offset]) -> Result<(), ApiError> {
+        wait_until_applied(self.0, close_offsets).await
+    }
+
+    fn running_total(&self, campaign_id: &str) -> CampaignTotal {
+        self.0.read_model.campaign_total(campaign_id)
+    }
 }
 
 /// Waits until every live node has said it takes no more donations for the campaign.
@@ -307,20 +233,6 @@ async fn wait_until_applied(state: &AppState, close_offsets: &[Offset]) -> Resul
             .with_retry_after(5)
         })?;
     Ok(())
-}
-
-async fn recompute_total(
-    state: &AppState,
-    campaign_id: &str,
-    close_offsets: &[Offset],
-) -> Result<(u64, u64), ApiError> {
-    let total = tally_pipeline::reconcile::recompute_campaign_total(
-        state.log.as_ref(),
-        campaign_id,
-        close_offsets,
-    )
-    .await?;
-    Ok(total)
 }
 
 async fn list_notifications(
@@ -430,7 +342,7 @@ async fn verify_checkpoints(
     let partitions = tokio::task::spawn_blocking(move || {
         let store = pipeline.store();
         (0..store.partition_count())
-            .map(|partition| verify_partition(&pipeline, partition))
+            .map(|partition| verdict_json(partition, &verify_partition(&pipeline, partition)))
             .collect::<Vec<_>>()
     })
     .await
@@ -441,31 +353,28 @@ async fn verify_checkpoints(
     ))
 }
 
-fn verify_partition(
-    pipeline: &tally_pipeline::runner::Pipeline,
-    partition: PartitionId,
-) -> serde_json::Value {
-    let exported = match pipeline.store().export(partition) {
-        Ok(Some(exported)) => exported,
-        Ok(None) => {
-            return serde_json::json!({"partition": partition, "ok": true, "checkpoint": null});
+/// One partition's [`Verdict`] as the verify route answers it.
+fn verdict_json(partition: PartitionId, verdict: &Verdict) -> serde_json::Value {
+    match verdict {
+        Verdict::NoCheckpoint => {
+            serde_json::json!({"partition": partition, "ok": true, "checkpoint": null})
         }
-        Err(error) => {
-            return serde_json::json!({"partition": partition, "ok": false, "error": error.to_string()});
-        }
-    };
-    let scalars = exported.meta.scalars;
-    let lateness_ms = scalars.watermark.allowed_lateness_ms();
-    match pipeline.rebuild_in_memory(partition, scalars.next_offset, lateness_ms) {
-        Ok(rebuilt) => serde_json::json!({
-            "partition": partition,
-            "offset": scalars.next_offset,
-            "checkpoint_digest": format!("{:016x}", exported.meta.state_digest),
-            "rebuilt_digest": format!("{:016x}", rebuilt.state_digest()),
-            "ok": rebuilt.state_digest() == exported.meta.state_digest,
-        }),
-        Err(error) => {
+        Verdict::Unreadable(error) => {
             serde_json::json!({"partition": partition, "ok": false, "error": error.to_string()})
         }
+        Verdict::RebuildFailed(error) => {
+            serde_json::json!({"partition": partition, "ok": false, "error": error.to_string()})
+        }
+        Verdict::Compared {
+            offset,
+            checkpoint_digest,
+            rebuilt_digest,
+        } => serde_json::json!({
+            "partition": partition,
+            "offset": offset,
+            "checkpoint_digest": format!("{checkpoint_digest:016x}"),
+            "rebuilt_digest": format!("{rebuilt_digest:016x}"),
+            "ok": verdict.ok(),
+        }),
     }
 }

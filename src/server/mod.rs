@@ -48,7 +48,7 @@ use tally_pipeline::cluster::ResultsPublisher;
 use tally_pipeline::cluster::results::ResultsCache;
 use tally_pipeline::log::Log;
 use tally_pipeline::read_model::ReadModel;
-use tally_pipeline::runner::{DonationDirectory, Pipeline, PipelineConfig};
+use tally_pipeline::runner::{DonationIndexes, Pipeline, PipelineConfig};
 use tally_query::routes::QueryContext;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -202,12 +202,12 @@ fn build_state(
     clock: Arc<dyn Clock>,
     open_file_limit: u64,
 ) -> anyhow::Result<Serving> {
-    let directory = Arc::clone(processing.pipeline.directory());
+    let donation_indexes = Arc::clone(processing.pipeline.donation_indexes());
     let (signing_secret, admin_token) = load_secrets(config)?;
     let ingest = Arc::new(ingest_context(
         config,
         opened,
-        Arc::clone(&directory),
+        Arc::clone(&donation_indexes),
         signing_secret.clone(),
         Arc::clone(&clock),
     )?);
@@ -220,7 +220,7 @@ fn build_state(
     let notifications = Arc::new(Notifications::new(
         Arc::clone(&opened.store),
         Arc::clone(&opened.log),
-        directory,
+        donation_indexes,
         Arc::clone(&opened.read_model),
         Arc::clone(&clock),
         webhook,
@@ -268,7 +268,7 @@ fn load_secrets(config: &ServerConfig) -> anyhow::Result<(SigningSecret, String)
 fn ingest_context(
     config: &ServerConfig,
     opened: &Opened,
-    directory: Arc<DonationDirectory>,
+    donation_indexes: Arc<DonationIndexes>,
     signing_secret: SigningSecret,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<IngestContext> {
@@ -285,7 +285,7 @@ fn ingest_context(
         log: Arc::clone(&opened.log),
         campaigns: Arc::clone(&opened.campaigns),
         intake: Arc::new(tokio::sync::RwLock::new(())),
-        directory,
+        donation_indexes,
         remote,
         signing_secret,
         limits,
@@ -363,7 +363,7 @@ fn query_context(state: &AppState) -> QueryContext {
         read_model: Arc::clone(&state.read_model),
         campaigns: Arc::clone(&state.ingest.campaigns),
         log: Arc::clone(&state.ingest.log),
-        directory: Arc::clone(&state.ingest.directory),
+        donation_indexes: Arc::clone(&state.ingest.donation_indexes),
         remote: state.ingest.remote.clone(),
         clock: Arc::clone(&state.ingest.clock),
         last_log_ends: Default::default(),

@@ -21,7 +21,7 @@ use tally_pipeline::clock::Clock;
 use tally_pipeline::event::envelope;
 use tally_pipeline::log::{Log, Offset, PartitionId};
 use tally_pipeline::read_model::{PartitionProgress, ReadModel};
-use tally_pipeline::runner::DonationDirectory;
+use tally_pipeline::runner::DonationIndexes;
 use tally_query::views::recorded_donation;
 use tokio::sync::watch;
 
@@ -58,7 +58,7 @@ pub struct Webhook {
 pub struct Notifications {
     store: Arc<CheckpointStore>,
     log: Arc<dyn Log>,
-    directory: Arc<DonationDirectory>,
+    donation_indexes: Arc<DonationIndexes>,
     read_model: Arc<ReadModel>,
     clock: Arc<dyn Clock>,
     cursors: Vec<AtomicU64>,
@@ -71,7 +71,7 @@ impl Notifications {
     pub fn new(
         store: Arc<CheckpointStore>,
         log: Arc<dyn Log>,
-        directory: Arc<DonationDirectory>,
+        donation_indexes: Arc<DonationIndexes>,
         read_model: Arc<ReadModel>,
         clock: Arc<dyn Clock>,
         webhook: Option<Webhook>,
@@ -83,7 +83,7 @@ impl Notifications {
         Ok(Self {
             store,
             log,
-            directory,
+            donation_indexes,
             read_model,
             clock,
             cursors,
@@ -181,7 +181,7 @@ impl Notifications {
             let Some(last) = records.last().map(|r| r.offset) else {
                 break;
             };
-            let index = self.directory.index(partition);
+            let index = self.donation_indexes.index(partition);
             for record in records {
                 let event = envelope::decode(&record.value)?;
                 let recorded = index

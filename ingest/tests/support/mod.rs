@@ -183,7 +183,7 @@ impl Ingest {
             log: Arc::clone(&log) as Arc<dyn Log>,
             campaigns: Arc::clone(&campaigns),
             intake: Default::default(),
-            directory: Arc::clone(pipeline.directory()),
+            donation_indexes: Arc::clone(pipeline.donation_indexes()),
             remote: other_node.then(|| Arc::clone(&other) as Arc<dyn RemoteDonations>),
             signing_secret: SigningSecret::from_text(SECRET),
             limits: IngestLimits::default(),

@@ -30,7 +30,7 @@ use super::store::{CheckpointMeta, Collected, Parts, journal_path, lock};
 use crate::log::PartitionId;
 use crate::operators::event_time_windows::{BucketKey, SharedBucket};
 use crate::processor::PartitionState;
-use crate::storage::{self, OpenMode, Storage, StorageFile};
+use crate::support::storage::{self, OpenMode, Storage, StorageFile};
 
 const COMPACTING_SUFFIX: &str = ".compacting";
 /// Checkpoints committed during a compaction are copied without holding the journal while

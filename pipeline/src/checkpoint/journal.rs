@@ -46,14 +46,14 @@ use serde::{Deserialize, Serialize};
 use super::CheckpointError;
 use super::packed::{Malformed, PackedBuckets, pack_recorded, unpack_recorded};
 use super::store::CheckpointMeta;
-use crate::codec;
 use crate::log::frame::{self, FRAME_HEADER_BYTES};
 use crate::log::{KeyedRecord, Offset, PartitionId};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::conflict_audit::Conflict;
 use crate::operators::dedupe::{IndexChange, ShardImage, ShardImageRef};
 use crate::operators::event_time_windows::{BucketKey, RolledUp, WindowBucket};
-use crate::storage::{self, FileReader, OpenMode, Storage, StorageFile};
+use crate::support::codec;
+use crate::support::storage::{self, FileReader, OpenMode, Storage, StorageFile};
 
 const JOURNAL_MAGIC: [u8; 8] = *b"TALLYCKJ";
 /// The format this build writes.

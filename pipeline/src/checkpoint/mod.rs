@@ -35,6 +35,7 @@ mod journal;
 mod packed;
 pub mod savepoint;
 mod store;
+pub mod verify;
 
 use std::path::PathBuf;
 

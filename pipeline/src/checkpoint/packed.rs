@@ -9,10 +9,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::UnixMillis;
 use crate::log::Offset;
 use crate::operators::amount_histogram::AmountHistogram;
 use crate::operators::event_time_windows::{BucketKey, Granularity, WindowBucket};
+use crate::support::clock::UnixMillis;
 
 /// Why packed bytes do not decode.
 pub type Malformed = &'static str;

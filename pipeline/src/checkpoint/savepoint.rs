@@ -36,10 +36,10 @@ use serde::{Deserialize, Serialize};
 
 use super::CheckpointError;
 use super::store::{CheckpointMeta, CheckpointStore, PartitionSavepoint};
-use crate::clock::UnixMillis;
-use crate::codec;
 use crate::log::Offset;
-use crate::storage::{OpenMode, OsStorage, Storage, StorageFile};
+use crate::support::clock::UnixMillis;
+use crate::support::codec;
+use crate::support::storage::{OpenMode, OsStorage, Storage, StorageFile};
 
 const SAVEPOINT_MAGIC: [u8; 8] = *b"TALLYSVP";
 const END_MAGIC: [u8; 8] = *b"TALLYSVE";

@@ -12,8 +12,6 @@ use super::compaction::{self, Compactor};
 use super::journal::{Committed, Damage, Journal, Replay, SnapshotWriter};
 use super::packed::{Malformed, PackedBuckets};
 use super::{CHECKPOINT_FORMAT_VERSION, CheckpointError};
-use crate::clock::UnixMillis;
-use crate::codec;
 use crate::log::{Offset, PartitionId, Witness};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::conflict_audit::Conflict;
@@ -23,7 +21,11 @@ use crate::processor::StateDigest;
 use crate::processor::partition_state::{
     IndexRestorer, PartitionState, StateChanges, StateScalars,
 };
-use crate::storage::{self, DirectoryLock, DirectoryLockError, OpenMode, OsStorage, Storage};
+use crate::support::clock::UnixMillis;
+use crate::support::codec;
+use crate::support::storage::{
+    self, DirectoryLock, DirectoryLockError, OpenMode, OsStorage, Storage,
+};
 
 /// A journal is compacted once its deltas weigh half its snapshot and are at least this many
 /// bytes: small journals are cheap to load however they are made up, and compacting each one

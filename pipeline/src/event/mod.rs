@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::clock::UnixMillis;
 use crate::log::{Offset, PartitionId};
+use crate::support::clock::UnixMillis;
 
 /// One successful checkout payment that included a donation.
 ///

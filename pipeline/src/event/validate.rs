@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::currency::is_iso_4217;
 use super::{DonationEvent, EventTime};
-use crate::clock::UnixMillis;
+use crate::support::clock::UnixMillis;
 
 /// Longest `payment_ref`, `order_id` or `user_id`, in characters.
 pub const REFERENCE_CHARS_MAX: usize = 128;
@@ -84,7 +84,7 @@ impl Rejection {
         }
     }
 
-    fn invalid(field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Self {
         Self::field(RejectionCode::InvalidField, field, message)
     }
 }
@@ -194,7 +194,11 @@ fn reference(object: &Map<String, Value>, field: &str) -> Result<String, Rejecti
 }
 
 fn campaign_id(object: &Map<String, Value>) -> Result<String, Rejection> {
-    let text = string(object, "campaign_id")?;
+    check_campaign_id(string(object, "campaign_id")?)
+}
+
+/// Checks a `campaign_id`, in a donation or in a campaign's definition alike.
+pub fn check_campaign_id(text: &str) -> Result<String, Rejection> {
     let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-');
     check_token(
         "campaign_id",

@@ -20,8 +20,8 @@ use super::manifest::{Manifest, PARTITION_COUNT_MAX};
 use super::partition::{Partition, PartitionConfig, PartitionStats, sync_directory};
 use super::recovery::{Opening, RecoveryMode, RepairAction};
 use super::{AppendAck, KeyedRecord, Log, LogError, LogRecord, Offset, PartitionId, Witness};
-use crate::clock::{Clock, SystemClock};
-use crate::storage::{self, DirectoryLock, DirectoryLockError, OsStorage, Storage};
+use crate::support::clock::{Clock, SystemClock};
+use crate::support::storage::{self, DirectoryLock, DirectoryLockError, OsStorage, Storage};
 
 /// How to open (or create) an embedded log.
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@
 //! ```
 
 use super::{KeyedRecord, LogRecord, Offset, PartitionId};
-use crate::clock::UnixMillis;
+use crate::support::clock::UnixMillis;
 
 pub const FRAME_MAGIC: [u8; 4] = *b"TLYF";
 pub const FRAME_HEADER_BYTES: usize = 12;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::LogError;
 use super::partitioner::PARTITIONER_NAME;
-use crate::storage::{self, Storage};
+use crate::support::storage::{self, Storage};
 
 pub const MANIFEST_FILE_NAME: &str = "manifest.json";
 pub const MANIFEST_FORMAT_VERSION: u32 = 1;

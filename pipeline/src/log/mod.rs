@@ -38,7 +38,7 @@ pub use location::{LogLocation, LogLocationError};
 pub use partitioner::Partitioner;
 pub use recovery::RepairAction;
 
-use crate::clock::UnixMillis;
+use crate::support::clock::UnixMillis;
 
 /// A partition's number, `0..partition_count`.
 pub type PartitionId = u32;

@@ -28,8 +28,8 @@ use super::segment::{
     index_file_name, scan_segment,
 };
 use super::{AppendAck, KeyedRecord, LogError, LogRecord, Offset, PartitionId, Witness};
-use crate::clock::Clock;
-use crate::storage::{self, OpenMode, Storage, StorageFile};
+use crate::support::clock::Clock;
+use crate::support::storage::{self, OpenMode, Storage, StorageFile};
 
 /// Tunables of one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,15 +83,15 @@ impl SegmentView {
     }
 }
 
-/// What readers and the writer share.
+/// A partition's segments and whether it failed: what its readers and its writer share.
 #[derive(Debug)]
-struct PartitionState {
+struct PartitionSegments {
     segments: Vec<SegmentView>,
     /// Set once a write or sync failed.
     failure: Option<String>,
 }
 
-impl PartitionState {
+impl PartitionSegments {
     fn end_offset(&self) -> Offset {
         self.segments.last().map_or(0, |segment| segment.end_offset)
     }
@@ -122,7 +122,7 @@ struct AppendRequest {
 #[derive(Debug)]
 pub struct Partition {
     id: PartitionId,
-    state: Arc<RwLock<PartitionState>>,
+    state: Arc<RwLock<PartitionSegments>>,
     end_offset_tx: watch::Sender<Offset>,
     requests: Option<mpsc::Sender<AppendRequest>>,
     writer: Option<JoinHandle<()>>,
@@ -157,7 +157,7 @@ impl Partition {
             mode: RecoveryMode::Strict,
         }
         .open()?;
-        let state = Arc::new(RwLock::new(PartitionState {
+        let state = Arc::new(RwLock::new(PartitionSegments {
             segments,
             failure: None,
         }));
@@ -388,7 +388,7 @@ struct Writer {
     storage: Arc<dyn Storage>,
     config: PartitionConfig,
     clock: Arc<dyn Clock>,
-    state: Arc<RwLock<PartitionState>>,
+    state: Arc<RwLock<PartitionSegments>>,
     end_offset_tx: watch::Sender<Offset>,
     encode_buffer: Vec<u8>,
     /// When a failed partition may next try to recover, and the pause after that attempt.
@@ -711,13 +711,13 @@ impl Writer {
     }
 }
 
-fn read_lock(state: &RwLock<PartitionState>) -> RwLockReadGuard<'_, PartitionState> {
+fn read_lock(state: &RwLock<PartitionSegments>) -> RwLockReadGuard<'_, PartitionSegments> {
     // Poisoning only means another thread panicked mid-update of plain counters; the failure
     // flag still stops appends if the writer was the one that panicked.
     state.read().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn write_lock(state: &RwLock<PartitionState>) -> RwLockWriteGuard<'_, PartitionState> {
+fn write_lock(state: &RwLock<PartitionSegments>) -> RwLockWriteGuard<'_, PartitionSegments> {
     state.write().unwrap_or_else(PoisonError::into_inner)
 }
 

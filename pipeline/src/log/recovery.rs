@@ -33,8 +33,8 @@ use super::segment::{
     parse_segment_file_name, scan_segment, segment_file_name, segment_header,
 };
 use super::{LogError, Offset, PartitionId, Witness};
-use crate::storage::simulated::SECTOR_BYTES;
-use crate::storage::{OpenMode, Storage, StorageFile};
+use crate::support::storage::simulated::SECTOR_BYTES;
+use crate::support::storage::{OpenMode, Storage, StorageFile};
 
 /// How to treat damage found while opening.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

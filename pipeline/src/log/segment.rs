@@ -24,7 +24,7 @@ use std::path::Path;
 use super::frame::{self, FRAME_HEADER_BYTES, FRAME_MAGIC, FrameInfo, FrameProblem};
 use super::seal::{SEAL_BYTES, Seal};
 use super::{LogError, LogRecord, Offset, PartitionId};
-use crate::storage::{self, OpenMode, Storage, StorageFile};
+use crate::support::storage::{self, OpenMode, Storage, StorageFile};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TALLYSEG";
 pub const INDEX_MAGIC: [u8; 8] = *b"TALLYIDX";

@@ -319,14 +319,14 @@ mod tests {
                 (bucket_of(5_000_000), 1)
             ]
         );
-        let encoded = crate::codec::encode(&histogram);
-        assert_eq!(encoded, crate::codec::encode(&pairs));
-        let decoded: AmountHistogram = crate::codec::decode(&encoded).unwrap();
+        let encoded = crate::support::codec::encode(&histogram);
+        assert_eq!(encoded, crate::support::codec::encode(&pairs));
+        let decoded: AmountHistogram = crate::support::codec::decode(&encoded).unwrap();
         assert_eq!(decoded, histogram);
-        let unordered = crate::codec::encode(&vec![(100u64, 1u64), (37, 1)]);
-        assert!(crate::codec::decode::<AmountHistogram>(&unordered).is_err());
-        let not_a_bucket = crate::codec::encode(&vec![(257u64, 1u64)]);
-        assert!(crate::codec::decode::<AmountHistogram>(&not_a_bucket).is_err());
+        let unordered = crate::support::codec::encode(&vec![(100u64, 1u64), (37, 1)]);
+        assert!(crate::support::codec::decode::<AmountHistogram>(&unordered).is_err());
+        let not_a_bucket = crate::support::codec::encode(&vec![(257u64, 1u64)]);
+        assert!(crate::support::codec::decode::<AmountHistogram>(&not_a_bucket).is_err());
     }
 
     #[test]

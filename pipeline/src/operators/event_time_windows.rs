@@ -29,7 +29,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::amount_histogram::AmountHistogram;
-use crate::clock::UnixMillis;
+use crate::support::clock::UnixMillis;
 
 pub const MINUTE_MS: i64 = 60_000;
 pub const HOUR_MS: i64 = 60 * MINUTE_MS;

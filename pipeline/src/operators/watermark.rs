@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::UnixMillis;
+use crate::support::clock::UnixMillis;
 
 /// Default allowed lateness: payment callbacks arrive within minutes of the payment.
 pub const ALLOWED_LATENESS_MS_DEFAULT: i64 = 5 * 60 * 1000;

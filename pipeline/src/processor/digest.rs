@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::codec;
+use crate::support::codec;
 
 const ELEMENT_SEED: u64 = 0x7461_6c6c_795f_6467; // "tally_dg"
 

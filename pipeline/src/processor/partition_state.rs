@@ -9,7 +9,6 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 use serde::{Deserialize, Serialize};
 
 use super::digest::{self, StateDigest, element_hash, kind};
-use crate::clock::UnixMillis;
 use crate::event::DonationEvent;
 use crate::log::{Offset, PartitionId};
 use crate::operators::campaign_totals::{CampaignTotal, CampaignTotals};
@@ -22,6 +21,7 @@ use crate::operators::event_time_windows::{
     WindowBucket, WindowChanges, WindowHorizons,
 };
 use crate::operators::watermark::Watermark;
+use crate::support::clock::UnixMillis;
 
 /// Running counts of what a partition has applied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use fluvio::metadata::topic::{
 use fluvio::{Fluvio, FluvioAdmin, FluvioClusterConfig};
 
 use super::FluvioLogOptions;
-use super::reader::Backoff;
+use super::reader::PollDelay;
 use crate::log::LogError;
 
 /// The log is the record of truth and keeps every record: the longest retention Fluvio takes
@@ -157,7 +157,7 @@ async fn wait_until_online(
     options: &FluvioLogOptions,
 ) -> Result<(), LogError> {
     let started = Instant::now();
-    let mut backoff = Backoff::default();
+    let mut poll_delay = PollDelay::default();
     loop {
         let state = topic_state(admin, topic, partition_count, options.request_timeout).await?;
         if state.online == partition_count && state.resolution == TopicResolution::Provisioned {
@@ -177,7 +177,7 @@ async fn wait_until_online(
                 ),
             });
         }
-        backoff.wait().await;
+        poll_delay.wait().await;
     }
 }
 

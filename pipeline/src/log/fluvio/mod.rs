@@ -94,7 +94,7 @@ pub struct FluvioLogOptions {
     /// How long a topic the log creates keeps a closed segment after its last write; no effect
     /// on a topic that exists (a shorter retention there is warned of). The default keeps
     /// everything, as a record of truth must; the results topic, which holds snapshots, keeps
-    /// a bounded time (`crate::cluster::results::results_topic_options`).
+    /// a bounded time (`crate::control::cluster::results::results_topic_options`).
     pub retention_seconds: u32,
 }
 
@@ -315,7 +315,7 @@ impl Log for FluvioLog {
         offset: Offset,
     ) -> Result<(), LogError> {
         let state = self.partition(partition)?;
-        let mut poll = reader::Backoff::default();
+        let mut poll = reader::PollDelay::default();
         loop {
             if state.ends.seen() > offset {
                 return Ok(());

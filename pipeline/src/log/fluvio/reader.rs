@@ -371,23 +371,25 @@ fn ended(partition: PartitionId, offset: Offset) -> LogError {
 /// Sleeps between polls: a few milliseconds at first, then longer, up to a fraction of a
 /// second so a partition that comes back is noticed quickly.
 #[derive(Debug)]
-pub(super) struct Backoff {
+pub(super) struct PollDelay {
     next: Duration,
 }
 
-const BACKOFF_MIN: Duration = Duration::from_millis(5);
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
+const POLL_DELAY_MIN: Duration = Duration::from_millis(5);
+const POLL_DELAY_MAX: Duration = Duration::from_millis(500);
 
-impl Default for Backoff {
+impl Default for PollDelay {
     fn default() -> Self {
-        Self { next: BACKOFF_MIN }
+        Self {
+            next: POLL_DELAY_MIN,
+        }
     }
 }
 
-impl Backoff {
+impl PollDelay {
     pub async fn wait(&mut self) {
         tokio::time::sleep(self.next).await;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
+        self.next = (self.next * 2).min(POLL_DELAY_MAX);
     }
 }
 

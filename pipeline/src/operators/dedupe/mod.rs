@@ -570,7 +570,7 @@ mod tests {
         };
         assert_eq!(
             counts.packed().to_le_bytes().to_vec(),
-            crate::codec::encode(&counts),
+            crate::support::codec::encode(&counts),
             "packed as encoded"
         );
     }

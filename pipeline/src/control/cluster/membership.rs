@@ -19,7 +19,7 @@
 //!
 //! # Record format
 //! A nodes-topic record is `[0xFF, version, bincode of the record]`
-//! ([`crate::codec::encode_versioned`]); this build writes version 1 and reads it and records
+//! ([`crate::support::codec::encode_versioned`]); this build writes version 1 and reads it and records
 //! written before versions existed (a bare bincode `NodeRecord`, read as version 0). A record of
 //! a later version is refused with [`ClusterError::Undecodable`] naming the version. Version 1's
 //! layout is the `NodeRecord` below: a change to it is a new version, the old layout frozen
@@ -31,9 +31,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::{Clock, UnixMillis};
-use crate::codec::{self, FormatError};
 use crate::log::{KeyedRecord, Log, LogError, Offset, PartitionId};
+use crate::support::clock::{Clock, UnixMillis};
+use crate::support::codec::{self, FormatError};
 
 use super::partition_set::format_ranges;
 
@@ -420,8 +420,8 @@ async fn append(log: &dyn Log, node_id: &str, record: &NodeRecord) -> Result<Off
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
     use crate::log::{EmbeddedLog, EmbeddedLogOptions};
+    use crate::support::clock::ManualClock;
 
     fn node(id: &str, owns: &[PartitionId]) -> NodeAnnouncement {
         NodeAnnouncement {

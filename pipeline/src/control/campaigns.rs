@@ -19,7 +19,7 @@
 //! a step that already happened (a second close racing the first) change nothing.
 //!
 //! # Record format
-//! A control record is `[0xFF, version, bincode of the change]` ([`crate::codec::encode_versioned`]);
+//! A control record is `[0xFF, version, bincode of the change]` ([`crate::support::codec::encode_versioned`]);
 //! this build writes version 1 and reads it and records written before versions existed (a
 //! bare bincode `CampaignEvent`, read as version 0). A record of a later version is refused
 //! with [`CampaignError::Undecodable`] naming the version. The layout of version 1 is the
@@ -34,10 +34,17 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::backoff::Backoff;
-use crate::codec::{self, FormatError};
+pub mod close;
+pub mod definition;
+pub mod reconcile;
+
+pub use close::{ClosingNode, close_campaign};
+pub use definition::{CAMPAIGN_NAME_CHARS_MAX, CampaignRequest};
+
 use crate::event::EventTime;
 use crate::log::{EmbeddedLog, EmbeddedLogOptions, KeyedRecord, Log, LogError, Offset};
+use crate::support::backoff::Backoff;
+use crate::support::codec::{self, FormatError};
 
 /// What an operator states when creating a campaign.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

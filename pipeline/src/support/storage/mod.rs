@@ -205,7 +205,7 @@ impl Storage for OsStorage {
     }
 
     fn lock_directory(&self, dir: &Path) -> Result<DirectoryLock, DirectoryLockError> {
-        crate::directory_lock::lock_directory(dir).map(DirectoryLock::new)
+        crate::support::directory_lock::lock_directory(dir).map(DirectoryLock::new)
     }
 }
 

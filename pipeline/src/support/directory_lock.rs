@@ -3,7 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::path::Path;
 
-use crate::storage::DirectoryLockError;
+use crate::support::storage::DirectoryLockError;
 
 /// Takes the `LOCK` file of `dir` (flock, released when the returned file is dropped or the
 /// process ends, however it ends).

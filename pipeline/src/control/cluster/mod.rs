@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! <topic>            donations (the record of truth), P partitions
-//! <topic>-campaigns  campaign definitions and closes (crate::campaigns), 1 partition
+//! <topic>-campaigns  campaign definitions and closes (crate::control::campaigns), 1 partition
 //! <topic>-nodes      claims, heartbeats and withdrawals of nodes (membership), 1 partition
 //! <topic>-results    each owner's committed per-partition results (results), 1 partition
 //! ```

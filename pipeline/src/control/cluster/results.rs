@@ -33,7 +33,7 @@
 //!
 //! # Formats
 //! A results record is `[0xFF, version, bincode of ResultsRecordV1]`
-//! ([`crate::codec::encode_versioned`]), an update or a snapshot's part; this build writes
+//! ([`crate::support::codec::encode_versioned`]), an update or a snapshot's part; this build writes
 //! version 1 and reads it and records
 //! written before versions existed (a bare bincode enum whose only kind, `Update`, starts the
 //! record with `00 00 00 00`; read as version 0). The cache file is the 8 bytes
@@ -53,15 +53,15 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
-use crate::backoff::Backoff;
-use crate::clock::UnixMillis;
-use crate::codec::{self, FormatError};
 use crate::log::{FluvioLogOptions, KeyedRecord, Log, LogError, LogRecord, Offset, PartitionId};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::event_time_windows::{BucketKey, RolledUp, SharedBucket, WindowBucket};
 use crate::processor::PartitionCounters;
 use crate::read_model::{PartitionUpdate, ReadModel};
 use crate::runner::UpdateSink;
+use crate::support::backoff::Backoff;
+use crate::support::clock::UnixMillis;
+use crate::support::codec::{self, FormatError};
 
 /// The largest record of the results topic, key and value: the topic is opened with it. A
 /// window bucket's histogram is at most a few tens of KiB (one pair per distinct amount bucket).
@@ -1490,7 +1490,7 @@ mod tests {
         assert_same_views(&everything, &owner.read_model);
 
         let no_cache = ResultsCache::new(dir.path().join("no-cache"));
-        let now_ms = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+        let now_ms = crate::support::clock::Clock::now_ms(&crate::support::clock::SystemClock);
         let start = results_start(log.as_ref(), &ReadModel::new(2), &[], &no_cache, now_ms)
             .await
             .unwrap();
