@@ -296,116 +296,108 @@ pub struct VerificationReport {
 impl Report {
     /// The table a person reads at the end of a run.
     pub fn write_table(&self, out: &mut impl Write) -> std::io::Result<()> {
-        let row =
-            |out: &mut dyn Write, name: &str, value: String| writeln!(out, "  {name:<34} {value}");
         writeln!(out, "tally-loadgen report")?;
-        for (name, value) in &self.settings {
-            row(out, name, value.clone())?;
-        }
-        row(
-            out,
-            "requests sent",
-            self.counters.requests_sent.to_string(),
-        )?;
-        row(
-            out,
-            "donations sent",
-            self.counters.donations_sent.to_string(),
-        )?;
-        row(
-            out,
-            "  of which resends (same payment)",
-            self.counters.resends_sent.to_string(),
-        )?;
-        row(
-            out,
-            "  of which conflicting resends",
-            self.counters.conflicts_sent.to_string(),
-        )?;
-        row(
-            out,
-            "invalid requests sent",
-            self.counters.invalid_sent.to_string(),
-        )?;
-        row(
-            out,
-            "donations acknowledged (2xx)",
-            self.counters.donations_acknowledged.to_string(),
-        )?;
-        for target in &self.per_target {
-            row(
-                out,
-                &format!("  by {}", target.target),
-                format!(
-                    "{} ({} requests sent)",
-                    target.donations_acknowledged, target.requests_sent
-                ),
-            )?;
-        }
-        row(
-            out,
-            "distinct donations recorded",
-            self.distinct_donations_recorded.to_string(),
-        )?;
-        for (code, count) in &self.counters.refused_by_code {
-            row(out, &format!("rejected {code}"), count.to_string())?;
-        }
-        row(
-            out,
-            "rate limited (429), retried",
-            self.counters.rate_limited_retries.to_string(),
-        )?;
-        row(
-            out,
-            "unavailable/unanswered, retried",
-            self.counters.unavailable_retries.to_string(),
-        )?;
-        if self.counters.server_restarts > 0 {
-            row(
-                out,
-                "server SIGKILLed and restarted",
-                self.counters.server_restarts.to_string(),
-            )?;
-        }
-        if self.counters.gave_up > 0 {
-            row(
-                out,
-                "gave up retrying (outcome unknown)",
-                self.counters.gave_up.to_string(),
-            )?;
-        }
-        row(
-            out,
-            "achieved rate",
-            format!(
-                "{:.0} requests/s, {:.0} donations/s acknowledged during the schedule ({:.1} s in all)",
-                self.achieved_requests_per_s, self.achieved_donations_per_s, self.elapsed_s
-            ),
-        )?;
-        row(out, "latency from due time", quantile_text(&self.latency))?;
-        row(
-            out,
-            "freshness (202 → in total)",
-            quantile_text(&self.freshness),
-        )?;
-        if let Some(verification) = &self.verification {
-            row(
-                out,
-                "verification",
-                format!(
-                    "{} ({} checks, {} mismatches)",
-                    if verification.passed {
-                        "passed"
-                    } else {
-                        "FAILED"
-                    },
-                    verification.checks,
-                    verification.mismatches.len()
-                ),
-            )?;
+        let settings = self
+            .settings
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.clone()));
+        let rows = settings
+            .chain(self.sent_rows())
+            .chain(self.answer_rows())
+            .chain(self.result_rows());
+        for (name, value) in rows {
+            writeln!(out, "  {name:<34} {value}")?;
         }
         Ok(())
     }
+
+    /// What was sent, and what was acknowledged (by each target too).
+    fn sent_rows(&self) -> Vec<(String, String)> {
+        let counters = &self.counters;
+        let mut rows = vec![
+            row("requests sent", counters.requests_sent),
+            row("donations sent", counters.donations_sent),
+            row("  of which resends (same payment)", counters.resends_sent),
+            row("  of which conflicting resends", counters.conflicts_sent),
+            row("invalid requests sent", counters.invalid_sent),
+            row(
+                "donations acknowledged (2xx)",
+                counters.donations_acknowledged,
+            ),
+        ];
+        rows.extend(self.per_target.iter().map(|target| {
+            let acknowledged = format!(
+                "{} ({} requests sent)",
+                target.donations_acknowledged, target.requests_sent
+            );
+            (format!("  by {}", target.target), acknowledged)
+        }));
+        rows.push(row(
+            "distinct donations recorded",
+            self.distinct_donations_recorded,
+        ));
+        rows
+    }
+
+    /// The refusals, retries and restarts.
+    fn answer_rows(&self) -> Vec<(String, String)> {
+        let counters = &self.counters;
+        let mut rows: Vec<(String, String)> = counters
+            .refused_by_code
+            .iter()
+            .map(|(code, count)| (format!("rejected {code}"), count.to_string()))
+            .collect();
+        rows.push(row(
+            "rate limited (429), retried",
+            counters.rate_limited_retries,
+        ));
+        rows.push(row(
+            "unavailable/unanswered, retried",
+            counters.unavailable_retries,
+        ));
+        if counters.server_restarts > 0 {
+            rows.push(row(
+                "server SIGKILLed and restarted",
+                counters.server_restarts,
+            ));
+        }
+        if counters.gave_up > 0 {
+            rows.push(row("gave up retrying (outcome unknown)", counters.gave_up));
+        }
+        rows
+    }
+
+    /// The rate, latency, freshness and verification.
+    fn result_rows(&self) -> Vec<(String, String)> {
+        let rate = format!(
+            "{:.0} requests/s, {:.0} donations/s acknowledged during the schedule ({:.1} s in all)",
+            self.achieved_requests_per_s, self.achieved_donations_per_s, self.elapsed_s
+        );
+        let mut rows = vec![
+            row("achieved rate", rate),
+            row("latency from due time", quantile_text(&self.latency)),
+            row("freshness (202 → in total)", quantile_text(&self.freshness)),
+        ];
+        if let Some(verification) = &self.verification {
+            let verdict = if verification.passed {
+                "passed"
+            } else {
+                "FAILED"
+            };
+            let text = format!(
+                "{verdict} ({} checks, {} mismatches)",
+                verification.checks,
+                verification.mismatches.len()
+            );
+            rows.push(row("verification", text));
+        }
+        rows
+    }
+}
+
+/// One row of the report table.
+fn row(name: &str, value: impl ToString) -> (String, String) {
+    (name.to_owned(), value.to_string())
 }
 
 fn quantile_text(q: &Quantiles) -> String {

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tally_pipeline::event::EventTime;
 use tally_pipeline::log::Log;
 use tally_pipeline::operators::event_time_windows::Granularity;
+use tally_pipeline::read_model::ReadModel;
 
 #[derive(Debug, Subcommand)]
 pub enum CampaignCommand {
@@ -101,109 +102,119 @@ struct TotalRow<'a> {
 
 pub fn run(data_dir: &Path, command: CampaignCommand) -> anyhow::Result<ExitCode> {
     match command {
-        CampaignCommand::Create(args) => return admin::create(data_dir, args),
-        CampaignCommand::List { target, json } => return admin::list(data_dir, &target, json),
+        CampaignCommand::Create(args) => admin::create(data_dir, args),
+        CampaignCommand::List { target, json } => admin::list(data_dir, &target, json),
         CampaignCommand::Close {
             campaign_id,
             target,
-        } => return admin::close(data_dir, &campaign_id, &target),
-        _ => {}
-    }
-    let log = super::open_existing_log(data_dir)?;
-    let store = super::open_store(data_dir, log.partition_count())?;
-    let read_model = super::load_read_model(&store)?;
-    let mut out = std::io::stdout().lock();
-    match command {
+        } => admin::close(data_dir, &campaign_id, &target),
         CampaignCommand::Totals { json } => {
-            let totals = read_model.campaign_totals();
-            let rows: Vec<TotalRow> = totals
-                .iter()
-                .map(|(id, t)| TotalRow {
-                    campaign_id: id,
-                    total_cents: t.total_cents,
-                    donations: t.donations,
-                })
-                .collect();
-            if json {
-                serde_json::to_writer_pretty(&mut out, &rows)?;
-                writeln!(out)?;
-            } else {
-                writeln!(
-                    out,
-                    "{:<32}  {:>16}  {:>12}",
-                    "campaign_id", "total_cents", "donations"
-                )?;
-                for row in rows {
-                    writeln!(
-                        out,
-                        "{:<32}  {:>16}  {:>12}",
-                        row.campaign_id, row.total_cents, row.donations
-                    )?;
-                }
-            }
-        }
-        CampaignCommand::Create(_)
-        | CampaignCommand::List { .. }
-        | CampaignCommand::Close { .. } => {
-            unreachable!("handled above")
+            write_totals(&read_model_of(data_dir)?, json)?;
+            Ok(ExitCode::SUCCESS)
         }
         CampaignCommand::Stats(args) => {
-            let parse = |name: &str, text: &str| {
-                EventTime::parse_rfc3339(text)
-                    .with_context(|| format!("--{name} {text:?} is not an RFC 3339 timestamp"))
-            };
-            let from = parse("from", &args.from)?;
-            let to = parse("to", &args.to)?;
-            let stats = read_model
-                .stats(
-                    &args.campaign_id,
-                    from.unix_ms(),
-                    to.unix_ms(),
-                    args.bucket.map(Granularity::from),
-                )
-                .context("invalid range")?;
-            if args.json {
-                serde_json::to_writer_pretty(&mut out, &stats)?;
-                writeln!(out)?;
-            } else {
-                writeln!(
-                    out,
-                    "campaign {} from {} to {} (by the {})",
-                    args.campaign_id,
-                    super::rfc3339(stats.from_ms),
-                    super::rfc3339(stats.to_ms),
-                    stats.resolution.name()
-                )?;
-                let show = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
-                writeln!(
-                    out,
-                    "count {}  sum_cents {}  min {}  max {}  mean {}",
-                    stats.count,
-                    stats.sum_cents,
-                    show(stats.min_cents),
-                    show(stats.max_cents),
-                    show(stats.mean_cents)
-                )?;
-                writeln!(
-                    out,
-                    "p50 {}  p90 {}  p99 {}",
-                    show(stats.p50_cents),
-                    show(stats.p90_cents),
-                    show(stats.p99_cents)
-                )?;
-                for point in stats.series.iter().flatten() {
-                    writeln!(
-                        out,
-                        "{}  {:>10}  {:>14}",
-                        super::rfc3339(point.start_ms),
-                        point.count,
-                        point.sum_cents
-                    )?;
-                }
-            }
+            write_stats(&read_model_of(data_dir)?, &args)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// The read model of the data directory's checkpoints, as `tally serve` would start from.
+fn read_model_of(data_dir: &Path) -> anyhow::Result<ReadModel> {
+    let log = super::open_existing_log(data_dir)?;
+    let store = super::open_store(data_dir, log.partition_count())?;
+    super::load_read_model(&store)
+}
+
+/// Every campaign's total, as a table or JSON.
+fn write_totals(read_model: &ReadModel, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let totals = read_model.campaign_totals();
+    let rows: Vec<TotalRow> = totals
+        .iter()
+        .map(|(id, t)| TotalRow {
+            campaign_id: id,
+            total_cents: t.total_cents,
+            donations: t.donations,
+        })
+        .collect();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<32}  {:>16}  {:>12}",
+        "campaign_id", "total_cents", "donations"
+    )?;
+    for row in rows {
+        writeln!(
+            out,
+            "{:<32}  {:>16}  {:>12}",
+            row.campaign_id, row.total_cents, row.donations
+        )?;
+    }
+    Ok(())
+}
+
+/// One campaign's statistics over a range, as text or JSON.
+fn write_stats(read_model: &ReadModel, args: &StatsArgs) -> anyhow::Result<()> {
+    let parse = |name: &str, text: &str| {
+        EventTime::parse_rfc3339(text)
+            .with_context(|| format!("--{name} {text:?} is not an RFC 3339 timestamp"))
+    };
+    let from = parse("from", &args.from)?;
+    let to = parse("to", &args.to)?;
+    let stats = read_model
+        .stats(
+            &args.campaign_id,
+            from.unix_ms(),
+            to.unix_ms(),
+            args.bucket.map(Granularity::from),
+        )
+        .context("invalid range")?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &stats)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "campaign {} from {} to {} (by the {})",
+        args.campaign_id,
+        super::rfc3339(stats.from_ms),
+        super::rfc3339(stats.to_ms),
+        stats.resolution.name()
+    )?;
+    let show = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+    writeln!(
+        out,
+        "count {}  sum_cents {}  min {}  max {}  mean {}",
+        stats.count,
+        stats.sum_cents,
+        show(stats.min_cents),
+        show(stats.max_cents),
+        show(stats.mean_cents)
+    )?;
+    writeln!(
+        out,
+        "p50 {}  p90 {}  p99 {}",
+        show(stats.p50_cents),
+        show(stats.p90_cents),
+        show(stats.p99_cents)
+    )?;
+    for point in stats.series.iter().flatten() {
+        writeln!(
+            out,
+            "{}  {:>10}  {:>14}",
+            super::rfc3339(point.start_ms),
+            point.count,
+            point.sum_cents
+        )?;
+    }
+    Ok(())
 }
 
 /// Campaign administration, against a server or the data directory.

@@ -10,6 +10,9 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use tally_pipeline::processor::PartitionCounters;
+use tally_pipeline::read_model::PartitionProgress;
+
 use super::AppState;
 
 /// Requests by route template and status.
@@ -58,104 +61,124 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 async fn render(state: &AppState) -> String {
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        name.to_owned()
-    };
-    let requests = family(
-        "tally_http_requests_total",
-        "counter",
-        "HTTP requests by route and status.",
-    );
-    let mut lines = Vec::new();
-    for ((route, status), count) in state.requests.snapshot() {
-        lines.push(format!(
-            "{requests}{{route=\"{route}\",status=\"{status}\"}} {count}"
-        ));
-    }
-    let ingest = &state.ingest.metrics;
-    let appended = ingest
-        .appended_records
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let limited = ingest
-        .rate_limited
-        .load(std::sync::atomic::Ordering::Relaxed);
+    render_requests(&mut out, state);
+    render_ingest(&mut out, state);
+    render_connections(&mut out, state);
     let progress = state.read_model.progress();
-    let now_ms = state.clock.now_ms();
-    let scalar = |out: &mut String, name: &str, kind: &str, help: &str, value: String| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
+    render_pipeline_counters(&mut out, &progress);
+    render_partitions(&mut out, state, &progress).await;
+    out
+}
+
+/// One metric family's `# HELP` and `# TYPE` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A family of one unlabelled value.
+fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: String) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// A family of one value per partition, labelled by its index.
+fn per_partition(out: &mut String, name: &str, kind: &str, help: &str, values: Vec<String>) {
+    family(out, name, kind, help);
+    for (partition, value) in values.into_iter().enumerate() {
+        let _ = writeln!(out, "{name}{{partition=\"{partition}\"}} {value}");
+    }
+}
+
+/// HTTP requests by route and status.
+fn render_requests(out: &mut String, state: &AppState) {
+    let name = "tally_http_requests_total";
+    family(out, name, "counter", "HTTP requests by route and status.");
+    let lines: Vec<String> = state
+        .requests
+        .snapshot()
+        .into_iter()
+        .map(|((route, status), count)| {
+            format!("{name}{{route=\"{route}\",status=\"{status}\"}} {count}")
+        })
+        .collect();
     out.push_str(&lines.join("\n"));
     out.push('\n');
+}
+
+/// What ingest appended and refused.
+fn render_ingest(out: &mut String, state: &AppState) {
+    let ingest = &state.ingest.metrics;
     scalar(
-        &mut out,
+        out,
         "tally_log_appended_records_total",
         "counter",
         "Donation events appended durably by ingest.",
-        appended.to_string(),
+        ingest.appended_records.load(Ordering::Relaxed).to_string(),
     );
     scalar(
-        &mut out,
+        out,
         "tally_rate_limited_total",
         "counter",
         "Donations answered 429 by the per-user rate limit.",
-        limited.to_string(),
+        ingest.rate_limited.load(Ordering::Relaxed).to_string(),
     );
-    render_connections(&mut out, state);
-    let sum = |f: fn(&tally_pipeline::processor::PartitionCounters) -> u64| {
-        progress.iter().map(|p| f(&p.counters)).sum::<u64>()
+}
+
+/// Reads one counter of a partition's.
+type CounterOf = fn(&PartitionCounters) -> u64;
+
+/// The pipeline's counters, summed over the partitions.
+fn render_pipeline_counters(out: &mut String, progress: &[PartitionProgress]) {
+    let sum = |f: CounterOf| {
+        progress
+            .iter()
+            .map(|p| f(&p.counters))
+            .sum::<u64>()
+            .to_string()
     };
-    scalar(
-        &mut out,
-        "tally_recorded_donations_total",
-        "counter",
-        "Donations recorded (counted once).",
-        sum(|c| c.recorded).to_string(),
-    );
-    scalar(
-        &mut out,
-        "tally_duplicates_total",
-        "counter",
-        "Resends identical to a recorded donation.",
-        sum(|c| c.duplicates).to_string(),
-    );
-    scalar(
-        &mut out,
-        "tally_conflicts_total",
-        "counter",
-        "Resends that differ from the recorded donation.",
-        sum(|c| c.conflicts).to_string(),
-    );
-    scalar(
-        &mut out,
-        "tally_late_donations_total",
-        "counter",
-        "Donations older than the watermark when applied.",
-        sum(|c| c.late).to_string(),
-    );
-    let per_partition =
-        |out: &mut String, name: &str, kind: &str, help: &str, values: Vec<String>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (partition, value) in values.into_iter().enumerate() {
-                let _ = writeln!(out, "{name}{{partition=\"{partition}\"}} {value}");
-            }
-        };
+    let counters: [(&str, &str, CounterOf); 4] = [
+        (
+            "tally_recorded_donations_total",
+            "Donations recorded (counted once).",
+            |c| c.recorded,
+        ),
+        (
+            "tally_duplicates_total",
+            "Resends identical to a recorded donation.",
+            |c| c.duplicates,
+        ),
+        (
+            "tally_conflicts_total",
+            "Resends that differ from the recorded donation.",
+            |c| c.conflicts,
+        ),
+        (
+            "tally_late_donations_total",
+            "Donations older than the watermark when applied.",
+            |c| c.late,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        scalar(out, name, "counter", help, sum(counter));
+    }
+}
+
+/// Per partition: the log's end, what is applied, the lag, checkpoints and the notification
+/// backlog.
+async fn render_partitions(out: &mut String, state: &AppState, progress: &[PartitionProgress]) {
     let mut ends = Vec::new();
-    for p in &progress {
+    for p in progress {
         ends.push(state.log.end_offset(p.partition).await.unwrap_or(0));
     }
     per_partition(
-        &mut out,
+        out,
         "tally_log_end_offset",
         "gauge",
         "Offset the next appended record gets.",
         ends.iter().map(u64::to_string).collect(),
     );
     per_partition(
-        &mut out,
+        out,
         "tally_applied_offset",
         "gauge",
         "Records applied and committed by the pipeline.",
@@ -165,7 +188,7 @@ async fn render(state: &AppState) -> String {
             .collect(),
     );
     per_partition(
-        &mut out,
+        out,
         "tally_lag_records",
         "gauge",
         "Records in the log not yet applied.",
@@ -175,21 +198,28 @@ async fn render(state: &AppState) -> String {
             .map(|(p, e)| e.saturating_sub(p.applied_offset).to_string())
             .collect(),
     );
-    // A partition that has not committed since start has no age yet: it is left out.
-    let _ = writeln!(
+    render_checkpoints(out, state.clock.now_ms(), progress);
+    let backlog = state.notifications.backlog(progress);
+    per_partition(
         out,
-        "# HELP tally_checkpoint_age_seconds Time since the last checkpoint commit.\n# TYPE tally_checkpoint_age_seconds gauge"
+        "tally_notification_backlog_records",
+        "gauge",
+        "Applied records not yet scanned for notifications.",
+        backlog.iter().map(u64::to_string).collect(),
     );
+}
+
+/// Each partition's checkpoint age and the duration of its last commit.
+fn render_checkpoints(out: &mut String, now_ms: i64, progress: &[PartitionProgress]) {
+    // A partition that has not committed since start has no age yet: it is left out.
+    let age = "tally_checkpoint_age_seconds";
+    family(out, age, "gauge", "Time since the last checkpoint commit.");
     for p in progress.iter().filter(|p| p.committed_at_ms > 0) {
         let age_s = (now_ms - p.committed_at_ms).max(0) as f64 / 1000.0;
-        let _ = writeln!(
-            out,
-            "tally_checkpoint_age_seconds{{partition=\"{}\"}} {age_s:.3}",
-            p.partition
-        );
+        let _ = writeln!(out, "{age}{{partition=\"{}\"}} {age_s:.3}", p.partition);
     }
     per_partition(
-        &mut out,
+        out,
         "tally_checkpoint_duration_seconds",
         "gauge",
         "Duration of the last checkpoint commit.",
@@ -198,15 +228,6 @@ async fn render(state: &AppState) -> String {
             .map(|p| format!("{:.6}", p.checkpoint_duration_us as f64 / 1e6))
             .collect(),
     );
-    let backlog = state.notifications.backlog(&progress);
-    per_partition(
-        &mut out,
-        "tally_notification_backlog_records",
-        "gauge",
-        "Applied records not yet scanned for notifications.",
-        backlog.iter().map(u64::to_string).collect(),
-    );
-    out
 }
 
 /// The listener's and the body reads' gauges and counters.

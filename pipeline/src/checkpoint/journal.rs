@@ -394,32 +394,14 @@ impl Journal {
             frames += 1;
             let commits = entry.meta().is_some();
             let is_snapshot = matches!(entry, FrameEntry::Owned(JournalEntry::Snapshot { .. }));
-            if !commits {
-                let misplaced = if self.format_version == FORMAT_1 {
-                    !matches!(entry, FrameEntry::Owned(JournalEntry::IndexChanges(_)))
-                } else {
-                    committed_any
-                };
-                if misplaced {
-                    break Some(Damage {
-                        position: at,
-                        reason: "a snapshot part after the journal's first checkpoint".into(),
-                        torn: false,
-                    });
-                }
-                if position == file_len {
-                    break Some(Damage {
-                        position,
-                        reason: "index entries of a checkpoint that never completed".into(),
-                        torn: true,
-                    });
-                }
-            } else if is_snapshot && committed_any {
-                break Some(Damage {
-                    position: at,
-                    reason: "a snapshot after the journal's first checkpoint".into(),
-                    torn: false,
-                });
+            let place = FramePlace {
+                at,
+                end: position,
+                file_len,
+                committed_any,
+            };
+            if let Some(damage) = self.misplaced(&entry, place) {
+                break Some(damage);
             }
             let delivered = match entry {
                 FrameEntry::Owned(entry) => self.deliver(entry, &mut held_back, replay),
@@ -442,6 +424,50 @@ impl Journal {
             }
         };
         Ok(damage)
+    }
+
+    /// The damage an entry is where it lies: a snapshot part or a snapshot after the first
+    /// checkpoint, or the parts of a checkpoint that never completed at the end of the file.
+    fn misplaced(&self, entry: &FrameEntry<'_>, place: FramePlace) -> Option<Damage> {
+        let damage = |position, reason: &str, torn| {
+            Some(Damage {
+                position,
+                reason: reason.into(),
+                torn,
+            })
+        };
+        if entry.meta().is_some() {
+            let is_snapshot = matches!(entry, FrameEntry::Owned(JournalEntry::Snapshot { .. }));
+            return if is_snapshot && place.committed_any {
+                damage(
+                    place.at,
+                    "a snapshot after the journal's first checkpoint",
+                    false,
+                )
+            } else {
+                None
+            };
+        }
+        let misplaced = if self.format_version == FORMAT_1 {
+            !matches!(entry, FrameEntry::Owned(JournalEntry::IndexChanges(_)))
+        } else {
+            place.committed_any
+        };
+        if misplaced {
+            damage(
+                place.at,
+                "a snapshot part after the journal's first checkpoint",
+                false,
+            )
+        } else if place.end == place.file_len {
+            damage(
+                place.end,
+                "index entries of a checkpoint that never completed",
+                true,
+            )
+        } else {
+            None
+        }
     }
 
     /// Hands one entry to `replay`: parts of a format 2 snapshot at once, format 1 index
@@ -967,6 +993,18 @@ fn deliver_shard(image: ShardImageRef<'_>, replay: &mut dyn Replay) -> Result<()
     }
     replay.recorded_shard(image);
     Ok(())
+}
+
+/// Where a frame lies in the journal being replayed.
+#[derive(Debug, Clone, Copy)]
+struct FramePlace {
+    /// Where the frame starts.
+    at: u64,
+    /// Where it ends.
+    end: u64,
+    file_len: u64,
+    /// Whether a checkpoint was committed before it.
+    committed_any: bool,
 }
 
 /// A journal entry as read from its frame: a snapshot's table shard stays in the frame's bytes

@@ -74,21 +74,20 @@ pub(super) struct Opening<'a> {
     pub mode: RecoveryMode,
 }
 
+/// Where opening the segments found damage: the segment's place, its base, and the base the
+/// segments before it reached.
+#[derive(Debug, Clone, Copy)]
+struct SegmentCut {
+    index: usize,
+    base: Offset,
+    expected_base: Offset,
+}
+
 impl Opening<'_> {
     /// Lists, checks and opens the segments, recovering the last one; in repair mode also
     /// returns what was cut.
     pub fn open(&self) -> Result<(Vec<SegmentView>, Option<RepairAction>), LogError> {
-        let mut base_offsets = Vec::new();
-        let names = self
-            .storage
-            .list_dir(self.dir)
-            .map_err(|e| LogError::io(self.dir, e))?;
-        for name in names {
-            if let Some(base) = parse_segment_file_name(&name) {
-                base_offsets.push(base);
-            }
-        }
-        base_offsets.sort_unstable();
+        let base_offsets = self.segment_bases()?;
         if base_offsets.is_empty() {
             let first = create_segment(self.storage, self.dir, 0, self.config)?;
             if self.mode == RecoveryMode::Strict {
@@ -96,6 +95,32 @@ impl Opening<'_> {
             }
             return Ok((vec![first], None));
         }
+        let (mut segments, repair) = self.open_segments(&base_offsets)?;
+        self.continue_in_todays_format(&mut segments)?;
+        let repair = self.settle_witness(&segments, repair)?;
+        Ok((segments, repair))
+    }
+
+    /// The base offsets of the partition's segment files, ascending.
+    fn segment_bases(&self) -> Result<Vec<Offset>, LogError> {
+        let names = self
+            .storage
+            .list_dir(self.dir)
+            .map_err(|e| LogError::io(self.dir, e))?;
+        let mut base_offsets: Vec<Offset> = names
+            .iter()
+            .filter_map(|name| parse_segment_file_name(name))
+            .collect();
+        base_offsets.sort_unstable();
+        Ok(base_offsets)
+    }
+
+    /// Opens the segments in order, each continuing the one before; in repair mode, damage or
+    /// a gap cuts the partition back there and ends the walk.
+    fn open_segments(
+        &self,
+        base_offsets: &[Offset],
+    ) -> Result<(Vec<SegmentView>, Option<RepairAction>), LogError> {
         let mut segments = Vec::with_capacity(base_offsets.len());
         let mut expected_base = 0;
         let mut repair = None;
@@ -117,57 +142,94 @@ impl Opening<'_> {
                     segments.push(view);
                 }
                 Err(error @ LogError::Corruption { .. }) if self.mode == RecoveryMode::Repair => {
-                    // A gap before this segment: the partition ends where the previous one does,
-                    // so this segment goes too. Damage inside it: it is cut back when it is
-                    // opened as the last one.
-                    let gap = base != expected_base;
-                    let (cut_base, removed_from) = match (gap, segments.pop()) {
-                        (false, previous) => {
-                            segments.extend(previous);
-                            (base, index + 1)
-                        }
-                        (true, Some(previous)) => (previous.base_offset, index),
-                        (true, None) => {
-                            return Err(LogError::Corruption {
-                                path: self.dir.join(segment_file_name(base)),
-                                position: 0,
-                                reason: format!(
-                                    "the partition's first segment (offset 0) is missing; it                                      cannot be repaired: {error}"
-                                ),
-                            });
-                        }
+                    let cut = SegmentCut {
+                        index,
+                        base,
+                        expected_base,
                     };
-                    let mut action = self.cut_at(cut_base, &base_offsets[removed_from..], error)?;
-                    let (view, tail) = self.open_last(cut_base)?;
-                    action.bytes_cut += tail.map_or(0, |tail| tail.bytes_cut);
-                    segments.push(view);
-                    repair = Some(action);
+                    repair = Some(self.repair_at(&mut segments, base_offsets, cut, error)?);
                     break;
                 }
                 Err(error) => return Err(error),
             }
         }
+        Ok((segments, repair))
+    }
+
+    /// Cuts the partition back at damage found opening `cut.base`: a gap before that segment
+    /// ends the partition where the previous one does, so this segment goes too; damage inside
+    /// it is cut back when it is opened as the last one.
+    fn repair_at(
+        &self,
+        segments: &mut Vec<SegmentView>,
+        base_offsets: &[Offset],
+        cut: SegmentCut,
+        error: LogError,
+    ) -> Result<RepairAction, LogError> {
+        let SegmentCut {
+            index,
+            base,
+            expected_base,
+        } = cut;
+        let gap = base != expected_base;
+        let (cut_base, removed_from) = match (gap, segments.pop()) {
+            (false, previous) => {
+                segments.extend(previous);
+                (base, index + 1)
+            }
+            (true, Some(previous)) => (previous.base_offset, index),
+            (true, None) => {
+                return Err(LogError::Corruption {
+                    path: self.dir.join(segment_file_name(base)),
+                    position: 0,
+                    reason: format!(
+                        "the partition's first segment (offset 0) is missing; it                                      cannot be repaired: {error}"
+                    ),
+                });
+            }
+        };
+        let mut action = self.cut_at(cut_base, &base_offsets[removed_from..], error)?;
+        let (view, tail) = self.open_last(cut_base)?;
+        action.bytes_cut += tail.map_or(0, |tail| tail.bytes_cut);
+        segments.push(view);
+        Ok(action)
+    }
+
+    /// Appends in today's format from now on: an empty old-format last segment is started
+    /// again, a non-empty one is closed with an index and a new segment follows it.
+    fn continue_in_todays_format(&self, segments: &mut Vec<SegmentView>) -> Result<(), LogError> {
         let last = segments.last_mut().expect("at least one segment");
-        if !has_seals(last.format_version) && last.end_offset == last.base_offset {
-            // An empty old-format segment: start it again in today's format.
+        if has_seals(last.format_version) {
+            return Ok(());
+        }
+        if last.end_offset == last.base_offset {
             let base = last.base_offset;
             *last = create_segment(self.storage, self.dir, base, self.config)?;
-        } else if !has_seals(last.format_version) {
-            // Appends are sealed from now on: close the old-format segment and start a new one.
-            let sealed = SealedIndex {
-                index: last.index.clone(),
-                end_offset: last.end_offset,
-                end_position: last.end_position,
-            };
-            segment::write_index_file(
-                self.storage,
-                &self.dir.join(index_file_name(last.base_offset)),
-                last.base_offset,
-                &sealed,
-            )?;
-            let next = create_segment(self.storage, self.dir, last.end_offset, self.config)?;
-            segments.push(next);
+            return Ok(());
         }
+        let sealed = SealedIndex {
+            index: last.index.clone(),
+            end_offset: last.end_offset,
+            end_position: last.end_position,
+        };
+        segment::write_index_file(
+            self.storage,
+            &self.dir.join(index_file_name(last.base_offset)),
+            last.base_offset,
+            &sealed,
+        )?;
+        let next = create_segment(self.storage, self.dir, last.end_offset, self.config)?;
+        segments.push(next);
+        Ok(())
+    }
+
+    /// The repair with the end it kept; in repair mode, a log ending before its witness is a
+    /// repair too; in strict mode, it is refused.
+    fn settle_witness(
+        &self,
+        segments: &[SegmentView],
+        mut repair: Option<RepairAction>,
+    ) -> Result<Option<RepairAction>, LogError> {
         let end_offset = segments.last().map_or(0, |segment| segment.end_offset);
         if let Some(action) = &mut repair {
             action.kept_end_offset = end_offset;
@@ -190,7 +252,7 @@ impl Opening<'_> {
             let path = &segments.last().expect("at least one segment").path;
             self.check_witness(end_offset, path)?;
         }
-        Ok((segments, repair))
+        Ok(repair)
     }
 
     /// Refuses a partition that ends before what its witness saw.
