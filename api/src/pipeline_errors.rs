@@ -12,6 +12,7 @@ use tally_pipeline::checkpoint::savepoint::SavepointError;
 use tally_pipeline::event::envelope::EnvelopeError;
 use tally_pipeline::event::validate::Rejection;
 use tally_pipeline::log::LogError;
+use tally_pipeline::outbox::OutboxError;
 use tally_pipeline::read_model::StatsError;
 
 use crate::error::ApiError;
@@ -99,6 +100,28 @@ impl From<ReconcileError> for ApiError {
 impl From<EnvelopeError> for ApiError {
     fn from(error: EnvelopeError) -> Self {
         Self::internal(format!("a recorded event does not decode: {error}"))
+    }
+}
+
+/// A partition out of range is the client's to fix; one whose outbox another node keeps is a
+/// conflict naming this node's partitions; the rest as their own errors map.
+impl From<OutboxError> for ApiError {
+    fn from(error: OutboxError) -> Self {
+        match error {
+            OutboxError::NoSuchPartition { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_field", error.to_string())
+                    .with_field("partition")
+            }
+            OutboxError::NotOwned { .. } => Self::new(
+                StatusCode::CONFLICT,
+                "partition_not_owned",
+                error.to_string(),
+            )
+            .with_field("partition"),
+            OutboxError::Log(error) => error.into(),
+            OutboxError::Envelope(error) => error.into(),
+            OutboxError::Checkpoint(error) => error.into(),
+        }
     }
 }
 

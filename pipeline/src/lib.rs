@@ -17,6 +17,8 @@
 //! - [`checkpoint`]: committing state and offsets together; savepoints; verifying a
 //!   checkpoint against the log.
 //! - [`read_model`]: what queries see — committed totals and buckets of every partition.
+//! - [`outbox`]: the notifications donors are owed — each partition's recorded donations in
+//!   log order, with a delivery cursor per partition.
 //!
 //! Beside them, [`control`], the control plane: [`campaigns`] (definitions, closes and their
 //! reconciliation, on a control log of their own) and [`cluster`] (partition ownership,
@@ -37,6 +39,7 @@ pub mod control;
 pub mod event;
 pub mod log;
 pub mod operators;
+pub mod outbox;
 pub mod processor;
 pub mod read_model;
 pub mod runner;

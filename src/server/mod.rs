@@ -47,6 +47,7 @@ use tally_pipeline::clock::Clock;
 use tally_pipeline::cluster::ResultsPublisher;
 use tally_pipeline::cluster::results::ResultsCache;
 use tally_pipeline::log::Log;
+use tally_pipeline::outbox::NotificationOutbox;
 use tally_pipeline::read_model::ReadModel;
 use tally_pipeline::runner::{DonationIndexes, Pipeline, PipelineConfig};
 use tally_query::routes::QueryContext;
@@ -217,15 +218,19 @@ fn build_state(
         client: reqwest::Client::new(),
     });
     let connection_limits = connection_limits(config, open_file_limit)?;
-    let notifications = Arc::new(Notifications::new(
+    let outbox = NotificationOutbox::open(
         Arc::clone(&opened.store),
         Arc::clone(&opened.log),
         donation_indexes,
         Arc::clone(&opened.read_model),
+        opened.node.owns.clone(),
+    )?;
+    let notifications = Arc::new(Notifications::new(
+        outbox,
+        Arc::clone(&opened.read_model),
         Arc::clone(&clock),
         webhook,
-        opened.node.owns.clone(),
-    )?);
+    ));
     let state = Arc::new(AppState {
         log: Arc::clone(&opened.log),
         store: Arc::clone(&opened.store),

@@ -7,12 +7,10 @@
 //! - [`amount_histogram`]: the mergeable amount histogram inside each bucket.
 //! - [`watermark`]: how far event time has progressed; late donations.
 //! - [`conflict_audit`]: what a conflicting resend looked like.
-//! - [`notification_outbox`]: who is owed a notification.
 
 pub mod amount_histogram;
 pub mod campaign_totals;
 pub mod conflict_audit;
 pub mod dedupe;
 pub mod event_time_windows;
-pub mod notification_outbox;
 pub mod watermark;

@@ -1,0 +1,224 @@
+//! The notification outbox: the donors owed a notification, and how far delivery has got.
+//!
+//! A partition's outbox is its recorded donations in log order: the log holds the events, and
+//! the dedupe index tells a recorded donation from a duplicate or a conflicting resend, so the
+//! outbox costs nothing beyond them. A cursor per partition — stored beside the checkpoints,
+//! outside the derived state — says up to which offset everything was delivered; it never moves
+//! back, and never past what the pipeline has applied. Only the partitions this node runs have
+//! an outbox here. Delivery itself (a webhook, or a consumer paging through) is the server's.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
+
+use crate::checkpoint::{CheckpointError, CheckpointStore};
+use crate::control::cluster::partition_set::format_ranges;
+use crate::event::DonationEvent;
+use crate::event::envelope::{self, EnvelopeError};
+use crate::log::{Log, LogError, Offset, PartitionId};
+use crate::read_model::{PartitionProgress, ReadModel};
+use crate::runner::DonationIndexes;
+
+/// Records read from the log per scan step.
+pub const SCAN_BATCH: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("must be below the partition count {partition_count}")]
+    NoSuchPartition {
+        partition: PartitionId,
+        partition_count: usize,
+    },
+    #[error(
+        "partition {partition} is run by another node, which keeps its outbox; this node runs {}",
+        format_ranges(owned)
+    )]
+    NotOwned {
+        partition: PartitionId,
+        owned: Vec<PartitionId>,
+    },
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// A recorded donation owed a notification, where the log holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Owed {
+    pub event: DonationEvent,
+    pub partition: PartitionId,
+    pub offset: Offset,
+}
+
+#[derive(Debug)]
+pub struct NotificationOutbox {
+    store: Arc<CheckpointStore>,
+    log: Arc<dyn Log>,
+    donation_indexes: Arc<DonationIndexes>,
+    read_model: Arc<ReadModel>,
+    cursors: Vec<AtomicU64>,
+    owned: Vec<PartitionId>,
+}
+
+impl NotificationOutbox {
+    /// The outboxes of the `owned` partitions, each from its stored cursor.
+    pub fn open(
+        store: Arc<CheckpointStore>,
+        log: Arc<dyn Log>,
+        donation_indexes: Arc<DonationIndexes>,
+        read_model: Arc<ReadModel>,
+        owned: Vec<PartitionId>,
+    ) -> Result<Self, CheckpointError> {
+        let cursors = (0..log.partition_count())
+            .map(|p| store.notification_cursor(p).map(AtomicU64::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            store,
+            log,
+            donation_indexes,
+            read_model,
+            cursors,
+            owned,
+        })
+    }
+
+    pub fn owned(&self) -> &[PartitionId] {
+        &self.owned
+    }
+
+    /// Everything below this offset of `partition` was delivered.
+    pub fn cursor(&self, partition: PartitionId) -> Offset {
+        self.cursors[partition as usize].load(Ordering::Relaxed)
+    }
+
+    /// Records the pipeline has applied in `partition`: the outbox reaches that far.
+    pub fn applied(&self, partition: PartitionId) -> Offset {
+        self.read_model.progress()[partition as usize].applied_offset
+    }
+
+    /// Applied records not yet scanned, per partition (0 for one run elsewhere).
+    pub fn backlog(&self, progress: &[PartitionProgress]) -> Vec<u64> {
+        progress
+            .iter()
+            .map(|p| {
+                if !self.owned.contains(&p.partition) {
+                    return 0;
+                }
+                p.applied_offset.saturating_sub(self.cursor(p.partition))
+            })
+            .collect()
+    }
+
+    /// A partition this node keeps the outbox of.
+    pub fn check_partition(&self, partition: PartitionId) -> Result<(), OutboxError> {
+        if (partition as usize) >= self.cursors.len() {
+            return Err(OutboxError::NoSuchPartition {
+                partition,
+                partition_count: self.cursors.len(),
+            });
+        }
+        if !self.owned.contains(&partition) {
+            return Err(OutboxError::NotOwned {
+                partition,
+                owned: self.owned.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` donations owed in `partition` from `after` (default: the cursor) up to what
+    /// is applied; and the offset to go on from.
+    pub async fn owed(
+        &self,
+        partition: PartitionId,
+        after: Option<Offset>,
+        limit: usize,
+    ) -> Result<(Vec<Owed>, Offset), OutboxError> {
+        self.check_partition(partition)?;
+        let from = after.unwrap_or_else(|| self.cursor(partition));
+        self.scan(partition, from, self.applied(partition), limit)
+            .await
+    }
+
+    /// Marks everything below `next_offset` delivered (capped at what is applied); the cursor
+    /// never moves back. The cursor as it now is.
+    pub fn ack(&self, partition: PartitionId, next_offset: Offset) -> Result<Offset, OutboxError> {
+        self.check_partition(partition)?;
+        let next_offset = next_offset.min(self.applied(partition));
+        let cursor = &self.cursors[partition as usize];
+        let previous = cursor.fetch_max(next_offset, Ordering::SeqCst);
+        let now = previous.max(next_offset);
+        if now != previous {
+            self.store.set_notification_cursor(partition, now)?;
+        }
+        Ok(now)
+    }
+
+    /// Recorded donations among records `from..until`, at most `limit`; and where to go on from.
+    async fn scan(
+        &self,
+        partition: PartitionId,
+        from: Offset,
+        until: Offset,
+        limit: usize,
+    ) -> Result<(Vec<Owed>, Offset), OutboxError> {
+        let mut found = Vec::new();
+        let mut next = from;
+        while next < until && found.len() < limit {
+            let want = ((until - next) as usize).min(SCAN_BATCH);
+            let records = self.log.read(partition, next, want).await?;
+            let Some(last) = records.last().map(|r| r.offset) else {
+                break;
+            };
+            let index = self.donation_indexes.index(partition);
+            for record in records {
+                let event = envelope::decode(&record.value)?;
+                let recorded = index
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_recorded_at(&event.payment_ref, record.offset);
+                next = record.offset + 1;
+                if recorded {
+                    let offset = record.offset;
+                    found.push(Owed {
+                        event,
+                        partition,
+                        offset,
+                    });
+                    if found.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            debug_assert!(next <= last + 1);
+        }
+        Ok((found, next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_partition_says_why_in_the_words_the_api_has_always_used() {
+        let out_of_range = OutboxError::NoSuchPartition {
+            partition: 9,
+            partition_count: 8,
+        };
+        assert_eq!(
+            out_of_range.to_string(),
+            "must be below the partition count 8"
+        );
+        let not_owned = OutboxError::NotOwned {
+            partition: 5,
+            owned: vec![0, 1, 2, 3],
+        };
+        assert_eq!(
+            not_owned.to_string(),
+            "partition 5 is run by another node, which keeps its outbox; this node runs 0-3"
+        );
+    }
+}
