@@ -14,6 +14,7 @@ use tally_pipeline::event::validate::Rejection;
 use tally_pipeline::log::LogError;
 use tally_pipeline::outbox::OutboxError;
 use tally_pipeline::read_model::StatsError;
+use tally_pipeline::runner::LookupError;
 
 use crate::error::ApiError;
 
@@ -121,6 +122,16 @@ impl From<OutboxError> for ApiError {
             OutboxError::Log(error) => error.into(),
             OutboxError::Envelope(error) => error.into(),
             OutboxError::Checkpoint(error) => error.into(),
+        }
+    }
+}
+
+/// A look-up fails as the log or the event it read fails.
+impl From<LookupError> for ApiError {
+    fn from(error: LookupError) -> Self {
+        match error {
+            LookupError::Log(error) => error.into(),
+            LookupError::Envelope(error) => error.into(),
         }
     }
 }

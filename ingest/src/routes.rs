@@ -300,22 +300,11 @@ impl IngestContext {
                 OwnerAnswer::Refused(refusal) => Err(refusal.into()),
             };
         }
-        let candidate = {
-            let index = self.donation_indexes.index(partition);
-            let index = index
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            index.recorded_offset_candidate(payment_ref)
-        };
-        let Some(offset) = candidate else {
-            return Ok(None);
-        };
-        let records = self.log.read(partition, offset, 1).await?;
-        let Some(record) = records.first() else {
-            return Ok(None);
-        };
-        let event = envelope::decode(&record.value)?;
-        Ok((event.payment_ref == payment_ref).then_some((partition, offset)))
+        let found = self
+            .donation_indexes
+            .recorded(&*self.log, payment_ref)
+            .await?;
+        Ok(found.map(|found| (found.partition, found.offset)))
     }
 
     /// Appends events durably; their placements in order.

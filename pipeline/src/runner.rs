@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::checkpoint::{CheckpointError, CheckpointMeta, CheckpointStore, LoadedPartition};
 use crate::event::{DonationEvent, envelope};
 use crate::log::{Log, LogError, LogRecord, Offset, PartitionId};
+use crate::operators::dedupe::ResendCounts;
 use crate::operators::event_time_windows::WindowHorizons;
 use crate::operators::watermark::ALLOWED_LATENESS_MS_DEFAULT;
 use crate::processor::partition_state::{ApplyError, RecordedEvents, SharedIndex};
@@ -137,6 +138,65 @@ impl DonationIndexes {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
     }
+
+    /// The donation recorded for `payment_ref` in a partition this node runs, read back from
+    /// `log`: the index gives a candidate offset (a fingerprint can match another payment), and
+    /// the event there confirms it. `None` if nothing is recorded for it; a log that cannot be
+    /// read is an error, never "not recorded".
+    pub async fn recorded(
+        &self,
+        log: &dyn Log,
+        payment_ref: &str,
+    ) -> Result<Option<FoundDonation>, LookupError> {
+        let partition = log.partition_for_key(payment_ref.as_bytes());
+        let index = self.index(partition);
+        let candidate = index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .recorded_offset_candidate(payment_ref);
+        let Some(offset) = candidate else {
+            return Ok(None);
+        };
+        let records = log.read(partition, offset, 1).await?;
+        let Some(record) = records.first() else {
+            return Ok(None);
+        };
+        let event = envelope::decode(&record.value)?;
+        if event.payment_ref != payment_ref {
+            return Ok(None);
+        }
+        let resends = index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .resends(offset);
+        Ok(Some(FoundDonation {
+            partition,
+            offset,
+            append_time_ms: record.append_time_ms,
+            event,
+            resends,
+        }))
+    }
+}
+
+/// A recorded donation, as [`DonationIndexes::recorded`] found it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoundDonation {
+    pub partition: PartitionId,
+    pub offset: Offset,
+    /// When the log accepted it.
+    pub append_time_ms: crate::support::clock::UnixMillis,
+    pub event: DonationEvent,
+    pub resends: ResendCounts,
+}
+
+/// Why a recorded donation could not be looked up.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Envelope(#[from] envelope::EnvelopeError),
 }
 
 /// Takes every committed update a partition publishes, beside the local read model (the

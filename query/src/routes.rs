@@ -19,7 +19,7 @@ use tally_api::server::PathParameter;
 use tally_api::views::{CampaignView, DonationView, Freshness};
 use tally_pipeline::campaigns::{Campaign, CampaignRegistry};
 use tally_pipeline::clock::Clock;
-use tally_pipeline::event::{EventTime, envelope};
+use tally_pipeline::event::EventTime;
 use tally_pipeline::log::{Log, Offset};
 use tally_pipeline::operators::event_time_windows::Granularity;
 use tally_pipeline::read_model::ReadModel;
@@ -279,30 +279,15 @@ async fn local_donation(
     context: &QueryContext,
     payment_ref: String,
 ) -> Result<axum::Json<DonationView>, ApiError> {
-    let not_found = || donation_not_found(&payment_ref);
-    let partition = context.log.partition_for_key(payment_ref.as_bytes());
-    let index = context.donation_indexes.index(partition);
-    let Some(offset) = index
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .recorded_offset_candidate(&payment_ref)
-    else {
-        return Err(not_found());
-    };
-    let records = context.log.read(partition, offset, 1).await?;
-    let record = records.first().ok_or_else(not_found)?;
-    let event = envelope::decode(&record.value)?;
-    if event.payment_ref != payment_ref {
-        return Err(not_found());
-    }
-    let resends = index
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .resends(offset);
+    let found = context
+        .donation_indexes
+        .recorded(&*context.log, &payment_ref)
+        .await?
+        .ok_or_else(|| donation_not_found(&payment_ref))?;
     Ok(axum::Json(DonationView {
-        donation: recorded_donation(event, partition, offset),
-        recorded_at: rfc3339(record.append_time_ms),
-        duplicates: resends.duplicates,
-        conflicts: resends.conflicts,
+        donation: recorded_donation(found.event, found.partition, found.offset),
+        recorded_at: rfc3339(found.append_time_ms),
+        duplicates: found.resends.duplicates,
+        conflicts: found.resends.conflicts,
     }))
 }
