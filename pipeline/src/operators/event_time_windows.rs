@@ -318,16 +318,6 @@ impl GroupedBuckets {
     }
 }
 
-impl FromIterator<(BucketKey, WindowBucket)> for GroupedBuckets {
-    fn from_iter<I: IntoIterator<Item = (BucketKey, WindowBucket)>>(buckets: I) -> Self {
-        let mut grouped = Self::default();
-        for (key, bucket) in buckets {
-            grouped.insert(&key, bucket);
-        }
-        grouped
-    }
-}
-
 /// A bucket as a partition's state and its readers share it: a reader holds the value it was
 /// given, and the next donation into the bucket copies it first (`Arc::make_mut`), so buckets
 /// that no longer change — almost all of them — are held once in memory, not once per holder.
@@ -438,21 +428,6 @@ impl EventTimeWindows {
             rolled_up,
             ..Self::default()
         }
-    }
-
-    pub fn from_buckets(
-        buckets: impl IntoIterator<Item = (BucketKey, WindowBucket)>,
-        rolled_up: RolledUp,
-    ) -> Self {
-        let mut windows = Self {
-            rolled_up,
-            ..Self::default()
-        };
-        for (key, bucket) in buckets {
-            debug_assert!(!rolled_up.covers(key.granularity, key.start_ms));
-            windows.set(key, Arc::new(bucket));
-        }
-        windows
     }
 
     pub fn horizons(&self) -> WindowHorizons {

@@ -23,6 +23,7 @@
 //! match only as a candidate to confirm, so merging the two is harmless there, and scrambled
 //! offsets are never 0.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -126,7 +127,7 @@ pub struct ShardImageRef<'a> {
     pub homes: u64,
     #[serde(borrow)]
     pub slots: &'a [u8],
-    pub wide: Vec<(u64, u64)>,
+    pub wide: Cow<'a, [(u64, u64)]>,
 }
 
 impl ShardImage {
@@ -137,7 +138,7 @@ impl ShardImage {
             shard: self.shard,
             homes: self.homes,
             slots: &self.slots,
-            wide: self.wide.clone(),
+            wide: Cow::Borrowed(&self.wide),
         }
     }
 
