@@ -6,6 +6,10 @@
 //! from `append` to its durable (fdatasync'd) ack. It ends with a verdict on two targets:
 //! >= 1,000,000 durable appends/s with batching, and p99 <= 5 ms for 64 single-record appenders.
 //!
+//! A second table runs the cells that matter for partitioning (64 single-record appenders, and
+//! 16 appenders of 64 records) on logs of 1, 8 and 64 partitions, each row with its ratio to the
+//! 1-partition row: more partitions must not cost appends (target: 8 and 64 within 20% of 1).
+//!
 //! Run: `cargo bench --bench log [FILTER]`. FILTER (optional) keeps cells whose name, such as
 //! `b64/c16`, contains it. `TALLY_BENCH_SECONDS` sets the measured seconds per cell (default 3);
 //! each cell also has 0.5 s of warm-up that is not counted.
@@ -28,10 +32,17 @@ const CONCURRENCIES: [usize; 3] = [1, 16, 64];
 const WARMUP: Duration = Duration::from_millis(500);
 const TARGET_RECORDS_PER_SEC: f64 = 1_000_000.0;
 const TARGET_P99_MS: f64 = 5.0;
+/// The partition counts of the second table, and the cells it runs at each.
+const PARTITION_COUNTS: [u32; 3] = [1, 8, 64];
+const PARTITION_CELLS: [(usize, usize); 2] = [(1, 64), (64, 16)];
+const MATRIX_PARTITIONS: u32 = 8;
+/// 8 and 64 partitions within this fraction of 1 partition's appends/s.
+const PARTITION_RATIO_MIN: f64 = 0.8;
 
 /// What one cell of the matrix measured.
 #[derive(Debug)]
 struct CellResult {
+    partitions: u32,
     batch: usize,
     appenders: usize,
     records_per_sec: f64,
@@ -60,7 +71,7 @@ fn main() -> anyhow::Result<()> {
     print_machine()?;
     println!(
         "records: {RECORD_BYTES} bytes ({KEY_BYTES}-byte key + {VALUE_BYTES}-byte value); \
-         8 partitions; {seconds} s per cell after {} s warm-up",
+         {MATRIX_PARTITIONS} partitions; {seconds} s per cell after {} s warm-up",
         WARMUP.as_secs_f64()
     );
     println!(
@@ -92,7 +103,7 @@ fn main() -> anyhow::Result<()> {
             if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
                 continue;
             }
-            let result = run_cell(&runtime, batch, appenders, measured)
+            let result = run_cell(&runtime, MATRIX_PARTITIONS, batch, appenders, measured)
                 .with_context(|| format!("cell {name}"))?;
             println!(
                 "{:>6} {:>9} {:>14.0} {:>9.1} {:>11.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
@@ -110,13 +121,70 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!();
-    print_verdict(&results);
+    let by_partitions = run_partition_table(&runtime, filter.as_deref(), measured)?;
+    println!();
+    print_verdict(&results, &by_partitions);
     Ok(())
+}
+
+/// The partitioning cells at each partition count, printed as they finish, with each row's
+/// ratio to the same cell at 1 partition.
+fn run_partition_table(
+    runtime: &tokio::runtime::Runtime,
+    filter: Option<&str>,
+    measured: Duration,
+) -> anyhow::Result<Vec<CellResult>> {
+    println!(
+        "by partition count ({} s per cell): appends/s and ack latency, and appends/s as a \
+         share of the same cell at 1 partition",
+        measured.as_secs_f64()
+    );
+    println!(
+        "{:>10} {:>6} {:>9} {:>14} {:>9} {:>9} {:>9} {:>10}",
+        "partitions", "batch", "appenders", "records/s", "p50 ms", "p99 ms", "max ms", "vs 1 part."
+    );
+    let mut results: Vec<CellResult> = Vec::new();
+    for (batch, appenders) in PARTITION_CELLS {
+        for partitions in PARTITION_COUNTS {
+            let name = format!("p{partitions}/b{batch}/c{appenders}");
+            if filter.is_some_and(|f| !name.contains(f)) {
+                continue;
+            }
+            let result = run_cell(runtime, partitions, batch, appenders, measured)
+                .with_context(|| format!("cell {name}"))?;
+            let ratio = results
+                .iter()
+                .find(|r| r.partitions == 1 && r.batch == batch && r.appenders == appenders)
+                .map_or_else(
+                    || "-".to_owned(),
+                    |one| {
+                        format!(
+                            "{:.2}",
+                            result.records_per_sec / one.records_per_sec.max(1e-9)
+                        )
+                    },
+                );
+            println!(
+                "{:>10} {:>6} {:>9} {:>14.0} {:>9.3} {:>9.3} {:>9.3} {:>10}",
+                partitions,
+                batch,
+                appenders,
+                result.records_per_sec,
+                result.ms(0.50),
+                result.ms(0.99),
+                result.latency_us.max() as f64 / 1000.0,
+                ratio
+            );
+            results.push(result);
+        }
+    }
+    Ok(results)
 }
 
 /// Runs one cell on a fresh log in a temporary directory, removed before returning.
 fn run_cell(
     runtime: &tokio::runtime::Runtime,
+    partition_count: u32,
     batch: usize,
     appenders: usize,
     measured: Duration,
@@ -124,7 +192,10 @@ fn run_cell(
     let dir = tempfile::TempDir::new()?;
     let log = Arc::new(EmbeddedLog::open(
         dir.path(),
-        EmbeddedLogOptions::default(),
+        EmbeddedLogOptions {
+            partition_count,
+            ..EmbeddedLogOptions::default()
+        },
     )?);
     let partitions = log.partition_count();
     let start = Instant::now();
@@ -176,6 +247,7 @@ fn run_cell(
     }
     let secs = measured.as_secs_f64();
     Ok(CellResult {
+        partitions: partition_count,
         batch,
         appenders,
         records_per_sec: (calls * batch as u64) as f64 / secs,
@@ -198,7 +270,7 @@ fn make_batch(task: usize, batch: usize) -> Vec<KeyedRecord> {
         .collect()
 }
 
-fn print_verdict(results: &[CellResult]) {
+fn print_verdict(results: &[CellResult], by_partitions: &[CellResult]) {
     let best = results
         .iter()
         .filter(|r| r.batch > 1)
@@ -223,6 +295,27 @@ fn print_verdict(results: &[CellResult]) {
             met(cell.ms(0.99) <= TARGET_P99_MS)
         ),
         None => println!("(b) latency: not measured (cell b1/c64 did not run)"),
+    }
+    for many in by_partitions
+        .iter()
+        .filter(|r| r.partitions > 1 && r.batch == 1)
+    {
+        let Some(one) = by_partitions
+            .iter()
+            .find(|r| r.partitions == 1 && r.batch == many.batch && r.appenders == many.appenders)
+        else {
+            continue;
+        };
+        let ratio = many.records_per_sec / one.records_per_sec.max(1e-9);
+        println!(
+            "(c) {} partitions, {} single-record appenders: {:.2}x the appends/s of 1 partition \
+             (target >= {PARTITION_RATIO_MIN}), p99 {:.3} ms (target <= {TARGET_P99_MS}): {}",
+            many.partitions,
+            many.appenders,
+            ratio,
+            many.ms(0.99),
+            met(ratio >= PARTITION_RATIO_MIN && many.ms(0.99) <= TARGET_P99_MS)
+        );
     }
 }
 

@@ -4,7 +4,8 @@
 //! chosen at random, the data directory must open as it is, every acknowledged record must be at
 //! its offset once and unchanged, every committed checkpoint must still be there, and the totals
 //! must equal a recomputation from the log. Journals compact (in the background) as often as
-//! they may, so crash points fall inside compactions as well. A missing `fdatasync` or directory sync anywhere on
+//! they may, and the log's write-ahead files are small, so crash points fall inside compactions,
+//! write-ahead rotations and flushes as well. It runs at 3 partitions and at 64. A missing `fdatasync` or directory sync anywhere on
 //! these paths makes some seed fail.
 
 mod support;
@@ -30,9 +31,11 @@ use tally_pipeline::runner::{Pipeline, PipelineConfig, RunMode};
 use tally_pipeline::storage::Storage;
 use tally_pipeline::storage::simulated::SimulatedDisk;
 
+/// Partitions of the logs of the tests that name no count.
 const PARTITIONS: u32 = 3;
-/// Seeds run; each one crashes its data directory several times.
+/// Seeds run at few partitions, and at many; each one crashes its data directory several times.
 const SEEDS: u64 = 24;
+const SEEDS_AT_MANY_PARTITIONS: u64 = 8;
 const CRASHES_PER_SEED: usize = 4;
 /// Appends between two crashes at most (the crash point usually comes first).
 const STEPS_MAX: usize = 60;
@@ -55,14 +58,20 @@ struct Acknowledged {
 }
 
 fn open_log(storage: &Arc<dyn Storage>) -> Result<Arc<EmbeddedLog>, String> {
+    open_log_with(storage, PARTITIONS)
+}
+
+fn open_log_with(storage: &Arc<dyn Storage>, partitions: u32) -> Result<Arc<EmbeddedLog>, String> {
     let witnesses =
         CheckpointStore::witnesses(&**storage, &state_dir()).map_err(|e| e.to_string())?;
     let options = EmbeddedLogOptions {
-        partition_count: PARTITIONS,
+        partition_count: partitions,
         partition: PartitionConfig {
-            // Small segments and index intervals: crashes land in rolls and index writes too.
+            // Small segments, index intervals and write-ahead files: crashes land in rolls,
+            // index writes and write-ahead rotations too.
             segment_bytes_max: 4096,
             index_interval_bytes: 512,
+            write_ahead_file_bytes_max: 6000,
             ..PartitionConfig::default()
         },
         storage: Arc::clone(storage),
@@ -75,7 +84,8 @@ fn open_log(storage: &Arc<dyn Storage>) -> Result<Arc<EmbeddedLog>, String> {
 }
 
 fn open_pipeline(storage: &Arc<dyn Storage>, log: Arc<EmbeddedLog>) -> Result<Pipeline, String> {
-    let (store, _notes) = CheckpointStore::open_on(Arc::clone(storage), &state_dir(), PARTITIONS)
+    let partitions = log.partition_count();
+    let (store, _notes) = CheckpointStore::open_on(Arc::clone(storage), &state_dir(), partitions)
         .map_err(|e| e.to_string())?;
     // Journals compact as soon as they are due: crashes land in compactions too.
     store.set_compaction_floor(0);
@@ -89,7 +99,7 @@ fn open_pipeline(storage: &Arc<dyn Storage>, log: Arc<EmbeddedLog>) -> Result<Pi
     Pipeline::new(
         log,
         Arc::new(store),
-        Arc::new(ReadModel::new(PARTITIONS)),
+        Arc::new(ReadModel::new(partitions)),
         Arc::new(SystemClock),
         config,
     )
@@ -108,7 +118,9 @@ fn run_until_crash(
         .enable_all()
         .build()
         .unwrap();
-    let Ok(log) = open_log(storage) else { return };
+    let Ok(log) = open_log_with(storage, acknowledged.committed.len() as u32) else {
+        return;
+    };
     let pipeline = open_pipeline(storage, Arc::clone(&log)).ok();
     for _ in 0..STEPS_MAX {
         if disk.is_dead() {
@@ -147,7 +159,7 @@ fn run_until_crash(
     }
     if let Some(pipeline) = &pipeline {
         // The store remembers the last checkpoint each commit returned for.
-        for partition in 0..PARTITIONS {
+        for partition in 0..log.partition_count() {
             if let Ok(Some(meta)) = pipeline.store().meta(partition) {
                 let committed = &mut acknowledged.committed[partition as usize];
                 *committed = (*committed).max(meta.scalars.next_offset);
@@ -159,7 +171,8 @@ fn run_until_crash(
 
 /// After a crash: everything acknowledged is there, checkpoints held, totals recompute.
 fn check_invariants(storage: &Arc<dyn Storage>, acknowledged: &Acknowledged, context: &str) {
-    let log = open_log(storage).unwrap_or_else(|e| panic!("{context}: the log must open: {e}"));
+    let log = open_log_with(storage, acknowledged.committed.len() as u32)
+        .unwrap_or_else(|e| panic!("{context}: the log must open: {e}"));
     for (partition, offset, record) in &acknowledged.records {
         let read = log
             .partition(*partition)
@@ -200,7 +213,7 @@ fn check_invariants(storage: &Arc<dyn Storage>, acknowledged: &Acknowledged, con
 fn totals_recomputed(log: &EmbeddedLog) -> BTreeMap<String, CampaignTotal> {
     let mut seen = HashSet::new();
     let mut totals: BTreeMap<String, CampaignTotal> = BTreeMap::new();
-    for partition in 0..PARTITIONS {
+    for partition in 0..log.partition_count() {
         let reader = log.partition(partition).unwrap();
         for record in reader.read(0, usize::MAX).unwrap() {
             let event = envelope::decode(&record.value).unwrap();
@@ -214,11 +227,11 @@ fn totals_recomputed(log: &EmbeddedLog) -> BTreeMap<String, CampaignTotal> {
     totals
 }
 
-fn simulate(seed: u64) {
+fn simulate(seed: u64, partitions: u32) {
     let mut random = StdRng::seed_from_u64(seed);
     let mut disk = SimulatedDisk::new();
     let mut acknowledged = Acknowledged {
-        committed: vec![0; PARTITIONS as usize],
+        committed: vec![0; partitions as usize],
         ..Acknowledged::default()
     };
     let mut next_payment = 0;
@@ -233,7 +246,7 @@ fn simulate(seed: u64) {
             &mut acknowledged,
         );
         disk = disk.crash(random.r#gen());
-        let context = format!("seed {seed}, crash {crash}");
+        let context = format!("{partitions} partitions, seed {seed}, crash {crash}");
         check_invariants(&disk.storage(), &acknowledged, &context);
     }
 }
@@ -241,14 +254,21 @@ fn simulate(seed: u64) {
 #[test]
 fn no_crash_point_loses_an_acknowledged_record_or_a_committed_checkpoint() {
     for seed in 0..SEEDS {
-        simulate(seed);
+        simulate(seed, PARTITIONS);
+    }
+}
+
+#[test]
+fn no_crash_point_loses_an_acknowledged_record_or_a_committed_checkpoint_at_64_partitions() {
+    for seed in 0..SEEDS_AT_MANY_PARTITIONS {
+        simulate(10_000 + seed, 64);
     }
 }
 
 #[test]
 fn the_simulated_disk_is_the_only_disk_written() {
     // The paths above are absolute; make sure nothing of them reached the real file system.
-    simulate(1000);
+    simulate(1000, PARTITIONS);
     assert!(!Path::new("/data/log/manifest.json").exists());
 }
 

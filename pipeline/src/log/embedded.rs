@@ -4,12 +4,14 @@
 //! <dir>/manifest.json          partition count and partitioner, fixed at creation
 //! <dir>/LOCK                   held (flock) by the one process that has the log open
 //! <dir>/partition-NNN/         segments of partition NNN (see `segment`)
+//! <dir>/write-ahead/           the rounds of commits not yet synced in their segments
 //! ```
 //!
-//! Durability: an append is acknowledged after `fdatasync` of its frame; files and directories
-//! are synced when created. Recovery on open truncates a torn tail of each partition's last
-//! segment and reports any other damage as corruption. Records are kept forever: the log is
-//! the record of truth that state is rebuilt from.
+//! Durability: an append is acknowledged once its round's entry in the write-ahead file is
+//! synced (see `writer` and `write_ahead`); files and directories are synced when created.
+//! Opening replays the write-ahead files into the segments, then truncates a torn tail of each
+//! partition's last segment and reports any other damage as corruption. Records are kept
+//! forever: the log is the record of truth that state is rebuilt from.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,9 +21,12 @@ use async_trait::async_trait;
 use super::manifest::{Manifest, PARTITION_COUNT_MAX};
 use super::partition::{Partition, PartitionConfig, PartitionStats, sync_directory};
 use super::recovery::{Opening, RecoveryMode, RepairAction};
+use super::segment::segment_file_name;
+use super::writer::{LogWriter, WriterSetup};
 use super::{AppendAck, KeyedRecord, Log, LogError, LogRecord, Offset, PartitionId, Witness};
 use crate::support::clock::{Clock, SystemClock};
 use crate::support::storage::{self, DirectoryLock, DirectoryLockError, OsStorage, Storage};
+use crate::support::write_ahead::{self, PartPlace, Resolved, WriteAheadError};
 
 /// How to open (or create) an embedded log.
 #[derive(Debug, Clone)]
@@ -52,6 +57,8 @@ impl Default for EmbeddedLogOptions {
 /// An open embedded log. Dropping it finishes queued appends and closes the files.
 #[derive(Debug)]
 pub struct EmbeddedLog {
+    /// Dropped first: the writer finishes before the directory is released.
+    writer: LogWriter,
     dir: PathBuf,
     partitions: Vec<Partition>,
     /// Held for the lifetime of the log so no second process opens the same directory.
@@ -68,9 +75,17 @@ impl EmbeddedLog {
             Some(manifest) => manifest,
             None => create_manifest(storage, dir, options.partition_count)?,
         };
+        let replayed = replay_write_ahead(storage, dir)?;
+        if replayed.parts > 0 {
+            tracing::info!(
+                files = replayed.files,
+                commits = replayed.parts,
+                "replayed the log's write-ahead files into its segments"
+            );
+        }
         let partitions = (0..manifest.partition_count)
             .map(|id| {
-                let partition_dir = dir.join(format!("partition-{id:03}"));
+                let partition_dir = partition_dir(dir, id);
                 let exists = storage
                     .exists(&partition_dir)
                     .map_err(|e| LogError::io(&partition_dir, e))?;
@@ -84,13 +99,21 @@ impl EmbeddedLog {
                     id,
                     &partition_dir,
                     options.partition,
-                    Arc::clone(&options.clock),
-                    Arc::clone(&options.storage),
+                    storage,
                     witness_of(&options.witnesses, id),
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let writer = LogWriter::start(WriterSetup {
+            log_dir: dir,
+            partitions: &partitions,
+            config: options.partition,
+            clock: Arc::clone(&options.clock),
+            storage: Arc::clone(&options.storage),
+            write_ahead_sequence: replayed.last_sequence + 1,
+        })?;
         Ok(Self {
+            writer,
             dir: dir.to_owned(),
             partitions,
             _lock: lock,
@@ -116,7 +139,8 @@ impl EmbeddedLog {
         partition: PartitionId,
         records: Vec<KeyedRecord>,
     ) -> Result<AppendAck, LogError> {
-        self.partition(partition)?.append_blocking(records)
+        self.partition(partition)?;
+        self.writer.append_blocking(partition, records)
     }
 
     pub fn stats(&self) -> Vec<PartitionStats> {
@@ -140,7 +164,8 @@ impl Log for EmbeddedLog {
         partition: PartitionId,
         records: Vec<KeyedRecord>,
     ) -> Result<AppendAck, LogError> {
-        self.partition(partition)?.append(records).await
+        self.partition(partition)?;
+        self.writer.append(partition, records).await
     }
 
     /// Reads with positioned reads on the calling thread: bounded, and served from the page
@@ -178,9 +203,10 @@ pub fn repair(dir: &Path, options: &EmbeddedLogOptions) -> Result<Vec<RepairActi
         path: dir.to_owned(),
         reason: "no log here (no manifest.json)".into(),
     })?;
+    replay_write_ahead(storage, dir)?;
     let mut actions = Vec::new();
     for id in 0..manifest.partition_count {
-        let partition_dir = dir.join(format!("partition-{id:03}"));
+        let partition_dir = partition_dir(dir, id);
         let exists = storage
             .exists(&partition_dir)
             .map_err(|e| LogError::io(&partition_dir, e))?;
@@ -199,6 +225,42 @@ pub fn repair(dir: &Path, options: &EmbeddedLogOptions) -> Result<Vec<RepairActi
         actions.extend(action);
     }
     Ok(actions)
+}
+
+/// Writes the commits the log's write-ahead files hold into their segments (see
+/// `support::write_ahead`): before the partitions open, so their segments hold every
+/// acknowledged commit again.
+pub(super) fn replay_write_ahead(
+    storage: &dyn Storage,
+    log_dir: &Path,
+) -> Result<write_ahead::Replayed, LogError> {
+    let dir = write_ahead::dir_of(log_dir);
+    let resolve = |place: &PartPlace| -> Resolved {
+        let path = partition_dir(log_dir, place.partition).join(segment_file_name(place.file_tag));
+        if storage
+            .exists(&path)
+            .map_err(|e| WriteAheadError::io(&path, e))?
+        {
+            return Ok(Some(path));
+        }
+        Err(WriteAheadError::Corrupt {
+            path: dir.clone(),
+            position: 0,
+            reason: format!(
+                "it holds acknowledged records {}..{} of partition {} for segment {}, which is \
+                 missing",
+                place.base_offset,
+                place.end_offset,
+                place.partition,
+                path.display()
+            ),
+        })
+    };
+    Ok(write_ahead::replay(storage, &dir, resolve)?)
+}
+
+pub(super) fn partition_dir(log_dir: &Path, partition: PartitionId) -> PathBuf {
+    log_dir.join(format!("partition-{partition:03}"))
 }
 
 fn witness_of(witnesses: &[Witness], partition: PartitionId) -> Option<&Witness> {

@@ -13,7 +13,9 @@
 //! - [`embedded`]: the default backend, segment files in one directory ([`EmbeddedLog`]).
 //! - [`frame`], [`seal`] and [`segment`]: its on-disk format; `recovery`: how it is opened
 //!   after a crash, what counts as torn and what as corruption, and `tally log repair`.
-//! - [`partition`]: one partition's reads and its group-commit writer.
+//! - [`partition`]: one partition's segments and reads; `writer`: the one thread that commits
+//!   every partition's appends in rounds, each made durable by one sync of a shared
+//!   write-ahead file (`support::write_ahead`).
 //! - [`fluvio`]: the backend on a Fluvio cluster ([`FluvioLog`]).
 //! - [`location`]: where a log lives, as the command line names it ([`LogLocation`]).
 
@@ -27,6 +29,7 @@ mod partitioner;
 mod recovery;
 pub mod seal;
 pub mod segment;
+mod writer;
 
 use std::path::PathBuf;
 

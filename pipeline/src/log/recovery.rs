@@ -711,11 +711,9 @@ fn check_continuity(path: &Path, base: Offset, expected_base: Offset) -> Result<
     })
 }
 
-/// Creates an empty segment starting at `base_offset`: header written, directory synced.
-///
-/// The header is not synced on its own: the segment's first commit syncs the file, header and
-/// all, before it is acknowledged, and a segment whose header never reached the disk holds no
-/// commit and is created again when the log opens.
+/// Creates an empty segment starting at `base_offset`: header written and synced, directory
+/// synced. Commits are written to it without a sync of their own (the write-ahead file makes
+/// them durable), so its header must be on disk before the first of them is acknowledged.
 pub(super) fn create_segment(
     storage: &dyn Storage,
     dir: &Path,
@@ -727,6 +725,7 @@ pub(super) fn create_segment(
         .open(&path, OpenMode::CreateTruncate)
         .map_err(|e| LogError::io(&path, e))?;
     file.write_all_at(&segment_header(base_offset), 0)
+        .and_then(|()| file.sync_data())
         .map_err(|e| LogError::io(&path, e))?;
     sync_directory(storage, dir)?;
     Ok(SegmentView {
