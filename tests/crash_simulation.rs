@@ -87,8 +87,10 @@ fn open_pipeline(storage: &Arc<dyn Storage>, log: Arc<EmbeddedLog>) -> Result<Pi
     let partitions = log.partition_count();
     let (store, _notes) = CheckpointStore::open_on(Arc::clone(storage), &state_dir(), partitions)
         .map_err(|e| e.to_string())?;
-    // Journals compact as soon as they are due: crashes land in compactions too.
+    // Journals compact as soon as they are due, and commit rounds retire their write-ahead
+    // files after a few rounds: crashes land in compactions and retirements too.
     store.set_compaction_floor(0);
+    store.set_round_write_ahead_bytes_max(3000);
     let config = PipelineConfig {
         checkpoint_records_max: 7,
         checkpoint_interval: Duration::from_secs(3600),

@@ -1,22 +1,30 @@
-//! Runs the operators over the log: one thread per partition, each reading its partition from
-//! the committed offset, applying records, and checkpointing every N records or T milliseconds.
+//! Runs the operators over the log: a fixed pool of workers (one per core by default), each
+//! running several partitions — reading each from its committed offset, applying records — and
+//! committing the checkpoints that are due (every N records or T milliseconds of a partition) in
+//! one round, with one sync for all of them (see `checkpoint::rounds`).
 //!
-//! Per partition:
+//! Per partition, on its worker:
 //! ```text
 //! load checkpoint ──(missing or damaged: reset, rebuild from offset 0)──┐
 //!     │                                                               │
-//!     └──► read records from next_offset ─► apply ─► checkpoint due? ─┴─► commit + publish
+//!     └──► read records from next_offset ─► apply ─► checkpoint due? ─┴─► the worker's round:
+//!                                                                         commit + publish
 //! ```
-//! A partition thread owns its state; nothing else writes it. It runs its own single-threaded
-//! async runtime to wait on the log, so checkpoint syncs never block a server's executor.
+//! A partition is run by one worker; nothing else writes its state. A worker runs its own
+//! single-threaded async runtime to wait on the log, so checkpoint syncs never block a server's
+//! executor, and waits for records on all of its partitions at once when they are caught up.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::future::{FutureExt, select_all};
 use tokio::sync::watch;
 
-use crate::checkpoint::{CheckpointError, CheckpointMeta, CheckpointStore, LoadedPartition};
+use crate::checkpoint::{
+    CheckpointCommitter, CheckpointError, CheckpointMeta, CheckpointStore, LoadedPartition,
+    RoundCheckpoint,
+};
 use crate::event::{DonationEvent, envelope};
 use crate::log::{Log, LogError, LogRecord, Offset, PartitionId};
 use crate::operators::dedupe::ResendCounts;
@@ -41,19 +49,33 @@ pub struct PipelineConfig {
     pub read_batch_records: usize,
     /// How long minute and hour buckets are kept before only coarser ones hold their time.
     pub window_horizons: WindowHorizons,
+    /// Worker threads running the partitions; 0 means one per core.
+    pub workers: usize,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
-            // 50 ms keeps totals fresh well under a second at about twenty small commits (one
-            // append and one fdatasync each) a second per partition while records flow.
-            checkpoint_interval: Duration::from_millis(50),
+            // A 202 is visible in the totals within about this long (plus the round's sync);
+            // each worker commits at most this often, one sync for all of its partitions.
+            checkpoint_interval: Duration::from_millis(10),
             checkpoint_records_max: 50_000,
             allowed_lateness_ms: ALLOWED_LATENESS_MS_DEFAULT,
             read_batch_records: 4096,
             window_horizons: WindowHorizons::DEFAULT,
+            workers: 0,
         }
+    }
+}
+
+impl PipelineConfig {
+    /// The workers to run `partitions` partitions on.
+    pub fn worker_count(&self, partitions: usize) -> usize {
+        let workers = match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        workers.min(partitions).max(1)
     }
 }
 
@@ -88,7 +110,7 @@ pub enum PipelineError {
         partition: PartitionId,
         source: std::io::Error,
     },
-    #[error("partition {partition}'s thread panicked")]
+    #[error("the worker running partition {partition} panicked")]
     Panicked { partition: PartitionId },
 }
 
@@ -376,44 +398,62 @@ impl Pipeline {
         )
     }
 
-    /// Loads every partition and runs them all, one thread each, until done.
+    /// Loads every partition and runs them all on the worker pool, until done.
     pub fn run(&self, mode: RunMode) -> Result<Vec<PartitionRunSummary>, PipelineError> {
         let partitions: Vec<PartitionId> = (0..self.log.partition_count()).collect();
         self.run_partitions(mode, &partitions)
     }
 
-    /// Loads and runs the given partitions only (the ones this node owns), one thread each.
+    /// Loads and runs the given partitions only (the ones this node owns) on the worker pool:
+    /// partition `i` of the list on worker `i mod workers`.
     pub fn run_partitions(
         &self,
         mode: RunMode,
         partitions: &[PartitionId],
     ) -> Result<Vec<PartitionRunSummary>, PipelineError> {
         let states = self.load_partitions(partitions)?;
-        let handles: Vec<_> = states
+        let workers = self.config.worker_count(states.len());
+        let mut shares: Vec<Vec<(PartitionState, bool)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        for (at, loaded) in states.into_iter().enumerate() {
+            shares[at % workers].push(loaded);
+        }
+        let handles: Vec<_> = shares
             .into_iter()
-            .map(|(state, rebuilt)| {
+            .enumerate()
+            .map(|(worker, share)| {
                 let pipeline = self.clone();
                 let mode = mode.clone();
-                let partition = state.partition();
+                let first = share.first().map_or(0, |(state, _)| state.partition());
+                let owned: Vec<PartitionId> = share.iter().map(|(s, _)| s.partition()).collect();
                 std::thread::Builder::new()
-                    .name(format!("tally-pipeline-p{partition}"))
-                    .spawn(move || pipeline.run_partition(state, rebuilt, mode))
-                    .map_err(|source| PipelineError::Runtime { partition, source })
+                    .name(format!("tally-pipeline-w{worker}"))
+                    .spawn(move || pipeline.run_worker(share, mode))
+                    .map(|handle| (handle, owned))
+                    .map_err(|source| PipelineError::Runtime {
+                        partition: first,
+                        source,
+                    })
             })
             .collect::<Result<_, _>>()?;
-        handles
-            .into_iter()
-            .zip(partitions)
-            .map(|(handle, &partition)| {
-                handle
-                    .join()
-                    .unwrap_or(Err(PipelineError::Panicked { partition }))
-            })
-            .collect()
+        let mut results: Vec<(PartitionId, Result<PartitionRunSummary, PipelineError>)> =
+            Vec::with_capacity(partitions.len());
+        for (handle, owned) in handles {
+            match handle.join() {
+                Ok(worker_results) => results.extend(worker_results),
+                Err(_) => results.extend(
+                    owned
+                        .into_iter()
+                        .map(|partition| (partition, Err(PipelineError::Panicked { partition }))),
+                ),
+            }
+        }
+        let place = |partition: PartitionId| partitions.iter().position(|&p| p == partition);
+        results.sort_by_key(|(partition, _)| place(*partition));
+        results.into_iter().map(|(_, result)| result).collect()
     }
 
-    /// Runs one partition on the calling thread until the mode says stop: read, apply,
-    /// checkpoint when due; following, a log or disk that fails for a while is waited out.
+    /// Runs one partition on the calling thread until the mode says stop (a worker of one).
     pub fn run_partition(
         &self,
         state: PartitionState,
@@ -421,43 +461,56 @@ impl Pipeline {
         mode: RunMode,
     ) -> Result<PartitionRunSummary, PipelineError> {
         let partition = state.partition();
-        self.donation_indexes
-            .install(partition, state.shared_index());
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        self.run_worker(vec![(state, rebuilt)], mode)
+            .pop()
+            .map_or(Err(PipelineError::Panicked { partition }), |(_, result)| {
+                result
+            })
+    }
+
+    /// Runs a worker's partitions on the calling thread until the mode says stop: read and
+    /// apply each, commit the checkpoints due in one round; following, a log or disk that fails
+    /// for a while is waited out, and a worker whose partitions are all caught up waits for
+    /// records on all of them at once. One partition's error ends that partition only.
+    fn run_worker(
+        &self,
+        share: Vec<(PartitionState, bool)>,
+        mode: RunMode,
+    ) -> Vec<(PartitionId, Result<PartitionRunSummary, PipelineError>)> {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|source| PipelineError::Runtime { partition, source })?;
-        let log_end = runtime.block_on(self.log.end_offset(partition))?;
-        if state.next_offset() > log_end {
-            return Err(PipelineError::CheckpointBeyondLog {
-                partition,
-                checkpoint_offset: state.next_offset(),
-                log_end,
-            });
+        {
+            Ok(runtime) => runtime,
+            Err(source) => {
+                let reason = source.to_string();
+                return share
+                    .into_iter()
+                    .map(|(state, _)| {
+                        let partition = state.partition();
+                        let source = std::io::Error::other(reason.clone());
+                        (partition, Err(PipelineError::Runtime { partition, source }))
+                    })
+                    .collect();
+            }
+        };
+        let mut worker = Worker {
+            pipeline: self,
+            runtime: &runtime,
+            committer: self.store.committer(),
+            runs: Vec::new(),
+            ended: Vec::new(),
+            shutdown: match &mode {
+                RunMode::CatchUp => None,
+                RunMode::Follow { shutdown } => Some(shutdown.clone()),
+            },
+            backoff: Backoff::for_log(),
+        };
+        for (state, rebuilt) in share {
+            worker.start(state, rebuilt, &mode);
         }
-        let mut run = PartitionRun::new(self, &runtime, state, rebuilt, mode);
-        while !run.shutdown_asked() {
-            // A checkpoint failed (a full disk): nothing more is applied until it is committed,
-            // so what it owes the journal stays one checkpoint's worth.
-            if run.unsaved.is_some() && run.following() {
-                run.commit()?;
-                continue;
-            }
-            let Some(records) = run.read()? else {
-                continue; // the log did not answer; waited, and reading again from the same offset
-            };
-            if records.is_empty() {
-                if !run.following() {
-                    break; // caught up: the checkpoint after the loop commits what was applied
-                }
-                run.idle()?;
-                continue;
-            }
-            if run.apply(records)? && run.commit_due() {
-                run.commit()?;
-            }
-        }
-        run.finish()
+        worker.run();
+        worker.finish()
     }
 
     /// Rebuilds a partition's state from the log alone, in memory, applying records
@@ -501,64 +554,289 @@ impl Pipeline {
         Ok(state)
     }
 
-    /// Commits the state's changes (with any a failed checkpoint left in `unsaved`) and
-    /// publishes them. On failure the changes stay in `unsaved` for the next checkpoint.
-    fn checkpoint(
+    /// Commits the checkpoints of `runs` in one round (each with what an earlier failed round
+    /// left in its `unsaved`) and publishes them. On failure every run keeps its changes in
+    /// `unsaved` for the next round.
+    fn checkpoint_round(
         &self,
-        state: &mut PartitionState,
-        unsaved: &mut Option<StateChanges>,
-    ) -> Result<CheckpointMeta, PipelineError> {
+        committer: &mut CheckpointCommitter,
+        runs: &mut [&mut PartitionRun<'_>],
+    ) -> Result<(), CheckpointError> {
         let started = Instant::now();
-        let mut changes: StateChanges = state.take_changes();
-        if let Some(earlier) = unsaved.take() {
-            changes = earlier.followed_by(changes);
-        }
-        let meta = match self.store.commit(state, &changes, self.clock.now_ms()) {
-            Ok(meta) => meta,
+        let changes: Vec<StateChanges> = runs
+            .iter_mut()
+            .map(|run| {
+                let changes = run.state.take_changes();
+                match run.unsaved.take() {
+                    Some(earlier) => earlier.followed_by(changes),
+                    None => changes,
+                }
+            })
+            .collect();
+        let checkpoints: Vec<RoundCheckpoint<'_>> = runs
+            .iter()
+            .zip(&changes)
+            .map(|(run, changes)| RoundCheckpoint {
+                state: &run.state,
+                changes,
+            })
+            .collect();
+        let committed = self
+            .store
+            .commit_round(committer, &checkpoints, self.clock.now_ms());
+        drop(checkpoints);
+        let metas = match committed {
+            Ok(metas) => metas,
             Err(error) => {
-                *unsaved = Some(changes);
-                return Err(error.into());
+                for (run, changes) in runs.iter_mut().zip(changes) {
+                    run.unsaved = Some(changes);
+                }
+                return Err(error);
             }
         };
-        let buckets = state.changed_buckets(&changes);
-        self.publish(PartitionUpdate {
-            partition: state.partition(),
-            next_offset: state.next_offset(),
-            committed_at_ms: meta.committed_at_ms,
-            checkpoint_duration_us: started.elapsed().as_micros() as u64,
-            watermark_ms: state.watermark().current(),
-            counters: state.counters(),
-            totals: changes.totals,
-            buckets,
-            rolled_up: changes.windows.rolled_up,
-        });
-        Ok(meta)
+        let checkpoint_duration_us = started.elapsed().as_micros() as u64;
+        for ((run, changes), meta) in runs.iter_mut().zip(changes).zip(metas) {
+            let state = &run.state;
+            let buckets = state.changed_buckets(&changes);
+            self.publish(PartitionUpdate {
+                partition: state.partition(),
+                next_offset: state.next_offset(),
+                committed_at_ms: meta.committed_at_ms,
+                checkpoint_duration_us,
+                watermark_ms: state.watermark().current(),
+                counters: state.counters(),
+                totals: changes.totals,
+                buckets,
+                rolled_up: changes.windows.rolled_up,
+            });
+            run.committed(meta);
+        }
+        Ok(())
     }
 }
 
-impl Pipeline {
-    /// A following partition's checkpoint: a failure of the state's storage (a full disk, a
-    /// failed sync) is waited out — the partition keeps its state and pending changes, pauses,
-    /// and commits again later — instead of stopping the partition. `None` when it waited.
-    fn checkpoint_or_wait(
-        &self,
-        state: &mut PartitionState,
-        unsaved: &mut Option<StateChanges>,
-        shutdown: &mut watch::Receiver<bool>,
-        backoff: &mut Backoff,
-        runtime: &tokio::runtime::Runtime,
-    ) -> Result<Option<CheckpointMeta>, PipelineError> {
-        match self.checkpoint(state, unsaved) {
-            Ok(meta) => Ok(Some(meta)),
-            Err(PipelineError::Checkpoint(error @ CheckpointError::Io { .. })) => {
-                let partition = state.partition();
-                tracing::warn!(partition, %error, "checkpoint failed; committing again in {:?}", backoff.next());
-                runtime.block_on(backoff.pause(shutdown));
-                Ok(None)
+/// A worker: the partitions it runs, the committer of their checkpoints, and how it waits.
+struct Worker<'a> {
+    pipeline: &'a Pipeline,
+    runtime: &'a tokio::runtime::Runtime,
+    committer: CheckpointCommitter,
+    runs: Vec<PartitionRun<'a>>,
+    /// The partitions that ended (with an error), with how.
+    ended: Vec<(PartitionId, Result<PartitionRunSummary, PipelineError>)>,
+    /// Following: the signal to stop. Catching up: `None`.
+    shutdown: Option<watch::Receiver<bool>>,
+    /// A failing log or disk is waited out with a doubling pause.
+    backoff: Backoff,
+}
+
+impl<'a> Worker<'a> {
+    /// Takes a loaded partition on: its index installed, its checkpoint checked against the log.
+    fn start(&mut self, state: PartitionState, rebuilt: bool, mode: &RunMode) {
+        let pipeline = self.pipeline;
+        let partition = state.partition();
+        pipeline
+            .donation_indexes
+            .install(partition, state.shared_index());
+        let log_end = match self.runtime.block_on(pipeline.log.end_offset(partition)) {
+            Ok(end) => end,
+            Err(error) => {
+                self.ended.push((partition, Err(error.into())));
+                return;
             }
-            Err(error) => Err(error),
+        };
+        if state.next_offset() > log_end {
+            self.ended.push((
+                partition,
+                Err(PipelineError::CheckpointBeyondLog {
+                    partition,
+                    checkpoint_offset: state.next_offset(),
+                    log_end,
+                }),
+            ));
+            return;
+        }
+        self.runs.push(PartitionRun::new(
+            pipeline,
+            self.runtime,
+            state,
+            rebuilt,
+            mode.clone(),
+        ));
+    }
+
+    fn following(&self) -> bool {
+        self.shutdown.is_some()
+    }
+
+    fn shutdown_asked(&self) -> bool {
+        self.shutdown.as_ref().is_some_and(|s| *s.borrow())
+    }
+
+    /// Passes over the partitions until the mode says stop: each reads and applies one batch,
+    /// then the checkpoints due are committed in one round.
+    fn run(&mut self) {
+        while !self.shutdown_asked() && !self.runs.is_empty() {
+            let mut applied = false;
+            let mut at = 0;
+            while at < self.runs.len() {
+                match self.runs[at].step() {
+                    Ok(step) => {
+                        applied |= step == Step::Applied;
+                        at += 1;
+                    }
+                    Err(error) => {
+                        let run = self.runs.remove(at);
+                        self.ended.push((run.state.partition(), Err(error)));
+                    }
+                }
+            }
+            let due: Vec<usize> = (0..self.runs.len())
+                .filter(|&at| self.runs[at].commit_due(self.following()))
+                .collect();
+            self.commit(&due);
+            if !self.following() {
+                if self.runs.iter().all(|run| run.caught_up) {
+                    break; // the round in `finish` commits what was applied since
+                }
+                continue;
+            }
+            if !applied {
+                self.wait_for_records();
+            }
         }
     }
+
+    /// Commits the checkpoints of the runs at `due` in one round. Following, a failure of the
+    /// state's storage (a full disk, a failed sync) is waited out: the runs keep their state and
+    /// pending changes and the worker pauses; catching up, it ends those runs with the error.
+    fn commit(&mut self, due: &[usize]) {
+        if due.is_empty() {
+            return;
+        }
+        let mut runs: Vec<&mut PartitionRun<'a>> = self
+            .runs
+            .iter_mut()
+            .enumerate()
+            .filter(|(at, _)| due.contains(at))
+            .map(|(_, run)| run)
+            .collect();
+        let result = self
+            .pipeline
+            .checkpoint_round(&mut self.committer, &mut runs);
+        drop(runs);
+        match (result, self.shutdown.as_mut()) {
+            (Ok(()), _) => self.backoff.reset(),
+            (Err(error @ CheckpointError::Io { .. }), Some(shutdown)) => {
+                tracing::warn!(%error, "checkpoint round failed; committing again in {:?}", self.backoff.next());
+                self.runtime.block_on(self.backoff.pause(shutdown));
+            }
+            (Err(error), _) => {
+                for at in due.iter().rev() {
+                    let run = self.runs.remove(*at);
+                    let error = PipelineError::Checkpoint(same_error(&error));
+                    self.ended.push((run.state.partition(), Err(error)));
+                }
+            }
+        }
+    }
+
+    /// Every partition is caught up: waits until one of them has records, shutdown is asked
+    /// for, or the first checkpoint falls due.
+    fn wait_for_records(&mut self) {
+        let interval = self.pipeline.config.checkpoint_interval;
+        let commit_at = self
+            .runs
+            .iter()
+            .filter(|run| run.applied_since_commit > 0)
+            .map(|run| run.committed_at + interval)
+            .min();
+        if self.runs.is_empty() || commit_at.is_some_and(|at| Instant::now() >= at) {
+            return;
+        }
+        let log = self.pipeline.log.as_ref();
+        let shutdown = self
+            .shutdown
+            .as_mut()
+            .expect("only a following worker waits");
+        let waits: Vec<_> = self
+            .runs
+            .iter()
+            .map(|run| {
+                log.wait_for_offset(run.state.partition(), run.state.next_offset())
+                    .boxed()
+            })
+            .collect();
+        let deadline = async {
+            match commit_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = select_all(waits) => {}
+                _ = shutdown.changed() => {}
+                _ = deadline => {}
+            }
+        });
+    }
+
+    /// The last round, of what each partition applied since its last checkpoint (or the first
+    /// checkpoint of a run that committed none); a failure here is those partitions' error.
+    /// Then the committer's write-ahead file is retired.
+    fn finish(mut self) -> Vec<(PartitionId, Result<PartitionRunSummary, PipelineError>)> {
+        let mut runs: Vec<&mut PartitionRun<'a>> = self
+            .runs
+            .iter_mut()
+            .filter(|run| run.applied_since_commit > 0 || run.summary.last_checkpoint.is_none())
+            .collect();
+        let last_round = if runs.is_empty() {
+            Ok(())
+        } else {
+            self.pipeline
+                .checkpoint_round(&mut self.committer, &mut runs)
+        };
+        drop(runs);
+        self.committer.close(&self.pipeline.store);
+        let failure = last_round.err();
+        let mut results = self.ended;
+        for run in self.runs {
+            let partition = run.state.partition();
+            let result = match (&failure, run.unsaved.is_some()) {
+                (Some(error), true) => Err(PipelineError::Checkpoint(same_error(error))),
+                _ => Ok(run.into_summary()),
+            };
+            results.push((partition, result));
+        }
+        results
+    }
+}
+
+/// The error of a failed round, for each partition it held.
+fn same_error(error: &CheckpointError) -> CheckpointError {
+    match error {
+        CheckpointError::Io { path, source } => CheckpointError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        CheckpointError::Corrupt { what, reason } => CheckpointError::Corrupt {
+            what: what.clone(),
+            reason: reason.clone(),
+        },
+        CheckpointError::Locked { path } => CheckpointError::Locked { path: path.clone() },
+        CheckpointError::Savepoint { path, reason } => CheckpointError::Savepoint {
+            path: path.clone(),
+            reason: reason.clone(),
+        },
+    }
+}
+
+/// What one step of a partition did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Applied,
+    /// Nothing new in the log (or waiting to commit what a failed round left).
+    Idle,
 }
 
 /// One partition's run: its state, and what a checkpoint resets (the records applied since the
@@ -577,6 +855,8 @@ struct PartitionRun<'a> {
     unsaved: Option<StateChanges>,
     /// A following partition whose log or disk fails tries again after a doubling pause.
     backoff: Backoff,
+    /// The last read found nothing new.
+    caught_up: bool,
 }
 
 impl<'a> PartitionRun<'a> {
@@ -608,15 +888,30 @@ impl<'a> PartitionRun<'a> {
             committed_at: Instant::now(),
             unsaved: None,
             backoff: Backoff::for_log(),
+            caught_up: false,
         }
+    }
+
+    /// Reads and applies one batch. Following, a checkpoint that failed to commit is committed
+    /// before anything more is applied, so what it owes the journal stays one checkpoint's
+    /// worth.
+    fn step(&mut self) -> Result<Step, PipelineError> {
+        if self.unsaved.is_some() && self.following() {
+            return Ok(Step::Idle);
+        }
+        let Some(records) = self.read()? else {
+            return Ok(Step::Idle); // the log did not answer; waited, and reading again later
+        };
+        self.caught_up = records.is_empty();
+        if self.caught_up {
+            return Ok(Step::Idle);
+        }
+        self.apply(records)?;
+        Ok(Step::Applied)
     }
 
     fn following(&self) -> bool {
         self.shutdown.is_some()
-    }
-
-    fn shutdown_asked(&self) -> bool {
-        self.shutdown.as_ref().is_some_and(|s| *s.borrow())
     }
 
     /// The next records from the partition's next offset. Following, a log that does not
@@ -672,72 +967,27 @@ impl<'a> PartitionRun<'a> {
         Ok(true)
     }
 
-    /// After applying: enough records, or the interval is over.
-    fn commit_due(&self) -> bool {
+    /// Whether this partition's checkpoint goes into the worker's next round: a failed one to
+    /// commit again, enough records applied, or the interval over since the last one.
+    fn commit_due(&self, following: bool) -> bool {
         let config = &self.pipeline.config;
-        self.applied_since_commit >= config.checkpoint_records_max
-            || self.committed_at.elapsed() >= config.checkpoint_interval
+        (self.unsaved.is_some() && following)
+            || self.applied_since_commit >= config.checkpoint_records_max
+            || (self.applied_since_commit > 0
+                && self.committed_at.elapsed() >= config.checkpoint_interval)
     }
 
-    /// Caught up while following: commits once the interval is over, not at every wake-up
-    /// (each commit is an fdatasync; under steady load the partition is caught up after almost
-    /// every read); until then waits for records.
-    fn idle(&mut self) -> Result<(), PipelineError> {
-        let commit_at = (self.applied_since_commit > 0)
-            .then(|| self.committed_at + self.pipeline.config.checkpoint_interval);
-        if commit_at.is_some_and(|at| Instant::now() >= at) {
-            return self.commit();
-        }
-        let shutdown = self
-            .shutdown
-            .as_mut()
-            .expect("only a following partition idles");
-        self.runtime.block_on(wait_for_records(
-            self.pipeline.log.as_ref(),
-            self.state.partition(),
-            self.state.next_offset(),
-            shutdown,
-            commit_at,
-        ));
-        Ok(())
+    /// A round committed this partition's checkpoint: counting starts again.
+    fn committed(&mut self, meta: CheckpointMeta) {
+        self.summary.last_checkpoint = Some(meta);
+        self.applied_since_commit = 0;
+        self.committed_at = Instant::now();
+        self.backoff.reset();
     }
 
-    /// Commits a checkpoint and starts counting again. Following, a failure of the state's
-    /// storage is waited out ([`Pipeline::checkpoint_or_wait`]) and nothing is reset.
-    fn commit(&mut self) -> Result<(), PipelineError> {
-        let committed = match self.shutdown.as_mut() {
-            Some(shutdown) => self.pipeline.checkpoint_or_wait(
-                &mut self.state,
-                &mut self.unsaved,
-                shutdown,
-                &mut self.backoff,
-                self.runtime,
-            )?,
-            None => Some(
-                self.pipeline
-                    .checkpoint(&mut self.state, &mut self.unsaved)?,
-            ),
-        };
-        if let Some(meta) = committed {
-            self.summary.last_checkpoint = Some(meta);
-            self.applied_since_commit = 0;
-            self.committed_at = Instant::now();
-            self.backoff.reset();
-        }
-        Ok(())
-    }
-
-    /// The last checkpoint, of what was applied since the one before (or the first of a run
-    /// that committed none); a failure here is the run's error.
-    fn finish(mut self) -> Result<PartitionRunSummary, PipelineError> {
-        if self.applied_since_commit > 0 || self.summary.last_checkpoint.is_none() {
-            let meta = self
-                .pipeline
-                .checkpoint(&mut self.state, &mut self.unsaved)?;
-            self.summary.last_checkpoint = Some(meta);
-        }
+    fn into_summary(mut self) -> PartitionRunSummary {
         self.summary.next_offset = self.state.next_offset();
-        Ok(self.summary)
+        self.summary
     }
 }
 
@@ -765,27 +1015,6 @@ fn warn_damage(
             damage.position,
             damage.reason
         );
-    }
-}
-
-/// Waits until the record at `offset` exists, shutdown is asked for, or `until` comes.
-async fn wait_for_records(
-    log: &dyn Log,
-    partition: PartitionId,
-    offset: Offset,
-    shutdown: &mut watch::Receiver<bool>,
-    until: Option<Instant>,
-) {
-    let deadline = async {
-        match until {
-            Some(at) => tokio::time::sleep_until(at.into()).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = log.wait_for_offset(partition, offset) => {}
-        _ = shutdown.changed() => {}
-        _ = deadline => {}
     }
 }
 

@@ -62,6 +62,8 @@ const FORMAT_1: u32 = 1;
 const HEADER_BYTES_V1: u64 = 24;
 pub const JOURNAL_HEADER_BYTES: u64 = 32;
 const RECORDED_HINT_AT: u64 = 16;
+/// Where a format 2 header keeps the generation.
+pub const JOURNAL_GENERATION_AT: u64 = 24;
 
 /// What a format 1 checkpoint committed: absolute values of what changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,7 +292,16 @@ impl Journal {
 
     /// Empties the journal (a partition starting from scratch): a format 2 header, no frames.
     pub fn reset(&mut self, partition: PartitionId) -> Result<(), CheckpointError> {
-        let header = header_bytes(partition, 0, self.generation + 1);
+        self.reset_to(partition, self.generation + 1)
+    }
+
+    /// [`reset`](Self::reset), starting generation `generation`.
+    pub fn reset_to(
+        &mut self,
+        partition: PartitionId,
+        generation: u64,
+    ) -> Result<(), CheckpointError> {
+        let header = header_bytes(partition, 0, generation);
         let io = |e| CheckpointError::io(&self.path, e);
         self.file.set_len(0).map_err(io)?;
         self.file.write_all_at(&header, 0).map_err(io)?;
@@ -299,7 +310,7 @@ impl Journal {
             .sync_dir(storage::parent_or_current(&self.path))
             .map_err(io)?;
         self.format_version = JOURNAL_FORMAT_VERSION;
-        self.generation += 1;
+        self.generation = generation;
         self.snapshot_end = JOURNAL_HEADER_BYTES;
         self.end_position = JOURNAL_HEADER_BYTES;
         self.frames = 0;
@@ -642,6 +653,66 @@ impl Journal {
         Ok(self.end_position)
     }
 
+    /// Writes one encoded committing [`JournalEntry`] after the journal's last checkpoint
+    /// without syncing it: a commit round's write-ahead entry makes it durable, and then
+    /// [`confirm_pending`](Self::confirm_pending) counts it. Until then the journal is as it
+    /// was: a round that fails leaves the frame to be cut off before the next append. Returns
+    /// where the frame starts; its bytes are [`pending_frame`](Self::pending_frame).
+    pub fn write_pending(&mut self, encoded_entry: &[u8]) -> Result<u64, CheckpointError> {
+        if self.needs_cut {
+            self.cut_back()?;
+        }
+        self.encode_buffer.clear();
+        encode_entry_frame(&mut self.encode_buffer, self.frames, encoded_entry, true);
+        // Whatever happens next, bytes past the last counted checkpoint may be in the file.
+        self.needs_cut = true;
+        self.file
+            .write_all_at(&self.encode_buffer, self.end_position)
+            .map_err(|e| CheckpointError::io(&self.path, e))?;
+        Ok(self.end_position)
+    }
+
+    /// The frame [`write_pending`](Self::write_pending) wrote last.
+    pub fn pending_frame(&self) -> &[u8] {
+        &self.encode_buffer
+    }
+
+    /// Counts the pending frame: its round's write-ahead entry is durable.
+    pub fn confirm_pending(&mut self) {
+        debug_assert!(self.needs_cut, "a frame is pending");
+        self.end_position += self.encode_buffer.len() as u64;
+        self.frames += 1;
+        self.needs_cut = false;
+    }
+
+    /// What a write-ahead part written to this journal is tagged with: the generation, which
+    /// every rewrite of the journal (compaction, reset, restore) raises, so a part of a
+    /// generation that has since been replaced is never written into its successor.
+    pub fn write_ahead_tag(&self) -> u64 {
+        write_ahead_tag(self.format_version, self.generation)
+    }
+
+    /// The write-ahead tag of the journal file at `path` as it is on disk; `None` if it has no
+    /// readable header.
+    pub fn write_ahead_tag_of(storage: &dyn Storage, path: &Path) -> Option<u64> {
+        let file = storage.open(path, OpenMode::Read).ok()?;
+        let mut header = [0u8; JOURNAL_HEADER_BYTES as usize];
+        let readable = file.len().ok()?.min(JOURNAL_HEADER_BYTES) as usize;
+        file.read_exact_at(&mut header[..readable], 0).ok()?;
+        if header[0..8] != JOURNAL_MAGIC {
+            return None;
+        }
+        let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+        match version {
+            FORMAT_1 if readable as u64 >= HEADER_BYTES_V1 => Some(write_ahead_tag(version, 0)),
+            JOURNAL_FORMAT_VERSION if readable as u64 >= JOURNAL_HEADER_BYTES => {
+                let generation = u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"));
+                Some(write_ahead_tag(version, generation))
+            }
+            _ => None,
+        }
+    }
+
     /// Reopens the journal and cuts it back to its last synced checkpoint. The cut is made
     /// durable by the sync of the append that follows; bytes that come back after a crash
     /// before then are a frame that is not whole, and are cut again on load.
@@ -715,6 +786,15 @@ impl Journal {
             what: format!("checkpoint journal {}", self.path.display()),
             reason,
         }
+    }
+}
+
+/// See [`Journal::write_ahead_tag`]; a format 1 journal (no generation) is tagged apart.
+fn write_ahead_tag(format_version: u32, generation: u64) -> u64 {
+    if format_version == FORMAT_1 {
+        u64::MAX
+    } else {
+        generation
     }
 }
 

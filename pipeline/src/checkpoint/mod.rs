@@ -5,6 +5,7 @@
 //! LOCK                            held (flock) by the one process using the state
 //! checkpoints-NNN.journal         partition NNN's checkpoint journal (see `journal`)
 //! notifications-NNN.cursor        how far donor notifications of partition NNN were delivered
+//! write-ahead/<sequence>.wal      commit rounds not yet synced in their journals (see `rounds`)
 //! ```
 //!
 //! # The atomic step
@@ -33,6 +34,7 @@
 mod compaction;
 mod journal;
 mod packed;
+mod rounds;
 pub mod savepoint;
 mod store;
 pub mod verify;
@@ -40,6 +42,7 @@ pub mod verify;
 use std::path::PathBuf;
 
 pub use journal::Damage;
+pub use rounds::{CheckpointCommitter, ROUND_WRITE_AHEAD_BYTES_MAX, RoundCheckpoint};
 pub use store::{
     COMPACTION_FLOOR_BYTES_DEFAULT, CheckpointInfo, CheckpointMeta, CheckpointStore,
     LoadedPartition, PartitionSavepoint,

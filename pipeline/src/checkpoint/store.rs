@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde::{Deserialize, Serialize};
 
 use super::compaction::{self, Compactor};
-use super::journal::{Committed, Damage, Journal, Replay, SnapshotWriter};
+use super::journal::{Committed, Damage, JOURNAL_GENERATION_AT, Journal, Replay, SnapshotWriter};
 use super::packed::{Malformed, PackedBuckets};
 use super::{CHECKPOINT_FORMAT_VERSION, CheckpointError};
 use crate::log::{Offset, PartitionId, Witness};
@@ -26,6 +26,7 @@ use crate::support::codec;
 use crate::support::storage::{
     self, DirectoryLock, DirectoryLockError, OpenMode, OsStorage, Storage,
 };
+use crate::support::write_ahead::{self, PartPlace, Resolved, WriteAheadError};
 
 /// A journal is compacted once its deltas weigh half its snapshot and are at least this many
 /// bytes: small journals are cheap to load however they are made up, and compacting each one
@@ -337,13 +338,16 @@ struct DeltaContentRef<'a> {
 /// One process's handle on the state directory.
 #[derive(Debug)]
 pub struct CheckpointStore {
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     partition_count: u32,
     /// Each partition's journal once loaded; holding the slot keeps its commits out.
-    journals: Arc<[Mutex<Option<Journal>>]>,
+    pub(super) journals: Arc<[Mutex<Option<Journal>>]>,
     /// Each partition's last committed checkpoint, once known.
-    latest: Vec<Mutex<Option<CheckpointMeta>>>,
-    storage: Arc<dyn Storage>,
+    pub(super) latest: Vec<Mutex<Option<CheckpointMeta>>>,
+    pub(super) storage: Arc<dyn Storage>,
+    /// The sequence of the next write-ahead file a commit round starts (see `rounds`).
+    pub(super) write_ahead_sequence: AtomicU64,
+    pub(super) round_write_ahead_bytes_max: AtomicU64,
     compaction_floor_bytes: AtomicU64,
     /// Started by the first compaction due; stopped (and waited for) when the store drops,
     /// before the directory lock is released.
@@ -366,6 +370,14 @@ impl CheckpointStore {
     ) -> Result<(Self, Vec<String>), CheckpointError> {
         storage::create_dir_all(&*storage, dir).map_err(|e| CheckpointError::io(dir, e))?;
         let lock = lock_directory(&*storage, dir)?;
+        let replayed = replay_write_ahead(&*storage, dir)?;
+        if replayed.parts > 0 {
+            tracing::info!(
+                files = replayed.files,
+                checkpoints = replayed.parts,
+                "replayed the state's write-ahead files into the checkpoint journals"
+            );
+        }
         compaction::remove_leftovers(&*storage, dir)?;
         let store = Self {
             dir: dir.to_owned(),
@@ -375,6 +387,8 @@ impl CheckpointStore {
             storage,
             compaction_floor_bytes: AtomicU64::new(COMPACTION_FLOOR_BYTES_DEFAULT),
             compactor: Mutex::new(None),
+            write_ahead_sequence: AtomicU64::new(replayed.last_sequence + 1),
+            round_write_ahead_bytes_max: AtomicU64::new(super::ROUND_WRITE_AHEAD_BYTES_MAX),
             _lock: lock,
         };
         Ok((store, Vec::new()))
@@ -388,6 +402,11 @@ impl CheckpointStore {
     /// snapshot); [`COMPACTION_FLOOR_BYTES_DEFAULT`] unless set.
     pub fn set_compaction_floor(&self, bytes: u64) {
         self.compaction_floor_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The floor [`set_compaction_floor`](Self::set_compaction_floor) set.
+    pub fn compaction_floor(&self) -> u64 {
+        self.compaction_floor_bytes.load(Ordering::Relaxed)
     }
 
     /// Bytes of every file in the state directory (journals, cursors), for operators.
@@ -408,9 +427,32 @@ impl CheckpointStore {
     }
 
     /// Every partition's witness in the state directory `dir`: how far its last checkpoint
-    /// applied the log. Reads the journals without taking the directory (the log is opened,
-    /// with these witnesses, before the state is).
+    /// applied the log. Reads the journals, and the checkpoints of commit rounds not yet
+    /// replayed into them from the write-ahead files, without taking the directory or changing
+    /// a file (the log is opened, with these witnesses, before the state is).
     pub fn witnesses(storage: &dyn Storage, dir: &Path) -> Result<Vec<Witness>, CheckpointError> {
+        let mut witnesses = Self::journal_witnesses(storage, dir)?;
+        for (partition, end_offset) in write_ahead_witnesses(storage, dir)? {
+            match witnesses.iter_mut().find(|w| w.partition == partition) {
+                Some(witness) if witness.end_offset >= end_offset => {}
+                Some(witness) => witness.end_offset = end_offset,
+                None => witnesses.push(Witness {
+                    partition,
+                    end_offset,
+                    source: format!(
+                        "the checkpoint journal {} (with its write-ahead file)",
+                        journal_path(dir, partition).display()
+                    ),
+                }),
+            }
+        }
+        Ok(witnesses)
+    }
+
+    fn journal_witnesses(
+        storage: &dyn Storage,
+        dir: &Path,
+    ) -> Result<Vec<Witness>, CheckpointError> {
         let names = match storage.list_dir(dir) {
             Ok(names) => names,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -624,6 +666,18 @@ impl CheckpointStore {
         let source = OsStorage
             .open(savepoint, OpenMode::Read)
             .map_err(|e| CheckpointError::io(savepoint, e))?;
+        // Above every generation the partition's journal has had, as every rewrite is.
+        let generation = journal_slot
+            .as_ref()
+            .map(Journal::generation)
+            .into_iter()
+            .chain(
+                Journal::write_ahead_tag_of(&*self.storage, &self.journal_path(partition))
+                    .filter(|&g| g != u64::MAX),
+            )
+            .max()
+            .unwrap_or(0)
+            + 1;
         let mut writer = compaction::start_generation(&*self.storage, &self.dir, partition, 0, 0)?;
         let target = writer.path().to_owned();
         let copied = (|| {
@@ -637,6 +691,7 @@ impl CheckpointStore {
                 writer.raw(&buffer[..chunk], done)?;
                 done += chunk as u64;
             }
+            writer.raw(&generation.to_le_bytes(), JOURNAL_GENERATION_AT)?;
             writer.sync()?;
             let mut collected = Collected::for_loading(0);
             let damage = Journal::read(
@@ -679,13 +734,21 @@ impl CheckpointStore {
             Some(journal) => journal.reset(partition)?,
             None => {
                 let path = self.journal_path(partition);
+                let replaced = Journal::write_ahead_tag_of(&*self.storage, &path);
                 let _ = self.storage.remove_file(&path);
-                let (journal, _) = Journal::open(
+                let (mut journal, _) = Journal::open(
                     Arc::clone(&self.storage),
                     &path,
                     partition,
                     &mut LastMeta::default(),
                 )?;
+                // Generations only rise, so no write-ahead part of the removed journal is ever
+                // taken for one of this one (see `Journal::write_ahead_tag`).
+                if let Some(generation) = replaced.filter(|&g| g != u64::MAX)
+                    && generation >= journal.generation()
+                {
+                    journal.reset_to(partition, generation + 1)?;
+                }
                 *journal_slot = Some(journal);
             }
         }
@@ -707,29 +770,9 @@ impl CheckpointStore {
             .as_mut()
             .expect("a partition is loaded or reset before it commits");
         let mut latest = lock(&self.latest[partition as usize]);
-        let meta = CheckpointMeta {
-            format_version: CHECKPOINT_FORMAT_VERSION,
-            scalars: state.scalars(),
-            sequence: latest.map_or(0, |m| m.sequence) + 1,
-            digest: state.digest(),
-            state_digest: state.state_digest(),
-            committed_at_ms: now_ms,
-        };
-        let (recorded, others) = split_index_changes(&changes.index);
-        let entry = DeltaEntryRef::Delta {
-            meta: &meta,
-            content: DeltaContentRef {
-                recorded: &recorded,
-                index: &others,
-                totals: &changes.totals,
-                bucket_deltas: &changes.windows.deltas,
-                dropped: &changes.windows.dropped,
-                rolled_up: changes.windows.rolled_up,
-                conflicts: &changes.conflicts,
-            },
-        };
+        let (meta, entry) = encode_checkpoint(state, changes, now_ms, latest.as_ref());
         journal.set_recorded_hint(meta.scalars.counters.recorded)?;
-        journal.append(&codec::encode(&entry))?;
+        journal.append(&entry)?;
         *latest = Some(meta);
         let due = compaction::is_due(journal, self.compaction_floor_bytes.load(Ordering::Relaxed));
         drop(latest);
@@ -741,7 +784,7 @@ impl CheckpointStore {
     }
 
     /// Asks the compactor (started if need be) to compact a partition's journal.
-    fn request_compaction(&self, partition: PartitionId) {
+    pub(super) fn request_compaction(&self, partition: PartitionId) {
         let mut compactor = lock(&self.compactor);
         let compactor = compactor.get_or_insert_with(|| {
             Compactor::start(
@@ -860,6 +903,95 @@ impl Drop for CheckpointStore {
 
 pub(crate) fn journal_path(dir: &Path, partition: PartitionId) -> PathBuf {
     dir.join(format!("checkpoints-{partition:03}.journal"))
+}
+
+/// Encodes a checkpoint of `state` with its `changes`, the one after `latest`: its meta, and
+/// the journal entry that commits it.
+pub(super) fn encode_checkpoint(
+    state: &PartitionState,
+    changes: &StateChanges,
+    now_ms: UnixMillis,
+    latest: Option<&CheckpointMeta>,
+) -> (CheckpointMeta, Vec<u8>) {
+    let meta = CheckpointMeta {
+        format_version: CHECKPOINT_FORMAT_VERSION,
+        scalars: state.scalars(),
+        sequence: latest.map_or(0, |m| m.sequence) + 1,
+        digest: state.digest(),
+        state_digest: state.state_digest(),
+        committed_at_ms: now_ms,
+    };
+    let (recorded, others) = split_index_changes(&changes.index);
+    let entry = DeltaEntryRef::Delta {
+        meta: &meta,
+        content: DeltaContentRef {
+            recorded: &recorded,
+            index: &others,
+            totals: &changes.totals,
+            bucket_deltas: &changes.windows.deltas,
+            dropped: &changes.windows.dropped,
+            rolled_up: changes.windows.rolled_up,
+            conflicts: &changes.conflicts,
+        },
+    };
+    (meta, codec::encode(&entry))
+}
+
+/// Writes the checkpoints the state's write-ahead files hold into their journals (see
+/// `support::write_ahead`), before any journal is read. A part for a journal that is gone or has
+/// been rewritten since (a compaction, a reset, a restore: its generation is no longer the
+/// part's) is skipped: the rewrite holds what the part did, or meant to drop it.
+fn replay_write_ahead(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<write_ahead::Replayed, CheckpointError> {
+    let resolve = |place: &PartPlace| -> Resolved {
+        let path = journal_path(dir, place.partition);
+        Ok((Journal::write_ahead_tag_of(storage, &path) == Some(place.file_tag)).then_some(path))
+    };
+    write_ahead::replay(storage, &write_ahead::dir_of(dir), resolve).map_err(from_write_ahead)
+}
+
+/// The furthest checkpoint of each partition in the state's write-ahead files that its journal
+/// would take (its generation is the journal's), read without changing anything.
+fn write_ahead_witnesses(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<BTreeMap<PartitionId, Offset>, CheckpointError> {
+    let mut furthest = BTreeMap::new();
+    let mut tags = BTreeMap::new();
+    let files =
+        write_ahead::list_files(storage, &write_ahead::dir_of(dir)).map_err(from_write_ahead)?;
+    for (_, path) in files {
+        let file = storage
+            .open(&path, OpenMode::Read)
+            .map_err(|e| CheckpointError::io(&path, e))?;
+        for part in write_ahead::read_file(&*file, &path).map_err(from_write_ahead)? {
+            let place = part.place;
+            let tag = *tags.entry(place.partition).or_insert_with(|| {
+                Journal::write_ahead_tag_of(storage, &journal_path(dir, place.partition))
+            });
+            if tag == Some(place.file_tag) {
+                let end = furthest.entry(place.partition).or_insert(0);
+                *end = (*end).max(place.end_offset);
+            }
+        }
+    }
+    Ok(furthest)
+}
+
+pub(super) fn from_write_ahead(error: WriteAheadError) -> CheckpointError {
+    match error {
+        WriteAheadError::Io { path, source } => CheckpointError::io(path, source),
+        WriteAheadError::Corrupt {
+            path,
+            position,
+            reason,
+        } => CheckpointError::Corrupt {
+            what: format!("write-ahead file {}", path.display()),
+            reason: format!("at byte {position}: {reason}"),
+        },
+    }
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

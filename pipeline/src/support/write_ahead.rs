@@ -419,7 +419,11 @@ pub fn create_file(
 ) -> Result<(PathBuf, Arc<dyn StorageFile>), WriteAheadError> {
     let io = |path: &Path, e| WriteAheadError::io(path, e);
     if !storage.exists(dir).map_err(|e| io(dir, e))? {
-        storage.create_dir(dir).map_err(|e| io(dir, e))?;
+        // Two committers may get here at once: whichever creates it, it exists.
+        match storage.create_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(dir, e)),
+            _ => {}
+        }
         let parent = dir.parent().unwrap_or(dir);
         storage.sync_dir(parent).map_err(|e| io(parent, e))?;
     }
