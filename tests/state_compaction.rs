@@ -487,3 +487,98 @@ fn regenerate_format_2_fixture() {
         std::fs::remove_file(lock).unwrap();
     }
 }
+
+/// Applies `events` to `state` at its next offsets (none of them a resend, so dedupe never reads
+/// the log back).
+fn apply_fresh(state: &mut tally_pipeline::processor::PartitionState, events: Vec<DonationEvent>) {
+    struct NoResends;
+    impl tally_pipeline::processor::RecordedEvents for NoResends {
+        fn recorded_event(
+            &self,
+            offset: tally_pipeline::log::Offset,
+        ) -> Result<DonationEvent, tally_pipeline::processor::partition_state::ApplyError> {
+            panic!("no event here is a resend (asked for offset {offset})")
+        }
+    }
+    for event in events {
+        let offset = state.next_offset();
+        state.apply(offset, event, &NoResends).expect("apply");
+    }
+}
+
+/// Commit rounds leave checkpoint frames in a write-ahead file until it is retired. When a
+/// compaction rewrites the journal meanwhile, the frames of the old generation must never be
+/// written into the new one when the state opens after a crash: they are at the old
+/// generation's positions, where the new one holds its snapshot.
+#[test]
+fn rounds_of_a_generation_since_compacted_are_not_replayed_into_the_next() {
+    use tally_pipeline::checkpoint::RoundCheckpoint;
+    use tally_pipeline::operators::event_time_windows::WindowHorizons;
+    use tally_pipeline::processor::PartitionState;
+    let state_dir = PathBuf::from("/data/state");
+    for seed in 0..8 {
+        let disk = SimulatedDisk::new();
+        let (store, _) = CheckpointStore::open_on(disk.storage(), &state_dir, 1).unwrap();
+        store.set_compaction_floor(u64::MAX);
+        assert!(matches!(
+            store.load(0).unwrap(),
+            LoadedPartition::Empty { .. }
+        ));
+        let mut state = PartitionState::new(0, i64::MAX / 4, WindowHorizons::DEFAULT);
+        let mut committer = store.committer();
+        let mut round = |state: &mut PartitionState, first: usize| {
+            apply_fresh(state, fresh_events(first, 40));
+            let changes = state.take_changes();
+            let checkpoint = RoundCheckpoint {
+                state,
+                changes: &changes,
+            };
+            store
+                .commit_round(&mut committer, &[checkpoint], 1_790_000_000_000)
+                .unwrap();
+        };
+        for first in [0, 40, 80] {
+            round(&mut state, first);
+        }
+        let generation_before = store.journal_shape(0).unwrap().1;
+        assert!(
+            store.compact(0).unwrap(),
+            "seed {seed}: the journal compacts"
+        );
+        assert!(store.journal_shape(0).unwrap().1 > generation_before);
+        for first in [120, 160] {
+            round(&mut state, first);
+        }
+        let expected = store.meta(0).unwrap().unwrap();
+        // The committer is never closed: its write-ahead file holds rounds of both generations.
+        drop(store);
+        let after = disk.crash(seed);
+        let (store, _) = CheckpointStore::open_on(after.storage(), &state_dir, 1).unwrap();
+        match store.load(0).unwrap() {
+            LoadedPartition::Restored { meta, damage, .. } => {
+                assert_eq!(damage, None, "seed {seed}");
+                assert_eq!(
+                    meta.scalars.next_offset, expected.scalars.next_offset,
+                    "seed {seed}"
+                );
+                assert_eq!(meta.state_digest, expected.state_digest, "seed {seed}");
+            }
+            other => panic!("seed {seed}: the committed checkpoint must load: {other:?}"),
+        }
+    }
+}
+
+/// `count` donations, each to a payment of its own.
+fn fresh_events(first: usize, count: usize) -> Vec<DonationEvent> {
+    (first..first + count)
+        .map(|i| {
+            donation(
+                &format!("round_{i:05}"),
+                ["meals", "books"][i % 2],
+                100 + (i as u64 % 17),
+                1_790_000_000_000 + i as i64 * 60_000,
+                (i % 13) as u32,
+            )
+        })
+        .collect()
+}
