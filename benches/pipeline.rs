@@ -15,7 +15,7 @@
 //! Each phase that measures memory runs in a child process (this binary, re-run), so that the
 //! generator's memory is not counted. Run: `cargo bench --bench pipeline`. Sizes:
 //! `TALLY_BENCH_EVENTS` (default 10,000,000), `TALLY_BENCH_MEMORY_DONATIONS` (default
-//! 30,000,000; 0 skips the memory phase).
+//! 30,000,000; 0 skips the memory phase), `TALLY_BENCH_PARTITIONS` (default 8).
 
 #[path = "support/machine.rs"]
 mod machine;
@@ -35,7 +35,13 @@ use tally_pipeline::log::{EmbeddedLog, EmbeddedLogOptions, KeyedRecord, Log, Par
 use tally_pipeline::read_model::ReadModel;
 use tally_pipeline::runner::{Pipeline, PipelineConfig, RunMode};
 
-const PARTITIONS: u32 = 8;
+/// Partitions of the log: `TALLY_BENCH_PARTITIONS`, 8 by default.
+fn partitions() -> u32 {
+    std::env::var("TALLY_BENCH_PARTITIONS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(8)
+}
 const DUPLICATE_PERCENT: u64 = 10;
 const HOT_CAMPAIGN_PERCENT: u64 = 80;
 const APPEND_BATCH: usize = 8192;
@@ -127,10 +133,10 @@ fn timed(work: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Duration> 
 /// Appends `count` events: new payments, and `duplicate_percent` retries of recent ones.
 fn generate(root: &Path, count: u64, duplicate_percent: u64) -> anyhow::Result<()> {
     let log = Arc::new(open_log(root)?);
-    let partitioner = Partitioner::new(PARTITIONS);
+    let partitioner = Partitioner::new(partitions());
     let mut rng = StdRng::seed_from_u64(42);
     let mut recent: Vec<DonationEvent> = Vec::with_capacity(4096);
-    let mut batch: Vec<Vec<KeyedRecord>> = vec![Vec::new(); PARTITIONS as usize];
+    let mut batch: Vec<Vec<KeyedRecord>> = vec![Vec::new(); partitions() as usize];
     let mut issued = 0u64;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -199,7 +205,7 @@ fn new_donation(rng: &mut StdRng, id: u64, position: u64, count: u64) -> Donatio
 
 fn open_log(root: &Path) -> anyhow::Result<EmbeddedLog> {
     let options = EmbeddedLogOptions {
-        partition_count: PARTITIONS,
+        partition_count: partitions(),
         ..Default::default()
     };
     Ok(EmbeddedLog::open(&root.join("log"), options)?)
@@ -207,11 +213,11 @@ fn open_log(root: &Path) -> anyhow::Result<EmbeddedLog> {
 
 fn open_pipeline(root: &Path) -> anyhow::Result<Pipeline> {
     let log: Arc<dyn Log> = Arc::new(open_log(root)?);
-    let (store, _notes) = CheckpointStore::open(&root.join("state"), PARTITIONS)?;
+    let (store, _notes) = CheckpointStore::open(&root.join("state"), partitions())?;
     Ok(Pipeline::new(
         log,
         Arc::new(store),
-        Arc::new(ReadModel::new(PARTITIONS)),
+        Arc::new(ReadModel::new(partitions())),
         Arc::new(SystemClock),
         PipelineConfig::default(),
     )?)
@@ -334,6 +340,7 @@ fn print_table(rows: &[Row]) {
 fn print_machine() {
     println!("machine: {}", machine::describe());
     println!(
-        "pipeline: {PARTITIONS} partitions, {DUPLICATE_PERCENT}% duplicates, one campaign with {HOT_CAMPAIGN_PERCENT}% of traffic, default checkpoint cadence"
+        "pipeline: {} partitions, {DUPLICATE_PERCENT}% duplicates, one campaign with {HOT_CAMPAIGN_PERCENT}% of traffic, default checkpoint cadence",
+        partitions()
     );
 }

@@ -18,7 +18,10 @@ use tally_pipeline::log::KeyedRecord;
 
 const CHILD_DIR_VAR: &str = "TALLY_CRASH_CHILD_DIR";
 const CHILD_ROUND_VAR: &str = "TALLY_CRASH_CHILD_ROUND";
+const CHILD_PARTITIONS_VAR: &str = "TALLY_CRASH_CHILD_PARTITIONS";
+/// The log's partitions: few, and as many as a deployment that scales out has.
 const PARTITIONS: u32 = 4;
+const MANY_PARTITIONS: u32 = 64;
 const ROUNDS: u64 = 6;
 const CHILD_THREADS: usize = 4;
 /// A child stops by itself after this many appends per thread, so a lost parent cannot leave
@@ -39,14 +42,18 @@ fn crash_child() {
         return; // Only runs as the child of `acknowledged_appends_survive_sigkill`.
     };
     let round: u64 = std::env::var(CHILD_ROUND_VAR).unwrap().parse().unwrap();
-    let log = open(Path::new(&dir), &small_segment_options(PARTITIONS));
+    let partitions: u32 = std::env::var(CHILD_PARTITIONS_VAR)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let log = open(Path::new(&dir), &small_segment_options(partitions));
     std::thread::scope(|scope| {
         for thread in 0..CHILD_THREADS {
             let log = &log;
             scope.spawn(move || {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(round * 100 + thread as u64);
                 for append in 0..CHILD_APPENDS_MAX {
-                    let partition = rng.gen_range(0..PARTITIONS);
+                    let partition = rng.gen_range(0..partitions);
                     let keys: Vec<String> = (0..rng.gen_range(1..20))
                         .map(|i| format!("r{round}-t{thread}-a{append}-{i}"))
                         .collect();
@@ -74,7 +81,7 @@ fn crash_child() {
     });
 }
 
-fn spawn_child(dir: &Path, round: u64) -> Child {
+fn spawn_child(dir: &Path, round: u64, partitions: u32) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -86,6 +93,7 @@ fn spawn_child(dir: &Path, round: u64) -> Child {
         ])
         .env(CHILD_DIR_VAR, dir)
         .env(CHILD_ROUND_VAR, round.to_string())
+        .env(CHILD_PARTITIONS_VAR, partitions.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -94,8 +102,8 @@ fn spawn_child(dir: &Path, round: u64) -> Child {
 
 /// Reads acknowledgements until `kill_after` of them were seen (or the child ends), then
 /// SIGKILLs the child. Returns what was acknowledged.
-fn run_round(dir: &Path, round: u64, kill_after: usize) -> Vec<Acknowledged> {
-    let mut child = spawn_child(dir, round);
+fn run_round(dir: &Path, round: u64, kill_after: usize, partitions: u32) -> Vec<Acknowledged> {
+    let mut child = spawn_child(dir, round, partitions);
     let stdout = child.stdout.take().unwrap();
     let mut acknowledged = Vec::new();
     for line in BufReader::new(stdout).lines() {
@@ -125,20 +133,29 @@ fn run_round(dir: &Path, round: u64, kill_after: usize) -> Vec<Acknowledged> {
 
 #[test]
 fn acknowledged_appends_survive_sigkill() {
+    appends_survive_sigkill(PARTITIONS);
+}
+
+#[test]
+fn acknowledged_appends_survive_sigkill_at_64_partitions() {
+    appends_survive_sigkill(MANY_PARTITIONS);
+}
+
+fn appends_survive_sigkill(partitions: u32) {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x7a11_c0de);
     let mut all_acknowledged: Vec<Acknowledged> = Vec::new();
     for round in 0..ROUNDS {
         let kill_after = rng.gen_range(50..3000);
-        let acknowledged = run_round(dir.path(), round, kill_after);
+        let acknowledged = run_round(dir.path(), round, kill_after, partitions);
         assert!(
             !acknowledged.is_empty(),
             "round {round}: the child acknowledged nothing"
         );
         all_acknowledged.extend(acknowledged);
 
-        let log = open(dir.path(), &small_segment_options(PARTITIONS));
-        let stored: Vec<Vec<_>> = (0..PARTITIONS).map(|p| read_all(&log, p)).collect();
+        let log = open(dir.path(), &small_segment_options(partitions));
+        let stored: Vec<Vec<_>> = (0..partitions).map(|p| read_all(&log, p)).collect();
         for ack in &all_acknowledged {
             let record = stored[ack.partition as usize]
                 .get(ack.offset as usize)

@@ -67,7 +67,12 @@ fn model_totals(all: &[DonationEvent]) -> BTreeMap<String, (u64, u64)> {
 
 #[test]
 fn totals_are_exact_after_repeated_sigkill() {
-    sigkill_rounds(None);
+    sigkill_rounds(None, PARTITIONS);
+}
+
+#[test]
+fn totals_are_exact_after_repeated_sigkill_at_64_partitions() {
+    sigkill_rounds(None, 64);
 }
 
 /// The same with journals compacted as soon as they are due (`--compaction-floor-bytes 0`), so
@@ -75,7 +80,7 @@ fn totals_are_exact_after_repeated_sigkill() {
 /// renamed but its directory not yet synced.
 #[test]
 fn totals_are_exact_after_repeated_sigkill_during_compactions() {
-    let compaction = sigkill_rounds(Some("0"));
+    let compaction = sigkill_rounds(Some("0"), PARTITIONS);
     assert!(
         compaction.kills_mid_compaction + compaction.generations_after_the_first > 0,
         "journals were compacted: {compaction:?}"
@@ -91,10 +96,10 @@ struct CompactionSeen {
     generations_after_the_first: usize,
 }
 
-fn sigkill_rounds(compaction_floor_bytes: Option<&str>) -> CompactionSeen {
+fn sigkill_rounds(compaction_floor_bytes: Option<&str>, partitions: u32) -> CompactionSeen {
     let mut seen = CompactionSeen::default();
     let root = tempfile::tempdir().unwrap();
-    let data = DataDir::new(root.path(), PARTITIONS);
+    let data = DataDir::new(root.path(), partitions);
     let mut rng = StdRng::seed_from_u64(0x5eed_c4a5);
     let mut issued = Vec::new();
     let mut appended = events(&mut rng, &mut issued, INITIAL_EVENTS);
@@ -140,7 +145,7 @@ fn sigkill_rounds(compaction_floor_bytes: Option<&str>) -> CompactionSeen {
             .min(1);
         let log = data.open_log();
         let committed = data.committed_offsets();
-        let ends: Vec<u64> = (0..PARTITIONS)
+        let ends: Vec<u64> = (0..partitions)
             .map(|p| log.partition(p).unwrap().end_offset())
             .collect();
         assert!(
@@ -177,10 +182,10 @@ fn sigkill_rounds(compaction_floor_bytes: Option<&str>) -> CompactionSeen {
     let verified = String::from_utf8(verify.stdout).unwrap();
     assert_eq!(
         verified.matches(": ok at offset").count(),
-        PARTITIONS as usize,
+        partitions as usize,
         "{verified}"
     );
-    for partition in 0..PARTITIONS {
+    for partition in 0..partitions {
         let journal = std::fs::read(
             data.state_dir()
                 .join(format!("checkpoints-{partition:03}.journal")),

@@ -40,8 +40,11 @@ use crate::support::clock::Clock;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PipelineConfig {
     /// Commit a checkpoint at least this often while records are applied; bounds how stale the
-    /// published totals can be.
+    /// published totals can be while a partition works through a backlog.
     pub checkpoint_interval: Duration,
+    /// Once a partition has caught up with the log, commit once this long has passed since its
+    /// last checkpoint: what a 202 waits for before the totals show it, under steady load.
+    pub caught_up_checkpoint_interval: Duration,
     /// …or after this many records, whichever comes first.
     pub checkpoint_records_max: u64,
     pub allowed_lateness_ms: i64,
@@ -56,9 +59,12 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
-            // A 202 is visible in the totals within about this long (plus the round's sync);
-            // each worker commits at most this often, one sync for all of its partitions.
-            checkpoint_interval: Duration::from_millis(10),
+            // Working through a backlog, checkpoints are the cost that does not apply records:
+            // every 50 ms keeps them a few percent of it.
+            checkpoint_interval: Duration::from_millis(50),
+            // Caught up, a 202 is in the totals within about this long (plus the round's sync);
+            // each worker then commits at most this often, one sync for all of its partitions.
+            caught_up_checkpoint_interval: Duration::from_millis(10),
             checkpoint_records_max: 50_000,
             allowed_lateness_ms: ALLOWED_LATENESS_MS_DEFAULT,
             read_batch_records: 4096,
@@ -678,8 +684,9 @@ impl<'a> Worker<'a> {
         while !self.shutdown_asked() && !self.runs.is_empty() {
             let mut applied = false;
             let mut at = 0;
+            let following = self.following();
             while at < self.runs.len() {
-                match self.runs[at].step() {
+                match self.runs[at].turn(following) {
                     Ok(step) => {
                         applied |= step == Step::Applied;
                         at += 1;
@@ -743,12 +750,11 @@ impl<'a> Worker<'a> {
     /// Every partition is caught up: waits until one of them has records, shutdown is asked
     /// for, or the first checkpoint falls due.
     fn wait_for_records(&mut self) {
-        let interval = self.pipeline.config.checkpoint_interval;
         let commit_at = self
             .runs
             .iter()
             .filter(|run| run.applied_since_commit > 0)
-            .map(|run| run.committed_at + interval)
+            .map(|run| run.committed_at + run.interval())
             .min();
         if self.runs.is_empty() || commit_at.is_some_and(|at| Instant::now() >= at) {
             return;
@@ -831,6 +837,9 @@ fn same_error(error: &CheckpointError) -> CheckpointError {
     }
 }
 
+/// Batches a partition applies at most in one turn on its worker.
+const BATCHES_PER_TURN: usize = 8;
+
 /// What one step of a partition did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
@@ -890,6 +899,23 @@ impl<'a> PartitionRun<'a> {
             backoff: Backoff::for_log(),
             caught_up: false,
         }
+    }
+
+    /// The partition's turn on its worker: reads and applies batches while there are records,
+    /// up to [`BATCHES_PER_TURN`] of them or until its checkpoint is due, so that it keeps its
+    /// state in the caches for a while before the worker turns to the next partition.
+    fn turn(&mut self, following: bool) -> Result<Step, PipelineError> {
+        let mut outcome = Step::Idle;
+        for _ in 0..BATCHES_PER_TURN {
+            if self.step()? == Step::Idle {
+                break;
+            }
+            outcome = Step::Applied;
+            if self.commit_due(following) {
+                break;
+            }
+        }
+        Ok(outcome)
     }
 
     /// Reads and applies one batch. Following, a checkpoint that failed to commit is committed
@@ -968,13 +994,24 @@ impl<'a> PartitionRun<'a> {
     }
 
     /// Whether this partition's checkpoint goes into the worker's next round: a failed one to
-    /// commit again, enough records applied, or the interval over since the last one.
+    /// commit again, enough records applied, or its interval over since the last one.
     fn commit_due(&self, following: bool) -> bool {
         let config = &self.pipeline.config;
         (self.unsaved.is_some() && following)
             || self.applied_since_commit >= config.checkpoint_records_max
-            || (self.applied_since_commit > 0
-                && self.committed_at.elapsed() >= config.checkpoint_interval)
+            || (self.applied_since_commit > 0 && self.committed_at.elapsed() >= self.interval())
+    }
+
+    /// How long after its last checkpoint the next one is due: sooner once caught up.
+    fn interval(&self) -> Duration {
+        let config = &self.pipeline.config;
+        if self.caught_up {
+            config
+                .caught_up_checkpoint_interval
+                .min(config.checkpoint_interval)
+        } else {
+            config.checkpoint_interval
+        }
     }
 
     /// A round committed this partition's checkpoint: counting starts again.
