@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use tally_api::signature::{SigningSecret, sign};
 
-use server::{ADMIN_TOKEN, Connection, SIGNING_SECRET, start_server, start_server_with};
+use server::{Connection, SIGNING_SECRET, start_server, start_server_with};
 
 const SINGLE_CONCURRENCY: [usize; 3] = [16, 64, 256];
 const BATCH_ITEMS: usize = 1000;
@@ -416,6 +416,8 @@ fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     histogram.value_at_quantile(quantile) as f64 / 1000.0
 }
 
+/// The campaigns every phase donates to.
+const CAMPAIGNS: [&str; 2] = ["bench", "probe"];
 /// Set in the environment of this executable started again as the ceiling server.
 const CEILING_SERVER_ENV: &str = "TALLY_BENCH_CEILING_SERVER";
 const PARTITION_COUNTS: [u32; 3] = [1, 8, 64];
@@ -516,7 +518,7 @@ async fn partition_rows(duration: Duration) -> anyhow::Result<Vec<PartitionRow>>
     for (run, partitions) in PARTITION_COUNTS.into_iter().enumerate() {
         let dir = tempfile::tempdir()?;
         let server = start_server_with(dir.path(), &["--partitions", &partitions.to_string()])?;
-        create_campaigns(&server.base).await?;
+        server::create_campaigns(&server.base, &CAMPAIGNS).await?;
         let single = closed_loop(
             &server.base,
             PARTITION_SINGLE_CONCURRENCY,
@@ -639,23 +641,6 @@ fn print_partition_rows(rows: &[PartitionRow]) {
     }
 }
 
-/// The campaigns every phase donates to.
-async fn create_campaigns(base: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    for campaign in ["bench", "probe"] {
-        client
-            .post(format!("{base}/v1/campaigns"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(
-                &serde_json::json!({"campaign_id": campaign, "name": campaign, "currency": "USD"}),
-            )
-            .send()
-            .await?
-            .error_for_status()?;
-    }
-    Ok(())
-}
-
 fn main() -> anyhow::Result<()> {
     if std::env::var_os(CEILING_SERVER_ENV).is_some() {
         return run_ceiling_server();
@@ -676,7 +661,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let phases = runtime.block_on(async {
-        create_campaigns(&server.base).await?;
+        server::create_campaigns(&server.base, &CAMPAIGNS).await?;
         let mut phases = Vec::new();
         if runs("single") {
             for (run, concurrency) in SINGLE_CONCURRENCY.into_iter().enumerate() {

@@ -358,7 +358,7 @@ const SEED_DESIGN: &str = "seed design: the INSERT, then the Redis counter";
 async fn run_tally_single(stream: &Arc<Stream>, concurrency: usize) -> anyhow::Result<Row> {
     let data_dir = tempfile::tempdir().context("creating tally's data directory")?;
     let server = server::start_server(data_dir.path())?;
-    tally::create_campaigns(&server.base, &stream.campaigns).await?;
+    server::create_campaigns(&server.base, &stream.campaigns).await?;
     let secret = tally::signing_secret();
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
@@ -376,7 +376,7 @@ async fn run_tally_batches(
 ) -> anyhow::Result<Row> {
     let data_dir = tempfile::tempdir().context("creating tally's data directory")?;
     let server = server::start_server(data_dir.path())?;
-    tally::create_campaigns(&server.base, &stream.campaigns).await?;
+    server::create_campaigns(&server.base, &stream.campaigns).await?;
     let outcome = tally::drive_batches(stream, &server.base, concurrency, batch_items).await;
     let totals = tally::totals(&server.base, &stream.campaigns).await?;
     let system = format!("tally, POST /v1/donations/batch of {batch_items}");

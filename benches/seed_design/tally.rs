@@ -1,7 +1,7 @@
 //! tally over HTTP: `tally serve` with a fresh data directory, signed callbacks.
 
 use super::*;
-use server::{ADMIN_TOKEN, Connection, SIGNING_SECRET};
+use server::{Connection, SIGNING_SECRET};
 
 /// One worker's keep-alive connection to `POST /v1/donations`.
 pub struct SingleCallbacks {
@@ -42,23 +42,6 @@ impl Callbacks for SingleCallbacks {
 
 pub fn signing_secret() -> Arc<SigningSecret> {
     Arc::new(SigningSecret::from_text(SIGNING_SECRET))
-}
-
-pub async fn create_campaigns(base: &str, campaigns: &[String]) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    for campaign in campaigns {
-        client
-            .post(format!("{base}/v1/campaigns"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(
-                &serde_json::json!({"campaign_id": campaign, "name": campaign, "currency": "USD"}),
-            )
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .with_context(|| format!("creating campaign {campaign}"))?;
-    }
-    Ok(())
 }
 
 /// Every campaign's total, once tally has applied everything it acknowledged.

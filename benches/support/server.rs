@@ -190,3 +190,22 @@ impl Connection {
         }
     }
 }
+
+/// Creates each campaign through the admin API.
+pub async fn create_campaigns(base: &str, campaigns: &[impl AsRef<str>]) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    for campaign in campaigns {
+        let campaign = campaign.as_ref();
+        client
+            .post(format!("{base}/v1/campaigns"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(
+                &serde_json::json!({"campaign_id": campaign, "name": campaign, "currency": "USD"}),
+            )
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("creating campaign {campaign}"))?;
+    }
+    Ok(())
+}
