@@ -740,7 +740,7 @@ impl<'a> Worker<'a> {
             (Err(error), _) => {
                 for at in due.iter().rev() {
                     let run = self.runs.remove(*at);
-                    let error = PipelineError::Checkpoint(same_error(&error));
+                    let error = PipelineError::Checkpoint(error.copied());
                     self.ended.push((run.state.partition(), Err(error)));
                 }
             }
@@ -809,31 +809,12 @@ impl<'a> Worker<'a> {
         for run in self.runs {
             let partition = run.state.partition();
             let result = match (&failure, run.unsaved.is_some()) {
-                (Some(error), true) => Err(PipelineError::Checkpoint(same_error(error))),
+                (Some(error), true) => Err(PipelineError::Checkpoint(error.copied())),
                 _ => Ok(run.into_summary()),
             };
             results.push((partition, result));
         }
         results
-    }
-}
-
-/// The error of a failed round, for each partition it held.
-fn same_error(error: &CheckpointError) -> CheckpointError {
-    match error {
-        CheckpointError::Io { path, source } => CheckpointError::Io {
-            path: path.clone(),
-            source: std::io::Error::new(source.kind(), source.to_string()),
-        },
-        CheckpointError::Corrupt { what, reason } => CheckpointError::Corrupt {
-            what: what.clone(),
-            reason: reason.clone(),
-        },
-        CheckpointError::Locked { path } => CheckpointError::Locked { path: path.clone() },
-        CheckpointError::Savepoint { path, reason } => CheckpointError::Savepoint {
-            path: path.clone(),
-            reason: reason.clone(),
-        },
     }
 }
 

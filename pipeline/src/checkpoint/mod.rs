@@ -69,6 +69,25 @@ pub enum CheckpointError {
 }
 
 impl CheckpointError {
+    /// The same error again, for each of several checkpoints one failure ended (a commit round).
+    pub(crate) fn copied(&self) -> Self {
+        match self {
+            CheckpointError::Io { path, source } => CheckpointError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            CheckpointError::Corrupt { what, reason } => CheckpointError::Corrupt {
+                what: what.clone(),
+                reason: reason.clone(),
+            },
+            CheckpointError::Locked { path } => CheckpointError::Locked { path: path.clone() },
+            CheckpointError::Savepoint { path, reason } => CheckpointError::Savepoint {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         CheckpointError::Io {
             path: path.into(),

@@ -375,6 +375,7 @@ impl CheckpointStore {
             tracing::info!(
                 files = replayed.files,
                 checkpoints = replayed.parts,
+                of_replaced_generations = replayed.skipped,
                 "replayed the state's write-ahead files into the checkpoint journals"
             );
         }

@@ -252,8 +252,8 @@ struct WrittenCommit {
     position: u64,
     base_offset: Offset,
     frames: Vec<frame::FrameInfo>,
-    /// The requests of the round that are this commit's, as a range of the round.
-    requests: std::ops::Range<usize>,
+    /// How many of the round's requests (the next ones, in order) this commit holds.
+    request_count: usize,
 }
 
 /// The thread that writes every partition.
@@ -360,11 +360,12 @@ impl Writer {
     }
 
     fn acknowledge(&self, round: Vec<AppendRequest>, commits: &[WrittenCommit]) {
-        let mut requests = round.into_iter().enumerate();
+        // The round is sorted by partition and each commit holds the next run of requests.
+        let mut requests = round.into_iter();
         for commit in commits {
             let mut base_offset = commit.base_offset;
-            for (at, request) in requests.by_ref() {
-                debug_assert!(commit.requests.contains(&at));
+            for request in requests.by_ref().take(commit.request_count) {
+                debug_assert_eq!(request.partition, self.partitions[commit.slot].id);
                 let end_offset = base_offset + request.records.len() as u64;
                 // The requester may have given up waiting; the records are durable regardless.
                 let _ = request.reply.send(Ok(AppendAck {
@@ -372,9 +373,6 @@ impl Writer {
                     offsets: (base_offset..end_offset).collect(),
                 }));
                 base_offset = end_offset;
-                if at + 1 == commit.requests.end {
-                    break;
-                }
             }
         }
     }
@@ -504,7 +502,7 @@ impl Writer {
             position,
             base_offset,
             frames,
-            requests: range,
+            request_count: range.len(),
         })
     }
 

@@ -175,13 +175,6 @@ impl EntryBuilder {
         value
     }
 
-    /// The parts added so far: where each goes, and its bytes.
-    pub fn parts(&self) -> impl Iterator<Item = (PartPlace, &[u8])> {
-        self.parts
-            .iter()
-            .map(|(place, range)| (*place, &self.buffer[range.clone()]))
-    }
-
     /// Drops the parts from `kept` on (a partition whose append could not be written).
     pub fn truncate_parts(&mut self, kept: usize) {
         if let Some((_, range)) = self.parts.get(kept) {
