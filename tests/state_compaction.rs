@@ -582,3 +582,29 @@ fn fresh_events(first: usize, count: usize) -> Vec<DonationEvent> {
         })
         .collect()
 }
+
+/// A crash between creating a partition's journal and writing its header leaves an empty file:
+/// it holds no checkpoint, to `meta` and `list` as to a load.
+#[test]
+fn an_empty_journal_left_by_a_crash_holds_no_checkpoint() {
+    use tally_pipeline::storage::OpenMode;
+    let disk = SimulatedDisk::new();
+    let storage = disk.storage();
+    let state_dir = PathBuf::from("/data/state");
+    {
+        let (_store, _) = CheckpointStore::open_on(Arc::clone(&storage), &state_dir, 2).unwrap();
+    }
+    storage
+        .open(
+            &state_dir.join("checkpoints-001.journal"),
+            OpenMode::CreateTruncate,
+        )
+        .unwrap();
+    let (store, _) = CheckpointStore::open_on(storage, &state_dir, 2).unwrap();
+    assert_eq!(store.meta(1).unwrap(), None);
+    assert_eq!(store.list().unwrap(), vec![None, None]);
+    assert!(matches!(
+        store.load(1).unwrap(),
+        LoadedPartition::Empty { damage: None }
+    ));
+}

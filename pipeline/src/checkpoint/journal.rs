@@ -285,6 +285,11 @@ impl Journal {
         until: Option<u64>,
         replay: &mut dyn Replay,
     ) -> Result<Option<Damage>, CheckpointError> {
+        // An empty file is a journal whose creation a crash cut short before its header: no
+        // checkpoint, as opening it would find (and then reset it).
+        if file.len().map_err(|e| CheckpointError::io(path, e))? == 0 {
+            return Ok(None);
+        }
         let mut journal = Self::over(storage, path, file);
         journal.check_header(partition)?;
         journal.replay_until(until, replay)
