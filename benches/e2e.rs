@@ -7,8 +7,18 @@
 //! omission) p50/p99/p99.9, freshness (202 → counted in `GET /v1/campaigns/{id}`) p50/p99, and
 //! whether verification passed. Client and server share the machine's cores.
 //!
-//! Run: `cargo bench --bench e2e`. `TALLY_BENCH_SECONDS` sets each cell's duration (default 10).
+//! **limit**: can the load generator drive the server to its limit? Single donations at 64
+//! connections on a fresh server from the `serve` bench's lean closed-loop client, then on
+//! another fresh server from the load generator offered half as much again as the lean client
+//! achieved (so the server, not the schedule, sets the pace); its achieved rate as a share of
+//! the lean client's.
+//!
+//! Run: `cargo bench --bench e2e [FILTER]`: FILTER (optional) keeps the groups whose name
+//! (cells, limit) contains it. `TALLY_BENCH_SECONDS` sets each cell's duration (default 10).
 
+#[path = "support/closed_loop.rs"]
+#[allow(dead_code)]
+mod closed_loop;
 #[path = "support/loadgen_cell.rs"]
 mod loadgen_cell;
 #[path = "support/machine.rs"]
@@ -42,6 +52,25 @@ fn main() -> anyhow::Result<()> {
         "e2e: tally serve + tally-loadgen over loopback, steady profile, {CONNECTIONS} connections, {seconds} s per cell"
     );
     println!("machine: {}", machine::describe());
+    // Cargo passes `--bench` (and maybe other flags); the first other argument is a filter.
+    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    let runs = |group: &str| filter.as_ref().is_none_or(|f| group.contains(f.as_str()));
+    // One thread, as `tally-loadgen` runs its sender (its planner has a thread of its own).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let duration = Duration::from_secs_f64(seconds);
+    if runs("cells") {
+        print_cells(&runtime, duration)?;
+    }
+    if runs("limit") {
+        let limit = runtime.block_on(limit(duration))?;
+        print_limit(&limit);
+    }
+    Ok(())
+}
+
+fn print_cells(runtime: &tokio::runtime::Runtime, duration: Duration) -> anyhow::Result<()> {
     println!();
     println!(
         "{:>6} {:>10} {:>11} {:>9} {:>9} {:>9} {:>11} {:>11} {:>8}",
@@ -55,14 +84,82 @@ fn main() -> anyhow::Result<()> {
         "fresh p99",
         "verified"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     for (batch, rate) in CELLS {
-        let report = runtime.block_on(cell(batch, rate, Duration::from_secs_f64(seconds)))?;
+        let report = runtime.block_on(cell(batch, rate, duration))?;
         print_row(batch, rate, &report);
     }
     Ok(())
+}
+
+/// Connections of the limit group, as in the `serve` bench's partitions table.
+const LIMIT_CONNECTIONS: usize = 64;
+/// The load generator is offered this much more than the lean client achieved.
+const LIMIT_OVERLOAD: f64 = 1.5;
+
+/// The limit group's two rows.
+struct Limit {
+    lean: closed_loop::Phase,
+    offered: f64,
+    loadgen: Report,
+}
+
+async fn limit(duration: Duration) -> anyhow::Result<Limit> {
+    let lean = {
+        let data_dir = tempfile::tempdir()?;
+        let process = server::start_server(data_dir.path())?;
+        server::create_campaigns(&process.base, &["bench"]).await?;
+        closed_loop::closed_loop(&process.base, LIMIT_CONNECTIONS, 1, duration, 70).await
+    };
+    // A checkout is about 1.13 donations (resends and bursts): offer checkouts accordingly.
+    let offered = lean.donations_per_s * LIMIT_OVERLOAD / 1.13;
+    let data_dir = tempfile::tempdir()?;
+    let process = server::start_server(data_dir.path())?;
+    let loadgen = run_cell(
+        std::slice::from_ref(&process.base),
+        1,
+        offered,
+        duration,
+        "e2e-limit".to_owned(),
+    )
+    .await?;
+    drop(process);
+    Ok(Limit {
+        lean,
+        offered,
+        loadgen,
+    })
+}
+
+fn print_limit(limit: &Limit) {
+    println!();
+    println!(
+        "limit: single donations at {LIMIT_CONNECTIONS} connections, each client on a fresh tally serve"
+    );
+    println!(
+        "{:<58} {:>12} {:>9} {:>9}",
+        "client", "achieved/s", "x lean", "verified"
+    );
+    println!(
+        "{:<58} {:>12.0} {:>9} {:>9}",
+        "serve bench's lean client, closed loop", limit.lean.donations_per_s, "1.00", "-"
+    );
+    let share = limit.loadgen.achieved_donations_per_s / limit.lean.donations_per_s.max(1e-9);
+    println!(
+        "{:<58} {:>12.0} {:>9.2} {:>9}",
+        format!(
+            "tally-loadgen, realistic mix, offered {:.0} checkouts/s",
+            limit.offered
+        ),
+        limit.loadgen.achieved_donations_per_s,
+        share,
+        verified(&limit.loadgen)
+    );
+    print_mismatches(&limit.loadgen);
+    println!(
+        "target: the load generator within 10% of the lean client: {:.2}x, {}",
+        share,
+        if share >= 0.9 { "met" } else { "NOT met" }
+    );
 }
 
 async fn cell(batch: usize, rate: f64, duration: Duration) -> anyhow::Result<Report> {

@@ -22,18 +22,21 @@
 //! (single, batch, freshness, contention, partitions) contains it. `TALLY_BENCH_SECONDS` sets each phase's
 //! duration (default 8).
 
+#[path = "support/closed_loop.rs"]
+mod closed_loop;
 #[path = "support/machine.rs"]
 mod machine;
 #[path = "support/server.rs"]
 mod server;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tally_api::signature::{SigningSecret, sign};
 
+use closed_loop::{Phase, closed_loop, donation, now_s};
 use server::{Connection, SIGNING_SECRET, start_server, start_server_with};
 
 const SINGLE_CONCURRENCY: [usize; 3] = [16, 64, 256];
@@ -49,19 +52,6 @@ const STATS_LOOPERS: usize = 32;
 const WIDEST_STATS_PATH: &str =
     "/v1/campaigns/bench/stats?from=0000-01-01T00:00:00Z&to=9999-12-31T23:59:00Z";
 
-fn now_s() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn donation(payment_ref: &str, campaign_id: &str, amount_cents: u64) -> String {
-    format!(
-        r#"{{"payment_ref":"{payment_ref}","order_id":"o-{payment_ref}","user_id":"u-{}","campaign_id":"{campaign_id}","amount_cents":{amount_cents},"paid_at":"2026-11-24T18:30:00Z"}}"#,
-        amount_cents % 1000
-    )
-}
-
 fn signed(
     client: &reqwest::Client,
     secret: &SigningSecret,
@@ -74,111 +64,6 @@ fn signed(
         .header("Content-Type", "application/json")
         .header("Tally-Signature", signature)
         .body(body)
-}
-
-#[derive(Debug)]
-struct Phase {
-    name: String,
-    donations_per_s: f64,
-    requests_per_s: f64,
-    errors: u64,
-    latency_us: Histogram<u64>,
-}
-
-/// Closed loop: `concurrency` connections each sending requests back to back for `duration`.
-async fn closed_loop(
-    base: &str,
-    concurrency: usize,
-    items: usize,
-    duration: Duration,
-    run: u64,
-) -> Phase {
-    let secret = Arc::new(SigningSecret::from_text(SIGNING_SECRET));
-    let accepted = Arc::new(AtomicU64::new(0));
-    let requests = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let stop_at = Instant::now() + duration;
-    let path = if items == 1 {
-        "/v1/donations"
-    } else {
-        "/v1/donations/batch"
-    };
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|task| {
-            let (secret, base) = (Arc::clone(&secret), base.to_owned());
-            let (accepted, requests, errors) = (
-                Arc::clone(&accepted),
-                Arc::clone(&requests),
-                Arc::clone(&errors),
-            );
-            tokio::spawn(async move {
-                let mut latency =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-                let Ok(mut connection) = Connection::open(&base).await else {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                    return latency;
-                };
-                let mut sequence = 0u64;
-                while Instant::now() < stop_at {
-                    let bodies: Vec<String> = (0..items)
-                        .map(|_| {
-                            sequence += 1;
-                            donation(
-                                &format!("r{run}-t{task}-{sequence}"),
-                                "bench",
-                                1 + sequence % 500,
-                            )
-                        })
-                        .collect();
-                    let body = if items == 1 {
-                        bodies.into_iter().next().unwrap_or_default()
-                    } else {
-                        format!("[{}]", bodies.join(","))
-                    };
-                    let signature = sign(&secret, now_s(), body.as_bytes());
-                    let started = Instant::now();
-                    let status = connection.post(path, &body, &signature).await;
-                    let _ = latency.record(started.elapsed().as_micros() as u64);
-                    requests.fetch_add(1, Ordering::Relaxed);
-                    match status {
-                        Ok(status) if (200..300).contains(&status) => {
-                            accepted.fetch_add(items as u64, Ordering::Relaxed);
-                        }
-                        Ok(_) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(_) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            match Connection::open(&base).await {
-                                Ok(fresh) => connection = fresh,
-                                Err(_) => return latency,
-                            }
-                        }
-                    }
-                }
-                latency
-            })
-        })
-        .collect();
-    let started = Instant::now();
-    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-    for task in tasks {
-        if let Ok(histogram) = task.await {
-            let _ = latency_us.add(histogram);
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64().max(duration.as_secs_f64());
-    Phase {
-        name: if items == 1 {
-            format!("single, {concurrency} connections")
-        } else {
-            format!("batch of {items}, {concurrency} connections")
-        },
-        donations_per_s: accepted.load(Ordering::Relaxed) as f64 / seconds,
-        requests_per_s: requests.load(Ordering::Relaxed) as f64 / seconds,
-        errors: errors.load(Ordering::Relaxed),
-        latency_us,
-    }
 }
 
 /// Time from a 202 to the donation showing in GET /v1/campaigns/probe, under background load.

@@ -3,9 +3,8 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use serde_json::Value;
 use tally_loadgen::ground_truth::SentDonation;
-use tally_loadgen::traffic::{Planned, ResendTiming, Traffic, TrafficConfig};
+use tally_loadgen::traffic::{Body, Planned, ResendTiming, Traffic, TrafficConfig};
 
 /// A "later" resend's delay, in seconds of the rush, becomes this many checkouts of queue
 /// between it and its donation: 1–30 s puts it 100–3,000 checkouts behind, long after the
@@ -40,7 +39,8 @@ pub struct Event {
 }
 
 impl Event {
-    fn from_body(kind: Kind, body: &Value, paid_at_ms: i64) -> anyhow::Result<Self> {
+    fn from_body(kind: Kind, encoded: &Body, paid_at_ms: i64) -> anyhow::Result<Self> {
+        let body = &encoded.to_json();
         let text = |field: &str| {
             body[field]
                 .as_str()
@@ -58,7 +58,7 @@ impl Event {
                 .with_context(|| format!("traffic body without amount_cents: {body}"))?,
             paid_at: text("paid_at")?,
             paid_at_ms,
-            body: serde_json::to_string(body)?,
+            body: encoded.to_string(),
         })
     }
 

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
 use tally_api::signature::SIGNATURE_HEADER;
+use tally_loadgen::http::{self, HttpError};
 
 /// The callback signing secret the bench server takes, as text.
 pub const SIGNING_SECRET: &str = "bench-signing-secret";
@@ -105,28 +106,24 @@ pub fn start_server_with(data_dir: &Path, extra_args: &[&str]) -> anyhow::Result
     Ok(server)
 }
 
-/// A lean HTTP/1.1 keep-alive connection: the bench's client shares the machine with the server,
-/// so it spends as little CPU per request as it can (a general client library costs several times
-/// more than the server's work per donation).
+/// A lean HTTP/1.1 keep-alive connection (the load generator's own client): the bench's client
+/// shares the machine with the server, so it spends as little CPU per request as it can (a
+/// general client library costs several times more than the server's work per donation).
 #[derive(Debug)]
-pub struct Connection {
-    stream: tokio::io::BufReader<tokio::net::TcpStream>,
-    host: String,
-}
+pub struct Connection(http::Connection);
 
 impl Connection {
-    pub async fn open(base: &str) -> std::io::Result<Self> {
-        let host = base.trim_start_matches("http://").to_owned();
-        let stream = tokio::net::TcpStream::connect(&host).await?;
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            stream: tokio::io::BufReader::new(stream),
-            host,
-        })
+    pub async fn open(base: &str) -> Result<Self, HttpError> {
+        Ok(Self(http::Connection::open_url(base).await?))
     }
 
     /// POSTs a signed JSON body; returns the response status.
-    pub async fn post(&mut self, path: &str, body: &str, signature: &str) -> std::io::Result<u16> {
+    pub async fn post(
+        &mut self,
+        path: &str,
+        body: &str,
+        signature: &str,
+    ) -> Result<u16, HttpError> {
         let (status, _body) = self.post_reading_body(path, body, signature).await?;
         Ok(status)
     }
@@ -137,57 +134,17 @@ impl Connection {
         path: &str,
         body: &str,
         signature: &str,
-    ) -> std::io::Result<(u16, Vec<u8>)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{SIGNATURE_HEADER}: {signature}\r\nContent-Length: {}\r\n\r\n{body}",
-            self.host,
-            body.len()
-        );
-        self.stream.get_mut().write_all(request.as_bytes()).await?;
-        let (status, content_length) = self.read_head().await?;
-        let mut body = vec![0u8; content_length];
-        self.stream.read_exact(&mut body).await?;
-        Ok((status, body))
+    ) -> Result<(u16, Vec<u8>), HttpError> {
+        let headers = [(SIGNATURE_HEADER, signature)];
+        let request = http::Request::post_json(path, &headers, body.as_bytes());
+        let response = self.0.send(request).await?;
+        Ok((response.status, response.body))
     }
 
     /// GETs `path` (with its query); returns the response status and body.
-    pub async fn get(&mut self, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
-        self.stream.get_mut().write_all(request.as_bytes()).await?;
-        let (status, content_length) = self.read_head().await?;
-        let mut body = vec![0u8; content_length];
-        self.stream.read_exact(&mut body).await?;
-        Ok((status, body))
-    }
-
-    /// Reads a response's status line and headers; returns the status and the body's length.
-    async fn read_head(&mut self) -> std::io::Result<(u16, usize)> {
-        use tokio::io::AsyncBufReadExt;
-        let mut line = String::new();
-        self.stream.read_line(&mut line).await?;
-        let status: u16 = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let mut content_length = 0usize;
-        loop {
-            line.clear();
-            if self.stream.read_line(&mut line).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                return Ok((status, content_length));
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                content_length = value.trim().parse().unwrap_or(0);
-            }
-        }
+    pub async fn get(&mut self, path: &str) -> Result<(u16, Vec<u8>), HttpError> {
+        let response = self.0.send(http::Request::get(path)).await?;
+        Ok((response.status, response.body))
     }
 }
 

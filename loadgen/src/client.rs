@@ -2,12 +2,15 @@
 //! read endpoints, each answer read in the contract's shapes ([`tally_api::views`]) and reduced
 //! to what the run needs to know.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use tally_api::ErrorBody;
 use tally_api::signature::{SIGNATURE_HEADER, SigningSecret, sign};
 use tally_api::views::{Accepted, BatchOutcome, CampaignView, StatsView};
+
+use crate::http::{HttpError, Pool, Request, Response};
 
 /// Where one accepted donation landed in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +51,42 @@ pub enum BatchAnswer {
     Unreachable,
 }
 
+/// A callback's `Tally-Signature` header, made ahead of sending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    header: String,
+    signed_at_s: i64,
+}
+
+impl Signed {
+    /// Signs `body` with `secret` now.
+    pub fn now(secret: &SigningSecret, body: &[u8]) -> Self {
+        let signed_at_s = unix_seconds();
+        Self {
+            header: sign(secret, signed_at_s, body),
+            signed_at_s,
+        }
+    }
+
+    pub fn header(&self) -> &str {
+        &self.header
+    }
+
+    /// When it was made, in Unix seconds.
+    pub fn signed_at_s(&self) -> i64 {
+        self.signed_at_s
+    }
+
+    /// Whether it is young enough to send: well inside the server's five-minute tolerance.
+    fn is_fresh(&self) -> bool {
+        unix_seconds() - self.signed_at_s < SIGNATURE_REUSE_S
+    }
+}
+
+/// A signature made ahead is sent for this long; a request sent later (a resend minutes
+/// after, or a retry) is signed again.
+const SIGNATURE_REUSE_S: i64 = 60;
+
 /// How a signed POST ended without a 2xx answer to read.
 #[derive(Debug)]
 enum Unanswered {
@@ -76,17 +115,20 @@ impl From<Unanswered> for BatchAnswer {
     }
 }
 
-/// A tally server over HTTP.
+/// A tally server over HTTP, on a pool of lean keep-alive connections ([`crate::http`]).
 #[derive(Debug, Clone)]
 pub struct Server {
-    http: reqwest::Client,
+    pool: Arc<Pool>,
     base: String,
-    secret: std::sync::Arc<SigningSecret>,
-    admin_token: String,
+    secret: Arc<SigningSecret>,
+    /// `Bearer <token>`, ready to send.
+    admin_authorization: String,
 }
 
 /// How long one request may take before it counts as unanswered.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a health probe may take.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Server {
     pub fn new(
@@ -94,21 +136,18 @@ impl Server {
         secret: SigningSecret,
         admin_token: String,
         connections: usize,
-    ) -> reqwest::Result<Self> {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(connections)
-            .timeout(REQUEST_TIMEOUT)
-            .build()?;
+    ) -> Result<Self, HttpError> {
+        let base = base.trim_end_matches('/').to_owned();
         Ok(Self {
-            http,
-            base: base.trim_end_matches('/').to_owned(),
-            secret: std::sync::Arc::new(secret),
-            admin_token,
+            pool: Arc::new(Pool::new(&base, connections)?),
+            base,
+            secret: Arc::new(secret),
+            admin_authorization: format!("Bearer {admin_token}"),
         })
     }
 
     /// A client for `/healthz` only, before the credentials are known.
-    pub fn health_probe(base: &str) -> reqwest::Result<Self> {
+    pub fn health_probe(base: &str) -> Result<Self, HttpError> {
         Self::new(base, SigningSecret::from_text(""), String::new(), 1)
     }
 
@@ -118,31 +157,37 @@ impl Server {
 
     /// Creates a USD campaign; one that exists already (409 `campaign_exists`) is fine.
     pub async fn create_campaign(&self, campaign_id: &str) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "campaign_id": campaign_id,
+            "name": campaign_id,
+            "currency": "USD",
+        }))?;
+        let headers = [("Authorization", self.admin_authorization.as_str())];
         let response = self
-            .http
-            .post(format!("{}/v1/campaigns", self.base))
-            .bearer_auth(&self.admin_token)
-            .json(&serde_json::json!({
-                "campaign_id": campaign_id,
-                "name": campaign_id,
-                "currency": "USD",
-            }))
-            .send()
+            .pool
+            .send(
+                Request::post_json("/v1/campaigns", &headers, &body),
+                REQUEST_TIMEOUT,
+            )
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", self.base))?;
-        let status = response.status();
-        if status.is_success() {
+        if response.is_success() {
             return Ok(());
         }
-        let text = response.text().await.unwrap_or_default();
-        let exists = status == 409 && error_code(text.as_bytes()) == "campaign_exists";
-        anyhow::ensure!(exists, "creating campaign {campaign_id}: {status} {text}");
+        let exists = response.status == 409 && error_code(&response.body) == "campaign_exists";
+        anyhow::ensure!(
+            exists,
+            "creating campaign {campaign_id}: {} {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        );
         Ok(())
     }
 
-    pub async fn post_donation(&self, body: &[u8]) -> SingleAnswer {
+    /// `POST /v1/donations` of `body`, with `signed` when it is still fresh (else signed now).
+    pub async fn post_donation(&self, body: &[u8], signed: Option<&Signed>) -> SingleAnswer {
         match self
-            .post_signed_json::<Accepted>("/v1/donations", body)
+            .post_signed_json::<Accepted>("/v1/donations", body, signed)
             .await
         {
             Ok(accepted) => SingleAnswer::Accepted(Placement {
@@ -155,7 +200,7 @@ impl Server {
 
     pub async fn post_batch(&self, body: &[u8]) -> BatchAnswer {
         let outcome = match self
-            .post_signed_json::<BatchOutcome>("/v1/donations/batch", body)
+            .post_signed_json::<BatchOutcome>("/v1/donations/batch", body, None)
             .await
         {
             Ok(outcome) => outcome,
@@ -199,9 +244,13 @@ impl Server {
 
     /// Whether the server recorded this payment: `Some(true)` 200, `Some(false)` 404.
     pub async fn is_recorded(&self, payment_ref: &str) -> Option<bool> {
-        let url = format!("{}/v1/donations/{payment_ref}", self.base);
-        let response = self.http.get(url).send().await.ok()?;
-        match response.status().as_u16() {
+        let path = format!("/v1/donations/{payment_ref}");
+        let response = self
+            .pool
+            .send(Request::get(&path), REQUEST_TIMEOUT)
+            .await
+            .ok()?;
+        match response.status {
             200 => Some(true),
             404 => Some(false),
             _ => None,
@@ -209,26 +258,22 @@ impl Server {
     }
 
     pub async fn is_healthy(&self) -> bool {
-        let url = format!("{}/healthz", self.base);
-        self.http
-            .get(url)
-            .timeout(Duration::from_secs(2))
-            .send()
+        self.pool
+            .send(Request::get("/healthz"), HEALTH_TIMEOUT)
             .await
-            .is_ok_and(|r| r.status().is_success())
+            .is_ok_and(|response| response.is_success())
     }
 
     async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Option<T> {
         let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
+            .pool
+            .send(Request::get(path), REQUEST_TIMEOUT)
             .await
             .ok()?;
-        if !response.status().is_success() {
+        if !response.is_success() {
             return None;
         }
-        response.json().await.ok()
+        serde_json::from_slice(&response.body).ok()
     }
 
     /// A signed POST's JSON answer when it is a 2xx; otherwise how it ended.
@@ -236,37 +281,34 @@ impl Server {
         &self,
         path: &str,
         body: &[u8],
+        signed: Option<&Signed>,
     ) -> Result<T, Unanswered> {
+        let signed_now;
+        let signed = match signed {
+            Some(signed) if signed.is_fresh() => signed,
+            _ => {
+                signed_now = Signed::now(&self.secret, body);
+                &signed_now
+            }
+        };
+        let headers = [(SIGNATURE_HEADER, signed.header.as_str())];
         let response = self
-            .signed_post(path, body)
+            .pool
+            .send(Request::post_json(path, &headers, body), REQUEST_TIMEOUT)
             .await
             .map_err(|_| Unanswered::Unreachable)?;
-        let status = response.status();
         if let Some(wait) = retry_after(&response) {
-            let status = status.as_u16();
+            let status = response.status;
             return Err(Unanswered::RetryAfter { status, wait });
         }
-        let bytes = response.bytes().await;
-        if status.is_success() {
-            // A 2xx whose body did not arrive, or is not the answer: the outcome is unknown.
-            let answer = bytes.ok().and_then(|b| serde_json::from_slice(&b).ok());
-            return answer.ok_or(Unanswered::Unreachable);
+        if response.is_success() {
+            // A 2xx whose body is not the answer: the outcome is unknown.
+            return serde_json::from_slice(&response.body).map_err(|_| Unanswered::Unreachable);
         }
         Err(Unanswered::Refused {
-            status: status.as_u16(),
-            code: error_code(&bytes.unwrap_or_default()),
+            status: response.status,
+            code: error_code(&response.body),
         })
-    }
-
-    async fn signed_post(&self, path: &str, body: &[u8]) -> reqwest::Result<reqwest::Response> {
-        let signature = sign(&self.secret, unix_seconds(), body);
-        self.http
-            .post(format!("{}{path}", self.base))
-            .header("Content-Type", "application/json")
-            .header(SIGNATURE_HEADER, signature)
-            .body(body.to_vec())
-            .send()
-            .await
     }
 }
 
@@ -277,17 +319,11 @@ fn unix_seconds() -> i64 {
 }
 
 /// For 429 and 503: the wait the server asked for (a second when it named none).
-fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    if !matches!(response.status().as_u16(), 429 | 503) {
+fn retry_after(response: &Response) -> Option<Duration> {
+    if !matches!(response.status, 429 | 503) {
         return None;
     }
-    let seconds = response
-        .headers()
-        .get("Retry-After")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(1);
-    Some(Duration::from_secs(seconds))
+    Some(Duration::from_secs(response.retry_after.unwrap_or(1)))
 }
 
 /// The `code` of an error answer, or `unknown` when the body is not in the API's error shape.

@@ -5,7 +5,9 @@
 //! load generator only sends a conflicting resend after the original was acknowledged, so the
 //! original is the one in the log first and the one tally records.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 /// A donation as the load generator sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +38,9 @@ pub struct ExpectedStats {
 
 #[derive(Debug, Default)]
 pub struct GroundTruth {
-    recorded: HashMap<String, SentDonation>,
+    /// By `payment_ref`; hashed with FxHash, not SipHash: the keys are the load generator's
+    /// own, and the map is looked up for every acknowledgement on the sending path.
+    recorded: FxHashMap<String, SentDonation>,
     totals: BTreeMap<String, ExpectedTotal>,
     resends_acknowledged: u64,
 }
@@ -48,7 +52,10 @@ impl GroundTruth {
             self.resends_acknowledged += 1;
             return false;
         }
-        let total = self.totals.entry(donation.campaign_id.clone()).or_default();
+        let total = match self.totals.get_mut(&donation.campaign_id) {
+            Some(total) => total,
+            None => self.totals.entry(donation.campaign_id.clone()).or_default(),
+        };
         total.total_cents += donation.amount_cents;
         total.donations += 1;
         self.recorded

@@ -8,7 +8,9 @@
 //!
 //! - [`schedule`]: traffic shapes (`steady`, `dinner-rush`, `spike`) as open-loop due times.
 //! - [`traffic`]: donations with their resends, conflicts, bursts and bad requests, from a seed.
+//! - [`plan`]: checkouts planned ahead on a thread of their own, bodies encoded and signed.
 //! - [`ground_truth`]: what the server must report, from the donations it acknowledged.
+//! - [`http`]: a lean HTTP/1.1 client: pooled keep-alive connections, answers read whole.
 //! - [`client`]: the server's HTTP API, answers read in the contract's views and reduced to
 //!   what a run needs.
 //! - [`targets`]: the servers a run drives, and how requests and probes spread over them.
@@ -20,6 +22,8 @@
 pub mod chaos;
 pub mod client;
 pub mod ground_truth;
+pub mod http;
+pub mod plan;
 pub mod report;
 pub mod run;
 pub mod schedule;

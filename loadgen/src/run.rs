@@ -5,20 +5,21 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
 use tally_api::signature::SigningSecret;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::chaos::ManagedServer;
-use crate::client::{BatchAnswer, Placement, Server, SingleAnswer};
+use crate::client::{BatchAnswer, Placement, Server, Signed, SingleAnswer};
 use crate::ground_truth::{GroundTruth, SentDonation};
+use crate::plan::{PlannedCheckout, PlannedRequest, Signing};
 use crate::report::{Report, ReportContext, RunStats, VerificationReport};
 use crate::schedule::{Profile, Schedule};
 use crate::targets::{Targets, first_target};
-use crate::traffic::{Planned, ResendTiming, Traffic, TrafficConfig};
+use crate::traffic::{Body, Planned, ResendTiming, Traffic, TrafficConfig};
 use crate::verify;
 
 /// A request refused with 429/503, or left unanswered, is sent again for this long at most.
@@ -100,7 +101,9 @@ fn target_setting(targets: &[String]) -> (String, String) {
 /// One request's worth of donation bodies and what each means for the ground truth.
 #[derive(Debug, Clone)]
 struct Item {
-    body: Value,
+    body: Body,
+    /// Its signature, made when it was planned (single requests).
+    signed: Option<Signed>,
     /// The donation a 2xx records (originals and resends); `None` for conflicts and bad bodies.
     donation: Option<SentDonation>,
 }
@@ -126,6 +129,9 @@ struct Shared {
     /// Donations whose requests were never answered within the retry window.
     unknown: Mutex<Vec<SentDonation>>,
     probe: Mutex<ProbeSlot>,
+    /// Whether `probe` is `Wanted`: read on every acknowledgement, so the slot's lock is taken
+    /// only when a probe is asked for.
+    probe_wanted: AtomicBool,
     /// Wakes the freshness prober when the slot it asked for is filled.
     probe_filled: Notify,
 }
@@ -187,19 +193,34 @@ pub async fn run(
     };
 
     let bases = targets.bases();
+    let started = Instant::now();
+    let started_unix_ms = unix_ms();
     let shared = Arc::new(Shared {
         targets,
-        started: Instant::now(),
+        started,
         slots: Semaphore::new(config.connections.max(1)),
         stats: Mutex::new(RunStats::with_targets(&bases)),
         truth: Mutex::new(GroundTruth::default()),
         unknown: Mutex::new(Vec::new()),
         probe: Mutex::new(ProbeSlot::Idle),
+        probe_wanted: AtomicBool::new(false),
         probe_filled: Notify::new(),
     });
     let finished = Arc::new(Notify::new());
     let helpers = Helpers::start(config, &shared, &finished, managed.take());
-    replay(config, &shared, Traffic::new(traffic_config.clone())).await;
+    let signing = if config.batch <= 1 {
+        Signing::EachRequest(secret)
+    } else {
+        Signing::AtSend
+    };
+    let (checkouts, planner) = crate::plan::start(
+        Schedule::new(config.profile, config.duration, config.rate),
+        Traffic::new(traffic_config.clone()),
+        started_unix_ms,
+        signing,
+    );
+    replay(config, &shared, checkouts).await;
+    planner.await?;
     let elapsed = shared.started.elapsed();
     let managed = helpers.stop(&finished).await?;
 
@@ -224,49 +245,98 @@ pub async fn run(
     Ok(report)
 }
 
-/// Sends the schedule's checkouts as they fall due, then waits for every request to finish.
-async fn replay(config: &RunConfig, shared: &Arc<Shared>, mut traffic: Traffic) {
-    let schedule = Schedule::new(config.profile, config.duration, config.rate);
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut pending: Vec<Vec<Planned>> = Vec::new();
-    let mut last_due = shared.started;
-    for due in schedule.due_times() {
-        let due = shared.started + due;
-        tokio::time::sleep_until(due.into()).await;
-        pending.push(traffic.checkout(unix_ms()));
-        last_due = due;
-        if pending.len() >= config.batch {
-            spawn_requests(
-                &mut tasks,
-                shared,
-                config.batch,
-                std::mem::take(&mut pending),
-                due,
-            );
-        }
-        while tasks.try_join_next().is_some() {}
-    }
-    if !pending.is_empty() {
-        spawn_requests(&mut tasks, shared, config.batch, pending, last_due);
-    }
-    while tasks.join_next().await.is_some() {}
+/// One request's worth of the schedule (a checkout, or a batch's worth of them) and when it
+/// fell due.
+struct Job {
+    plans: Vec<Vec<PlannedRequest>>,
+    due: Instant,
 }
 
-fn spawn_requests(
-    tasks: &mut tokio::task::JoinSet<()>,
+/// Sends the schedule's checkouts as they fall due, then waits for every request to finish.
+///
+/// A fixed set of senders, one per connection, takes the requests in due order; the replay
+/// hands one over only when a sender is free (or one is queued per sender). A server slower
+/// than the schedule so slows the replay down instead of piling up requests that cost the load
+/// generator the CPU it shares with the server; latency still counts from each due time, so the
+/// wait shows in it (no coordinated omission).
+async fn replay(
+    config: &RunConfig,
     shared: &Arc<Shared>,
-    batch: usize,
-    plans: Vec<Vec<Planned>>,
-    due: Instant,
+    mut chunks: tokio::sync::mpsc::Receiver<Vec<PlannedCheckout>>,
 ) {
-    let shared = Arc::clone(shared);
-    if batch <= 1 {
-        for plan in plans {
-            let shared = Arc::clone(&shared);
-            tasks.spawn(async move { send_singles(&shared, plan, due).await });
+    let senders_count = config.connections.max(1);
+    let (jobs, queue) = tokio::sync::mpsc::channel::<Job>(senders_count);
+    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..senders_count {
+        senders.spawn(sender(Arc::clone(shared), Arc::clone(&queue), config.batch));
+    }
+    let mut pending: Vec<Vec<PlannedRequest>> = Vec::new();
+    let mut last_due = shared.started;
+    'schedule: while let Some(chunk) = chunks.recv().await {
+        for checkout in chunk {
+            let due = shared.started + checkout.due;
+            // Behind the schedule (the senders are busy), a due time already passed goes at once.
+            if due > Instant::now() {
+                tokio::time::sleep_until(due.into()).await;
+            }
+            pending.push(checkout.requests);
+            last_due = due;
+            if pending.len() >= config.batch {
+                let plans = std::mem::take(&mut pending);
+                if jobs.send(Job { plans, due }).await.is_err() {
+                    break 'schedule;
+                }
+            }
         }
-    } else {
-        tasks.spawn(async move { send_batches(&shared, plans, due).await });
+    }
+    if !pending.is_empty() {
+        let _ = jobs
+            .send(Job {
+                plans: pending,
+                due: last_due,
+            })
+            .await;
+    }
+    drop(jobs);
+    while senders.join_next().await.is_some() {}
+}
+
+/// One sender: takes the next request of the schedule, sends it with the resends that race or
+/// follow it, and leaves the resends due minutes later to a task of their own.
+async fn sender(
+    shared: Arc<Shared>,
+    queue: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Job>>>,
+    batch: usize,
+) {
+    let mut later_resends = tokio::task::JoinSet::new();
+    loop {
+        let job = queue.lock().await.recv().await;
+        let Some(Job { plans, due }) = job else {
+            break;
+        };
+        let later = if batch <= 1 {
+            send_singles(&shared, plans.into_iter().flatten().collect(), due).await
+        } else {
+            send_batches(&shared, plans, due).await
+        };
+        if !later.is_empty() {
+            later_resends.spawn(send_later(Arc::clone(&shared), later, batch));
+        }
+        while later_resends.try_join_next().is_some() {}
+    }
+    while later_resends.join_next().await.is_some() {}
+}
+
+/// Resends that go a while after their originals were answered: each at its time, alone.
+async fn send_later(shared: Arc<Shared>, later: Vec<(Instant, Item)>, batch: usize) {
+    for (at, item) in later {
+        tokio::time::sleep_until(at.into()).await;
+        if batch <= 1 {
+            send_single(&shared, &item, Instant::now()).await;
+        } else {
+            send_batch(&shared, vec![item], Instant::now()).await;
+        }
     }
 }
 
@@ -284,18 +354,20 @@ struct Waves {
 }
 
 impl Waves {
-    fn new(plans: Vec<Vec<Planned>>, stats: &mut RunStats) -> Self {
+    fn new(plans: Vec<Vec<PlannedRequest>>, stats: &mut RunStats) -> Self {
         let mut waves = Waves::default();
-        for planned in plans.into_iter().flatten() {
+        for PlannedRequest { planned, signed } in plans.into_iter().flatten() {
             match planned {
                 Planned::Donation(donation, body) => waves.first.push(Item {
                     body,
+                    signed,
                     donation: Some(donation),
                 }),
                 Planned::Invalid { body } => {
                     stats.counters.invalid_sent += 1;
                     waves.first.push(Item {
                         body,
+                        signed,
                         donation: None,
                     });
                 }
@@ -303,6 +375,7 @@ impl Waves {
                     stats.counters.resends_sent += 1;
                     let item = Item {
                         body,
+                        signed,
                         donation: Some(of),
                     };
                     match timing {
@@ -317,6 +390,7 @@ impl Waves {
                     stats.counters.conflicts_sent += 1;
                     waves.after.push(Item {
                         body,
+                        signed,
                         donation: None,
                     });
                 }
@@ -325,47 +399,68 @@ impl Waves {
         waves.later.sort_by_key(|(delay, _)| *delay);
         waves
     }
+
+    /// The later resends, timed from `answered`, when the waves before them were answered.
+    fn later_from(self, answered: Instant) -> Vec<(Instant, Item)> {
+        self.later
+            .into_iter()
+            .map(|(delay, item)| (answered + delay, item))
+            .collect()
+    }
 }
 
-/// Single requests: the checkout's originals in order, resends racing or following them.
-async fn send_singles(shared: &Shared, plan: Vec<Planned>, due: Instant) {
+/// Single requests: the checkout's originals in order, resends racing or following them;
+/// returns the resends due later, with their times.
+async fn send_singles(
+    shared: &Shared,
+    plan: Vec<PlannedRequest>,
+    due: Instant,
+) -> Vec<(Instant, Item)> {
     let waves = Waves::new(vec![plan], &mut lock(&shared.stats));
-    // A checkout's donations (several for a user's burst) go out at once, as a burst would.
-    let originals = futures_util::future::join_all(
-        waves
-            .first
-            .iter()
-            .map(|item| send_single(shared, item, due)),
-    );
-    let racing = async {
-        for item in &waves.concurrent {
-            send_single(shared, item, Instant::now()).await;
+    match (waves.first.as_slice(), waves.concurrent.is_empty()) {
+        // Most checkouts: one donation, nothing racing it.
+        ([original], true) => send_single(shared, original, due).await,
+        _ => {
+            // A checkout's donations (several for a user's burst) go out at once, as a burst
+            // would.
+            let originals = futures_util::future::join_all(
+                waves
+                    .first
+                    .iter()
+                    .map(|item| send_single(shared, item, due)),
+            );
+            let racing = async {
+                for item in &waves.concurrent {
+                    send_single(shared, item, Instant::now()).await;
+                }
+            };
+            tokio::join!(originals, racing);
         }
-    };
-    tokio::join!(originals, racing);
+    }
     for item in &waves.after {
         send_single(shared, item, Instant::now()).await;
     }
-    let answered = Instant::now();
-    for (delay, item) in &waves.later {
-        tokio::time::sleep_until((answered + *delay).into()).await;
-        send_single(shared, item, Instant::now()).await;
-    }
+    waves.later_from(Instant::now())
 }
 
-/// Batches: the originals in one request, racing resends in another, then the rest.
-async fn send_batches(shared: &Shared, plans: Vec<Vec<Planned>>, due: Instant) {
-    let waves = Waves::new(plans, &mut lock(&shared.stats));
+/// Batches: the originals in one request, racing resends in another, then the rest; returns
+/// the resends due later, with their times.
+async fn send_batches(
+    shared: &Shared,
+    plans: Vec<Vec<PlannedRequest>>,
+    due: Instant,
+) -> Vec<(Instant, Item)> {
+    let mut waves = Waves::new(plans, &mut lock(&shared.stats));
     tokio::join!(
-        send_batch(shared, waves.first, due),
-        send_batch(shared, waves.concurrent, Instant::now())
+        send_batch(shared, std::mem::take(&mut waves.first), due),
+        send_batch(
+            shared,
+            std::mem::take(&mut waves.concurrent),
+            Instant::now()
+        )
     );
-    send_batch(shared, waves.after, Instant::now()).await;
-    let answered = Instant::now();
-    for (delay, item) in waves.later {
-        tokio::time::sleep_until((answered + delay).into()).await;
-        send_batch(shared, vec![item], Instant::now()).await;
-    }
+    send_batch(shared, std::mem::take(&mut waves.after), Instant::now()).await;
+    waves.later_from(Instant::now())
 }
 
 impl Shared {
@@ -379,6 +474,9 @@ impl Shared {
             return;
         };
         lock(&self.truth).acknowledged(donation);
+        if !self.probe_wanted.load(Ordering::Relaxed) {
+            return;
+        }
         let mut probe = lock(&self.probe);
         if matches!(*probe, ProbeSlot::Wanted) {
             *probe = ProbeSlot::Filled(Probe {
@@ -387,6 +485,7 @@ impl Shared {
                 acknowledged_by: target,
                 acknowledged_at: Instant::now(),
             });
+            self.probe_wanted.store(false, Ordering::Relaxed);
             self.probe_filled.notify_one();
         }
     }
@@ -419,7 +518,6 @@ impl Shared {
 }
 
 async fn send_single(shared: &Shared, item: &Item, mut due: Instant) {
-    let body = serde_json::to_vec(&item.body).unwrap_or_default();
     let give_up = Instant::now() + RETRY_WINDOW;
     {
         let mut stats = lock(&shared.stats);
@@ -431,7 +529,9 @@ async fn send_single(shared: &Shared, item: &Item, mut due: Instant) {
         lock(&shared.stats).sent_to(target);
         let answer = {
             let _slot = shared.slots.acquire().await;
-            server.post_donation(&body).await
+            server
+                .post_donation(item.body.as_bytes(), item.signed.as_ref())
+                .await
         };
         let (status, wait) = match answer {
             SingleAnswer::Accepted(placement) => {
@@ -468,8 +568,7 @@ async fn send_batch(shared: &Shared, mut items: Vec<Item>, mut due: Instant) {
     let give_up = Instant::now() + RETRY_WINDOW;
     lock(&shared.stats).counters.donations_sent += items.len() as u64;
     loop {
-        let bodies: Vec<&Value> = items.iter().map(|i| &i.body).collect();
-        let body = serde_json::to_vec(&bodies).unwrap_or_default();
+        let body = batch_body(&items);
         let (target, server) = shared.targets.next_for_request();
         {
             let mut stats = lock(&shared.stats);
@@ -528,6 +627,21 @@ async fn send_batch(shared: &Shared, mut items: Vec<Item>, mut due: Instant) {
         tokio::time::sleep(wait).await;
         due = due_after_retry(status, due);
     }
+}
+
+/// A JSON array of the items' encoded bodies.
+fn batch_body(items: &[Item]) -> Vec<u8> {
+    let length: usize = items.iter().map(|i| i.body.as_bytes().len() + 1).sum();
+    let mut body = Vec::with_capacity(length + 2);
+    body.push(b'[');
+    for (index, item) in items.iter().enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item.body.as_bytes());
+    }
+    body.push(b']');
+    body
 }
 
 /// A request sent again after a 429 is due when its `Retry-After` ends: the wait is the rate
@@ -617,6 +731,7 @@ async fn probe_freshness(shared: Arc<Shared>, finished: Arc<Notify>) {
             () = tokio::time::sleep(FRESHNESS_PROBE_EVERY) => {}
         }
         *lock(&shared.probe) = ProbeSlot::Wanted;
+        shared.probe_wanted.store(true, Ordering::Relaxed);
         tokio::select! {
             () = &mut stop => return,
             () = shared.probe_filled.notified() => {}

@@ -18,11 +18,11 @@ pub enum TargetsError {
         "--server-cmd and --kill-every drive exactly one server, but {count} targets were given"
     )]
     SeveralWithOwnedServer { count: usize },
-    #[error("cannot build the HTTP client for {url}")]
+    #[error("cannot use target {url}")]
     Client {
         url: String,
         #[source]
-        source: reqwest::Error,
+        source: crate::http::HttpError,
     },
 }
 

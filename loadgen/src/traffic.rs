@@ -13,8 +13,11 @@
 //!   server's per-user allowance, so some are answered 429 and sent again after `Retry-After`.
 //! - `payment_ref`s carry a run id, so a second run against the same server sends new payments.
 
+use std::sync::Arc;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::ground_truth::SentDonation;
@@ -76,21 +79,65 @@ impl Default for TrafficConfig {
     }
 }
 
+/// A request body, encoded once when it is planned: a resend shares its original's bytes, and
+/// the sending path never touches JSON values.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Body(Arc<[u8]>);
+
+impl Body {
+    fn encode(value: &impl Serialize) -> Self {
+        // Serializing plain structs and `Value`s into memory cannot fail.
+        Self(serde_json::to_vec(value).unwrap_or_default().into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The body read back as JSON (for checks and diagnostics, not the sending path).
+    pub fn to_json(&self) -> Value {
+        serde_json::from_slice(&self.0).unwrap_or(Value::Null)
+    }
+}
+
+impl std::fmt::Display for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Body({self})")
+    }
+}
+
+/// A donation callback's fields, as tally's contract names them.
+#[derive(Debug, Serialize)]
+struct DonationBody<'a> {
+    payment_ref: &'a str,
+    order_id: &'a str,
+    user_id: &'a str,
+    campaign_id: &'a str,
+    amount_cents: u64,
+    paid_at: &'a str,
+}
+
 /// One request to send, and what it means for the ground truth.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Planned {
     /// A new payment's donation.
-    Donation(SentDonation, Value),
+    Donation(SentDonation, Body),
     /// The same donation again.
     Resend {
         of: SentDonation,
-        body: Value,
+        body: Body,
         timing: ResendTiming,
     },
     /// Same `payment_ref`, different amount: tally keeps it as a conflict, counts nothing.
-    Conflict { payment_ref: String, body: Value },
+    Conflict { payment_ref: String, body: Body },
     /// A request tally must refuse with a 400.
-    Invalid { body: Value },
+    Invalid { body: Body },
 }
 
 /// Generates the traffic of one run.
@@ -116,11 +163,13 @@ impl Traffic {
     /// a conflict or a bad request riding along.
     pub fn checkout(&mut self, now_ms: i64) -> Vec<Planned> {
         let user = self.rng.gen_range(0..self.config.users);
-        let (donation, body) = self.donation(now_ms, user);
+        let (donation, fields) = self.donation(now_ms, user);
+        let body = Body::encode(&fields.as_body(&donation));
         let mut planned = vec![Planned::Donation(donation.clone(), body.clone())];
         if self.rng.r#gen::<f64>() < self.config.burst_share {
             for _ in 1..self.config.burst_size {
-                let (donation, body) = self.donation(now_ms, user);
+                let (donation, fields) = self.donation(now_ms, user);
+                let body = Body::encode(&fields.as_body(&donation));
                 planned.push(Planned::Donation(donation, body));
             }
         }
@@ -133,11 +182,13 @@ impl Traffic {
                 timing,
             });
         } else if roll < self.config.resend_share + self.config.conflict_share {
-            let mut conflicting = body;
-            conflicting["amount_cents"] = json!(donation.amount_cents + 1);
+            let conflicting = DonationBody {
+                amount_cents: donation.amount_cents + 1,
+                ..fields.as_body(&donation)
+            };
             planned.push(Planned::Conflict {
                 payment_ref: donation.payment_ref.clone(),
-                body: conflicting,
+                body: Body::encode(&conflicting),
             });
         }
         if self.rng.r#gen::<f64>() < self.config.invalid_share {
@@ -148,7 +199,7 @@ impl Traffic {
         planned
     }
 
-    fn donation(&mut self, now_ms: i64, user: u32) -> (SentDonation, Value) {
+    fn donation(&mut self, now_ms: i64, user: u32) -> (SentDonation, OtherFields) {
         self.next_payment += 1;
         let payment_ref = format!(
             "pay_{}_{:08x}_{:010}",
@@ -161,21 +212,18 @@ impl Traffic {
         } else {
             now_ms
         };
-        let body = json!({
-            "payment_ref": payment_ref,
-            "order_id": format!("ord_{:010}", self.next_payment),
-            "user_id": format!("usr_{user:07}"),
-            "campaign_id": campaign_id,
-            "amount_cents": amount_cents,
-            "paid_at": rfc3339(paid_at_ms),
-        });
+        let fields = OtherFields {
+            order_id: format!("ord_{:010}", self.next_payment),
+            user_id: format!("usr_{user:07}"),
+            paid_at: rfc3339(paid_at_ms),
+        };
         let donation = SentDonation {
             payment_ref,
             campaign_id,
             amount_cents,
             paid_at_ms,
         };
-        (donation, body)
+        (donation, fields)
     }
 
     fn campaign(&mut self) -> &str {
@@ -208,15 +256,37 @@ impl Traffic {
         }
     }
 
-    fn invalid_body(&mut self, now_ms: i64) -> Value {
+    fn invalid_body(&mut self, now_ms: i64) -> Body {
         let user = self.rng.gen_range(0..self.config.users);
-        let (_, mut body) = self.donation(now_ms, user);
+        let (donation, fields) = self.donation(now_ms, user);
+        let mut body = serde_json::to_value(fields.as_body(&donation)).unwrap_or(Value::Null);
         match self.rng.gen_range(0..3) {
             0 => body["amount_cents"] = json!("200"),
             1 => body["tip_cents"] = json!(5),
             _ => body["campaign_id"] = json!("Not A Campaign!"),
         }
-        body
+        Body::encode(&body)
+    }
+}
+
+/// The fields of a donation's body that the ground truth does not keep.
+#[derive(Debug)]
+struct OtherFields {
+    order_id: String,
+    user_id: String,
+    paid_at: String,
+}
+
+impl OtherFields {
+    fn as_body<'a>(&'a self, donation: &'a SentDonation) -> DonationBody<'a> {
+        DonationBody {
+            payment_ref: &donation.payment_ref,
+            order_id: &self.order_id,
+            user_id: &self.user_id,
+            campaign_id: &donation.campaign_id,
+            amount_cents: donation.amount_cents,
+            paid_at: &self.paid_at,
+        }
     }
 }
 
@@ -303,14 +373,19 @@ mod tests {
                         refs.insert(d.payment_ref.clone()),
                         "a payment_ref is new once"
                     );
+                    let body = body.to_json();
+                    assert_eq!(body["payment_ref"], d.payment_ref.as_str());
+                    assert_eq!(body["campaign_id"], d.campaign_id.as_str());
                     assert_eq!(body["amount_cents"], d.amount_cents);
+                    assert_eq!(body["paid_at"], rfc3339(d.paid_at_ms).as_str());
                 }
                 Planned::Resend { of, body, .. } => {
+                    let body = body.to_json();
                     assert_eq!(body["payment_ref"], of.payment_ref.as_str());
                     assert_eq!(body["amount_cents"], of.amount_cents);
                 }
                 Planned::Conflict { payment_ref, body } => {
-                    assert_eq!(body["payment_ref"], payment_ref.as_str())
+                    assert_eq!(body.to_json()["payment_ref"], payment_ref.as_str())
                 }
                 Planned::Invalid { .. } => {}
             }
@@ -341,10 +416,10 @@ mod tests {
         });
         let planned = traffic.checkout(NOW_MS);
         assert_eq!(planned.len(), 30);
-        let users: std::collections::HashSet<&Value> = planned
+        let users: std::collections::HashSet<String> = planned
             .iter()
             .map(|p| match p {
-                Planned::Donation(_, body) => &body["user_id"],
+                Planned::Donation(_, body) => body.to_json()["user_id"].to_string(),
                 other => panic!("a burst is donations only: {other:?}"),
             })
             .collect();
