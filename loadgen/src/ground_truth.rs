@@ -46,6 +46,15 @@ pub struct GroundTruth {
 }
 
 impl GroundTruth {
+    /// Room for `donations` distinct payments before the map grows (growing rehashes every
+    /// entry, on the sending path).
+    pub fn with_capacity(donations: usize) -> Self {
+        Self {
+            recorded: FxHashMap::with_capacity_and_hasher(donations, Default::default()),
+            ..Self::default()
+        }
+    }
+
     /// Notes a 2xx for `donation`; returns whether it was the payment's first.
     pub fn acknowledged(&mut self, donation: &SentDonation) -> bool {
         if self.recorded.contains_key(&donation.payment_ref) {

@@ -63,6 +63,13 @@ impl RunConfig {
         }
     }
 
+    /// About how many distinct donations the schedule plans (bursts add about 6%), capped so a
+    /// mistyped rate cannot reserve the machine's memory up front.
+    fn expected_donations(&self) -> usize {
+        let checkouts = self.rate * self.duration.as_secs_f64();
+        (checkouts * 1.1).clamp(0.0, 50_000_000.0) as usize
+    }
+
     fn settings(&self, targets: &[String]) -> BTreeMap<String, String> {
         let mut settings = BTreeMap::from([
             target_setting(targets),
@@ -200,7 +207,7 @@ pub async fn run(
         started,
         slots: Semaphore::new(config.connections.max(1)),
         stats: Mutex::new(RunStats::with_targets(&bases)),
-        truth: Mutex::new(GroundTruth::default()),
+        truth: Mutex::new(GroundTruth::with_capacity(config.expected_donations())),
         unknown: Mutex::new(Vec::new()),
         probe: Mutex::new(ProbeSlot::Idle),
         probe_wanted: AtomicBool::new(false),
