@@ -23,6 +23,7 @@
 //! duration (default 8).
 
 #[path = "support/closed_loop.rs"]
+#[allow(dead_code)]
 mod closed_loop;
 #[path = "support/machine.rs"]
 mod machine;

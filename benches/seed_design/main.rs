@@ -348,6 +348,11 @@ impl Row {
             Row::NotRun { .. } => None,
         }
     }
+
+    /// Measured, with totals equal to the ground truth.
+    fn is_exact(&self) -> bool {
+        matches!(self, Row::Measured { totals, truth, .. } if compare(totals, truth).is_ok())
+    }
 }
 
 const TALLY_SINGLE: &str = "tally, POST /v1/donations";
@@ -620,7 +625,51 @@ fn print_ratios(rows: &[Row]) {
             ratios.join(", ")
         );
     }
+    print_scaling_targets(rows);
 }
+
+/// The targets of a shared commit path: single callbacks at least [`SINGLE_OVER_POSTGRES`]
+/// times Postgres alone, batches at least [`BATCHES_OVER_SEED_DESIGN`] times the seed design,
+/// tally's totals exact in both.
+fn print_scaling_targets(rows: &[Row]) {
+    let targets = [
+        (
+            "single callbacks",
+            0,
+            "Postgres alone",
+            2,
+            SINGLE_OVER_POSTGRES,
+        ),
+        ("batches", 1, "the seed design", 4, BATCHES_OVER_SEED_DESIGN),
+    ];
+    for (mode, tally_row, baseline, baseline_row, ratio) in targets {
+        let (Some(tally), Some(base)) = (rows.get(tally_row), rows.get(baseline_row)) else {
+            continue;
+        };
+        let (Some(tally_per_s), Some(base_per_s)) =
+            (tally.donations_per_s(), base.donations_per_s())
+        else {
+            println!("target: tally {mode} >= {ratio}x {baseline}: not measured");
+            continue;
+        };
+        let achieved = tally_per_s / base_per_s.max(1e-9);
+        let met = achieved >= ratio && tally.is_exact();
+        println!(
+            "target: tally {mode} >= {ratio}x {baseline}, totals exact: {achieved:.1}x, totals {}, {}",
+            if tally.is_exact() {
+                "exact"
+            } else {
+                "NOT exact"
+            },
+            if met { "met" } else { "NOT met" }
+        );
+    }
+}
+
+/// Single callbacks over Postgres alone, at least.
+const SINGLE_OVER_POSTGRES: f64 = 3.0;
+/// Batches over the seed design, at least.
+const BATCHES_OVER_SEED_DESIGN: f64 = 50.0;
 
 /// The goal: tally takes at least this many times the seed design's donations per second, at
 /// equal guarantees (durable acknowledgement, no double count).

@@ -129,3 +129,86 @@ pub async fn closed_loop(
         latency_us,
     }
 }
+
+/// Closed loop over given bodies: `concurrency` connections each signing and sending the next
+/// body of `bodies` (single donations) as soon as it has an answer, for `duration` or until the
+/// bodies run out. Every 2xx counts as acknowledged, as the load generator counts them.
+pub async fn closed_loop_over(
+    base: &str,
+    concurrency: usize,
+    duration: Duration,
+    bodies: Arc<Vec<Vec<u8>>>,
+) -> Phase {
+    let secret = Arc::new(SigningSecret::from_text(SIGNING_SECRET));
+    let next = Arc::new(AtomicU64::new(0));
+    let (accepted, requests, errors) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let stop_at = Instant::now() + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (secret, base, bodies, next) = (
+                Arc::clone(&secret),
+                base.to_owned(),
+                Arc::clone(&bodies),
+                Arc::clone(&next),
+            );
+            let (accepted, requests, errors) = (
+                Arc::clone(&accepted),
+                Arc::clone(&requests),
+                Arc::clone(&errors),
+            );
+            tokio::spawn(async move {
+                let mut latency =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+                let Ok(mut connection) = Connection::open(&base).await else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    return latency;
+                };
+                while Instant::now() < stop_at {
+                    let index = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(body) = bodies.get(index) else {
+                        break;
+                    };
+                    let body = String::from_utf8_lossy(body);
+                    let signature = sign(&secret, now_s(), body.as_bytes());
+                    let started = Instant::now();
+                    let status = connection.post("/v1/donations", &body, &signature).await;
+                    let _ = latency.record(started.elapsed().as_micros() as u64);
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    match status {
+                        Ok(status) if (200..300).contains(&status) => {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            match Connection::open(&base).await {
+                                Ok(fresh) => connection = fresh,
+                                Err(_) => return latency,
+                            }
+                        }
+                    }
+                }
+                latency
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    for task in tasks {
+        if let Ok(histogram) = task.await {
+            let _ = latency_us.add(histogram);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64().max(1e-9);
+    Phase {
+        name: format!("given bodies, {concurrency} connections"),
+        donations_per_s: accepted.load(Ordering::Relaxed) as f64 / seconds,
+        requests_per_s: requests.load(Ordering::Relaxed) as f64 / seconds,
+        errors: errors.load(Ordering::Relaxed),
+        latency_us,
+    }
+}
