@@ -272,12 +272,14 @@ async fn replay(
     mut chunks: tokio::sync::mpsc::Receiver<Vec<PlannedCheckout>>,
 ) {
     let senders_count = config.connections.max(1);
-    let (jobs, queue) = tokio::sync::mpsc::channel::<Job>(senders_count);
-    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+    // Many receivers: a sender that is done takes the next job at once, without waiting for
+    // another sender to be scheduled and hand a shared receiver on.
+    let (jobs, queue) = async_channel::bounded::<Job>(senders_count);
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..senders_count {
-        senders.spawn(sender(Arc::clone(shared), Arc::clone(&queue), config.batch));
+        senders.spawn(sender(Arc::clone(shared), queue.clone(), config.batch));
     }
+    drop(queue);
     let mut pending: Vec<Vec<PlannedRequest>> = Vec::new();
     let mut last_due = shared.started;
     'schedule: while let Some(chunk) = chunks.recv().await {
@@ -311,17 +313,9 @@ async fn replay(
 
 /// One sender: takes the next request of the schedule, sends it with the resends that race or
 /// follow it, and leaves the resends due minutes later to a task of their own.
-async fn sender(
-    shared: Arc<Shared>,
-    queue: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Job>>>,
-    batch: usize,
-) {
+async fn sender(shared: Arc<Shared>, queue: async_channel::Receiver<Job>, batch: usize) {
     let mut later_resends = tokio::task::JoinSet::new();
-    loop {
-        let job = queue.lock().await.recv().await;
-        let Some(Job { plans, due }) = job else {
-            break;
-        };
+    while let Ok(Job { plans, due }) = queue.recv().await {
         let later = if batch <= 1 {
             send_singles(&shared, plans.into_iter().flatten().collect(), due).await
         } else {
