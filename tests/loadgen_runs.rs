@@ -1,6 +1,7 @@
 //! The load generator against a real `tally serve`: a whole run (the realistic mix of resends,
 //! conflicts, bursts and invalid requests) ends with its verification passed — with single
-//! callbacks while it SIGKILLs and restarts the server, and with batches.
+//! callbacks while it SIGKILLs and restarts the server, and with batches (also of the server's
+//! largest batch size).
 
 mod support;
 
@@ -84,4 +85,31 @@ fn a_batched_run_verifies() {
     let report = block_on(&config(25, None, None), &server.base);
     assert_verified(&report);
     assert!(report.counters.requests_sent < report.counters.donations_sent);
+}
+
+#[test]
+fn batches_of_the_servers_largest_size_are_never_refused_as_too_large() {
+    // A thousand checkouts bring more than a thousand requests (bursts, resends, bad requests):
+    // the load generator must split them, not send a request the server refuses whole.
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::start(data_dir.path(), &[]);
+    let config = RunConfig {
+        rate: 1_000.0,
+        ..config(1_000, None, None)
+    };
+    let report = block_on(&config, &server.base);
+    assert_verified(&report);
+    let too_large: u64 = report
+        .counters
+        .refused_by_code
+        .iter()
+        .filter(|(code, _)| code.contains("batch_too_large"))
+        .map(|(_, count)| *count)
+        .sum();
+    assert_eq!(too_large, 0, "{:?}", report.counters.refused_by_code);
+    assert!(
+        report.counters.donations_acknowledged > 4_000,
+        "{:?}",
+        report.counters
+    );
 }

@@ -319,7 +319,7 @@ async fn sender(shared: Arc<Shared>, queue: async_channel::Receiver<Job>, batch:
         let later = if batch <= 1 {
             send_singles(&shared, plans.into_iter().flatten().collect(), due).await
         } else {
-            send_batches(&shared, plans, due).await
+            send_batches(&shared, plans, due, batch).await
         };
         if !later.is_empty() {
             later_resends.spawn(send_later(Arc::clone(&shared), later, batch));
@@ -446,22 +446,50 @@ async fn send_singles(
 
 /// Batches: the originals in one request, racing resends in another, then the rest; returns
 /// the resends due later, with their times.
+///
+/// A wave holds more requests than the checkouts it came from (bursts, resends and bad requests
+/// ride along), so it goes in as many requests of at most `batch` donations as it needs, at
+/// once: a request over the server's batch limit would be refused whole.
 async fn send_batches(
     shared: &Shared,
     plans: Vec<Vec<PlannedRequest>>,
     due: Instant,
+    batch: usize,
 ) -> Vec<(Instant, Item)> {
     let mut waves = Waves::new(plans, &mut lock(&shared.stats));
     tokio::join!(
-        send_batch(shared, std::mem::take(&mut waves.first), due),
-        send_batch(
+        send_in_batches(shared, std::mem::take(&mut waves.first), due, batch),
+        send_in_batches(
             shared,
             std::mem::take(&mut waves.concurrent),
-            Instant::now()
+            Instant::now(),
+            batch
         )
     );
-    send_batch(shared, std::mem::take(&mut waves.after), Instant::now()).await;
+    send_in_batches(
+        shared,
+        std::mem::take(&mut waves.after),
+        Instant::now(),
+        batch,
+    )
+    .await;
     waves.later_from(Instant::now())
+}
+
+/// `items` in requests of at most `batch` donations, all at once.
+async fn send_in_batches(shared: &Shared, mut items: Vec<Item>, due: Instant, batch: usize) {
+    let mut requests = Vec::with_capacity(items.len().div_ceil(batch.max(1)));
+    while items.len() > batch.max(1) {
+        let rest = items.split_off(batch.max(1));
+        requests.push(std::mem::replace(&mut items, rest));
+    }
+    requests.push(items);
+    futures_util::future::join_all(
+        requests
+            .into_iter()
+            .map(|request| send_batch(shared, request, due)),
+    )
+    .await;
 }
 
 impl Shared {
