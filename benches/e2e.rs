@@ -110,7 +110,7 @@ struct Limit {
 /// The bodies of the load generator's traffic mix (donations, resends, conflicting resends,
 /// invalid requests, bursts), in the order it plans them, for about `donations` requests.
 fn mix_bodies(donations: usize, run_id: &str) -> (Vec<String>, Vec<Vec<u8>>) {
-    use tally_loadgen::traffic::{Planned, Traffic, TrafficConfig};
+    use tally_loadgen::traffic::{Traffic, TrafficConfig};
     let config = TrafficConfig {
         seed: 7,
         run_id: run_id.to_owned(),
@@ -124,13 +124,7 @@ fn mix_bodies(donations: usize, run_id: &str) -> (Vec<String>, Vec<Vec<u8>>) {
     let mut bodies = Vec::with_capacity(donations);
     while bodies.len() < donations {
         for planned in traffic.checkout(now_ms) {
-            let body = match &planned {
-                Planned::Donation(_, body)
-                | Planned::Resend { body, .. }
-                | Planned::Conflict { body, .. }
-                | Planned::Invalid { body } => body,
-            };
-            bodies.push(body.as_bytes().to_vec());
+            bodies.push(planned.body().as_bytes().to_vec());
         }
     }
     (campaigns, bodies)

@@ -2,6 +2,7 @@
 //! batches) back to back, on the load generator's lean HTTP/1.1 client, counting what was
 //! accepted and the latency of every request.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -47,7 +48,7 @@ enum Bodies {
 
 impl Bodies {
     /// The next request body of connection `task`, and how many donations it holds.
-    fn next(&self, task: usize, sequence: &mut u64) -> Option<(String, u64)> {
+    fn next(&self, task: usize, sequence: &mut u64) -> Option<(Cow<'_, str>, u64)> {
         match self {
             Bodies::Made { items, run } => {
                 let bodies: Vec<String> = (0..*items)
@@ -65,12 +66,12 @@ impl Bodies {
                 } else {
                     format!("[{}]", bodies.join(","))
                 };
-                Some((body, *items as u64))
+                Some((Cow::Owned(body), *items as u64))
             }
             Bodies::Given { bodies, next } => {
                 let index = next.fetch_add(1, Ordering::Relaxed) as usize;
                 let body = bodies.get(index)?;
-                Some((String::from_utf8_lossy(body).into_owned(), 1))
+                Some((String::from_utf8_lossy(body), 1))
             }
         }
     }

@@ -331,3 +331,23 @@ fn error_code(body: &[u8]) -> String {
     serde_json::from_slice::<ErrorBody>(body)
         .map_or_else(|_| "unknown".to_owned(), |answer| answer.error.code)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_made_ahead_is_sent_only_while_fresh() {
+        let secret = SigningSecret::from_text("secret");
+        let fresh = Signed::now(&secret, b"{}");
+        assert!(fresh.is_fresh());
+        let old = Signed {
+            signed_at_s: fresh.signed_at_s - SIGNATURE_REUSE_S,
+            ..fresh
+        };
+        assert!(
+            !old.is_fresh(),
+            "a signature this old is made again at send"
+        );
+    }
+}

@@ -83,19 +83,10 @@ pub fn start(
 
 fn sign(planned: Planned, signing: &Signing) -> PlannedRequest {
     let signed = match signing {
-        Signing::EachRequest(secret) => Some(Signed::now(secret, body_of(&planned))),
+        Signing::EachRequest(secret) => Some(Signed::now(secret, planned.body().as_bytes())),
         Signing::AtSend => None,
     };
     PlannedRequest { planned, signed }
-}
-
-fn body_of(planned: &Planned) -> &[u8] {
-    match planned {
-        Planned::Donation(_, body)
-        | Planned::Resend { body, .. }
-        | Planned::Conflict { body, .. }
-        | Planned::Invalid { body } => body.as_bytes(),
-    }
 }
 
 #[cfg(test)]
@@ -118,10 +109,9 @@ mod tests {
         );
         let mut seen = 0;
         let mut last_due = Duration::ZERO;
-        while let Some(checkout) = checkouts.recv().await.map(|chunk| chunk.into_iter()) {
-            let checkout: Vec<PlannedCheckout> = checkout.collect();
-            assert!(checkout.len() <= CHUNK);
-            for checkout in checkout {
+        while let Some(chunk) = checkouts.recv().await {
+            assert!(chunk.len() <= CHUNK);
+            for checkout in chunk {
                 assert!(checkout.due >= last_due);
                 last_due = checkout.due;
                 seen += 1;
@@ -130,7 +120,7 @@ mod tests {
                     let verified = tally_api::signature::verify(
                         &secret,
                         Some(signed.header()),
-                        body_of(&request.planned),
+                        request.planned.body().as_bytes(),
                         signed.signed_at_s(),
                         0,
                     );

@@ -317,7 +317,7 @@ async fn sender(shared: Arc<Shared>, queue: async_channel::Receiver<Job>, batch:
     let mut later_resends = tokio::task::JoinSet::new();
     while let Ok(Job { plans, due }) = queue.recv().await {
         let later = if batch <= 1 {
-            send_singles(&shared, plans.into_iter().flatten().collect(), due).await
+            send_singles(&shared, plans, due).await
         } else {
             send_batches(&shared, plans, due, batch).await
         };
@@ -414,10 +414,10 @@ impl Waves {
 /// returns the resends due later, with their times.
 async fn send_singles(
     shared: &Shared,
-    plan: Vec<PlannedRequest>,
+    plans: Vec<Vec<PlannedRequest>>,
     due: Instant,
 ) -> Vec<(Instant, Item)> {
-    let waves = Waves::new(vec![plan], &mut lock(&shared.stats));
+    let waves = Waves::new(plans, &mut lock(&shared.stats));
     match (waves.first.as_slice(), waves.concurrent.is_empty()) {
         // Most checkouts: one donation, nothing racing it.
         ([original], true) => send_single(shared, original, due).await,
@@ -477,19 +477,13 @@ async fn send_batches(
 }
 
 /// `items` in requests of at most `batch` donations, all at once.
-async fn send_in_batches(shared: &Shared, mut items: Vec<Item>, due: Instant, batch: usize) {
-    let mut requests = Vec::with_capacity(items.len().div_ceil(batch.max(1)));
-    while items.len() > batch.max(1) {
-        let rest = items.split_off(batch.max(1));
-        requests.push(std::mem::replace(&mut items, rest));
-    }
-    requests.push(items);
-    futures_util::future::join_all(
-        requests
-            .into_iter()
-            .map(|request| send_batch(shared, request, due)),
-    )
-    .await;
+async fn send_in_batches(shared: &Shared, items: Vec<Item>, due: Instant, batch: usize) {
+    let mut items = items.into_iter();
+    let requests = std::iter::from_fn(|| {
+        let request: Vec<Item> = items.by_ref().take(batch.max(1)).collect();
+        (!request.is_empty()).then_some(request)
+    });
+    futures_util::future::join_all(requests.map(|request| send_batch(shared, request, due))).await;
 }
 
 impl Shared {

@@ -140,6 +140,18 @@ pub enum Planned {
     Invalid { body: Body },
 }
 
+impl Planned {
+    /// The request's body.
+    pub fn body(&self) -> &Body {
+        match self {
+            Planned::Donation(_, body)
+            | Planned::Resend { body, .. }
+            | Planned::Conflict { body, .. }
+            | Planned::Invalid { body } => body,
+        }
+    }
+}
+
 /// Generates the traffic of one run.
 #[derive(Debug)]
 pub struct Traffic {
