@@ -18,6 +18,7 @@
 //! - [`results`]: owners publish what they committed as absolute values with the offset they
 //!   reflect; every node folds them into its read model, so any node answers any query.
 
+pub mod assignment;
 pub mod membership;
 pub mod partition_set;
 pub mod results;
