@@ -45,9 +45,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_FLUVIO_REPLICATION", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub fluvio_replication: u32,
-    /// Partitions whose pipeline this node runs (`all`, or e.g. `0-3`, `0,2,4-5`). On a shared
-    /// Fluvio log, several nodes split the partitions; two live nodes never own the same one.
-    #[arg(long, default_value = "all", env = "TALLY_OWNS")]
+    /// Partitions whose pipeline this node runs: `auto` (on a shared Fluvio log the live nodes
+    /// split them among themselves and move a dead node's to the others; alone, all of them),
+    /// `all`, or fixed partitions such as `0-3`, `0,2,4-5`. Two live nodes never run the same one.
+    #[arg(long, default_value = "auto", env = "TALLY_OWNS")]
     pub owns: PartitionSet,
     /// This node's id among the nodes on a shared log; default: generated into the data
     /// directory, so a restart on it is the same node.

@@ -291,6 +291,9 @@ pub struct VerificationReport {
     pub mismatches: Vec<String>,
     /// Donations that were never answered but that the server recorded.
     pub recorded_without_answer: u64,
+    /// Targets of several that did not answer at the end (a node killed during the run): left
+    /// out of the comparison, which the others must pass. Never all of them.
+    pub targets_left_out: Vec<String>,
 }
 
 impl Report {
@@ -384,11 +387,17 @@ impl Report {
             } else {
                 "FAILED"
             };
-            let text = format!(
+            let mut text = format!(
                 "{verdict} ({} checks, {} mismatches)",
                 verification.checks,
                 verification.mismatches.len()
             );
+            if !verification.targets_left_out.is_empty() {
+                text.push_str(&format!(
+                    "; left out, not answering: {}",
+                    verification.targets_left_out.join(", ")
+                ));
+            }
             rows.push(row("verification", text));
         }
         rows

@@ -820,31 +820,62 @@ async fn crash_on_timer(
 }
 
 /// After the run: settle unanswered donations, wait for every target, compare each with the
-/// ground truth and with the others.
+/// ground truth and with the others. Of several targets, those that no longer answer (a node
+/// killed during the run) are left out and named; the rest must pass.
 async fn verify_run(
     shared: &Shared,
     campaigns: &[String],
     ranges: &[verify::TimeRange],
     before: &[verify::TargetSnapshot],
 ) -> anyhow::Result<VerificationReport> {
-    let recorded_without_answer = settle_unanswered(shared).await?;
-    let servers = shared.targets.all();
-    verify::wait_every_caught_up(servers, campaigns, CATCH_UP_WAIT).await?;
-    let after = verify::snapshot_every(servers, campaigns, ranges).await?;
-    let comparison = verify::compare_targets(before, &after, &lock(&shared.truth), ranges);
+    let (answering, targets_left_out) = answering_targets(shared).await?;
+    let recorded_without_answer = settle_unanswered(shared, answering[0]).await?;
+    let servers: Vec<Server> = answering
+        .iter()
+        .map(|&at| shared.targets.all()[at].clone())
+        .collect();
+    let before: Vec<verify::TargetSnapshot> =
+        answering.iter().map(|&at| before[at].clone()).collect();
+    verify::wait_every_caught_up(&servers, campaigns, CATCH_UP_WAIT).await?;
+    let after = verify::snapshot_every(&servers, campaigns, ranges).await?;
+    let comparison = verify::compare_targets(&before, &after, &lock(&shared.truth), ranges);
     Ok(VerificationReport {
         passed: comparison.mismatches.is_empty(),
         checks: comparison.checks,
         mismatches: comparison.mismatches,
         recorded_without_answer,
+        targets_left_out,
     })
 }
 
-/// Asks the first target whether each donation whose requests were never answered was recorded,
+/// The indexes of the targets that answer a health probe now, and the URLs of those that do
+/// not; with one target, that one whatever it answers (its checks say what is wrong).
+async fn answering_targets(shared: &Shared) -> anyhow::Result<(Vec<usize>, Vec<String>)> {
+    let servers = shared.targets.all();
+    if servers.len() == 1 {
+        return Ok((vec![0], Vec::new()));
+    }
+    let mut answering = Vec::new();
+    let mut left_out = Vec::new();
+    for (at, server) in servers.iter().enumerate() {
+        if server.is_healthy().await {
+            answering.push(at);
+        } else {
+            left_out.push(server.base().to_owned());
+        }
+    }
+    anyhow::ensure!(
+        !answering.is_empty(),
+        "no target answers: nothing to verify"
+    );
+    Ok((answering, left_out))
+}
+
+/// Asks `target` whether each donation whose requests were never answered was recorded,
 /// and adds those that were to the ground truth; returns how many.
-async fn settle_unanswered(shared: &Shared) -> anyhow::Result<u64> {
+async fn settle_unanswered(shared: &Shared, target: usize) -> anyhow::Result<u64> {
     let unknown = std::mem::take(&mut *lock(&shared.unknown));
-    let server = shared.targets.first();
+    let server = &shared.targets.all()[target];
     let mut recorded_without_answer = 0;
     for donation in unknown {
         match server.is_recorded(&donation.payment_ref).await {

@@ -8,7 +8,7 @@
 //! an outbox here. Delivery itself (a webhook, or a consumer paging through) is the server's.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::checkpoint::{CheckpointError, CheckpointStore};
 use crate::control::cluster::partition_set::format_ranges;
@@ -59,7 +59,7 @@ pub struct NotificationOutbox {
     donation_indexes: Arc<DonationIndexes>,
     read_model: Arc<ReadModel>,
     cursors: Vec<AtomicU64>,
-    owned: Vec<PartitionId>,
+    owned: RwLock<Vec<PartitionId>>,
 }
 
 impl NotificationOutbox {
@@ -80,12 +80,36 @@ impl NotificationOutbox {
             donation_indexes,
             read_model,
             cursors,
-            owned,
+            owned: RwLock::new(owned),
         })
     }
 
-    pub fn owned(&self) -> &[PartitionId] {
-        &self.owned
+    /// The partitions whose outbox this node keeps.
+    pub fn owned(&self) -> Vec<PartitionId> {
+        self.owned
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn keeps(&self, partition: PartitionId) -> bool {
+        self.owned
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&partition)
+    }
+
+    /// This node keeps the outboxes of `owned` from now on (its assignment changed). A partition
+    /// taken on resumes from the cursor stored here, if this node delivered for it before, so a
+    /// donor may be notified again (never less than once); the `Idempotency-Key` makes that
+    /// once for the receiver.
+    pub fn set_owned(&self, owned: Vec<PartitionId>) -> Result<(), CheckpointError> {
+        for &partition in &owned {
+            let stored = self.store.notification_cursor(partition)?;
+            self.cursors[partition as usize].fetch_max(stored, Ordering::SeqCst);
+        }
+        *self.owned.write().unwrap_or_else(PoisonError::into_inner) = owned;
+        Ok(())
     }
 
     /// Everything below this offset of `partition` was delivered.
@@ -103,7 +127,7 @@ impl NotificationOutbox {
         progress
             .iter()
             .map(|p| {
-                if !self.owned.contains(&p.partition) {
+                if !self.keeps(p.partition) {
                     return 0;
                 }
                 p.applied_offset.saturating_sub(self.cursor(p.partition))
@@ -119,10 +143,10 @@ impl NotificationOutbox {
                 partition_count: self.cursors.len(),
             });
         }
-        if !self.owned.contains(&partition) {
+        if !self.keeps(partition) {
             return Err(OutboxError::NotOwned {
                 partition,
-                owned: self.owned.clone(),
+                owned: self.owned(),
             });
         }
         Ok(())

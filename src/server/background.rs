@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::AppState;
 use super::node::Node;
+use super::supervisor::Supervisor;
 
 /// The pipeline and what feeds the other nodes' results in, before they start.
 #[derive(Debug)]
@@ -34,7 +35,11 @@ pub struct Processing {
 /// The running background work.
 #[derive(Debug)]
 pub struct Background {
-    pipeline_thread: std::thread::JoinHandle<Result<Vec<PartitionRunSummary>, PipelineError>>,
+    /// Fixed partitions: their pipeline thread. With automatic assignment the supervisor runs
+    /// the pipeline and the deliveries.
+    pipeline_thread:
+        Option<std::thread::JoinHandle<Result<Vec<PartitionRunSummary>, PipelineError>>>,
+    supervisor: Option<JoinHandle<()>>,
     deliveries: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
     publisher: Option<Arc<ResultsPublisher>>,
@@ -53,16 +58,33 @@ impl Background {
             results_cache,
             results_from,
         } = processing;
-        let pipeline_thread = {
-            let mode = RunMode::Follow {
-                shutdown: stop.clone(),
-            };
-            let owned = state.node.owns.clone();
-            std::thread::Builder::new()
-                .name("tally-pipeline".into())
-                .spawn(move || pipeline.run_partitions(mode, &owned))?
-        };
-        let deliveries = state.notifications.spawn_delivery(stop.clone());
+        let mut pipeline_thread = None;
+        let mut supervisor = None;
+        let mut deliveries = Vec::new();
+        match (state.node.automatic(), &publisher) {
+            (Some(membership), Some(publisher)) => {
+                let supervising = Supervisor {
+                    node: Arc::clone(&state.node),
+                    membership: Arc::clone(membership),
+                    pipeline,
+                    publisher: Arc::clone(publisher),
+                    notifications: Arc::clone(&state.notifications),
+                };
+                supervisor = Some(tokio::spawn(supervising.supervise(stop.clone())));
+            }
+            _ => {
+                let mode = RunMode::Follow {
+                    shutdown: stop.clone(),
+                };
+                let owned = state.node.owned();
+                pipeline_thread = Some(
+                    std::thread::Builder::new()
+                        .name("tally-pipeline".into())
+                        .spawn(move || pipeline.run_partitions(mode, &owned))?,
+                );
+                deliveries = state.notifications.spawn_delivery(stop.clone());
+            }
+        }
         let mut tasks = vec![
             tokio::spawn({
                 let campaigns = Arc::clone(&state.campaigns);
@@ -86,7 +108,14 @@ impl Background {
             tasks.push(tokio::spawn(tally_pipeline::cluster::follow_results(
                 Arc::clone(&link.results),
                 Arc::clone(&state.read_model),
-                state.node.owns.clone(),
+                // With automatic assignment every partition is folded: what this node runs
+                // now, it may not run later (and an update older than the local view is
+                // ignored anyway).
+                if state.node.automatic().is_some() {
+                    Vec::new()
+                } else {
+                    state.node.owned()
+                },
                 results_from,
                 Some(results_cache),
                 stop,
@@ -94,6 +123,7 @@ impl Background {
         }
         Ok(Self {
             pipeline_thread,
+            supervisor,
             deliveries,
             tasks,
             publisher,
@@ -106,12 +136,17 @@ impl Background {
         for delivery in self.deliveries {
             let _ = delivery.await;
         }
-        let pipeline_thread = self.pipeline_thread;
-        let summaries = tokio::task::spawn_blocking(move || pipeline_thread.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
-        let offsets: Vec<u64> = summaries.iter().map(|s| s.next_offset).collect();
-        tracing::info!(?offsets, "pipeline stopped at a checkpoint");
+        if let Some(supervisor) = self.supervisor {
+            // It stops the run, publishes its last results and releases the partitions.
+            supervisor.await?;
+        }
+        if let Some(pipeline_thread) = self.pipeline_thread {
+            let summaries = tokio::task::spawn_blocking(move || pipeline_thread.join())
+                .await?
+                .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
+            let offsets: Vec<u64> = summaries.iter().map(|s| s.next_offset).collect();
+            tracing::info!(?offsets, "pipeline stopped at a checkpoint");
+        }
         if let Some(publisher) = self.publisher {
             // Publish the last checkpoints' results before giving the partitions up.
             let (_, stopped) = watch::channel(true);
@@ -140,7 +175,7 @@ pub async fn catch_up_results(
     let from = tally_pipeline::cluster::results::results_start(
         link.results.as_ref(),
         read_model,
-        &node.owns,
+        &node.owned(),
         cache,
         clock.now_ms(),
     )
@@ -149,7 +184,7 @@ pub async fn catch_up_results(
     let next = tally_pipeline::cluster::catch_up_results(
         link.results.as_ref(),
         read_model,
-        &node.owns,
+        &node.owned(),
         from,
     )
     .await

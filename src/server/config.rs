@@ -35,7 +35,8 @@ pub struct ServerConfig {
     pub partitions: u32,
     /// Replicas of each partition when the server creates the Fluvio topics.
     pub fluvio_replication: u32,
-    /// Partitions whose pipeline this node runs; on the embedded log, all of them.
+    /// Partitions whose pipeline this node runs: on a shared log, `Auto` (the default) lets the
+    /// live nodes' assignment decide; on the embedded log a node runs all of them.
     pub owns: PartitionSet,
     /// This node's id on a shared log; `None`: generated once into `<data_dir>/node-id`.
     pub node_id: Option<String>,
@@ -90,7 +91,7 @@ impl ServerConfig {
             log_location: LogLocation::Embedded,
             partitions: 8,
             fluvio_replication: 1,
-            owns: PartitionSet::All,
+            owns: PartitionSet::Auto,
             node_id: None,
             advertise: None,
             amount_cents_max: IngestLimits::default().donation.amount_cents_max,

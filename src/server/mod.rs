@@ -26,6 +26,7 @@ mod open_files;
 mod remote;
 mod request_target;
 mod secrets;
+mod supervisor;
 
 pub use config::{ConfigError, PARTITIONS_MAX, ServerConfig};
 pub use connections::bind;
@@ -167,7 +168,11 @@ async fn open_state(
         pipeline_config,
     )?;
     let publisher = node.cluster.as_ref().map(|link| {
-        let publisher = ResultsPublisher::new(Arc::clone(&link.results), Arc::clone(&read_model));
+        let mut publisher =
+            ResultsPublisher::new(Arc::clone(&link.results), Arc::clone(&read_model));
+        if link.membership.is_auto() {
+            publisher = publisher.with_fence(Arc::clone(&link.membership) as _);
+        }
         Arc::new(publisher)
     });
     if let Some(publisher) = &publisher {
@@ -223,14 +228,18 @@ fn build_state(
         Arc::clone(&opened.log),
         donation_indexes,
         Arc::clone(&opened.read_model),
-        opened.node.owns.clone(),
+        opened.node.owned(),
     )?;
-    let notifications = Arc::new(Notifications::new(
+    let mut notifications = Notifications::new(
         outbox,
         Arc::clone(&opened.read_model),
         Arc::clone(&clock),
         webhook,
-    ));
+    );
+    if let Some(membership) = opened.node.automatic() {
+        notifications = notifications.with_fence(Arc::clone(membership) as _);
+    }
+    let notifications = Arc::new(notifications);
     let state = Arc::new(AppState {
         log: Arc::clone(&opened.log),
         store: Arc::clone(&opened.store),

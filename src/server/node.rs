@@ -2,12 +2,13 @@
 //! a shared Fluvio log — its membership and the topics that connect it to the other nodes.
 //!
 //! On the embedded log a node is alone: it owns every partition and every close waits for it
-//! only. On a Fluvio cluster ([`tally_pipeline::cluster`]) it joins with a claim on the nodes
-//! topic, keeps its lease with heartbeats, publishes its partitions' results and folds the
-//! others'.
+//! only. On a Fluvio cluster ([`tally_pipeline::cluster`]) it joins the nodes topic — as a
+//! member of the automatic assignment (`--owns auto`, see `supervisor`) or with a claim of
+//! fixed partitions — keeps its lease with heartbeats, publishes its partitions' results and
+//! folds the others'.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::Context;
 use axum::Json;
@@ -18,7 +19,8 @@ use tally_pipeline::cluster::{Membership, NodeAnnouncement, NodeView};
 use tally_pipeline::log::{Log, PartitionId};
 use tokio::sync::watch;
 
-use tally_pipeline::cluster::membership::HEARTBEAT_INTERVAL;
+use tally_pipeline::cluster::membership::{FENCE_AFTER, HEARTBEAT_INTERVAL, LEASE};
+use tally_pipeline::cluster::{AssignmentView, PartitionSet};
 
 use super::ServerConfig;
 use super::logs::SharedTopics;
@@ -27,8 +29,8 @@ use super::logs::SharedTopics;
 #[derive(Debug)]
 pub struct Node {
     pub node_id: String,
-    /// Partitions whose pipeline runs here, in order.
-    pub owns: Vec<PartitionId>,
+    /// Partitions whose pipeline runs here, in order: fixed, or as the assignment gives them.
+    owns: RwLock<Vec<PartitionId>>,
     /// The base URL this node tells others to reach it at.
     pub advertise: String,
     /// Present on a shared log.
@@ -43,8 +45,33 @@ pub struct ClusterLink {
 }
 
 impl Node {
+    /// Whether this node runs `partition` now.
     pub fn owns(&self, partition: PartitionId) -> bool {
-        self.owns.contains(&partition)
+        self.owns
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&partition)
+    }
+
+    /// The partitions this node runs now, in order.
+    pub fn owned(&self) -> Vec<PartitionId> {
+        self.owns
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The partitions this node runs from now on (its assignment changed).
+    pub fn set_owned(&self, partitions: Vec<PartitionId>) {
+        *self.owns.write().unwrap_or_else(PoisonError::into_inner) = partitions;
+    }
+
+    /// The membership, when partitions are assigned automatically among live nodes.
+    pub fn automatic(&self) -> Option<&Arc<Membership>> {
+        self.cluster
+            .as_ref()
+            .map(|link| &link.membership)
+            .filter(|membership| membership.is_auto())
     }
 
     /// Ids of the live nodes, this one included.
@@ -93,8 +120,12 @@ impl Node {
 
     /// Keeps the lease: a heartbeat and a look at the other nodes every interval, until
     /// `shutdown`.
+    /// (With automatic assignment the supervisor keeps the lease; this returns at once.)
     pub async fn keep_lease(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let Some(link) = &self.cluster else { return };
+        if link.membership.is_auto() {
+            return;
+        }
         let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -138,11 +169,33 @@ pub async fn join(
         );
         return Ok(Node {
             node_id,
-            owns,
+            owns: RwLock::new(owns),
             advertise,
             cluster: None,
         });
     };
+    if config.owns == PartitionSet::Auto {
+        let membership = Membership::join_auto(
+            Arc::clone(&shared.nodes),
+            node_id.clone(),
+            advertise.clone(),
+            partition_count,
+            Arc::clone(clock),
+        )
+        .await
+        .context("cannot join the other nodes")?;
+        tracing::info!(node_id, %advertise, "joined the members on the shared log (--owns auto)");
+        return Ok(Node {
+            node_id,
+            // Nothing until the supervisor acquires what the assignment gives this node.
+            owns: RwLock::new(Vec::new()),
+            advertise,
+            cluster: Some(ClusterLink {
+                membership: Arc::new(membership),
+                results: Arc::clone(&shared.results),
+            }),
+        });
+    }
     let me = NodeAnnouncement {
         node_id: node_id.clone(),
         owns: owns.clone(),
@@ -154,7 +207,7 @@ pub async fn join(
     tracing::info!(node_id, owns = %config.owns, %advertise, "joined the nodes on the shared log");
     Ok(Node {
         node_id,
-        owns,
+        owns: RwLock::new(owns),
         advertise,
         cluster: Some(ClusterLink {
             membership: Arc::new(membership),
@@ -163,28 +216,60 @@ pub async fn join(
     })
 }
 
-/// `GET /v1/cluster`: this node and the live nodes it knows of.
+/// `GET /v1/cluster`: this node and the live nodes it knows of; with automatic assignment,
+/// this node's lease and every partition's owner, epoch and holder.
 #[derive(Debug, Serialize)]
 pub struct ClusterView {
     pub node_id: String,
+    /// The partitions whose pipeline runs here now.
     pub owns: Vec<PartitionId>,
     pub advertise: String,
     /// `embedded` (one node) or `shared` (several nodes on a Fluvio log).
     pub log: &'static str,
+    /// `auto` (the live nodes' assignment) or `explicit` (fixed `--owns`).
+    pub ownership: &'static str,
     pub live_nodes: Vec<NodeView>,
+    /// With automatic assignment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<AssignmentView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LeaseView {
+    /// Whether this node may act for its partitions now.
+    pub held: bool,
+    /// Since its last heartbeat reached the nodes topic.
+    pub renewed_ms_ago: i64,
+    pub fence_after_ms: u64,
+    pub lease_ms: u64,
 }
 
 pub async fn cluster_view(State(state): State<Arc<super::AppState>>) -> Json<ClusterView> {
     let node = &state.node;
+    let automatic = node.automatic();
     Json(ClusterView {
         node_id: node.node_id.clone(),
-        owns: node.owns.clone(),
+        owns: node.owned(),
         advertise: node.advertise.clone(),
         log: if node.cluster.is_some() {
             "shared"
         } else {
             "embedded"
         },
+        ownership: if automatic.is_some() {
+            "auto"
+        } else {
+            "explicit"
+        },
         live_nodes: node.live_nodes(),
+        lease: automatic.map(|membership| LeaseView {
+            held: membership.holds_lease() && membership.is_member(),
+            renewed_ms_ago: membership.renewed_ms_ago(),
+            fence_after_ms: FENCE_AFTER.as_millis() as u64,
+            lease_ms: LEASE.as_millis() as u64,
+        }),
+        assignment: automatic.map(|membership| membership.assignment_view()),
     })
 }

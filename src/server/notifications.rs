@@ -9,11 +9,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use serde::Serialize;
 use tally_api::ApiError;
 use tally_api::signature::{self, SigningSecret};
 use tally_api::views::RecordedDonation;
 use tally_pipeline::clock::Clock;
+use tally_pipeline::cluster::Fence;
 use tally_pipeline::log::{Offset, PartitionId};
 use tally_pipeline::outbox::{NotificationOutbox, Owed, SCAN_BATCH};
 use tally_pipeline::read_model::{PartitionProgress, ReadModel};
@@ -57,6 +60,8 @@ pub struct Notifications {
     read_model: Arc<ReadModel>,
     clock: Arc<dyn Clock>,
     webhook: Option<Webhook>,
+    /// With automatic assignment: nothing is delivered while this node does not hold its lease.
+    fence: Option<Arc<dyn Fence>>,
 }
 
 impl Notifications {
@@ -71,7 +76,25 @@ impl Notifications {
             read_model,
             clock,
             webhook,
+            fence: None,
         }
+    }
+
+    /// Delivers nothing while `fence` does not hold.
+    pub fn with_fence(mut self, fence: Arc<dyn Fence>) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// This node delivers for `partitions` from now on (its assignment changed).
+    pub fn set_owned(&self, partitions: Vec<PartitionId>) -> anyhow::Result<()> {
+        self.outbox
+            .set_owned(partitions)
+            .context("cannot read the notification cursors")
+    }
+
+    fn fenced(&self) -> bool {
+        self.fence.as_ref().is_some_and(|fence| !fence.holds())
     }
 
     /// Applied records not yet scanned, per partition.
@@ -112,8 +135,8 @@ impl Notifications {
         }
         self.outbox
             .owned()
-            .iter()
-            .map(|&partition| {
+            .into_iter()
+            .map(|partition| {
                 let notifications = Arc::clone(self);
                 let shutdown = shutdown.clone();
                 tokio::spawn(
@@ -165,6 +188,11 @@ impl Notifications {
         let body = serde_json::to_vec(notification).expect("a notification serializes");
         let mut delay = RETRY_DELAY_MIN;
         loop {
+            if self.fenced() {
+                // Another node may run this partition now: it delivers.
+                tracing::warn!("not delivering: this node does not hold its lease");
+                return false;
+            }
             let signature =
                 signature::sign(&webhook.secret, self.clock.now_ms().div_euclid(1000), &body);
             let attempt = webhook

@@ -75,6 +75,16 @@ impl ServerProcess {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` (a name `kill` knows: `STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// SIGTERM (graceful shutdown), and wait for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")

@@ -778,6 +778,11 @@ impl Membership {
         self.clock.now_ms() - renewed < FENCE_AFTER.as_millis() as i64
     }
 
+    /// Since this node's last heartbeat reached the topic (by when it was sent).
+    pub fn renewed_ms_ago(&self) -> i64 {
+        self.clock.now_ms() - self.renewed_at_ms.load(Ordering::Acquire)
+    }
+
     /// Whether the topic, as folded, still has this run as a member (automatic assignment): a
     /// member whose lease others found run out is not, and must join again.
     pub fn is_member(&self) -> bool {

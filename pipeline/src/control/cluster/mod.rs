@@ -14,7 +14,10 @@
 //!
 //! - [`partition_set`]: the partitions a node owns (`--owns 0-3`).
 //! - [`membership`]: joining with a claim, refusing a claim that overlaps a live node's, the
-//!   lease kept alive by heartbeats, and the view of live nodes.
+//!   lease kept alive by heartbeats, and the view of live nodes; with `--owns auto`, members
+//!   that expire a silent member and acquire and release partitions at epochs.
+//! - [`assignment`]: which member runs each partition, by rendezvous hashing over the members
+//!   in the topic's order.
 //! - [`results`]: owners publish what they committed as absolute values with the offset they
 //!   reflect; every node folds them into its read model, so any node answers any query.
 
@@ -23,9 +26,23 @@ pub mod membership;
 pub mod partition_set;
 pub mod results;
 
-pub use membership::{ClusterError, Membership, NodeAnnouncement, NodeView};
+pub use membership::{
+    AssignmentView, ClusterError, Membership, NodeAnnouncement, NodeView, OwnershipPlan,
+};
 pub use partition_set::{PartitionSet, PartitionSetError};
 pub use results::{ResultsPublisher, catch_up_results, follow_results};
+
+/// Whether this node may act for its partitions (publish results, deliver notifications):
+/// false once its lease may have run out elsewhere. See [`Membership::holds_lease`].
+pub trait Fence: Send + Sync + std::fmt::Debug {
+    fn holds(&self) -> bool;
+}
+
+impl Fence for Membership {
+    fn holds(&self) -> bool {
+        self.holds_lease() && self.is_member()
+    }
+}
 
 /// The names of the topics that go with a donation topic.
 #[derive(Debug, Clone, PartialEq, Eq)]

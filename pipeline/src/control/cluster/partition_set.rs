@@ -1,5 +1,6 @@
-//! The set of partitions a node owns, as `--owns` names it: `all`, or numbers and inclusive
-//! ranges separated by commas (`0-3`, `0,2,4-5`).
+//! The set of partitions a node owns, as `--owns` names it: `auto` (the assignment of the live
+//! nodes decides; alone, a node owns them all), `all`, or numbers and inclusive ranges
+//! separated by commas (`0-3`, `0,2,4-5`).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -7,10 +8,13 @@ use std::str::FromStr;
 
 use crate::log::PartitionId;
 
-/// A non-empty set of partitions, or every partition of the log.
+/// A non-empty set of partitions, every partition of the log, or whatever the assignment gives.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum PartitionSet {
+    /// Automatic assignment among the live nodes of a shared log; every partition on the
+    /// embedded log.
     #[default]
+    Auto,
     All,
     Some(BTreeSet<PartitionId>),
 }
@@ -18,7 +22,7 @@ pub enum PartitionSet {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PartitionSetError {
     #[error(
-        "invalid partition list {0:?}: expected `all` or numbers and ranges such as `0-3` or `0,2,4-5`"
+        "invalid partition list {0:?}: expected `auto`, `all` or numbers and ranges such as `0-3` or `0,2,4-5`"
     )]
     Syntax(String),
     #[error("invalid partition range {0:?}: its start is above its end")]
@@ -31,10 +35,11 @@ pub enum PartitionSetError {
 }
 
 impl PartitionSet {
-    /// The partitions, in order, checked against the log's partition count.
+    /// The partitions, in order, checked against the log's partition count (`auto`: all of
+    /// them, what a node alone owns).
     pub fn resolve(&self, partition_count: u32) -> Result<Vec<PartitionId>, PartitionSetError> {
         match self {
-            PartitionSet::All => Ok((0..partition_count).collect()),
+            PartitionSet::Auto | PartitionSet::All => Ok((0..partition_count).collect()),
             PartitionSet::Some(partitions) => {
                 if let Some(&partition) = partitions.iter().find(|&&p| p >= partition_count) {
                     return Err(PartitionSetError::OutOfRange {
@@ -53,8 +58,10 @@ impl FromStr for PartitionSet {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let text = text.trim();
-        if text == "all" {
-            return Ok(PartitionSet::All);
+        match text {
+            "all" => return Ok(PartitionSet::All),
+            "auto" => return Ok(PartitionSet::Auto),
+            _ => {}
         }
         let syntax = || PartitionSetError::Syntax(text.to_owned());
         let number = |s: &str| s.trim().parse::<PartitionId>().map_err(|_| syntax());
@@ -80,6 +87,7 @@ impl FromStr for PartitionSet {
 impl fmt::Display for PartitionSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            PartitionSet::Auto => f.write_str("auto"),
             PartitionSet::All => f.write_str("all"),
             PartitionSet::Some(partitions) => {
                 let list: Vec<PartitionId> = partitions.iter().copied().collect();
@@ -120,6 +128,8 @@ mod tests {
             "all".parse::<PartitionSet>().unwrap().resolve(3).unwrap(),
             vec![0, 1, 2]
         );
+        assert_eq!("auto".parse::<PartitionSet>().unwrap(), PartitionSet::Auto);
+        assert_eq!(PartitionSet::Auto.to_string(), "auto");
     }
 
     #[test]

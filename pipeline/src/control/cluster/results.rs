@@ -63,6 +63,8 @@ use crate::support::backoff::Backoff;
 use crate::support::clock::UnixMillis;
 use crate::support::codec::{self, FormatError};
 
+use super::Fence;
+
 /// The largest record of the results topic, key and value: the topic is opened with it. A
 /// window bucket's histogram is at most a few tens of KiB (one pair per distinct amount bucket).
 pub const RESULTS_RECORD_BYTES_MAX: usize = 192 * 1024;
@@ -472,6 +474,9 @@ pub struct ResultsPublisher {
     pending: Mutex<BTreeMap<PartitionId, Pending>>,
     tracked: Mutex<BTreeMap<PartitionId, Tracked>>,
     wake: Notify,
+    /// Set on a shared log with automatic assignment: nothing is appended while this node
+    /// does not hold its lease (what waits is appended once it does again).
+    fence: Option<Arc<dyn Fence>>,
 }
 
 impl UpdateSink for ResultsPublisher {
@@ -507,6 +512,24 @@ impl ResultsPublisher {
             pending: Mutex::new(BTreeMap::new()),
             tracked: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
+            fence: None,
+        }
+    }
+
+    /// Appends nothing while `fence` does not hold.
+    pub fn with_fence(mut self, fence: Arc<dyn Fence>) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// Stops publishing `partitions` (another node runs them now): their waiting updates and
+    /// snapshot schedule are dropped.
+    pub fn forget(&self, partitions: &[PartitionId]) {
+        let mut pending = self.lock();
+        let mut tracked = self.tracked_lock();
+        for partition in partitions {
+            pending.remove(partition);
+            tracked.remove(partition);
         }
     }
 
@@ -598,6 +621,9 @@ impl ResultsPublisher {
     /// updates of their partitions: they reflect them); on failure puts the updates back under
     /// any newer ones, and the snapshots stay due.
     async fn publish_pending(&self, now: Instant) -> Result<(), LogError> {
+        if self.fence.as_ref().is_some_and(|fence| !fence.holds()) {
+            return Ok(());
+        }
         let mut taken = std::mem::take(&mut *self.lock());
         let mut covered = BTreeMap::new();
         let mut records = Vec::new();

@@ -1,0 +1,227 @@
+//! Automatic assignment on a shared log (`--owns auto`): keeps this member's lease, expires
+//! members whose lease ran out, and runs the partitions the assignment gives this node.
+//!
+//! Every [`HEARTBEAT_INTERVAL`] the supervisor heartbeats, reads the nodes topic, and compares
+//! what the assignment wants of this node ([`OwnershipPlan`]) with what it runs. On a change it
+//! hands partitions over in an order that never lets two nodes act for one partition:
+//!
+//! ```text
+//! stop the pipeline run and the deliveries ─► publish the last results ─► release what moved
+//! away ─► acquire what moved here (read back: held) ─► start the run on what it holds
+//! ```
+//!
+//! A partition moving here from a live member waits for that member's release (or its
+//! expiry); one moving from a member that died starts once the expiry is on the topic. The run
+//! restores each partition from this node's own checkpoint of it, or rebuilds it from offset 0
+//! of the log. A node that cannot renew its lease for [`FENCE_AFTER`] stops its run and
+//! publishes and delivers nothing (the fence in the publisher and the deliveries covers the
+//! moments before the supervisor notices); one that finds it was expired while away joins
+//! again as a new run, holding nothing.
+
+use std::sync::Arc;
+
+use tally_pipeline::cluster::membership::{FENCE_AFTER, HEARTBEAT_INTERVAL};
+use tally_pipeline::cluster::{Membership, OwnershipPlan, ResultsPublisher};
+use tally_pipeline::log::{Offset, PartitionId};
+use tally_pipeline::runner::{PartitionRunSummary, Pipeline, PipelineError, RunMode};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::node::Node;
+use super::notifications::Notifications;
+
+/// What the supervisor drives.
+#[derive(Debug)]
+pub struct Supervisor {
+    pub node: Arc<Node>,
+    pub membership: Arc<Membership>,
+    pub pipeline: Pipeline,
+    pub publisher: Arc<ResultsPublisher>,
+    pub notifications: Arc<Notifications>,
+}
+
+/// The pipeline run and deliveries over the partitions held now.
+struct Run {
+    partitions: Vec<PartitionId>,
+    stop: watch::Sender<bool>,
+    thread: std::thread::JoinHandle<Result<Vec<PartitionRunSummary>, PipelineError>>,
+    deliveries: Vec<JoinHandle<()>>,
+}
+
+impl Supervisor {
+    /// Runs until `shutdown`; then stops the run, publishes its last results and releases
+    /// every partition held, so the other members take them at once.
+    pub async fn supervise(self, mut shutdown: watch::Receiver<bool>) {
+        let mut run: Option<Run> = None;
+        let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            self.step(&mut run).await;
+        }
+        self.stop(&mut run).await;
+        let held = self.membership.plan();
+        let mut release = held.release.clone();
+        release.extend(self.held_now(&held));
+        if let Err(error) = self.membership.release(&release).await {
+            tracing::warn!(%error, "could not release the partitions; they move when the lease runs out");
+        }
+    }
+
+    /// One look at the topic, and what follows from it.
+    async fn step(&self, run: &mut Option<Run>) {
+        let membership = &self.membership;
+        if let Err(error) = membership.heartbeat().await {
+            tracing::warn!(%error, "heartbeat failed; this node stops its partitions if this goes on");
+        }
+        if let Err(error) = membership.refresh().await {
+            tracing::warn!(%error, "cannot read the nodes topic");
+        }
+        if !membership.holds_lease() {
+            if run.is_some() {
+                tracing::error!(
+                    "no heartbeat reached the nodes topic for {FENCE_AFTER:?}: stopping this \
+                     node's partitions before its lease can run out elsewhere"
+                );
+                self.stop(run).await;
+            }
+            return;
+        }
+        if !membership.is_member() {
+            tracing::error!("the other members found this node's lease run out: joining again");
+            self.stop(run).await;
+            if let Err(error) = membership.rejoin().await {
+                tracing::warn!(%error, "cannot join again; retrying");
+            }
+            return;
+        }
+        if let Err(error) = membership.expire_silent_members().await {
+            tracing::warn!(%error, "cannot expire a silent member");
+        }
+        let plan = membership.plan();
+        let running: Vec<PartitionId> = run
+            .as_ref()
+            .map(|run| run.partitions.clone())
+            .unwrap_or_default();
+        let takes_new = plan.acquire.iter().any(|(p, _)| !running.contains(p));
+        let lost_some = plan.keep.iter().copied().ne(running.iter().copied());
+        if plan.release.is_empty() && !takes_new && !lost_some {
+            // At most a partition that came back at a new epoch while it ran here.
+            self.acquire(&plan.acquire).await;
+            return;
+        }
+        self.hand_over(run, plan).await;
+    }
+
+    async fn hand_over(&self, run: &mut Option<Run>, plan: OwnershipPlan) {
+        self.stop(run).await;
+        if let Err(error) = self.membership.release(&plan.release).await {
+            tracing::warn!(%error, "cannot release partitions; retrying");
+        } else {
+            let released: Vec<PartitionId> = plan.release.iter().map(|(p, _)| *p).collect();
+            self.publisher.forget(&released);
+        }
+        let mut partitions = plan.keep.clone();
+        partitions.extend(self.acquire(&plan.acquire).await);
+        partitions.sort_unstable();
+        partitions.dedup();
+        tracing::info!(
+            partitions = ?partitions,
+            released = ?plan.release,
+            waiting = ?plan.waiting,
+            "running the partitions the assignment gives this node"
+        );
+        *run = self.start(partitions);
+    }
+
+    /// Acquires `partitions`; returns those held now.
+    async fn acquire(&self, partitions: &[(PartitionId, Offset)]) -> Vec<PartitionId> {
+        match self.membership.acquire(partitions).await {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::warn!(%error, "cannot acquire partitions; retrying");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The partitions of `plan` this node holds and runs.
+    fn held_now(&self, plan: &OwnershipPlan) -> Vec<(PartitionId, Offset)> {
+        let view = self.membership.assignment_view();
+        plan.keep
+            .iter()
+            .filter_map(|&partition| {
+                view.partitions[partition as usize]
+                    .holder
+                    .as_ref()
+                    .map(|holder| (partition, holder.epoch))
+            })
+            .collect()
+    }
+
+    /// Starts the pipeline and the deliveries on `partitions`.
+    fn start(&self, partitions: Vec<PartitionId>) -> Option<Run> {
+        self.node.set_owned(partitions.clone());
+        if partitions.is_empty() {
+            return None;
+        }
+        if let Err(error) = self.notifications.set_owned(partitions.clone()) {
+            tracing::warn!("{error:#}");
+        }
+        let (stop, stopped) = watch::channel(false);
+        let pipeline = self.pipeline.clone();
+        let mode = RunMode::Follow {
+            shutdown: stopped.clone(),
+        };
+        let owned = partitions.clone();
+        let thread = match std::thread::Builder::new()
+            .name("tally-pipeline".into())
+            .spawn(move || pipeline.run_partitions(mode, &owned))
+        {
+            Ok(thread) => thread,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the pipeline thread");
+                self.node.set_owned(Vec::new());
+                return None;
+            }
+        };
+        let deliveries = self.notifications.spawn_delivery(stopped);
+        Some(Run {
+            partitions,
+            stop,
+            thread,
+            deliveries,
+        })
+    }
+
+    /// Stops the run: deliveries, then the pipeline's last checkpoints, then their results.
+    async fn stop(&self, run: &mut Option<Run>) {
+        let Some(run) = run.take() else { return };
+        self.node.set_owned(Vec::new());
+        let _ = run.stop.send(true);
+        for delivery in run.deliveries {
+            let _ = delivery.await;
+        }
+        let thread = run.thread;
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(Ok(summaries))) => {
+                let offsets: Vec<(PartitionId, Offset)> = summaries
+                    .iter()
+                    .map(|s| (s.partition, s.next_offset))
+                    .collect();
+                tracing::info!(?offsets, "stopped the partitions at a checkpoint");
+            }
+            Ok(Ok(Err(error))) => tracing::error!(%error, "the pipeline stopped with an error"),
+            _ => tracing::error!("the pipeline thread panicked"),
+        }
+        if let Err(error) = self.notifications.set_owned(Vec::new()) {
+            tracing::warn!("{error:#}");
+        }
+        // What the last checkpoints committed goes out before anything is released.
+        let (_, stopped) = watch::channel(true);
+        self.publisher.run(stopped).await;
+    }
+}

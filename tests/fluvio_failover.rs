@@ -1,0 +1,317 @@
+//! Automatic assignment on a real Fluvio cluster (`--owns auto`, the default there): three
+//! nodes under load-generator traffic to all of them; one is SIGKILLed and not restarted, the
+//! other two take its partitions and the run verifies with exact totals; it comes back and the
+//! partitions rebalance. A node paused past its lease (SIGSTOP, then SIGCONT) fences itself
+//! and joins again; totals stay exact.
+//!
+//! Runs when `TALLY_FLUVIO_ENDPOINT` (`HOST:PORT` of the SC's public server on 127.0.0.1) is
+//! set, on a new topic each run; otherwise it passes and says plainly that it did not run.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use support::server::{
+    ADMIN_TOKEN, SIGNING_SECRET, ServerProcess, client, create_campaign, donation_json, post_signed,
+};
+use tally_api::signature::SigningSecret;
+use tally_loadgen::report::Report;
+use tally_loadgen::run::{RunConfig, run};
+use tally_loadgen::schedule::Profile;
+
+const ENDPOINT_VAR: &str = "TALLY_FLUVIO_ENDPOINT";
+const PARTITIONS: usize = 16;
+/// Bound on waiting for the nodes to agree on an assignment (a lease is 5 s).
+const ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(60);
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn endpoint() -> Option<String> {
+    match std::env::var(ENDPOINT_VAR) {
+        Ok(endpoint) if !endpoint.is_empty() => Some(endpoint),
+        _ => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "{ENDPOINT_VAR} is not set: the Fluvio failover tests did not run \
+                 (set it to a cluster's SC address, e.g. 127.0.0.1:9003)"
+            );
+            None
+        }
+    }
+}
+
+fn unique_topic(kind: &str) -> String {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    format!("tally-{kind}-{}-{millis}", std::process::id())
+}
+
+fn start(log: &str, dir: &std::path::Path) -> ServerProcess {
+    ServerProcess::start(
+        dir,
+        &["--log", log, "--partitions", &PARTITIONS.to_string()],
+    )
+}
+
+fn cluster(http: &reqwest::blocking::Client, node: &ServerProcess) -> Option<serde_json::Value> {
+    http.get(node.url("/v1/cluster"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .ok()?
+        .json()
+        .ok()
+}
+
+/// The node id of each node, as its own cluster view says.
+fn node_id(http: &reqwest::blocking::Client, node: &ServerProcess) -> String {
+    cluster(http, node).expect("a cluster view")["node_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Whether `view` shows exactly `members`, each holding what it is assigned, every partition
+/// held.
+fn settled(view: &serde_json::Value, members: &BTreeSet<String>) -> bool {
+    let Some(assignment) = view.get("assignment") else {
+        return false;
+    };
+    let seen: BTreeSet<String> = assignment["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node_id"].as_str().unwrap().to_owned())
+        .collect();
+    let partitions = assignment["partitions"].as_array().unwrap();
+    seen == *members
+        && partitions.len() == PARTITIONS
+        && partitions.iter().all(|p| {
+            p["owner"].is_string()
+                && p["holder"]["node_id"] == p["owner"]
+                && p["holder"]["epoch"] == p["epoch"]
+        })
+}
+
+/// Waits until every one of `nodes` shows `members` settled and runs what it is assigned;
+/// returns how long that took.
+fn wait_settled(
+    http: &reqwest::blocking::Client,
+    nodes: &[&ServerProcess],
+    members: &BTreeSet<String>,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let views: Vec<Option<serde_json::Value>> =
+            nodes.iter().map(|n| cluster(http, n)).collect();
+        let all_settled = views.iter().all(|view| {
+            view.as_ref().is_some_and(|view| {
+                let me = view["node_id"].as_str().unwrap();
+                let assigned: Vec<u64> = view["assignment"]["partitions"]
+                    .as_array()
+                    .map(|ps| {
+                        ps.iter()
+                            .filter(|p| p["owner"] == me)
+                            .map(|p| p["partition"].as_u64().unwrap())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let owns: Vec<u64> = view["owns"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_u64().unwrap())
+                    .collect();
+                settled(view, members) && owns == assigned
+            })
+        });
+        if all_settled {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < ASSIGNMENT_TIMEOUT,
+            "the nodes did not settle on members {members:?}: {views:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn loadgen(duration: Duration, run_id: &str) -> RunConfig {
+    RunConfig {
+        profile: Profile::Steady,
+        duration,
+        rate: 200.0,
+        seed: 7,
+        run_id: run_id.to_owned(),
+        batch: 1,
+        connections: 16,
+        verify: true,
+        progress: false,
+        server_cmd: None,
+        kill_every: None,
+    }
+}
+
+fn drive(config: &RunConfig, targets: Vec<String>) -> Report {
+    let credentials = || {
+        Ok((
+            SigningSecret::from_text(SIGNING_SECRET),
+            ADMIN_TOKEN.to_owned(),
+        ))
+    };
+    tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(run(config, &targets, credentials))
+        .expect("the run completes")
+}
+
+fn assert_verified(report: &Report) {
+    let verification = report.verification.as_ref().expect("verification ran");
+    assert!(
+        verification.passed,
+        "mismatches: {:#?}",
+        verification.mismatches
+    );
+    assert!(report.counters.donations_acknowledged > 500, "{report:?}");
+    assert!(report.counters.resends_sent > 0);
+}
+
+#[test]
+fn three_nodes_keep_counting_when_one_is_killed_and_rebalance_when_it_returns() {
+    let Some(endpoint) = endpoint() else { return };
+    let log = format!("fluvio://{endpoint}/{}", unique_topic("failover"));
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let http = client();
+    let a = start(&log, dirs[0].path());
+    let b = start(&log, dirs[1].path());
+    let c = start(&log, dirs[2].path());
+    let ids: Vec<String> = [&a, &b, &c].iter().map(|n| node_id(&http, n)).collect();
+    let all: BTreeSet<String> = ids.iter().cloned().collect();
+    wait_settled(&http, &[&a, &b, &c], &all);
+
+    // Traffic to all three; c is SIGKILLed while it runs and not restarted.
+    let targets = vec![a.base.clone(), b.base.clone(), c.base.clone()];
+    let killed_base = c.base.clone();
+    let config = loadgen(Duration::from_secs(12), "failover1");
+    let traffic = std::thread::spawn(move || drive(&config, targets));
+    // Timing only, not correctness: the kill lands in the middle of the run.
+    std::thread::sleep(Duration::from_secs(4));
+    c.kill();
+    let survivors: BTreeSet<String> = ids[..2].iter().cloned().collect();
+    let took = wait_settled(&http, &[&a, &b], &survivors);
+    eprintln!("the killed node's partitions were running elsewhere {took:?} after its death");
+    let report = traffic.join().expect("the load generator thread");
+    assert_verified(&report);
+    let verification = report.verification.as_ref().unwrap();
+    assert_eq!(verification.targets_left_out, vec![killed_base]);
+
+    // It comes back on its data directory: it rejoins, the partitions rebalance, and a run
+    // against all three verifies again.
+    let c = start(&log, dirs[2].path());
+    wait_settled(&http, &[&a, &b, &c], &all);
+    let report = drive(
+        &loadgen(Duration::from_secs(5), "failover2"),
+        vec![a.base.clone(), b.base.clone(), c.base.clone()],
+    );
+    assert_verified(&report);
+    assert!(report.verification.unwrap().targets_left_out.is_empty());
+}
+
+#[test]
+fn a_node_paused_past_its_lease_fences_itself_and_totals_stay_exact() {
+    let Some(endpoint) = endpoint() else { return };
+    let log = format!("fluvio://{endpoint}/{}", unique_topic("paused"));
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let http = client();
+    let a = start(&log, dirs[0].path());
+    let b = start(&log, dirs[1].path());
+    let ids: BTreeSet<String> = [&a, &b].iter().map(|n| node_id(&http, n)).collect();
+    let b_id = node_id(&http, &b);
+    wait_settled(&http, &[&a, &b], &ids);
+    create_campaign(&http, &a, "paused-meals", "USD");
+    let mut expected_cents = 0;
+    let mut expected_count = 0;
+    let mut donate = |range: std::ops::Range<usize>, nodes: &[&ServerProcess]| {
+        for i in range {
+            let amount_cents = 100 + (i as u64 % 5) * 10;
+            let body = donation_json(
+                &format!("pause-{i:04}"),
+                "paused-meals",
+                amount_cents,
+                &format!("user-{i}"),
+            );
+            let node = nodes[i % nodes.len()];
+            let response = post_signed(
+                &http,
+                &node.url("/v1/donations"),
+                &serde_json::to_vec(&body).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(response.status(), 202);
+            expected_cents += amount_cents;
+            expected_count += 1;
+        }
+    };
+    donate(0..100, &[&a, &b]);
+
+    let join_before = member_join_offset(&cluster(&http, &a).unwrap(), &b_id);
+    b.signal("STOP");
+    let only_a: BTreeSet<String> = [node_id(&http, &a)].into();
+    wait_settled(&http, &[&a], &only_a);
+    donate(100..200, &[&a]);
+    b.signal("CONT");
+    // b finds its lease gone, stops, joins again as a new run, and gets its partitions back.
+    wait_settled(&http, &[&a, &b], &ids);
+    let join_after = member_join_offset(&cluster(&http, &a).unwrap(), &b_id);
+    assert!(
+        join_after > join_before,
+        "b joined again: {join_before} → {join_after}"
+    );
+    donate(200..260, &[&a, &b]);
+    for node in [&a, &b] {
+        wait_total(&http, node, "paused-meals", expected_cents, expected_count);
+    }
+}
+
+fn member_join_offset(view: &serde_json::Value, node_id: &str) -> u64 {
+    view["assignment"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node_id"] == node_id)
+        .unwrap_or_else(|| panic!("{node_id} is a member: {view}"))["join_offset"]
+        .as_u64()
+        .unwrap()
+}
+
+fn wait_total(
+    http: &reqwest::blocking::Client,
+    node: &ServerProcess,
+    campaign: &str,
+    cents: u64,
+    count: u64,
+) {
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let view: serde_json::Value = http
+            .get(node.url(&format!("/v1/campaigns/{campaign}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if view["freshness"]["lag_records"] == 0
+            && view["total_cents"] == cents
+            && view["donations"] == count
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not converge to {cents} cents / {count}: {view}",
+            node.base
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
