@@ -76,6 +76,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_CHECKPOINT_RECORDS",
           default_value_t = PipelineConfig::default().checkpoint_records_max)]
     pub checkpoint_records: u64,
+    /// With --owns auto on a Fluvio log: publish each partition's state to the cluster this
+    /// often (when it changed), so a node taking the partition over replays at most about this
+    /// much of the log.
+    #[arg(long, env = "TALLY_STATE_SNAPSHOT_INTERVAL", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub state_snapshot_interval: Duration,
     /// Client connections served at once; one more is answered 503 too_many_connections and
     /// closed. Default: 16384, or fewer if the open-file limit (raised to its hard limit at
     /// start) leaves less room beside the server's own files.
@@ -130,6 +136,7 @@ impl ServeArgs {
                 ..RateLimitConfig::default()
             },
             checkpoint_interval: self.checkpoint_interval,
+            state_snapshot_interval: self.state_snapshot_interval,
             checkpoint_records_max: self.checkpoint_records,
             window_horizons: state.horizons,
             compaction_floor_bytes: state.compaction_floor_bytes,

@@ -50,10 +50,42 @@ fn unique_topic(kind: &str) -> String {
 }
 
 fn start(log: &str, dir: &std::path::Path) -> ServerProcess {
-    ServerProcess::start(
-        dir,
-        &["--log", log, "--partitions", &PARTITIONS.to_string()],
-    )
+    let partitions = PARTITIONS.to_string();
+    let args = [
+        "--log",
+        log,
+        "--partitions",
+        &partitions,
+        "--state-snapshot-interval",
+        "1s",
+    ];
+    ServerProcess::start(dir, &args)
+}
+
+/// The partitions `node` took over, and whether each came from a cluster snapshot.
+fn taken_over(http: &reqwest::blocking::Client, node: &ServerProcess) -> Vec<(u64, bool)> {
+    cluster(http, node).expect("a cluster view")["taken_over"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["partition"].as_u64().unwrap(),
+                t["snapshot_offset"].is_u64(),
+            )
+        })
+        .collect()
+}
+
+/// The partitions `node_id` holds in `view`.
+fn held_by(view: &serde_json::Value, node_id: &str) -> Vec<u64> {
+    view["assignment"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["holder"]["node_id"] == node_id)
+        .map(|p| p["partition"].as_u64().unwrap())
+        .collect()
 }
 
 fn cluster(http: &reqwest::blocking::Client, node: &ServerProcess) -> Option<serde_json::Value> {
@@ -190,6 +222,8 @@ fn three_nodes_keep_counting_when_one_is_killed_and_rebalance_when_it_returns() 
     let ids: Vec<String> = [&a, &b, &c].iter().map(|n| node_id(&http, n)).collect();
     let all: BTreeSet<String> = ids.iter().cloned().collect();
     wait_settled(&http, &[&a, &b, &c], &all);
+    let c_partitions = held_by(&cluster(&http, &a).unwrap(), &ids[2]);
+    assert!(!c_partitions.is_empty());
 
     // Traffic to all three; c is SIGKILLed while it runs and not restarted.
     let targets = vec![a.base.clone(), b.base.clone(), c.base.clone()];
@@ -202,6 +236,15 @@ fn three_nodes_keep_counting_when_one_is_killed_and_rebalance_when_it_returns() 
     let survivors: BTreeSet<String> = ids[..2].iter().cloned().collect();
     let took = wait_settled(&http, &[&a, &b], &survivors);
     eprintln!("the killed node's partitions were running elsewhere {took:?} after its death");
+    // The survivors restored c's partitions from the snapshots c published while it ran.
+    let mut restored: Vec<(u64, bool)> = taken_over(&http, &a);
+    restored.extend(taken_over(&http, &b));
+    for partition in &c_partitions {
+        assert!(
+            restored.contains(&(*partition, true)),
+            "partition {partition} of the killed node was restored from its snapshot: {restored:?}"
+        );
+    }
     let report = traffic.join().expect("the load generator thread");
     assert_verified(&report);
     let verification = report.verification.as_ref().unwrap();
@@ -211,6 +254,12 @@ fn three_nodes_keep_counting_when_one_is_killed_and_rebalance_when_it_returns() 
     // against all three verifies again.
     let c = start(&log, dirs[2].path());
     wait_settled(&http, &[&a, &b, &c], &all);
+    // It takes its partitions back from the snapshots a and b published as they released them
+    // (further on than its own checkpoints, which stopped at the kill).
+    let back = taken_over(&http, &c);
+    for partition in &c_partitions {
+        assert!(back.contains(&(*partition, true)), "{partition}: {back:?}");
+    }
     let report = drive(
         &loadgen(Duration::from_secs(5), "failover2"),
         vec![a.base.clone(), b.base.clone(), c.base.clone()],

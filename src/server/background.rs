@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::AppState;
 use super::node::Node;
-use super::supervisor::Supervisor;
+use super::supervisor::{StateSnapshots, Supervisor};
 
 /// The pipeline and what feeds the other nodes' results in, before they start.
 #[derive(Debug)]
@@ -50,6 +50,7 @@ impl Background {
     pub fn spawn(
         state: &AppState,
         processing: Processing,
+        snapshot_interval: Duration,
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let Processing {
@@ -59,18 +60,32 @@ impl Background {
             results_from,
         } = processing;
         let mut pipeline_thread = None;
+        let mut tasks_first = Vec::new();
         let mut supervisor = None;
         let mut deliveries = Vec::new();
         match (state.node.automatic(), &publisher) {
             (Some(membership), Some(publisher)) => {
+                let link = state.node.cluster.as_ref().expect("a shared log");
+                let snapshots = Arc::new(StateSnapshots {
+                    node: Arc::clone(&state.node),
+                    membership: Arc::clone(membership),
+                    store: Arc::clone(&state.store),
+                    topic: Arc::clone(&link.state),
+                    scratch_dir: state.data_dir.clone(),
+                    interval: snapshot_interval,
+                    published: Default::default(),
+                    sequence: Default::default(),
+                });
                 let supervising = Supervisor {
                     node: Arc::clone(&state.node),
                     membership: Arc::clone(membership),
                     pipeline,
                     publisher: Arc::clone(publisher),
                     notifications: Arc::clone(&state.notifications),
+                    snapshots: Arc::clone(&snapshots),
                 };
                 supervisor = Some(tokio::spawn(supervising.supervise(stop.clone())));
+                tasks_first.push(tokio::spawn(snapshots.run(stop.clone())));
             }
             _ => {
                 let mode = RunMode::Follow {
@@ -85,7 +100,8 @@ impl Background {
                 deliveries = state.notifications.spawn_delivery(stop.clone());
             }
         }
-        let mut tasks = vec![
+        let mut tasks = tasks_first;
+        tasks.extend([
             tokio::spawn({
                 let campaigns = Arc::clone(&state.campaigns);
                 let stop = stop.clone();
@@ -98,7 +114,7 @@ impl Background {
                 stop.clone(),
             )),
             tokio::spawn(Arc::clone(&state.node).keep_lease(stop.clone())),
-        ];
+        ]);
         if let Some(publisher) = &publisher {
             let publisher = Arc::clone(publisher);
             let stop = stop.clone();

@@ -14,6 +14,9 @@ use tally_pipeline::runner::PipelineConfig;
 
 use super::connections::{HEADER_READ_TIMEOUT_DEFAULT, IDLE_TIMEOUT_DEFAULT};
 
+/// How often, by default, a partition run with `--owns auto` publishes its state.
+pub const STATE_SNAPSHOT_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
+
 /// How a server runs. [`ServerConfig::new`] (or `Default`, on `./tally-data`) gives the same
 /// settings as `tally serve` without flags; change the public fields for the rest.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +53,9 @@ pub struct ServerConfig {
     pub checkpoint_interval: Duration,
     /// …or after this many records (0 counts as 1).
     pub checkpoint_records_max: u64,
+    /// With `--owns auto`: how often each partition's state is published to the cluster (if it
+    /// changed), so a node taking it over replays at most about this much of the log.
+    pub state_snapshot_interval: Duration,
     /// How long minute and hour buckets are kept behind the watermark.
     pub window_horizons: WindowHorizons,
     /// A checkpoint journal is compacted once its checkpoints since the last snapshot outweigh
@@ -98,6 +104,7 @@ impl ServerConfig {
             rate_limit: RateLimitConfig::default(),
             checkpoint_interval: Duration::from_millis(50),
             checkpoint_records_max: PipelineConfig::default().checkpoint_records_max,
+            state_snapshot_interval: STATE_SNAPSHOT_INTERVAL_DEFAULT,
             window_horizons: WindowHorizons::DEFAULT,
             compaction_floor_bytes: COMPACTION_FLOOR_BYTES_DEFAULT,
             connections_max: None,
@@ -117,6 +124,7 @@ impl ServerConfig {
             ("header_read_timeout", self.header_read_timeout),
             ("idle_timeout", self.idle_timeout),
             ("body_read_timeout", self.body_read_timeout),
+            ("state_snapshot_interval", self.state_snapshot_interval),
         ];
         if let Some((field, _)) = durations.iter().find(|(_, value)| value.is_zero()) {
             return Err(ConfigError::Zero { field });

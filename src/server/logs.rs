@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tally_pipeline::campaigns::CampaignRegistry;
 use tally_pipeline::cluster::results::results_topic_options;
+use tally_pipeline::cluster::state_snapshots;
 use tally_pipeline::cluster::{COMPANION_SUFFIX_BYTES_MAX, CompanionTopics};
 use tally_pipeline::log::location::FluvioLocation;
 use tally_pipeline::log::{FluvioLog, FluvioLogOptions, Log, LogLocation};
@@ -24,6 +25,8 @@ pub struct Logs {
 pub struct SharedTopics {
     pub nodes: Arc<dyn Log>,
     pub results: Arc<dyn Log>,
+    /// Partition state snapshots, a partition for each of the donation topic's.
+    pub state: Arc<dyn Log>,
 }
 
 /// Opens the logs the data directory is bound to (binding it on first start).
@@ -67,9 +70,11 @@ pub async fn open_logs(config: &ServerConfig) -> anyhow::Result<Logs> {
                     .await
                     .context("cannot read the campaigns topic")?;
             let results_options = results_topic_options(defaults.clone());
+            let state_options = state_snapshots::state_topic_options(defaults.clone());
             let shared = SharedTopics {
                 nodes: connect(companions.nodes, 1, defaults).await?,
                 results: connect(companions.results, 1, results_options).await?,
+                state: connect(companions.state, partitions, state_options).await?,
             };
             tracing::info!(log = %config.log_location, partitions, "log on a Fluvio cluster");
             Ok(Logs {
@@ -86,7 +91,7 @@ fn companion_topics(location: &FluvioLocation) -> anyhow::Result<CompanionTopics
     anyhow::ensure!(
         location.topic.len() + COMPANION_SUFFIX_BYTES_MAX <= TOPIC_NAME_BYTES_MAX,
         "the topic name {:?} is too long: tally adds topics named after it (-campaigns, -nodes, \
-         -results), so it may have at most {} characters",
+         -results, -state), so it may have at most {} characters",
         location.topic,
         TOPIC_NAME_BYTES_MAX - COMPANION_SUFFIX_BYTES_MAX
     );

@@ -116,7 +116,12 @@ pub async fn run(
     let (opened, processing) = open_state(&config, logs, Arc::new(node), &clock).await?;
     let serving = build_state(&config, &opened, &processing, clock, open_file_limit)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let background = Background::spawn(&serving.state, processing, stop_rx)?;
+    let background = Background::spawn(
+        &serving.state,
+        processing,
+        config.state_snapshot_interval,
+        stop_rx,
+    )?;
     serve(listener, &serving, shutdown).await?;
     tracing::info!("stopped taking requests; committing checkpoints");
     let _ = stop_tx.send(true);

@@ -7,8 +7,9 @@
 //! fixed partitions — keeps its lease with heartbeats, publishes its partitions' results and
 //! folds the others'.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use anyhow::Context;
 use axum::Json;
@@ -16,7 +17,7 @@ use axum::extract::State;
 use serde::Serialize;
 use tally_pipeline::clock::Clock;
 use tally_pipeline::cluster::{Membership, NodeAnnouncement, NodeView};
-use tally_pipeline::log::{Log, PartitionId};
+use tally_pipeline::log::{Log, Offset, PartitionId};
 use tokio::sync::watch;
 
 use tally_pipeline::cluster::membership::{FENCE_AFTER, HEARTBEAT_INTERVAL, LEASE};
@@ -35,6 +36,20 @@ pub struct Node {
     pub advertise: String,
     /// Present on a shared log.
     pub cluster: Option<ClusterLink>,
+    /// How this node took over each partition it took from another (automatic assignment).
+    taken_over: Mutex<BTreeMap<PartitionId, TakeOver>>,
+}
+
+/// How a partition was taken over: from this node's own checkpoint of it, or from the
+/// cluster's snapshot when that was further on.
+#[derive(Debug, Clone, Serialize)]
+pub struct TakeOver {
+    pub partition: PartitionId,
+    pub epoch: Offset,
+    pub local_checkpoint_offset: Offset,
+    /// The offset the installed snapshot reflects; `None` if this node's own checkpoint (or
+    /// offset 0) was as far.
+    pub snapshot_offset: Option<Offset>,
 }
 
 /// The parts of a node that exist only on a shared log.
@@ -42,6 +57,8 @@ pub struct Node {
 pub struct ClusterLink {
     pub membership: Arc<Membership>,
     pub results: Arc<dyn Log>,
+    /// Partition state snapshots (`--owns auto` publishes and restores them).
+    pub state: Arc<dyn Log>,
 }
 
 impl Node {
@@ -64,6 +81,23 @@ impl Node {
     /// The partitions this node runs from now on (its assignment changed).
     pub fn set_owned(&self, partitions: Vec<PartitionId>) {
         *self.owns.write().unwrap_or_else(PoisonError::into_inner) = partitions;
+    }
+
+    /// Records how `partition` was taken over.
+    pub fn took_over(&self, take_over: TakeOver) {
+        self.taken_over
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(take_over.partition, take_over);
+    }
+
+    fn taken_over(&self) -> Vec<TakeOver> {
+        self.taken_over
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The membership, when partitions are assigned automatically among live nodes.
@@ -172,6 +206,7 @@ pub async fn join(
             owns: RwLock::new(owns),
             advertise,
             cluster: None,
+            taken_over: Default::default(),
         });
     };
     if config.owns == PartitionSet::Auto {
@@ -193,7 +228,9 @@ pub async fn join(
             cluster: Some(ClusterLink {
                 membership: Arc::new(membership),
                 results: Arc::clone(&shared.results),
+                state: Arc::clone(&shared.state),
             }),
+            taken_over: Default::default(),
         });
     }
     let me = NodeAnnouncement {
@@ -212,7 +249,9 @@ pub async fn join(
         cluster: Some(ClusterLink {
             membership: Arc::new(membership),
             results: Arc::clone(&shared.results),
+            state: Arc::clone(&shared.state),
         }),
+        taken_over: Default::default(),
     })
 }
 
@@ -234,6 +273,9 @@ pub struct ClusterView {
     pub lease: Option<LeaseView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub assignment: Option<AssignmentView>,
+    /// With automatic assignment: how this node took over each partition it took over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub taken_over: Option<Vec<TakeOver>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -271,5 +313,6 @@ pub async fn cluster_view(State(state): State<Arc<super::AppState>>) -> Json<Clu
             lease_ms: LEASE.as_millis() as u64,
         }),
         assignment: automatic.map(|membership| membership.assignment_view()),
+        taken_over: automatic.map(|_| node.taken_over()),
     })
 }

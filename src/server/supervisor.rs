@@ -18,16 +18,23 @@
 //! moments before the supervisor notices); one that finds it was expired while away joins
 //! again as a new run, holding nothing.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use tally_pipeline::checkpoint::CheckpointStore;
+use tally_pipeline::checkpoint::savepoint;
 use tally_pipeline::cluster::membership::{FENCE_AFTER, HEARTBEAT_INTERVAL};
+use tally_pipeline::cluster::state_snapshots;
 use tally_pipeline::cluster::{Membership, OwnershipPlan, ResultsPublisher};
-use tally_pipeline::log::{Offset, PartitionId};
+use tally_pipeline::log::{Log, Offset, PartitionId};
 use tally_pipeline::runner::{PartitionRunSummary, Pipeline, PipelineError, RunMode};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::node::Node;
+use super::node::{Node, TakeOver};
 use super::notifications::Notifications;
 
 /// What the supervisor drives.
@@ -38,6 +45,22 @@ pub struct Supervisor {
     pub pipeline: Pipeline,
     pub publisher: Arc<ResultsPublisher>,
     pub notifications: Arc<Notifications>,
+    pub snapshots: Arc<StateSnapshots>,
+}
+
+/// Publishing this node's partition states to the state topic, and restoring others'.
+#[derive(Debug)]
+pub struct StateSnapshots {
+    pub node: Arc<Node>,
+    pub membership: Arc<Membership>,
+    pub store: Arc<CheckpointStore>,
+    pub topic: Arc<dyn Log>,
+    /// Where sections are staged on their way to and from the topic.
+    pub scratch_dir: PathBuf,
+    pub interval: Duration,
+    /// The offset each partition's last published snapshot reflects.
+    pub published: Mutex<BTreeMap<PartitionId, Offset>>,
+    pub sequence: AtomicU64,
 }
 
 /// The pipeline run and deliveries over the partitions held now.
@@ -66,6 +89,7 @@ impl Supervisor {
         let held = self.membership.plan();
         let mut release = held.release.clone();
         release.extend(self.held_now(&held));
+        self.snapshots.publish_all(&release).await;
         if let Err(error) = self.membership.release(&release).await {
             tracing::warn!(%error, "could not release the partitions; they move when the lease runs out");
         }
@@ -117,7 +141,13 @@ impl Supervisor {
     }
 
     async fn hand_over(&self, run: &mut Option<Run>, plan: OwnershipPlan) {
+        let running_before: Vec<PartitionId> = run
+            .as_ref()
+            .map(|run| run.partitions.clone())
+            .unwrap_or_default();
         self.stop(run).await;
+        // The new owners restore what these last checkpoints hold.
+        self.snapshots.publish_all(&plan.release).await;
         if let Err(error) = self.membership.release(&plan.release).await {
             tracing::warn!(%error, "cannot release partitions; retrying");
         } else {
@@ -125,7 +155,18 @@ impl Supervisor {
             self.publisher.forget(&released);
         }
         let mut partitions = plan.keep.clone();
-        partitions.extend(self.acquire(&plan.acquire).await);
+        let acquired = self.acquire(&plan.acquire).await;
+        for &partition in &acquired {
+            if !running_before.contains(&partition) {
+                let epoch = plan
+                    .acquire
+                    .iter()
+                    .find(|(p, _)| *p == partition)
+                    .map_or(0, |(_, epoch)| *epoch);
+                self.snapshots.restore(partition, epoch).await;
+            }
+        }
+        partitions.extend(acquired);
         partitions.sort_unstable();
         partitions.dedup();
         tracing::info!(
@@ -223,5 +264,140 @@ impl Supervisor {
         // What the last checkpoints committed goes out before anything is released.
         let (_, stopped) = watch::channel(true);
         self.publisher.run(stopped).await;
+    }
+}
+
+impl StateSnapshots {
+    /// Publishes the state of every partition this node runs whose checkpoint moved since its
+    /// last snapshot, every interval, until `shutdown`.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            let held = self.held(&self.node.owned());
+            self.publish_all(&held).await;
+        }
+    }
+
+    /// The epochs this node holds `partitions` at.
+    fn held(&self, partitions: &[PartitionId]) -> Vec<(PartitionId, Offset)> {
+        let view = self.membership.assignment_view();
+        partitions
+            .iter()
+            .filter_map(|&p| {
+                let holder = view.partitions.get(p as usize)?.holder.as_ref()?;
+                (holder.node_id == self.node.node_id).then_some((p, holder.epoch))
+            })
+            .collect()
+    }
+
+    /// Publishes a snapshot of each of `partitions` (at its epoch) that moved since the last.
+    pub async fn publish_all(&self, partitions: &[(PartitionId, Offset)]) {
+        for &(partition, epoch) in partitions {
+            if let Err(error) = self.publish(partition, epoch).await {
+                tracing::warn!(partition, "cannot publish the partition's state: {error:#}");
+            }
+        }
+    }
+
+    async fn publish(&self, partition: PartitionId, epoch: Offset) -> anyhow::Result<()> {
+        let store = Arc::clone(&self.store);
+        let scratch = self.scratch_dir.clone();
+        let exported = tokio::task::spawn_blocking(move || {
+            savepoint::export_partition(&store, partition, &scratch)
+        })
+        .await??;
+        let Some((meta, section)) = exported else {
+            return Ok(());
+        };
+        let next_offset = meta.scalars.next_offset;
+        let last = self.lock().get(&partition).copied();
+        if last.is_some_and(|last| last >= next_offset) {
+            return Ok(());
+        }
+        if !self.membership.holds_lease() {
+            anyhow::bail!("this node does not hold its lease");
+        }
+        let snapshot_id = self.snapshot_id(partition);
+        state_snapshots::publish(
+            self.topic.as_ref(),
+            partition,
+            epoch,
+            next_offset,
+            snapshot_id,
+            &section,
+        )
+        .await?;
+        self.lock().insert(partition, next_offset);
+        tracing::debug!(
+            partition,
+            next_offset,
+            bytes = section.len(),
+            "published the partition's state"
+        );
+        Ok(())
+    }
+
+    /// Installs the cluster's latest snapshot of `partition` if it is ahead of this node's own
+    /// checkpoint of it; says what it restored from.
+    pub async fn restore(&self, partition: PartitionId, epoch: Offset) {
+        let local = match self.store.meta(partition) {
+            Ok(meta) => meta.map_or(0, |m| m.scalars.next_offset),
+            Err(error) => {
+                tracing::warn!(partition, %error, "cannot read the partition's checkpoint");
+                0
+            }
+        };
+        let restored = match state_snapshots::latest(self.topic.as_ref(), partition).await {
+            Ok(Some(snapshot)) if snapshot.next_offset > local => {
+                let store = Arc::clone(&self.store);
+                let scratch = self.scratch_dir.clone();
+                let section = snapshot.section;
+                let installed = tokio::task::spawn_blocking(move || {
+                    savepoint::install_partition(&store, partition, &section, &scratch)
+                })
+                .await;
+                match installed {
+                    Ok(Ok(())) => Some(snapshot.next_offset),
+                    Ok(Err(error)) => {
+                        tracing::warn!(partition, %error, "the cluster's snapshot does not install; replaying from this node's checkpoint");
+                        None
+                    }
+                    Err(error) => {
+                        tracing::warn!(partition, %error, "installing the snapshot failed");
+                        None
+                    }
+                }
+            }
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(partition, %error, "cannot read the state topic; replaying from this node's checkpoint");
+                None
+            }
+        };
+        tracing::info!(partition, epoch, local_offset = local, restored_from = ?restored, "taking the partition over");
+        self.node.took_over(TakeOver {
+            partition,
+            epoch,
+            local_checkpoint_offset: local,
+            snapshot_offset: restored,
+        });
+    }
+
+    fn snapshot_id(&self, partition: PartitionId) -> u64 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        nanos ^ (u64::from(partition) << 48) ^ sequence.rotate_left(32)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PartitionId, Offset>> {
+        self.published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }

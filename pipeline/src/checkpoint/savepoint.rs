@@ -375,6 +375,51 @@ pub fn restore(store: &CheckpointStore, savepoint: &Savepoint) -> Result<(), Che
     Ok(())
 }
 
+/// One partition's last committed checkpoint as the section a savepoint holds for it, in
+/// memory, with its meta; `None` without a checkpoint. Safe while the partition runs. The
+/// section goes through a scratch file in `scratch_dir` (removed on return).
+pub fn export_partition(
+    store: &CheckpointStore,
+    partition: crate::log::PartitionId,
+    scratch_dir: &Path,
+) -> Result<Option<(CheckpointMeta, Vec<u8>)>, CheckpointError> {
+    let scratch = scratch_file(scratch_dir)?;
+    let path = scratch.path();
+    let io = |e| CheckpointError::io(path, e);
+    let file = OsStorage.open(path, OpenMode::ReadWrite).map_err(io)?;
+    let Some((meta, end)) = store.write_snapshot_section(partition, path, &file, 0)? else {
+        return Ok(None);
+    };
+    let mut bytes = vec![0u8; end as usize];
+    file.read_exact_at(&mut bytes, 0).map_err(io)?;
+    Ok(Some((meta, bytes)))
+}
+
+/// Replaces a partition's checkpoint with a section [`export_partition`] made (on this node or
+/// another): loaded whole and checked against its digest before it replaces the journal.
+pub fn install_partition(
+    store: &CheckpointStore,
+    partition: crate::log::PartitionId,
+    section: &[u8],
+    scratch_dir: &Path,
+) -> Result<(), CheckpointError> {
+    let scratch = scratch_file(scratch_dir)?;
+    let path = scratch.path();
+    let io = |e| CheckpointError::io(path, e);
+    let file = OsStorage.open(path, OpenMode::ReadWrite).map_err(io)?;
+    file.write_all_at(section, 0).map_err(io)?;
+    drop(file);
+    store.install_section(partition, path, 0, section.len() as u64)
+}
+
+fn scratch_file(dir: &Path) -> Result<tempfile::NamedTempFile, CheckpointError> {
+    tempfile::Builder::new()
+        .prefix(TEMPORARY_PREFIX)
+        .suffix(TEMPORARY_SUFFIX)
+        .tempfile_in(dir)
+        .map_err(|e| CheckpointError::io(dir, e))
+}
+
 fn refuse_existing(path: &Path) -> Result<(), SavepointError> {
     match std::fs::symlink_metadata(path) {
         Ok(_) => Err(SavepointError::Exists {

@@ -10,12 +10,15 @@
 //! <topic>-campaigns  campaign definitions and closes (crate::control::campaigns), 1 partition
 //! <topic>-nodes      claims, heartbeats and withdrawals of nodes (membership), 1 partition
 //! <topic>-results    each owner's committed per-partition results (results), 1 partition
+//! <topic>-state      each owner's partition state snapshots (state_snapshots), P partitions
 //! ```
 //!
 //! - [`partition_set`]: the partitions a node owns (`--owns 0-3`).
 //! - [`membership`]: joining with a claim, refusing a claim that overlaps a live node's, the
 //!   lease kept alive by heartbeats, and the view of live nodes; with `--owns auto`, members
 //!   that expire a silent member and acquire and release partitions at epochs.
+//! - [`state_snapshots`]: owners publish their partitions' state, so a new owner restores it
+//!   instead of replaying the log from offset 0.
 //! - [`assignment`]: which member runs each partition, by rendezvous hashing over the members
 //!   in the topic's order.
 //! - [`results`]: owners publish what they committed as absolute values with the offset they
@@ -25,6 +28,7 @@ pub mod assignment;
 pub mod membership;
 pub mod partition_set;
 pub mod results;
+pub mod state_snapshots;
 
 pub use membership::{
     AssignmentView, ClusterError, Membership, NodeAnnouncement, NodeView, OwnershipPlan,
@@ -50,6 +54,7 @@ pub struct CompanionTopics {
     pub campaigns: String,
     pub nodes: String,
     pub results: String,
+    pub state: String,
 }
 
 /// The longest suffix a companion topic adds to the donation topic's name.
@@ -61,6 +66,7 @@ impl CompanionTopics {
             campaigns: format!("{topic}-campaigns"),
             nodes: format!("{topic}-nodes"),
             results: format!("{topic}-results"),
+            state: format!("{topic}-state"),
         }
     }
 }
