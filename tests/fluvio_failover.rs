@@ -1,15 +1,17 @@
 //! Automatic assignment on a real Fluvio cluster (`--owns auto`, the default there): three
 //! nodes under load-generator traffic to all of them; one is SIGKILLed and not restarted, the
-//! other two take its partitions and the run verifies with exact totals; it comes back and the
-//! partitions rebalance. A node paused past its lease (SIGSTOP, then SIGCONT) fences itself
-//! and joins again; totals stay exact.
+//! other two take its partitions (restoring them from its snapshots) and the run verifies with
+//! exact totals; it comes back and the partitions rebalance. A node paused past its lease
+//! (SIGSTOP, then SIGCONT) fences itself and joins again; totals stay exact and no donor
+//! notification is delivered twice.
 //!
 //! Runs when `TALLY_FLUVIO_ENDPOINT` (`HOST:PORT` of the SC's public server on 127.0.0.1) is
 //! set, on a new topic each run; otherwise it passes and says plainly that it did not run.
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::server::{
@@ -19,6 +21,7 @@ use tally_api::signature::SigningSecret;
 use tally_loadgen::report::Report;
 use tally_loadgen::run::{RunConfig, run};
 use tally_loadgen::schedule::Profile;
+use tally_pipeline::log::Partitioner;
 
 const ENDPOINT_VAR: &str = "TALLY_FLUVIO_ENDPOINT";
 const PARTITIONS: usize = 16;
@@ -273,20 +276,37 @@ fn a_node_paused_past_its_lease_fences_itself_and_totals_stay_exact() {
     let Some(endpoint) = endpoint() else { return };
     let log = format!("fluvio://{endpoint}/{}", unique_topic("paused"));
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (hook, received) = start_receiver();
     let http = client();
-    let a = start(&log, dirs[0].path());
-    let b = start(&log, dirs[1].path());
+    let start_with_hook = |dir: &std::path::Path| {
+        let partitions = PARTITIONS.to_string();
+        let args = [
+            "--log",
+            &log,
+            "--partitions",
+            &partitions,
+            "--state-snapshot-interval",
+            "1s",
+            "--notify-webhook",
+            &hook,
+        ];
+        ServerProcess::start(dir, &args)
+    };
+    let a = start_with_hook(dirs[0].path());
+    let b = start_with_hook(dirs[1].path());
     let ids: BTreeSet<String> = [&a, &b].iter().map(|n| node_id(&http, n)).collect();
     let b_id = node_id(&http, &b);
     wait_settled(&http, &[&a, &b], &ids);
     create_campaign(&http, &a, "paused-meals", "USD");
+    let partitioner = Partitioner::new(PARTITIONS as u32);
+    let mut records_in = vec![0u64; PARTITIONS];
     let mut expected_cents = 0;
-    let mut expected_count = 0;
     let mut donate = |range: std::ops::Range<usize>, nodes: &[&ServerProcess]| {
         for i in range {
+            let payment_ref = format!("pause-{i:04}");
             let amount_cents = 100 + (i as u64 % 5) * 10;
             let body = donation_json(
-                &format!("pause-{i:04}"),
+                &payment_ref,
                 "paused-meals",
                 amount_cents,
                 &format!("user-{i}"),
@@ -300,16 +320,21 @@ fn a_node_paused_past_its_lease_fences_itself_and_totals_stay_exact() {
             .unwrap();
             assert_eq!(response.status(), 202);
             expected_cents += amount_cents;
-            expected_count += 1;
+            records_in[partitioner.partition_for_key(payment_ref.as_bytes()) as usize] += 1;
         }
+        records_in.clone()
     };
-    donate(0..100, &[&a, &b]);
+    let records = donate(0..100, &[&a, &b]);
+    // Every notification delivered, and the cluster told how far (so nothing is delivered again
+    // by whoever runs a partition next).
+    wait_delivered(&http, &a, &records, &received, 100);
 
     let join_before = member_join_offset(&cluster(&http, &a).unwrap(), &b_id);
     b.signal("STOP");
     let only_a: BTreeSet<String> = [node_id(&http, &a)].into();
     wait_settled(&http, &[&a], &only_a);
-    donate(100..200, &[&a]);
+    let records = donate(100..200, &[&a]);
+    wait_delivered(&http, &a, &records, &received, 200);
     b.signal("CONT");
     // b finds its lease gone, stops, joins again as a new run, and gets its partitions back.
     wait_settled(&http, &[&a, &b], &ids);
@@ -318,9 +343,77 @@ fn a_node_paused_past_its_lease_fences_itself_and_totals_stay_exact() {
         join_after > join_before,
         "b joined again: {join_before} → {join_after}"
     );
-    donate(200..260, &[&a, &b]);
+    let records = donate(200..260, &[&a, &b]);
     for node in [&a, &b] {
-        wait_total(&http, node, "paused-meals", expected_cents, expected_count);
+        wait_total(&http, node, "paused-meals", expected_cents, 260);
+    }
+    wait_delivered(&http, &a, &records, &received, 260);
+    let deliveries = received.lock().unwrap().clone();
+    let twice: Vec<(&String, &u32)> = deliveries.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+}
+
+type Received = Arc<Mutex<BTreeMap<String, u32>>>;
+
+/// A webhook receiver on 127.0.0.1 counting deliveries by Idempotency-Key.
+fn start_receiver() -> (String, Received) {
+    let received: Received = Default::default();
+    let (address_tx, address_rx) = std::sync::mpsc::channel();
+    let state = Arc::clone(&received);
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            address_tx.send(listener.local_addr().unwrap()).unwrap();
+            let app = axum::Router::new()
+                .route("/hook", axum::routing::post(receive))
+                .with_state(state);
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    let address = address_rx.recv().unwrap();
+    (format!("http://{address}/hook"), received)
+}
+
+async fn receive(
+    axum::extract::State(received): axum::extract::State<Received>,
+    headers: axum::http::HeaderMap,
+) -> axum::http::StatusCode {
+    let key = headers["Idempotency-Key"].to_str().unwrap().to_owned();
+    *received.lock().unwrap().entry(key).or_default() += 1;
+    axum::http::StatusCode::OK
+}
+
+/// Waits until the receiver has `count` distinct donations and `node`'s view of the cluster
+/// has every partition's delivery cursor at its record count.
+fn wait_delivered(
+    http: &reqwest::blocking::Client,
+    node: &ServerProcess,
+    records_in: &[u64],
+    received: &Received,
+    count: usize,
+) {
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let distinct = received.lock().unwrap().len();
+        let view = cluster(http, node).expect("a cluster view");
+        let cursors: Vec<u64> = view["assignment"]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["delivered"].as_u64().unwrap())
+            .collect();
+        if distinct == count && cursors == records_in {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{distinct} of {count} delivered; cursors {cursors:?}, records {records_in:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -166,6 +166,17 @@ impl NotificationOutbox {
             .await
     }
 
+    /// Takes on a cursor another node reached for `partition` (delivered there): everything
+    /// below it counts as delivered here too. The cursor never moves back.
+    pub fn adopt_cursor(&self, partition: PartitionId, cursor: Offset) -> Result<(), OutboxError> {
+        self.check_partition(partition)?;
+        let previous = self.cursors[partition as usize].fetch_max(cursor, Ordering::SeqCst);
+        if cursor > previous {
+            self.store.set_notification_cursor(partition, cursor)?;
+        }
+        Ok(())
+    }
+
     /// Marks everything below `next_offset` delivered (capped at what is applied); the cursor
     /// never moves back. The cursor as it now is.
     pub fn ack(&self, partition: PartitionId, next_offset: Offset) -> Result<Offset, OutboxError> {

@@ -93,6 +93,18 @@ impl Notifications {
             .context("cannot read the notification cursors")
     }
 
+    /// Everything below this offset of `partition` was delivered.
+    pub fn cursor(&self, partition: PartitionId) -> Offset {
+        self.outbox.cursor(partition)
+    }
+
+    /// Counts what another node delivered of `partition` (below `cursor`) as delivered.
+    pub fn adopt_cursor(&self, partition: PartitionId, cursor: Offset) -> anyhow::Result<()> {
+        self.outbox
+            .adopt_cursor(partition, cursor)
+            .context("cannot store the notification cursor")
+    }
+
     fn fenced(&self) -> bool {
         self.fence.as_ref().is_some_and(|fence| !fence.holds())
     }
@@ -165,7 +177,16 @@ impl Notifications {
                 }
             };
             for owed in batch {
+                let through = owed.offset + 1;
                 if !self.deliver(&notification(owed), &mut shutdown).await {
+                    return;
+                }
+                if self.fenced() {
+                    // Stopping here: what was delivered is acknowledged, so the next holder
+                    // delivers from there.
+                    if let Err(error) = self.outbox.ack(partition, through) {
+                        tracing::warn!(partition, "cannot store the notification cursor: {error}");
+                    }
                     return;
                 }
             }

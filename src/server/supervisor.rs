@@ -86,9 +86,8 @@ impl Supervisor {
             self.step(&mut run).await;
         }
         self.stop(&mut run).await;
-        let held = self.membership.plan();
-        let mut release = held.release.clone();
-        release.extend(self.held_now(&held));
+        let release = self.membership.held();
+        self.say_delivered(&release).await;
         self.snapshots.publish_all(&release).await;
         if let Err(error) = self.membership.release(&release).await {
             tracing::warn!(%error, "could not release the partitions; they move when the lease runs out");
@@ -104,6 +103,16 @@ impl Supervisor {
         if let Err(error) = membership.refresh().await {
             tracing::warn!(%error, "cannot read the nodes topic");
         }
+        if !membership.is_member() {
+            // Read up to its last heartbeat, the topic says the others found this run's lease
+            // run out: a new run, holding nothing, joins.
+            tracing::error!("the other members found this node's lease run out: joining again");
+            self.stop(run).await;
+            if let Err(error) = membership.rejoin().await {
+                tracing::warn!(%error, "cannot join again; retrying");
+            }
+            return;
+        }
         if !membership.holds_lease() {
             if run.is_some() {
                 tracing::error!(
@@ -114,16 +123,11 @@ impl Supervisor {
             }
             return;
         }
-        if !membership.is_member() {
-            tracing::error!("the other members found this node's lease run out: joining again");
-            self.stop(run).await;
-            if let Err(error) = membership.rejoin().await {
-                tracing::warn!(%error, "cannot join again; retrying");
-            }
-            return;
-        }
         if let Err(error) = membership.expire_silent_members().await {
             tracing::warn!(%error, "cannot expire a silent member");
+        }
+        if run.is_some() {
+            self.say_delivered(&membership.held()).await;
         }
         let plan = membership.plan();
         let running: Vec<PartitionId> = run
@@ -135,6 +139,8 @@ impl Supervisor {
         if plan.release.is_empty() && !takes_new && !lost_some {
             // At most a partition that came back at a new epoch while it ran here.
             self.acquire(&plan.acquire).await;
+            let held = self.membership.held();
+            self.say_delivered(&held).await;
             return;
         }
         self.hand_over(run, plan).await;
@@ -146,7 +152,9 @@ impl Supervisor {
             .map(|run| run.partitions.clone())
             .unwrap_or_default();
         self.stop(run).await;
-        // The new owners restore what these last checkpoints hold.
+        // The new owners restore what these last checkpoints hold, and deliver from where
+        // this node stopped.
+        self.say_delivered(&plan.release).await;
         self.snapshots.publish_all(&plan.release).await;
         if let Err(error) = self.membership.release(&plan.release).await {
             tracing::warn!(%error, "cannot release partitions; retrying");
@@ -189,18 +197,17 @@ impl Supervisor {
         }
     }
 
-    /// The partitions of `plan` this node holds and runs.
-    fn held_now(&self, plan: &OwnershipPlan) -> Vec<(PartitionId, Offset)> {
-        let view = self.membership.assignment_view();
-        plan.keep
+    /// Says on the nodes topic how far this node delivered the notifications of `held`
+    /// partitions (at their epochs), where that moved since it last said so.
+    async fn say_delivered(&self, held: &[(PartitionId, Offset)]) {
+        let cursors: Vec<(PartitionId, Offset, Offset)> = held
             .iter()
-            .filter_map(|&partition| {
-                view.partitions[partition as usize]
-                    .holder
-                    .as_ref()
-                    .map(|holder| (partition, holder.epoch))
-            })
-            .collect()
+            .map(|&(partition, epoch)| (partition, epoch, self.notifications.cursor(partition)))
+            .filter(|&(partition, _, cursor)| cursor > self.membership.delivered_cursor(partition))
+            .collect();
+        if let Err(error) = self.membership.delivered(&cursors).await {
+            tracing::warn!(%error, "cannot say how far notifications were delivered");
+        }
     }
 
     /// Starts the pipeline and the deliveries on `partitions`.
@@ -211,6 +218,13 @@ impl Supervisor {
         }
         if let Err(error) = self.notifications.set_owned(partitions.clone()) {
             tracing::warn!("{error:#}");
+        }
+        for &partition in &partitions {
+            // Delivered elsewhere (by an earlier holder) is delivered.
+            let cursor = self.membership.delivered_cursor(partition);
+            if let Err(error) = self.notifications.adopt_cursor(partition, cursor) {
+                tracing::warn!(partition, "{error:#}");
+            }
         }
         let (stop, stopped) = watch::channel(false);
         let pipeline = self.pipeline.clone();
@@ -276,21 +290,15 @@ impl StateSnapshots {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = shutdown.changed() => return,
             }
-            let held = self.held(&self.node.owned());
+            let running = self.node.owned();
+            let held: Vec<(PartitionId, Offset)> = self
+                .membership
+                .held()
+                .into_iter()
+                .filter(|(p, _)| running.contains(p))
+                .collect();
             self.publish_all(&held).await;
         }
-    }
-
-    /// The epochs this node holds `partitions` at.
-    fn held(&self, partitions: &[PartitionId]) -> Vec<(PartitionId, Offset)> {
-        let view = self.membership.assignment_view();
-        partitions
-            .iter()
-            .filter_map(|&p| {
-                let holder = view.partitions.get(p as usize)?.holder.as_ref()?;
-                (holder.node_id == self.node.node_id).then_some((p, holder.epoch))
-            })
-            .collect()
     }
 
     /// Publishes a snapshot of each of `partitions` (at its epoch) that moved since the last.

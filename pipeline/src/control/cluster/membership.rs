@@ -115,6 +115,13 @@ enum NodeRecord {
         join_offset: Offset,
         partitions: Vec<(PartitionId, Offset)>,
     },
+    /// How far a member delivered donor notifications of partitions it holds: `(partition,
+    /// epoch, cursor)`, everything below `cursor` delivered.
+    Delivered {
+        node_id: String,
+        join_offset: Offset,
+        cursors: Vec<(PartitionId, Offset, Offset)>,
+    },
 }
 
 /// The nodes-topic record format of the kinds version 1 had; they are still written as version
@@ -296,6 +303,11 @@ impl Folded {
                 join_offset,
                 partitions,
             } => self.members.released(&node_id, join_offset, &partitions),
+            NodeRecord::Delivered {
+                node_id,
+                join_offset,
+                cursors,
+            } => self.members.delivered(&node_id, join_offset, &cursors),
         }
         self.next_offset = offset + 1;
     }
@@ -330,6 +342,8 @@ struct Members {
     members: BTreeMap<String, MemberView>,
     assignment: Assignment,
     holders: Vec<Option<Holder>>,
+    /// How far notifications of each partition were delivered, as its holders said.
+    delivered: Vec<Offset>,
     /// Partitions that changed owner, over every change folded.
     reassignments: u64,
 }
@@ -339,6 +353,7 @@ impl Members {
         if self.holders.len() != partition_count as usize {
             self.assignment = Assignment::unowned(partition_count);
             self.holders = vec![None; partition_count as usize];
+            self.delivered = vec![0; partition_count as usize];
         }
     }
 
@@ -460,6 +475,27 @@ impl Members {
         }
     }
 
+    /// Cursors said by the holder they name (a member that no longer holds a partition, a
+    /// node paused past its lease, is not heard on it).
+    fn delivered(
+        &mut self,
+        node_id: &str,
+        join_offset: Offset,
+        cursors: &[(PartitionId, Offset, Offset)],
+    ) {
+        for &(partition, epoch, cursor) in cursors {
+            let holds = self.holders.get(partition as usize).is_some_and(|holder| {
+                holder.as_ref().is_some_and(|h| {
+                    h.node_id == node_id && h.join_offset == join_offset && h.epoch == epoch
+                })
+            });
+            if holds {
+                let delivered = &mut self.delivered[partition as usize];
+                *delivered = (*delivered).max(cursor);
+            }
+        }
+    }
+
     /// The partitions the run of `node_id` at `join_offset` holds.
     fn held_by(&self, node_id: &str, join_offset: Offset) -> Vec<(PartitionId, Offset)> {
         self.holders
@@ -506,6 +542,8 @@ pub struct PartitionView {
     pub epoch: Offset,
     /// The member running it now; differs from `owner` during a hand-over.
     pub holder: Option<Holder>,
+    /// Notifications below this offset were delivered, as its holders said.
+    pub delivered: Offset,
 }
 
 /// How a node came to its partitions.
@@ -748,8 +786,9 @@ impl Membership {
         }
     }
 
-    /// Says this node is alive; once the heartbeat is on the topic the lease counts from when
-    /// it was sent.
+    /// Says this node is alive; once the heartbeat is on the topic (and, for a member, the
+    /// topic read up to it still has this run as a member) the lease counts from when it was
+    /// sent.
     pub async fn heartbeat(&self) -> Result<(), ClusterError> {
         let sent_at_ms = self.clock.now_ms();
         let record = match self.mode {
@@ -764,7 +803,15 @@ impl Membership {
                 at_ms: sent_at_ms,
             },
         };
-        append(self.log.as_ref(), &self.me.node_id, &record).await?;
+        let offset = append(self.log.as_ref(), &self.me.node_id, &record).await?;
+        if self.is_auto() {
+            // The lease is renewed only if, read up to this heartbeat, this run is still a
+            // member: a node paused past its lease sees the others' expiry of it first.
+            self.fold(Some(offset + 1)).await?;
+            if !self.is_member() {
+                return Ok(());
+            }
+        }
         self.renewed_at_ms.fetch_max(sent_at_ms, Ordering::AcqRel);
         Ok(())
     }
@@ -907,6 +954,41 @@ impl Membership {
             .collect())
     }
 
+    /// Says how far this member delivered notifications of partitions it holds: `(partition,
+    /// epoch, cursor)`.
+    pub async fn delivered(
+        &self,
+        cursors: &[(PartitionId, Offset, Offset)],
+    ) -> Result<(), ClusterError> {
+        if cursors.is_empty() {
+            return Ok(());
+        }
+        let record = NodeRecord::Delivered {
+            node_id: self.me.node_id.clone(),
+            join_offset: self.claim_offset(),
+            cursors: cursors.to_vec(),
+        };
+        let offset = append(self.log.as_ref(), &self.me.node_id, &record).await?;
+        self.fold(Some(offset + 1)).await
+    }
+
+    /// The partitions this run holds, each with the epoch it holds it at.
+    pub fn held(&self) -> Vec<(PartitionId, Offset)> {
+        self.lock()
+            .members
+            .held_by(&self.me.node_id, self.claim_offset())
+    }
+
+    /// How far `partition`'s notifications were delivered, as its holders said.
+    pub fn delivered_cursor(&self, partition: PartitionId) -> Offset {
+        self.lock()
+            .members
+            .delivered
+            .get(partition as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Records that this member stopped running `partitions` (their last checkpoints committed
     /// and results published), so their new owners may start.
     pub async fn release(&self, partitions: &[(PartitionId, Offset)]) -> Result<(), ClusterError> {
@@ -1028,6 +1110,7 @@ impl Membership {
                     owner: o.owner.clone(),
                     epoch: o.epoch,
                     holder: members.holders[o.partition as usize].clone(),
+                    delivered: members.delivered[o.partition as usize],
                 })
                 .collect(),
             reassignments: members.reassignments,
