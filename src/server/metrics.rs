@@ -67,7 +67,44 @@ async fn render(state: &AppState) -> String {
     let progress = state.read_model.progress();
     render_pipeline_counters(&mut out, &progress);
     render_partitions(&mut out, state, &progress).await;
+    render_cluster(&mut out, state);
     out
+}
+
+/// With automatic assignment: reassignments, what this node runs, and its lease.
+fn render_cluster(out: &mut String, state: &AppState) {
+    let Some(membership) = state.node.automatic() else {
+        return;
+    };
+    let view = membership.assignment_view();
+    scalar(
+        out,
+        "tally_cluster_reassignments_total",
+        "counter",
+        "Partitions that changed owner, as this node folded the nodes topic since it started.",
+        view.reassignments.to_string(),
+    );
+    scalar(
+        out,
+        "tally_cluster_members",
+        "gauge",
+        "Members of the automatic assignment.",
+        view.members.len().to_string(),
+    );
+    scalar(
+        out,
+        "tally_cluster_partitions_running",
+        "gauge",
+        "Partitions whose pipeline runs on this node.",
+        state.node.owned().len().to_string(),
+    );
+    scalar(
+        out,
+        "tally_cluster_lease_renewed_age_seconds",
+        "gauge",
+        "Since this node's last heartbeat reached the nodes topic.",
+        format!("{:.3}", membership.renewed_ms_ago() as f64 / 1000.0),
+    );
 }
 
 /// One metric family's `# HELP` and `# TYPE` lines.
