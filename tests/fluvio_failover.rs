@@ -10,47 +10,25 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use support::fluvio;
 use support::server::{
     ADMIN_TOKEN, SIGNING_SECRET, ServerProcess, client, create_campaign, donation_json, post_signed,
 };
+use support::webhook::{self, Received};
 use tally_api::signature::SigningSecret;
 use tally_loadgen::report::Report;
 use tally_loadgen::run::{RunConfig, run};
 use tally_loadgen::schedule::Profile;
 use tally_pipeline::log::Partitioner;
 
-const ENDPOINT_VAR: &str = "TALLY_FLUVIO_ENDPOINT";
 const PARTITIONS: usize = 16;
 /// Bound on waiting for the nodes to agree on an assignment (a lease is 5 s).
 const ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(60);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn endpoint() -> Option<String> {
-    match std::env::var(ENDPOINT_VAR) {
-        Ok(endpoint) if !endpoint.is_empty() => Some(endpoint),
-        _ => {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "{ENDPOINT_VAR} is not set: the Fluvio failover tests did not run \
-                 (set it to a cluster's SC address, e.g. 127.0.0.1:9003)"
-            );
-            None
-        }
-    }
-}
-
-fn unique_topic(kind: &str) -> String {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    format!("tally-{kind}-{}-{millis}", std::process::id())
-}
 
 fn start(log: &str, dir: &std::path::Path) -> ServerProcess {
     let partitions = PARTITIONS.to_string();
@@ -215,8 +193,10 @@ fn assert_verified(report: &Report) {
 
 #[test]
 fn three_nodes_keep_counting_when_one_is_killed_and_rebalance_when_it_returns() {
-    let Some(endpoint) = endpoint() else { return };
-    let log = format!("fluvio://{endpoint}/{}", unique_topic("failover"));
+    let Some(endpoint) = fluvio::endpoint("the Fluvio failover tests") else {
+        return;
+    };
+    let log = format!("fluvio://{endpoint}/{}", fluvio::unique_topic("failover"));
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let http = client();
     let a = start(&log, dirs[0].path());
@@ -273,10 +253,12 @@ fn three_nodes_keep_counting_when_one_is_killed_and_rebalance_when_it_returns() 
 
 #[test]
 fn a_node_paused_past_its_lease_fences_itself_and_totals_stay_exact() {
-    let Some(endpoint) = endpoint() else { return };
-    let log = format!("fluvio://{endpoint}/{}", unique_topic("paused"));
+    let Some(endpoint) = fluvio::endpoint("the Fluvio failover tests") else {
+        return;
+    };
+    let log = format!("fluvio://{endpoint}/{}", fluvio::unique_topic("paused"));
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (hook, received) = start_receiver();
+    let (hook, received) = webhook::start(None);
     let http = client();
     let start_with_hook = |dir: &std::path::Path| {
         let partitions = PARTITIONS.to_string();
@@ -348,43 +330,9 @@ fn a_node_paused_past_its_lease_fences_itself_and_totals_stay_exact() {
         wait_total(&http, node, "paused-meals", expected_cents, 260);
     }
     wait_delivered(&http, &a, &records, &received, 260);
-    let deliveries = received.lock().unwrap().clone();
+    let deliveries = received.lock().unwrap().deliveries.clone();
     let twice: Vec<(&String, &u32)> = deliveries.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
-}
-
-type Received = Arc<Mutex<BTreeMap<String, u32>>>;
-
-/// A webhook receiver on 127.0.0.1 counting deliveries by Idempotency-Key.
-fn start_receiver() -> (String, Received) {
-    let received: Received = Default::default();
-    let (address_tx, address_rx) = std::sync::mpsc::channel();
-    let state = Arc::clone(&received);
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            address_tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = axum::Router::new()
-                .route("/hook", axum::routing::post(receive))
-                .with_state(state);
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    let address = address_rx.recv().unwrap();
-    (format!("http://{address}/hook"), received)
-}
-
-async fn receive(
-    axum::extract::State(received): axum::extract::State<Received>,
-    headers: axum::http::HeaderMap,
-) -> axum::http::StatusCode {
-    let key = headers["Idempotency-Key"].to_str().unwrap().to_owned();
-    *received.lock().unwrap().entry(key).or_default() += 1;
-    axum::http::StatusCode::OK
 }
 
 /// Waits until the receiver has `count` distinct donations and `node`'s view of the cluster
@@ -393,12 +341,12 @@ fn wait_delivered(
     http: &reqwest::blocking::Client,
     node: &ServerProcess,
     records_in: &[u64],
-    received: &Received,
+    received: &Mutex<Received>,
     count: usize,
 ) {
     let deadline = Instant::now() + CONVERGE_TIMEOUT;
     loop {
-        let distinct = received.lock().unwrap().len();
+        let distinct = received.lock().unwrap().deliveries.len();
         let view = cluster(http, node).expect("a cluster view");
         let cursors: Vec<u64> = view["assignment"]["partitions"]
             .as_array()

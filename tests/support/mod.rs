@@ -1,9 +1,11 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod fluvio;
 pub mod in_process;
 pub mod pipeline;
 pub mod server;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 
