@@ -16,12 +16,11 @@ use std::time::{Duration, Instant};
 
 use support::fluvio;
 use support::server::{
-    ADMIN_TOKEN, SIGNING_SECRET, ServerProcess, client, create_campaign, donation_json, post_signed,
+    ServerProcess, client, create_campaign, donation_json, post_signed, run_loadgen,
 };
 use support::webhook::{self, Received};
-use tally_api::signature::SigningSecret;
 use tally_loadgen::report::Report;
-use tally_loadgen::run::{RunConfig, run};
+use tally_loadgen::run::RunConfig;
 use tally_loadgen::schedule::Profile;
 use tally_pipeline::log::Partitioner;
 
@@ -168,16 +167,7 @@ fn loadgen(duration: Duration, run_id: &str) -> RunConfig {
 }
 
 fn drive(config: &RunConfig, targets: Vec<String>) -> Report {
-    let credentials = || {
-        Ok((
-            SigningSecret::from_text(SIGNING_SECRET),
-            ADMIN_TOKEN.to_owned(),
-        ))
-    };
-    tokio::runtime::Runtime::new()
-        .expect("a runtime")
-        .block_on(run(config, &targets, credentials))
-        .expect("the run completes")
+    run_loadgen(config, &targets)
 }
 
 fn assert_verified(report: &Report) {

@@ -7,10 +7,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::server::{ADMIN_TOKEN, SIGNING_SECRET, ServerProcess};
-use tally_api::signature::SigningSecret;
+use support::server::{ADMIN_TOKEN, SIGNING_SECRET, ServerProcess, run_loadgen};
 use tally_loadgen::report::Report;
-use tally_loadgen::run::{RunConfig, run};
+use tally_loadgen::run::RunConfig;
 use tally_loadgen::schedule::Profile;
 
 fn config(batch: usize, server_cmd: Option<String>, kill_every: Option<Duration>) -> RunConfig {
@@ -30,16 +29,7 @@ fn config(batch: usize, server_cmd: Option<String>, kill_every: Option<Duration>
 }
 
 fn block_on(config: &RunConfig, target: &str) -> Report {
-    let credentials = || {
-        Ok((
-            SigningSecret::from_text(SIGNING_SECRET),
-            ADMIN_TOKEN.to_owned(),
-        ))
-    };
-    tokio::runtime::Runtime::new()
-        .expect("a runtime")
-        .block_on(run(config, &[target.to_owned()], credentials))
-        .expect("the run completes")
+    run_loadgen(config, &[target.to_owned()])
 }
 
 fn assert_verified(report: &Report) {

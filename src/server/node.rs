@@ -220,18 +220,14 @@ pub async fn join(
         .await
         .context("cannot join the other nodes")?;
         tracing::info!(node_id, %advertise, "joined the members on the shared log (--owns auto)");
-        return Ok(Node {
+        // Nothing owned until the supervisor acquires what the assignment gives this node.
+        return Ok(Node::on_shared_log(
             node_id,
-            // Nothing until the supervisor acquires what the assignment gives this node.
-            owns: RwLock::new(Vec::new()),
+            Vec::new(),
             advertise,
-            cluster: Some(ClusterLink {
-                membership: Arc::new(membership),
-                results: Arc::clone(&shared.results),
-                state: Arc::clone(&shared.state),
-            }),
-            taken_over: Default::default(),
-        });
+            membership,
+            shared,
+        ));
     }
     let me = NodeAnnouncement {
         node_id: node_id.clone(),
@@ -242,17 +238,31 @@ pub async fn join(
         .await
         .context("cannot join the other nodes")?;
     tracing::info!(node_id, owns = %config.owns, %advertise, "joined the nodes on the shared log");
-    Ok(Node {
-        node_id,
-        owns: RwLock::new(owns),
-        advertise,
-        cluster: Some(ClusterLink {
-            membership: Arc::new(membership),
-            results: Arc::clone(&shared.results),
-            state: Arc::clone(&shared.state),
-        }),
-        taken_over: Default::default(),
-    })
+    Ok(Node::on_shared_log(
+        node_id, owns, advertise, membership, shared,
+    ))
+}
+
+impl Node {
+    fn on_shared_log(
+        node_id: String,
+        owns: Vec<PartitionId>,
+        advertise: String,
+        membership: Membership,
+        shared: &SharedTopics,
+    ) -> Self {
+        Node {
+            node_id,
+            owns: RwLock::new(owns),
+            advertise,
+            cluster: Some(ClusterLink {
+                membership: Arc::new(membership),
+                results: Arc::clone(&shared.results),
+                state: Arc::clone(&shared.state),
+            }),
+            taken_over: Default::default(),
+        }
+    }
 }
 
 /// `GET /v1/cluster`: this node and the live nodes it knows of; with automatic assignment,

@@ -219,3 +219,21 @@ pub fn donate_to_meals(
     let status = response.status().as_u16();
     (status, response.json().unwrap_or(serde_json::Value::Null))
 }
+
+/// A whole load generator run against `targets`, with the test secrets; panics if it cannot
+/// complete (its verification is the caller's to check).
+pub fn run_loadgen(
+    config: &tally_loadgen::run::RunConfig,
+    targets: &[String],
+) -> tally_loadgen::report::Report {
+    let credentials = || {
+        Ok((
+            SigningSecret::from_text(SIGNING_SECRET),
+            ADMIN_TOKEN.to_owned(),
+        ))
+    };
+    tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(tally_loadgen::run::run(config, targets, credentials))
+        .expect("the run completes")
+}
