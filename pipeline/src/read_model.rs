@@ -89,6 +89,8 @@ impl PartitionUpdate {
 /// What a partition's committed state looks like to readers.
 #[derive(Debug, Clone, Default)]
 struct PartitionView {
+    /// The highest owner epoch of the results folded in (automatic assignment; 0 otherwise).
+    epoch: u64,
     next_offset: Offset,
     committed_at_ms: UnixMillis,
     checkpoint_duration_us: u64,
@@ -188,12 +190,29 @@ impl ReadModel {
 
     /// Applies a partition's update; an update older than what is already there is ignored.
     pub fn publish(&self, update: PartitionUpdate) {
+        self.publish_from(update, None);
+    }
+
+    /// [`publish`](Self::publish) for a result another node published at an owner `epoch`: one
+    /// of an epoch below the highest folded for the partition is ignored whatever its offset (a
+    /// fenced owner's), and a higher one raises it.
+    pub fn publish_at_epoch(&self, update: PartitionUpdate, epoch: u64) {
+        self.publish_from(update, Some(epoch));
+    }
+
+    fn publish_from(&self, update: PartitionUpdate, epoch: Option<u64>) {
         {
             let mut partitions = self
                 .partitions
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
             let view = &mut partitions[update.partition as usize];
+            if let Some(epoch) = epoch {
+                if epoch < view.epoch {
+                    return;
+                }
+                view.epoch = epoch;
+            }
             if update.next_offset < view.next_offset {
                 return;
             }

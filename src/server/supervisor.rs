@@ -139,6 +139,7 @@ impl Supervisor {
         if plan.release.is_empty() && !takes_new && !lost_some {
             // At most a partition that came back at a new epoch while it ran here.
             self.acquire(&plan.acquire).await;
+            self.stamp_epochs();
             let held = self.membership.held();
             self.say_delivered(&held).await;
             return;
@@ -197,6 +198,13 @@ impl Supervisor {
         }
     }
 
+    /// Results of each partition held go out stamped with the epoch it is held at.
+    fn stamp_epochs(&self) {
+        for (partition, epoch) in self.membership.held() {
+            self.publisher.set_epoch(partition, epoch);
+        }
+    }
+
     /// Says on the nodes topic how far this node delivered the notifications of `held`
     /// partitions (at their epochs), where that moved since it last said so.
     async fn say_delivered(&self, held: &[(PartitionId, Offset)]) {
@@ -212,6 +220,7 @@ impl Supervisor {
 
     /// Starts the pipeline and the deliveries on `partitions`.
     fn start(&self, partitions: Vec<PartitionId>) -> Option<Run> {
+        self.stamp_epochs();
         self.node.set_owned(partitions.clone());
         if partitions.is_empty() {
             return None;

@@ -1,6 +1,11 @@
 //! Membership: which live node owns which partitions.
 //!
-//! A node joins by appending a **claim** (its id, the partitions it owns, the address other
+//! Two ways to own partitions share this topic (never at once on one topic): **members** of
+//! the automatic assignment (`--owns auto`; see [`super::assignment`] and the supervisor in the
+//! server) join, heartbeat, expire a silent member, and acquire and release partitions at
+//! epochs; nodes with **fixed partitions** claim them, as below.
+//!
+//! A node with fixed partitions joins by appending a **claim** (its id, the partitions it owns, the address other
 //! nodes reach it at) to the nodes topic, then reading the topic up to its own claim. If a
 //! **live** node other than itself — one whose last claim or heartbeat is younger than the
 //! lease and that has not withdrawn — claimed any of the same partitions *earlier* in the
@@ -19,8 +24,11 @@
 //!
 //! # Record format
 //! A nodes-topic record is `[0xFF, version, bincode of the record]`
-//! ([`crate::support::codec::encode_versioned`]); this build writes version 1 and reads it and records
-//! written before versions existed (a bare bincode `NodeRecord`, read as version 0). A record of
+//! ([`crate::support::codec::encode_versioned`]); this build writes version 1 for the kinds
+//! fixed partitions use (claims, heartbeats, withdrawals) and version 2 for the kinds automatic
+//! assignment added (joins, member heartbeats, expiries, acquires, releases, delivery cursors;
+//! the same enum, extended), and reads both and records written before versions existed (a
+//! bare bincode `NodeRecord`, read as version 0). A record of
 //! a later version is refused with [`ClusterError::Undecodable`] naming the version. Version 1's
 //! layout is the `NodeRecord` below: a change to it is a new version, the old layout frozen
 //! beside it and still decoded. `tests/cluster_format_fixtures.rs` pins both.

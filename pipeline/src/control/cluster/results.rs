@@ -34,7 +34,8 @@
 //! # Formats
 //! A results record is `[0xFF, version, bincode of ResultsRecordV1]`
 //! ([`crate::support::codec::encode_versioned`]), an update or a snapshot's part; this build writes
-//! version 1 and reads it and records
+//! version 1, or with an owner epoch (automatic assignment) version 2 — the epoch (u64) then
+//! the version 1 record — and reads both and records
 //! written before versions existed (a bare bincode enum whose only kind, `Update`, starts the
 //! record with `00 00 00 00`; read as version 0). The cache file is the 8 bytes
 //! `CACHE_MAGIC`, a version byte and bincode of `CachedResultsV1`; a file without the magic is
@@ -105,8 +106,11 @@ struct SnapshotPart {
     update: PartitionUpdate,
 }
 
-/// The results record format this build writes.
+/// The results record format this build writes without an owner epoch (fixed `--owns`).
 const RESULTS_RECORD_VERSION: u8 = 1;
+/// The format of a record stamped with its owner's epoch (automatic assignment): the owner
+/// epoch, then a version 1 record.
+const EPOCH_RECORD_VERSION: u8 = 2;
 const RESULTS_RECORD: &str = "results record";
 
 /// A results record of version 1.
@@ -137,7 +141,8 @@ impl ResultsRecord {
         }
     }
 
-    fn encode(self) -> Vec<u8> {
+    /// Version 1 when `epoch` is 0 (no assignment epochs), else version 2 carrying it.
+    fn encode(self, epoch: u64) -> Vec<u8> {
         let record = match self {
             ResultsRecord::Update(update) => ResultsRecordV1::Update(update.into()),
             ResultsRecord::Snapshot(snapshot) => ResultsRecordV1::Snapshot {
@@ -147,12 +152,45 @@ impl ResultsRecord {
                 update: snapshot.update.into(),
             },
         };
-        codec::encode_versioned(RESULTS_RECORD_VERSION, &record)
+        if epoch == 0 {
+            codec::encode_versioned(RESULTS_RECORD_VERSION, &record)
+        } else {
+            codec::encode_versioned(EPOCH_RECORD_VERSION, &(epoch, record))
+        }
+    }
+
+    /// Decodes a results record of any version this build knows, with its owner epoch (0
+    /// without one).
+    fn decode_epoch(bytes: &[u8]) -> Result<(Self, u64), FormatError> {
+        if let (EPOCH_RECORD_VERSION, body) = codec::split_versioned(RESULTS_RECORD, bytes)? {
+            let (epoch, record): (u64, ResultsRecordV1) =
+                codec::decode_body(RESULTS_RECORD, EPOCH_RECORD_VERSION, body)?;
+            return Ok((Self::from_v1(record), epoch));
+        }
+        Ok((Self::decode(bytes)?, 0))
+    }
+
+    fn from_v1(record: ResultsRecordV1) -> Self {
+        match record {
+            ResultsRecordV1::Update(update) => ResultsRecord::Update(update.into()),
+            ResultsRecordV1::Snapshot {
+                id,
+                part,
+                parts,
+                update,
+            } => ResultsRecord::Snapshot(SnapshotPart {
+                id,
+                part,
+                parts,
+                update: update.into(),
+            }),
+        }
     }
 
     /// Decodes a results record of any version this build knows.
     fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         match codec::split_versioned(RESULTS_RECORD, bytes)? {
+            (EPOCH_RECORD_VERSION, _) => Ok(Self::decode_epoch(bytes)?.0),
             (version @ codec::UNVERSIONED, body) => {
                 match codec::decode_body(RESULTS_RECORD, version, body)? {
                     UnversionedResultsRecord::Update(update) => {
@@ -179,7 +217,7 @@ impl ResultsRecord {
             (version, _) => Err(FormatError::UnknownVersion {
                 kind: RESULTS_RECORD,
                 version,
-                known: RESULTS_RECORD_VERSION,
+                known: EPOCH_RECORD_VERSION,
             }),
         }
     }
@@ -337,11 +375,11 @@ impl Pending {
         self.buckets = buckets;
     }
 
-    /// The records that publish it.
-    fn records(&self) -> Vec<KeyedRecord> {
+    /// The records that publish it, stamped with the owner `epoch`.
+    fn records(&self, epoch: u64) -> Vec<KeyedRecord> {
         split(&self.latest, self.totals.iter(), self.buckets.iter())
             .into_iter()
-            .map(|update| keyed(update.partition, ResultsRecord::Update(update)))
+            .map(|update| keyed(update.partition, ResultsRecord::Update(update), epoch))
             .collect()
     }
 }
@@ -378,16 +416,16 @@ fn split<'a>(
     parts
 }
 
-fn keyed(partition: PartitionId, record: ResultsRecord) -> KeyedRecord {
+fn keyed(partition: PartitionId, record: ResultsRecord, epoch: u64) -> KeyedRecord {
     let key = partition.to_be_bytes().to_vec();
-    let value = record.encode();
+    let value = record.encode(epoch);
     debug_assert!(key.len() + value.len() <= RESULTS_RECORD_BYTES_MAX);
     KeyedRecord { key, value }
 }
 
 /// The records of a snapshot of a partition's whole `view`: parts `0..parts`, in order, all
 /// naming the snapshot.
-fn snapshot_records(view: &PartitionUpdate, id: SnapshotId) -> Vec<KeyedRecord> {
+fn snapshot_records(view: &PartitionUpdate, id: SnapshotId, epoch: u64) -> Vec<KeyedRecord> {
     let totals = view
         .totals
         .iter()
@@ -405,7 +443,7 @@ fn snapshot_records(view: &PartitionUpdate, id: SnapshotId) -> Vec<KeyedRecord> 
                 parts,
                 update,
             });
-            keyed(view.partition, record)
+            keyed(view.partition, record, epoch)
         })
         .collect()
 }
@@ -477,6 +515,8 @@ pub struct ResultsPublisher {
     /// Set on a shared log with automatic assignment: nothing is appended while this node
     /// does not hold its lease (what waits is appended once it does again).
     fence: Option<Arc<dyn Fence>>,
+    /// The owner epoch of each partition this node holds (automatic assignment).
+    epochs: Mutex<BTreeMap<PartitionId, u64>>,
 }
 
 impl UpdateSink for ResultsPublisher {
@@ -513,6 +553,7 @@ impl ResultsPublisher {
             tracked: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
             fence: None,
+            epochs: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -520,6 +561,24 @@ impl ResultsPublisher {
     pub fn with_fence(mut self, fence: Arc<dyn Fence>) -> Self {
         self.fence = Some(fence);
         self
+    }
+
+    /// Stamps what is published of `partition` from now on with the owner `epoch` this node
+    /// holds it at (automatic assignment).
+    pub fn set_epoch(&self, partition: PartitionId, epoch: u64) {
+        self.epochs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(partition, epoch);
+    }
+
+    fn epoch_of(&self, partition: PartitionId) -> u64 {
+        self.epochs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&partition)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Stops publishing `partitions` (another node runs them now): their waiting updates and
@@ -639,12 +698,16 @@ impl ResultsPublisher {
                 publisher: self.publisher_id,
                 sequence,
             };
-            records.extend(snapshot_records(view, id));
+            records.extend(snapshot_records(view, id, self.epoch_of(*partition)));
         }
         if records.is_empty() && taken.is_empty() {
             return Ok(());
         }
-        records.extend(taken.values().flat_map(Pending::records));
+        records.extend(
+            taken
+                .iter()
+                .flat_map(|(partition, pending)| pending.records(self.epoch_of(*partition))),
+        );
         match self.append_all(records).await {
             Ok(()) => {
                 let mut tracked = self.tracked_lock();
@@ -711,12 +774,13 @@ pub async fn catch_up_results(
         };
         from = last.offset + 1;
         for record in records {
-            match ResultsRecord::decode(&record.value).map(ResultsRecord::into_update) {
-                Ok(update) => {
+            match ResultsRecord::decode_epoch(&record.value) {
+                Ok((record, epoch)) => {
+                    let update = record.into_update();
                     if !owned.contains(&update.partition)
                         && update.partition < read_model.partition_count()
                     {
-                        read_model.publish(update);
+                        read_model.publish_at_epoch(update, epoch);
                     }
                 }
                 Err(error) => tracing::error!(
@@ -1415,7 +1479,7 @@ mod tests {
                 (key, Arc::new(bucket))
             })
             .collect();
-        let records = Pending::new(&big).records();
+        let records = Pending::new(&big).records(0);
         assert!(records.len() > 5, "{} records", records.len());
         for record in &records {
             assert!(
@@ -1439,17 +1503,40 @@ mod tests {
         assert_eq!(unversioned[..4], [0, 0, 0, 0]);
         let decoded = ResultsRecord::decode(&unversioned).unwrap().into_update();
         assert_eq!(format!("{decoded:?}"), format!("{:?}", update(1, 7, 3)));
-        let versioned = ResultsRecord::Update(update(1, 7, 3)).encode();
+        let versioned = ResultsRecord::Update(update(1, 7, 3)).encode(0);
         assert_eq!(versioned[..2], [codec::VERSION_MARKER, 1]);
         let decoded = ResultsRecord::decode(&versioned).unwrap().into_update();
         assert_eq!(format!("{decoded:?}"), format!("{:?}", update(1, 7, 3)));
 
         let mut newer = versioned;
-        newer[1] = 2;
+        newer[1] = EPOCH_RECORD_VERSION + 1;
         assert!(matches!(
             ResultsRecord::decode(&newer),
-            Err(FormatError::UnknownVersion { version: 2, .. })
+            Err(FormatError::UnknownVersion { version: 3, .. })
         ));
+    }
+
+    #[test]
+    fn an_epoch_stamped_result_of_a_lower_epoch_is_ignored_whatever_its_offset() {
+        let stamped = ResultsRecord::Update(update(1, 7, 3)).encode(40);
+        assert_eq!(stamped[..2], [codec::VERSION_MARKER, EPOCH_RECORD_VERSION]);
+        let (record, epoch) = ResultsRecord::decode_epoch(&stamped).unwrap();
+        assert_eq!(epoch, 40);
+        assert_eq!(record.into_update().next_offset, 7);
+        let unstamped = ResultsRecord::Update(update(1, 7, 3)).encode(0);
+        assert_eq!(
+            unstamped[1], RESULTS_RECORD_VERSION,
+            "no epoch: version 1 as before"
+        );
+        assert_eq!(ResultsRecord::decode_epoch(&unstamped).unwrap().1, 0);
+
+        let read_model = ReadModel::new(2);
+        read_model.publish_at_epoch(update(1, 10, 3), 40);
+        // A fenced owner of epoch 12 publishing later and further on is not heard.
+        read_model.publish_at_epoch(update(1, 50, 9), 12);
+        assert_eq!(read_model.progress()[1].applied_offset, 10);
+        read_model.publish_at_epoch(update(1, 20, 4), 40);
+        assert_eq!(read_model.progress()[1].applied_offset, 20);
     }
 
     #[test]
@@ -1583,7 +1670,7 @@ mod tests {
             publisher: 7,
             sequence: 0,
         };
-        let cut = snapshot_records(&owner.read_model.export_partition(0), id);
+        let cut = snapshot_records(&owner.read_model.export_partition(0), id, 0);
         assert!(cut.len() > 2, "{} records", cut.len());
         log.append(0, cut[..cut.len() - 1].to_vec()).await.unwrap();
         // ... and, restarted, published partition 1's before partition 0's next update.
@@ -1591,7 +1678,7 @@ mod tests {
             publisher: 8,
             sequence: 0,
         };
-        let partition_1 = snapshot_records(&owner.read_model.export_partition(1), id);
+        let partition_1 = snapshot_records(&owner.read_model.export_partition(1), id, 0);
         log.append(0, partition_1).await.unwrap();
         owner.commit(campaign_update(0, 7, "shelter", 3));
         owner.publisher.publish_pending(now).await.unwrap();
