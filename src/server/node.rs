@@ -275,7 +275,8 @@ pub struct ClusterView {
     pub advertise: String,
     /// `embedded` (one node) or `shared` (several nodes on a Fluvio log).
     pub log: &'static str,
-    /// `auto` (the live nodes' assignment) or `explicit` (fixed `--owns`).
+    /// `auto` (the live nodes' assignment), `explicit` (fixed `--owns`) or, on the embedded
+    /// log, `alone`.
     pub ownership: &'static str,
     pub live_nodes: Vec<NodeView>,
     /// With automatic assignment.
@@ -310,10 +311,10 @@ pub async fn cluster_view(State(state): State<Arc<super::AppState>>) -> Json<Clu
         } else {
             "embedded"
         },
-        ownership: if automatic.is_some() {
-            "auto"
-        } else {
-            "explicit"
+        ownership: match (&node.cluster, automatic) {
+            (None, _) => "alone",
+            (Some(_), Some(_)) => "auto",
+            (Some(_), None) => "explicit",
         },
         live_nodes: node.live_nodes(),
         lease: automatic.map(|membership| LeaseView {
