@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use support::fluvio;
 use support::server::{
-    ServerProcess, client, create_campaign, donation_json, post_signed, run_loadgen,
+    ServerProcess, assert_run_verified, client, create_campaign, donation_json, post_signed,
+    run_loadgen,
 };
 use support::webhook::{self, Received};
 use tally_loadgen::report::Report;
@@ -171,14 +172,7 @@ fn drive(config: &RunConfig, targets: Vec<String>) -> Report {
 }
 
 fn assert_verified(report: &Report) {
-    let verification = report.verification.as_ref().expect("verification ran");
-    assert!(
-        verification.passed,
-        "mismatches: {:#?}",
-        verification.mismatches
-    );
-    assert!(report.counters.donations_acknowledged > 500, "{report:?}");
-    assert!(report.counters.resends_sent > 0);
+    assert_run_verified(report, 500);
 }
 
 #[test]

@@ -237,3 +237,19 @@ pub fn run_loadgen(
         .block_on(tally_loadgen::run::run(config, targets, credentials))
         .expect("the run completes")
 }
+
+/// Asserts that a load generator run verified, acknowledged more than `acknowledged_over`
+/// donations and sent resends.
+pub fn assert_run_verified(report: &tally_loadgen::report::Report, acknowledged_over: u64) {
+    let verification = report.verification.as_ref().expect("verification ran");
+    assert!(
+        verification.passed,
+        "mismatches: {:#?}",
+        verification.mismatches
+    );
+    assert!(
+        report.counters.donations_acknowledged > acknowledged_over,
+        "{report:?}"
+    );
+    assert!(report.counters.resends_sent > 0);
+}
