@@ -3,7 +3,7 @@
 //! other two take its partitions (restoring them from its snapshots) and the run verifies with
 //! exact totals; it comes back and the partitions rebalance. A node paused past its lease
 //! (SIGSTOP, then SIGCONT) fences itself and joins again; totals stay exact and no donor
-//! notification is delivered twice.
+//! notification is delivered twice. One user's burst split over two nodes gets one allowance.
 //!
 //! Runs when `TALLY_FLUVIO_ENDPOINT` (`HOST:PORT` of the SC's public server on 127.0.0.1) is
 //! set, on a new topic each run; otherwise it passes and says plainly that it did not run.
@@ -388,4 +388,53 @@ fn wait_total(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn one_users_burst_split_over_two_nodes_gets_one_allowance() {
+    let Some(endpoint) = fluvio::endpoint("the Fluvio failover tests") else {
+        return;
+    };
+    let log = format!("fluvio://{endpoint}/{}", fluvio::unique_topic("limit"));
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let http = client();
+    // A burst of 20 and (nearly) no refill within the test: the allowance is the burst.
+    let start_limited = |dir: &std::path::Path| {
+        let partitions = PARTITIONS.to_string();
+        let args = [
+            "--log",
+            &log,
+            "--partitions",
+            &partitions,
+            "--rate-limit-burst",
+            "20",
+            "--rate-limit-per-second",
+            "0.001",
+        ];
+        ServerProcess::start(dir, &args)
+    };
+    let a = start_limited(dirs[0].path());
+    let b = start_limited(dirs[1].path());
+    let ids: BTreeSet<String> = [&a, &b].iter().map(|n| node_id(&http, n)).collect();
+    wait_settled(&http, &[&a, &b], &ids);
+    create_campaign(&http, &a, "limit-meals", "USD");
+    let mut accepted = 0;
+    let mut limited = 0;
+    for i in 0..40 {
+        let body = donation_json(&format!("limit-{i:03}"), "limit-meals", 100, "one-user");
+        let node = [&a, &b][i % 2];
+        let response = post_signed(
+            &http,
+            &node.url("/v1/donations"),
+            &serde_json::to_vec(&body).unwrap(),
+        )
+        .unwrap();
+        match response.status().as_u16() {
+            202 => accepted += 1,
+            429 => limited += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // Each node admits half the burst: 20 in all, not 20 per node.
+    assert_eq!((accepted, limited), (20, 20));
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use tally_pipeline::clock::{Clock, UnixMillis};
 use thiserror::Error;
@@ -79,7 +79,10 @@ pub struct RetryAfter {
 
 /// Per-key token buckets, safe to share between threads.
 pub struct RateLimiter {
-    policy: Policy,
+    /// The configured policy, whole.
+    configured: Policy,
+    /// What this node admits: the configured policy divided by the nodes sharing it.
+    policy: RwLock<Policy>,
     clock: Arc<dyn Clock>,
     shard_hasher: RandomState,
     shards: Vec<Mutex<Shard>>,
@@ -95,13 +98,28 @@ impl RateLimiter {
             .map(|_| Mutex::new(Shard::default()))
             .collect();
         Ok(Self {
-            policy,
+            configured: policy,
+            policy: RwLock::new(policy),
             clock,
             // Its own random seed, independent of the shards' maps, so the keys in one shard
             // are still spread evenly over that shard's hash table.
             shard_hasher: RandomState::new(),
             shards,
         })
+    }
+
+    /// Splits the configured allowance between `nodes` nodes that each see part of the
+    /// traffic (the live members of a cluster): each admits `burst / nodes` (at least one) and
+    /// refills at `refill / nodes`, so one key spread over the nodes gets at most the configured
+    /// allowance in all, and one that reaches a single node gets its share.
+    pub fn share_between(&self, nodes: u32) {
+        let nodes = nodes.max(1);
+        let shared = self.configured.divided(nodes);
+        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = shared;
+    }
+
+    fn policy(&self) -> Policy {
+        *self.policy.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Takes one token for `key`, or says how long to wait.
@@ -116,9 +134,10 @@ impl RateLimiter {
         if count == 0 {
             return Ok(());
         }
-        let needed = f64::from(count.min(self.policy.burst));
+        let policy = self.policy();
+        let needed = f64::from(count.min(policy.burst));
         let now_ms = self.clock.now_ms();
-        self.shard_for(key).take(key, needed, now_ms, &self.policy)
+        self.shard_for(key).take(key, needed, now_ms, &policy)
     }
 
     /// Number of keys currently tracked.
@@ -149,7 +168,7 @@ impl fmt::Debug for RateLimiter {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter
             .debug_struct("RateLimiter")
-            .field("policy", &self.policy)
+            .field("policy", &self.policy())
             .field("clock", &self.clock)
             .field("keys", &self.len())
             .finish_non_exhaustive()
@@ -168,6 +187,17 @@ struct Policy {
 }
 
 impl Policy {
+    /// This policy's share for one of `nodes` nodes.
+    fn divided(&self, nodes: u32) -> Self {
+        let burst = (self.burst / nodes).max(1);
+        Self {
+            burst,
+            capacity: f64::from(burst),
+            refill_per_second: self.refill_per_second / f64::from(nodes),
+            ..*self
+        }
+    }
+
     fn from_config(config: &RateLimitConfig) -> Result<Self, RateLimitConfigError> {
         if config.burst == 0 {
             return Err(RateLimitConfigError::BurstZero);
@@ -328,6 +358,35 @@ mod tests {
             burst: 3,
             refill_per_second: 0.5,
             keys_max: 1_000,
+        }
+    }
+
+    #[test]
+    fn a_shared_allowance_admits_each_nodes_share() {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let config = RateLimitConfig {
+            burst: 20,
+            refill_per_second: 10.0,
+            ..RateLimitConfig::default()
+        };
+        let limiter = RateLimiter::new(config, clock.clone()).unwrap();
+        limiter.share_between(2);
+        for _ in 0..10 {
+            assert!(limiter.check("u").is_ok());
+        }
+        assert!(
+            limiter.check("u").is_err(),
+            "half of the burst on each of two nodes"
+        );
+        clock.advance(1_000);
+        for _ in 0..5 {
+            assert!(limiter.check("u").is_ok(), "half of the refill");
+        }
+        assert!(limiter.check("u").is_err());
+        limiter.share_between(1);
+        clock.advance(2_000);
+        for _ in 0..20 {
+            assert!(limiter.check("u").is_ok(), "alone again: the whole burst");
         }
     }
 

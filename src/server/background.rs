@@ -83,6 +83,7 @@ impl Background {
                     publisher: Arc::clone(publisher),
                     notifications: Arc::clone(&state.notifications),
                     snapshots: Arc::clone(&snapshots),
+                    ingest: Arc::clone(&state.ingest),
                 };
                 supervisor = Some(tokio::spawn(supervising.supervise(stop.clone())));
                 tasks_first.push(tokio::spawn(snapshots.run(stop.clone())));

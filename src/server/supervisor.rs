@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 
 use super::node::{Node, TakeOver};
 use super::notifications::Notifications;
+use tally_ingest::routes::IngestContext;
 
 /// What the supervisor drives.
 #[derive(Debug)]
@@ -46,6 +47,8 @@ pub struct Supervisor {
     pub publisher: Arc<ResultsPublisher>,
     pub notifications: Arc<Notifications>,
     pub snapshots: Arc<StateSnapshots>,
+    /// Ingest, whose per-user rate limit the members share.
+    pub ingest: Arc<IngestContext>,
 }
 
 /// Publishing this node's partition states to the state topic, and restoring others'.
@@ -103,6 +106,11 @@ impl Supervisor {
         if let Err(error) = membership.refresh().await {
             tracing::warn!(%error, "cannot read the nodes topic");
         }
+        // Every member sees part of a user's callbacks: each admits its share of the allowance.
+        let members = membership.assignment_view().members.len();
+        self.ingest
+            .rate_limiter
+            .share_between(u32::try_from(members).unwrap_or(u32::MAX));
         if !membership.is_member() {
             // Read up to its last heartbeat, the topic says the others found this run's lease
             // run out: a new run, holding nothing, joins.
