@@ -31,8 +31,13 @@ const ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(60);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn start(log: &str, dir: &std::path::Path) -> ServerProcess {
+    start_with(log, dir, &[])
+}
+
+/// A node on `log` (state snapshots every second), with `extra` arguments.
+fn start_with(log: &str, dir: &std::path::Path, extra: &[&str]) -> ServerProcess {
     let partitions = PARTITIONS.to_string();
-    let args = [
+    let mut args = vec![
         "--log",
         log,
         "--partitions",
@@ -40,6 +45,7 @@ fn start(log: &str, dir: &std::path::Path) -> ServerProcess {
         "--state-snapshot-interval",
         "1s",
     ];
+    args.extend_from_slice(extra);
     ServerProcess::start(dir, &args)
 }
 
@@ -244,20 +250,8 @@ fn a_node_paused_past_its_lease_fences_itself_and_totals_stay_exact() {
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let (hook, received) = webhook::start(None);
     let http = client();
-    let start_with_hook = |dir: &std::path::Path| {
-        let partitions = PARTITIONS.to_string();
-        let args = [
-            "--log",
-            &log,
-            "--partitions",
-            &partitions,
-            "--state-snapshot-interval",
-            "1s",
-            "--notify-webhook",
-            &hook,
-        ];
-        ServerProcess::start(dir, &args)
-    };
+    let start_with_hook =
+        |dir: &std::path::Path| start_with(&log, dir, &["--notify-webhook", &hook]);
     let a = start_with_hook(dirs[0].path());
     let b = start_with_hook(dirs[1].path());
     let ids: BTreeSet<String> = [&a, &b].iter().map(|n| node_id(&http, n)).collect();
@@ -399,20 +393,13 @@ fn one_users_burst_split_over_two_nodes_gets_one_allowance() {
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let http = client();
     // A burst of 20 and (nearly) no refill within the test: the allowance is the burst.
-    let start_limited = |dir: &std::path::Path| {
-        let partitions = PARTITIONS.to_string();
-        let args = [
-            "--log",
-            &log,
-            "--partitions",
-            &partitions,
-            "--rate-limit-burst",
-            "20",
-            "--rate-limit-per-second",
-            "0.001",
-        ];
-        ServerProcess::start(dir, &args)
-    };
+    let limits = [
+        "--rate-limit-burst",
+        "20",
+        "--rate-limit-per-second",
+        "0.001",
+    ];
+    let start_limited = |dir: &std::path::Path| start_with(&log, dir, &limits);
     let a = start_limited(dirs[0].path());
     let b = start_limited(dirs[1].path());
     let ids: BTreeSet<String> = [&a, &b].iter().map(|n| node_id(&http, n)).collect();

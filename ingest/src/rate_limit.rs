@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tally_pipeline::clock::{Clock, UnixMillis};
 use thiserror::Error;
@@ -81,8 +82,8 @@ pub struct RetryAfter {
 pub struct RateLimiter {
     /// The configured policy, whole.
     configured: Policy,
-    /// What this node admits: the configured policy divided by the nodes sharing it.
-    policy: RwLock<Policy>,
+    /// The nodes sharing it: this node admits the configured policy divided by them.
+    shares: AtomicU32,
     clock: Arc<dyn Clock>,
     shard_hasher: RandomState,
     shards: Vec<Mutex<Shard>>,
@@ -99,7 +100,7 @@ impl RateLimiter {
             .collect();
         Ok(Self {
             configured: policy,
-            policy: RwLock::new(policy),
+            shares: AtomicU32::new(1),
             clock,
             // Its own random seed, independent of the shards' maps, so the keys in one shard
             // are still spread evenly over that shard's hash table.
@@ -113,13 +114,14 @@ impl RateLimiter {
     /// refills at `refill / nodes`, so one key spread over the nodes gets at most the configured
     /// allowance in all, and one that reaches a single node gets its share.
     pub fn share_between(&self, nodes: u32) {
-        let nodes = nodes.max(1);
-        let shared = self.configured.divided(nodes);
-        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = shared;
+        self.shares.store(nodes.max(1), Ordering::Relaxed);
     }
 
     fn policy(&self) -> Policy {
-        *self.policy.read().unwrap_or_else(PoisonError::into_inner)
+        match self.shares.load(Ordering::Relaxed) {
+            1 => self.configured,
+            nodes => self.configured.divided(nodes),
+        }
     }
 
     /// Takes one token for `key`, or says how long to wait.

@@ -107,10 +107,9 @@ impl Supervisor {
             tracing::warn!(%error, "cannot read the nodes topic");
         }
         // Every member sees part of a user's callbacks: each admits its share of the allowance.
-        let members = membership.assignment_view().members.len();
         self.ingest
             .rate_limiter
-            .share_between(u32::try_from(members).unwrap_or(u32::MAX));
+            .share_between(membership.member_count());
         if !membership.is_member() {
             // Read up to its last heartbeat, the topic says the others found this run's lease
             // run out: a new run, holding nothing, joins.
@@ -328,6 +327,15 @@ impl StateSnapshots {
     }
 
     async fn publish(&self, partition: PartitionId, epoch: Offset) -> anyhow::Result<()> {
+        // The last commit's offset is in memory: exporting (rebuilding the state from the
+        // journal) is only worth it when it moved past the last snapshot.
+        let Some(committed) = self.store.meta(partition)?.map(|m| m.scalars.next_offset) else {
+            return Ok(());
+        };
+        let last = self.lock().get(&partition).copied();
+        if last.is_some_and(|last| last >= committed) {
+            return Ok(());
+        }
         let store = Arc::clone(&self.store);
         let scratch = self.scratch_dir.clone();
         let exported = tokio::task::spawn_blocking(move || {
@@ -338,10 +346,6 @@ impl StateSnapshots {
             return Ok(());
         };
         let next_offset = meta.scalars.next_offset;
-        let last = self.lock().get(&partition).copied();
-        if last.is_some_and(|last| last >= next_offset) {
-            return Ok(());
-        }
         if !self.membership.holds_lease() {
             anyhow::bail!("this node does not hold its lease");
         }

@@ -980,6 +980,11 @@ impl Membership {
         self.fold(Some(offset + 1)).await
     }
 
+    /// Members of the automatic assignment, as folded.
+    pub fn member_count(&self) -> u32 {
+        u32::try_from(self.lock().members.members.len()).unwrap_or(u32::MAX)
+    }
+
     /// The partitions this run holds, each with the epoch it holds it at.
     pub fn held(&self) -> Vec<(PartitionId, Offset)> {
         self.lock()
@@ -1405,6 +1410,27 @@ mod tests {
             .count();
         assert_eq!(held.len(), 16 - b_owns);
         assert_eq!(take_up(&b).await.len(), b_owns, "free for b at once");
+    }
+
+    #[tokio::test]
+    async fn a_delivery_cursor_is_heard_only_from_the_partitions_holder_at_its_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = nodes_topic(dir.path());
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let a = member(&log, "a", &clock).await;
+        let held = take_up(&a).await;
+        let epoch = a.held()[0].1;
+        a.delivered(&[(held[0], epoch, 7)]).await.unwrap();
+        assert_eq!(a.delivered_cursor(held[0]), 7);
+        // A stale epoch, and a member that does not hold the partition, are not heard.
+        a.delivered(&[(held[0], epoch + 1, 50)]).await.unwrap();
+        let b = member(&log, "b", &clock).await;
+        b.delivered(&[(held[0], epoch, 60)]).await.unwrap();
+        a.refresh().await.unwrap();
+        assert_eq!(a.delivered_cursor(held[0]), 7);
+        // A cursor never moves back.
+        a.delivered(&[(held[0], epoch, 3)]).await.unwrap();
+        assert_eq!(a.delivered_cursor(held[0]), 7);
     }
 
     #[tokio::test]
