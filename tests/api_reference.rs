@@ -10,14 +10,22 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 /// The files whose routers `tally serve` merges.
-const ROUTER_SOURCES: [&str; 4] = [
+const ROUTER_SOURCES: [&str; 5] = [
     "src/server/mod.rs",
     "src/server/admin.rs",
     "ingest/src/routes.rs",
     "query/src/routes.rs",
+    "web/src/pages/mod.rs",
 ];
 /// The directories of the HTTP code: a router elsewhere in them would be missed above.
-const HTTP_SOURCE_DIRS: [&str; 4] = ["src/server", "api/src", "ingest/src", "query/src"];
+/// (Searched with their subdirectories.)
+const HTTP_SOURCE_DIRS: [&str; 5] = [
+    "src/server",
+    "api/src",
+    "ingest/src",
+    "query/src",
+    "web/src",
+];
 /// `axum::routing` functions that route one method.
 const METHOD_ROUTERS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 const API_DOC: &str = "docs/api.md";
@@ -148,10 +156,16 @@ fn read(relative: &str) -> String {
 /// Every `.rs` file in the HTTP source directories (not recursive: they are flat).
 fn http_sources() -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
-    for dir in HTTP_SOURCE_DIRS {
-        for entry in std::fs::read_dir(manifest_dir().join(dir)).unwrap() {
+    let mut dirs: Vec<std::path::PathBuf> = HTTP_SOURCE_DIRS
+        .iter()
+        .map(|dir| manifest_dir().join(dir))
+        .collect();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|ext| ext == "rs") {
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
                 files.push(path);
             }
         }

@@ -185,3 +185,59 @@ mod tests {
         assert_eq!(serde_json::to_string(&view).unwrap(), json);
     }
 }
+
+/// `GET /v1/ops`: what the operator's view shows, from this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpsView {
+    pub at: String,
+    pub node_id: String,
+    /// False while the log does not answer: the log ends are then the ones last read.
+    pub log_reachable: bool,
+    pub partitions: Vec<PartitionOpsView>,
+    /// Counters since this node started; a reader takes differences for rates.
+    pub counters: OpsCounters,
+    /// `auto`, `explicit` or `alone`, as `GET /v1/cluster` says.
+    pub ownership: String,
+    /// The live nodes and what each runs (this node alone on the embedded log).
+    pub nodes: Vec<OpsNodeView>,
+}
+
+/// A live node in [`OpsView`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpsNodeView {
+    pub node_id: String,
+    pub advertise: String,
+    pub partitions: Vec<PartitionId>,
+    /// Since this node last heard from it; 0 for this node itself.
+    pub last_heard_ms_ago: i64,
+}
+
+/// One partition in [`OpsView`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionOpsView {
+    pub partition: PartitionId,
+    pub log_end_offset: Offset,
+    pub applied_offset: Offset,
+    pub lag_records: u64,
+    /// Time since the partition last committed, while it is behind; 0 when it is not.
+    pub lag_ms: i64,
+    /// Time since its last checkpoint; none before the first.
+    pub checkpoint_age_s: Option<f64>,
+    /// Whether this node runs it (on a shared log, others run the rest).
+    pub runs_here: bool,
+    /// The node running it, where one is known.
+    pub owner: Option<String>,
+}
+
+/// Monotonic counters of one node, in [`OpsView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpsCounters {
+    pub appended_records: u64,
+    pub responses_2xx: u64,
+    pub responses_4xx: u64,
+    pub responses_5xx: u64,
+    pub rate_limited: u64,
+    pub recorded: u64,
+    pub duplicates: u64,
+    pub conflicts: u64,
+}

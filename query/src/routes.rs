@@ -59,7 +59,7 @@ pub fn routes(context: Arc<QueryContext>) -> Router {
 
 impl QueryContext {
     /// A campaign; one another node just created is found too.
-    async fn campaign(&self, campaign_id: &str) -> Result<Arc<Campaign>, ApiError> {
+    pub async fn campaign(&self, campaign_id: &str) -> Result<Arc<Campaign>, ApiError> {
         let campaign = self.campaigns.get_fresh(campaign_id).await?;
         campaign.ok_or_else(|| {
             ApiError::not_found(

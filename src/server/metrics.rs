@@ -27,6 +27,16 @@ impl RequestCounter {
         *counts.entry((route.to_owned(), status)).or_default() += 1;
     }
 
+    /// Requests by the first digit of their status: `[_, 1xx, 2xx, 3xx, 4xx, 5xx]`.
+    pub fn by_status_class(&self) -> [u64; 6] {
+        let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut classes = [0; 6];
+        for (&(_, status), &count) in counts.iter() {
+            classes[usize::from(status / 100).min(5)] += count;
+        }
+        classes
+    }
+
     fn snapshot(&self) -> BTreeMap<(String, u16), u64> {
         self.counts
             .lock()

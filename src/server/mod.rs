@@ -23,6 +23,7 @@ mod metrics;
 mod node;
 mod notifications;
 mod open_files;
+mod ops;
 mod remote;
 mod request_target;
 mod secrets;
@@ -398,20 +399,26 @@ fn router(state: Arc<AppState>) -> Router {
     let requests = Arc::clone(&state.requests);
     // Queries read no body: the whole request is admitted work. Ingest takes its permit itself,
     // once the body is read and signed; admin routes check the token first and are few.
-    let admitted_queries = tally_query::routes::routes(query).layer(
+    let admitted_queries = tally_query::routes::routes(Arc::clone(&query)).layer(
         tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(Arc::clone(
             &state.ingest.admitted,
         )),
     );
+    let pages = tally_web::pages::routes(tally_web::pages::PagesContext {
+        query,
+        ops: Arc::new(ops::NodeOps(Arc::clone(&state))),
+    });
     Router::new()
         .merge(tally_ingest::routes::routes(Arc::clone(&state.ingest)))
         .merge(admitted_queries)
+        .merge(pages)
         .merge(admin::routes(Arc::clone(&state)))
         .route("/healthz", get(metrics::healthz))
         .route(
             "/v1/cluster",
             get(node::cluster_view).with_state(Arc::clone(&state)),
         )
+        .route("/v1/ops", get(ops::ops).with_state(Arc::clone(&state)))
         .route(
             "/metrics",
             get(metrics::metrics).with_state(Arc::clone(&state)),

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod fluvio;
 pub mod in_process;
 pub mod pipeline;

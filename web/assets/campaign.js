@@ -1,0 +1,89 @@
+// The campaign page, live: the total, donation count and goal follow the campaign's
+// Server-Sent Events stream (/v1/campaigns/{id}/live); the charts come from /stats and are
+// fetched again (at most every 2 s) when the total moves.
+"use strict";
+(function () {
+  const data = JSON.parse(document.getElementById("campaign-data").textContent);
+  const api = "/v1/campaigns/" + encodeURIComponent(data.campaign_id);
+  const $ = (id) => document.getElementById(id);
+
+  function grouped(n) { return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ","); }
+  // The server's format: symbol, grouped whole units, and the currency's minor units.
+  function money(minor) {
+    const scale = 10 ** data.minor_units;
+    const whole = Math.floor(minor / scale);
+    const fraction = data.minor_units > 0
+      ? "." + String(minor % scale).padStart(data.minor_units, "0") : "";
+    return data.symbol + grouped(whole) + fraction;
+  }
+
+  let lastEventAt = null;
+  function showTotal(update) {
+    $("total").textContent = money(update.total_cents);
+    $("donations").textContent = grouped(update.donations);
+    if (data.goal_cents != null) {
+      $("goal-progress").value = Math.min(update.total_cents, data.goal_cents);
+      const percent = data.goal_cents === 0 ? 100
+        : Math.floor(update.total_cents * 100 / data.goal_cents);
+      $("goal-percent").textContent = percent + "%";
+    }
+  }
+  function showFreshness() {
+    const element = $("freshness");
+    if (lastEventAt === null) return;
+    const seconds = Math.max(0, (Date.now() - lastEventAt) / 1000);
+    element.classList.add("live");
+    element.textContent = "Live: total as of " + seconds.toFixed(seconds < 10 ? 1 : 0) + " s ago";
+  }
+
+  const charts = [];
+  for (const element of document.querySelectorAll(".chart[data-bucket]")) {
+    const chart = window.tallyCharts.make(element,
+      [{ label: "donations", stroke: "#0f7b5f", bars: true }], "donations");
+    charts.push({ element, chart });
+  }
+  async function drawCharts() {
+    const now = Date.now();
+    for (const { element, chart } of charts) {
+      const hours = Number(element.dataset.hours);
+      const step = element.dataset.bucket === "minute" ? 60e3 : 3600e3;
+      const to = new Date(Math.ceil(now / step) * step);
+      const from = new Date(to.getTime() - hours * 3600e3);
+      const url = api + "/stats?from=" + from.toISOString() + "&to=" + to.toISOString()
+        + "&bucket=" + element.dataset.bucket;
+      try {
+        const response = await fetch(url);
+        if (!response.ok) continue;
+        const stats = await response.json();
+        const points = new Map((stats.series || []).map((p) => [Date.parse(p.start), p.count]));
+        const xs = [], ys = [];
+        for (let t = from.getTime(); t < to.getTime(); t += step) {
+          xs.push(t / 1000);
+          ys.push(points.get(t) || 0);
+        }
+        chart.setData([xs, ys]);
+      } catch (error) { /* the next update tries again */ }
+    }
+  }
+  let chartsDue = null;
+  function chartsSoon() {
+    if (chartsDue !== null) return;
+    chartsDue = setTimeout(() => { chartsDue = null; drawCharts(); }, 2000);
+  }
+
+  drawCharts();
+  setInterval(showFreshness, 500);
+  if (data.status !== "closed" && "EventSource" in window) {
+    const live = new EventSource(api + "/live");
+    live.addEventListener("total", (event) => {
+      const update = JSON.parse(event.data);
+      const moved = update.total_cents !== data.total_cents || update.donations !== data.donations;
+      data.total_cents = update.total_cents;
+      data.donations = update.donations;
+      lastEventAt = Date.now();
+      showTotal(update);
+      showFreshness();
+      if (moved) chartsSoon();
+    });
+  }
+})();
