@@ -211,3 +211,48 @@ fn the_operators_view_shows_every_partition_and_refreshes() {
     assert_eq!(nodes, serde_json::json!(1));
     browser.screenshot("ops");
 }
+
+#[test]
+fn the_load_generators_report_page_draws_its_charts_beside_its_table() {
+    let dir = TempDir::new().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let config = tally_loadgen::run::RunConfig {
+        profile: tally_loadgen::schedule::Profile::Steady,
+        duration: std::time::Duration::from_secs(3),
+        rate: 200.0,
+        seed: 5,
+        run_id: "page".to_owned(),
+        batch: 1,
+        connections: 8,
+        verify: true,
+        progress: false,
+        server_cmd: None,
+        kill_every: None,
+    };
+    let report = support::server::run_loadgen(&config, std::slice::from_ref(&server.base));
+    support::server::assert_run_verified(&report, 100);
+    let page = dir.path().join("report.html");
+    std::fs::write(&page, tally_loadgen::report_page::render(&report).unwrap()).unwrap();
+
+    let browser = Browser::start(true, (1300, 1100));
+    browser.goto(&format!("file://{}", page.display()));
+    let table = browser.text_of("table");
+    assert!(table.contains("verification"), "{table}");
+    assert!(table.contains("passed"), "{table}");
+    // Three charts, each drawn on its canvas with the run's seconds.
+    let charts = browser.run(
+        "return ['chart-throughput', 'chart-outcomes', 'chart-latency']
+            .map(id => document.querySelectorAll('#' + id + ' canvas').length);",
+    );
+    assert_eq!(charts, serde_json::json!([1, 1, 1]));
+    let points =
+        browser.run("return JSON.parse(document.getElementById('per-second').textContent).length;");
+    assert!(points.as_u64().unwrap() >= 3, "{points}");
+    // Nothing on the page came from the network.
+    let remote = browser.run(
+        "return performance.getEntriesByType('resource').map(r => r.name)
+            .filter(n => !n.startsWith('file:') && !n.startsWith('data:'));",
+    );
+    assert_eq!(remote, serde_json::json!([]));
+    browser.screenshot("loadgen-report");
+}

@@ -25,6 +25,7 @@ pub mod ground_truth;
 pub mod http;
 pub mod plan;
 pub mod report;
+pub mod report_page;
 pub mod run;
 pub mod schedule;
 pub mod targets;

@@ -61,7 +61,8 @@ struct Args {
     /// Skip the final comparison with the server's totals and statistics.
     #[arg(long)]
     no_verify: bool,
-    /// Write the report, with a per-second series, to this JSON file.
+    /// Write the report, with a per-second series, to this file: a page with charts if its name
+    /// ends in `.html`, JSON otherwise.
     #[arg(long)]
     report: Option<PathBuf>,
     /// Start the server with this shell command (in the foreground) and stop it at the end.
@@ -146,8 +147,15 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
     }
     report.write_table(&mut std::io::stdout().lock())?;
     if let Some(path) = &args.report {
-        let json = serde_json::to_vec_pretty(&report)?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        let is_page = path
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("html"));
+        let contents = if is_page {
+            tally_loadgen::report_page::render(&report)?.into_bytes()
+        } else {
+            serde_json::to_vec_pretty(&report)?
+        };
+        std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(report.verification.as_ref().is_none_or(|v| v.passed))
 }

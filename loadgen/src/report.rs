@@ -199,6 +199,8 @@ impl RunStats {
                     requests_completed: s.requests_completed,
                     donations_acknowledged: s.donations_acknowledged,
                     refused: s.refused,
+                    p50_ms: ms(&s.latency_us, 0.5),
+                    p90_ms: ms(&s.latency_us, 0.9),
                     p99_ms: ms(&s.latency_us, 0.99),
                 })
                 .collect(),
@@ -258,6 +260,8 @@ pub struct SecondReport {
     pub requests_completed: u64,
     pub donations_acknowledged: u64,
     pub refused: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
     pub p99_ms: f64,
 }
 

@@ -1,17 +1,17 @@
 // What the pages' charts share: a uPlot chart sized to its element, redrawn on resize.
 "use strict";
 window.tallyCharts = {
-  // A chart in `element` with one x series (unix seconds) and the series named in `series`
-  // ([{label, stroke, bars}]).
-  make(element, series, yLabel) {
+  // A chart in `element` with one x series (unix seconds, or with `time: false` plain numbers
+  // such as seconds into a run) and the series named in `series` ([{label, stroke, bars}]).
+  make(element, series, yLabel, { time = true, xLabel } = {}) {
     const width = () => Math.max(element.clientWidth - 2, 200);
     const height = element.classList.contains("small") ? 140 : 200;
     const options = {
       width: width(), height,
       legend: { show: series.length > 1, live: false },
       cursor: { drag: { x: false, y: false } },
-      axes: [{}, { label: yLabel, size: 50 }],
-      scales: { y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
+      axes: [{ label: xLabel }, { label: yLabel, size: 64 }],
+      scales: { x: { time }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
       series: [{}].concat(series.map((s) => ({
         label: s.label, stroke: s.stroke, width: 1.5,
         fill: s.bars ? s.stroke + "55" : undefined,
