@@ -1,6 +1,7 @@
 // The campaign page, live: the total, donation count and goal follow the campaign's
 // Server-Sent Events stream (/v1/campaigns/{id}/live); the charts come from /stats and are
-// fetched again (at most every 2 s) when the total moves.
+// fetched again (at most every 2 s) when the total moves; the campaign itself is read every 5 s
+// for how far behind the log the total is, and for a close.
 "use strict";
 (function () {
   const data = JSON.parse(document.getElementById("campaign-data").textContent);
@@ -17,7 +18,9 @@
     return data.symbol + grouped(whole) + fraction;
   }
 
-  let lastEventAt = null;
+  let live = false;
+  let lastMoveAt = null;
+  let lag = null;
   function showTotal(update) {
     $("total").textContent = money(update.total_cents);
     $("donations").textContent = grouped(update.donations);
@@ -28,12 +31,33 @@
       $("goal-percent").textContent = percent + "%";
     }
   }
+  // Live, with how far behind the log the total is (from the campaign's freshness) and when
+  // it last moved.
   function showFreshness() {
+    if (!live) return;
     const element = $("freshness");
-    if (lastEventAt === null) return;
-    const seconds = Math.max(0, (Date.now() - lastEventAt) / 1000);
     element.classList.add("live");
-    element.textContent = "Live: total as of " + seconds.toFixed(seconds < 10 ? 1 : 0) + " s ago";
+    let moved = "no new donation since this page opened";
+    if (lastMoveAt !== null) {
+      const seconds = Math.max(0, (Date.now() - lastMoveAt) / 1000);
+      moved = "last donation counted " + seconds.toFixed(seconds < 10 ? 1 : 0) + " s ago";
+    }
+    if (lag === null || lag.lag_records === 0) {
+      element.textContent = "Live: up to date, " + moved;
+    } else {
+      element.textContent = "Live: " + grouped(lag.lag_records)
+        + " recorded donations not counted yet (" + lag.lag_ms + " ms behind), " + moved;
+    }
+  }
+  async function readFreshness() {
+    try {
+      const response = await fetch(api);
+      if (!response.ok) return;
+      const view = await response.json();
+      lag = view.freshness;
+      // A close shows its reconciled final total, which the server renders.
+      if (view.status !== data.status && view.status === "closed") location.reload();
+    } catch (error) { /* the next read tries again */ }
   }
 
   const charts = [];
@@ -73,17 +97,26 @@
 
   drawCharts();
   setInterval(showFreshness, 500);
+  setInterval(readFreshness, 5000);
   if (data.status !== "closed" && "EventSource" in window) {
-    const live = new EventSource(api + "/live");
-    live.addEventListener("total", (event) => {
+    const stream = new EventSource(api + "/live");
+    stream.addEventListener("total", (event) => {
       const update = JSON.parse(event.data);
       const moved = update.total_cents !== data.total_cents || update.donations !== data.donations;
       data.total_cents = update.total_cents;
       data.donations = update.donations;
-      lastEventAt = Date.now();
+      live = true;
+      if (moved) lastMoveAt = Date.now();
       showTotal(update);
       showFreshness();
       if (moved) chartsSoon();
+    });
+    // EventSource reconnects by itself; until it does, the page says the total may be behind.
+    stream.addEventListener("error", () => {
+      live = false;
+      const element = $("freshness");
+      element.classList.remove("live");
+      element.textContent = "Reconnecting to the live total; the figure above may be behind.";
     });
   }
 })();
