@@ -106,6 +106,22 @@ impl QueryContext {
         })
     }
 
+    /// Every campaign with its total (without freshness), as `GET /v1/campaigns` lists them.
+    pub fn campaign_views(&self) -> Vec<CampaignView> {
+        let totals = self.read_model.campaign_totals();
+        self.campaigns
+            .list()
+            .iter()
+            .map(|campaign| {
+                let total = totals
+                    .get(&campaign.definition.campaign_id)
+                    .copied()
+                    .unwrap_or_default();
+                campaign_view(campaign, total, None)
+            })
+            .collect()
+    }
+
     fn lock_last_log_ends(&self) -> std::sync::MutexGuard<'_, Option<Vec<Offset>>> {
         self.last_log_ends
             .lock()
@@ -114,20 +130,7 @@ impl QueryContext {
 }
 
 async fn list_campaigns(State(context): State<Arc<QueryContext>>) -> axum::Json<Vec<CampaignView>> {
-    let totals = context.read_model.campaign_totals();
-    let views = context
-        .campaigns
-        .list()
-        .iter()
-        .map(|campaign| {
-            let total = totals
-                .get(&campaign.definition.campaign_id)
-                .copied()
-                .unwrap_or_default();
-            campaign_view(campaign, total, None)
-        })
-        .collect();
-    axum::Json(views)
+    axum::Json(context.campaign_views())
 }
 
 async fn get_campaign(

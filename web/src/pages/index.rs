@@ -4,7 +4,6 @@ use axum::extract::State;
 use axum::response::Response;
 use maud::html;
 use tally_api::views::CampaignView;
-use tally_query::views::campaign_view;
 
 use super::campaign::percent_of;
 use super::{PagesContext, html_page};
@@ -12,21 +11,7 @@ use crate::layout::page;
 use crate::money::{CurrencyStyle, grouped};
 
 pub(super) async fn index_page(State(context): State<PagesContext>) -> Response {
-    let query = &context.query;
-    let totals = query.read_model.campaign_totals();
-    let views: Vec<CampaignView> = query
-        .campaigns
-        .list()
-        .iter()
-        .map(|campaign| {
-            let total = totals
-                .get(&campaign.definition.campaign_id)
-                .copied()
-                .unwrap_or_default();
-            campaign_view(campaign, total, None)
-        })
-        .collect();
-    html_page(render(&views))
+    html_page(render(&context.query.campaign_views()))
 }
 
 fn render(views: &[CampaignView]) -> maud::Markup {
