@@ -122,6 +122,16 @@ impl Node {
     }
 
     /// Every live node, for the cluster view.
+    /// `auto` (the live nodes' assignment), `explicit` (fixed `--owns`) or, on the embedded
+    /// log, `alone`.
+    pub fn ownership(&self) -> &'static str {
+        match (&self.cluster, self.automatic()) {
+            (None, _) => "alone",
+            (Some(_), Some(_)) => "auto",
+            (Some(_), None) => "explicit",
+        }
+    }
+
     pub fn live_nodes(&self) -> Vec<NodeView> {
         match &self.cluster {
             None => Vec::new(),
@@ -311,11 +321,7 @@ pub async fn cluster_view(State(state): State<Arc<super::AppState>>) -> Json<Clu
         } else {
             "embedded"
         },
-        ownership: match (&node.cluster, automatic) {
-            (None, _) => "alone",
-            (Some(_), Some(_)) => "auto",
-            (Some(_), None) => "explicit",
-        },
+        ownership: node.ownership(),
         live_nodes: node.live_nodes(),
         lease: automatic.map(|membership| LeaseView {
             held: membership.holds_lease() && membership.is_member(),

@@ -6,23 +6,22 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::State;
-use tally_api::ApiError;
 use tally_api::views::{OpsCounters, OpsNodeView, OpsView, PartitionOpsView};
 use tally_pipeline::log::{Offset, PartitionId};
 use tally_pipeline::read_model::PartitionProgress;
 
 use super::AppState;
 
-pub async fn ops(State(state): State<Arc<AppState>>) -> Result<Json<OpsView>, ApiError> {
-    ops_view(&state).await.map(Json)
+pub async fn ops(State(state): State<Arc<AppState>>) -> Json<OpsView> {
+    Json(ops_view(&state).await)
 }
 
 /// The operator's view of this node, now.
-pub async fn ops_view(state: &AppState) -> Result<OpsView, ApiError> {
+pub async fn ops_view(state: &AppState) -> OpsView {
     let progress = state.read_model.progress();
     let (ends, log_reachable) = log_ends(state, &progress).await;
     let now_ms = state.clock.now_ms();
-    let (ownership, nodes) = nodes(state, now_ms);
+    let nodes = nodes(state, now_ms);
     let owner_of = |partition: PartitionId| {
         nodes
             .iter()
@@ -52,15 +51,15 @@ pub async fn ops_view(state: &AppState) -> Result<OpsView, ApiError> {
             }
         })
         .collect();
-    Ok(OpsView {
+    OpsView {
         at: tally_query::views::rfc3339(now_ms),
         node_id: state.node.node_id.clone(),
         log_reachable,
         partitions,
         counters: counters(state, &progress),
-        ownership: ownership.to_owned(),
+        ownership: state.node.ownership().to_owned(),
         nodes,
-    })
+    }
 }
 
 /// Each partition's end; the applied offset stands in for one the log does not answer.
@@ -97,8 +96,8 @@ fn counters(state: &AppState, progress: &[PartitionProgress]) -> OpsCounters {
     }
 }
 
-/// How ownership is decided, and the live nodes with what each runs.
-fn nodes(state: &AppState, now_ms: i64) -> (&'static str, Vec<OpsNodeView>) {
+/// The live nodes, with what each runs.
+fn nodes(state: &AppState, now_ms: i64) -> Vec<OpsNodeView> {
     let node = &state.node;
     let this_node = || OpsNodeView {
         node_id: node.node_id.clone(),
@@ -107,7 +106,7 @@ fn nodes(state: &AppState, now_ms: i64) -> (&'static str, Vec<OpsNodeView>) {
         last_heard_ms_ago: 0,
     };
     let Some(cluster) = &node.cluster else {
-        return ("alone", vec![this_node()]);
+        return vec![this_node()];
     };
     if let Some(membership) = node.automatic() {
         let assignment = membership.assignment_view();
@@ -134,7 +133,7 @@ fn nodes(state: &AppState, now_ms: i64) -> (&'static str, Vec<OpsNodeView>) {
                 },
             })
             .collect();
-        return ("auto", nodes);
+        return nodes;
     }
     let mut nodes: Vec<OpsNodeView> = cluster
         .membership
@@ -149,7 +148,7 @@ fn nodes(state: &AppState, now_ms: i64) -> (&'static str, Vec<OpsNodeView>) {
         })
         .collect();
     nodes.insert(0, this_node());
-    ("explicit", nodes)
+    nodes
 }
 
 /// The pages read the operator's view through this.
@@ -158,7 +157,7 @@ pub struct NodeOps(pub Arc<AppState>);
 
 #[async_trait::async_trait]
 impl tally_web::pages::OpsSource for NodeOps {
-    async fn ops_view(&self) -> Result<OpsView, ApiError> {
+    async fn ops_view(&self) -> OpsView {
         ops_view(&self.0).await
     }
 }

@@ -11,7 +11,6 @@ mod ops;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -27,7 +26,7 @@ use crate::layout::page;
 /// cluster.
 #[async_trait::async_trait]
 pub trait OpsSource: Send + Sync + std::fmt::Debug {
-    async fn ops_view(&self) -> Result<OpsView, ApiError>;
+    async fn ops_view(&self) -> OpsView;
 }
 
 /// What the pages read.
@@ -73,10 +72,7 @@ fn error_page(error: &ApiError) -> Response {
     (status, Html(markup.into_string())).into_response()
 }
 
-async fn asset(
-    State(_): State<PagesContext>,
-    PathParameter(name): PathParameter,
-) -> Result<Response, ApiError> {
+async fn asset(PathParameter(name): PathParameter) -> Result<Response, ApiError> {
     let asset = crate::assets::find(&name)
         .ok_or_else(|| ApiError::not_found("asset_not_found", format!("no asset {name:?}")))?;
     let cache = if asset.immutable {

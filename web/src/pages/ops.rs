@@ -8,15 +8,12 @@ use axum::response::Response;
 use maud::{Markup, html};
 use tally_api::views::{OpsView, PartitionOpsView};
 
-use super::{PagesContext, error_page, html_page};
+use super::{PagesContext, html_page};
 use crate::layout::{json_data, page};
 use crate::money::grouped;
 
 pub(super) async fn ops_page(State(context): State<PagesContext>) -> Response {
-    match context.ops.ops_view().await {
-        Ok(view) => html_page(render(&view)),
-        Err(error) => error_page(&error),
-    }
+    html_page(render(&context.ops.ops_view().await))
 }
 
 fn render(view: &OpsView) -> Markup {
