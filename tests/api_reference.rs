@@ -10,10 +10,11 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 /// The files whose routers `tally serve` merges.
-const ROUTER_SOURCES: [&str; 5] = [
+const ROUTER_SOURCES: [&str; 6] = [
     "src/server/mod.rs",
     "src/server/admin.rs",
     "ingest/src/routes.rs",
+    "ingest/src/refunds.rs",
     "query/src/routes.rs",
     "web/src/pages/mod.rs",
 ];

@@ -128,7 +128,12 @@ async fn write_control_records() -> Vec<Vec<u8>> {
         .unwrap();
     registry.start_close("meals", vec![4, 9]).await.unwrap();
     registry
-        .finish_close("meals", reconciliation(), EventTime(1_795_546_900_000))
+        .finish_close(
+            "meals",
+            reconciliation(),
+            Default::default(),
+            EventTime(1_795_546_900_000),
+        )
         .await
         .unwrap();
     values(registry.control().as_ref()).await
@@ -242,6 +247,8 @@ fn update(partition: PartitionId, next_offset: u64, total_cents: u64) -> Partiti
             },
         )],
         rolled_up: RolledUp::NONE,
+        retractions: Vec::new(),
+        retraction_counters: Default::default(),
         buckets: vec![(
             BucketKey {
                 campaign_id: "meals".into(),

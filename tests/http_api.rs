@@ -151,7 +151,10 @@ fn check_live_stream(fixture: &Fixture) {
     );
     let mut events = BufReader::new(response);
     let current = next_total_event(&mut events);
-    assert_keys(&current, "at campaign_id donations total_cents");
+    assert_keys(
+        &current,
+        "at campaign_id donations gross_cents refunded_cents refunds total_cents",
+    );
     assert_eq!(current["campaign_id"], "meals");
     assert_eq!(totals(&current), (350, 2));
 
@@ -665,8 +668,9 @@ fn check_campaign_creation(fixture: &Fixture) {
     let created = json_ok(fixture.admin_json("/v1/campaigns", &definition), 201);
     assert_keys(
         &created,
-        "campaign_id closed_at created_at currency donations ends_at goal_cents name \
-         reconciliation starts_at status total_cents",
+        "campaign_id chargeback_cents chargebacks closed_at created_at currency donations \
+         ends_at goal_cents gross_cents name net_cents reconciliation refunded_cents refunds \
+         starts_at status total_cents",
     );
     for field in [
         "campaign_id",

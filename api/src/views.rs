@@ -72,13 +72,75 @@ pub struct CampaignView {
     pub ends_at: Option<String>,
     /// `open` or `closed`.
     pub status: String,
+    /// The net total: every donation recorded, less the refunds and chargebacks applied.
     pub total_cents: u64,
+    /// Donations recorded (refunded ones included).
     pub donations: u64,
     pub created_at: String,
     pub closed_at: Option<String>,
     pub reconciliation: Option<Reconciliation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub freshness: Option<Freshness>,
+    /// Every donation recorded, before refunds and chargebacks.
+    #[serde(default)]
+    pub gross_cents: u64,
+    /// Taken back by refunds and chargebacks (chargebacks included).
+    #[serde(default)]
+    pub refunded_cents: u64,
+    /// Refunds and chargebacks applied.
+    #[serde(default)]
+    pub refunds: u64,
+    /// The part of `refunded_cents` that chargebacks took.
+    #[serde(default)]
+    pub chargeback_cents: u64,
+    #[serde(default)]
+    pub chargebacks: u64,
+    /// `gross_cents - refunded_cents`: the same as `total_cents`.
+    #[serde(default)]
+    pub net_cents: u64,
+    /// Once closed: refunds and chargebacks applied after the close, which the reconciled final
+    /// total does not count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adjustments: Option<Adjustments>,
+}
+
+/// What changed a closed campaign's money after its close: refunds and chargebacks of its
+/// donations, recorded as post-close adjustments. The reconciled final total stays as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adjustments {
+    pub refunded_cents: u64,
+    pub refunds: u64,
+    /// The net total after them: the final net total less the adjustments.
+    pub net_after_cents: u64,
+}
+
+/// `POST /v1/refunds`, 202: where the refund or chargeback is, durably.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundAccepted {
+    /// Always `accepted`.
+    pub status: String,
+    pub refund_ref: String,
+    pub payment_ref: String,
+    pub partition: PartitionId,
+    pub offset: Offset,
+}
+
+/// `POST /v1/refunds/batch`, 200: each item accepted with its place, or rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundBatchOutcome {
+    pub accepted: usize,
+    pub rejected: Vec<BatchRejection>,
+    pub results: Vec<RefundBatchResult>,
+}
+
+/// A batch refund recorded, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundBatchResult {
+    pub index: usize,
+    pub refund_ref: String,
+    pub payment_ref: String,
+    pub partition: PartitionId,
+    pub offset: Offset,
 }
 
 /// A closed campaign's total recomputed from the donation records, against the running total.

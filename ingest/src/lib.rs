@@ -7,6 +7,7 @@
 //! Donations enter through these routes (`tally serve`) or, for backfills, `tally import`.
 //!
 //! - [`routes`]: `POST /v1/donations` and `POST /v1/donations/batch`.
+//! - [`refunds`]: `POST /v1/refunds` and `POST /v1/refunds/batch`: refunds and chargebacks.
 //! - [`body`]: how a JSON body is read (type, encoding, size; in a bounded slot, within a
 //!   timeout, before authentication) and parsed (no key twice).
 //! - [`error`]: ingest's errors (bodies, the rate limit) as the API's one error type.
@@ -18,4 +19,5 @@
 pub mod body;
 pub mod error;
 pub mod rate_limit;
+pub mod refunds;
 pub mod routes;

@@ -22,7 +22,7 @@ use tally_pipeline::campaigns::{CampaignRegistry, CampaignStatus};
 use tally_pipeline::clock::Clock;
 use tally_pipeline::event::validate::{DonationInput, DonationLimits, validate_donation};
 use tally_pipeline::event::{DonationEvent, envelope};
-use tally_pipeline::log::{Log, Offset, PartitionId, append_keyed};
+use tally_pipeline::log::{KeyedRecord, Log, Offset, PartitionId, append_keyed};
 use tally_pipeline::runner::DonationIndexes;
 
 use crate::body::{self, BodyError, BodyReads, CALLBACK_BODY_BYTES_MAX};
@@ -138,17 +138,7 @@ async fn post_batch(
         .await?;
     let _admitted = context.admit_work().await?;
     let items = body::batch(&bytes)?;
-    if items.len() > context.limits.batch_items_max {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            format!(
-                "a batch holds at most {} donations, got {}",
-                context.limits.batch_items_max,
-                items.len()
-            ),
-        ));
-    }
+    context.check_batch_size(items.len())?;
     let now_ms = context.clock.now_ms();
     let mut rejected = Vec::new();
     let mut results = Vec::new();
@@ -210,9 +200,24 @@ async fn post_batch(
 }
 
 impl IngestContext {
+    /// Refuses a batch of more items than a request may carry.
+    pub(crate) fn check_batch_size(&self, items: usize) -> Result<(), ApiError> {
+        if items > self.limits.batch_items_max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "batch_too_large",
+                format!(
+                    "a batch holds at most {} items, got {items}",
+                    self.limits.batch_items_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The request body, once it is JSON and read within `bytes_max` (see
     /// [`BodyReads::read_json`]), and signed with our secret.
-    async fn authenticated_body(
+    pub(crate) async fn authenticated_body(
         &self,
         headers: &HeaderMap,
         body: Body,
@@ -235,7 +240,7 @@ impl IngestContext {
     }
 
     /// A permit for admitted work, waited for.
-    async fn admit_work(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    pub(crate) async fn admit_work(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
         self.admitted
             .acquire()
             .await
@@ -312,11 +317,19 @@ impl IngestContext {
         &self,
         events: Vec<DonationEvent>,
     ) -> Result<Vec<(PartitionId, Offset)>, ApiError> {
-        if events.is_empty() {
+        let records = events.iter().map(envelope::keyed_record).collect();
+        self.append_records(records).await
+    }
+
+    /// Appends encoded records durably; their placements in order.
+    pub(crate) async fn append_records(
+        &self,
+        records: Vec<KeyedRecord>,
+    ) -> Result<Vec<(PartitionId, Offset)>, ApiError> {
+        if records.is_empty() {
             return Ok(Vec::new());
         }
-        let count = events.len() as u64;
-        let records = events.iter().map(envelope::keyed_record).collect();
+        let count = records.len() as u64;
         let placements = append_keyed(self.log.as_ref(), records)
             .await
             .map_err(|error| {

@@ -12,8 +12,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::checkpoint::{CheckpointError, CheckpointStore};
 use crate::control::cluster::partition_set::format_ranges;
-use crate::event::DonationEvent;
 use crate::event::envelope::{self, EnvelopeError};
+use crate::event::{DonationEvent, LogEvent};
 use crate::log::{Log, LogError, Offset, PartitionId};
 use crate::read_model::{PartitionProgress, ReadModel};
 use crate::runner::DonationIndexes;
@@ -209,7 +209,14 @@ impl NotificationOutbox {
             };
             let index = self.donation_indexes.index(partition);
             for record in records {
-                let event = envelope::decode(&record.value)?;
+                let event = match envelope::decode_event(&record.value)? {
+                    LogEvent::Donation(event) => event,
+                    // Donors hear of recorded donations; a refund's notice is not sent yet.
+                    LogEvent::Refund(_) => {
+                        next = record.offset + 1;
+                        continue;
+                    }
+                };
                 let recorded = index
                     .read()
                     .unwrap_or_else(PoisonError::into_inner)

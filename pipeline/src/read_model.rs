@@ -21,6 +21,7 @@ use crate::operators::event_time_windows::{
     BucketKey, CampaignBuckets, EventTimeWindows, Granularity, RolledUp, SharedBucket,
     WindowBucket, cover,
 };
+use crate::operators::retractions::{CampaignRetractions, RetractionCounters};
 use crate::processor::{PartitionCounters, PartitionState};
 use crate::support::clock::UnixMillis;
 
@@ -44,6 +45,9 @@ pub struct PartitionUpdate {
     pub buckets: Vec<(BucketKey, SharedBucket)>,
     /// Where the partition's windows are rolled up to: readers drop the buckets below.
     pub rolled_up: RolledUp,
+    /// Changed campaigns' refunds and chargebacks, absolute.
+    pub retractions: Vec<(String, CampaignRetractions)>,
+    pub retraction_counters: RetractionCounters,
 }
 
 impl PartitionUpdate {
@@ -59,6 +63,8 @@ impl PartitionUpdate {
             totals: Vec::new(),
             buckets: Vec::new(),
             rolled_up: self.rolled_up,
+            retractions: Vec::new(),
+            retraction_counters: self.retraction_counters,
         }
     }
 
@@ -82,7 +88,31 @@ impl PartitionUpdate {
                 .map(|(k, b)| (k, Arc::clone(b)))
                 .collect(),
             rolled_up: state.windows().rolled_up(),
+            retractions: state
+                .retractions()
+                .campaigns()
+                .map(|(c, r)| (c.clone(), *r))
+                .collect(),
+            retraction_counters: state.retractions().counters(),
         }
+    }
+}
+
+/// A campaign's money as readers see it: the donations recorded (gross) and the refunds and
+/// chargebacks taken back from them; the net is what the campaign holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CampaignAmounts {
+    pub gross: CampaignTotal,
+    pub retractions: CampaignRetractions,
+}
+
+impl CampaignAmounts {
+    /// Gross less every refund and chargeback applied. Never negative: a retraction is applied
+    /// only within its donation's amount.
+    pub fn net_cents(&self) -> u64 {
+        self.gross
+            .total_cents
+            .saturating_sub(self.retractions.refunded_cents)
     }
 }
 
@@ -98,6 +128,8 @@ struct PartitionView {
     counters: PartitionCounters,
     totals: BTreeMap<String, CampaignTotal>,
     windows: EventTimeWindows,
+    retractions: BTreeMap<String, CampaignRetractions>,
+    retraction_counters: RetractionCounters,
 }
 
 /// Progress of one partition, for freshness reports.
@@ -222,6 +254,8 @@ impl ReadModel {
             view.watermark_ms = update.watermark_ms;
             view.counters = update.counters;
             view.totals.extend(update.totals);
+            view.retractions.extend(update.retractions);
+            view.retraction_counters = update.retraction_counters;
             view.windows.roll_up_to(update.rolled_up);
             view.windows.forget_changes();
             for (key, bucket) in update.buckets {
@@ -249,6 +283,12 @@ impl ReadModel {
                 .map(|(k, b)| (k, Arc::clone(b)))
                 .collect(),
             rolled_up: view.windows.rolled_up(),
+            retractions: view
+                .retractions
+                .iter()
+                .map(|(c, r)| (c.clone(), *r))
+                .collect(),
+            retraction_counters: view.retraction_counters,
         }
     }
 
@@ -293,6 +333,88 @@ impl ReadModel {
     }
 
     /// Every campaign's total over all partitions.
+    /// A campaign's gross total and its refunds and chargebacks, summed over the partitions.
+    pub fn campaign_amounts(&self, campaign_id: &str) -> CampaignAmounts {
+        let mut amounts = CampaignAmounts::default();
+        for view in self.read().iter() {
+            if let Some(partial) = view.totals.get(campaign_id) {
+                amounts.gross.add(*partial);
+            }
+            if let Some(partial) = view.retractions.get(campaign_id) {
+                amounts.retractions.add(*partial);
+            }
+        }
+        amounts
+    }
+
+    /// Every campaign's amounts, summed over the partitions.
+    pub fn campaigns_amounts(&self) -> BTreeMap<String, CampaignAmounts> {
+        let mut amounts: BTreeMap<String, CampaignAmounts> = BTreeMap::new();
+        for view in self.read().iter() {
+            for (campaign_id, partial) in &view.totals {
+                amounts
+                    .entry(campaign_id.clone())
+                    .or_default()
+                    .gross
+                    .add(*partial);
+            }
+            for (campaign_id, partial) in &view.retractions {
+                amounts
+                    .entry(campaign_id.clone())
+                    .or_default()
+                    .retractions
+                    .add(*partial);
+            }
+        }
+        amounts
+    }
+
+    /// A campaign's refunds and chargebacks, summed over the partitions.
+    pub fn campaign_retractions(&self, campaign_id: &str) -> CampaignRetractions {
+        let mut total = CampaignRetractions::default();
+        for view in self.read().iter() {
+            if let Some(partial) = view.retractions.get(campaign_id) {
+                total.add(*partial);
+            }
+        }
+        total
+    }
+
+    /// Every campaign's refunds and chargebacks, summed over the partitions.
+    pub fn campaigns_retractions(&self) -> BTreeMap<String, CampaignRetractions> {
+        let mut totals: BTreeMap<String, CampaignRetractions> = BTreeMap::new();
+        for view in self.read().iter() {
+            for (campaign_id, partial) in &view.retractions {
+                totals.entry(campaign_id.clone()).or_default().add(*partial);
+            }
+        }
+        totals
+    }
+
+    /// A campaign's refunds and chargebacks in each partition, with the offset each reflects,
+    /// read at one instant.
+    pub fn campaign_retractions_by_partition(
+        &self,
+        campaign_id: &str,
+    ) -> Vec<(Offset, CampaignRetractions)> {
+        self.read()
+            .iter()
+            .map(|view| {
+                let retractions = view.retractions.get(campaign_id).copied();
+                (view.next_offset, retractions.unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// The partitions' retraction counters, summed.
+    pub fn retraction_counters(&self) -> RetractionCounters {
+        let mut total = RetractionCounters::default();
+        for view in self.read().iter() {
+            total.add(view.retraction_counters);
+        }
+        total
+    }
+
     pub fn campaign_totals(&self) -> BTreeMap<String, CampaignTotal> {
         let mut totals: BTreeMap<String, CampaignTotal> = BTreeMap::new();
         for view in self.read().iter() {

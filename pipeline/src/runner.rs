@@ -25,12 +25,15 @@ use crate::checkpoint::{
     CheckpointCommitter, CheckpointError, CheckpointMeta, CheckpointStore, LoadedPartition,
     RoundCheckpoint,
 };
-use crate::event::{DonationEvent, envelope};
+use crate::event::{DonationEvent, LogEvent, envelope};
 use crate::log::{Log, LogError, LogRecord, Offset, PartitionId};
 use crate::operators::dedupe::ResendCounts;
 use crate::operators::event_time_windows::WindowHorizons;
+use crate::operators::retractions::RetractionLedger;
 use crate::operators::watermark::ALLOWED_LATENESS_MS_DEFAULT;
-use crate::processor::partition_state::{ApplyError, RecordedEvents, SharedIndex};
+use crate::processor::partition_state::{
+    ApplyError, RecordedEvents, SharedIndex, SharedRetractions,
+};
 use crate::processor::{PartitionState, StateChanges};
 use crate::read_model::{PartitionUpdate, ReadModel};
 use crate::support::backoff::Backoff;
@@ -143,19 +146,39 @@ pub struct PartitionRunSummary {
 #[derive(Debug)]
 pub struct DonationIndexes {
     partitions: Vec<std::sync::RwLock<SharedIndex>>,
+    retractions: Vec<std::sync::RwLock<SharedRetractions>>,
 }
 
 impl DonationIndexes {
     fn new(partition_count: u32) -> Self {
         Self {
             partitions: (0..partition_count).map(|_| Default::default()).collect(),
+            retractions: (0..partition_count)
+                .map(|partition| {
+                    std::sync::RwLock::new(Arc::new(std::sync::RwLock::new(RetractionLedger::new(
+                        partition,
+                    ))))
+                })
+                .collect(),
         }
     }
 
-    fn install(&self, partition: PartitionId, index: SharedIndex) {
+    fn install(&self, partition: PartitionId, state: &PartitionState) {
         *self.partitions[partition as usize]
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = index;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = state.shared_index();
+        *self.retractions[partition as usize]
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = state.shared_retractions();
+    }
+
+    /// The refunds and chargebacks of a partition (empty until the partition has been loaded).
+    pub fn retractions(&self, partition: PartitionId) -> SharedRetractions {
+        Arc::clone(
+            &self.retractions[partition as usize]
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// The index of a partition (empty until the partition has been loaded).
@@ -366,8 +389,7 @@ impl Pipeline {
                 }
                 // The index first: a reader that sees the published offsets must find every
                 // donation recorded below them.
-                self.donation_indexes
-                    .install(partition, state.shared_index());
+                self.donation_indexes.install(partition, &state);
                 self.publish(PartitionUpdate::whole(&state, meta.committed_at_ms));
                 Ok((*state, damage.as_ref().is_some_and(|d| !d.torn)))
             }
@@ -376,8 +398,7 @@ impl Pipeline {
                     warn_damage(partition, None, damage);
                 }
                 let state = self.empty_state(partition);
-                self.donation_indexes
-                    .install(partition, state.shared_index());
+                self.donation_indexes.install(partition, &state);
                 Ok((state, damage.as_ref().is_some_and(|d| !d.torn)))
             }
             Err(CheckpointError::Corrupt { what, reason }) => {
@@ -388,8 +409,7 @@ impl Pipeline {
                 self.store.reset(partition)?;
                 self.read_model.reset_partition(partition);
                 let state = self.empty_state(partition);
-                self.donation_indexes
-                    .install(partition, state.shared_index());
+                self.donation_indexes.install(partition, &state);
                 Ok((state, true))
             }
             Err(other) => Err(other.into()),
@@ -552,7 +572,7 @@ impl Pipeline {
             }
             for record in records {
                 let event = decode(partition, record.offset, &record.value)?;
-                state.apply(record.offset, event, &lookup)?;
+                state.apply_event(record.offset, event, &lookup)?;
             }
             // Keep the pending change lists short; only the digest matters here.
             state.take_changes();
@@ -614,6 +634,8 @@ impl Pipeline {
                 totals: changes.totals,
                 buckets,
                 rolled_up: changes.windows.rolled_up,
+                retractions: changes.retraction_totals,
+                retraction_counters: state.retractions().counters(),
             });
             run.committed(meta);
         }
@@ -640,9 +662,7 @@ impl<'a> Worker<'a> {
     fn start(&mut self, state: PartitionState, rebuilt: bool, mode: &RunMode) {
         let pipeline = self.pipeline;
         let partition = state.partition();
-        pipeline
-            .donation_indexes
-            .install(partition, state.shared_index());
+        pipeline.donation_indexes.install(partition, &state);
         let log_end = match self.runtime.block_on(pipeline.log.end_offset(partition)) {
             Ok(end) => end,
             Err(error) => {
@@ -956,7 +976,7 @@ impl<'a> PartitionRun<'a> {
         for record in records {
             let event = decode(partition, record.offset, &record.value)?;
             match (
-                self.state.apply(record.offset, event, &lookup),
+                self.state.apply_event(record.offset, event, &lookup),
                 &mut self.shutdown,
             ) {
                 (Ok(_), _) => self.applied_since_commit += 1,
@@ -1036,12 +1056,8 @@ fn warn_damage(
     }
 }
 
-fn decode(
-    partition: PartitionId,
-    offset: Offset,
-    value: &[u8],
-) -> Result<DonationEvent, PipelineError> {
-    envelope::decode(value).map_err(|e| PipelineError::UndecodableRecord {
+fn decode(partition: PartitionId, offset: Offset, value: &[u8]) -> Result<LogEvent, PipelineError> {
+    envelope::decode_event(value).map_err(|e| PipelineError::UndecodableRecord {
         partition,
         offset,
         reason: e.to_string(),

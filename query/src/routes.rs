@@ -108,16 +108,16 @@ impl QueryContext {
 
     /// Every campaign with its total (without freshness), as `GET /v1/campaigns` lists them.
     pub fn campaign_views(&self) -> Vec<CampaignView> {
-        let totals = self.read_model.campaign_totals();
+        let amounts = self.read_model.campaigns_amounts();
         self.campaigns
             .list()
             .iter()
             .map(|campaign| {
-                let total = totals
+                let amounts = amounts
                     .get(&campaign.definition.campaign_id)
                     .copied()
                     .unwrap_or_default();
-                campaign_view(campaign, total, None)
+                campaign_view(campaign, amounts, None)
             })
             .collect()
     }
@@ -138,9 +138,13 @@ async fn get_campaign(
     PathParameter(campaign_id): PathParameter,
 ) -> Result<axum::Json<CampaignView>, ApiError> {
     let campaign = context.campaign(&campaign_id).await?;
-    let total = context.read_model.campaign_total(&campaign_id);
+    let amounts = context.read_model.campaign_amounts(&campaign_id);
     let freshness = context.freshness().await?;
-    Ok(axum::Json(campaign_view(&campaign, total, Some(freshness))))
+    Ok(axum::Json(campaign_view(
+        &campaign,
+        amounts,
+        Some(freshness),
+    )))
 }
 
 async fn get_stats(
@@ -229,13 +233,16 @@ async fn get_live(
         (changes, None, context, campaign_id),
         |(mut changes, last, context, campaign_id)| async move {
             loop {
-                let total = context.read_model.campaign_total(&campaign_id);
+                let total = context.read_model.campaign_amounts(&campaign_id);
                 if last != Some(total) {
                     let data = serde_json::json!({
                         "campaign_id": campaign_id,
-                        "total_cents": total.total_cents,
-                        "donations": total.donations,
+                        "total_cents": total.net_cents(),
+                        "donations": total.gross.donations,
                         "at": rfc3339(context.clock.now_ms()),
+                        "gross_cents": total.gross.total_cents,
+                        "refunded_cents": total.retractions.refunded_cents,
+                        "refunds": total.retractions.refunds,
                     });
                     let event = Event::default().event("total").data(data.to_string());
                     return Some((Ok(event), (changes, Some(total), context, campaign_id)));

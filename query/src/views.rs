@@ -2,13 +2,13 @@
 //! ([`tally_api::views`]), so what the server writes is what clients read.
 
 use tally_api::views::{
-    CampaignView, Freshness, Reconciliation, RecordedDonation, SeriesPointView, StatsView,
+    Adjustments, CampaignView, Freshness, Reconciliation, RecordedDonation, SeriesPointView,
+    StatsView,
 };
 use tally_pipeline::campaigns::{self, Campaign};
 use tally_pipeline::event::{DonationEvent, EventTime};
 use tally_pipeline::log::{Offset, PartitionId};
-use tally_pipeline::operators::campaign_totals::CampaignTotal;
-use tally_pipeline::read_model::{CampaignStats, SeriesPoint};
+use tally_pipeline::read_model::{CampaignAmounts, CampaignStats, SeriesPoint};
 
 /// RFC 3339 for a time the API reports.
 pub fn rfc3339(unix_ms: i64) -> String {
@@ -17,13 +17,14 @@ pub fn rfc3339(unix_ms: i64) -> String {
         .unwrap_or_else(|_| unix_ms.to_string())
 }
 
-/// A campaign with its total, and with its freshness when one campaign is asked for.
+/// A campaign with its amounts, and with its freshness when one campaign is asked for.
 pub fn campaign_view(
     campaign: &Campaign,
-    total: CampaignTotal,
+    amounts: CampaignAmounts,
     freshness: Option<Freshness>,
 ) -> CampaignView {
     let definition = &campaign.definition;
+    let (total, retractions) = (amounts.gross, amounts.retractions);
     CampaignView {
         campaign_id: definition.campaign_id.clone(),
         name: definition.name.clone(),
@@ -32,13 +33,43 @@ pub fn campaign_view(
         starts_at: definition.starts_at.map(|t| rfc3339(t.unix_ms())),
         ends_at: definition.ends_at.map(|t| rfc3339(t.unix_ms())),
         status: campaign.status.as_str().to_owned(),
-        total_cents: total.total_cents,
+        total_cents: amounts.net_cents(),
         donations: total.donations,
         created_at: rfc3339(campaign.created_at.unix_ms()),
         closed_at: campaign.closed_at.map(|t| rfc3339(t.unix_ms())),
         reconciliation: campaign.reconciliation.map(reconciliation),
         freshness,
+        gross_cents: total.total_cents,
+        refunded_cents: retractions.refunded_cents,
+        refunds: retractions.refunds,
+        chargeback_cents: retractions.chargeback_cents,
+        chargebacks: retractions.chargebacks,
+        net_cents: amounts.net_cents(),
+        adjustments: adjustments(campaign, amounts),
     }
+}
+
+/// A closed campaign's refunds and chargebacks since its close: what is taken back now beyond
+/// what its reconciled final total took.
+fn adjustments(campaign: &Campaign, amounts: CampaignAmounts) -> Option<Adjustments> {
+    let settled = campaign.reconciliation?;
+    let at_close = campaign.retractions_at_close.unwrap_or_default();
+    let refunded_cents = amounts
+        .retractions
+        .refunded_cents
+        .saturating_sub(at_close.final_refunded_cents);
+    let refunds = amounts
+        .retractions
+        .refunds
+        .saturating_sub(at_close.final_refunds);
+    let final_net = settled
+        .final_total_cents
+        .saturating_sub(at_close.final_refunded_cents);
+    Some(Adjustments {
+        refunded_cents,
+        refunds,
+        net_after_cents: final_net.saturating_sub(refunded_cents),
+    })
 }
 
 fn reconciliation(reconciliation: campaigns::Reconciliation) -> Reconciliation {

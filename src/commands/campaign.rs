@@ -388,5 +388,17 @@ mod admin {
         fn running_total(&self, campaign_id: &str) -> CampaignTotal {
             self.0.read_model().campaign_total(campaign_id)
         }
+
+        fn running_retractions(
+            &self,
+            campaign_id: &str,
+        ) -> Vec<(
+            Offset,
+            tally_pipeline::operators::retractions::CampaignRetractions,
+        )> {
+            self.0
+                .read_model()
+                .campaign_retractions_by_partition(campaign_id)
+        }
     }
 }

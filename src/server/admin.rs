@@ -22,6 +22,7 @@ use tally_pipeline::checkpoint::{CheckpointInfo, savepoint};
 use tally_pipeline::event::EventTime;
 use tally_pipeline::log::{Offset, PartitionId};
 use tally_pipeline::operators::campaign_totals::CampaignTotal;
+use tally_pipeline::operators::retractions::CampaignRetractions;
 use tally_query::views::campaign_view;
 
 use super::AppState;
@@ -126,7 +127,7 @@ fn view(state: &AppState, campaign: &Campaign) -> CampaignView {
         campaign,
         state
             .read_model
-            .campaign_total(&campaign.definition.campaign_id),
+            .campaign_amounts(&campaign.definition.campaign_id),
         None,
     )
 }
@@ -158,6 +159,12 @@ impl ClosingNode for ServingNode<'_> {
 
     fn running_total(&self, campaign_id: &str) -> CampaignTotal {
         self.0.read_model.campaign_total(campaign_id)
+    }
+
+    fn running_retractions(&self, campaign_id: &str) -> Vec<(Offset, CampaignRetractions)> {
+        self.0
+            .read_model
+            .campaign_retractions_by_partition(campaign_id)
     }
 }
 

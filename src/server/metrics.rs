@@ -76,6 +76,7 @@ async fn render(state: &AppState) -> String {
     render_connections(&mut out, state);
     let progress = state.read_model.progress();
     render_pipeline_counters(&mut out, &progress);
+    render_retractions(&mut out, state);
     render_partitions(&mut out, state, &progress).await;
     render_cluster(&mut out, state);
     out
@@ -207,6 +208,52 @@ fn render_pipeline_counters(out: &mut String, progress: &[PartitionProgress]) {
     ];
     for (name, help, counter) in counters {
         scalar(out, name, "counter", help, sum(counter));
+    }
+}
+
+/// Refunds and chargebacks the pipeline recorded, summed over the partitions.
+fn render_retractions(out: &mut String, state: &AppState) {
+    let counters = state.read_model.retraction_counters();
+    let lines: [(&str, &str, &str, u64); 6] = [
+        (
+            "tally_refunds_recorded_total",
+            "counter",
+            "Refunds and chargebacks recorded (one per refund_ref).",
+            counters.recorded,
+        ),
+        (
+            "tally_refunds_applied_total",
+            "counter",
+            "Refunds and chargebacks taken out of their campaign's total.",
+            counters.applied,
+        ),
+        (
+            "tally_refunds_pending",
+            "gauge",
+            "Refunds and chargebacks waiting for their donation to be recorded.",
+            counters.pending,
+        ),
+        (
+            "tally_refunds_excess_total",
+            "counter",
+            "Refunds and chargebacks held out: more than their donation had left.",
+            counters.excess,
+        ),
+        (
+            "tally_refund_duplicates_total",
+            "counter",
+            "Resends identical to a recorded refund.",
+            counters.duplicates,
+        ),
+        (
+            "tally_refund_conflicts_total",
+            "counter",
+            "Resends that differ from the recorded refund.",
+            counters.conflicts,
+        ),
+    ];
+    for (name, kind, help, value) in lines {
+        scalar(out, name, kind, help, value.to_string());
     }
 }
 

@@ -410,6 +410,7 @@ fn router(state: Arc<AppState>) -> Router {
     });
     Router::new()
         .merge(tally_ingest::routes::routes(Arc::clone(&state.ingest)))
+        .merge(tally_ingest::refunds::routes(Arc::clone(&state.ingest)))
         .merge(admitted_queries)
         .merge(pages)
         .merge(admin::routes(Arc::clone(&state)))

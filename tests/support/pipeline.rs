@@ -60,6 +60,21 @@ impl DataDir {
             .expect("append")
     }
 
+    /// Appends records of any kind (donations, refunds) and returns where each landed.
+    pub fn append_records(
+        &self,
+        log: &EmbeddedLog,
+        records: Vec<tally_pipeline::log::KeyedRecord>,
+    ) -> Vec<(PartitionId, Offset)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(append_keyed(log, records))
+            .expect("append")
+    }
+
     /// A pipeline over this directory's log and state.
     pub fn pipeline(&self, log: Arc<EmbeddedLog>, checkpoint_records_max: u64) -> Pipeline {
         let (store, _notes) =

@@ -218,10 +218,12 @@ pub(crate) fn write_snapshot(
         .iter()
         .map(|(key, bucket)| (key, Arc::clone(bucket)))
         .collect();
+    let retractions = committed.state.retractions().image();
     drop(committed.state);
     for (key, bucket) in &buckets {
         writer.bucket(key, bucket)?;
     }
+    writer.retractions(retractions)?;
     let content = SnapshotContent {
         rolled_up: committed.parts.rolled_up,
         totals: committed.parts.totals,

@@ -52,6 +52,7 @@ use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::conflict_audit::Conflict;
 use crate::operators::dedupe::{IndexChange, ShardImage, ShardImageRef};
 use crate::operators::event_time_windows::{BucketKey, RolledUp, WindowBucket};
+use crate::operators::retractions::RetractionChanges;
 use crate::support::codec;
 use crate::support::storage::{self, FileReader, OpenMode, Storage, StorageFile};
 
@@ -127,6 +128,15 @@ pub enum JournalEntry {
     /// Part of a snapshot: one shard of the recorded donations' table, slot by slot, for a
     /// load to take as it lies (instead of [`JournalEntry::SnapshotRecorded`]).
     SnapshotShard(ShardImage),
+    /// Part of a snapshot: the refunds and chargebacks ledger, whole (absent without any).
+    SnapshotRetractions(Box<RetractionChanges>),
+    /// A format 2 checkpoint that also changed the refunds and chargebacks ledger (one that
+    /// did not is a [`JournalEntry::Delta`], as before refunds existed).
+    DeltaWithRetractions {
+        meta: CheckpointMeta,
+        content: Box<DeltaContent>,
+        retractions: Box<RetractionChanges>,
+    },
 }
 
 impl JournalEntry {
@@ -135,11 +145,13 @@ impl JournalEntry {
         match self {
             JournalEntry::Checkpoint { meta, .. }
             | JournalEntry::Snapshot { meta, .. }
-            | JournalEntry::Delta { meta, .. } => Some(meta),
+            | JournalEntry::Delta { meta, .. }
+            | JournalEntry::DeltaWithRetractions { meta, .. } => Some(meta),
             JournalEntry::IndexChanges(_)
             | JournalEntry::SnapshotRecorded(_)
             | JournalEntry::SnapshotShard(_)
-            | JournalEntry::SnapshotBuckets(_) => None,
+            | JournalEntry::SnapshotBuckets(_)
+            | JournalEntry::SnapshotRetractions(_) => None,
         }
     }
 }
@@ -170,6 +182,9 @@ pub trait Replay {
         self.buckets(packed.unpack()?);
         Ok(())
     }
+    /// Refunds and chargebacks a snapshot holds, or a checkpoint changed; delivered before
+    /// the committing [`Replay::committed`] of their frame (or snapshot).
+    fn retractions(&mut self, _changes: RetractionChanges) {}
     fn committed(&mut self, meta: CheckpointMeta, content: Committed);
 }
 
@@ -522,18 +537,38 @@ impl Journal {
             JournalEntry::Snapshot { meta, content } => {
                 replay.committed(meta, Committed::Snapshot(*content))
             }
-            JournalEntry::Delta { meta, mut content } => {
-                held_back
-                    .drain(..)
-                    .for_each(|change| replay.index_change(change));
-                unpack_recorded(
-                    &std::mem::take(&mut content.recorded),
-                    |fingerprint, offset| replay.recorded(fingerprint, offset),
-                )
-                .map_err(str::to_owned)?;
-                replay.committed(meta, Committed::Delta(*content));
+            JournalEntry::Delta { meta, content } => {
+                Self::deliver_delta(meta, *content, None, held_back, replay)?
             }
+            JournalEntry::DeltaWithRetractions {
+                meta,
+                content,
+                retractions,
+            } => Self::deliver_delta(meta, *content, Some(*retractions), held_back, replay)?,
+            JournalEntry::SnapshotRetractions(changes) => replay.retractions(*changes),
         }
+        Ok(())
+    }
+
+    fn deliver_delta(
+        meta: CheckpointMeta,
+        mut content: DeltaContent,
+        retractions: Option<RetractionChanges>,
+        held_back: &mut Vec<IndexChange>,
+        replay: &mut dyn Replay,
+    ) -> Result<(), String> {
+        held_back
+            .drain(..)
+            .for_each(|change| replay.index_change(change));
+        unpack_recorded(
+            &std::mem::take(&mut content.recorded),
+            |fingerprint, offset| replay.recorded(fingerprint, offset),
+        )
+        .map_err(str::to_owned)?;
+        if let Some(retractions) = retractions {
+            replay.retractions(retractions);
+        }
+        replay.committed(meta, Committed::Delta(content));
         Ok(())
     }
 
@@ -950,6 +985,46 @@ impl SnapshotWriter {
         Ok(())
     }
 
+    /// Adds the refunds and chargebacks ledger (skipped when empty: a snapshot without it is
+    /// read as one of an empty ledger).
+    pub fn retractions(&mut self, image: RetractionChanges) -> Result<(), CheckpointError> {
+        if image.is_empty() {
+            return Ok(());
+        }
+        self.flush_recorded()?;
+        self.flush_changes()?;
+        self.flush_buckets()?;
+        // A few MiB a frame: a campaign's worth of refunds is split, the counters in each part
+        // and the conflicts in the last.
+        let RetractionChanges {
+            retractions,
+            counters,
+            conflicts,
+        } = image;
+        let mut chunks = retractions
+            .chunks(SNAPSHOT_RETRACTIONS_PER_FRAME)
+            .peekable();
+        let mut conflicts = Some(conflicts);
+        loop {
+            let chunk = chunks.next().unwrap_or_default();
+            let last = chunks.peek().is_none();
+            let part = RetractionChanges {
+                retractions: chunk.to_vec(),
+                counters,
+                conflicts: if last {
+                    conflicts.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+            };
+            let entry = JournalEntry::SnapshotRetractions(Box::new(part));
+            self.frame(&codec::encode(&entry), false)?;
+            if last {
+                return Ok(());
+            }
+        }
+    }
+
     /// Commits the snapshot with its last frame.
     pub fn finish_snapshot(
         &mut self,
@@ -1107,6 +1182,9 @@ impl FrameEntry<'_> {
         }
     }
 }
+
+/// Retractions in one snapshot frame: about 100 bytes each.
+const SNAPSHOT_RETRACTIONS_PER_FRAME: usize = 32 * 1024;
 
 /// The variant index `JournalEntry::SnapshotShard` is encoded with (a little-endian `u32`).
 const SNAPSHOT_SHARD_VARIANT: u32 = 6;

@@ -17,6 +17,9 @@ use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::conflict_audit::Conflict;
 use crate::operators::dedupe::{IndexChange, ShardImageRef};
 use crate::operators::event_time_windows::{BucketKey, GroupedBuckets, RolledUp, WindowBucket};
+use crate::operators::retractions::{
+    RecordedRetraction, RetractionChanges, RetractionConflict, RetractionCounters, RetractionLedger,
+};
 use crate::processor::StateDigest;
 use crate::processor::partition_state::{
     IndexRestorer, PartitionState, StateChanges, StateScalars,
@@ -70,7 +73,8 @@ impl From<&CheckpointMeta> for CheckpointInfo {
     }
 }
 
-/// Everything a partition's checkpoint holds, in portable form.
+/// A partition's checkpoint in the portable form of format 1 savepoints (read, never written):
+/// from before refunds existed, so it holds no retractions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionSavepoint {
     pub meta: CheckpointMeta,
@@ -106,6 +110,11 @@ pub(crate) struct Collected {
     buckets: GroupedBuckets,
     rolled_up: RolledUp,
     conflicts: Vec<Conflict>,
+    /// Each `refund_ref`'s latest status, in the order first committed.
+    retractions: Vec<RecordedRetraction>,
+    retraction_at: std::collections::HashMap<String, usize>,
+    retraction_counters: RetractionCounters,
+    retraction_conflicts: Vec<RetractionConflict>,
     /// Whether `into_state` also hands back the totals.
     keep_parts: bool,
     /// Whether `into_state` also hands back a copy of the buckets (a snapshot writes them from
@@ -173,6 +182,12 @@ impl Collected {
             conflicts: self.conflicts,
         };
         let restorer = self.restorer.expect("collecting keeps a restorer");
+        let retractions = RetractionLedger::restore(
+            partition,
+            self.retractions,
+            self.retraction_counters,
+            self.retraction_conflicts,
+        );
         let state = PartitionState::restore(
             meta.scalars,
             restorer,
@@ -180,6 +195,7 @@ impl Collected {
             buckets,
             rolled_up,
             &parts.conflicts,
+            retractions,
         );
         if state.digest() != meta.digest || state.state_digest() != meta.state_digest {
             return Err(CheckpointError::Corrupt {
@@ -254,6 +270,21 @@ impl Replay for Collected {
         })
     }
 
+    fn retractions(&mut self, changes: RetractionChanges) {
+        for retraction in changes.retractions {
+            match self.retraction_at.get(&retraction.event.refund_ref) {
+                Some(&at) => self.retractions[at] = retraction,
+                None => {
+                    self.retraction_at
+                        .insert(retraction.event.refund_ref.clone(), self.retractions.len());
+                    self.retractions.push(retraction);
+                }
+            }
+        }
+        self.retraction_counters = changes.counters;
+        self.retraction_conflicts.extend(changes.conflicts);
+    }
+
     fn committed(&mut self, meta: CheckpointMeta, content: Committed) {
         match content {
             Committed::Absolute(content) => {
@@ -320,6 +351,15 @@ enum DeltaEntryRef<'a> {
     Delta {
         meta: &'a CheckpointMeta,
         content: DeltaContentRef<'a>,
+    },
+    #[allow(dead_code)]
+    SnapshotShard,
+    #[allow(dead_code)]
+    SnapshotRetractions,
+    DeltaWithRetractions {
+        meta: &'a CheckpointMeta,
+        content: DeltaContentRef<'a>,
+        retractions: &'a RetractionChanges,
     },
 }
 
@@ -923,17 +963,26 @@ pub(super) fn encode_checkpoint(
         committed_at_ms: now_ms,
     };
     let (recorded, others) = split_index_changes(&changes.index);
-    let entry = DeltaEntryRef::Delta {
-        meta: &meta,
-        content: DeltaContentRef {
-            recorded: &recorded,
-            index: &others,
-            totals: &changes.totals,
-            bucket_deltas: &changes.windows.deltas,
-            dropped: &changes.windows.dropped,
-            rolled_up: changes.windows.rolled_up,
-            conflicts: &changes.conflicts,
-        },
+    let content = DeltaContentRef {
+        recorded: &recorded,
+        index: &others,
+        totals: &changes.totals,
+        bucket_deltas: &changes.windows.deltas,
+        dropped: &changes.windows.dropped,
+        rolled_up: changes.windows.rolled_up,
+        conflicts: &changes.conflicts,
+    };
+    let entry = if changes.retractions.is_empty() {
+        DeltaEntryRef::Delta {
+            meta: &meta,
+            content,
+        }
+    } else {
+        DeltaEntryRef::DeltaWithRetractions {
+            meta: &meta,
+            content,
+            retractions: &changes.retractions,
+        }
     };
     (meta, codec::encode(&entry))
 }

@@ -89,6 +89,31 @@ pub struct Reconciliation {
     pub matched: bool,
 }
 
+/// The refunds and chargebacks part of a close's reconciliation: recomputed from the log's
+/// records below the close point alone, against what the operators kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetractionsAtClose {
+    /// Taken back (chargebacks included) from donations below the close point.
+    pub final_refunded_cents: u64,
+    pub final_refunds: u64,
+    pub final_chargeback_cents: u64,
+    pub final_chargebacks: u64,
+    pub running_refunded_cents: u64,
+    pub running_refunds: u64,
+    /// Whether the two agree.
+    pub matched: bool,
+}
+
+impl RetractionsAtClose {
+    /// Whether there was nothing to reconcile: no refund, recomputed or running.
+    pub fn none_at_all(&self) -> bool {
+        self.final_refunds == 0
+            && self.running_refunds == 0
+            && self.final_refunded_cents == 0
+            && self.running_refunded_cents == 0
+    }
+}
+
 /// A campaign as the registry knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Campaign {
@@ -105,6 +130,10 @@ pub struct Campaign {
     pub close_offsets: Option<Vec<Offset>>,
     pub closed_at: Option<EventTime>,
     pub reconciliation: Option<Reconciliation>,
+    /// The refunds and chargebacks its reconciliation counted (none for a campaign closed
+    /// before refunds existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retractions_at_close: Option<RetractionsAtClose>,
 }
 
 /// One change to the registry, as stored in the control log (format versions 0 and 1, see the
@@ -131,6 +160,13 @@ enum CampaignEvent {
     IntakeStopped {
         campaign_id: String,
         node_id: String,
+    },
+    /// `Closed`, with the refunds and chargebacks its reconciliation counted.
+    ClosedWithRetractions {
+        campaign_id: String,
+        at: EventTime,
+        reconciliation: Reconciliation,
+        retractions: RetractionsAtClose,
     },
 }
 
@@ -167,6 +203,7 @@ impl CampaignEvent {
             CampaignEvent::Created { definition, .. } => &definition.campaign_id,
             CampaignEvent::CloseStarted { campaign_id, .. }
             | CampaignEvent::Closed { campaign_id, .. }
+            | CampaignEvent::ClosedWithRetractions { campaign_id, .. }
             | CampaignEvent::CloseRequested { campaign_id, .. }
             | CampaignEvent::IntakeStopped { campaign_id, .. } => campaign_id,
         }
@@ -459,6 +496,7 @@ impl CampaignRegistry {
         &self,
         campaign_id: &str,
         reconciliation: Reconciliation,
+        retractions: RetractionsAtClose,
         now: EventTime,
     ) -> Result<Campaign, CampaignError> {
         self.sync().await?;
@@ -473,12 +511,22 @@ impl CampaignRegistry {
                 expected: CampaignStatus::Closing.as_str(),
             });
         }
-        self.record(CampaignEvent::Closed {
-            campaign_id: campaign_id.to_owned(),
-            at: now,
-            reconciliation,
-        })
-        .await?;
+        // A campaign that never had a refund closes with the record it always had.
+        let closed = if retractions.none_at_all() {
+            CampaignEvent::Closed {
+                campaign_id: campaign_id.to_owned(),
+                at: now,
+                reconciliation,
+            }
+        } else {
+            CampaignEvent::ClosedWithRetractions {
+                campaign_id: campaign_id.to_owned(),
+                at: now,
+                reconciliation,
+                retractions,
+            }
+        };
+        self.record(closed).await?;
         Ok(Campaign::clone(&*self.existing(campaign_id)?))
     }
 
@@ -529,6 +577,7 @@ fn apply(campaigns: &mut BTreeMap<String, Arc<Campaign>>, offset: Offset, event:
                     close_offsets: None,
                     closed_at: None,
                     reconciliation: None,
+                    retractions_at_close: None,
                 })
             });
         return;
@@ -562,6 +611,19 @@ fn apply(campaigns: &mut BTreeMap<String, Arc<Campaign>>, offset: Offset, event:
                 campaign.status = CampaignStatus::Closed;
                 campaign.closed_at = Some(at);
                 campaign.reconciliation = Some(reconciliation);
+            }
+        }
+        CampaignEvent::ClosedWithRetractions {
+            at,
+            reconciliation,
+            retractions,
+            ..
+        } => {
+            if campaign.status == CampaignStatus::Closing && campaign.close_offsets.is_some() {
+                campaign.status = CampaignStatus::Closed;
+                campaign.closed_at = Some(at);
+                campaign.reconciliation = Some(reconciliation);
+                campaign.retractions_at_close = Some(retractions);
             }
         }
     }
@@ -611,7 +673,12 @@ mod tests {
             ));
             registry.start_close("shelter", vec![5, 7]).await.unwrap();
             registry
-                .finish_close("shelter", reconciliation(), EventTime(9))
+                .finish_close(
+                    "shelter",
+                    reconciliation(),
+                    RetractionsAtClose::default(),
+                    EventTime(9),
+                )
                 .await
                 .unwrap();
         }
@@ -729,7 +796,12 @@ mod tests {
         assert_eq!(first.close_offsets, Some(vec![4, 4]));
         assert_eq!(second.close_offsets, Some(vec![4, 4]));
         let closed = b
-            .finish_close("meals", reconciliation(), EventTime(5))
+            .finish_close(
+                "meals",
+                reconciliation(),
+                RetractionsAtClose::default(),
+                EventTime(5),
+            )
             .await
             .unwrap();
         assert_eq!(closed.status, CampaignStatus::Closed);

@@ -1,23 +1,28 @@
-//! The versioned binary envelope of a [`DonationEvent`] as stored in the log.
+//! The versioned binary envelopes of the log's events, as stored in the log.
 //!
-//! Format version 1 (the only one so far):
+//! The first byte says what follows; the rest is bincode 1.x (fixed-width little-endian
+//! integers, u64 length prefixes):
 //!
 //! ```text
-//! byte 0      format version, 1
-//! bytes 1..   bincode 1.x (fixed-width little-endian integers, u64 length prefixes) of
-//!             DonationEventV1 { payment_ref, order_id, user_id, campaign_id: String,
+//! byte 0 = 1  DonationEventV1 { payment_ref, order_id, user_id, campaign_id: String,
 //!                               amount_cents: u64, currency: String, paid_at: i64 unix ms }
+//! byte 0 = 2  RefundEventV1 { refund_ref, payment_ref: String, amount_cents: u64,
+//!                             kind: u32 (0 refund, 1 chargeback), refunded_at: i64 unix ms }
 //! ```
 //!
 //! A new format gets a new version byte and a decoder arm here; old arms stay, so logs written
-//! today remain readable. `tests/fixtures/donation_event_v1.bin` pins version 1.
+//! today remain readable. `tests/fixtures/donation_event_v1.bin` pins version 1 and
+//! `tests/fixtures/refund_event_v1.bin` pins version 2.
 
 use bincode::Options;
 
-use super::DonationEvent;
+use super::refund::RefundEvent;
+use super::{DonationEvent, LogEvent};
 
-/// The envelope version this build writes.
+/// The envelope version this build writes for donations.
 pub const FORMAT_VERSION_CURRENT: u8 = 1;
+/// The envelope version this build writes for refunds and chargebacks.
+pub const REFUND_FORMAT_VERSION: u8 = 2;
 
 /// An envelope larger than this is corrupt: validated events are well under 1 KiB.
 const ENVELOPE_BYTES_MAX: u64 = 64 * 1024;
@@ -34,8 +39,10 @@ fn codec() -> impl Options {
 pub enum EnvelopeError {
     #[error("empty donation envelope")]
     Empty,
-    #[error("donation envelope format version {0} is not known to this build (knows 1)")]
+    #[error("donation envelope format version {0} is not known to this build (knows 1 and 2)")]
     UnknownVersion(u8),
+    #[error("the record is a refund, not a donation")]
+    NotADonation,
     #[error("donation envelope version {version} does not decode: {reason}")]
     Malformed { version: u8, reason: String },
 }
@@ -62,16 +69,46 @@ pub fn encode(event: &DonationEvent) -> Vec<u8> {
     bytes
 }
 
-/// Decodes an event from any format version this build knows.
+/// A refund as a log record: keyed by its donation's `payment_ref`, so it lands in the
+/// donation's partition and is applied in log order with it.
+pub fn keyed_refund_record(refund: &RefundEvent) -> crate::log::KeyedRecord {
+    let mut value =
+        Vec::with_capacity(1 + 4 * 8 + 4 + refund.refund_ref.len() + refund.payment_ref.len());
+    value.push(REFUND_FORMAT_VERSION);
+    codec()
+        .serialize_into(&mut value, refund)
+        .expect("a validated refund always encodes");
+    crate::log::KeyedRecord {
+        key: refund.payment_ref.clone().into_bytes(),
+        value,
+    }
+}
+
+/// Decodes a donation from any format version this build knows; a refund's record is
+/// [`EnvelopeError::NotADonation`].
 pub fn decode(bytes: &[u8]) -> Result<DonationEvent, EnvelopeError> {
+    match decode_event(bytes)? {
+        LogEvent::Donation(donation) => Ok(donation),
+        LogEvent::Refund(_) => Err(EnvelopeError::NotADonation),
+    }
+}
+
+/// Decodes any record of the donation log.
+pub fn decode_event(bytes: &[u8]) -> Result<LogEvent, EnvelopeError> {
     let (&version, body) = bytes.split_first().ok_or(EnvelopeError::Empty)?;
+    let malformed = |e: bincode::Error| EnvelopeError::Malformed {
+        version,
+        reason: e.to_string(),
+    };
     match version {
         1 => codec()
             .deserialize(body)
-            .map_err(|e| EnvelopeError::Malformed {
-                version,
-                reason: e.to_string(),
-            }),
+            .map(LogEvent::Donation)
+            .map_err(malformed),
+        REFUND_FORMAT_VERSION => codec()
+            .deserialize(body)
+            .map(LogEvent::Refund)
+            .map_err(malformed),
         other => Err(EnvelopeError::UnknownVersion(other)),
     }
 }
@@ -110,6 +147,28 @@ mod tests {
         assert_eq!(bytes[0], FORMAT_VERSION_CURRENT);
         assert_eq!(bytes.len(), encoded_len_hint(&event));
         assert_eq!(decode(&bytes).unwrap(), event);
+    }
+
+    #[test]
+    fn a_refund_roundtrips_under_its_payment_key() {
+        let refund = RefundEvent {
+            refund_ref: "re_1".into(),
+            payment_ref: "pay_1".into(),
+            amount_cents: 40,
+            kind: crate::event::refund::RetractionKind::Chargeback,
+            refunded_at: EventTime(1_790_000_000_500),
+        };
+        let record = keyed_refund_record(&refund);
+        assert_eq!(record.key, b"pay_1");
+        assert_eq!(record.value[0], REFUND_FORMAT_VERSION);
+        assert_eq!(
+            decode_event(&record.value).unwrap(),
+            LogEvent::Refund(refund)
+        );
+        assert!(matches!(
+            decode(&record.value),
+            Err(EnvelopeError::NotADonation)
+        ));
     }
 
     #[test]

@@ -1,11 +1,15 @@
-//! The donation event: what the payment system tells us about one successful payment.
+//! The events of the donation log: what the payment system tells us about one successful
+//! payment, and about money that went back.
 //!
 //! - [`DonationEvent`] is the domain record; `payment_ref` is its idempotency key.
+//! - [`refund::RefundEvent`] retracts (part of) a donation: a refund or a chargeback, keyed by
+//!   its `refund_ref` and logged under its donation's `payment_ref`.
 //! - [`validate`] turns untrusted JSON into a `DonationEvent` or a field-level error.
 //! - [`envelope`] is the versioned binary form stored in the log.
 
 pub mod currency;
 pub mod envelope;
+pub mod refund;
 pub mod validate;
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +35,23 @@ pub struct DonationEvent {
     pub currency: String,
     /// When the payment succeeded (event time), to the millisecond.
     pub paid_at: EventTime,
+}
+
+/// One record of the donation log, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogEvent {
+    Donation(DonationEvent),
+    Refund(refund::RefundEvent),
+}
+
+impl LogEvent {
+    /// The payment the record is about: its log key.
+    pub fn payment_ref(&self) -> &str {
+        match self {
+            LogEvent::Donation(donation) => &donation.payment_ref,
+            LogEvent::Refund(refund) => &refund.payment_ref,
+        }
+    }
 }
 
 /// A donation event together with what the log added when it was appended.

@@ -140,7 +140,7 @@ pub fn validate_donation(
             message: "a donation must be a JSON object".into(),
         });
     };
-    reject_unknown_fields(object)?;
+    reject_unknown(object, &FIELDS, "is not a donation field")?;
     let payment_ref = reference(object, "payment_ref")?;
     let order_id = reference(object, "order_id")?;
     let user_id = reference(object, "user_id")?;
@@ -159,12 +159,17 @@ pub fn validate_donation(
     })
 }
 
-fn reject_unknown_fields(object: &Map<String, Value>) -> Result<(), Rejection> {
-    match object.keys().find(|key| !FIELDS.contains(&key.as_str())) {
+/// Refuses the first key of `object` that is not one of `fields`.
+pub(crate) fn reject_unknown(
+    object: &Map<String, Value>,
+    fields: &[&str],
+    message: &str,
+) -> Result<(), Rejection> {
+    match object.keys().find(|key| !fields.contains(&key.as_str())) {
         Some(unknown) => Err(Rejection::field(
             RejectionCode::UnknownField,
             &truncate_for_message(unknown),
-            "is not a donation field",
+            message,
         )),
         None => Ok(()),
     }
@@ -187,7 +192,7 @@ fn string<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a str, Re
         .ok_or_else(|| Rejection::invalid(field, "must be a string"))
 }
 
-fn reference(object: &Map<String, Value>, field: &str) -> Result<String, Rejection> {
+pub(crate) fn reference(object: &Map<String, Value>, field: &str) -> Result<String, Rejection> {
     let text = string(object, field)?;
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
     check_token(field, text, REFERENCE_CHARS_MAX, allowed, "[A-Za-z0-9._:-]")
@@ -233,7 +238,10 @@ pub fn check_token(
     Ok(text.to_owned())
 }
 
-fn amount_cents(object: &Map<String, Value>, amount_cents_max: u64) -> Result<u64, Rejection> {
+pub(crate) fn amount_cents(
+    object: &Map<String, Value>,
+    amount_cents_max: u64,
+) -> Result<u64, Rejection> {
     const FIELD: &str = "amount_cents";
     let value = required(object, FIELD)?;
     let range = || format!("must be an integer from 1 to {amount_cents_max}");
@@ -286,11 +294,20 @@ fn paid_at(
     now_ms: UnixMillis,
     future_skew_ms: i64,
 ) -> Result<EventTime, Rejection> {
-    const FIELD: &str = "paid_at";
-    let text = string(object, FIELD)?;
+    timestamp(object, "paid_at", now_ms, future_skew_ms)
+}
+
+/// An RFC 3339 time no further than `future_skew_ms` ahead of `now_ms`.
+pub(crate) fn timestamp(
+    object: &Map<String, Value>,
+    field: &str,
+    now_ms: UnixMillis,
+    future_skew_ms: i64,
+) -> Result<EventTime, Rejection> {
+    let text = string(object, field)?;
     let time = EventTime::parse_rfc3339(text).map_err(|_| {
         Rejection::invalid(
-            FIELD,
+            field,
             format!(
                 "must be an RFC 3339 timestamp such as \"2026-11-24T18:30:00Z\", got {:?}",
                 truncate_for_message(text)
@@ -299,7 +316,7 @@ fn paid_at(
     })?;
     if time.unix_ms() > now_ms.saturating_add(future_skew_ms) {
         return Err(Rejection::invalid(
-            FIELD,
+            field,
             format!("is more than {} s in the future", future_skew_ms / 1000),
         ));
     }

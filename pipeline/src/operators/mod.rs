@@ -7,10 +7,12 @@
 //! - [`amount_histogram`]: the mergeable amount histogram inside each bucket.
 //! - [`watermark`]: how far event time has progressed; late donations.
 //! - [`conflict_audit`]: what a conflicting resend looked like.
+//! - [`retractions`]: refunds and chargebacks, applied once each, within their donation.
 
 pub mod amount_histogram;
 pub mod campaign_totals;
 pub mod conflict_audit;
 pub mod dedupe;
 pub mod event_time_windows;
+pub mod retractions;
 pub mod watermark;

@@ -59,6 +59,11 @@ pub mod kind {
     pub const WINDOW_BUCKET: u8 = 5;
     pub const CONFLICT: u8 = 6;
     pub const SCALARS: u8 = 7;
+    pub const RETRACTION: u8 = 8;
+    pub const RETRACTION_COUNTERS: u8 = 9;
+    pub const RETRACTION_CONFLICT: u8 = 10;
+    /// The combined digest with the retraction ledger's folded in.
+    pub const WITH_RETRACTIONS: u8 = 11;
 }
 
 /// The digest components of one partition's state.

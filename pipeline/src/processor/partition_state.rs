@@ -4,12 +4,13 @@
 //! digest, whatever the checkpoint cadence, cache contents or process restarts in between.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 
 use super::digest::{self, StateDigest, element_hash, kind};
-use crate::event::DonationEvent;
+use crate::event::refund::RefundEvent;
+use crate::event::{DonationEvent, LogEvent};
 use crate::log::{Offset, PartitionId};
 use crate::operators::campaign_totals::{CampaignTotal, CampaignTotals};
 use crate::operators::conflict_audit::Conflict;
@@ -19,6 +20,9 @@ use crate::operators::dedupe::{
 use crate::operators::event_time_windows::{
     BucketKey, BucketKeyRef, EventTimeWindows, GroupedBuckets, RolledUp, SharedBucket,
     WindowBucket, WindowChanges, WindowHorizons,
+};
+use crate::operators::retractions::{
+    CampaignRetractions, DonationFacts, RetractionChanges, RetractionLedger, RetractionOutcome,
 };
 use crate::operators::watermark::Watermark;
 use crate::support::clock::UnixMillis;
@@ -38,9 +42,15 @@ pub struct PartitionCounters {
 /// What applying one record did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Recorded { late: bool },
-    Duplicate { recorded_offset: Offset },
+    Recorded {
+        late: bool,
+    },
+    Duplicate {
+        recorded_offset: Offset,
+    },
     Conflict(Conflict),
+    /// A refund or chargeback record.
+    Retraction(RetractionOutcome),
 }
 
 /// Why a record could not be applied.
@@ -89,6 +99,10 @@ pub struct StateChanges {
     /// The changed buckets as deltas, the buckets rolled up, the cuts.
     pub windows: WindowChanges,
     pub conflicts: Vec<Conflict>,
+    /// Refunds and chargebacks recorded or settled since, and the resend counters.
+    pub retractions: RetractionChanges,
+    /// The changed campaigns' retraction totals, absolute (for readers; derived on a load).
+    pub retraction_totals: Vec<(String, CampaignRetractions)>,
 }
 
 impl StateChanges {
@@ -111,6 +125,8 @@ impl StateChanges {
         self.windows.dropped.extend(later.windows.dropped);
         self.windows.rolled_up = later.windows.rolled_up;
         self.conflicts.extend(later.conflicts);
+        self.retractions = self.retractions.followed_by(later.retractions);
+        self.retraction_totals = latest_values(self.retraction_totals, later.retraction_totals);
         self
     }
 }
@@ -123,6 +139,9 @@ fn latest_values<K: Ord, V>(earlier: Vec<(K, V)>, later: Vec<(K, V)>) -> Vec<(K,
 
 /// A partition's donation index as readers share it.
 pub type SharedIndex = Arc<RwLock<DonationIndex>>;
+/// A partition's refunds and chargebacks as readers share them (ingest checks a refund against
+/// what its donation has left).
+pub type SharedRetractions = Arc<RwLock<RetractionLedger>>;
 
 /// Rebuilds a partition's donation index from checkpointed changes, one at a time (the journal
 /// is streamed, never held whole), keeping the digest components they make up.
@@ -230,6 +249,8 @@ pub struct PartitionState {
     totals: CampaignTotals,
     windows: EventTimeWindows,
     pending_conflicts: Vec<Conflict>,
+    /// Shared with readers, written only by this state.
+    retractions: SharedRetractions,
     digest: StateDigest,
     /// Element hashes as of the last checkpoint, to replace them in the digest.
     total_hashes: HashMap<String, u64>,
@@ -248,6 +269,7 @@ impl PartitionState {
             totals: CampaignTotals::default(),
             windows: EventTimeWindows::new(horizons),
             pending_conflicts: Vec::new(),
+            retractions: Arc::new(RwLock::new(RetractionLedger::new(partition))),
             digest: StateDigest::default(),
             total_hashes: HashMap::new(),
             bucket_hashes: BucketHashes::default(),
@@ -265,6 +287,7 @@ impl PartitionState {
         buckets: GroupedBuckets,
         rolled_up: RolledUp,
         conflicts: &[Conflict],
+        retractions: RetractionLedger,
     ) -> Self {
         let index = index.finish();
         let mut state = Self::new(scalars.partition, 0, WindowHorizons::DEFAULT);
@@ -295,6 +318,7 @@ impl PartitionState {
         }
         state.totals = CampaignTotals::from_totals(totals);
         state.windows = EventTimeWindows::from_grouped(buckets, rolled_up);
+        state.retractions = Arc::new(RwLock::new(retractions));
         state
     }
 
@@ -327,6 +351,24 @@ impl PartitionState {
         &self.windows
     }
 
+    /// Refunds and chargebacks, as of the last record applied.
+    pub fn retractions(&self) -> RwLockReadGuard<'_, RetractionLedger> {
+        self.retractions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The refunds and chargebacks, shared: ingest reads them while this state applies records.
+    pub fn shared_retractions(&self) -> SharedRetractions {
+        Arc::clone(&self.retractions)
+    }
+
+    fn retractions_mut(&self) -> RwLockWriteGuard<'_, RetractionLedger> {
+        self.retractions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The donation index, shared: readers look donations up while this state applies records.
     pub fn shared_index(&self) -> SharedIndex {
         Arc::clone(&self.index)
@@ -350,9 +392,77 @@ impl PartitionState {
         self.digest
     }
 
-    /// The combined digest as of the last `take_changes` (or restore).
+    /// The combined digest as of the last `take_changes` (or restore). The retraction
+    /// ledger's digest is folded in once it holds anything, so a state that never saw a refund
+    /// digests as states did before refunds existed.
     pub fn state_digest(&self) -> u64 {
-        self.digest.combined(&self.scalars())
+        let combined = self.digest.combined(&self.scalars());
+        match self.retractions().digest() {
+            0 => combined,
+            retractions => {
+                digest::element_hash_of_two_u64(kind::WITH_RETRACTIONS, combined, retractions)
+            }
+        }
+    }
+
+    /// Applies the record at `offset`, which must be the next one: a donation or a retraction.
+    pub fn apply_event(
+        &mut self,
+        offset: Offset,
+        event: LogEvent,
+        recorded_events: &dyn RecordedEvents,
+    ) -> Result<Outcome, ApplyError> {
+        match event {
+            LogEvent::Donation(donation) => self.apply(offset, donation, recorded_events),
+            LogEvent::Refund(refund) => self.apply_refund(offset, refund, recorded_events),
+        }
+    }
+
+    /// Applies a refund or chargeback at `offset`, which must be the next record: recorded
+    /// once per `refund_ref`, settled against its donation if that is recorded, else pending.
+    fn apply_refund(
+        &mut self,
+        offset: Offset,
+        refund: RefundEvent,
+        recorded_events: &dyn RecordedEvents,
+    ) -> Result<Outcome, ApplyError> {
+        assert_eq!(
+            offset, self.next_offset,
+            "partition {} applies records in order",
+            self.partition
+        );
+        let recorded = self.retractions().get(&refund.refund_ref).is_some();
+        let outcome = if recorded {
+            self.retractions_mut().resend(offset, &refund)
+        } else {
+            let donation = self.recorded_donation(&refund.payment_ref, recorded_events)?;
+            let facts = donation
+                .as_ref()
+                .map(|(donation_offset, donation)| DonationFacts {
+                    campaign_id: &donation.campaign_id,
+                    amount_cents: donation.amount_cents,
+                    offset: *donation_offset,
+                });
+            self.retractions_mut().record(offset, refund, facts)
+        };
+        self.next_offset = offset + 1;
+        self.counters.applied += 1;
+        Ok(Outcome::Retraction(outcome))
+    }
+
+    /// The donation recorded for `payment_ref`, read back from the log, with its offset.
+    fn recorded_donation(
+        &self,
+        payment_ref: &str,
+        recorded_events: &dyn RecordedEvents,
+    ) -> Result<Option<(Offset, DonationEvent)>, ApplyError> {
+        let candidate = self.index().lookup(payment_ref);
+        let offset = match candidate {
+            Candidate::None => return Ok(None),
+            Candidate::Exact(offset) | Candidate::Fingerprint(offset) => offset,
+        };
+        let donation = recorded_events.recorded_event(offset)?;
+        Ok((donation.payment_ref == payment_ref).then_some((offset, donation)))
     }
 
     /// Applies the record at `offset`, which must be the next one.
@@ -406,6 +516,15 @@ impl PartitionState {
         self.totals.record(&event.campaign_id, event.amount_cents);
         self.windows
             .record(&event.campaign_id, paid_at_ms, event.amount_cents);
+        if self.retractions().has_pending(&event.payment_ref) {
+            let donation = DonationFacts {
+                campaign_id: &event.campaign_id,
+                amount_cents: event.amount_cents,
+                offset,
+            };
+            self.retractions_mut()
+                .donation_recorded(&event.payment_ref, donation);
+        }
         self.counters.recorded += 1;
         self.counters.late += u64::from(late);
         Outcome::Recorded { late }
@@ -504,11 +623,14 @@ impl PartitionState {
             }
         }
         let index = self.index().take_pending();
+        let (retractions, retraction_totals) = self.retractions_mut().take_changes();
         StateChanges {
             index,
             totals,
             windows,
             conflicts: std::mem::take(&mut self.pending_conflicts),
+            retractions,
+            retraction_totals,
         }
     }
 
@@ -524,7 +646,9 @@ impl PartitionState {
 
     /// Whether anything changed since the last `take_changes`.
     pub fn has_changes(&self) -> bool {
-        !self.pending_conflicts.is_empty() || self.windows.has_changes()
+        !self.pending_conflicts.is_empty()
+            || self.windows.has_changes()
+            || self.retractions().has_changes()
     }
 }
 

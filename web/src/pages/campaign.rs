@@ -23,10 +23,10 @@ pub(super) async fn campaign_page(
         Ok(campaign) => campaign,
         Err(error) => return error_page(&error),
     };
-    let total = query.read_model.campaign_total(&campaign_id);
+    let amounts = query.read_model.campaign_amounts(&campaign_id);
     // While the log has never answered there is no freshness to tell; the total still shows.
     let freshness = query.freshness().await.ok();
-    let view = campaign_view(&campaign, total, freshness);
+    let view = campaign_view(&campaign, amounts, freshness);
     html_page(render(&view))
 }
 

@@ -5,11 +5,14 @@
 
 use std::future::Future;
 
-use super::reconcile::{ReconcileError, recompute_campaign_total};
-use super::{Campaign, CampaignError, CampaignRegistry, CampaignStatus, Reconciliation};
+use super::reconcile::{ReconcileError, recompute_campaign, retractions_match};
+use super::{
+    Campaign, CampaignError, CampaignRegistry, CampaignStatus, Reconciliation, RetractionsAtClose,
+};
 use crate::event::EventTime;
 use crate::log::{Log, LogError, Offset};
 use crate::operators::campaign_totals::CampaignTotal;
+use crate::operators::retractions::CampaignRetractions;
 use crate::support::clock::Clock;
 
 /// Where a close runs: what it does between the steps the control log records.
@@ -34,6 +37,10 @@ pub trait ClosingNode: Sync {
 
     /// The running total the operators kept.
     fn running_total(&self, campaign_id: &str) -> CampaignTotal;
+
+    /// The refunds and chargebacks the operators kept for the campaign, per partition, with the
+    /// offset each partition's value reflects (read together).
+    fn running_retractions(&self, campaign_id: &str) -> Vec<(Offset, CampaignRetractions)>;
 }
 
 /// Closes a campaign and records its reconciled final total: stop intake, note the donation
@@ -64,18 +71,35 @@ pub async fn close_campaign<N: ClosingNode>(
         .clone()
         .expect("a campaign past its close point has its close offsets");
     node.apply_through(&close_offsets).await?;
-    let recomputed = recompute_campaign_total(log, campaign_id, &close_offsets).await?;
-    let reconciliation = Reconciliation::compare(recomputed, node.running_total(campaign_id));
-    if !reconciliation.matched {
+    let recomputed = recompute_campaign(log, campaign_id, &close_offsets).await?;
+    let reconciliation = Reconciliation::compare(
+        (recomputed.total_cents, recomputed.donations),
+        node.running_total(campaign_id),
+    );
+    // Refunds keep coming after a close (they are post-close adjustments), so the running
+    // retractions are compared with the log at the offsets they reflect, not at the close.
+    let (running, matched) =
+        retractions_match(log, campaign_id, &node.running_retractions(campaign_id)).await?;
+    let retractions = RetractionsAtClose {
+        final_refunded_cents: recomputed.retractions.refunded_cents,
+        final_refunds: recomputed.retractions.refunds,
+        final_chargeback_cents: recomputed.retractions.chargeback_cents,
+        final_chargebacks: recomputed.retractions.chargebacks,
+        running_refunded_cents: running.refunded_cents,
+        running_refunds: running.refunds,
+        matched,
+    };
+    if !reconciliation.matched || !retractions.matched {
         tracing::error!(
             campaign_id,
             ?reconciliation,
+            ?retractions,
             "campaign close: recomputed total differs from the running total"
         );
     }
     let now = EventTime(clock.now_ms());
     Ok(registry
-        .finish_close(campaign_id, reconciliation, now)
+        .finish_close(campaign_id, reconciliation, retractions, now)
         .await?)
 }
 

@@ -1,13 +1,15 @@
 //! Reconciliation: a campaign's total recomputed from the donation records alone — every
 //! record below a close point read back from the log and deduplicated by `payment_ref` (the
-//! first record of a payment is its donation, as in the dedupe operator) — to compare with the
-//! running total the operators kept. It shares no state with the operators, so any node can
+//! first record of a payment is its donation, as in the dedupe operator), and its refunds and
+//! chargebacks by `refund_ref` — to compare with the running totals the operators kept. It shares no state with the operators, so any node can
 //! run it for every partition, owned or not.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use crate::event::envelope;
+use crate::event::refund::{RefundEvent, RetractionKind};
+use crate::event::{LogEvent, envelope};
 use crate::log::{Log, LogError, Offset, PartitionId};
+use crate::operators::retractions::CampaignRetractions;
 
 /// Records read per step while recomputing.
 const READ_RECORDS: usize = 4096;
@@ -24,6 +26,23 @@ pub enum ReconcileError {
     },
 }
 
+/// What the log's records say a campaign holds, recomputed: its donations, and the refunds and
+/// chargebacks taken back from them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recomputed {
+    pub total_cents: u64,
+    pub donations: u64,
+    pub retractions: CampaignRetractions,
+}
+
+impl Recomputed {
+    fn add(&mut self, other: Recomputed) {
+        self.total_cents += other.total_cents;
+        self.donations += other.donations;
+        self.retractions.add(other.retractions);
+    }
+}
+
 /// `(total cents, donations)` of `campaign_id` among the donations recorded below
 /// `close_offsets[p]` in each partition `p`.
 pub async fn recompute_campaign_total(
@@ -31,50 +50,158 @@ pub async fn recompute_campaign_total(
     campaign_id: &str,
     close_offsets: &[Offset],
 ) -> Result<(u64, u64), ReconcileError> {
-    let (mut total_cents, mut donations) = (0u64, 0u64);
-    for (partition, &close) in close_offsets.iter().enumerate() {
-        let (cents, count) =
-            recompute_partition(log, partition as PartitionId, campaign_id, close).await?;
-        total_cents += cents;
-        donations += count;
-    }
-    Ok((total_cents, donations))
+    let recomputed = recompute_campaign(log, campaign_id, close_offsets).await?;
+    Ok((recomputed.total_cents, recomputed.donations))
 }
 
-async fn recompute_partition(
+/// `campaign_id`'s donations and retractions among the records below `close_offsets[p]` in
+/// each partition `p`.
+pub async fn recompute_campaign(
     log: &dyn Log,
-    partition: PartitionId,
     campaign_id: &str,
-    close: Offset,
-) -> Result<(u64, u64), ReconcileError> {
-    let (mut total_cents, mut donations) = (0u64, 0u64);
-    let mut payments_seen: HashSet<String> = HashSet::new();
-    let mut next = 0;
-    while next < close {
-        let want = ((close - next) as usize).min(READ_RECORDS);
-        let records = log.read(partition, next, want).await?;
-        if records.is_empty() {
-            return Err(ReconcileError::RecordMissing {
-                partition,
-                offset: next,
-                reason: "past the end of the log".into(),
-            });
+    close_offsets: &[Offset],
+) -> Result<Recomputed, ReconcileError> {
+    let mut whole = Recomputed::default();
+    for (partition, &close) in close_offsets.iter().enumerate() {
+        let mut partition_scan = PartitionScan::new(campaign_id);
+        partition_scan
+            .read_until(log, partition as PartitionId, close)
+            .await?;
+        whole.add(partition_scan.recomputed);
+    }
+    Ok(whole)
+}
+
+/// A campaign's retractions among the records below each `(offset, _)` of `applied`, recomputed,
+/// beside the running value the operators published there: whether they agree, partition by
+/// partition.
+pub async fn retractions_match(
+    log: &dyn Log,
+    campaign_id: &str,
+    applied: &[(Offset, CampaignRetractions)],
+) -> Result<(CampaignRetractions, bool), ReconcileError> {
+    let mut running = CampaignRetractions::default();
+    let mut matched = true;
+    for (partition, &(offset, published)) in applied.iter().enumerate() {
+        let mut partition_scan = PartitionScan::new(campaign_id);
+        partition_scan
+            .read_until(log, partition as PartitionId, offset)
+            .await?;
+        matched &= partition_scan.recomputed.retractions == published;
+        running.add(published);
+    }
+    Ok((running, matched))
+}
+
+/// One partition's records read in log order, as the operators apply them but sharing nothing
+/// with them: the first record of a payment is its donation, the first of a `refund_ref` its
+/// retraction; a retraction applies once its donation is recorded, and only within what the
+/// donation has left.
+struct PartitionScan<'a> {
+    campaign_id: &'a str,
+    payments_seen: HashSet<String>,
+    /// The campaign's donations: amount and what retractions took.
+    donations: HashMap<String, (u64, u64)>,
+    refunds_seen: HashSet<String>,
+    /// Retractions whose donation had not come yet, by payment.
+    waiting: HashMap<String, Vec<RefundEvent>>,
+    recomputed: Recomputed,
+}
+
+impl<'a> PartitionScan<'a> {
+    fn new(campaign_id: &'a str) -> Self {
+        Self {
+            campaign_id,
+            payments_seen: HashSet::new(),
+            donations: HashMap::new(),
+            refunds_seen: HashSet::new(),
+            waiting: HashMap::new(),
+            recomputed: Recomputed::default(),
         }
-        for record in records {
-            debug_assert_eq!(record.offset, next, "reads never skip a record");
-            next = record.offset + 1;
-            let event =
-                envelope::decode(&record.value).map_err(|e| ReconcileError::RecordMissing {
+    }
+
+    async fn read_until(
+        &mut self,
+        log: &dyn Log,
+        partition: PartitionId,
+        until: Offset,
+    ) -> Result<(), ReconcileError> {
+        let mut next = 0;
+        while next < until {
+            let want = ((until - next) as usize).min(READ_RECORDS);
+            let records = log.read(partition, next, want).await?;
+            if records.is_empty() {
+                return Err(ReconcileError::RecordMissing {
                     partition,
-                    offset: record.offset,
-                    reason: e.to_string(),
+                    offset: next,
+                    reason: "past the end of the log".into(),
+                });
+            }
+            for record in records {
+                debug_assert_eq!(record.offset, next, "reads never skip a record");
+                next = record.offset + 1;
+                let event = envelope::decode_event(&record.value).map_err(|e| {
+                    ReconcileError::RecordMissing {
+                        partition,
+                        offset: record.offset,
+                        reason: e.to_string(),
+                    }
                 })?;
-            let first_of_payment = payments_seen.insert(event.payment_ref);
-            if first_of_payment && event.campaign_id == campaign_id {
-                total_cents += event.amount_cents;
-                donations += 1;
+                self.apply(event);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: LogEvent) {
+        match event {
+            LogEvent::Donation(donation) => {
+                if !self.payments_seen.insert(donation.payment_ref.clone()) {
+                    return;
+                }
+                let waiting = self.waiting.remove(&donation.payment_ref);
+                if donation.campaign_id != self.campaign_id {
+                    return;
+                }
+                self.recomputed.total_cents += donation.amount_cents;
+                self.recomputed.donations += 1;
+                self.donations
+                    .insert(donation.payment_ref.clone(), (donation.amount_cents, 0));
+                for refund in waiting.into_iter().flatten() {
+                    self.settle(&refund);
+                }
+            }
+            LogEvent::Refund(refund) => {
+                if !self.refunds_seen.insert(refund.refund_ref.clone()) {
+                    return;
+                }
+                if self.payments_seen.contains(&refund.payment_ref) {
+                    self.settle(&refund);
+                } else {
+                    self.waiting
+                        .entry(refund.payment_ref.clone())
+                        .or_default()
+                        .push(refund);
+                }
             }
         }
     }
-    Ok((total_cents, donations))
+
+    /// A retraction of a recorded donation: counted if it is the campaign's and fits.
+    fn settle(&mut self, refund: &RefundEvent) {
+        let Some((amount, taken)) = self.donations.get_mut(&refund.payment_ref) else {
+            return;
+        };
+        if refund.amount_cents > *amount - *taken {
+            return;
+        }
+        *taken += refund.amount_cents;
+        let retractions = &mut self.recomputed.retractions;
+        retractions.refunded_cents += refund.amount_cents;
+        retractions.refunds += 1;
+        if refund.kind == RetractionKind::Chargeback {
+            retractions.chargeback_cents += refund.amount_cents;
+            retractions.chargebacks += 1;
+        }
+    }
 }

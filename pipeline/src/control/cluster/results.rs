@@ -57,6 +57,7 @@ use tokio::sync::{Notify, watch};
 use crate::log::{FluvioLogOptions, KeyedRecord, Log, LogError, LogRecord, Offset, PartitionId};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::event_time_windows::{BucketKey, RolledUp, SharedBucket, WindowBucket};
+use crate::operators::retractions::{CampaignRetractions, RetractionCounters};
 use crate::processor::PartitionCounters;
 use crate::read_model::{PartitionUpdate, ReadModel};
 use crate::runner::UpdateSink;
@@ -111,6 +112,10 @@ const RESULTS_RECORD_VERSION: u8 = 1;
 /// The format of a record stamped with its owner's epoch (automatic assignment): the owner
 /// epoch, then a version 1 record.
 const EPOCH_RECORD_VERSION: u8 = 2;
+/// The format of a record that carries refunds and chargebacks: the owner epoch (0 without
+/// one), a version 1 record, then the retractions. Written only for an update that has any, so
+/// nodes of a build from before refunds read every other record as before.
+const RETRACTIONS_RECORD_VERSION: u8 = 3;
 const RESULTS_RECORD: &str = "results record";
 
 /// A results record of version 1.
@@ -123,6 +128,36 @@ enum ResultsRecordV1 {
         parts: u32,
         update: PartitionUpdateV1,
     },
+}
+
+/// What a version 3 record adds to its version 1 record. [`CampaignRetractions`] and
+/// [`RetractionCounters`] are frozen in this layout: a change to either is a new version here.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct RetractionsV1 {
+    retractions: Vec<(String, CampaignRetractions)>,
+    counters: RetractionCounters,
+}
+
+impl RetractionsV1 {
+    fn of(update: &PartitionUpdate) -> Self {
+        Self {
+            retractions: update.retractions.clone(),
+            counters: update.retraction_counters,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.retractions.is_empty() && self.counters == RetractionCounters::default()
+    }
+
+    fn set_on(self, record: &mut ResultsRecord) {
+        let update = match record {
+            ResultsRecord::Update(update) => update,
+            ResultsRecord::Snapshot(snapshot) => &mut snapshot.update,
+        };
+        update.retractions = self.retractions;
+        update.retraction_counters = self.counters;
+    }
 }
 
 /// A results record written before versions existed. Its one kind makes every such record
@@ -141,8 +176,13 @@ impl ResultsRecord {
         }
     }
 
-    /// Version 1 when `epoch` is 0 (no assignment epochs), else version 2 carrying it.
+    /// Version 3 when it carries refunds or chargebacks; else version 1 when `epoch` is 0 (no
+    /// assignment epochs), or version 2 carrying it.
     fn encode(self, epoch: u64) -> Vec<u8> {
+        let retractions = RetractionsV1::of(match &self {
+            ResultsRecord::Update(update) => update,
+            ResultsRecord::Snapshot(snapshot) => &snapshot.update,
+        });
         let record = match self {
             ResultsRecord::Update(update) => ResultsRecordV1::Update(update.into()),
             ResultsRecord::Snapshot(snapshot) => ResultsRecordV1::Snapshot {
@@ -152,7 +192,9 @@ impl ResultsRecord {
                 update: snapshot.update.into(),
             },
         };
-        if epoch == 0 {
+        if !retractions.is_empty() {
+            codec::encode_versioned(RETRACTIONS_RECORD_VERSION, &(epoch, record, retractions))
+        } else if epoch == 0 {
             codec::encode_versioned(RESULTS_RECORD_VERSION, &record)
         } else {
             codec::encode_versioned(EPOCH_RECORD_VERSION, &(epoch, record))
@@ -162,12 +204,21 @@ impl ResultsRecord {
     /// Decodes a results record of any version this build knows, with its owner epoch (0
     /// without one).
     fn decode_epoch(bytes: &[u8]) -> Result<(Self, u64), FormatError> {
-        if let (EPOCH_RECORD_VERSION, body) = codec::split_versioned(RESULTS_RECORD, bytes)? {
-            let (epoch, record): (u64, ResultsRecordV1) =
-                codec::decode_body(RESULTS_RECORD, EPOCH_RECORD_VERSION, body)?;
-            return Ok((Self::from_v1(record), epoch));
+        match codec::split_versioned(RESULTS_RECORD, bytes)? {
+            (EPOCH_RECORD_VERSION, body) => {
+                let (epoch, record): (u64, ResultsRecordV1) =
+                    codec::decode_body(RESULTS_RECORD, EPOCH_RECORD_VERSION, body)?;
+                Ok((Self::from_v1(record), epoch))
+            }
+            (RETRACTIONS_RECORD_VERSION, body) => {
+                let (epoch, record, retractions): (u64, ResultsRecordV1, RetractionsV1) =
+                    codec::decode_body(RESULTS_RECORD, RETRACTIONS_RECORD_VERSION, body)?;
+                let mut record = Self::from_v1(record);
+                retractions.set_on(&mut record);
+                Ok((record, epoch))
+            }
+            _ => Ok((Self::decode(bytes)?, 0)),
         }
-        Ok((Self::decode(bytes)?, 0))
     }
 
     fn from_v1(record: ResultsRecordV1) -> Self {
@@ -190,7 +241,9 @@ impl ResultsRecord {
     /// Decodes a results record of any version this build knows.
     fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         match codec::split_versioned(RESULTS_RECORD, bytes)? {
-            (EPOCH_RECORD_VERSION, _) => Ok(Self::decode_epoch(bytes)?.0),
+            (EPOCH_RECORD_VERSION | RETRACTIONS_RECORD_VERSION, _) => {
+                Ok(Self::decode_epoch(bytes)?.0)
+            }
             (version @ codec::UNVERSIONED, body) => {
                 match codec::decode_body(RESULTS_RECORD, version, body)? {
                     UnversionedResultsRecord::Update(update) => {
@@ -217,7 +270,7 @@ impl ResultsRecord {
             (version, _) => Err(FormatError::UnknownVersion {
                 kind: RESULTS_RECORD,
                 version,
-                known: EPOCH_RECORD_VERSION,
+                known: RETRACTIONS_RECORD_VERSION,
             }),
         }
     }
@@ -330,6 +383,8 @@ impl From<PartitionUpdateV1> for PartitionUpdate {
                 .map(|(key, bucket)| (key, Arc::new(bucket)))
                 .collect(),
             rolled_up: update.rolled_up,
+            retractions: Vec::new(),
+            retraction_counters: RetractionCounters::default(),
         }
     }
 }
@@ -340,6 +395,7 @@ struct Pending {
     latest: PartitionUpdate,
     totals: BTreeMap<String, CampaignTotal>,
     buckets: BTreeMap<BucketKey, SharedBucket>,
+    retractions: BTreeMap<String, CampaignRetractions>,
 }
 
 impl Pending {
@@ -348,6 +404,7 @@ impl Pending {
             latest: PartitionUpdate::default(),
             totals: BTreeMap::new(),
             buckets: BTreeMap::new(),
+            retractions: BTreeMap::new(),
         };
         pending.absorb(update);
         pending
@@ -363,6 +420,7 @@ impl Pending {
         };
         self.totals.extend(update.totals.iter().cloned());
         self.buckets.extend(update.buckets.iter().cloned());
+        self.retractions.extend(update.retractions.iter().cloned());
     }
 
     /// Takes in an earlier, unpublished pending (its values yield to this one's).
@@ -373,11 +431,20 @@ impl Pending {
         let mut buckets = earlier.buckets;
         buckets.append(&mut self.buckets);
         self.buckets = buckets;
+        let mut retractions = earlier.retractions;
+        retractions.append(&mut self.retractions);
+        self.retractions = retractions;
     }
 
     /// The records that publish it, stamped with the owner `epoch`.
     fn records(&self, epoch: u64) -> Vec<KeyedRecord> {
-        split(&self.latest, self.totals.iter(), self.buckets.iter())
+        let mut header = self.latest.clone_header();
+        header.retractions = self
+            .retractions
+            .iter()
+            .map(|(c, r)| (c.clone(), *r))
+            .collect();
+        split(&header, self.totals.iter(), self.buckets.iter())
             .into_iter()
             .map(|update| keyed(update.partition, ResultsRecord::Update(update), epoch))
             .collect()
@@ -393,6 +460,8 @@ fn split<'a>(
 ) -> Vec<PartitionUpdate> {
     let mut parts = Vec::new();
     let mut part = header.clone_header();
+    // A campaign's retractions are a few dozen bytes: all of them go in the first record.
+    part.retractions = header.retractions.clone();
     let mut bytes = 0;
     for (campaign_id, total) in totals {
         let entry_bytes = campaign_id.len() + 32;
@@ -1009,8 +1078,10 @@ struct CachedResults {
 /// with it.
 const CACHE_MAGIC: [u8; 8] = *b"tallyrc\xFF";
 const _: () = assert!(CACHE_MAGIC[7] >= 0x80);
-/// The cache format this build writes.
-const CACHE_VERSION: u8 = 1;
+/// The cache format this build writes once a view has refunds or chargebacks: version 1 with
+/// each view's retractions (version 1 otherwise).
+const CACHE_VERSION: u8 = 2;
+const CACHE_VERSION_1: u8 = 1;
 const RESULTS_CACHE: &str = "results cache";
 
 /// The cache file of version 1.
@@ -1020,6 +1091,13 @@ struct CachedResultsV1 {
     partition_count: u32,
     owned: Vec<PartitionId>,
     views: Vec<PartitionUpdateV1>,
+}
+
+/// The cache file of version 2: version 1's, and beside each view its retractions.
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedResultsV2 {
+    v1: CachedResultsV1,
+    retractions: Vec<RetractionsV1>,
 }
 
 /// The cache file written before versions existed (no header).
@@ -1033,6 +1111,7 @@ struct CachedResultsV0 {
 
 impl CachedResults {
     fn encode(self) -> Vec<u8> {
+        let retractions: Vec<RetractionsV1> = self.views.iter().map(RetractionsV1::of).collect();
         let v1 = CachedResultsV1 {
             next_offset: self.next_offset,
             partition_count: self.partition_count,
@@ -1040,8 +1119,14 @@ impl CachedResults {
             views: self.views.into_iter().map(Into::into).collect(),
         };
         let mut bytes = CACHE_MAGIC.to_vec();
-        bytes.push(CACHE_VERSION);
-        bytes.extend_from_slice(&codec::encode(&v1));
+        // Version 1 while no view has a refund: what builds from before refunds read.
+        if retractions.iter().all(RetractionsV1::is_empty) {
+            bytes.push(CACHE_VERSION_1);
+            bytes.extend_from_slice(&codec::encode(&v1));
+        } else {
+            bytes.push(CACHE_VERSION);
+            bytes.extend_from_slice(&codec::encode(&CachedResultsV2 { v1, retractions }));
+        }
         bytes
     }
 
@@ -1058,6 +1143,7 @@ impl CachedResults {
                 });
             }
         };
+        let mut retractions = Vec::new();
         let v1: CachedResultsV1 = match version {
             codec::UNVERSIONED => {
                 let v0: CachedResultsV0 = codec::decode_body(RESULTS_CACHE, version, body)?;
@@ -1068,7 +1154,12 @@ impl CachedResults {
                     views: v0.views.into_iter().map(v0_as_v1).collect(),
                 }
             }
-            CACHE_VERSION => codec::decode_body(RESULTS_CACHE, version, body)?,
+            CACHE_VERSION_1 => codec::decode_body(RESULTS_CACHE, version, body)?,
+            CACHE_VERSION => {
+                let v2: CachedResultsV2 = codec::decode_body(RESULTS_CACHE, version, body)?;
+                retractions = v2.retractions;
+                v2.v1
+            }
             version => {
                 return Err(FormatError::UnknownVersion {
                     kind: RESULTS_CACHE,
@@ -1077,11 +1168,16 @@ impl CachedResults {
                 });
             }
         };
+        let mut views: Vec<PartitionUpdate> = v1.views.into_iter().map(Into::into).collect();
+        for (view, retractions) in views.iter_mut().zip(retractions) {
+            view.retractions = retractions.retractions;
+            view.retraction_counters = retractions.counters;
+        }
         Ok(Self {
             next_offset: v1.next_offset,
             partition_count: v1.partition_count,
             owned: v1.owned,
-            views: v1.views.into_iter().map(Into::into).collect(),
+            views,
         })
     }
 }

@@ -1,0 +1,690 @@
+//! Refunds and chargebacks of one partition: the retraction ledger.
+//!
+//! A retraction is recorded once per `refund_ref`: a resend with the same payment, amount and
+//! kind is a duplicate, one that differs in any of them a conflict (kept for the audit, never
+//! applied). A recorded retraction takes money out of its donation's campaign only while the
+//! retractions applied to that donation stay within the donation's amount; one that would go
+//! past it is held out of the totals as an **excess** and listed. A retraction whose donation is
+//! not recorded yet is **pending** and is applied, in log order, when the donation is recorded.
+//! Each retraction is logged under its donation's `payment_ref`, so both are in one partition
+//! and this order is the log's.
+//!
+//! The state is each recorded retraction with its status, plus the resend counters; the
+//! per-donation sums, the pending lists and the per-campaign totals are derived from them (and
+//! rebuilt from them on a load). A checkpoint holds the retractions whose status changed since
+//! the one before, absolute.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::dedupe::FieldDifference;
+use crate::event::refund::{RefundEvent, RetractionKind};
+use crate::log::{Offset, PartitionId};
+use crate::processor::digest::{self, element_hash, kind};
+
+/// Where a retraction stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RetractionStatus {
+    /// Its donation is not recorded yet.
+    Pending,
+    /// Taken out of its donation's campaign.
+    Applied {
+        campaign_id: String,
+        donation_offset: Offset,
+    },
+    /// More than its donation had left (`remaining_cents`) when it came: held out of the
+    /// totals.
+    Excess {
+        campaign_id: String,
+        donation_offset: Offset,
+        remaining_cents: u64,
+    },
+}
+
+/// One recorded retraction: the first record of its `refund_ref`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedRetraction {
+    /// Where the retraction sits in the log.
+    pub offset: Offset,
+    pub event: RefundEvent,
+    pub status: RetractionStatus,
+}
+
+/// Retractions taken out of one campaign, in one partition (or summed over partitions).
+/// `refunded_cents` and `refunds` count every retraction, chargebacks included; the chargeback
+/// fields are the part of them that were chargebacks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignRetractions {
+    pub refunded_cents: u64,
+    pub refunds: u64,
+    pub chargeback_cents: u64,
+    pub chargebacks: u64,
+}
+
+impl CampaignRetractions {
+    pub fn add(&mut self, other: CampaignRetractions) {
+        self.refunded_cents += other.refunded_cents;
+        self.refunds += other.refunds;
+        self.chargeback_cents += other.chargeback_cents;
+        self.chargebacks += other.chargebacks;
+    }
+
+    fn apply(&mut self, event: &RefundEvent) {
+        self.refunded_cents += event.amount_cents;
+        self.refunds += 1;
+        if event.kind == RetractionKind::Chargeback {
+            self.chargeback_cents += event.amount_cents;
+            self.chargebacks += 1;
+        }
+    }
+}
+
+/// Counts of one partition's retraction records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetractionCounters {
+    /// Distinct `refund_ref`s recorded.
+    pub recorded: u64,
+    pub applied: u64,
+    pub pending: u64,
+    pub excess: u64,
+    pub duplicates: u64,
+    pub conflicts: u64,
+}
+
+impl RetractionCounters {
+    pub fn add(&mut self, other: RetractionCounters) {
+        self.recorded += other.recorded;
+        self.applied += other.applied;
+        self.pending += other.pending;
+        self.excess += other.excess;
+        self.duplicates += other.duplicates;
+        self.conflicts += other.conflicts;
+    }
+}
+
+/// A resend of a recorded `refund_ref` that differs in payment, amount or kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetractionConflict {
+    pub refund_ref: String,
+    pub partition: PartitionId,
+    pub recorded_offset: Offset,
+    pub conflicting_offset: Offset,
+    pub differences: Vec<FieldDifference>,
+}
+
+/// What applying one retraction record did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetractionOutcome {
+    Applied,
+    Pending,
+    Excess { remaining_cents: u64 },
+    Duplicate { recorded_offset: Offset },
+    Conflict(RetractionConflict),
+}
+
+/// The recorded donation a retraction is for, as far as the ledger needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct DonationFacts<'a> {
+    pub campaign_id: &'a str,
+    pub amount_cents: u64,
+    pub offset: Offset,
+}
+
+/// What changed in the ledger since the last checkpoint; a snapshot is the same from nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetractionChanges {
+    /// Retractions recorded or changed since, absolute, in log order of their change.
+    pub retractions: Vec<RecordedRetraction>,
+    pub counters: RetractionCounters,
+    pub conflicts: Vec<RetractionConflict>,
+}
+
+impl RetractionChanges {
+    pub fn is_empty(&self) -> bool {
+        self.retractions.is_empty()
+            && self.conflicts.is_empty()
+            && self.counters == RetractionCounters::default()
+    }
+
+    /// These changes and `later` ones as one checkpoint: the later status of a retraction
+    /// changed in both, the later counters, every conflict.
+    pub fn followed_by(mut self, later: RetractionChanges) -> RetractionChanges {
+        if later.is_empty() {
+            return self;
+        }
+        let mut order: Vec<String> = Vec::new();
+        let mut latest: HashMap<String, RecordedRetraction> = HashMap::new();
+        for retraction in self.retractions.into_iter().chain(later.retractions) {
+            let key = retraction.event.refund_ref.clone();
+            if latest.insert(key.clone(), retraction).is_none() {
+                order.push(key);
+            }
+        }
+        self.retractions = order
+            .into_iter()
+            .map(|key| latest.remove(&key).expect("each key once"))
+            .collect();
+        self.counters = later.counters;
+        self.conflicts.extend(later.conflicts);
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    retraction: RecordedRetraction,
+    /// Its element hash as of the last checkpoint (0: not checkpointed yet).
+    committed_hash: u64,
+}
+
+/// What the ledger derives per donation that has retractions.
+#[derive(Debug, Clone, Default)]
+struct PaymentRetractions {
+    applied_cents: u64,
+    /// Retractions waiting for the donation, in log order.
+    pending: Vec<String>,
+}
+
+/// One partition's retractions.
+#[derive(Debug, Clone, Default)]
+pub struct RetractionLedger {
+    partition: PartitionId,
+    retractions: HashMap<String, Held>,
+    payments: HashMap<String, PaymentRetractions>,
+    campaigns: BTreeMap<String, CampaignRetractions>,
+    counters: RetractionCounters,
+    conflicts: Vec<RetractionConflict>,
+    /// Changed since the last checkpoint, in order of change.
+    dirty: Vec<String>,
+    dirty_set: BTreeSet<String>,
+    dirty_campaigns: BTreeSet<String>,
+    new_conflicts: usize,
+    committed_counters: RetractionCounters,
+    digest: u64,
+}
+
+impl RetractionLedger {
+    pub fn new(partition: PartitionId) -> Self {
+        Self {
+            partition,
+            ..Self::default()
+        }
+    }
+
+    /// The ledger a checkpoint's retractions make, in the order they were committed (a later
+    /// status of a `refund_ref` replaces an earlier one).
+    pub fn restore(
+        partition: PartitionId,
+        retractions: impl IntoIterator<Item = RecordedRetraction>,
+        counters: RetractionCounters,
+        conflicts: Vec<RetractionConflict>,
+    ) -> Self {
+        let mut ledger = Self::new(partition);
+        for retraction in retractions {
+            ledger.retractions.insert(
+                retraction.event.refund_ref.clone(),
+                Held {
+                    retraction,
+                    committed_hash: 0,
+                },
+            );
+        }
+        let mut by_offset: Vec<&Held> = ledger.retractions.values().collect();
+        by_offset.sort_by_key(|held| held.retraction.offset);
+        for held in by_offset {
+            let retraction = &held.retraction;
+            let payment = ledger
+                .payments
+                .entry(retraction.event.payment_ref.clone())
+                .or_default();
+            match &retraction.status {
+                RetractionStatus::Pending => {
+                    payment.pending.push(retraction.event.refund_ref.clone())
+                }
+                RetractionStatus::Applied { campaign_id, .. } => {
+                    payment.applied_cents += retraction.event.amount_cents;
+                    ledger
+                        .campaigns
+                        .entry(campaign_id.clone())
+                        .or_default()
+                        .apply(&retraction.event);
+                }
+                RetractionStatus::Excess { .. } => {}
+            }
+        }
+        for held in ledger.retractions.values_mut() {
+            held.committed_hash = retraction_hash(&held.retraction);
+            digest::replace(&mut ledger.digest, None, held.committed_hash);
+        }
+        ledger.counters = counters;
+        ledger.committed_counters = counters;
+        if counters != RetractionCounters::default() {
+            digest::replace(&mut ledger.digest, None, counters_hash(&counters));
+        }
+        for conflict in &conflicts {
+            digest::replace(&mut ledger.digest, None, conflict_hash(conflict));
+        }
+        ledger.conflicts = conflicts;
+        ledger
+    }
+
+    /// The whole ledger as changes from nothing (a snapshot's part), in log order. Only of a
+    /// ledger as committed (restored, or just after `take_changes`).
+    pub fn image(&self) -> RetractionChanges {
+        assert!(!self.has_changes(), "an image is of committed state");
+        let mut retractions: Vec<RecordedRetraction> = self
+            .retractions
+            .values()
+            .map(|held| held.retraction.clone())
+            .collect();
+        retractions.sort_by_key(|retraction| retraction.offset);
+        RetractionChanges {
+            retractions,
+            counters: self.counters,
+            conflicts: self.conflicts.clone(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.retractions.is_empty() && self.counters == RetractionCounters::default()
+    }
+
+    /// The digest of the ledger as of the last checkpoint: 0 for a ledger that never held
+    /// anything, so a state without retractions digests as it always did.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    pub fn counters(&self) -> RetractionCounters {
+        self.counters
+    }
+
+    pub fn campaign(&self, campaign_id: &str) -> Option<CampaignRetractions> {
+        self.campaigns.get(campaign_id).copied()
+    }
+
+    pub fn campaigns(&self) -> impl Iterator<Item = (&String, &CampaignRetractions)> {
+        self.campaigns.iter()
+    }
+
+    pub fn conflicts(&self) -> &[RetractionConflict] {
+        &self.conflicts
+    }
+
+    pub fn get(&self, refund_ref: &str) -> Option<&RecordedRetraction> {
+        self.retractions
+            .get(refund_ref)
+            .map(|held| &held.retraction)
+    }
+
+    /// Every recorded retraction, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &RecordedRetraction> {
+        self.retractions.values().map(|held| &held.retraction)
+    }
+
+    /// How much of a donation's amount retractions have taken so far.
+    pub fn applied_cents(&self, payment_ref: &str) -> u64 {
+        self.payments
+            .get(payment_ref)
+            .map_or(0, |payment| payment.applied_cents)
+    }
+
+    /// Whether any retraction waits for `payment_ref`'s donation.
+    pub fn has_pending(&self, payment_ref: &str) -> bool {
+        self.counters.pending > 0
+            && self
+                .payments
+                .get(payment_ref)
+                .is_some_and(|payment| !payment.pending.is_empty())
+    }
+
+    /// A record of a `refund_ref` already recorded: a duplicate, or a conflict if it differs
+    /// in its payment, amount or kind (`refunded_at` may differ: the first is kept).
+    pub fn resend(&mut self, offset: Offset, event: &RefundEvent) -> RetractionOutcome {
+        let recorded = &self.retractions[&event.refund_ref].retraction;
+        let differences = differing_fields(&recorded.event, event);
+        if differences.is_empty() {
+            self.counters.duplicates += 1;
+            return RetractionOutcome::Duplicate {
+                recorded_offset: recorded.offset,
+            };
+        }
+        let conflict = RetractionConflict {
+            refund_ref: event.refund_ref.clone(),
+            partition: self.partition,
+            recorded_offset: recorded.offset,
+            conflicting_offset: offset,
+            differences,
+        };
+        self.counters.conflicts += 1;
+        self.conflicts.push(conflict.clone());
+        self.new_conflicts += 1;
+        RetractionOutcome::Conflict(conflict)
+    }
+
+    /// A new `refund_ref` at `offset`, for `donation` (`None`: its donation is not recorded).
+    pub fn record(
+        &mut self,
+        offset: Offset,
+        event: RefundEvent,
+        donation: Option<DonationFacts<'_>>,
+    ) -> RetractionOutcome {
+        assert!(
+            !self.retractions.contains_key(&event.refund_ref),
+            "a recorded refund_ref is a resend"
+        );
+        let refund_ref = event.refund_ref.clone();
+        let payment_ref = event.payment_ref.clone();
+        self.counters.recorded += 1;
+        let mut retraction = RecordedRetraction {
+            offset,
+            event,
+            status: RetractionStatus::Pending,
+        };
+        let outcome = match donation {
+            Some(donation) => self.settle(&mut retraction, donation),
+            None => {
+                self.counters.pending += 1;
+                self.payments
+                    .entry(payment_ref)
+                    .or_default()
+                    .pending
+                    .push(refund_ref.clone());
+                RetractionOutcome::Pending
+            }
+        };
+        self.retractions.insert(
+            refund_ref.clone(),
+            Held {
+                retraction,
+                committed_hash: 0,
+            },
+        );
+        self.mark(&refund_ref);
+        outcome
+    }
+
+    /// `payment_ref`'s donation was just recorded: the retractions waiting for it are applied
+    /// (or found excess), in log order.
+    pub fn donation_recorded(&mut self, payment_ref: &str, donation: DonationFacts<'_>) {
+        let Some(payment) = self.payments.get_mut(payment_ref) else {
+            return;
+        };
+        let waiting = std::mem::take(&mut payment.pending);
+        for refund_ref in waiting {
+            let mut retraction = self.retractions[&refund_ref].retraction.clone();
+            debug_assert_eq!(retraction.status, RetractionStatus::Pending);
+            self.counters.pending -= 1;
+            self.settle(&mut retraction, donation);
+            self.retractions
+                .get_mut(&refund_ref)
+                .expect("a pending retraction is held")
+                .retraction = retraction;
+            self.mark(&refund_ref);
+        }
+    }
+
+    /// Applies a retraction to its donation, or holds it out as excess.
+    fn settle(
+        &mut self,
+        retraction: &mut RecordedRetraction,
+        donation: DonationFacts<'_>,
+    ) -> RetractionOutcome {
+        let payment = self
+            .payments
+            .entry(retraction.event.payment_ref.clone())
+            .or_default();
+        let remaining_cents = donation.amount_cents.saturating_sub(payment.applied_cents);
+        if retraction.event.amount_cents > remaining_cents {
+            self.counters.excess += 1;
+            retraction.status = RetractionStatus::Excess {
+                campaign_id: donation.campaign_id.to_owned(),
+                donation_offset: donation.offset,
+                remaining_cents,
+            };
+            return RetractionOutcome::Excess { remaining_cents };
+        }
+        payment.applied_cents += retraction.event.amount_cents;
+        self.counters.applied += 1;
+        match self.campaigns.get_mut(donation.campaign_id) {
+            Some(campaign) => campaign.apply(&retraction.event),
+            None => {
+                let mut campaign = CampaignRetractions::default();
+                campaign.apply(&retraction.event);
+                self.campaigns
+                    .insert(donation.campaign_id.to_owned(), campaign);
+            }
+        }
+        if !self.dirty_campaigns.contains(donation.campaign_id) {
+            self.dirty_campaigns.insert(donation.campaign_id.to_owned());
+        }
+        retraction.status = RetractionStatus::Applied {
+            campaign_id: donation.campaign_id.to_owned(),
+            donation_offset: donation.offset,
+        };
+        RetractionOutcome::Applied
+    }
+
+    fn mark(&mut self, refund_ref: &str) {
+        if self.dirty_set.insert(refund_ref.to_owned()) {
+            self.dirty.push(refund_ref.to_owned());
+        }
+    }
+
+    /// Whether anything changed since the last `take_changes`.
+    pub fn has_changes(&self) -> bool {
+        !self.dirty.is_empty() || self.new_conflicts > 0 || self.counters != self.committed_counters
+    }
+
+    /// Everything changed since the last call, with the changed campaigns' absolute totals;
+    /// brings the digest up to date with it.
+    pub fn take_changes(&mut self) -> (RetractionChanges, Vec<(String, CampaignRetractions)>) {
+        if !self.has_changes() {
+            return Default::default();
+        }
+        let mut retractions = Vec::with_capacity(self.dirty.len());
+        for refund_ref in std::mem::take(&mut self.dirty) {
+            let held = self
+                .retractions
+                .get_mut(&refund_ref)
+                .expect("a changed retraction is held");
+            let hash = retraction_hash(&held.retraction);
+            let old = (held.committed_hash != 0).then_some(held.committed_hash);
+            digest::replace(&mut self.digest, old, hash);
+            held.committed_hash = hash;
+            retractions.push(held.retraction.clone());
+        }
+        self.dirty_set.clear();
+        if self.counters != self.committed_counters {
+            let old = (self.committed_counters != RetractionCounters::default())
+                .then(|| counters_hash(&self.committed_counters));
+            digest::replace(&mut self.digest, old, counters_hash(&self.counters));
+            self.committed_counters = self.counters;
+        }
+        let conflicts = self.conflicts[self.conflicts.len() - self.new_conflicts..].to_vec();
+        for conflict in &conflicts {
+            digest::replace(&mut self.digest, None, conflict_hash(conflict));
+        }
+        self.new_conflicts = 0;
+        let campaigns = std::mem::take(&mut self.dirty_campaigns)
+            .into_iter()
+            .map(|campaign_id| {
+                let totals = self.campaigns[&campaign_id];
+                (campaign_id, totals)
+            })
+            .collect();
+        let changes = RetractionChanges {
+            retractions,
+            counters: self.counters,
+            conflicts,
+        };
+        (changes, campaigns)
+    }
+}
+
+/// The fields of a retraction's resend that differ from the recorded one; `refunded_at` is not
+/// compared (the first is kept, as a donation's `paid_at`).
+pub fn differing_fields(recorded: &RefundEvent, received: &RefundEvent) -> Vec<FieldDifference> {
+    let mut differences = Vec::new();
+    let mut compare = |field: &str, recorded: String, received: String| {
+        if recorded != received {
+            differences.push(FieldDifference {
+                field: field.to_owned(),
+                recorded,
+                received,
+            });
+        }
+    };
+    compare(
+        "amount_cents",
+        recorded.amount_cents.to_string(),
+        received.amount_cents.to_string(),
+    );
+    compare(
+        "kind",
+        recorded.kind.as_str().to_owned(),
+        received.kind.as_str().to_owned(),
+    );
+    compare(
+        "payment_ref",
+        recorded.payment_ref.clone(),
+        received.payment_ref.clone(),
+    );
+    differences
+}
+
+fn retraction_hash(retraction: &RecordedRetraction) -> u64 {
+    element_hash(kind::RETRACTION, &retraction.event.refund_ref, retraction)
+}
+
+fn counters_hash(counters: &RetractionCounters) -> u64 {
+    element_hash(kind::RETRACTION_COUNTERS, &(), counters)
+}
+
+fn conflict_hash(conflict: &RetractionConflict) -> u64 {
+    element_hash(
+        kind::RETRACTION_CONFLICT,
+        &(&conflict.refund_ref, conflict.conflicting_offset),
+        conflict,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventTime;
+
+    fn refund(refund_ref: &str, payment_ref: &str, amount_cents: u64) -> RefundEvent {
+        RefundEvent {
+            refund_ref: refund_ref.into(),
+            payment_ref: payment_ref.into(),
+            amount_cents,
+            kind: RetractionKind::Refund,
+            refunded_at: EventTime(1_000),
+        }
+    }
+
+    fn donation(offset: Offset) -> DonationFacts<'static> {
+        DonationFacts {
+            campaign_id: "meals",
+            amount_cents: 100,
+            offset,
+        }
+    }
+
+    #[test]
+    fn partial_refunds_apply_up_to_the_donation_and_the_rest_is_excess() {
+        let mut ledger = RetractionLedger::new(0);
+        assert_eq!(
+            ledger.record(1, refund("r1", "p", 60), Some(donation(0))),
+            RetractionOutcome::Applied
+        );
+        assert_eq!(
+            ledger.record(2, refund("r2", "p", 40), Some(donation(0))),
+            RetractionOutcome::Applied
+        );
+        assert_eq!(
+            ledger.record(3, refund("r3", "p", 1), Some(donation(0))),
+            RetractionOutcome::Excess { remaining_cents: 0 }
+        );
+        let meals = ledger.campaign("meals").unwrap();
+        assert_eq!((meals.refunded_cents, meals.refunds), (100, 2));
+        assert_eq!(ledger.counters().excess, 1);
+    }
+
+    #[test]
+    fn a_pending_refund_applies_when_its_donation_comes() {
+        let mut ledger = RetractionLedger::new(0);
+        assert_eq!(
+            ledger.record(0, refund("r1", "p", 30), None),
+            RetractionOutcome::Pending
+        );
+        assert!(ledger.has_pending("p"));
+        assert_eq!(ledger.counters().pending, 1);
+        ledger.donation_recorded("p", donation(1));
+        assert!(!ledger.has_pending("p"));
+        assert_eq!(ledger.counters().pending, 0);
+        assert_eq!(ledger.campaign("meals").unwrap().refunded_cents, 30);
+        assert!(matches!(
+            ledger.get("r1").unwrap().status,
+            RetractionStatus::Applied {
+                donation_offset: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_resend_is_a_duplicate_or_a_conflict_never_applied_twice() {
+        let mut ledger = RetractionLedger::new(0);
+        ledger.record(1, refund("r1", "p", 30), Some(donation(0)));
+        let mut later = refund("r1", "p", 30);
+        later.refunded_at = EventTime(9_999);
+        assert_eq!(
+            ledger.resend(2, &later),
+            RetractionOutcome::Duplicate { recorded_offset: 1 }
+        );
+        let RetractionOutcome::Conflict(conflict) = ledger.resend(3, &refund("r1", "p", 31)) else {
+            panic!("a different amount is a conflict");
+        };
+        assert_eq!(conflict.differences[0].field, "amount_cents");
+        assert_eq!(ledger.campaign("meals").unwrap().refunded_cents, 30);
+        assert_eq!(
+            (ledger.counters().duplicates, ledger.counters().conflicts),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn a_restored_ledger_has_the_digest_and_totals_of_the_one_that_committed() {
+        let mut ledger = RetractionLedger::new(4);
+        let mut committed = RetractionChanges::default();
+        ledger.record(0, refund("r0", "q", 10), None);
+        ledger.record(2, refund("r1", "p", 30), Some(donation(1)));
+        committed = committed.followed_by(ledger.take_changes().0);
+        ledger.donation_recorded("q", donation(3));
+        ledger.resend(4, &refund("r1", "p", 30));
+        ledger.resend(5, &refund("r1", "p", 31));
+        committed = committed.followed_by(ledger.take_changes().0);
+        let restored = RetractionLedger::restore(
+            4,
+            committed.retractions.clone(),
+            committed.counters,
+            committed.conflicts.clone(),
+        );
+        assert_eq!(restored.digest(), ledger.digest());
+        assert_ne!(restored.digest(), 0);
+        assert_eq!(restored.campaign("meals"), ledger.campaign("meals"));
+        assert_eq!(restored.counters(), ledger.counters());
+        assert_eq!(restored.image(), ledger.image());
+        let from_image = ledger.image();
+        let again = RetractionLedger::restore(
+            4,
+            from_image.retractions,
+            from_image.counters,
+            from_image.conflicts,
+        );
+        assert_eq!(again.digest(), ledger.digest());
+    }
+}
