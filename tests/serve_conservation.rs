@@ -1,7 +1,9 @@
 //! The conservation test: concurrent clients send donations — with immediate, concurrent and
-//! late retries and conflicting resends — while the server is SIGKILLed and restarted several
-//! times. Clients retry until they get a 2xx, as payment systems do. At the end every donation
-//! that got a 2xx is counted exactly once: totals and stats equal the ground truth, and
+//! late retries and conflicting resends — and refunds and chargebacks of them — partial, several
+//! per donation, some before their donation, resent and resent with other fields — while the
+//! server is SIGKILLed and restarted several times. Clients retry until they get a 2xx, as
+//! payment systems do. At the end every donation and every refund that got a 2xx is counted
+//! exactly once: gross, refunded and net totals and stats equal the ground truth, and
 //! `tally checkpoint verify` passes.
 
 mod support;
@@ -50,6 +52,25 @@ fn plan(client_id: usize, rng: &mut StdRng) -> Vec<Planned> {
         .collect()
 }
 
+/// Per campaign: gross cents, donations, refunded cents, refunds.
+type Truth = BTreeMap<String, (u64, u64, u64, u64)>;
+
+/// A refund body of `amount_cents` of `payment_ref`'s donation.
+fn refund_json(
+    refund_ref: &str,
+    payment_ref: &str,
+    amount_cents: u64,
+    chargeback: bool,
+) -> serde_json::Value {
+    serde_json::json!({
+        "refund_ref": refund_ref,
+        "payment_ref": payment_ref,
+        "amount_cents": amount_cents,
+        "kind": if chargeback { "chargeback" } else { "refund" },
+        "refunded_at": "2026-11-24T19:00:00Z",
+    })
+}
+
 /// Sends `body` until it gets a 2xx, following the server across restarts.
 fn send_until_accepted(
     http: &reqwest::blocking::Client,
@@ -93,7 +114,7 @@ fn every_acknowledged_donation_counts_once_across_sigkills() {
         create_campaign(&http, &server, campaign, "USD");
     }
     let base = Arc::new(RwLock::new(server.base.clone()));
-    let ground_truth: Arc<Mutex<BTreeMap<String, (u64, u64)>>> = Default::default();
+    let ground_truth: Arc<Mutex<Truth>> = Default::default();
     let done = Arc::new(AtomicBool::new(false));
     let clients_finished = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + RUN_DEADLINE;
@@ -105,13 +126,55 @@ fn every_acknowledged_donation_counts_once_across_sigkills() {
                 let http = client();
                 let mut rng = StdRng::seed_from_u64(client_id as u64);
                 let planned = plan(client_id, &mut rng);
+                // What each donation has left to refund.
+                let mut left: Vec<u64> = planned.iter().map(|p| p.amount_cents).collect();
+                let mut refunds_sent = 0usize;
+                let mut refund = |http: &reqwest::blocking::Client,
+                                  rng: &mut StdRng,
+                                  left: &mut Vec<u64>,
+                                  of: usize| {
+                    if left[of] == 0 {
+                        return;
+                    }
+                    let amount = rng.gen_range(1..=left[of]);
+                    left[of] -= amount;
+                    let refund_ref = format!("re-{client_id}-{refunds_sent}");
+                    refunds_sent += 1;
+                    let payment_ref = planned[of].body["payment_ref"].as_str().unwrap();
+                    let body = refund_json(&refund_ref, payment_ref, amount, rng.gen_ratio(1, 4));
+                    send_until_accepted(http, &base, "/v1/refunds", &body, deadline);
+                    let mut truth = ground_truth.lock().unwrap();
+                    let total = truth.entry(planned[of].campaign.to_owned()).or_default();
+                    total.2 += amount;
+                    total.3 += 1;
+                    drop(truth);
+                    // Resent as it was, or with another amount (a conflict, never counted).
+                    match rng.gen_range(0..6) {
+                        0 => send_until_accepted(http, &base, "/v1/refunds", &body, deadline),
+                        1 if amount > 1 => {
+                            let mut other = body.clone();
+                            other["amount_cents"] = serde_json::json!(amount - 1);
+                            send_until_accepted(http, &base, "/v1/refunds", &other, deadline);
+                        }
+                        _ => {}
+                    }
+                };
                 for (i, donation) in planned.iter().enumerate() {
+                    // Now and then a refund comes before its donation.
+                    if rng.gen_ratio(1, 25) {
+                        refund(&http, &mut rng, &mut left, i);
+                    }
                     send_until_accepted(&http, &base, "/v1/donations", &donation.body, deadline);
                     let mut truth = ground_truth.lock().unwrap();
                     let total = truth.entry(donation.campaign.to_owned()).or_default();
                     total.0 += donation.amount_cents;
                     total.1 += 1;
                     drop(truth);
+                    // Refunds of this donation or an earlier one, partial or whole.
+                    if rng.gen_ratio(1, 6) {
+                        let of = rng.gen_range(i.saturating_sub(20)..=i);
+                        refund(&http, &mut rng, &mut left, of);
+                    }
                     // Retries: one in five again at once, one in ten later, one in twenty as a
                     // conflicting resend (different amount), and every tenth batch carries an
                     // earlier donation again.
@@ -199,15 +262,23 @@ fn every_acknowledged_donation_counts_once_across_sigkills() {
         (CLIENTS * DONATIONS_PER_CLIENT) as u64
     );
     let http = client();
+    assert!(
+        expected.values().map(|t| t.3).sum::<u64>() > 500,
+        "refunds were sent: {expected:?}"
+    );
     for campaign in CAMPAIGNS {
         let view = wait_until_caught_up(&http, &server, campaign, deadline);
-        let (sum, count) = expected.get(campaign).copied().unwrap_or_default();
+        let (sum, count, refunded, refunds) = expected.get(campaign).copied().unwrap_or_default();
+        let field = |name: &str| view[name].as_u64().unwrap();
         assert_eq!(
             (
-                view["total_cents"].as_u64().unwrap(),
-                view["donations"].as_u64().unwrap()
+                field("gross_cents"),
+                field("donations"),
+                field("refunded_cents"),
+                field("refunds"),
+                field("total_cents"),
             ),
-            (sum, count),
+            (sum, count, refunded, refunds, sum - refunded),
             "{campaign}"
         );
         let stats: serde_json::Value = http
@@ -225,6 +296,24 @@ fn every_acknowledged_donation_counts_once_across_sigkills() {
             ),
             (sum, count),
             "{campaign} stats"
+        );
+    }
+    // Every refund found its donation, and none was more than it had left.
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for (name, expected) in [
+        ("tally_refunds_pending ", 0),
+        ("tally_refunds_excess_total ", 0),
+    ] {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap();
+        assert_eq!(
+            line[name.len()..].trim().parse::<u64>().unwrap(),
+            expected,
+            "{line}"
         );
     }
     assert!(server.terminate().success(), "graceful shutdown");

@@ -152,6 +152,25 @@ pub struct Reconciliation {
     pub running_donations: u64,
     /// Whether the two agree.
     pub matched: bool,
+    /// For a campaign that had refunds or chargebacks by its close: them, reconciled too.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub refunds: Option<ReconciledRefunds>,
+}
+
+/// The refunds and chargebacks a close recomputed from the log below its close point, and the
+/// net final total they leave, against what the operators kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconciledRefunds {
+    pub final_refunded_cents: u64,
+    pub final_refunds: u64,
+    pub final_chargeback_cents: u64,
+    pub final_chargebacks: u64,
+    /// `final_total_cents - final_refunded_cents`.
+    pub final_net_cents: u64,
+    pub running_refunded_cents: u64,
+    pub running_refunds: u64,
+    /// Whether the operators' refunds agree with the log's at the offsets they reflect.
+    pub refunds_matched: bool,
 }
 
 /// `GET /v1/campaigns/{campaign_id}/stats`.

@@ -2,8 +2,8 @@
 //! ([`tally_api::views`]), so what the server writes is what clients read.
 
 use tally_api::views::{
-    Adjustments, CampaignView, Freshness, Reconciliation, RecordedDonation, SeriesPointView,
-    StatsView,
+    Adjustments, CampaignView, Freshness, ReconciledRefunds, Reconciliation, RecordedDonation,
+    SeriesPointView, StatsView,
 };
 use tally_pipeline::campaigns::{self, Campaign};
 use tally_pipeline::event::{DonationEvent, EventTime};
@@ -37,7 +37,9 @@ pub fn campaign_view(
         donations: total.donations,
         created_at: rfc3339(campaign.created_at.unix_ms()),
         closed_at: campaign.closed_at.map(|t| rfc3339(t.unix_ms())),
-        reconciliation: campaign.reconciliation.map(reconciliation),
+        reconciliation: campaign
+            .reconciliation
+            .map(|settled| reconciliation(settled, campaign.retractions_at_close)),
         freshness,
         gross_cents: total.total_cents,
         refunded_cents: retractions.refunded_cents,
@@ -72,13 +74,28 @@ fn adjustments(campaign: &Campaign, amounts: CampaignAmounts) -> Option<Adjustme
     })
 }
 
-fn reconciliation(reconciliation: campaigns::Reconciliation) -> Reconciliation {
+fn reconciliation(
+    reconciliation: campaigns::Reconciliation,
+    retractions: Option<campaigns::RetractionsAtClose>,
+) -> Reconciliation {
     Reconciliation {
         final_total_cents: reconciliation.final_total_cents,
         final_donations: reconciliation.final_donations,
         running_total_cents: reconciliation.running_total_cents,
         running_donations: reconciliation.running_donations,
         matched: reconciliation.matched,
+        refunds: retractions.map(|r| ReconciledRefunds {
+            final_refunded_cents: r.final_refunded_cents,
+            final_refunds: r.final_refunds,
+            final_chargeback_cents: r.final_chargeback_cents,
+            final_chargebacks: r.final_chargebacks,
+            final_net_cents: reconciliation
+                .final_total_cents
+                .saturating_sub(r.final_refunded_cents),
+            running_refunded_cents: r.running_refunded_cents,
+            running_refunds: r.running_refunds,
+            refunds_matched: r.matched,
+        }),
     }
 }
 
@@ -144,7 +161,7 @@ mod tests {
             matched: true,
         };
         assert_eq!(
-            serde_json::to_string(&reconciliation(recorded)).unwrap(),
+            serde_json::to_string(&reconciliation(recorded, None)).unwrap(),
             serde_json::to_string(&recorded).unwrap()
         );
     }
