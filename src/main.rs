@@ -58,6 +58,8 @@ enum Command {
     /// Audit records.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
+    /// Write a campaign's ledger (donations, refunds, chargebacks) as CSV.
+    Export(commands::export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::Checkpoint(command) => commands::checkpoint::run(&cli.data_dir, command),
         Command::Campaign(command) => commands::campaign::run(&cli.data_dir, command),
         Command::Audit(command) => commands::audit::run(&cli.data_dir, command),
+        Command::Export(args) => commands::export::run(&cli.data_dir, args),
     };
     match outcome {
         Ok(code) => code,

@@ -15,6 +15,7 @@ use reqwest::blocking::{Client, Response};
 use serde_json::{Value, json};
 
 use support::in_process::InProcessServer;
+use support::ledger::Ledger;
 use support::server::{admin, client, create_campaign, donation_json, post_signed};
 
 const WAIT_MAX: Duration = Duration::from_secs(30);
@@ -40,7 +41,12 @@ impl Fixture {
 
     #[track_caller]
     fn donate(&self, payment_ref: &str, campaign_id: &str, amount_cents: u64) {
-        let body = donation_json(payment_ref, campaign_id, amount_cents, "usr-1");
+        let body = donation_json(
+            payment_ref,
+            campaign_id,
+            amount_cents,
+            &format!("usr-{payment_ref}"),
+        );
         json_ok(self.post("/v1/donations", &body), 202);
     }
 
@@ -425,4 +431,60 @@ fn metric(text: &str, name: &str) -> u64 {
         .trim()
         .parse()
         .unwrap()
+}
+
+#[test]
+fn the_ledger_export_lists_what_counts_in_log_order_and_adds_up_to_the_totals() {
+    let fixture = Fixture::start();
+    create_campaign(&fixture.client, &fixture.server, "meals", "USD");
+    create_campaign(&fixture.client, &fixture.server, "shelter", "USD");
+    for i in 0..40 {
+        let campaign = if i % 3 == 0 { "shelter" } else { "meals" };
+        fixture.donate(&format!("pay-{i}"), campaign, 100 + i);
+    }
+    fixture.donate("pay-1", "meals", 101); // a resend: not a row
+    fixture.refund_accepted(&refund("re-1", "pay-1", 50, "refund"));
+    fixture.refund_accepted(&refund("re-1", "pay-1", 50, "refund")); // a resend
+    fixture.refund_accepted(&refund("re-2", "pay-2", 102, "chargeback"));
+    fixture.refund_accepted(&refund("re-3", "pay-3", 10, "refund")); // shelter's
+    fixture.refund_accepted(&refund("re-4", "pay-99", 10, "refund")); // pending: not a row
+    let campaign = fixture.campaign_when("meals", |c| c["refunds"] == 2);
+
+    let url = fixture.server.url("/v1/campaigns/meals/ledger.csv");
+    let response = admin(&fixture.client, Method::GET, &url).send().unwrap();
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(content_type.starts_with("text/csv"), "{content_type}");
+    let text = response.text().unwrap();
+    let ledger = Ledger::parse(&text);
+    assert_eq!(
+        ledger.donations,
+        (campaign["gross_cents"].as_u64().unwrap(), 26)
+    );
+    assert_eq!(
+        ledger.retractions,
+        (campaign["refunded_cents"].as_u64().unwrap(), 2)
+    );
+    assert_eq!(ledger.net_cents, campaign["net_cents"].as_i64().unwrap());
+    assert!(ledger.in_log_order, "{text}");
+    assert!(text.contains(",re-2,,,102,-102,USD\n"), "{text}");
+
+    // Without the token, for a campaign that does not exist, with a bad time.
+    let unauthorized = fixture.client.get(&url).send().unwrap();
+    assert_error(unauthorized, 401, "admin_token_missing", None);
+    let missing = fixture.server.url("/v1/campaigns/nope/ledger.csv");
+    let response = admin(&fixture.client, Method::GET, &missing)
+        .send()
+        .unwrap();
+    assert_error(response, 404, "campaign_not_found", None);
+    let bad = format!("{url}?from=yesterday");
+    let response = admin(&fixture.client, Method::GET, &bad).send().unwrap();
+    assert_error(response, 400, "invalid_field", Some("from"));
+    // A range nothing falls in: the header alone.
+    let empty = format!("{url}?from=2030-01-01T00:00:00Z");
+    let response = admin(&fixture.client, Method::GET, &empty).send().unwrap();
+    assert_eq!(response.text().unwrap().lines().count(), 1);
 }

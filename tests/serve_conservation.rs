@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use support::ledger::Ledger;
 use support::server::{ServerProcess, client, create_campaign, donation_json, post_signed};
 
 const CLIENTS: usize = 4;
@@ -298,6 +299,21 @@ fn every_acknowledged_donation_counts_once_across_sigkills() {
             "{campaign} stats"
         );
     }
+    // The ledger export adds up to the same totals.
+    for campaign in CAMPAIGNS {
+        let (sum, count, refunded, refunds) = expected[campaign];
+        let url = server.url(&format!("/v1/campaigns/{campaign}/ledger.csv"));
+        let text = support::server::admin(&http, reqwest::Method::GET, &url)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        let ledger = Ledger::parse(&text);
+        assert_eq!(ledger.donations, (sum, count), "{campaign} ledger");
+        assert_eq!(ledger.retractions, (refunded, refunds), "{campaign} ledger");
+        assert_eq!(ledger.net_cents, (sum - refunded) as i64);
+        assert!(ledger.in_log_order);
+    }
     // Every refund found its donation, and none was more than it had left.
     let metrics = http
         .get(server.url("/metrics"))
@@ -329,6 +345,28 @@ fn every_acknowledged_donation_counts_once_across_sigkills() {
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
+    // And `tally export`, from the data directory the server left.
+    for campaign in CAMPAIGNS {
+        let (sum, count, refunded, refunds) = expected[campaign];
+        let out = dir.path().join(format!("{campaign}.csv"));
+        let export = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["export", "--campaign", campaign, "--out"])
+            .arg(&out)
+            .env("TALLY_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            export.status.success(),
+            "{}",
+            String::from_utf8_lossy(&export.stderr)
+        );
+        let ledger = Ledger::parse(&std::fs::read_to_string(&out).unwrap());
+        assert_eq!(ledger.donations, (sum, count), "{campaign} export");
+        assert_eq!(ledger.retractions, (refunded, refunds), "{campaign} export");
+        assert!(ledger.in_log_order);
+    }
 }
 
 /// The campaign once the server reports no lag.

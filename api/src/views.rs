@@ -263,7 +263,17 @@ mod tests {
         let json = r#"{"campaign_id":"meals","name":"Meals","currency":"USD","goal_cents":null,"starts_at":null,"ends_at":null,"status":"open","total_cents":0,"donations":0,"created_at":"2026-11-24T18:00:00Z","closed_at":null,"reconciliation":null}"#;
         let view: CampaignView = serde_json::from_str(json).unwrap();
         assert_eq!(view.freshness, None);
-        assert_eq!(serde_json::to_string(&view).unwrap(), json);
+        assert_eq!(
+            view.gross_cents, 0,
+            "a view from before refunds reads as having none"
+        );
+        let written = serde_json::to_string(&view).unwrap();
+        let refunds = r#","gross_cents":0,"refunded_cents":0,"refunds":0,"chargeback_cents":0,"chargebacks":0,"net_cents":0}"#;
+        assert_eq!(written, format!("{}{refunds}", &json[..json.len() - 1]));
+        assert_eq!(
+            serde_json::from_str::<CampaignView>(&written).unwrap(),
+            view
+        );
     }
 }
 

@@ -17,6 +17,8 @@
 //! - [`checkpoint`]: committing state and offsets together; savepoints; verifying a
 //!   checkpoint against the log.
 //! - [`read_model`]: what queries see — committed totals and buckets of every partition.
+//! - [`export`]: a campaign's ledger — its recorded donations and the refunds applied to them,
+//!   in log order, adding up to its totals.
 //! - [`outbox`]: the notifications donors are owed — each partition's recorded donations in
 //!   log order, with a delivery cursor per partition.
 //!
@@ -37,6 +39,7 @@
 pub mod checkpoint;
 pub mod control;
 pub mod event;
+pub mod export;
 pub mod log;
 pub mod operators;
 pub mod outbox;

@@ -96,8 +96,12 @@ impl From<BucketArg> for Granularity {
 #[derive(Debug, Serialize)]
 struct TotalRow<'a> {
     campaign_id: &'a str,
+    /// Net: the donations less the refunds and chargebacks applied.
     total_cents: u64,
     donations: u64,
+    gross_cents: u64,
+    refunded_cents: u64,
+    refunds: u64,
 }
 
 pub fn run(data_dir: &Path, command: CampaignCommand) -> anyhow::Result<ExitCode> {
@@ -129,13 +133,16 @@ fn read_model_of(data_dir: &Path) -> anyhow::Result<ReadModel> {
 /// Every campaign's total, as a table or JSON.
 fn write_totals(read_model: &ReadModel, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    let totals = read_model.campaign_totals();
+    let totals = read_model.campaigns_amounts();
     let rows: Vec<TotalRow> = totals
         .iter()
-        .map(|(id, t)| TotalRow {
+        .map(|(id, amounts)| TotalRow {
             campaign_id: id,
-            total_cents: t.total_cents,
-            donations: t.donations,
+            total_cents: amounts.net_cents(),
+            donations: amounts.gross.donations,
+            gross_cents: amounts.gross.total_cents,
+            refunded_cents: amounts.retractions.refunded_cents,
+            refunds: amounts.retractions.refunds,
         })
         .collect();
     if json {
@@ -145,14 +152,19 @@ fn write_totals(read_model: &ReadModel, json: bool) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{:<32}  {:>16}  {:>12}",
-        "campaign_id", "total_cents", "donations"
+        "{:<32}  {:>16}  {:>12}  {:>16}  {:>16}  {:>8}",
+        "campaign_id", "total_cents", "donations", "gross_cents", "refunded_cents", "refunds"
     )?;
     for row in rows {
         writeln!(
             out,
-            "{:<32}  {:>16}  {:>12}",
-            row.campaign_id, row.total_cents, row.donations
+            "{:<32}  {:>16}  {:>12}  {:>16}  {:>16}  {:>8}",
+            row.campaign_id,
+            row.total_cents,
+            row.donations,
+            row.gross_cents,
+            row.refunded_cents,
+            row.refunds
         )?;
     }
     Ok(())

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod campaign;
 pub mod checkpoint;
+pub mod export;
 pub mod import;
 pub mod log;
 pub mod log_repair;

@@ -38,6 +38,10 @@ pub fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/campaigns", post(create_campaign))
         .route("/v1/campaigns/{campaign_id}/close", post(close_campaign))
+        .route(
+            "/v1/campaigns/{campaign_id}/ledger.csv",
+            get(super::ledger::ledger_csv),
+        )
         .route("/v1/notifications", get(list_notifications))
         .route("/v1/notifications/ack", post(ack_notifications))
         .route("/v1/checkpoints", get(list_checkpoints))
@@ -46,7 +50,7 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

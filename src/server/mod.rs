@@ -17,6 +17,7 @@ mod background;
 mod config;
 mod connection_watch;
 mod connections;
+mod ledger;
 mod lingering_close;
 mod logs;
 mod metrics;

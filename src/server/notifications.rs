@@ -93,6 +93,11 @@ impl Notifications {
             .context("cannot read the notification cursors")
     }
 
+    /// The partitions this node runs (and delivers for).
+    pub fn owned(&self) -> Vec<PartitionId> {
+        self.outbox.owned()
+    }
+
     /// Everything below this offset of `partition` was delivered.
     pub fn cursor(&self, partition: PartitionId) -> Offset {
         self.outbox.cursor(partition)

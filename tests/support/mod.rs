@@ -4,6 +4,7 @@
 pub mod browser;
 pub mod fluvio;
 pub mod in_process;
+pub mod ledger;
 pub mod pipeline;
 pub mod server;
 pub mod webhook;

@@ -1605,11 +1605,53 @@ mod tests {
         assert_eq!(format!("{decoded:?}"), format!("{:?}", update(1, 7, 3)));
 
         let mut newer = versioned;
-        newer[1] = EPOCH_RECORD_VERSION + 1;
+        newer[1] = RETRACTIONS_RECORD_VERSION + 1;
         assert!(matches!(
             ResultsRecord::decode(&newer),
-            Err(FormatError::UnknownVersion { version: 3, .. })
+            Err(FormatError::UnknownVersion { version: 4, .. })
         ));
+    }
+
+    #[test]
+    fn an_update_with_refunds_is_version_3_and_keeps_them() {
+        let mut with_refunds = update(1, 7, 300);
+        with_refunds.retractions = vec![(
+            "meals".into(),
+            CampaignRetractions {
+                refunded_cents: 40,
+                refunds: 2,
+                chargeback_cents: 10,
+                chargebacks: 1,
+            },
+        )];
+        with_refunds.retraction_counters.recorded = 3;
+        for epoch in [0, 9] {
+            let encoded = ResultsRecord::Update(with_refunds.clone()).encode(epoch);
+            assert_eq!(
+                encoded[..2],
+                [codec::VERSION_MARKER, RETRACTIONS_RECORD_VERSION]
+            );
+            let (decoded, decoded_epoch) = ResultsRecord::decode_epoch(&encoded).unwrap();
+            assert_eq!(decoded_epoch, epoch);
+            assert_eq!(
+                format!("{:?}", decoded.into_update()),
+                format!("{with_refunds:?}")
+            );
+        }
+        // Without refunds, the versions before them.
+        let plain = ResultsRecord::Update(update(1, 7, 300)).encode(9);
+        assert_eq!(plain[..2], [codec::VERSION_MARKER, EPOCH_RECORD_VERSION]);
+        let cache = CachedResults {
+            next_offset: 5,
+            partition_count: 2,
+            owned: vec![],
+            views: vec![with_refunds.clone(), update(0, 3, 1)],
+        };
+        let decoded = CachedResults::decode(&cache.encode()).unwrap();
+        assert_eq!(
+            format!("{:?}", decoded.views[0]),
+            format!("{with_refunds:?}")
+        );
     }
 
     #[test]
