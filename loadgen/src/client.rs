@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::de::DeserializeOwned;
 use tally_api::ErrorBody;
 use tally_api::signature::{SIGNATURE_HEADER, SigningSecret, sign};
-use tally_api::views::{Accepted, BatchOutcome, CampaignView, StatsView};
+use tally_api::views::{Accepted, BatchOutcome, CampaignView, RefundAccepted, StatsView};
 
 use crate::http::{HttpError, Pool, Request, Response};
 
@@ -188,6 +188,20 @@ impl Server {
     pub async fn post_donation(&self, body: &[u8], signed: Option<&Signed>) -> SingleAnswer {
         match self
             .post_signed_json::<Accepted>("/v1/donations", body, signed)
+            .await
+        {
+            Ok(accepted) => SingleAnswer::Accepted(Placement {
+                partition: accepted.partition as usize,
+                offset: accepted.offset,
+            }),
+            Err(unanswered) => unanswered.into(),
+        }
+    }
+
+    /// `POST /v1/refunds` of `body`, with `signed` when it is still fresh (else signed now).
+    pub async fn post_refund(&self, body: &[u8], signed: Option<&Signed>) -> SingleAnswer {
+        match self
+            .post_signed_json::<RefundAccepted>("/v1/refunds", body, signed)
             .await
         {
             Ok(accepted) => SingleAnswer::Accepted(Placement {

@@ -4,6 +4,11 @@
 //! that the server acknowledged; later resends — identical or conflicting — count nothing. The
 //! load generator only sends a conflicting resend after the original was acknowledged, so the
 //! original is the one in the log first and the one tally records.
+//!
+//! Every refund or chargeback that got a 2xx counts once per `refund_ref`, in its donation's
+//! campaign, once that donation is recorded (one acknowledged before its donation waits for it;
+//! one whose donation never was stays out). The load generator refunds a donation once, within
+//! its amount, so none is ever more than its donation has left.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +22,22 @@ pub struct SentDonation {
     pub amount_cents: u64,
     /// Unix milliseconds.
     pub paid_at_ms: i64,
+}
+
+/// A refund or chargeback as the load generator sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentRefund {
+    pub refund_ref: String,
+    pub payment_ref: String,
+    pub campaign_id: String,
+    pub amount_cents: u64,
+}
+
+/// A campaign's expected refunds: cents taken back, and how many refunds took them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpectedRefunds {
+    pub refunded_cents: u64,
+    pub refunds: u64,
 }
 
 /// A campaign's expected total.
@@ -54,6 +75,8 @@ pub struct GroundTruth {
     campaigns: Vec<String>,
     totals: BTreeMap<String, ExpectedTotal>,
     resends_acknowledged: u64,
+    /// Refunds acknowledged, by `refund_ref`: the payment, campaign and amount.
+    refunds: FxHashMap<String, (String, String, u64)>,
 }
 
 impl GroundTruth {
@@ -161,6 +184,47 @@ impl GroundTruth {
     pub fn resends_acknowledged(&self) -> u64 {
         self.resends_acknowledged
     }
+
+    /// Notes a 2xx for `refund`; returns whether it was the `refund_ref`'s first.
+    pub fn refund_acknowledged(&mut self, refund: &SentRefund) -> bool {
+        if self.refunds.contains_key(&refund.refund_ref) {
+            return false;
+        }
+        self.refunds.insert(
+            refund.refund_ref.clone(),
+            (
+                refund.payment_ref.clone(),
+                refund.campaign_id.clone(),
+                refund.amount_cents,
+            ),
+        );
+        true
+    }
+
+    pub fn refunds_acknowledged(&self) -> u64 {
+        self.refunds.len() as u64
+    }
+
+    /// Per campaign, the acknowledged refunds whose donation is recorded.
+    pub fn refund_totals(&self) -> BTreeMap<String, ExpectedRefunds> {
+        let mut totals: BTreeMap<String, ExpectedRefunds> = BTreeMap::new();
+        for (payment_ref, campaign_id, amount_cents) in self.refunds.values() {
+            if self.recorded.contains_key(payment_ref) {
+                let total = totals.entry(campaign_id.clone()).or_default();
+                total.refunded_cents += amount_cents;
+                total.refunds += 1;
+            }
+        }
+        totals
+    }
+
+    /// Acknowledged refunds whose donation is not recorded: tally holds them pending.
+    pub fn refunds_waiting(&self) -> u64 {
+        self.refunds
+            .values()
+            .filter(|(payment_ref, ..)| !self.recorded.contains_key(payment_ref))
+            .count() as u64
+    }
 }
 
 #[cfg(test)]
@@ -204,6 +268,34 @@ mod tests {
         assert!(!truth.totals().contains_key("shelter"));
         assert_eq!(truth.resends_acknowledged(), 2);
         assert_eq!(truth.recorded_count(), 2);
+    }
+
+    #[test]
+    fn a_refund_counts_once_and_only_once_its_donation_is_recorded() {
+        let mut truth = GroundTruth::default();
+        let refund = |refund_ref: &str, payment_ref: &str, amount_cents| SentRefund {
+            refund_ref: refund_ref.into(),
+            payment_ref: payment_ref.into(),
+            campaign_id: "meals".into(),
+            amount_cents,
+        };
+        assert!(truth.refund_acknowledged(&refund("r1", "p1", 40)));
+        assert!(
+            !truth.refund_acknowledged(&refund("r1", "p1", 40)),
+            "a resend"
+        );
+        truth.refund_acknowledged(&refund("r2", "p2", 10));
+        assert!(truth.refund_totals().is_empty(), "no donation recorded yet");
+        truth.acknowledged(&donation("p1", "meals", 100, 0));
+        assert_eq!(
+            truth.refund_totals()["meals"],
+            ExpectedRefunds {
+                refunded_cents: 40,
+                refunds: 1
+            }
+        );
+        assert_eq!(truth.refunds_waiting(), 1);
+        assert_eq!(truth.refunds_acknowledged(), 2);
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub struct Counters {
     pub resends_sent: u64,
     pub conflicts_sent: u64,
     pub invalid_sent: u64,
+    /// Refund and chargeback requests sent (resends included), and the distinct refunds
+    /// acknowledged.
+    pub refunds_sent: u64,
+    pub refund_resends_sent: u64,
+    pub refunds_acknowledged: u64,
     /// 429s answered and retried after `Retry-After`.
     pub rate_limited_retries: u64,
     /// 503s and unanswered requests retried.
@@ -331,6 +336,12 @@ impl Report {
                 "donations acknowledged (2xx)",
                 counters.donations_acknowledged,
             ),
+            row("refunds and chargebacks sent", counters.refunds_sent),
+            row(
+                "  of which resends (same refund)",
+                counters.refund_resends_sent,
+            ),
+            row("refunds acknowledged (2xx)", counters.refunds_acknowledged),
         ];
         rows.extend(self.per_target.iter().map(|target| {
             let acknowledged = format!(

@@ -14,12 +14,12 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::chaos::ManagedServer;
 use crate::client::{BatchAnswer, Placement, Server, Signed, SingleAnswer};
-use crate::ground_truth::{GroundTruth, SentDonation};
+use crate::ground_truth::{GroundTruth, SentDonation, SentRefund};
 use crate::plan::{PlannedCheckout, PlannedRequest, Signing};
 use crate::report::{Report, ReportContext, RunStats, VerificationReport};
 use crate::schedule::{Profile, Schedule};
 use crate::targets::{Targets, first_target};
-use crate::traffic::{Body, Planned, ResendTiming, Traffic, TrafficConfig};
+use crate::traffic::{Body, Planned, RefundTiming, ResendTiming, Traffic, TrafficConfig};
 use crate::verify;
 
 /// A request refused with 429/503, or left unanswered, is sent again for this long at most.
@@ -113,6 +113,8 @@ struct Item {
     signed: Option<Signed>,
     /// The donation a 2xx records (originals and resends); `None` for conflicts and bad bodies.
     donation: Option<SentDonation>,
+    /// The refund a 2xx records: the item goes to `POST /v1/refunds`.
+    refund: Option<SentRefund>,
 }
 
 /// A freshness probe: a donation acknowledged by target `acknowledged_by` at `acknowledged_at`,
@@ -333,7 +335,7 @@ async fn sender(shared: Arc<Shared>, queue: async_channel::Receiver<Job>, batch:
 async fn send_later(shared: Arc<Shared>, later: Vec<(Instant, Item)>, batch: usize) {
     for (at, item) in later {
         tokio::time::sleep_until(at.into()).await;
-        if batch <= 1 {
+        if batch <= 1 || item.refund.is_some() {
             send_single(&shared, &item, Instant::now()).await;
         } else {
             send_batch(&shared, vec![item], Instant::now()).await;
@@ -344,6 +346,8 @@ async fn send_later(shared: Arc<Shared>, later: Vec<(Instant, Item)>, batch: usi
 /// What a checkout's requests become, in the order they must go.
 #[derive(Debug, Default)]
 struct Waves {
+    /// Refunds that go before their donations, when due.
+    before: Vec<Item>,
     /// Originals and bad requests, sent when due.
     first: Vec<Item>,
     /// Resends racing their originals.
@@ -363,6 +367,7 @@ impl Waves {
                     body,
                     signed,
                     donation: Some(donation),
+                    refund: None,
                 }),
                 Planned::Invalid { body } => {
                     stats.counters.invalid_sent += 1;
@@ -370,6 +375,7 @@ impl Waves {
                         body,
                         signed,
                         donation: None,
+                        refund: None,
                     });
                 }
                 Planned::Resend { of, body, timing } => {
@@ -378,6 +384,7 @@ impl Waves {
                         body,
                         signed,
                         donation: Some(of),
+                        refund: None,
                     };
                     match timing {
                         ResendTiming::Immediate => waves.after.push(item),
@@ -393,7 +400,50 @@ impl Waves {
                         body,
                         signed,
                         donation: None,
+                        refund: None,
                     });
+                }
+                Planned::Refund {
+                    refund,
+                    body,
+                    timing,
+                } => {
+                    let item = Item {
+                        body,
+                        signed,
+                        donation: None,
+                        refund: Some(refund),
+                    };
+                    match timing {
+                        RefundTiming::Before => waves.before.push(item),
+                        RefundTiming::After => waves.after.push(item),
+                        RefundTiming::Later { delay_ms } => {
+                            waves.later.push((Duration::from_millis(delay_ms), item));
+                        }
+                    }
+                }
+                Planned::RefundResend { of, body } => {
+                    stats.counters.refund_resends_sent += 1;
+                    // Once its original was answered: just after it.
+                    let original_delay = waves
+                        .later
+                        .iter()
+                        .find(|(_, item)| {
+                            item.refund
+                                .as_ref()
+                                .is_some_and(|refund| refund.refund_ref == of.refund_ref)
+                        })
+                        .map(|(delay, _)| *delay);
+                    let item = Item {
+                        body,
+                        signed,
+                        donation: None,
+                        refund: Some(of),
+                    };
+                    match original_delay {
+                        Some(delay) => waves.later.push((delay, item)),
+                        None => waves.after.push(item),
+                    }
                 }
             }
         }
@@ -418,6 +468,9 @@ async fn send_singles(
     due: Instant,
 ) -> Vec<(Instant, Item)> {
     let waves = Waves::new(plans, &mut lock(&shared.stats));
+    for item in &waves.before {
+        send_single(shared, item, due).await;
+    }
     match (waves.first.as_slice(), waves.concurrent.is_empty()) {
         // Most checkouts: one donation, nothing racing it.
         ([original], true) => send_single(shared, original, due).await,
@@ -457,6 +510,9 @@ async fn send_batches(
     batch: usize,
 ) -> Vec<(Instant, Item)> {
     let mut waves = Waves::new(plans, &mut lock(&shared.stats));
+    for item in &waves.before {
+        send_single(shared, item, due).await;
+    }
     tokio::join!(
         send_in_batches(shared, std::mem::take(&mut waves.first), due, batch),
         send_in_batches(
@@ -476,8 +532,14 @@ async fn send_batches(
     waves.later_from(Instant::now())
 }
 
-/// `items` in requests of at most `batch` donations, all at once.
+/// `items` in requests of at most `batch` donations, all at once (refunds go alone, to their
+/// own route).
 async fn send_in_batches(shared: &Shared, items: Vec<Item>, due: Instant, batch: usize) {
+    let (refunds, items): (Vec<Item>, Vec<Item>) =
+        items.into_iter().partition(|item| item.refund.is_some());
+    for refund in &refunds {
+        send_single(shared, refund, due).await;
+    }
     let mut items = items.into_iter();
     let requests = std::iter::from_fn(|| {
         let request: Vec<Item> = items.by_ref().take(batch.max(1)).collect();
@@ -493,6 +555,12 @@ impl Shared {
 
     /// Target `target` acknowledged `item` at `placement`.
     fn acknowledged(&self, item: &Item, placement: Placement, target: usize) {
+        if let Some(refund) = &item.refund {
+            if lock(&self.truth).refund_acknowledged(refund) {
+                lock(&self.stats).counters.refunds_acknowledged += 1;
+            }
+            return;
+        }
         let Some(donation) = &item.donation else {
             return;
         };
@@ -515,9 +583,14 @@ impl Shared {
 
     fn refused(&self, item: &Item, status: u16, code: &str) {
         lock(&self.stats).refused(self.second(), status, code, 1);
-        if item.donation.is_some() {
+        if item.donation.is_some() || item.refund.is_some() {
+            let what = if item.refund.is_some() {
+                "refund"
+            } else {
+                "donation"
+            };
             eprintln!(
-                "tally-loadgen: a valid donation was refused: {status} {code}: {}",
+                "tally-loadgen: a valid {what} was refused: {status} {code}: {}",
                 item.body
             );
         }
@@ -545,23 +618,30 @@ async fn send_single(shared: &Shared, item: &Item, mut due: Instant) {
     {
         let mut stats = lock(&shared.stats);
         stats.counters.requests_sent += 1;
-        stats.counters.donations_sent += 1;
+        if item.refund.is_some() {
+            stats.counters.refunds_sent += 1;
+        } else {
+            stats.counters.donations_sent += 1;
+        }
     }
     loop {
         let (target, server) = shared.targets.next_for_request();
         lock(&shared.stats).sent_to(target);
         let answer = {
             let _slot = shared.slots.acquire().await;
-            server
-                .post_donation(item.body.as_bytes(), item.signed.as_ref())
-                .await
+            let (body, signed) = (item.body.as_bytes(), item.signed.as_ref());
+            match item.refund {
+                Some(_) => server.post_refund(body, signed).await,
+                None => server.post_donation(body, signed).await,
+            }
         };
         let (status, wait) = match answer {
             SingleAnswer::Accepted(placement) => {
                 {
+                    let donations = u64::from(item.refund.is_none());
                     let mut stats = lock(&shared.stats);
-                    stats.answered(shared.second(), due.elapsed(), 1);
-                    stats.acknowledged_by(target, 1);
+                    stats.answered(shared.second(), due.elapsed(), donations);
+                    stats.acknowledged_by(target, donations);
                 }
                 shared.acknowledged(item, placement, target);
                 return;

@@ -11,6 +11,9 @@
 //! - Invalid requests: a body tally must refuse (wrong amount type, unknown field, bad id).
 //! - Per-user bursts: now and then one user checks out many times at once — more than the
 //!   server's per-user allowance, so some are answered 429 and sent again after `Retry-After`.
+//! - Refunds and chargebacks: a share of donations is refunded (whole or in part; some as
+//!   chargebacks), most once the donation was answered, some minutes later, some before the
+//!   donation is sent at all (tally holds those until the donation comes); some are resent.
 //! - `payment_ref`s carry a run id, so a second run against the same server sends new payments.
 
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::ground_truth::SentDonation;
+use crate::ground_truth::{SentDonation, SentRefund};
 
 /// When a resend goes out, relative to its original.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +49,9 @@ pub struct TrafficConfig {
     pub conflict_share: f64,
     pub invalid_share: f64,
     pub late_share: f64,
+    /// Share of donations refunded (or charged back), and of those refunds resent.
+    pub refund_share: f64,
+    pub refund_resend_share: f64,
     /// Share of checkouts that are a burst of `burst_size` donations from one user.
     pub burst_share: f64,
     pub burst_size: usize,
@@ -71,6 +77,8 @@ impl Default for TrafficConfig {
             conflict_share: 0.01,
             invalid_share: 0.01,
             late_share: 0.05,
+            refund_share: 0.03,
+            refund_resend_share: 0.25,
             burst_share: 0.002,
             burst_size: 30,
             lateness_ms_max: 10 * 60 * 1000,
@@ -123,6 +131,27 @@ struct DonationBody<'a> {
     paid_at: &'a str,
 }
 
+/// When a refund goes out, relative to its donation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundTiming {
+    /// Before the donation is sent: tally holds it until the donation comes.
+    Before,
+    /// Once the donation was answered.
+    After,
+    /// This many milliseconds of run time after the donation was answered.
+    Later { delay_ms: u64 },
+}
+
+/// A refund callback's fields, as tally's contract names them.
+#[derive(Debug, Serialize)]
+struct RefundBody<'a> {
+    refund_ref: &'a str,
+    payment_ref: &'a str,
+    amount_cents: u64,
+    kind: &'a str,
+    refunded_at: &'a str,
+}
+
 /// One request to send, and what it means for the ground truth.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Planned {
@@ -138,6 +167,14 @@ pub enum Planned {
     Conflict { payment_ref: String, body: Body },
     /// A request tally must refuse with a 400.
     Invalid { body: Body },
+    /// A refund or chargeback of a donation of this checkout (`POST /v1/refunds`).
+    Refund {
+        refund: SentRefund,
+        body: Body,
+        timing: RefundTiming,
+    },
+    /// The same refund again, once the first was answered.
+    RefundResend { of: SentRefund, body: Body },
 }
 
 impl Planned {
@@ -147,7 +184,9 @@ impl Planned {
             Planned::Donation(_, body)
             | Planned::Resend { body, .. }
             | Planned::Conflict { body, .. }
-            | Planned::Invalid { body } => body,
+            | Planned::Invalid { body }
+            | Planned::Refund { body, .. }
+            | Planned::RefundResend { body, .. } => body,
         }
     }
 }
@@ -158,6 +197,7 @@ pub struct Traffic {
     config: TrafficConfig,
     rng: StdRng,
     next_payment: u64,
+    next_refund: u64,
 }
 
 impl Traffic {
@@ -168,6 +208,7 @@ impl Traffic {
             config,
             rng,
             next_payment: 0,
+            next_refund: 0,
         }
     }
 
@@ -208,7 +249,65 @@ impl Traffic {
                 body: self.invalid_body(now_ms),
             });
         }
+        if self.rng.r#gen::<f64>() < self.config.refund_share {
+            self.refund(&donation, &fields, &mut planned);
+        }
         planned
+    }
+
+    /// A refund of `donation`, whole or in part, maybe resent.
+    fn refund(
+        &mut self,
+        donation: &SentDonation,
+        fields: &OtherFields,
+        planned: &mut Vec<Planned>,
+    ) {
+        self.next_refund += 1;
+        let refund_ref = format!(
+            "re_{}_{:08x}_{:010}",
+            self.config.run_id, self.config.seed as u32, self.next_refund
+        );
+        let amount_cents = if donation.amount_cents > 1 && self.rng.gen_ratio(2, 5) {
+            self.rng.gen_range(1..donation.amount_cents)
+        } else {
+            donation.amount_cents
+        };
+        let kind = if self.rng.gen_ratio(3, 20) {
+            "chargeback"
+        } else {
+            "refund"
+        };
+        let timing = match self.rng.gen_range(0..20) {
+            0..3 => RefundTiming::Before,
+            3..15 => RefundTiming::After,
+            _ => RefundTiming::Later {
+                delay_ms: self
+                    .rng
+                    .gen_range(1_000..=self.config.later_resend_ms_max.max(1_000)),
+            },
+        };
+        let body = Body::encode(&RefundBody {
+            refund_ref: &refund_ref,
+            payment_ref: &donation.payment_ref,
+            amount_cents,
+            kind,
+            refunded_at: &fields.paid_at,
+        });
+        let refund = SentRefund {
+            refund_ref,
+            payment_ref: donation.payment_ref.clone(),
+            campaign_id: donation.campaign_id.clone(),
+            amount_cents,
+        };
+        let resent = self.rng.r#gen::<f64>() < self.config.refund_resend_share;
+        planned.push(Planned::Refund {
+            refund: refund.clone(),
+            body: body.clone(),
+            timing,
+        });
+        if resent {
+            planned.push(Planned::RefundResend { of: refund, body });
+        }
     }
 
     fn donation(&mut self, now_ms: i64, user: u32) -> (SentDonation, OtherFields) {
@@ -400,8 +499,56 @@ mod tests {
                     assert_eq!(body.to_json()["payment_ref"], payment_ref.as_str())
                 }
                 Planned::Invalid { .. } => {}
+                Planned::Refund { refund, body, .. }
+                | Planned::RefundResend { of: refund, body } => {
+                    let body = body.to_json();
+                    assert_eq!(body["refund_ref"], refund.refund_ref.as_str());
+                    assert_eq!(body["payment_ref"], refund.payment_ref.as_str());
+                    assert_eq!(body["amount_cents"], refund.amount_cents);
+                    assert!(refund.amount_cents >= 1);
+                }
             }
         }
+    }
+
+    #[test]
+    fn a_share_of_donations_is_refunded_within_its_amount_some_before_it() {
+        let planned = run(20_000);
+        let donations: std::collections::HashMap<&str, u64> = planned
+            .iter()
+            .filter_map(|p| match p {
+                Planned::Donation(d, _) => Some((d.payment_ref.as_str(), d.amount_cents)),
+                _ => None,
+            })
+            .collect();
+        let refunds: Vec<(&crate::ground_truth::SentRefund, RefundTiming)> = planned
+            .iter()
+            .filter_map(|p| match p {
+                Planned::Refund { refund, timing, .. } => Some((refund, *timing)),
+                _ => None,
+            })
+            .collect();
+        let share = refunds.len() as f64 / donations.len() as f64;
+        assert!((0.02..0.04).contains(&share), "{share}");
+        for (refund, _) in &refunds {
+            assert!(refund.amount_cents <= donations[refund.payment_ref.as_str()]);
+        }
+        assert!(refunds.iter().any(|(_, t)| *t == RefundTiming::Before));
+        assert!(
+            refunds
+                .iter()
+                .any(|(r, _)| r.amount_cents < donations[r.payment_ref.as_str()])
+        );
+        let chargebacks = planned
+            .iter()
+            .filter(|p| matches!(p, Planned::Refund { body, .. } if body.to_json()["kind"] == "chargeback"))
+            .count();
+        assert!(chargebacks > 0);
+        assert!(
+            planned
+                .iter()
+                .any(|p| matches!(p, Planned::RefundResend { .. }))
+        );
     }
 
     #[test]
@@ -424,6 +571,7 @@ mod tests {
             resend_share: 0.0,
             conflict_share: 0.0,
             invalid_share: 0.0,
+            refund_share: 0.0,
             ..TrafficConfig::default()
         });
         let planned = traffic.checkout(NOW_MS);

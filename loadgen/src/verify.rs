@@ -2,7 +2,8 @@
 //! count, and its statistics over several time ranges (count, sum, extremes, and the per-minute
 //! series), must equal what was there before the run plus the ground truth of what this run got
 //! acknowledged. With several target nodes sharing one log, each is checked so, and all of them
-//! must report the same.
+//! must report the same. Totals are checked gross (every donation), refunded (every refund and
+//! chargeback applied) and net (the one less the other, the campaign's `total_cents`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -12,7 +13,7 @@ use anyhow::Context;
 use tally_api::views::StatsView;
 
 use crate::client::Server;
-use crate::ground_truth::{ExpectedStats, ExpectedTotal, GroundTruth};
+use crate::ground_truth::{ExpectedRefunds, ExpectedStats, ExpectedTotal, GroundTruth};
 
 const MINUTE_MS: i64 = 60_000;
 
@@ -52,7 +53,10 @@ pub fn ranges_for_run(start_ms: i64, end_ms: i64, lateness_ms: i64) -> Vec<TimeR
 /// What the server reported for the campaigns and ranges, at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
+    /// Gross: every donation recorded.
     pub totals: BTreeMap<String, ExpectedTotal>,
+    /// Refunds and chargebacks applied, and the net total the server reports.
+    pub refunds: BTreeMap<String, (ExpectedRefunds, u64)>,
     pub stats: BTreeMap<(String, TimeRange), ExpectedStats>,
 }
 
@@ -139,10 +143,17 @@ pub async fn snapshot(
         snapshot.totals.insert(
             campaign.clone(),
             ExpectedTotal {
-                total_cents: view.total_cents,
+                total_cents: view.gross_cents,
                 donations: view.donations,
             },
         );
+        let refunds = ExpectedRefunds {
+            refunded_cents: view.refunded_cents,
+            refunds: view.refunds,
+        };
+        snapshot
+            .refunds
+            .insert(campaign.clone(), (refunds, view.total_cents));
         for range in ranges {
             let stats = server
                 .stats(campaign, range.from_ms, range.to_ms)
@@ -246,6 +257,8 @@ pub fn agreement(snapshots: &[TargetSnapshot]) -> Comparison {
         for campaign in union(&first.totals, &other.totals) {
             let totals = (first.totals.get(campaign), other.totals.get(campaign));
             pair.check(&mut comparison, &format!("{campaign} total"), totals);
+            let refunds = (first.refunds.get(campaign), other.refunds.get(campaign));
+            pair.check(&mut comparison, &format!("{campaign} refunds"), refunds);
         }
         for key in union(&first.stats, &other.stats) {
             let name = stats_name(&key.0, &key.1);
@@ -340,6 +353,26 @@ pub fn compare(
         };
         comparison.check(*got == expected, || {
             format!("{campaign} total: server {got:?}, expected {expected:?}")
+        });
+        let (base_refunds, _) = before.refunds.get(campaign).copied().unwrap_or_default();
+        let run_refunds = truth
+            .refund_totals()
+            .get(campaign)
+            .copied()
+            .unwrap_or_default();
+        let expected_refunds = ExpectedRefunds {
+            refunded_cents: base_refunds.refunded_cents + run_refunds.refunded_cents,
+            refunds: base_refunds.refunds + run_refunds.refunds,
+        };
+        let (got_refunds, got_net) = after.refunds.get(campaign).copied().unwrap_or_default();
+        comparison.check(got_refunds == expected_refunds, || {
+            format!("{campaign} refunds: server {got_refunds:?}, expected {expected_refunds:?}")
+        });
+        let expected_net = expected
+            .total_cents
+            .saturating_sub(expected_refunds.refunded_cents);
+        comparison.check(got_net == expected_net, || {
+            format!("{campaign} net total: server {got_net}, expected {expected_net}")
         });
         for range in ranges {
             let key = (campaign.clone(), *range);
@@ -484,16 +517,17 @@ mod tests {
             };
             Snapshot {
                 totals: [("meals".to_owned(), total)].into(),
+                refunds: [("meals".to_owned(), (ExpectedRefunds::default(), cents))].into(),
                 stats: [(("meals".to_owned(), range), stats)].into(),
             }
         };
         let before = snapshot(500, 2);
         let comparison = compare(&before, &snapshot(600, 3), &truth, &[range]);
         assert!(comparison.mismatches.is_empty(), "{comparison:?}");
-        assert_eq!(comparison.checks, 3);
+        assert_eq!(comparison.checks, 5);
         let double_counted = snapshot(700, 4);
         let comparison = compare(&before, &double_counted, &truth, &[range]);
-        assert_eq!(comparison.mismatches.len(), 3, "{comparison:?}");
+        assert_eq!(comparison.mismatches.len(), 4, "{comparison:?}");
     }
 
     const FIRST: &str = "http://127.0.0.1:8081";
@@ -527,6 +561,11 @@ mod tests {
             target: target.to_owned(),
             snapshot: Snapshot {
                 totals: [("meals".to_owned(), total)].into(),
+                refunds: [(
+                    "meals".to_owned(),
+                    (ExpectedRefunds::default(), total.total_cents),
+                )]
+                .into(),
                 stats: [(("meals".to_owned(), minute_range()), stats)].into(),
             },
         }
@@ -548,8 +587,8 @@ mod tests {
         let comparison = agreement(&[meals(FIRST, 3), meals(SECOND, 3)]);
         assert!(comparison.mismatches.is_empty(), "{comparison:?}");
         assert_eq!(
-            comparison.checks, 4,
-            "a total; a range's count/sum, min/max and one minute"
+            comparison.checks, 5,
+            "a total, its refunds; a range's count/sum, min/max and one minute"
         );
         assert_eq!(agreement(&[meals(FIRST, 3)]), Comparison::default());
     }
@@ -557,21 +596,25 @@ mod tests {
     #[test]
     fn targets_that_differ_are_mismatches_naming_the_one_that_differs() {
         let comparison = agreement(&[meals(FIRST, 3), meals(SECOND, 4)]);
-        assert_eq!(comparison.mismatches.len(), 3, "{comparison:?}");
+        assert_eq!(comparison.mismatches.len(), 4, "{comparison:?}");
         assert!(
             comparison.mismatches[0].starts_with(&format!("[{SECOND}] meals total: ")),
             "{comparison:?}"
         );
         assert!(
-            comparison.mismatches[1].starts_with(&format!("[{SECOND}] meals stats [")),
+            comparison.mismatches[1].starts_with(&format!("[{SECOND}] meals refunds: ")),
             "{comparison:?}"
         );
         assert!(
-            comparison.mismatches[1].contains("count/sum: (4, 400), but"),
+            comparison.mismatches[2].starts_with(&format!("[{SECOND}] meals stats [")),
             "{comparison:?}"
         );
         assert!(
-            comparison.mismatches[2].contains("minute 2026-11-24T19:00:00.000Z"),
+            comparison.mismatches[2].contains("count/sum: (4, 400), but"),
+            "{comparison:?}"
+        );
+        assert!(
+            comparison.mismatches[3].contains("minute 2026-11-24T19:00:00.000Z"),
             "{comparison:?}"
         );
         assert!(
@@ -600,7 +643,7 @@ mod tests {
         let right = [meals(FIRST, 3), meals(SECOND, 3)];
         let comparison = compare_targets(&before, &right, &truth, &[range]);
         assert!(comparison.mismatches.is_empty(), "{comparison:?}");
-        assert_eq!(comparison.checks, 2 * 3 + 4, "per target, then agreement");
+        assert_eq!(comparison.checks, 2 * 5 + 5, "per target, then agreement");
 
         let second_double_counted = [meals(FIRST, 3), meals(SECOND, 4)];
         let comparison = compare_targets(&before, &second_double_counted, &truth, &[range]);
