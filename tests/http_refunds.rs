@@ -488,3 +488,67 @@ fn the_ledger_export_lists_what_counts_in_log_order_and_adds_up_to_the_totals() 
     let response = admin(&fixture.client, Method::GET, &empty).send().unwrap();
     assert_eq!(response.text().unwrap().lines().count(), 1);
 }
+
+#[test]
+fn donors_hear_of_applied_refunds_once_and_where_they_were_applied() {
+    let fixture = Fixture::start();
+    create_campaign(&fixture.client, &fixture.server, "meals", "USD");
+    fixture.donate("pay-1", "meals", 1000);
+    fixture.refund_accepted(&refund("re-1", "pay-1", 300, "refund"));
+    fixture.refund_accepted(&refund("re-1", "pay-1", 300, "refund")); // a resend
+    fixture.refund_accepted(&refund("re-2", "pay-2", 100, "chargeback")); // before its donation
+    fixture.refund_accepted(&refund("re-9", "pay-9", 100, "refund")); // its donation never comes
+    fixture.donate("pay-2", "meals", 100);
+    fixture.campaign_when("meals", |c| c["refunds"] == 2 && c["donations"] == 2);
+    // pay-2 is all back: more is refused, and nothing is owed for it.
+    let more = fixture.post("/v1/refunds", &refund("re-3", "pay-2", 1, "refund"));
+    assert_error(more, 422, "refund_exceeds_donation", Some("amount_cents"));
+
+    // Every partition's notifications, in the order each page gives them.
+    let mut notices: Vec<Value> = Vec::new();
+    for partition in 0..8 {
+        let url = fixture
+            .server
+            .url(&format!("/v1/notifications?partition={partition}&after=0"));
+        let page = json_ok(
+            admin(&fixture.client, Method::GET, &url).send().unwrap(),
+            200,
+        );
+        notices.extend(page["notifications"].as_array().unwrap().iter().cloned());
+    }
+    let described: Vec<String> = notices
+        .iter()
+        .map(|n| match n.get("refund_ref") {
+            Some(refund_ref) => format!(
+                "{} {} of {}",
+                n["kind"].as_str().unwrap(),
+                refund_ref.as_str().unwrap(),
+                n["payment_ref"].as_str().unwrap()
+            ),
+            None => format!("donation {}", n["payment_ref"].as_str().unwrap()),
+        })
+        .collect();
+    let position = |what: &str| {
+        described
+            .iter()
+            .position(|d| d == what)
+            .unwrap_or_else(|| panic!("no {what} in {described:?}"))
+    };
+    assert_eq!(described.len(), 4, "{described:?}");
+    assert!(position("donation pay-1") < position("refund re-1 of pay-1"));
+    // The chargeback that came first is told right after its donation.
+    assert_eq!(
+        position("chargeback re-2 of pay-2"),
+        position("donation pay-2") + 1,
+        "{described:?}"
+    );
+    let chargeback = &notices[position("chargeback re-2 of pay-2")];
+    assert_eq!(
+        keys(chargeback),
+        "amount_cents campaign_id currency kind offset order_id partition payment_ref refund_ref refunded_at user_id"
+    );
+    assert_eq!(chargeback["user_id"], "usr-pay-2");
+    assert_eq!(chargeback["campaign_id"], "meals");
+    assert_eq!(chargeback["currency"], "USD");
+    assert_eq!(chargeback["amount_cents"], 100);
+}

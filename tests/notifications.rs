@@ -1,6 +1,7 @@
-//! Guards donor notifications: with a webhook, every recorded donation is delivered — signed,
-//! with its payment_ref as Idempotency-Key — at least once, through receiver failures and a
-//! server SIGKILL, and a duplicate or conflicting resend is not notified as a donation of its own.
+//! Guards donor notifications: with a webhook, every recorded donation and every refund applied to
+//! one is delivered — signed, with the donation's payment_ref (or `refund:` and the refund's
+//! refund_ref) as Idempotency-Key — at least once, through receiver failures and a server
+//! SIGKILL, and a duplicate or conflicting resend is not notified as one of its own.
 
 mod support;
 
@@ -29,6 +30,11 @@ fn every_recorded_donation_is_delivered_through_failures_and_a_crash() {
     let mut expected = BTreeSet::new();
     for i in 0..DONATIONS {
         let payment_ref = format!("pay-{i}");
+        if i % 6 == 3 {
+            // A refund that comes before its donation: told once the donation is recorded.
+            send_refund(&http, &server, &payment_ref, i);
+            expected.insert(format!("refund:re-{i}"));
+        }
         let body = serde_json::to_vec(&donation_json(
             &payment_ref,
             "meals",
@@ -61,7 +67,11 @@ fn every_recorded_donation_is_delivered_through_failures_and_a_crash() {
                 202
             );
         }
-        expected.insert(payment_ref);
+        expected.insert(payment_ref.clone());
+        if i % 6 == 0 {
+            send_refund(&http, &server, &payment_ref, i);
+            expected.insert(format!("refund:re-{i}"));
+        }
         if i == DONATIONS / 2 {
             server.kill(); // SIGKILL mid-delivery
             server = ServerProcess::start(dir.path(), &args);
@@ -97,4 +107,25 @@ fn every_recorded_donation_is_delivered_through_failures_and_a_crash() {
         "the receiver's failures were retried"
     );
     drop(server);
+}
+
+/// A refund of 50 cents of `payment_ref`'s donation, sent twice (a retry).
+fn send_refund(
+    http: &reqwest::blocking::Client,
+    server: &ServerProcess,
+    payment_ref: &str,
+    i: usize,
+) {
+    let refund = serde_json::json!({
+        "refund_ref": format!("re-{i}"),
+        "payment_ref": payment_ref,
+        "amount_cents": 50,
+        "kind": "refund",
+        "refunded_at": "2026-11-24T19:00:00Z",
+    });
+    let refund = serde_json::to_vec(&refund).unwrap();
+    for _ in 0..2 {
+        let response = post_signed(http, &server.url("/v1/refunds"), &refund).unwrap();
+        assert_eq!(response.status(), 202);
+    }
 }

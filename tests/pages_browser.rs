@@ -1,5 +1,6 @@
 //! The pages in a real headless Chromium (over WebDriver, see `support/browser.rs`) against a
-//! real `tally serve`: the campaign page's total, live without a reload; a closed campaign's
+//! real `tally serve`: the campaign page's total, live without a reload, and its refund line,
+//! which appears live with the first refund; a closed campaign's
 //! reconciled final total; a hostile campaign name shown as text; the page without
 //! JavaScript; the operator's view of every partition. Each test saves a screenshot under
 //! `CARGO_TARGET_TMPDIR/pages/` and prints its path.
@@ -30,6 +31,26 @@ fn create(server: &ServerProcess, campaign_id: &str, name: &str, goal_cents: Opt
 fn donate(server: &ServerProcess, payment_ref: &str, campaign_id: &str, amount_cents: u64) {
     let body = donation_json(payment_ref, campaign_id, amount_cents, "usr-1").to_string();
     let response = post_signed(&client(), &server.url("/v1/donations"), body.as_bytes()).unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().unwrap());
+}
+
+/// A signed refund (or chargeback, by `kind`) of `amount_cents` of the donation `payment_ref`.
+fn refund(
+    server: &ServerProcess,
+    refund_ref: &str,
+    payment_ref: &str,
+    amount_cents: u64,
+    kind: &str,
+) {
+    let body = serde_json::json!({
+        "refund_ref": refund_ref,
+        "payment_ref": payment_ref,
+        "amount_cents": amount_cents,
+        "kind": kind,
+        "refunded_at": "2026-11-24T19:00:00Z",
+    })
+    .to_string();
+    let response = post_signed(&client(), &server.url("/v1/refunds"), body.as_bytes()).unwrap();
     assert_eq!(response.status(), 202, "{}", response.text().unwrap());
 }
 
@@ -86,6 +107,49 @@ fn the_campaign_page_shows_the_total_and_follows_a_donation_without_a_reload() {
         .run("return document.documentElement.scrollWidth - document.documentElement.clientWidth;");
     assert!(overflow.as_i64().unwrap() <= 0, "overflows by {overflow}");
     browser.screenshot("campaign-live");
+}
+
+#[test]
+fn the_campaign_page_follows_a_refund_without_a_reload() {
+    let dir = TempDir::new().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]);
+    create(&server, "meals", "Meals for kids", Some(10_000));
+    donate(&server, "pay-1", "meals", 2_000);
+    wait_for_total(&server, "meals", 2_000);
+
+    let browser = Browser::start(true, PHONE);
+    browser.goto(&server.url("/campaigns/meals"));
+    assert_eq!(browser.text_of("total"), "$20.00");
+    // No refund yet: no refund line.
+    let line = browser.run("return document.getElementById('refunds');");
+    assert_eq!(line, serde_json::Value::Null);
+    browser.wait_for_text("freshness", |text| text.starts_with("Live"));
+    // A mark on this document: a reload would lose it.
+    browser.run("window.loadedOnce = 'yes'; return null;");
+
+    refund(&server, "re-1", "pay-1", 500, "refund");
+    browser.wait_for_text("total", |text| text == "$15.00");
+    browser.wait_for_text("refunds", |text| {
+        text == "$20.00 raised · $5.00 refunded (1 refund)"
+    });
+    assert_eq!(browser.text_of("donations"), "1");
+    assert_eq!(browser.text_of("goal-percent"), "15%");
+    // A chargeback of more of it is named apart.
+    refund(&server, "cb-1", "pay-1", 500, "chargeback");
+    browser.wait_for_text("total", |text| text == "$10.00");
+    browser.wait_for_text("refunds", |text| {
+        text == "$20.00 raised · $10.00 refunded (1 refund, 1 chargeback)"
+    });
+    assert_eq!(browser.text_of("goal-percent"), "10%");
+    assert_eq!(
+        browser.run("return window.loadedOnce;"),
+        serde_json::json!("yes"),
+        "the page was reloaded"
+    );
+    let overflow = browser
+        .run("return document.documentElement.scrollWidth - document.documentElement.clientWidth;");
+    assert!(overflow.as_i64().unwrap() <= 0, "overflows by {overflow}");
+    browser.screenshot("campaign-refunds-live");
 }
 
 #[test]

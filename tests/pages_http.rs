@@ -1,6 +1,6 @@
 //! The pages and `GET /v1/ops` over plain HTTP (no browser): content types, caching, escaping,
-//! the errors of unknown campaigns and assets, and the operator's view adding up to what was
-//! appended. `pages_browser.rs` checks what a browser does with them.
+//! the errors of unknown campaigns and assets, the campaign page's refund line and a closed
+//! campaign's refunds after its close, and the operator's view adding up to what was appended. `pages_browser.rs` checks what a browser does with them.
 
 mod support;
 
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::in_process::InProcessServer;
-use support::server::{client, create_campaign, donation_json, post_signed};
+use support::server::{admin, client, create_campaign, donation_json, post_signed};
 
 const WAIT_MAX: Duration = Duration::from_secs(30);
 
@@ -44,6 +44,10 @@ fn pages_are_html_assets_are_embedded_and_unknown_ones_are_clear_errors() {
         page.contains(r#"<p class="total" id="total">¥0</p>"#),
         "{page}"
     );
+    assert!(
+        !page.contains(r#"id="refunds""#),
+        "no refunds, no line: {page}"
+    );
 
     let missing = http.get(server.url("/campaigns/nope")).send().unwrap();
     assert_eq!(missing.status(), 404);
@@ -66,6 +70,133 @@ fn pages_are_html_assets_are_embedded_and_unknown_ones_are_clear_errors() {
     assert_eq!(unknown.status(), 404);
     let error: Value = unknown.json().unwrap();
     assert_eq!(error["error"]["code"], "asset_not_found");
+}
+
+/// POSTs a signed JSON body to `path`, which answers 202.
+fn post_accepted(server: &InProcessServer, path: &str, body: &Value) {
+    let bytes = body.to_string();
+    let response = post_signed(&client(), &server.url(path), bytes.as_bytes()).unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().unwrap());
+}
+
+fn refund_json(refund_ref: &str, payment_ref: &str, amount_cents: u64, kind: &str) -> Value {
+    serde_json::json!({
+        "refund_ref": refund_ref,
+        "payment_ref": payment_ref,
+        "amount_cents": amount_cents,
+        "kind": kind,
+        "refunded_at": "2026-11-24T19:00:00Z",
+    })
+}
+
+/// The campaign's view once every partition has applied the log and it has `refunds`.
+fn caught_up_with_refunds(server: &InProcessServer, campaign_id: &str, refunds: u64) -> Value {
+    let started = Instant::now();
+    loop {
+        let view: Value = client()
+            .get(server.url(&format!("/v1/campaigns/{campaign_id}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if view["freshness"]["lag_records"] == 0 && view["refunds"] == refunds {
+            return view;
+        }
+        assert!(started.elapsed() < WAIT_MAX, "{view}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn campaign_page(server: &InProcessServer, campaign_id: &str) -> String {
+    let response = client()
+        .get(server.url(&format!("/campaigns/{campaign_id}")))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().unwrap()
+}
+
+#[test]
+fn the_campaign_page_shows_refunds_and_refunds_after_a_close() {
+    let server = InProcessServer::start(|_| {});
+    create_campaign(&client(), &server, "meals", "USD");
+    post_accepted(
+        &server,
+        "/v1/donations",
+        &donation_json("pay-1", "meals", 1_000, "usr-1"),
+    );
+    post_accepted(
+        &server,
+        "/v1/donations",
+        &donation_json("pay-2", "meals", 2_000, "usr-2"),
+    );
+    post_accepted(
+        &server,
+        "/v1/refunds",
+        &refund_json("re-1", "pay-1", 100, "refund"),
+    );
+    post_accepted(
+        &server,
+        "/v1/refunds",
+        &refund_json("re-2", "pay-1", 150, "refund"),
+    );
+    post_accepted(
+        &server,
+        "/v1/refunds",
+        &refund_json("cb-1", "pay-2", 2_000, "chargeback"),
+    );
+    caught_up_with_refunds(&server, "meals", 3);
+
+    let page = campaign_page(&server, "meals");
+    assert!(
+        page.contains(r#"<p class="total" id="total">$7.50</p>"#),
+        "the total is net of the refunds: {page}"
+    );
+    assert!(
+        page.contains(
+            "<p class=\"refunds\" id=\"refunds\">$30.00 raised · $22.50 refunded (2\u{a0}refunds, 1\u{a0}chargeback)</p>"
+        ),
+        "{page}"
+    );
+
+    let closed = admin(
+        &client(),
+        reqwest::Method::POST,
+        &server.url("/v1/campaigns/meals/close"),
+    )
+    .send()
+    .unwrap();
+    assert_eq!(closed.status(), 200, "{}", closed.text().unwrap());
+    let page = campaign_page(&server, "meals");
+    let final_total = &page[page.find(r#"id="final-total""#).expect(&page)..];
+    assert!(
+        final_total.contains(r#"<p class="total">$7.50</p>"#),
+        "the final total is net of the refunds: {final_total}"
+    );
+    assert!(!page.contains("Adjusted after close"), "{page}");
+
+    post_accepted(
+        &server,
+        "/v1/refunds",
+        &refund_json("re-3", "pay-1", 250, "refund"),
+    );
+    caught_up_with_refunds(&server, "meals", 4);
+    let page = campaign_page(&server, "meals");
+    assert!(
+        page.contains(r#"<p class="total" id="total">$5.00</p>"#),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            "<p class=\"adjusted\" id=\"adjusted\">Adjusted after close: −$2.50 (1\u{a0}refund) · net now\u{a0}$5.00</p>"
+        ),
+        "{page}"
+    );
+    let final_total = &page[page.find(r#"id="final-total""#).expect(&page)..];
+    assert!(
+        final_total.contains(r#"<p class="total">$7.50</p>"#),
+        "the final total stays: {final_total}"
+    );
 }
 
 #[test]

@@ -202,6 +202,24 @@ pub struct SeriesPointView {
     pub sum_cents: u64,
 }
 
+/// A donor notification of a refund or chargeback applied to their donation: the retraction,
+/// with the donation's campaign, donor and order, and where the retraction is in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundNotification {
+    pub refund_ref: String,
+    pub payment_ref: String,
+    /// `refund` or `chargeback`.
+    pub kind: String,
+    pub amount_cents: u64,
+    pub currency: String,
+    pub refunded_at: String,
+    pub campaign_id: String,
+    pub order_id: String,
+    pub user_id: String,
+    pub partition: PartitionId,
+    pub offset: Offset,
+}
+
 /// A donation as the log records it, and where: the shape both the donation lookup and donor
 /// notifications answer with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -128,8 +128,10 @@ impl Stream {
 /// The stream of `checkouts` checkouts from `seed`. A concurrent resend is queued right
 /// behind its donation's unit, so another worker takes it at the same moment.
 pub fn generate(checkouts: usize, seed: u64) -> anyhow::Result<Stream> {
+    // The seed design has no refunds: the comparison replays donations only.
     let config = TrafficConfig {
         seed,
+        refund_share: 0.0,
         ..TrafficConfig::default()
     };
     let campaigns = config.campaigns.clone();
@@ -187,6 +189,9 @@ pub fn generate(checkouts: usize, seed: u64) -> anyhow::Result<Stream> {
                     unit.events.push(event);
                 }
                 Planned::Invalid { .. } => counts.invalid_left_out += 1,
+                Planned::Refund { .. } | Planned::RefundResend { .. } => {
+                    unreachable!("the stream is generated without refunds")
+                }
             }
         }
         units.extend(checkout_units);

@@ -1,8 +1,12 @@
 //! The notification outbox: the donors owed a notification, and how far delivery has got.
 //!
-//! A partition's outbox is its recorded donations in log order: the log holds the events, and
-//! the dedupe index tells a recorded donation from a duplicate or a conflicting resend, so the
-//! outbox costs nothing beyond them. A cursor per partition — stored beside the checkpoints,
+//! A partition's outbox is its recorded donations in log order, and the refunds and chargebacks
+//! applied to them: the log holds the events, the dedupe index tells a recorded donation from a
+//! duplicate or a conflicting resend, and the retraction ledger tells an applied retraction from
+//! a resend, a pending or an excess one, so the outbox costs nothing beyond them. A retraction is
+//! owed where it was applied: at its own offset, or — one that waited for its donation — right
+//! after that donation's notice, at the donation's offset. A pending or excess one is owed
+//! nothing. A cursor per partition — stored beside the checkpoints,
 //! outside the derived state — says up to which offset everything was delivered; it never moves
 //! back, and never past what the pipeline has applied. Only the partitions this node runs have
 //! an outbox here. Delivery itself (a webhook, or a consumer paging through) is the server's.
@@ -13,8 +17,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use crate::checkpoint::{CheckpointError, CheckpointStore};
 use crate::control::cluster::partition_set::format_ranges;
 use crate::event::envelope::{self, EnvelopeError};
+use crate::event::refund::RefundEvent;
 use crate::event::{DonationEvent, LogEvent};
 use crate::log::{Log, LogError, Offset, PartitionId};
+use crate::operators::retractions::RetractionStatus;
 use crate::read_model::{PartitionProgress, ReadModel};
 use crate::runner::DonationIndexes;
 
@@ -44,12 +50,28 @@ pub enum OutboxError {
     Checkpoint(#[from] CheckpointError),
 }
 
-/// A recorded donation owed a notification, where the log holds it.
+/// What a donor is told.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// Their donation was recorded.
+    Donation(DonationEvent),
+    /// Money of their donation went back (a refund or a chargeback was applied).
+    Retraction {
+        refund: RefundEvent,
+        donation: DonationEvent,
+    },
+}
+
+/// A notice owed, where the log holds its record, and where the scan found it owed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Owed {
-    pub event: DonationEvent,
+    pub notice: Notice,
     pub partition: PartitionId,
+    /// The offset of the notice's record (the donation's, the retraction's).
     pub offset: Offset,
+    /// The offset it is owed at: its own, or a waiting retraction's donation's. Delivery counts
+    /// as through `position + 1` once every notice owed at `position` is delivered.
+    pub position: Offset,
 }
 
 #[derive(Debug)]
@@ -191,7 +213,9 @@ impl NotificationOutbox {
         Ok(now)
     }
 
-    /// Recorded donations among records `from..until`, at most `limit`; and where to go on from.
+    /// Notices owed among records `from..until`, `limit` of them or a few more (a donation's
+    /// notice and those of the retractions that waited for it are never split); and where to go
+    /// on from.
     async fn scan(
         &self,
         partition: PartitionId,
@@ -208,35 +232,92 @@ impl NotificationOutbox {
                 break;
             };
             let index = self.donation_indexes.index(partition);
+            let retractions = self.donation_indexes.retractions(partition);
             for record in records {
-                let event = match envelope::decode_event(&record.value)? {
-                    LogEvent::Donation(event) => event,
-                    // Donors hear of recorded donations; a refund's notice is not sent yet.
-                    LogEvent::Refund(_) => {
-                        next = record.offset + 1;
-                        continue;
-                    }
-                };
-                let recorded = index
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .is_recorded_at(&event.payment_ref, record.offset);
                 next = record.offset + 1;
-                if recorded {
-                    let offset = record.offset;
-                    found.push(Owed {
-                        event,
-                        partition,
-                        offset,
-                    });
-                    if found.len() >= limit {
-                        break;
+                let offset = record.offset;
+                let owed = |notice| Owed {
+                    notice,
+                    partition,
+                    offset,
+                    position: offset,
+                };
+                match envelope::decode_event(&record.value)? {
+                    LogEvent::Donation(event) => {
+                        let recorded = index
+                            .read()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .is_recorded_at(&event.payment_ref, offset);
+                        if !recorded {
+                            continue;
+                        }
+                        // Retractions that waited for this donation are owed right after it.
+                        let waited: Vec<Owed> = retractions
+                            .read()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .retractions_of(&event.payment_ref)
+                            .filter(|r| {
+                                r.offset < offset
+                                    && matches!(r.status, RetractionStatus::Applied { donation_offset, .. } if donation_offset == offset)
+                            })
+                            .map(|r| Owed {
+                                notice: Notice::Retraction {
+                                    refund: r.event.clone(),
+                                    donation: event.clone(),
+                                },
+                                partition,
+                                offset: r.offset,
+                                position: offset,
+                            })
+                            .collect();
+                        found.push(owed(Notice::Donation(event)));
+                        found.extend(waited);
                     }
+                    LogEvent::Refund(refund) => {
+                        let applied_after_donation = retractions
+                            .read()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .get(&refund.refund_ref)
+                            .and_then(|r| match r.status {
+                                RetractionStatus::Applied {
+                                    donation_offset, ..
+                                } if r.offset == offset && donation_offset < offset => {
+                                    Some(donation_offset)
+                                }
+                                _ => None,
+                            });
+                        let Some(donation_offset) = applied_after_donation else {
+                            continue;
+                        };
+                        let donation = self.donation_at(partition, donation_offset).await?;
+                        found.push(owed(Notice::Retraction { refund, donation }));
+                    }
+                }
+                if found.len() >= limit {
+                    break;
                 }
             }
             debug_assert!(next <= last + 1);
         }
         Ok((found, next))
+    }
+
+    /// The donation recorded at `offset` of `partition`, read back from the log.
+    async fn donation_at(
+        &self,
+        partition: PartitionId,
+        offset: Offset,
+    ) -> Result<DonationEvent, OutboxError> {
+        let records = self.log.read(partition, offset, 1).await?;
+        let record = records
+            .first()
+            .filter(|record| record.offset == offset)
+            .ok_or(OutboxError::Log(LogError::OffsetOutOfRange {
+                partition,
+                offset,
+                end_offset: offset,
+            }))?;
+        Ok(envelope::decode(&record.value)?)
     }
 }
 

@@ -14,11 +14,11 @@ use anyhow::Context;
 use serde::Serialize;
 use tally_api::ApiError;
 use tally_api::signature::{self, SigningSecret};
-use tally_api::views::RecordedDonation;
+use tally_api::views::{RecordedDonation, RefundNotification};
 use tally_pipeline::clock::Clock;
 use tally_pipeline::cluster::Fence;
 use tally_pipeline::log::{Offset, PartitionId};
-use tally_pipeline::outbox::{NotificationOutbox, Owed, SCAN_BATCH};
+use tally_pipeline::outbox::{Notice, NotificationOutbox, Owed, SCAN_BATCH};
 use tally_pipeline::read_model::{PartitionProgress, ReadModel};
 use tally_query::views::recorded_donation;
 use tokio::sync::watch;
@@ -32,11 +32,45 @@ const RETRY_DELAY_MIN: Duration = Duration::from_millis(100);
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(10);
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One notification: a recorded donation, as the donor is told about it.
-pub type Notification = RecordedDonation;
+/// One notification, as the donor is told: a recorded donation, or a refund or chargeback
+/// applied to one (which has a `refund_ref`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Notification {
+    Donation(RecordedDonation),
+    Refund(RefundNotification),
+}
+
+impl Notification {
+    /// What the receiver dedupes on: the payment for a donation, `refund:` and the refund's
+    /// reference for a refund (so neither can be taken for the other).
+    fn idempotency_key(&self) -> String {
+        match self {
+            Notification::Donation(donation) => donation.payment_ref.clone(),
+            Notification::Refund(refund) => format!("refund:{}", refund.refund_ref),
+        }
+    }
+}
 
 fn notification(owed: Owed) -> Notification {
-    recorded_donation(owed.event, owed.partition, owed.offset)
+    match owed.notice {
+        Notice::Donation(event) => {
+            Notification::Donation(recorded_donation(event, owed.partition, owed.offset))
+        }
+        Notice::Retraction { refund, donation } => Notification::Refund(RefundNotification {
+            refund_ref: refund.refund_ref,
+            payment_ref: refund.payment_ref,
+            kind: refund.kind.as_str().to_owned(),
+            amount_cents: refund.amount_cents,
+            currency: donation.currency,
+            refunded_at: tally_query::views::rfc3339(refund.refunded_at.unix_ms()),
+            campaign_id: donation.campaign_id,
+            order_id: donation.order_id,
+            user_id: donation.user_id,
+            partition: owed.partition,
+            offset: owed.offset,
+        }),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -181,8 +215,15 @@ impl Notifications {
                     continue;
                 }
             };
-            for owed in batch {
-                let through = owed.offset + 1;
+            let positions: Vec<Offset> = batch.iter().map(|owed| owed.position).collect();
+            for (i, owed) in batch.into_iter().enumerate() {
+                // Through this notice's position, unless more are owed at it.
+                let position = owed.position;
+                let through = if positions.get(i + 1) == Some(&position) {
+                    position
+                } else {
+                    position + 1
+                };
                 if !self.deliver(&notification(owed), &mut shutdown).await {
                     return;
                 }
@@ -226,7 +267,7 @@ impl Notifications {
                 .post(&webhook.url)
                 .header("Content-Type", "application/json")
                 .header(signature::SIGNATURE_HEADER, signature)
-                .header("Idempotency-Key", &notification.payment_ref)
+                .header("Idempotency-Key", notification.idempotency_key())
                 .timeout(DELIVERY_TIMEOUT)
                 .body(body.clone())
                 .send()

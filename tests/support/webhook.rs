@@ -1,5 +1,6 @@
 //! A webhook receiver on 127.0.0.1 for donor notifications: it checks each delivery's
-//! signature and counts deliveries by `Idempotency-Key`.
+//! signature and counts deliveries by `Idempotency-Key` (a donation's `payment_ref`, or
+//! `refund:` and a refund's `refund_ref`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -69,7 +70,10 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
     }
     let notification: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let key = headers["Idempotency-Key"].to_str().unwrap().to_owned();
-    assert_eq!(notification["payment_ref"], key.as_str());
+    match key.strip_prefix("refund:") {
+        Some(refund_ref) => assert_eq!(notification["refund_ref"], refund_ref),
+        None => assert_eq!(notification["payment_ref"], key.as_str()),
+    }
     *received.deliveries.entry(key).or_default() += 1;
     StatusCode::OK
 }

@@ -1,7 +1,8 @@
-// The campaign page, live: the total, donation count and goal follow the campaign's
-// Server-Sent Events stream (/v1/campaigns/{id}/live); the charts come from /stats and are
-// fetched again (at most every 2 s) when the total moves; the campaign itself is read every 5 s
-// for how far behind the log the total is, and for a close.
+// The campaign page, live: the total, donation count, goal and refund line follow the
+// campaign's Server-Sent Events stream (/v1/campaigns/{id}/live); the charts come from /stats
+// and are fetched again (at most every 2 s) when the total moves; the campaign itself is read
+// every 5 s for how far behind the log the total is, for a close, and (also when refunds
+// arrive) for how many of the refunds were chargebacks.
 "use strict";
 (function () {
   const data = JSON.parse(document.getElementById("campaign-data").textContent);
@@ -16,6 +17,34 @@
     const fraction = data.minor_units > 0
       ? "." + String(minor % scale).padStart(data.minor_units, "0") : "";
     return data.symbol + grouped(whole) + fraction;
+  }
+
+  // With a no-break space, as the server writes it.
+  function counted(n, noun) { return grouped(n) + "\u00a0" + noun + (n === 1 ? "" : "s"); }
+  // The server's refund line: `refunds` counts the chargebacks too, which it names apart.
+  function refundText() {
+    const chargebacks = Math.min(data.chargebacks, data.refunds);
+    const kinds = [];
+    if (data.refunds > chargebacks) kinds.push(counted(data.refunds - chargebacks, "refund"));
+    if (chargebacks > 0) kinds.push(counted(chargebacks, "chargeback"));
+    return money(data.gross_cents) + " raised \u00b7 " + money(data.refunded_cents)
+      + " refunded (" + kinds.join(", ") + ")";
+  }
+  // Under the total once there are refunds; the server renders none before the first.
+  function showRefunds() {
+    let element = $("refunds");
+    if (data.refunds === 0) {
+      if (element) element.hidden = true;
+      return;
+    }
+    if (!element) {
+      element = document.createElement("p");
+      element.className = "refunds";
+      element.id = "refunds";
+      $("total").after(element);
+    }
+    element.hidden = false;
+    element.textContent = refundText();
   }
 
   let live = false;
@@ -55,6 +84,11 @@
       if (!response.ok) return;
       const view = await response.json();
       lag = view.freshness;
+      // The stream counts refunds and chargebacks together; the campaign tells them apart.
+      if (view.refunds === data.refunds && view.chargebacks !== data.chargebacks) {
+        data.chargebacks = view.chargebacks;
+        showRefunds();
+      }
       // A close shows its reconciled final total, which the server renders.
       if (view.status !== data.status && view.status === "closed") location.reload();
     } catch (error) { /* the next read tries again */ }
@@ -102,12 +136,22 @@
     const stream = new EventSource(api + "/live");
     stream.addEventListener("total", (event) => {
       const update = JSON.parse(event.data);
-      const moved = update.total_cents !== data.total_cents || update.donations !== data.donations;
+      const donated = update.donations !== data.donations;
+      const moved = update.total_cents !== data.total_cents || donated;
+      const refunded = update.refunds !== undefined && update.refunds !== data.refunds;
       data.total_cents = update.total_cents;
       data.donations = update.donations;
+      if (update.refunds !== undefined) {
+        data.gross_cents = update.gross_cents;
+        data.refunded_cents = update.refunded_cents;
+        data.refunds = update.refunds;
+      }
       live = true;
-      if (moved) lastMoveAt = Date.now();
+      if (donated) lastMoveAt = Date.now();
       showTotal(update);
+      showRefunds();
+      // Which of the new refunds were chargebacks, the campaign itself says.
+      if (refunded) readFreshness();
       showFreshness();
       if (moved) chartsSoon();
     });

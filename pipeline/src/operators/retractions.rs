@@ -184,6 +184,8 @@ struct PaymentRetractions {
     applied_cents: u64,
     /// Retractions waiting for the donation, in log order.
     pending: Vec<String>,
+    /// Every retraction of the donation, in log order.
+    all: Vec<String>,
 }
 
 /// One partition's retractions.
@@ -238,6 +240,7 @@ impl RetractionLedger {
                 .payments
                 .entry(retraction.event.payment_ref.clone())
                 .or_default();
+            payment.all.push(retraction.event.refund_ref.clone());
             match &retraction.status {
                 RetractionStatus::Pending => {
                     payment.pending.push(retraction.event.refund_ref.clone())
@@ -323,6 +326,15 @@ impl RetractionLedger {
         self.retractions.values().map(|held| &held.retraction)
     }
 
+    /// Every retraction recorded for `payment_ref`, in log order.
+    pub fn retractions_of(&self, payment_ref: &str) -> impl Iterator<Item = &RecordedRetraction> {
+        self.payments
+            .get(payment_ref)
+            .into_iter()
+            .flat_map(|payment| payment.all.iter())
+            .map(|refund_ref| &self.retractions[refund_ref].retraction)
+    }
+
     /// How much of a donation's amount retractions have taken so far.
     pub fn applied_cents(&self, payment_ref: &str) -> u64 {
         self.payments
@@ -377,6 +389,11 @@ impl RetractionLedger {
         let refund_ref = event.refund_ref.clone();
         let payment_ref = event.payment_ref.clone();
         self.counters.recorded += 1;
+        self.payments
+            .entry(payment_ref.clone())
+            .or_default()
+            .all
+            .push(refund_ref.clone());
         let mut retraction = RecordedRetraction {
             offset,
             event,
