@@ -248,6 +248,7 @@ fn update(partition: PartitionId, next_offset: u64, total_cents: u64) -> Partiti
         )],
         rolled_up: RolledUp::NONE,
         retractions: Vec::new(),
+        refund_buckets: Vec::new(),
         retraction_counters: Default::default(),
         buckets: vec![(
             BucketKey {

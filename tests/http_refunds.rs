@@ -179,6 +179,31 @@ fn refunds_take_money_back_once_within_the_donation_and_wait_for_their_donation(
     assert_eq!(metric(&metrics, "tally_refund_duplicates_total"), 2);
     assert_eq!(metric(&metrics, "tally_refund_conflicts_total"), 1);
 
+    // Statistics count refunds at their refunded_at, beside the donations at their paid_at.
+    let stats = fixture.get_ok(
+        "/v1/campaigns/meals/stats?from=2026-11-24T00:00:00Z&to=2026-11-25T00:00:00Z&bucket=hour",
+    );
+    assert_eq!(
+        (stats["count"].clone(), stats["sum_cents"].clone()),
+        (json!(3), json!(1800))
+    );
+    assert_eq!(
+        (stats["refunds"].clone(), stats["refunded_cents"].clone()),
+        (json!(4), json!(1250))
+    );
+    let series = stats["series"].as_array().unwrap();
+    let at_19 = series
+        .iter()
+        .find(|p| p["start"] == "2026-11-24T19:00:00Z")
+        .unwrap();
+    assert_eq!(
+        (at_19["refunds"].clone(), at_19["refunded_cents"].clone()),
+        (json!(4), json!(1250))
+    );
+    let before = fixture
+        .get_ok("/v1/campaigns/meals/stats?from=2026-11-24T00:00:00Z&to=2026-11-24T19:00:00Z");
+    assert_eq!(before["refunds"], 0, "{before}");
+
     // The list tells the net total too.
     let listed = fixture.get_ok("/v1/campaigns");
     assert_eq!(listed[0]["net_cents"], 550);

@@ -16,6 +16,7 @@ use tally_pipeline::checkpoint::savepoint;
 use tally_pipeline::event::refund::{RefundEvent, RetractionKind};
 use tally_pipeline::event::{EventTime, LogEvent, envelope};
 use tally_pipeline::log::KeyedRecord;
+use tally_pipeline::operators::event_time_windows::{Granularity, MINUTE_MS};
 use tally_pipeline::operators::retractions::RetractionCounters;
 use tally_pipeline::runner::{Pipeline, RunMode};
 
@@ -76,6 +77,8 @@ struct Model {
     refunds: HashMap<String, RefundEvent>,
     waiting: HashMap<String, Vec<RefundEvent>>,
     campaigns: BTreeMap<String, Amounts>,
+    /// Applied refunds by campaign and minute of `refunded_at`: count, cents.
+    refund_minutes: BTreeMap<(String, i64), (u64, u64)>,
     counters: RetractionCounters,
     refunds_sent: Vec<RefundEvent>,
     donation_refs: Vec<String>,
@@ -148,6 +151,13 @@ impl Model {
         let amounts = self.campaigns.get_mut(campaign.as_str()).unwrap();
         amounts.2 += refund.amount_cents;
         amounts.3 += 1;
+        let minute = refund.refunded_at.unix_ms().div_euclid(60_000) * 60_000;
+        let cell = self
+            .refund_minutes
+            .entry((campaign.clone(), minute))
+            .or_default();
+        cell.0 += 1;
+        cell.1 += refund.amount_cents;
         if refund.kind == RetractionKind::Chargeback {
             amounts.4 += refund.amount_cents;
             amounts.5 += 1;
@@ -210,7 +220,7 @@ impl Model {
                     } else {
                         RetractionKind::Refund
                     },
-                    refunded_at: EventTime(BASE_MS + self.next_refund as i64),
+                    refunded_at: EventTime(BASE_MS + self.next_refund as i64 * 13_000),
                 };
                 self.next_refund += 1;
                 self.refunds_sent.push(refund.clone());
@@ -264,6 +274,42 @@ fn check_against_model(pipeline: &Pipeline, model: &Model) {
         .collect();
     assert_eq!(amounts, model.campaigns);
     assert_eq!(read_model.retraction_counters(), model.counters);
+    // Refunds in the statistics, by `refunded_at`: over the whole range and per minute.
+    for campaign in CAMPAIGNS {
+        let (from, to) = (BASE_MS - 10 * MINUTE_MS, BASE_MS + 500 * MINUTE_MS);
+        let stats = read_model
+            .stats(campaign, from, to, Some(Granularity::Minute))
+            .unwrap();
+        let expected = model.campaigns.get(campaign).copied().unwrap_or_default();
+        assert_eq!(
+            (stats.refunds.refunds, stats.refunds.refunded_cents),
+            (expected.3, expected.2),
+            "{campaign}: refunds over the whole range"
+        );
+        for point in stats.series.unwrap() {
+            let want = model
+                .refund_minutes
+                .get(&(campaign.to_owned(), point.start_ms))
+                .copied()
+                .unwrap_or_default();
+            assert_eq!(
+                (point.refunds.refunds, point.refunds.refunded_cents),
+                want,
+                "{campaign} minute {}",
+                point.start_ms
+            );
+        }
+        let hourly = read_model
+            .stats(campaign, from, to, Some(Granularity::Hour))
+            .unwrap();
+        let in_hours: u64 = hourly
+            .series
+            .unwrap()
+            .iter()
+            .map(|p| p.refunds.refunds)
+            .sum();
+        assert_eq!(in_hours, expected.3, "{campaign}: hours add up");
+    }
     let applied: HashSet<_> = model.refunds.keys().collect();
     assert_eq!(applied.len() as u64, model.counters.recorded);
 }

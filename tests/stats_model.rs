@@ -185,6 +185,7 @@ fn brute_force_with_cuts(
                         start_ms,
                         count: amounts.len() as u64,
                         sum_cents: amounts.iter().sum(),
+                        refunds: Default::default(),
                     }
                 })
                 .collect();
@@ -213,6 +214,7 @@ fn brute_force_with_cuts(
         p99_cents: quantiles.map(|q| q[2]),
         complete_through_ms,
         series,
+        refunds: Default::default(),
     })
 }
 

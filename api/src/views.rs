@@ -192,6 +192,11 @@ pub struct StatsView {
     pub complete_through: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub series: Option<Vec<SeriesPointView>>,
+    /// Refunds and chargebacks of the campaign applied with `refunded_at` in the range.
+    #[serde(default)]
+    pub refunds: u64,
+    #[serde(default)]
+    pub refunded_cents: u64,
 }
 
 /// One bucket of a statistics series.
@@ -200,6 +205,11 @@ pub struct SeriesPointView {
     pub start: String,
     pub count: u64,
     pub sum_cents: u64,
+    /// Refunds and chargebacks with `refunded_at` in the bucket.
+    #[serde(default)]
+    pub refunds: u64,
+    #[serde(default)]
+    pub refunded_cents: u64,
 }
 
 /// A donor notification of a refund or chargeback applied to their donation: the retraction,

@@ -21,7 +21,9 @@ use crate::operators::event_time_windows::{
     BucketKey, CampaignBuckets, EventTimeWindows, Granularity, RolledUp, SharedBucket,
     WindowBucket, cover,
 };
-use crate::operators::retractions::{CampaignRetractions, RetractionCounters};
+use crate::operators::retractions::{
+    CampaignRetractions, RefundBucket, RefundBucketKey, RefundBuckets, RetractionCounters,
+};
 use crate::processor::{PartitionCounters, PartitionState};
 use crate::support::clock::UnixMillis;
 
@@ -47,6 +49,8 @@ pub struct PartitionUpdate {
     pub rolled_up: RolledUp,
     /// Changed campaigns' refunds and chargebacks, absolute.
     pub retractions: Vec<(String, CampaignRetractions)>,
+    /// Changed buckets of `refunded_at`, absolute.
+    pub refund_buckets: Vec<(RefundBucketKey, RefundBucket)>,
     pub retraction_counters: RetractionCounters,
 }
 
@@ -64,6 +68,7 @@ impl PartitionUpdate {
             buckets: Vec::new(),
             rolled_up: self.rolled_up,
             retractions: Vec::new(),
+            refund_buckets: Vec::new(),
             retraction_counters: self.retraction_counters,
         }
     }
@@ -93,6 +98,7 @@ impl PartitionUpdate {
                 .campaigns()
                 .map(|(c, r)| (c.clone(), *r))
                 .collect(),
+            refund_buckets: state.retractions().buckets().collect(),
             retraction_counters: state.retractions().counters(),
         }
     }
@@ -129,6 +135,7 @@ struct PartitionView {
     totals: BTreeMap<String, CampaignTotal>,
     windows: EventTimeWindows,
     retractions: BTreeMap<String, CampaignRetractions>,
+    refund_buckets: BTreeMap<String, RefundBuckets>,
     retraction_counters: RetractionCounters,
 }
 
@@ -165,6 +172,9 @@ pub struct CampaignStats {
     /// watermark); `None` until every partition has seen a donation.
     pub complete_through_ms: Option<UnixMillis>,
     pub series: Option<Vec<SeriesPoint>>,
+    /// Refunds and chargebacks of the campaign's donations applied with `refunded_at` in the
+    /// range (truncated as the range is).
+    pub refunds: RefundBucket,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -172,6 +182,8 @@ pub struct SeriesPoint {
     pub start_ms: UnixMillis,
     pub count: u64,
     pub sum_cents: u64,
+    /// Refunds and chargebacks with `refunded_at` in the point.
+    pub refunds: RefundBucket,
 }
 
 /// Why a statistics query cannot be answered.
@@ -255,6 +267,12 @@ impl ReadModel {
             view.counters = update.counters;
             view.totals.extend(update.totals);
             view.retractions.extend(update.retractions);
+            for ((campaign_id, granularity, start), bucket) in update.refund_buckets {
+                view.refund_buckets
+                    .entry(campaign_id)
+                    .or_default()
+                    .insert((granularity, start), bucket);
+            }
             view.retraction_counters = update.retraction_counters;
             view.windows.roll_up_to(update.rolled_up);
             view.windows.forget_changes();
@@ -287,6 +305,15 @@ impl ReadModel {
                 .retractions
                 .iter()
                 .map(|(c, r)| (c.clone(), *r))
+                .collect(),
+            refund_buckets: view
+                .refund_buckets
+                .iter()
+                .flat_map(|(campaign_id, buckets)| {
+                    buckets.iter().map(move |(&(granularity, start), &bucket)| {
+                        ((campaign_id.clone(), granularity, start), bucket)
+                    })
+                })
                 .collect(),
             retraction_counters: view.retraction_counters,
         }
@@ -465,8 +492,15 @@ impl ReadModel {
             .filter_map(|view| view.windows.campaign(campaign_id))
             .collect();
         let whole = merged_range(&campaigns, from_ms, to_ms);
-        let series =
+        let series_granularity = series;
+        let mut series =
             series.map(|granularity| series_points(&campaigns, from_ms, to_ms, granularity));
+        let refund_campaigns: Vec<&RefundBuckets> = partitions
+            .iter()
+            .filter_map(|view| view.refund_buckets.get(campaign_id))
+            .collect();
+        let series_of_refunds = series_granularity.zip(series.as_deref_mut());
+        let refunds = refunds_in(&refund_campaigns, from_ms, to_ms, series_of_refunds);
         let complete_through_ms = complete_through(&partitions);
         // Percentiles need no bucket: let the pipeline publish meanwhile.
         drop(campaigns);
@@ -492,8 +526,36 @@ impl ReadModel {
             p99_cents: quantiles.map(|q| q[2]),
             complete_through_ms,
             series,
+            refunds,
         })
     }
+}
+
+/// The refunds of `[from_ms, to_ms)` from the campaign's refund buckets of every partition,
+/// read over the range's cover — none coarser than the series' points, when there is a series,
+/// each bucket then added to the point it falls in too (as `series_points` does).
+fn refunds_in(
+    campaigns: &[&RefundBuckets],
+    from_ms: UnixMillis,
+    to_ms: UnixMillis,
+    mut series: Option<(Granularity, &mut [SeriesPoint])>,
+) -> RefundBucket {
+    let mut whole = RefundBucket::default();
+    let coarsest = series.as_ref().map_or(Granularity::Day, |(g, _)| *g);
+    for (granularity, starts) in cover(from_ms, to_ms, coarsest) {
+        for campaign in campaigns {
+            let range = campaign.range((granularity, starts.start)..(granularity, starts.end));
+            for (&(_, start_ms), bucket) in range {
+                whole.add(*bucket);
+                if let Some((point_granularity, points)) = series.as_mut() {
+                    let first_ms = point_granularity.bucket_start(from_ms);
+                    let index = (start_ms - first_ms) / point_granularity.width_ms();
+                    points[index as usize].refunds.add(*bucket);
+                }
+            }
+        }
+    }
+    whole
 }
 
 fn granularity_name<S: serde::Serializer>(
@@ -577,6 +639,7 @@ fn series_points(
             start_ms,
             count: 0,
             sum_cents: 0,
+            refunds: RefundBucket::default(),
         })
         .collect();
     for (piece, starts) in cover(from_ms, to_ms, granularity) {

@@ -634,7 +634,8 @@ impl Pipeline {
                 totals: changes.totals,
                 buckets,
                 rolled_up: changes.windows.rolled_up,
-                retractions: changes.retraction_totals,
+                retractions: changes.shown_retractions.totals,
+                refund_buckets: changes.shown_retractions.buckets,
                 retraction_counters: state.retractions().counters(),
             });
             run.committed(meta);

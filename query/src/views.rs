@@ -105,6 +105,8 @@ pub fn stats_view(campaign_id: &str, stats: CampaignStats) -> StatsView {
         start: rfc3339(p.start_ms),
         count: p.count,
         sum_cents: p.sum_cents,
+        refunds: p.refunds.refunds,
+        refunded_cents: p.refunds.refunded_cents,
     };
     StatsView {
         campaign_id: campaign_id.to_owned(),
@@ -124,6 +126,8 @@ pub fn stats_view(campaign_id: &str, stats: CampaignStats) -> StatsView {
             .series
             .as_ref()
             .map(|points| points.iter().map(point).collect()),
+        refunds: stats.refunds.refunds,
+        refunded_cents: stats.refunds.refunded_cents,
     }
 }
 

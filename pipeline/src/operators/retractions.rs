@@ -10,18 +10,21 @@
 //! and this order is the log's.
 //!
 //! The state is each recorded retraction with its status, plus the resend counters; the
-//! per-donation sums, the pending lists and the per-campaign totals are derived from them (and
-//! rebuilt from them on a load). A checkpoint holds the retractions whose status changed since
-//! the one before, absolute.
+//! per-donation sums, the pending lists, the per-campaign totals and the per-campaign buckets of
+//! `refunded_at` (minute, hour and day: count and cents, for statistics) are derived from them
+//! (and rebuilt from them on a load). A checkpoint holds the retractions whose status changed
+//! since the one before, absolute.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
 use super::dedupe::FieldDifference;
+use super::event_time_windows::Granularity;
 use crate::event::refund::{RefundEvent, RetractionKind};
 use crate::log::{Offset, PartitionId};
 use crate::processor::digest::{self, element_hash, kind};
+use crate::support::clock::UnixMillis;
 
 /// Where a retraction stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +82,26 @@ impl CampaignRetractions {
         }
     }
 }
+
+/// The refunds and chargebacks of one campaign applied with `refunded_at` in one bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundBucket {
+    pub refunds: u64,
+    pub refunded_cents: u64,
+}
+
+impl RefundBucket {
+    pub fn add(&mut self, other: RefundBucket) {
+        self.refunds += other.refunds;
+        self.refunded_cents += other.refunded_cents;
+    }
+}
+
+/// A campaign's refund buckets, by granularity and start.
+pub type RefundBuckets = BTreeMap<(Granularity, UnixMillis), RefundBucket>;
+
+/// Which bucket: campaign, granularity, start.
+pub type RefundBucketKey = (String, Granularity, UnixMillis);
 
 /// Counts of one partition's retraction records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,12 +218,14 @@ pub struct RetractionLedger {
     retractions: HashMap<String, Held>,
     payments: HashMap<String, PaymentRetractions>,
     campaigns: BTreeMap<String, CampaignRetractions>,
+    buckets: BTreeMap<String, RefundBuckets>,
     counters: RetractionCounters,
     conflicts: Vec<RetractionConflict>,
     /// Changed since the last checkpoint, in order of change.
     dirty: Vec<String>,
     dirty_set: BTreeSet<String>,
     dirty_campaigns: BTreeSet<String>,
+    dirty_buckets: BTreeSet<RefundBucketKey>,
     new_conflicts: usize,
     committed_counters: RetractionCounters,
     digest: u64,
@@ -252,6 +277,8 @@ impl RetractionLedger {
                         .entry(campaign_id.clone())
                         .or_default()
                         .apply(&retraction.event);
+                    let buckets = ledger.buckets.entry(campaign_id.clone()).or_default();
+                    add_to_buckets(buckets, &retraction.event);
                 }
                 RetractionStatus::Excess { .. } => {}
             }
@@ -309,6 +336,15 @@ impl RetractionLedger {
 
     pub fn campaigns(&self) -> impl Iterator<Item = (&String, &CampaignRetractions)> {
         self.campaigns.iter()
+    }
+
+    /// Every refund bucket, absolute.
+    pub fn buckets(&self) -> impl Iterator<Item = (RefundBucketKey, RefundBucket)> + '_ {
+        self.buckets.iter().flat_map(|(campaign_id, buckets)| {
+            buckets.iter().map(move |(&(granularity, start), &bucket)| {
+                ((campaign_id.clone(), granularity, start), bucket)
+            })
+        })
     }
 
     pub fn conflicts(&self) -> &[RetractionConflict] {
@@ -476,6 +512,19 @@ impl RetractionLedger {
         if !self.dirty_campaigns.contains(donation.campaign_id) {
             self.dirty_campaigns.insert(donation.campaign_id.to_owned());
         }
+        let buckets = match self.buckets.get_mut(donation.campaign_id) {
+            Some(buckets) => buckets,
+            None => self
+                .buckets
+                .entry(donation.campaign_id.to_owned())
+                .or_default(),
+        };
+        add_to_buckets(buckets, &retraction.event);
+        for granularity in Granularity::ALL {
+            let start = granularity.bucket_start(retraction.event.refunded_at.unix_ms());
+            self.dirty_buckets
+                .insert((donation.campaign_id.to_owned(), granularity, start));
+        }
         retraction.status = RetractionStatus::Applied {
             campaign_id: donation.campaign_id.to_owned(),
             donation_offset: donation.offset,
@@ -494,9 +543,9 @@ impl RetractionLedger {
         !self.dirty.is_empty() || self.new_conflicts > 0 || self.counters != self.committed_counters
     }
 
-    /// Everything changed since the last call, with the changed campaigns' absolute totals;
+    /// Everything changed since the last call, with what readers are shown of it (absolute);
     /// brings the digest up to date with it.
-    pub fn take_changes(&mut self) -> (RetractionChanges, Vec<(String, CampaignRetractions)>) {
+    pub fn take_changes(&mut self) -> (RetractionChanges, ShownRetractions) {
         if !self.has_changes() {
             return Default::default();
         }
@@ -524,19 +573,61 @@ impl RetractionLedger {
             digest::replace(&mut self.digest, None, conflict_hash(conflict));
         }
         self.new_conflicts = 0;
-        let campaigns = std::mem::take(&mut self.dirty_campaigns)
+        let totals = std::mem::take(&mut self.dirty_campaigns)
             .into_iter()
             .map(|campaign_id| {
                 let totals = self.campaigns[&campaign_id];
                 (campaign_id, totals)
             })
             .collect();
+        let buckets = std::mem::take(&mut self.dirty_buckets)
+            .into_iter()
+            .map(|key| {
+                let bucket = self.buckets[&key.0][&(key.1, key.2)];
+                (key, bucket)
+            })
+            .collect();
+        let campaigns = ShownRetractions { totals, buckets };
         let changes = RetractionChanges {
             retractions,
             counters: self.counters,
             conflicts,
         };
         (changes, campaigns)
+    }
+}
+
+/// What readers are shown of a partition's retractions: changed campaigns' totals and changed
+/// buckets, absolute.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShownRetractions {
+    pub totals: Vec<(String, CampaignRetractions)>,
+    pub buckets: Vec<(RefundBucketKey, RefundBucket)>,
+}
+
+impl ShownRetractions {
+    /// These and `later` ones as one: the later value of anything in both.
+    pub fn followed_by(self, later: ShownRetractions) -> ShownRetractions {
+        let mut totals: BTreeMap<String, CampaignRetractions> = self.totals.into_iter().collect();
+        totals.extend(later.totals);
+        let mut buckets: BTreeMap<RefundBucketKey, RefundBucket> =
+            self.buckets.into_iter().collect();
+        buckets.extend(later.buckets);
+        ShownRetractions {
+            totals: totals.into_iter().collect(),
+            buckets: buckets.into_iter().collect(),
+        }
+    }
+}
+
+fn add_to_buckets(buckets: &mut RefundBuckets, refund: &RefundEvent) {
+    let one = RefundBucket {
+        refunds: 1,
+        refunded_cents: refund.amount_cents,
+    };
+    for granularity in Granularity::ALL {
+        let start = granularity.bucket_start(refund.refunded_at.unix_ms());
+        buckets.entry((granularity, start)).or_default().add(one);
     }
 }
 
@@ -693,6 +784,15 @@ mod tests {
         assert_eq!(restored.digest(), ledger.digest());
         assert_ne!(restored.digest(), 0);
         assert_eq!(restored.campaign("meals"), ledger.campaign("meals"));
+        assert_eq!(
+            restored.buckets().collect::<Vec<_>>(),
+            ledger.buckets().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            restored.buckets().count(),
+            3,
+            "one refunded_at: a minute, an hour, a day"
+        );
         assert_eq!(restored.counters(), ledger.counters());
         assert_eq!(restored.image(), ledger.image());
         let from_image = ledger.image();

@@ -22,7 +22,7 @@ use crate::operators::event_time_windows::{
     WindowBucket, WindowChanges, WindowHorizons,
 };
 use crate::operators::retractions::{
-    CampaignRetractions, DonationFacts, RetractionChanges, RetractionLedger, RetractionOutcome,
+    DonationFacts, RetractionChanges, RetractionLedger, RetractionOutcome, ShownRetractions,
 };
 use crate::operators::watermark::Watermark;
 use crate::support::clock::UnixMillis;
@@ -101,8 +101,9 @@ pub struct StateChanges {
     pub conflicts: Vec<Conflict>,
     /// Refunds and chargebacks recorded or settled since, and the resend counters.
     pub retractions: RetractionChanges,
-    /// The changed campaigns' retraction totals, absolute (for readers; derived on a load).
-    pub retraction_totals: Vec<(String, CampaignRetractions)>,
+    /// What readers are shown of the retractions changed: campaigns' totals and buckets of
+    /// `refunded_at`, absolute (derived on a load, never checkpointed).
+    pub shown_retractions: ShownRetractions,
 }
 
 impl StateChanges {
@@ -126,7 +127,7 @@ impl StateChanges {
         self.windows.rolled_up = later.windows.rolled_up;
         self.conflicts.extend(later.conflicts);
         self.retractions = self.retractions.followed_by(later.retractions);
-        self.retraction_totals = latest_values(self.retraction_totals, later.retraction_totals);
+        self.shown_retractions = self.shown_retractions.followed_by(later.shown_retractions);
         self
     }
 }
@@ -623,14 +624,14 @@ impl PartitionState {
             }
         }
         let index = self.index().take_pending();
-        let (retractions, retraction_totals) = self.retractions_mut().take_changes();
+        let (retractions, shown_retractions) = self.retractions_mut().take_changes();
         StateChanges {
             index,
             totals,
             windows,
             conflicts: std::mem::take(&mut self.pending_conflicts),
             retractions,
-            retraction_totals,
+            shown_retractions,
         }
     }
 

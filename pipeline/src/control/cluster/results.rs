@@ -57,7 +57,9 @@ use tokio::sync::{Notify, watch};
 use crate::log::{FluvioLogOptions, KeyedRecord, Log, LogError, LogRecord, Offset, PartitionId};
 use crate::operators::campaign_totals::CampaignTotal;
 use crate::operators::event_time_windows::{BucketKey, RolledUp, SharedBucket, WindowBucket};
-use crate::operators::retractions::{CampaignRetractions, RetractionCounters};
+use crate::operators::retractions::{
+    CampaignRetractions, RefundBucket, RefundBucketKey, RetractionCounters,
+};
 use crate::processor::PartitionCounters;
 use crate::read_model::{PartitionUpdate, ReadModel};
 use crate::runner::UpdateSink;
@@ -130,11 +132,13 @@ enum ResultsRecordV1 {
     },
 }
 
-/// What a version 3 record adds to its version 1 record. [`CampaignRetractions`] and
-/// [`RetractionCounters`] are frozen in this layout: a change to either is a new version here.
+/// What a version 3 record adds to its version 1 record. [`CampaignRetractions`],
+/// [`RefundBucket`] and [`RetractionCounters`] are frozen in this layout: a change to any is a
+/// new version here.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct RetractionsV1 {
     retractions: Vec<(String, CampaignRetractions)>,
+    buckets: Vec<(RefundBucketKey, RefundBucket)>,
     counters: RetractionCounters,
 }
 
@@ -142,12 +146,15 @@ impl RetractionsV1 {
     fn of(update: &PartitionUpdate) -> Self {
         Self {
             retractions: update.retractions.clone(),
+            buckets: update.refund_buckets.clone(),
             counters: update.retraction_counters,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.retractions.is_empty() && self.counters == RetractionCounters::default()
+        self.retractions.is_empty()
+            && self.buckets.is_empty()
+            && self.counters == RetractionCounters::default()
     }
 
     fn set_on(self, record: &mut ResultsRecord) {
@@ -156,6 +163,7 @@ impl RetractionsV1 {
             ResultsRecord::Snapshot(snapshot) => &mut snapshot.update,
         };
         update.retractions = self.retractions;
+        update.refund_buckets = self.buckets;
         update.retraction_counters = self.counters;
     }
 }
@@ -384,6 +392,7 @@ impl From<PartitionUpdateV1> for PartitionUpdate {
                 .collect(),
             rolled_up: update.rolled_up,
             retractions: Vec::new(),
+            refund_buckets: Vec::new(),
             retraction_counters: RetractionCounters::default(),
         }
     }
@@ -396,6 +405,7 @@ struct Pending {
     totals: BTreeMap<String, CampaignTotal>,
     buckets: BTreeMap<BucketKey, SharedBucket>,
     retractions: BTreeMap<String, CampaignRetractions>,
+    refund_buckets: BTreeMap<RefundBucketKey, RefundBucket>,
 }
 
 impl Pending {
@@ -405,6 +415,7 @@ impl Pending {
             totals: BTreeMap::new(),
             buckets: BTreeMap::new(),
             retractions: BTreeMap::new(),
+            refund_buckets: BTreeMap::new(),
         };
         pending.absorb(update);
         pending
@@ -421,6 +432,8 @@ impl Pending {
         self.totals.extend(update.totals.iter().cloned());
         self.buckets.extend(update.buckets.iter().cloned());
         self.retractions.extend(update.retractions.iter().cloned());
+        self.refund_buckets
+            .extend(update.refund_buckets.iter().cloned());
     }
 
     /// Takes in an earlier, unpublished pending (its values yield to this one's).
@@ -434,6 +447,9 @@ impl Pending {
         let mut retractions = earlier.retractions;
         retractions.append(&mut self.retractions);
         self.retractions = retractions;
+        let mut refund_buckets = earlier.refund_buckets;
+        refund_buckets.append(&mut self.refund_buckets);
+        self.refund_buckets = refund_buckets;
     }
 
     /// The records that publish it, stamped with the owner `epoch`.
@@ -443,6 +459,11 @@ impl Pending {
             .retractions
             .iter()
             .map(|(c, r)| (c.clone(), *r))
+            .collect();
+        header.refund_buckets = self
+            .refund_buckets
+            .iter()
+            .map(|(key, bucket)| (key.clone(), *bucket))
             .collect();
         split(&header, self.totals.iter(), self.buckets.iter())
             .into_iter()
@@ -463,6 +484,16 @@ fn split<'a>(
     // A campaign's retractions are a few dozen bytes: all of them go in the first record.
     part.retractions = header.retractions.clone();
     let mut bytes = 0;
+    // The refund buckets are spread over the records like the window buckets.
+    for (key, bucket) in &header.refund_buckets {
+        let entry_bytes = key.0.len() + 48;
+        if bytes > 0 && bytes + entry_bytes > RECORD_FILL_BYTES {
+            parts.push(std::mem::replace(&mut part, header.clone_header()));
+            bytes = 0;
+        }
+        bytes += entry_bytes;
+        part.refund_buckets.push((key.clone(), *bucket));
+    }
     for (campaign_id, total) in totals {
         let entry_bytes = campaign_id.len() + 32;
         if bytes > 0 && bytes + entry_bytes > RECORD_FILL_BYTES {
