@@ -8,7 +8,8 @@
 mod support;
 
 use support::{copy_dir, fixtures, read_all};
-use tally_pipeline::event::{DonationEvent, EventTime, envelope};
+use tally_pipeline::event::refund::{RefundEvent, RetractionKind};
+use tally_pipeline::event::{DonationEvent, EventTime, LogEvent, envelope};
 use tally_pipeline::log::{EmbeddedLog, EmbeddedLogOptions, KeyedRecord};
 
 fn event(i: u64) -> DonationEvent {
@@ -38,6 +39,41 @@ fn donation_event_v1_fixture_decodes_and_reencodes() {
         envelope::encode(&event(7)),
         bytes,
         "version 1 encoding changed"
+    );
+}
+
+/// The refund of the fixtures: a chargeback of part of `event(7)`.
+fn refund() -> RefundEvent {
+    RefundEvent {
+        refund_ref: "re_000007".into(),
+        payment_ref: event(7).payment_ref,
+        amount_cents: 40,
+        kind: RetractionKind::Chargeback,
+        refunded_at: EventTime(1_795_550_400_250),
+    }
+}
+
+#[test]
+fn refund_event_v1_fixture_decodes_and_reencodes() {
+    let path = fixtures().join("refund_event_v1.bin");
+    if std::env::var("TALLY_WRITE_REFUND_FIXTURE").as_deref() == Ok("1") {
+        std::fs::write(&path, envelope::keyed_refund_record(&refund()).value).unwrap();
+    }
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(bytes[0], 2, "the refund envelope's version byte");
+    assert_eq!(
+        envelope::decode_event(&bytes).unwrap(),
+        LogEvent::Refund(refund())
+    );
+    let record = envelope::keyed_refund_record(&refund());
+    assert_eq!(
+        record.value, bytes,
+        "the refund envelope's encoding changed"
+    );
+    assert_eq!(
+        record.key,
+        refund().payment_ref.into_bytes(),
+        "keyed by its payment"
     );
 }
 

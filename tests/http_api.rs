@@ -805,8 +805,8 @@ fn stats_summarize_a_range_and_refuse_bad_parameters() {
     assert_eq!(
         stats["series"],
         json!([
-            {"start": at(0), "count": 2, "sum_cents": 30},
-            {"start": at(60), "count": 2, "sum_cents": 70},
+            {"start": at(0), "count": 2, "sum_cents": 30, "refunds": 0, "refunded_cents": 0},
+            {"start": at(60), "count": 2, "sum_cents": 70, "refunds": 0, "refunded_cents": 0},
         ])
     );
 
