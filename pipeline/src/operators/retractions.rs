@@ -634,32 +634,23 @@ fn add_to_buckets(buckets: &mut RefundBuckets, refund: &RefundEvent) {
 /// The fields of a retraction's resend that differ from the recorded one; `refunded_at` is not
 /// compared (the first is kept, as a donation's `paid_at`).
 pub fn differing_fields(recorded: &RefundEvent, received: &RefundEvent) -> Vec<FieldDifference> {
-    let mut differences = Vec::new();
-    let mut compare = |field: &str, recorded: String, received: String| {
-        if recorded != received {
-            differences.push(FieldDifference {
-                field: field.to_owned(),
-                recorded,
-                received,
-            });
-        }
-    };
-    compare(
-        "amount_cents",
-        recorded.amount_cents.to_string(),
-        received.amount_cents.to_string(),
-    );
-    compare(
-        "kind",
-        recorded.kind.as_str().to_owned(),
-        received.kind.as_str().to_owned(),
-    );
-    compare(
-        "payment_ref",
-        recorded.payment_ref.clone(),
-        received.payment_ref.clone(),
-    );
-    differences
+    FieldDifference::among(&[
+        (
+            "amount_cents",
+            recorded.amount_cents.to_string(),
+            received.amount_cents.to_string(),
+        ),
+        (
+            "kind",
+            recorded.kind.as_str().to_owned(),
+            received.kind.as_str().to_owned(),
+        ),
+        (
+            "payment_ref",
+            recorded.payment_ref.clone(),
+            received.payment_ref.clone(),
+        ),
+    ])
 }
 
 fn retraction_hash(retraction: &RecordedRetraction) -> u64 {

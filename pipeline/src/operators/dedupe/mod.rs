@@ -63,42 +63,33 @@ pub fn differing_fields(
     recorded: &DonationEvent,
     received: &DonationEvent,
 ) -> Vec<FieldDifference> {
-    let mut differences = Vec::new();
-    let mut compare = |field: &str, recorded: String, received: String| {
-        if recorded != received {
-            differences.push(FieldDifference {
-                field: field.to_owned(),
-                recorded,
-                received,
-            });
-        }
-    };
-    compare(
-        "amount_cents",
-        recorded.amount_cents.to_string(),
-        received.amount_cents.to_string(),
-    );
-    compare(
-        "campaign_id",
-        recorded.campaign_id.clone(),
-        received.campaign_id.clone(),
-    );
-    compare(
-        "currency",
-        recorded.currency.clone(),
-        received.currency.clone(),
-    );
-    compare(
-        "order_id",
-        recorded.order_id.clone(),
-        received.order_id.clone(),
-    );
-    compare(
-        "user_id",
-        recorded.user_id.clone(),
-        received.user_id.clone(),
-    );
-    differences
+    FieldDifference::among(&[
+        (
+            "amount_cents",
+            recorded.amount_cents.to_string(),
+            received.amount_cents.to_string(),
+        ),
+        (
+            "campaign_id",
+            recorded.campaign_id.clone(),
+            received.campaign_id.clone(),
+        ),
+        (
+            "currency",
+            recorded.currency.clone(),
+            received.currency.clone(),
+        ),
+        (
+            "order_id",
+            recorded.order_id.clone(),
+            received.order_id.clone(),
+        ),
+        (
+            "user_id",
+            recorded.user_id.clone(),
+            received.user_id.clone(),
+        ),
+    ])
 }
 
 /// One field of a conflicting resend.
@@ -107,6 +98,21 @@ pub struct FieldDifference {
     pub field: String,
     pub recorded: String,
     pub received: String,
+}
+
+impl FieldDifference {
+    /// The differences among `(field, recorded, received)` triples, in their order.
+    pub fn among(fields: &[(&str, String, String)]) -> Vec<FieldDifference> {
+        fields
+            .iter()
+            .filter(|(_, recorded, received)| recorded != received)
+            .map(|(field, recorded, received)| FieldDifference {
+                field: (*field).to_owned(),
+                recorded: recorded.clone(),
+                received: received.clone(),
+            })
+            .collect()
+    }
 }
 
 /// Duplicates and conflicts seen for one recorded donation.
