@@ -192,6 +192,17 @@ fn two_nodes_split_the_partitions_survive_a_kill_and_give_one_answer() {
     assert_eq!(response.status(), 409);
     let error: serde_json::Value = response.json().unwrap();
     assert_eq!(error["error"]["code"], "partition_not_owned", "{error}");
+    // A ledger export needs every partition's state: node a runs only some.
+    let response = admin(
+        &http,
+        reqwest::Method::GET,
+        &node_a.url(&format!("/v1/campaigns/{CAMPAIGN}/ledger.csv")),
+    )
+    .send()
+    .unwrap();
+    assert_eq!(response.status(), 409);
+    let error: serde_json::Value = response.json().unwrap();
+    assert_eq!(error["error"]["code"], "partitions_elsewhere", "{error}");
     // Node b's partitions wait for it; node a keeps taking donations for every partition.
     sent.extend(send_phase(
         &http,
