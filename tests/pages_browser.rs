@@ -84,6 +84,7 @@ fn the_campaign_page_shows_the_total_and_follows_a_donation_without_a_reload() {
     assert_eq!(browser.text_of("campaign-name"), "Meals for kids");
     assert_eq!(browser.text_of("total"), "$1.00");
     assert_eq!(browser.text_of("donations"), "1");
+    assert_eq!(browser.text_of("donations-word"), "donation");
     assert_eq!(browser.text_of("goal-percent"), "1%");
     // The live stream has connected once the freshness line says so.
     browser.wait_for_text("freshness", |text| text.starts_with("Live"));
@@ -96,6 +97,7 @@ fn the_campaign_page_shows_the_total_and_follows_a_donation_without_a_reload() {
     let seen_after = posted.elapsed();
     println!("the posted donation showed on the page {seen_after:?} after its 202");
     assert_eq!(browser.text_of("donations"), "2");
+    assert_eq!(browser.text_of("donations-word"), "donations");
     assert_eq!(browser.text_of("goal-percent"), "124%");
     assert_eq!(
         browser.run("return window.loadedOnce;"),

@@ -53,6 +53,7 @@
   function showTotal(update) {
     $("total").textContent = money(update.total_cents);
     $("donations").textContent = grouped(update.donations);
+    $("donations-word").textContent = update.donations === 1 ? "donation" : "donations";
     if (data.goal_cents != null) {
       $("goal-progress").value = Math.min(update.total_cents, data.goal_cents);
       const percent = data.goal_cents === 0 ? 100

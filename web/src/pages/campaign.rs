@@ -61,7 +61,10 @@ pub fn render(view: &CampaignView) -> Markup {
                     ))
                 }
             }
-            p.donations { span id="donations" { (grouped(view.donations)) } " donations" }
+            p.donations {
+                span id="donations" { (grouped(view.donations)) }
+                " " span id="donations-word" { (if view.donations == 1 { "donation" } else { "donations" }) }
+            }
             @if let Some(goal) = view.goal_cents {
                 (goal_bar(view.total_cents, goal, &style))
             }
