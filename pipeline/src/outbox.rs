@@ -255,7 +255,7 @@ impl NotificationOutbox {
                         let waited: Vec<Owed> = retractions
                             .read()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .retractions_of(&event.payment_ref)
+                            .waited_for_donation(&event.payment_ref)
                             .filter(|r| {
                                 r.offset < offset
                                     && matches!(r.status, RetractionStatus::Applied { donation_offset, .. } if donation_offset == offset)

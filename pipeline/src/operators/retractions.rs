@@ -207,8 +207,9 @@ struct PaymentRetractions {
     applied_cents: u64,
     /// Retractions waiting for the donation, in log order.
     pending: Vec<String>,
-    /// Every retraction of the donation, in log order.
-    all: Vec<String>,
+    /// Retractions that waited for the donation and were settled when it came, in log order
+    /// (those that came after it need no list: they are told where they lie).
+    waited: Vec<String>,
 }
 
 /// One partition's retractions.
@@ -265,7 +266,18 @@ impl RetractionLedger {
                 .payments
                 .entry(retraction.event.payment_ref.clone())
                 .or_default();
-            payment.all.push(retraction.event.refund_ref.clone());
+            let settled_at = match &retraction.status {
+                RetractionStatus::Applied {
+                    donation_offset, ..
+                }
+                | RetractionStatus::Excess {
+                    donation_offset, ..
+                } => Some(*donation_offset),
+                RetractionStatus::Pending => None,
+            };
+            if settled_at.is_some_and(|donation_offset| donation_offset > retraction.offset) {
+                payment.waited.push(retraction.event.refund_ref.clone());
+            }
             match &retraction.status {
                 RetractionStatus::Pending => {
                     payment.pending.push(retraction.event.refund_ref.clone())
@@ -362,12 +374,16 @@ impl RetractionLedger {
         self.retractions.values().map(|held| &held.retraction)
     }
 
-    /// Every retraction recorded for `payment_ref`, in log order.
-    pub fn retractions_of(&self, payment_ref: &str) -> impl Iterator<Item = &RecordedRetraction> {
+    /// The retractions of `payment_ref` that came before its donation and were settled when it
+    /// was recorded, in log order.
+    pub fn waited_for_donation(
+        &self,
+        payment_ref: &str,
+    ) -> impl Iterator<Item = &RecordedRetraction> {
         self.payments
             .get(payment_ref)
             .into_iter()
-            .flat_map(|payment| payment.all.iter())
+            .flat_map(|payment| payment.waited.iter())
             .map(|refund_ref| &self.retractions[refund_ref].retraction)
     }
 
@@ -425,11 +441,6 @@ impl RetractionLedger {
         let refund_ref = event.refund_ref.clone();
         let payment_ref = event.payment_ref.clone();
         self.counters.recorded += 1;
-        self.payments
-            .entry(payment_ref.clone())
-            .or_default()
-            .all
-            .push(refund_ref.clone());
         let mut retraction = RecordedRetraction {
             offset,
             event,
@@ -465,6 +476,7 @@ impl RetractionLedger {
             return;
         };
         let waiting = std::mem::take(&mut payment.pending);
+        payment.waited.extend(waiting.iter().cloned());
         for refund_ref in waiting {
             let mut retraction = self.retractions[&refund_ref].retraction.clone();
             debug_assert_eq!(retraction.status, RetractionStatus::Pending);
@@ -783,6 +795,18 @@ mod tests {
             restored.buckets().count(),
             3,
             "one refunded_at: a minute, an hour, a day"
+        );
+        let waited = |ledger: &RetractionLedger, payment_ref: &str| -> Vec<String> {
+            ledger
+                .waited_for_donation(payment_ref)
+                .map(|r| r.event.refund_ref.clone())
+                .collect()
+        };
+        assert_eq!(waited(&ledger, "q"), ["r0"], "r0 came before q's donation");
+        assert_eq!(waited(&restored, "q"), ["r0"]);
+        assert!(
+            waited(&restored, "p").is_empty(),
+            "r1 came after p's donation"
         );
         assert_eq!(restored.counters(), ledger.counters());
         assert_eq!(restored.image(), ledger.image());
