@@ -66,12 +66,7 @@ async fn post_refund_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<axum::Json<RefundBatchOutcome>, ApiError> {
-    let bytes = context
-        .authenticated_body(&headers, body, context.limits.batch_bytes_max)
-        .await?;
-    let _admitted = context.admit_work().await?;
-    let items = body::batch(&bytes)?;
-    context.check_batch_size(items.len())?;
+    let (_admitted, items) = context.batch_items(&headers, body).await?;
     let now_ms = context.clock.now_ms();
     let mut rejected = Vec::new();
     let mut to_append: Vec<(usize, RefundEvent)> = Vec::new();

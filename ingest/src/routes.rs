@@ -133,12 +133,7 @@ async fn post_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<axum::Json<BatchOutcome>, ApiError> {
-    let bytes = context
-        .authenticated_body(&headers, body, context.limits.batch_bytes_max)
-        .await?;
-    let _admitted = context.admit_work().await?;
-    let items = body::batch(&bytes)?;
-    context.check_batch_size(items.len())?;
+    let (_admitted, items) = context.batch_items(&headers, body).await?;
     let now_ms = context.clock.now_ms();
     let mut rejected = Vec::new();
     let mut results = Vec::new();
@@ -200,8 +195,24 @@ async fn post_batch(
 }
 
 impl IngestContext {
+    /// A batch request's items, once its body is read, signed and admitted (the permit is held
+    /// until the answer), and holds no more items than a request may carry.
+    pub(crate) async fn batch_items(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<(tokio::sync::SemaphorePermit<'_>, Vec<body::BatchItem>), ApiError> {
+        let bytes = self
+            .authenticated_body(headers, body, self.limits.batch_bytes_max)
+            .await?;
+        let admitted = self.admit_work().await?;
+        let items = body::batch(&bytes)?;
+        self.check_batch_size(items.len())?;
+        Ok((admitted, items))
+    }
+
     /// Refuses a batch of more items than a request may carry.
-    pub(crate) fn check_batch_size(&self, items: usize) -> Result<(), ApiError> {
+    fn check_batch_size(&self, items: usize) -> Result<(), ApiError> {
         if items > self.limits.batch_items_max {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
