@@ -15,7 +15,8 @@
 //! (and rebuilt from them on a load). A checkpoint holds the retractions whose status changed
 //! since the one before, absolute.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
@@ -194,11 +195,34 @@ impl RetractionChanges {
     }
 }
 
+/// A recorded retraction in the ledger's set, found by its `refund_ref` (held once, in the
+/// record: the set needs no key of its own).
 #[derive(Debug, Clone)]
 struct Held {
     retraction: RecordedRetraction,
     /// Its element hash as of the last checkpoint (0: not checkpointed yet).
     committed_hash: u64,
+}
+
+impl std::borrow::Borrow<str> for Held {
+    fn borrow(&self) -> &str {
+        &self.retraction.event.refund_ref
+    }
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.retraction.event.refund_ref == other.retraction.event.refund_ref
+    }
+}
+
+impl Eq for Held {}
+
+impl Hash for Held {
+    /// As its `refund_ref` hashes, so that the set is looked up by a `&str`.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.retraction.event.refund_ref.as_str().hash(state);
+    }
 }
 
 /// What the ledger derives per donation that has retractions.
@@ -216,7 +240,7 @@ struct PaymentRetractions {
 #[derive(Debug, Clone, Default)]
 pub struct RetractionLedger {
     partition: PartitionId,
-    retractions: HashMap<String, Held>,
+    retractions: HashSet<Held>,
     payments: HashMap<String, PaymentRetractions>,
     campaigns: BTreeMap<String, CampaignRetractions>,
     buckets: BTreeMap<String, RefundBuckets>,
@@ -250,15 +274,12 @@ impl RetractionLedger {
     ) -> Self {
         let mut ledger = Self::new(partition);
         for retraction in retractions {
-            ledger.retractions.insert(
-                retraction.event.refund_ref.clone(),
-                Held {
-                    retraction,
-                    committed_hash: 0,
-                },
-            );
+            ledger.retractions.replace(Held {
+                retraction,
+                committed_hash: 0,
+            });
         }
-        let mut by_offset: Vec<&Held> = ledger.retractions.values().collect();
+        let mut by_offset: Vec<&Held> = ledger.retractions.iter().collect();
         by_offset.sort_by_key(|held| held.retraction.offset);
         for held in by_offset {
             let retraction = &held.retraction;
@@ -295,10 +316,14 @@ impl RetractionLedger {
                 RetractionStatus::Excess { .. } => {}
             }
         }
-        for held in ledger.retractions.values_mut() {
-            held.committed_hash = retraction_hash(&held.retraction);
-            digest::replace(&mut ledger.digest, None, held.committed_hash);
-        }
+        ledger.retractions = std::mem::take(&mut ledger.retractions)
+            .into_iter()
+            .map(|mut held| {
+                held.committed_hash = retraction_hash(&held.retraction);
+                digest::replace(&mut ledger.digest, None, held.committed_hash);
+                held
+            })
+            .collect();
         ledger.counters = counters;
         ledger.committed_counters = counters;
         if counters != RetractionCounters::default() {
@@ -317,7 +342,7 @@ impl RetractionLedger {
         assert!(!self.has_changes(), "an image is of committed state");
         let mut retractions: Vec<RecordedRetraction> = self
             .retractions
-            .values()
+            .iter()
             .map(|held| held.retraction.clone())
             .collect();
         retractions.sort_by_key(|retraction| retraction.offset);
@@ -371,7 +396,7 @@ impl RetractionLedger {
 
     /// Every recorded retraction, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &RecordedRetraction> {
-        self.retractions.values().map(|held| &held.retraction)
+        self.retractions.iter().map(|held| &held.retraction)
     }
 
     /// The retractions of `payment_ref` that came before its donation and were settled when it
@@ -384,7 +409,7 @@ impl RetractionLedger {
             .get(payment_ref)
             .into_iter()
             .flat_map(|payment| payment.waited.iter())
-            .map(|refund_ref| &self.retractions[refund_ref].retraction)
+            .filter_map(|refund_ref| self.get(refund_ref))
     }
 
     /// How much of a donation's amount retractions have taken so far.
@@ -406,7 +431,11 @@ impl RetractionLedger {
     /// A record of a `refund_ref` already recorded: a duplicate, or a conflict if it differs
     /// in its payment, amount or kind (`refunded_at` may differ: the first is kept).
     pub fn resend(&mut self, offset: Offset, event: &RefundEvent) -> RetractionOutcome {
-        let recorded = &self.retractions[&event.refund_ref].retraction;
+        let recorded = self
+            .retractions
+            .get(event.refund_ref.as_str())
+            .map(|held| &held.retraction)
+            .expect("a resend is of a recorded refund_ref");
         let differences = differing_fields(&recorded.event, event);
         if differences.is_empty() {
             self.counters.duplicates += 1;
@@ -435,7 +464,7 @@ impl RetractionLedger {
         donation: Option<DonationFacts<'_>>,
     ) -> RetractionOutcome {
         assert!(
-            !self.retractions.contains_key(&event.refund_ref),
+            !self.retractions.contains(event.refund_ref.as_str()),
             "a recorded refund_ref is a resend"
         );
         let refund_ref = event.refund_ref.clone();
@@ -458,13 +487,10 @@ impl RetractionLedger {
                 RetractionOutcome::Pending
             }
         };
-        self.retractions.insert(
-            refund_ref.clone(),
-            Held {
-                retraction,
-                committed_hash: 0,
-            },
-        );
+        self.retractions.insert(Held {
+            retraction,
+            committed_hash: 0,
+        });
         self.mark(&refund_ref);
         outcome
     }
@@ -478,14 +504,14 @@ impl RetractionLedger {
         let waiting = std::mem::take(&mut payment.pending);
         payment.waited.extend(waiting.iter().cloned());
         for refund_ref in waiting {
-            let mut retraction = self.retractions[&refund_ref].retraction.clone();
-            debug_assert_eq!(retraction.status, RetractionStatus::Pending);
+            let mut held = self
+                .retractions
+                .take(refund_ref.as_str())
+                .expect("a pending retraction is held");
+            debug_assert_eq!(held.retraction.status, RetractionStatus::Pending);
             self.counters.pending -= 1;
-            self.settle(&mut retraction, donation);
-            self.retractions
-                .get_mut(&refund_ref)
-                .expect("a pending retraction is held")
-                .retraction = retraction;
+            self.settle(&mut held.retraction, donation);
+            self.retractions.insert(held);
             self.mark(&refund_ref);
         }
     }
@@ -563,15 +589,16 @@ impl RetractionLedger {
         }
         let mut retractions = Vec::with_capacity(self.dirty.len());
         for refund_ref in std::mem::take(&mut self.dirty) {
-            let held = self
+            let mut held = self
                 .retractions
-                .get_mut(&refund_ref)
+                .take(refund_ref.as_str())
                 .expect("a changed retraction is held");
             let hash = retraction_hash(&held.retraction);
             let old = (held.committed_hash != 0).then_some(held.committed_hash);
             digest::replace(&mut self.digest, old, hash);
             held.committed_hash = hash;
             retractions.push(held.retraction.clone());
+            self.retractions.insert(held);
         }
         self.dirty_set.clear();
         if self.counters != self.committed_counters {
