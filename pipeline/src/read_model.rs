@@ -396,28 +396,6 @@ impl ReadModel {
         amounts
     }
 
-    /// A campaign's refunds and chargebacks, summed over the partitions.
-    pub fn campaign_retractions(&self, campaign_id: &str) -> CampaignRetractions {
-        let mut total = CampaignRetractions::default();
-        for view in self.read().iter() {
-            if let Some(partial) = view.retractions.get(campaign_id) {
-                total.add(*partial);
-            }
-        }
-        total
-    }
-
-    /// Every campaign's refunds and chargebacks, summed over the partitions.
-    pub fn campaigns_retractions(&self) -> BTreeMap<String, CampaignRetractions> {
-        let mut totals: BTreeMap<String, CampaignRetractions> = BTreeMap::new();
-        for view in self.read().iter() {
-            for (campaign_id, partial) in &view.retractions {
-                totals.entry(campaign_id.clone()).or_default().add(*partial);
-            }
-        }
-        totals
-    }
-
     /// A campaign's refunds and chargebacks in each partition, with the offset each reflects,
     /// read at one instant.
     pub fn campaign_retractions_by_partition(

@@ -353,10 +353,6 @@ impl RetractionLedger {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.retractions.is_empty() && self.counters == RetractionCounters::default()
-    }
-
     /// The digest of the ledger as of the last checkpoint: 0 for a ledger that never held
     /// anything, so a state without retractions digests as it always did.
     pub fn digest(&self) -> u64 {

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 
-use super::reconcile::{ReconcileError, recompute_campaign, retractions_match};
+use super::reconcile::{ReconcileError, reconcile_campaign};
 use super::{
     Campaign, CampaignError, CampaignRegistry, CampaignStatus, Reconciliation, RetractionsAtClose,
 };
@@ -71,15 +71,18 @@ pub async fn close_campaign<N: ClosingNode>(
         .clone()
         .expect("a campaign past its close point has its close offsets");
     node.apply_through(&close_offsets).await?;
-    let recomputed = recompute_campaign(log, campaign_id, &close_offsets).await?;
+    // Refunds keep coming after a close (they are post-close adjustments), so the running
+    // retractions are compared with the log at the offsets they reflect, not at the close.
+    let running_retractions = node.running_retractions(campaign_id);
+    let reconciled =
+        reconcile_campaign(log, campaign_id, &close_offsets, &running_retractions).await?;
+    let recomputed = reconciled.at_close;
+    let running = reconciled.running_retractions;
+    let matched = reconciled.retractions_matched;
     let reconciliation = Reconciliation::compare(
         (recomputed.total_cents, recomputed.donations),
         node.running_total(campaign_id),
     );
-    // Refunds keep coming after a close (they are post-close adjustments), so the running
-    // retractions are compared with the log at the offsets they reflect, not at the close.
-    let (running, matched) =
-        retractions_match(log, campaign_id, &node.running_retractions(campaign_id)).await?;
     let retractions = RetractionsAtClose {
         final_refunded_cents: recomputed.retractions.refunded_cents,
         final_refunds: recomputed.retractions.refunds,

@@ -43,54 +43,56 @@ impl Recomputed {
     }
 }
 
-/// `(total cents, donations)` of `campaign_id` among the donations recorded below
-/// `close_offsets[p]` in each partition `p`.
-pub async fn recompute_campaign_total(
+/// What a close reconciles: the campaign recomputed from the records below the close point, and
+/// the operators' running retractions (which go on past the close: post-close adjustments)
+/// beside the log's at the offsets they reflect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    pub at_close: Recomputed,
+    pub running_retractions: CampaignRetractions,
+    /// Whether the running retractions equal the log's, partition by partition.
+    pub retractions_matched: bool,
+}
+
+/// Reconciles `campaign_id` in one read of each partition `p`: the records below
+/// `close_offsets[p]`, and the retractions below `running[p].0` against `running[p].1`.
+pub async fn reconcile_campaign(
     log: &dyn Log,
     campaign_id: &str,
     close_offsets: &[Offset],
-) -> Result<(u64, u64), ReconcileError> {
-    let recomputed = recompute_campaign(log, campaign_id, close_offsets).await?;
-    Ok((recomputed.total_cents, recomputed.donations))
-}
-
-/// `campaign_id`'s donations and retractions among the records below `close_offsets[p]` in
-/// each partition `p`.
-pub async fn recompute_campaign(
-    log: &dyn Log,
-    campaign_id: &str,
-    close_offsets: &[Offset],
-) -> Result<Recomputed, ReconcileError> {
-    let mut whole = Recomputed::default();
-    for (partition, &close) in close_offsets.iter().enumerate() {
-        let mut partition_scan = PartitionScan::new(campaign_id);
-        partition_scan
-            .read_until(log, partition as PartitionId, close)
-            .await?;
-        whole.add(partition_scan.recomputed);
+    running: &[(Offset, CampaignRetractions)],
+) -> Result<Reconciled, ReconcileError> {
+    assert_eq!(
+        close_offsets.len(),
+        running.len(),
+        "one of each per partition"
+    );
+    let mut reconciled = Reconciled {
+        retractions_matched: true,
+        ..Reconciled::default()
+    };
+    for (partition, (&close, &(applied, published))) in
+        close_offsets.iter().zip(running).enumerate()
+    {
+        let partition = partition as PartitionId;
+        let mut scan = PartitionScan::new(campaign_id);
+        let mut at = |scan: &PartitionScan<'_>, offset: Offset| {
+            if offset == close {
+                reconciled.at_close.add(scan.recomputed);
+            }
+            if offset == applied {
+                reconciled.retractions_matched &= scan.recomputed.retractions == published;
+            }
+        };
+        let mut stops = vec![close.min(applied), close.max(applied)];
+        stops.dedup();
+        for offset in stops {
+            scan.read_until(log, partition, offset).await?;
+            at(&scan, offset);
+        }
+        reconciled.running_retractions.add(published);
     }
-    Ok(whole)
-}
-
-/// A campaign's retractions among the records below each `(offset, _)` of `applied`, recomputed,
-/// beside the running value the operators published there: whether they agree, partition by
-/// partition.
-pub async fn retractions_match(
-    log: &dyn Log,
-    campaign_id: &str,
-    applied: &[(Offset, CampaignRetractions)],
-) -> Result<(CampaignRetractions, bool), ReconcileError> {
-    let mut running = CampaignRetractions::default();
-    let mut matched = true;
-    for (partition, &(offset, published)) in applied.iter().enumerate() {
-        let mut partition_scan = PartitionScan::new(campaign_id);
-        partition_scan
-            .read_until(log, partition as PartitionId, offset)
-            .await?;
-        matched &= partition_scan.recomputed.retractions == published;
-        running.add(published);
-    }
-    Ok((running, matched))
+    Ok(reconciled)
 }
 
 /// One partition's records read in log order, as the operators apply them but sharing nothing
@@ -106,6 +108,8 @@ struct PartitionScan<'a> {
     /// Retractions whose donation had not come yet, by payment.
     waiting: HashMap<String, Vec<RefundEvent>>,
     recomputed: Recomputed,
+    /// The offset read up to.
+    next: Offset,
 }
 
 impl<'a> PartitionScan<'a> {
@@ -117,16 +121,18 @@ impl<'a> PartitionScan<'a> {
             refunds_seen: HashSet::new(),
             waiting: HashMap::new(),
             recomputed: Recomputed::default(),
+            next: 0,
         }
     }
 
+    /// Reads on from where it got to, up to `until`.
     async fn read_until(
         &mut self,
         log: &dyn Log,
         partition: PartitionId,
         until: Offset,
     ) -> Result<(), ReconcileError> {
-        let mut next = 0;
+        let mut next = self.next;
         while next < until {
             let want = ((until - next) as usize).min(READ_RECORDS);
             let records = log.read(partition, next, want).await?;
@@ -149,6 +155,7 @@ impl<'a> PartitionScan<'a> {
                 })?;
                 self.apply(event);
             }
+            self.next = next;
         }
         Ok(())
     }
