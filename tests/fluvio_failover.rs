@@ -10,7 +10,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,37 @@ fn taken_over(http: &reqwest::blocking::Client, node: &ServerProcess) -> Vec<(u6
             )
         })
         .collect()
+}
+
+/// How many times `node` started running each partition it ever ran.
+fn run_starts(http: &reqwest::blocking::Client, node: &ServerProcess) -> BTreeMap<u64, u64> {
+    cluster(http, node).expect("a cluster view")["run_starts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["partition"].as_u64().unwrap(),
+                r["starts"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The partitions a survivor ran before a hand-over and still runs were never started again.
+fn assert_kept_undisturbed(
+    node: &str,
+    before: &BTreeMap<u64, u64>,
+    after: &BTreeMap<u64, u64>,
+    kept: &[u64],
+) {
+    for partition in kept {
+        assert_eq!(
+            before.get(partition),
+            after.get(partition),
+            "{node} kept partition {partition} through the hand-over without starting it again"
+        );
+    }
 }
 
 /// The partitions `node_id` holds in `view`.
@@ -195,8 +226,12 @@ fn three_nodes_keep_counting_when_one_is_killed_and_rebalance_when_it_returns() 
     let ids: Vec<String> = [&a, &b, &c].iter().map(|n| node_id(&http, n)).collect();
     let all: BTreeSet<String> = ids.iter().cloned().collect();
     wait_settled(&http, &[&a, &b, &c], &all);
-    let c_partitions = held_by(&cluster(&http, &a).unwrap(), &ids[2]);
+    let before_kill = cluster(&http, &a).unwrap();
+    let c_partitions = held_by(&before_kill, &ids[2]);
     assert!(!c_partitions.is_empty());
+    let a_kept = held_by(&before_kill, &ids[0]);
+    let b_kept = held_by(&before_kill, &ids[1]);
+    let (a_starts, b_starts) = (run_starts(&http, &a), run_starts(&http, &b));
 
     // Traffic to all three; c is SIGKILLed while it runs and not restarted.
     let targets = vec![a.base.clone(), b.base.clone(), c.base.clone()];
@@ -209,6 +244,11 @@ fn three_nodes_keep_counting_when_one_is_killed_and_rebalance_when_it_returns() 
     let survivors: BTreeSet<String> = ids[..2].iter().cloned().collect();
     let took = wait_settled(&http, &[&a, &b], &survivors);
     eprintln!("the killed node's partitions were running elsewhere {took:?} after its death");
+    // Only the dead node's partitions moved: what the survivors ran, they ran on.
+    let a_after_kill = run_starts(&http, &a);
+    let b_after_kill = run_starts(&http, &b);
+    assert_kept_undisturbed("a", &a_starts, &a_after_kill, &a_kept);
+    assert_kept_undisturbed("b", &b_starts, &b_after_kill, &b_kept);
     // The survivors restored c's partitions from the snapshots c published while it ran.
     let mut restored: Vec<(u64, bool)> = taken_over(&http, &a);
     restored.extend(taken_over(&http, &b));
@@ -227,6 +267,9 @@ fn three_nodes_keep_counting_when_one_is_killed_and_rebalance_when_it_returns() 
     // against all three verifies again.
     let c = start(&log, dirs[2].path());
     wait_settled(&http, &[&a, &b, &c], &all);
+    // Only what returns to it moved: a and b ran the rest on.
+    assert_kept_undisturbed("a", &a_after_kill, &run_starts(&http, &a), &a_kept);
+    assert_kept_undisturbed("b", &b_after_kill, &run_starts(&http, &b), &b_kept);
     // It takes its partitions back from the snapshots a and b published as they released them
     // (further on than its own checkpoints, which stopped at the kill).
     let back = taken_over(&http, &c);

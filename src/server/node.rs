@@ -38,6 +38,18 @@ pub struct Node {
     pub cluster: Option<ClusterLink>,
     /// How this node took over each partition it took from another (automatic assignment).
     taken_over: Mutex<BTreeMap<PartitionId, TakeOver>>,
+    /// When this node last started running each partition, and how many times it did.
+    started: Mutex<BTreeMap<PartitionId, RunStarts>>,
+}
+
+/// How often this node started running a partition: a partition it kept while others moved
+/// was not started again.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RunStarts {
+    pub partition: PartitionId,
+    pub starts: u64,
+    /// Unix milliseconds of the last start.
+    pub last_started_at_ms: i64,
 }
 
 /// How a partition was taken over: from this node's own checkpoint of it, or from the
@@ -89,6 +101,32 @@ impl Node {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(take_over.partition, take_over);
+    }
+
+    /// Records that this node started running `partitions` now.
+    pub fn started_running(&self, partitions: &[PartitionId]) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as i64);
+        let mut started = self.started.lock().unwrap_or_else(PoisonError::into_inner);
+        for &partition in partitions {
+            let entry = started.entry(partition).or_insert(RunStarts {
+                partition,
+                starts: 0,
+                last_started_at_ms: now_ms,
+            });
+            entry.starts += 1;
+            entry.last_started_at_ms = now_ms;
+        }
+    }
+
+    fn run_starts(&self) -> Vec<RunStarts> {
+        self.started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .copied()
+            .collect()
     }
 
     fn taken_over(&self) -> Vec<TakeOver> {
@@ -217,6 +255,7 @@ pub async fn join(
             advertise,
             cluster: None,
             taken_over: Default::default(),
+            started: Default::default(),
         });
     };
     if config.owns == PartitionSet::Auto {
@@ -271,6 +310,7 @@ impl Node {
                 state: Arc::clone(&shared.state),
             }),
             taken_over: Default::default(),
+            started: Default::default(),
         }
     }
 }
@@ -297,6 +337,9 @@ pub struct ClusterView {
     /// With automatic assignment: how this node took over each partition it took over.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub taken_over: Option<Vec<TakeOver>>,
+    /// With automatic assignment: how many times this node started running each partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_starts: Option<Vec<RunStarts>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -331,5 +374,6 @@ pub async fn cluster_view(State(state): State<Arc<super::AppState>>) -> Json<Clu
         }),
         assignment: automatic.map(|membership| membership.assignment_view()),
         taken_over: automatic.map(|_| node.taken_over()),
+        run_starts: automatic.map(|_| node.run_starts()),
     })
 }

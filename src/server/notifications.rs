@@ -181,20 +181,25 @@ impl Notifications {
         self: &Arc<Self>,
         shutdown: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        if self.webhook.is_none() {
-            return Vec::new();
-        }
         self.outbox
             .owned()
             .into_iter()
-            .map(|partition| {
-                let notifications = Arc::clone(self);
-                let shutdown = shutdown.clone();
-                tokio::spawn(
-                    async move { notifications.deliver_partition(partition, shutdown).await },
-                )
-            })
+            .filter_map(|partition| self.spawn_delivery_of(partition, shutdown.clone()))
             .collect()
+    }
+
+    /// Delivers the notifications of one partition this node runs until `shutdown` (none
+    /// without a webhook).
+    pub fn spawn_delivery_of(
+        self: &Arc<Self>,
+        partition: PartitionId,
+        shutdown: watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        self.webhook.as_ref()?;
+        let notifications = Arc::clone(self);
+        Some(tokio::spawn(async move {
+            notifications.deliver_partition(partition, shutdown).await
+        }))
     }
 
     async fn deliver_partition(&self, partition: PartitionId, mut shutdown: watch::Receiver<bool>) {

@@ -3,17 +3,20 @@
 //!
 //! Every [`HEARTBEAT_INTERVAL`] the supervisor heartbeats, reads the nodes topic, and compares
 //! what the assignment wants of this node ([`OwnershipPlan`]) with what it runs. On a change it
-//! hands partitions over in an order that never lets two nodes act for one partition:
+//! hands over only the partitions that move, in an order that never lets two nodes act for one
+//! partition; the partitions it keeps run on undisturbed:
 //!
 //! ```text
-//! stop the pipeline run and the deliveries ─► publish the last results ─► release what moved
-//! away ─► acquire what moved here (read back: held) ─► start the run on what it holds
+//! stop the deliveries and the pipeline of what moves away (each at its last checkpoint) ─►
+//! publish the last results ─► release it ─► acquire what moved here (read back: held) ─►
+//! restore and start it on the running worker pool
 //! ```
 //!
 //! A partition moving here from a live member waits for that member's release (or its
-//! expiry); one moving from a member that died starts once the expiry is on the topic. The run
-//! restores each partition from this node's own checkpoint of it, or rebuilds it from offset 0
-//! of the log. A node that cannot renew its lease for [`FENCE_AFTER`] stops its run and
+//! expiry); one moving from a member that died starts once the expiry is on the topic. A
+//! partition taken on is restored from the cluster's latest snapshot of it, or from this
+//! node's own checkpoint when that is further on, and then replays the log from there. A node
+//! that cannot renew its lease for [`FENCE_AFTER`] stops its run and
 //! publishes and delivers nothing (the fence in the publisher and the deliveries covers the
 //! moments before the supervisor notices); one that finds it was expired while away joins
 //! again as a new run, holding nothing.
@@ -30,7 +33,7 @@ use tally_pipeline::cluster::membership::{FENCE_AFTER, HEARTBEAT_INTERVAL};
 use tally_pipeline::cluster::state_snapshots;
 use tally_pipeline::cluster::{Membership, OwnershipPlan, ResultsPublisher};
 use tally_pipeline::log::{Log, Offset, PartitionId};
-use tally_pipeline::runner::{PartitionRunSummary, Pipeline, PipelineError, RunMode};
+use tally_pipeline::runner::{PartitionRunSummary, Pipeline, PipelineError, RunningPool};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -66,12 +69,22 @@ pub struct StateSnapshots {
     pub sequence: AtomicU64,
 }
 
-/// The pipeline run and deliveries over the partitions held now.
+/// The worker pool running the partitions held now, and each one's deliveries.
 struct Run {
-    partitions: Vec<PartitionId>,
+    pool: RunningPool,
+    deliveries: BTreeMap<PartitionId, Delivery>,
+}
+
+/// One partition's notification deliveries, stopped on their own.
+struct Delivery {
     stop: watch::Sender<bool>,
-    thread: std::thread::JoinHandle<Result<Vec<PartitionRunSummary>, PipelineError>>,
-    deliveries: Vec<JoinHandle<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Run {
+    fn partitions(&self) -> Vec<PartitionId> {
+        self.pool.partitions()
+    }
 }
 
 impl Supervisor {
@@ -137,10 +150,7 @@ impl Supervisor {
             self.say_delivered(&membership.held()).await;
         }
         let plan = membership.plan();
-        let running: Vec<PartitionId> = run
-            .as_ref()
-            .map(|run| run.partitions.clone())
-            .unwrap_or_default();
+        let running = running(run);
         let takes_new = plan.acquire.iter().any(|(p, _)| !running.contains(p));
         let lost_some = plan.keep.iter().copied().ne(running.iter().copied());
         if plan.release.is_empty() && !takes_new && !lost_some {
@@ -154,12 +164,16 @@ impl Supervisor {
         self.hand_over(run, plan).await;
     }
 
+    /// Moves only what the plan moves: gives up what went elsewhere, releases it, acquires
+    /// what came here and starts it; the partitions kept run on.
     async fn hand_over(&self, run: &mut Option<Run>, plan: OwnershipPlan) {
-        let running_before: Vec<PartitionId> = run
-            .as_ref()
-            .map(|run| run.partitions.clone())
-            .unwrap_or_default();
-        self.stop(run).await;
+        let running_before = running(run);
+        let leaving: Vec<PartitionId> = running_before
+            .iter()
+            .copied()
+            .filter(|p| !plan.keep.contains(p))
+            .collect();
+        self.give_up(run, &leaving).await;
         // The new owners restore what these last checkpoints hold, and deliver from where
         // this node stopped.
         self.say_delivered(&plan.release).await;
@@ -170,7 +184,6 @@ impl Supervisor {
             let released: Vec<PartitionId> = plan.release.iter().map(|(p, _)| *p).collect();
             self.publisher.forget(&released);
         }
-        let mut partitions = plan.keep.clone();
         let acquired = self.acquire(&plan.acquire).await;
         for &partition in &acquired {
             if !running_before.contains(&partition) {
@@ -182,16 +195,25 @@ impl Supervisor {
                 self.snapshots.restore(partition, epoch).await;
             }
         }
-        partitions.extend(acquired);
-        partitions.sort_unstable();
-        partitions.dedup();
+        let still_running = running(run);
+        let mut starting: Vec<PartitionId> = plan
+            .keep
+            .iter()
+            .chain(&acquired)
+            .copied()
+            .filter(|p| !still_running.contains(p))
+            .collect();
+        starting.sort_unstable();
+        starting.dedup();
         tracing::info!(
-            partitions = ?partitions,
+            kept = ?still_running,
+            starting = ?starting,
+            gave_up = ?leaving,
             released = ?plan.release,
             waiting = ?plan.waiting,
             "running the partitions the assignment gives this node"
         );
-        *run = self.start(partitions);
+        self.take_on(run, starting).await;
     }
 
     /// Acquires `partitions`; returns those held now.
@@ -225,14 +247,48 @@ impl Supervisor {
         }
     }
 
-    /// Starts the pipeline and the deliveries on `partitions`.
-    fn start(&self, partitions: Vec<PartitionId>) -> Option<Run> {
+    /// Loads `partitions` and starts them, and their deliveries, beside those running (on a
+    /// pool started now if none runs). One that does not load is started again next step.
+    async fn take_on(&self, run: &mut Option<Run>, partitions: Vec<PartitionId>) {
         self.stamp_epochs();
-        self.node.set_owned(partitions.clone());
         if partitions.is_empty() {
-            return None;
+            return;
         }
-        if let Err(error) = self.notifications.set_owned(partitions.clone()) {
+        if run.is_none() {
+            match self.pipeline.start_pool() {
+                Ok(pool) => {
+                    *run = Some(Run {
+                        pool,
+                        deliveries: BTreeMap::new(),
+                    })
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the pipeline workers");
+                    return;
+                }
+            }
+        }
+        let Some(current) = run.as_mut() else { return };
+        let pipeline = self.pipeline.clone();
+        let loading = partitions.clone();
+        let loaded = match tokio::task::spawn_blocking(move || pipeline.load_partitions(&loading))
+            .await
+        {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(error)) => {
+                tracing::error!(%error, ?partitions, "cannot load the partitions; trying again");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%error, ?partitions, "loading the partitions panicked");
+                return;
+            }
+        };
+        current.pool.take(loaded);
+        let now_running = current.partitions();
+        self.node.set_owned(now_running.clone());
+        self.node.started_running(&partitions);
+        if let Err(error) = self.notifications.set_owned(now_running) {
             tracing::warn!("{error:#}");
         }
         for &partition in &partitions {
@@ -241,60 +297,86 @@ impl Supervisor {
             if let Err(error) = self.notifications.adopt_cursor(partition, cursor) {
                 tracing::warn!(partition, "{error:#}");
             }
+            let (stop, stopped) = watch::channel(false);
+            let task = self.notifications.spawn_delivery_of(partition, stopped);
+            current
+                .deliveries
+                .insert(partition, Delivery { stop, task });
         }
-        let (stop, stopped) = watch::channel(false);
-        let pipeline = self.pipeline.clone();
-        let mode = RunMode::Follow {
-            shutdown: stopped.clone(),
-        };
-        let owned = partitions.clone();
-        let thread = match std::thread::Builder::new()
-            .name("tally-pipeline".into())
-            .spawn(move || pipeline.run_partitions(mode, &owned))
-        {
-            Ok(thread) => thread,
-            Err(error) => {
-                tracing::error!(%error, "cannot start the pipeline thread");
-                self.node.set_owned(Vec::new());
-                return None;
-            }
-        };
-        let deliveries = self.notifications.spawn_delivery(stopped);
-        Some(Run {
-            partitions,
-            stop,
-            thread,
-            deliveries,
-        })
     }
 
-    /// Stops the run: deliveries, then the pipeline's last checkpoints, then their results.
+    /// Stops `partitions` — their deliveries, then their last checkpoints, then their results
+    /// — while the others run on.
+    async fn give_up(&self, run: &mut Option<Run>, partitions: &[PartitionId]) {
+        let Some(current) = run.as_mut() else { return };
+        if partitions.is_empty() {
+            return;
+        }
+        let staying: Vec<PartitionId> = current
+            .partitions()
+            .into_iter()
+            .filter(|p| !partitions.contains(p))
+            .collect();
+        self.node.set_owned(staying.clone());
+        let deliveries: Vec<Delivery> = partitions
+            .iter()
+            .filter_map(|p| current.deliveries.remove(p))
+            .collect();
+        stop_deliveries(deliveries).await;
+        let results = current.pool.give(partitions).await;
+        log_stopped(&results);
+        if let Err(error) = self.notifications.set_owned(staying) {
+            tracing::warn!("{error:#}");
+        }
+        self.publish_committed().await;
+    }
+
+    /// Stops the whole run: deliveries, then the pipeline's last checkpoints, then their
+    /// results.
     async fn stop(&self, run: &mut Option<Run>) {
         let Some(run) = run.take() else { return };
         self.node.set_owned(Vec::new());
-        let _ = run.stop.send(true);
-        for delivery in run.deliveries {
-            let _ = delivery.await;
-        }
-        let thread = run.thread;
-        match tokio::task::spawn_blocking(move || thread.join()).await {
-            Ok(Ok(Ok(summaries))) => {
-                let offsets: Vec<(PartitionId, Offset)> = summaries
-                    .iter()
-                    .map(|s| (s.partition, s.next_offset))
-                    .collect();
-                tracing::info!(?offsets, "stopped the partitions at a checkpoint");
-            }
-            Ok(Ok(Err(error))) => tracing::error!(%error, "the pipeline stopped with an error"),
-            _ => tracing::error!("the pipeline thread panicked"),
+        stop_deliveries(run.deliveries.into_values().collect()).await;
+        let pool = run.pool;
+        match tokio::task::spawn_blocking(move || pool.stop()).await {
+            Ok(results) => log_stopped(&results),
+            Err(_) => tracing::error!("stopping the pipeline workers panicked"),
         }
         if let Err(error) = self.notifications.set_owned(Vec::new()) {
             tracing::warn!("{error:#}");
         }
-        // What the last checkpoints committed goes out before anything is released.
+        self.publish_committed().await;
+    }
+
+    /// What the last checkpoints committed goes out before anything is released.
+    async fn publish_committed(&self) {
         let (_, stopped) = watch::channel(true);
         self.publisher.run(stopped).await;
     }
+}
+
+fn running(run: &Option<Run>) -> Vec<PartitionId> {
+    run.as_ref().map(Run::partitions).unwrap_or_default()
+}
+
+async fn stop_deliveries(deliveries: Vec<Delivery>) {
+    for delivery in &deliveries {
+        let _ = delivery.stop.send(true);
+    }
+    for task in deliveries.into_iter().filter_map(|d| d.task) {
+        let _ = task.await;
+    }
+}
+
+fn log_stopped(results: &[(PartitionId, Result<PartitionRunSummary, PipelineError>)]) {
+    let mut offsets = Vec::new();
+    for (partition, result) in results {
+        match result {
+            Ok(summary) => offsets.push((*partition, summary.next_offset)),
+            Err(error) => tracing::error!(partition, %error, "the partition stopped with an error"),
+        }
+    }
+    tracing::info!(?offsets, "stopped the partitions at a checkpoint");
 }
 
 impl StateSnapshots {

@@ -39,6 +39,11 @@ use crate::read_model::{PartitionUpdate, ReadModel};
 use crate::support::backoff::Backoff;
 use crate::support::clock::Clock;
 
+mod pool;
+
+use pool::Command;
+pub use pool::RunningPool;
+
 /// How the pipeline runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PipelineConfig {
@@ -121,6 +126,8 @@ pub enum PipelineError {
     },
     #[error("the worker running partition {partition} panicked")]
     Panicked { partition: PartitionId },
+    #[error("partition {partition} is not running here")]
+    NotRunning { partition: PartitionId },
 }
 
 /// Whether a run stops at the end of the log or keeps following it.
@@ -454,7 +461,7 @@ impl Pipeline {
                 let owned: Vec<PartitionId> = share.iter().map(|(s, _)| s.partition()).collect();
                 std::thread::Builder::new()
                     .name(format!("tally-pipeline-w{worker}"))
-                    .spawn(move || pipeline.run_worker(share, mode))
+                    .spawn(move || pipeline.run_worker(share, mode, None))
                     .map(|handle| (handle, owned))
                     .map_err(|source| PipelineError::Runtime {
                         partition: first,
@@ -487,7 +494,7 @@ impl Pipeline {
         mode: RunMode,
     ) -> Result<PartitionRunSummary, PipelineError> {
         let partition = state.partition();
-        self.run_worker(vec![(state, rebuilt)], mode)
+        self.run_worker(vec![(state, rebuilt)], mode, None)
             .pop()
             .map_or(Err(PipelineError::Panicked { partition }), |(_, result)| {
                 result
@@ -502,6 +509,7 @@ impl Pipeline {
         &self,
         share: Vec<(PartitionState, bool)>,
         mode: RunMode,
+        commands: Option<tokio::sync::mpsc::UnboundedReceiver<Command>>,
     ) -> Vec<(PartitionId, Result<PartitionRunSummary, PipelineError>)> {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -531,6 +539,8 @@ impl Pipeline {
                 RunMode::Follow { shutdown } => Some(shutdown.clone()),
             },
             backoff: Backoff::for_log(),
+            commands,
+            told: Vec::new(),
         };
         for (state, rebuilt) in share {
             worker.start(state, rebuilt, &mode);
@@ -656,6 +666,10 @@ struct Worker<'a> {
     shutdown: Option<watch::Receiver<bool>>,
     /// A failing log or disk is waited out with a doubling pause.
     backoff: Backoff,
+    /// A worker of a [`RunningPool`]: what it is told to take on or give up.
+    commands: Option<tokio::sync::mpsc::UnboundedReceiver<Command>>,
+    /// Commands received while waiting, obeyed at the start of the next pass.
+    told: Vec<Command>,
 }
 
 impl<'a> Worker<'a> {
@@ -702,7 +716,14 @@ impl<'a> Worker<'a> {
     /// Passes over the partitions until the mode says stop: each reads and applies one batch,
     /// then the checkpoints due are committed in one round.
     fn run(&mut self) {
-        while !self.shutdown_asked() && !self.runs.is_empty() {
+        while !self.shutdown_asked() {
+            self.obey();
+            if self.runs.is_empty() {
+                if self.wait_for_command() {
+                    continue;
+                }
+                break;
+            }
             let mut applied = false;
             let mut at = 0;
             let following = self.following();
@@ -799,13 +820,89 @@ impl<'a> Worker<'a> {
                 None => std::future::pending().await,
             }
         };
-        self.runtime.block_on(async {
+        let commands = self.commands.as_mut();
+        let told = self.runtime.block_on(async {
             tokio::select! {
-                _ = select_all(waits) => {}
-                _ = shutdown.changed() => {}
-                _ = deadline => {}
+                _ = select_all(waits) => None,
+                _ = shutdown.changed() => None,
+                _ = deadline => None,
+                command = next_command(commands) => Some(command),
             }
         });
+        self.told.extend(told);
+    }
+
+    /// A pool's worker with no partitions waits to be told to take one on (or to stop); true
+    /// if it was told something. Any other worker with none left is done.
+    fn wait_for_command(&mut self) -> bool {
+        let (Some(commands), Some(shutdown)) = (self.commands.as_mut(), self.shutdown.as_mut())
+        else {
+            return false;
+        };
+        let told = self.runtime.block_on(async {
+            tokio::select! {
+                command = commands.recv() => command,
+                _ = shutdown.changed() => None,
+            }
+        });
+        match told {
+            Some(command) => {
+                self.told.push(command);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Obeys what the pool told this worker since the last pass: takes partitions on, gives
+    /// them up (each with its last checkpoint committed).
+    fn obey(&mut self) {
+        if let Some(commands) = self.commands.as_mut() {
+            while let Ok(command) = commands.try_recv() {
+                self.told.push(command);
+            }
+        }
+        for command in std::mem::take(&mut self.told) {
+            match command {
+                Command::Take { state, rebuilt } => {
+                    let mode = self.mode();
+                    self.start(state, rebuilt, &mode);
+                }
+                Command::Give { partition, reply } => {
+                    // The pool may have stopped waiting; the checkpoint is committed either way.
+                    let _ = reply.send(self.give(partition));
+                }
+            }
+        }
+    }
+
+    fn mode(&self) -> RunMode {
+        match &self.shutdown {
+            Some(shutdown) => RunMode::Follow {
+                shutdown: shutdown.clone(),
+            },
+            None => RunMode::CatchUp,
+        }
+    }
+
+    /// Stops running `partition` here: commits what it applied since its last checkpoint, in
+    /// a round of its own, and says how its run went.
+    fn give(&mut self, partition: PartitionId) -> Result<PartitionRunSummary, PipelineError> {
+        if let Some(at) = self.ended.iter().position(|(p, _)| *p == partition) {
+            return self.ended.remove(at).1;
+        }
+        let at = self
+            .runs
+            .iter()
+            .position(|run| run.state.partition() == partition)
+            .ok_or(PipelineError::NotRunning { partition })?;
+        let mut run = self.runs.remove(at);
+        if run.owes_checkpoint() {
+            self.pipeline
+                .checkpoint_round(&mut self.committer, &mut [&mut run])
+                .map_err(|error| PipelineError::Checkpoint(error.copied()))?;
+        }
+        Ok(run.into_summary())
     }
 
     /// The last round, of what each partition applied since its last checkpoint (or the first
@@ -815,7 +912,7 @@ impl<'a> Worker<'a> {
         let mut runs: Vec<&mut PartitionRun<'a>> = self
             .runs
             .iter_mut()
-            .filter(|run| run.applied_since_commit > 0 || run.summary.last_checkpoint.is_none())
+            .filter(|run| run.owes_checkpoint())
             .collect();
         let last_round = if runs.is_empty() {
             Ok(())
@@ -1016,6 +1113,14 @@ impl<'a> PartitionRun<'a> {
         }
     }
 
+    /// What it applied since its last checkpoint (or a first checkpoint, or one that failed
+    /// to commit) is still to be committed.
+    fn owes_checkpoint(&self) -> bool {
+        self.applied_since_commit > 0
+            || self.summary.last_checkpoint.is_none()
+            || self.unsaved.is_some()
+    }
+
     /// A round committed this partition's checkpoint: counting starts again.
     fn committed(&mut self, meta: CheckpointMeta) {
         self.summary.last_checkpoint = Some(meta);
@@ -1027,6 +1132,19 @@ impl<'a> PartitionRun<'a> {
     fn into_summary(mut self) -> PartitionRunSummary {
         self.summary.next_offset = self.state.next_offset();
         self.summary
+    }
+}
+
+/// The next command of a pool's worker; never, for a worker of no pool (or a pool gone).
+async fn next_command(
+    commands: Option<&mut tokio::sync::mpsc::UnboundedReceiver<Command>>,
+) -> Command {
+    match commands {
+        Some(commands) => match commands.recv().await {
+            Some(command) => command,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
