@@ -2,7 +2,9 @@
 //! applied again by the others, with a recent state snapshot and without one.
 //!
 //! Each round starts three `tally serve` nodes (`--owns auto`, 16 partitions) on a new topic,
-//! loads `PRELOAD` donations through them, waits a few seconds (so that with a 1 s snapshot
+//! appends `PRELOAD` donations to the topic (the records ingest appends, written straight to
+//! the log so that a long one is quick to make), waits until the nodes applied them and a few
+//! seconds more (so that with a 1 s snapshot
 //! interval every partition's snapshot covers the load), then SIGKILLs one node and measures,
 //! from the kill, (1) until a survivor's view shows every partition held by a live node, and
 //! (2) until a survivor's totals show a batch of donations to every partition posted just after
@@ -10,7 +12,8 @@
 //! offset 0 without one), caught up and applying again. The lease is 5 s,
 //! so (1) is at least that. Five rounds per case; p50 and max.
 //!
-//! `TALLY_BENCH_PRELOAD` and `TALLY_BENCH_ROUNDS` set the load and the rounds.
+//! `TALLY_BENCH_PRELOAD` and `TALLY_BENCH_ROUNDS` set the load and the rounds;
+//! `TALLY_BENCH_CASES=snapshot` or `=no-snapshot` runs one case only.
 //!
 //! Needs `TALLY_FLUVIO_ENDPOINT=HOST:PORT` (the SC on loopback); without it the bench says so
 //! and does nothing. Run: `cargo bench --bench failover`. The three nodes, the cluster and this
@@ -27,6 +30,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tally_api::signature::{SIGNATURE_HEADER, SigningSecret, sign};
+use tally_pipeline::event::{DonationEvent, EventTime, envelope};
+use tally_pipeline::log::{FluvioLog, FluvioLogOptions, append_keyed};
 
 use server::{ADMIN_TOKEN, SIGNING_SECRET, Server, start_server_with};
 
@@ -39,6 +44,8 @@ const ROUNDS: usize = 5;
 const PRELOAD: usize = 60_000;
 const BATCH: usize = 1000;
 const CAMPAIGN: &str = "failover";
+/// 2026-11-24T18:30:00Z, every donation's `paid_at`.
+const PAID_AT_MS: i64 = 1_795_545_000_000;
 /// Bound on any one wait.
 const WAIT_MAX: Duration = Duration::from_secs(120);
 
@@ -64,10 +71,14 @@ fn main() -> anyhow::Result<()> {
         "{:<34} {:>14} {:>14} {:>16} {:>16}",
         "case", "held p50 s", "held max s", "applied p50 s", "applied max s"
     );
-    for (case, interval) in [
-        ("recent snapshot (every 1 s)", "1s"),
-        ("no recent snapshot (every 1 h)", "1h"),
+    let cases = std::env::var("TALLY_BENCH_CASES").unwrap_or_default();
+    for (name, case, interval) in [
+        ("snapshot", "recent snapshot (every 1 s)", "1s"),
+        ("no-snapshot", "no recent snapshot (every 1 h)", "1h"),
     ] {
+        if !cases.is_empty() && !cases.split(',').any(|c| c.trim() == name) {
+            continue;
+        }
         let mut held = Vec::new();
         let mut applied = Vec::new();
         for round in 0..rounds {
@@ -126,7 +137,7 @@ fn round_once(
         ))
     })?;
     create_campaign(&http, &nodes[0])?;
-    let expected_cents = load(&http, &nodes, round, preload)?;
+    let expected_cents = load(endpoint, &log, round, preload)?;
     wait_for(|| applied(&http, &nodes[0], expected_cents))?;
     // Timing only: with a 1 s interval, the snapshots now cover the load.
     std::thread::sleep(Duration::from_secs(3));
@@ -192,18 +203,52 @@ fn create_campaign(http: &reqwest::blocking::Client, node: &Server) -> anyhow::R
     Ok(())
 }
 
-/// Loads `count` donations in batches spread over the nodes; returns their sum in cents.
-fn load(
-    http: &reqwest::blocking::Client,
-    nodes: &[Server],
-    round: usize,
-    count: usize,
-) -> anyhow::Result<u64> {
-    let mut cents = 0;
-    for (batch_index, start) in (0..count).step_by(BATCH).enumerate() {
-        cents += post_batch(http, &nodes[batch_index % nodes.len()], round, start)?;
-    }
-    Ok(cents)
+/// Appends `count` donations to the topic of `location` as ingest appends them (keyed by
+/// `payment_ref`), several chunks in flight; returns their sum in cents.
+fn load(endpoint: &str, location: &str, round: usize, count: usize) -> anyhow::Result<u64> {
+    const CHUNK: usize = 20_000;
+    const IN_FLIGHT: usize = 4;
+    let topic = location.rsplit('/').next().unwrap_or_default();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let partitions: u32 = PARTITIONS.parse()?;
+        let log = FluvioLog::connect(endpoint, topic, partitions, FluvioLogOptions::default())
+            .await
+            .context("cannot reach the donation topic")?;
+        let mut cents = 0;
+        let chunks: Vec<usize> = (0..count).step_by(CHUNK).collect();
+        for wave in chunks.chunks(IN_FLIGHT) {
+            let appends = wave.iter().map(|&first| {
+                let records: Vec<_> = (first..(first + CHUNK).min(count))
+                    .map(|i| {
+                        let (event, amount) = donation(round, i);
+                        cents += amount;
+                        envelope::keyed_record(&event)
+                    })
+                    .collect();
+                append_keyed(&log, records)
+            });
+            for appended in futures_util::future::join_all(appends).await {
+                appended.context("cannot append the load")?;
+            }
+        }
+        Ok(cents)
+    })
+}
+
+/// Donation `i` of `round`, as the batch route would record it, and its amount.
+fn donation(round: usize, i: usize) -> (DonationEvent, u64) {
+    let amount = 100 + (i as u64 % 9) * 25;
+    let event = DonationEvent {
+        payment_ref: format!("r{round}-{i}"),
+        order_id: format!("o{i}"),
+        user_id: format!("u{}", i % 5000),
+        campaign_id: CAMPAIGN.to_owned(),
+        amount_cents: amount,
+        currency: "USD".to_owned(),
+        paid_at: EventTime(PAID_AT_MS),
+    };
+    (event, amount)
 }
 
 /// Posts donations `first..first + BATCH` of `round` as one signed batch; their sum in cents.

@@ -260,16 +260,15 @@ pub async fn end_offsets(log: &dyn Log) -> Result<Vec<Offset>, LogError> {
     Ok(ends)
 }
 
-/// Awaits every append; the first error wins, but all are driven to completion so no append is
-/// left half-observed.
+/// Awaits every append, all at once, so that one commit round of the log can take them all (a
+/// batch spread over partitions costs a round, not a round per partition); the first error
+/// wins, but all are driven to completion so no append is left half-observed.
 async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Result<Vec<AppendAck>, LogError>
 where
     F: std::future::Future<Output = Result<AppendAck, LogError>>,
 {
-    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
-    let mut results = Vec::with_capacity(pinned.len());
-    for future in pinned.iter_mut() {
-        results.push(future.await);
-    }
-    results.into_iter().collect()
+    futures_util::future::join_all(futures)
+        .await
+        .into_iter()
+        .collect()
 }
