@@ -866,7 +866,7 @@ impl<'a> Worker<'a> {
             match command {
                 Command::Take { state, rebuilt } => {
                     let mode = self.mode();
-                    self.start(state, rebuilt, &mode);
+                    self.start(*state, rebuilt, &mode);
                 }
                 Command::Give { partition, reply } => {
                     // The pool may have stopped waiting; the checkpoint is committed either way.

@@ -19,7 +19,7 @@ use crate::processor::PartitionState;
 pub(super) enum Command {
     /// Run this loaded partition too.
     Take {
-        state: PartitionState,
+        state: Box<PartitionState>,
         rebuilt: bool,
     },
     /// Stop running this partition once its last checkpoint is committed.
@@ -90,7 +90,10 @@ impl RunningPool {
             let worker = self.least_loaded();
             if self.workers[worker]
                 .commands
-                .send(Command::Take { state, rebuilt })
+                .send(Command::Take {
+                    state: Box::new(state),
+                    rebuilt,
+                })
                 .is_err()
             {
                 tracing::error!(
