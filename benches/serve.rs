@@ -396,6 +396,26 @@ struct PartitionRow {
     partitions: Option<u32>,
     single: Phase,
     batch: Phase,
+    /// The server's CPU time per donation accepted in each phase, in microseconds.
+    single_cpu_us: Option<f64>,
+    batch_cpu_us: Option<f64>,
+}
+
+/// Runs `phase` and says how much CPU the process `pid` spent per donation it accepted.
+async fn with_cpu_per_donation(
+    pid: u32,
+    duration: Duration,
+    phase: impl std::future::Future<Output = Phase>,
+) -> (Phase, Option<f64>) {
+    let before = machine::process_cpu_seconds(pid);
+    let phase = phase.await;
+    let after = machine::process_cpu_seconds(pid);
+    let donations = phase.donations_per_s * duration.as_secs_f64();
+    let per_donation = before
+        .zip(after)
+        .filter(|_| donations > 0.0)
+        .map(|(before, after)| (after - before) / donations * 1e6);
+    (phase, per_donation)
 }
 
 /// The partitions table: each partition count on a fresh server, then the ceiling.
@@ -405,20 +425,29 @@ async fn partition_rows(duration: Duration) -> anyhow::Result<Vec<PartitionRow>>
         let dir = tempfile::tempdir()?;
         let server = start_server_with(dir.path(), &["--partitions", &partitions.to_string()])?;
         server::create_campaigns(&server.base, &CAMPAIGNS).await?;
-        let single = closed_loop(
-            &server.base,
-            PARTITION_SINGLE_CONCURRENCY,
-            1,
+        let pid = server.pid();
+        let (single, single_cpu_us) = with_cpu_per_donation(
+            pid,
             duration,
-            40 + run as u64,
+            closed_loop(
+                &server.base,
+                PARTITION_SINGLE_CONCURRENCY,
+                1,
+                duration,
+                40 + run as u64,
+            ),
         )
         .await;
-        let batch = closed_loop(
-            &server.base,
-            PARTITION_BATCH_CONCURRENCY,
-            BATCH_ITEMS,
+        let (batch, batch_cpu_us) = with_cpu_per_donation(
+            pid,
             duration,
-            50 + run as u64,
+            closed_loop(
+                &server.base,
+                PARTITION_BATCH_CONCURRENCY,
+                BATCH_ITEMS,
+                duration,
+                50 + run as u64,
+            ),
         )
         .await;
         drop(server);
@@ -427,16 +456,28 @@ async fn partition_rows(duration: Duration) -> anyhow::Result<Vec<PartitionRow>>
             partitions: Some(partitions),
             single,
             batch,
+            single_cpu_us,
+            batch_cpu_us,
         });
     }
     let ceiling = CeilingServer::start()?;
-    let single = closed_loop(&ceiling.base, PARTITION_SINGLE_CONCURRENCY, 1, duration, 60).await;
-    let batch = closed_loop(
-        &ceiling.base,
-        PARTITION_BATCH_CONCURRENCY,
-        BATCH_ITEMS,
+    let pid = ceiling.child.id();
+    let (single, single_cpu_us) = with_cpu_per_donation(
+        pid,
         duration,
-        61,
+        closed_loop(&ceiling.base, PARTITION_SINGLE_CONCURRENCY, 1, duration, 60),
+    )
+    .await;
+    let (batch, batch_cpu_us) = with_cpu_per_donation(
+        pid,
+        duration,
+        closed_loop(
+            &ceiling.base,
+            PARTITION_BATCH_CONCURRENCY,
+            BATCH_ITEMS,
+            duration,
+            61,
+        ),
     )
     .await;
     drop(ceiling);
@@ -445,6 +486,8 @@ async fn partition_rows(duration: Duration) -> anyhow::Result<Vec<PartitionRow>>
         partitions: None,
         single,
         batch,
+        single_cpu_us,
+        batch_cpu_us,
     });
     Ok(rows)
 }
@@ -455,9 +498,22 @@ fn print_partition_rows(rows: &[PartitionRow]) {
         "partitions: single donations at {PARTITION_SINGLE_CONCURRENCY} connections, batches of {BATCH_ITEMS} at {PARTITION_BATCH_CONCURRENCY}, each on a fresh server"
     );
     println!(
-        "{:<44} {:>10} {:>8} {:>8} {:>10} {:>10} {:>8} {:>10}",
-        "server", "single/s", "p99 ms", "x ceil", "vs 1 part", "batch d/s", "p99 ms", "x ceil"
+        "cpu us/d: the server's CPU time (all threads, user and system) per donation it accepted"
     );
+    println!(
+        "{:<44} {:>10} {:>8} {:>8} {:>10} {:>8} {:>10} {:>8} {:>10} {:>8}",
+        "server",
+        "single/s",
+        "p99 ms",
+        "x ceil",
+        "vs 1 part",
+        "cpu us/d",
+        "batch d/s",
+        "p99 ms",
+        "x ceil",
+        "cpu us/d"
+    );
+    let cpu = |us: Option<f64>| us.map_or_else(|| "-".to_owned(), |us| format!("{us:.1}"));
     let ceiling = rows.iter().find(|row| row.partitions.is_none());
     let one = rows.iter().find(|row| row.partitions == Some(1));
     let ratio = |a: f64, b: Option<f64>| {
@@ -465,7 +521,7 @@ fn print_partition_rows(rows: &[PartitionRow]) {
     };
     for row in rows {
         println!(
-            "{:<44} {:>10.0} {:>8.2} {:>8} {:>10} {:>10.0} {:>8.2} {:>10}",
+            "{:<44} {:>10.0} {:>8.2} {:>8} {:>10} {:>8} {:>10.0} {:>8.2} {:>10} {:>8}",
             row.name,
             row.single.donations_per_s,
             ms(&row.single.latency_us, 0.99),
@@ -481,12 +537,14 @@ fn print_partition_rows(rows: &[PartitionRow]) {
             } else {
                 "-".to_owned()
             },
+            cpu(row.single_cpu_us),
             row.batch.donations_per_s,
             ms(&row.batch.latency_us, 0.99),
             ratio(
                 row.batch.donations_per_s,
                 ceiling.map(|c| c.batch.donations_per_s)
             ),
+            cpu(row.batch_cpu_us),
         );
         let errors = row.single.errors + row.batch.errors;
         if errors > 0 {

@@ -18,3 +18,16 @@ pub fn describe() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores, {memory_gib:.1} GiB memory, {model}")
 }
+
+/// CPU time (user and system, all threads) process `pid` has used so far, in seconds; `None`
+/// where `/proc` does not say.
+#[allow(dead_code)] // not every bench reports CPU time
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command (which may hold spaces) start after its closing ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |at: usize| fields.get(at)?.parse::<f64>().ok();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command; in
+    // USER_HZ, which Linux fixes at 100 for this interface.
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
