@@ -16,7 +16,9 @@
 //!   fresh server with a log of 1, 8 and 64 partitions, and against a **ceiling**: the same
 //!   client against a server that only parses the same JSON with axum and answers 202 (this
 //!   bench's own executable, started again as that server), so each row says what share of
-//!   the HTTP and JSON work alone tally reaches.
+//!   the HTTP and JSON work alone tally reaches. The servers run in interleaved rounds (every
+//!   server once a round, `TALLY_BENCH_ROUNDS`, default 3) and the table gives medians, so a
+//!   machine whose speed drifts between minutes moves every row alike.
 //!
 //! Run: `cargo bench --bench serve [FILTER]`: FILTER (optional) keeps the groups whose name
 //! (single, batch, freshness, contention, partitions) contains it. `TALLY_BENCH_SECONDS` sets each phase's
@@ -389,17 +391,27 @@ impl Drop for CeilingServer {
     }
 }
 
-/// One row of the partitions table: a server (tally at some partition count, or the ceiling)
-/// and its single and batch phases.
-struct PartitionRow {
-    name: String,
-    partitions: Option<u32>,
+/// The servers of the partitions table: tally at each partition count, then the ceiling (`None`).
+fn partition_servers() -> impl Iterator<Item = Option<u32>> {
+    PARTITION_COUNTS
+        .into_iter()
+        .map(Some)
+        .chain(std::iter::once(None))
+}
+
+/// One server's single and batch phases in one round of the partitions table.
+struct RoundResult {
     single: Phase,
     batch: Phase,
     /// The server's CPU time per donation accepted in each phase, in microseconds.
     single_cpu_us: Option<f64>,
     batch_cpu_us: Option<f64>,
 }
+
+/// One round: every server of the table, one after the other, each on a fresh start. Rounds are
+/// interleaved so that a ratio compares servers measured minutes apart at most, not a whole
+/// table apart.
+type Round = Vec<(Option<u32>, RoundResult)>;
 
 /// Runs `phase` and says how much CPU the process `pid` spent per donation it accepted.
 async fn with_cpu_per_donation(
@@ -418,169 +430,252 @@ async fn with_cpu_per_donation(
     (phase, per_donation)
 }
 
-/// The partitions table: each partition count on a fresh server, then the ceiling.
-async fn partition_rows(duration: Duration) -> anyhow::Result<Vec<PartitionRow>> {
-    let mut rows = Vec::new();
-    for (run, partitions) in PARTITION_COUNTS.into_iter().enumerate() {
-        let dir = tempfile::tempdir()?;
-        let server = start_server_with(dir.path(), &["--partitions", &partitions.to_string()])?;
-        server::create_campaigns(&server.base, &CAMPAIGNS).await?;
-        let pid = server.pid();
-        let (single, single_cpu_us) = with_cpu_per_donation(
-            pid,
-            duration,
-            closed_loop(
-                &server.base,
-                PARTITION_SINGLE_CONCURRENCY,
-                1,
-                duration,
-                40 + run as u64,
-            ),
-        )
-        .await;
-        let (batch, batch_cpu_us) = with_cpu_per_donation(
-            pid,
-            duration,
-            closed_loop(
-                &server.base,
-                PARTITION_BATCH_CONCURRENCY,
-                BATCH_ITEMS,
-                duration,
-                50 + run as u64,
-            ),
-        )
-        .await;
-        drop(server);
-        rows.push(PartitionRow {
-            name: format!("tally, {partitions} partitions"),
-            partitions: Some(partitions),
-            single,
-            batch,
-            single_cpu_us,
-            batch_cpu_us,
-        });
-    }
-    let ceiling = CeilingServer::start()?;
-    let pid = ceiling.child.id();
+/// The single and batch phases against the server at `base` (process `pid`).
+async fn measure_server(base: &str, pid: u32, duration: Duration, seed: u64) -> RoundResult {
     let (single, single_cpu_us) = with_cpu_per_donation(
         pid,
         duration,
-        closed_loop(&ceiling.base, PARTITION_SINGLE_CONCURRENCY, 1, duration, 60),
+        closed_loop(base, PARTITION_SINGLE_CONCURRENCY, 1, duration, seed),
     )
     .await;
     let (batch, batch_cpu_us) = with_cpu_per_donation(
         pid,
         duration,
         closed_loop(
-            &ceiling.base,
+            base,
             PARTITION_BATCH_CONCURRENCY,
             BATCH_ITEMS,
             duration,
-            61,
+            seed + 1,
         ),
     )
     .await;
-    drop(ceiling);
-    rows.push(PartitionRow {
-        name: "ceiling: axum parses the JSON, answers 202".into(),
-        partitions: None,
+    RoundResult {
         single,
         batch,
         single_cpu_us,
         batch_cpu_us,
-    });
-    Ok(rows)
+    }
 }
 
-fn print_partition_rows(rows: &[PartitionRow]) {
+/// The partitions table's rounds: in each, every partition count on a fresh server, then the
+/// ceiling.
+async fn partition_rounds(duration: Duration, rounds: usize) -> anyhow::Result<Vec<Round>> {
+    let mut all = Vec::new();
+    for round in 0..rounds {
+        let mut results = Vec::new();
+        for (index, server) in partition_servers().enumerate() {
+            let seed = 40 + 10 * (round * 4 + index) as u64;
+            let result = match server {
+                Some(partitions) => {
+                    let dir = tempfile::tempdir()?;
+                    let tally =
+                        start_server_with(dir.path(), &["--partitions", &partitions.to_string()])?;
+                    server::create_campaigns(&tally.base, &CAMPAIGNS).await?;
+                    measure_server(&tally.base, tally.pid(), duration, seed).await
+                }
+                None => {
+                    let ceiling = CeilingServer::start()?;
+                    measure_server(&ceiling.base, ceiling.child.id(), duration, seed).await
+                }
+            };
+            results.push((server, result));
+        }
+        all.push(results);
+    }
+    Ok(all)
+}
+
+/// The middle value of `values` (the upper middle of an even count); 0 when there are none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Which phase of a round a column reads.
+#[derive(Clone, Copy)]
+enum PhaseKind {
+    Single,
+    Batch,
+}
+
+impl RoundResult {
+    fn phase(&self, kind: PhaseKind) -> &Phase {
+        match kind {
+            PhaseKind::Single => &self.single,
+            PhaseKind::Batch => &self.batch,
+        }
+    }
+
+    fn cpu_us(&self, kind: PhaseKind) -> Option<f64> {
+        match kind {
+            PhaseKind::Single => self.single_cpu_us,
+            PhaseKind::Batch => self.batch_cpu_us,
+        }
+    }
+}
+
+/// The partitions table read across rounds: each figure is the median over the rounds, and each
+/// ratio is the median of the ratios measured within one round.
+struct PartitionSummary<'a> {
+    rounds: &'a [Round],
+}
+
+impl PartitionSummary<'_> {
+    fn result(round: &Round, server: Option<u32>) -> Option<&RoundResult> {
+        round
+            .iter()
+            .find(|(s, _)| *s == server)
+            .map(|(_, result)| result)
+    }
+
+    fn per_round(
+        &self,
+        server: Option<u32>,
+        value: impl Fn(&Round, &RoundResult) -> Option<f64>,
+    ) -> Option<f64> {
+        let values: Vec<f64> = self
+            .rounds
+            .iter()
+            .filter_map(|round| Self::result(round, server).and_then(|r| value(round, r)))
+            .collect();
+        (!values.is_empty()).then(|| median(values))
+    }
+
+    fn rate(&self, server: Option<u32>, kind: PhaseKind) -> Option<f64> {
+        self.per_round(server, |_, r| Some(r.phase(kind).donations_per_s))
+    }
+
+    fn range(&self, server: Option<u32>, kind: PhaseKind) -> (f64, f64) {
+        let rates = self
+            .rounds
+            .iter()
+            .filter_map(|round| Self::result(round, server).map(|r| r.phase(kind).donations_per_s));
+        rates.fold((f64::INFINITY, 0.0), |(low, high), rate| {
+            (low.min(rate), high.max(rate))
+        })
+    }
+
+    fn p99_ms(&self, server: Option<u32>, kind: PhaseKind) -> Option<f64> {
+        self.per_round(server, |_, r| Some(ms(&r.phase(kind).latency_us, 0.99)))
+    }
+
+    fn cpu_us(&self, server: Option<u32>, kind: PhaseKind) -> Option<f64> {
+        self.per_round(server, |_, r| r.cpu_us(kind))
+    }
+
+    /// The median over rounds of `server`'s rate over `base`'s rate in the same round.
+    fn ratio(&self, server: Option<u32>, base: Option<u32>, kind: PhaseKind) -> Option<f64> {
+        self.per_round(server, |round, r| {
+            let base = Self::result(round, base)?.phase(kind).donations_per_s;
+            Some(r.phase(kind).donations_per_s / base.max(1e-9))
+        })
+    }
+
+    fn errors(&self, server: Option<u32>) -> u64 {
+        self.rounds
+            .iter()
+            .filter_map(|round| Self::result(round, server))
+            .map(|r| r.single.errors + r.batch.errors)
+            .sum()
+    }
+}
+
+fn server_name(server: Option<u32>) -> String {
+    match server {
+        Some(partitions) => format!("tally, {partitions} partitions"),
+        None => "ceiling: axum parses the JSON, answers 202".to_owned(),
+    }
+}
+
+fn print_partition_rows(rounds: &[Round]) {
+    let summary = PartitionSummary { rounds };
     println!();
     println!(
         "partitions: single donations at {PARTITION_SINGLE_CONCURRENCY} connections, batches of {BATCH_ITEMS} at {PARTITION_BATCH_CONCURRENCY}, each on a fresh server"
     );
     println!(
+        "{} interleaved rounds (every server once per round); each figure is the median over the rounds, each ratio the median of the ratios within a round",
+        rounds.len()
+    );
+    println!(
         "cpu us/d: the server's CPU time (all threads, user and system) per donation it accepted"
     );
     println!(
-        "{:<44} {:>10} {:>8} {:>8} {:>10} {:>8} {:>10} {:>8} {:>10} {:>8}",
+        "{:<44} {:>9} {:>15} {:>7} {:>7} {:>9} {:>8} {:>9} {:>17} {:>7} {:>7} {:>9} {:>8}",
         "server",
         "single/s",
+        "rounds min-max",
         "p99 ms",
         "x ceil",
         "vs 1 part",
         "cpu us/d",
         "batch d/s",
+        "rounds min-max",
         "p99 ms",
         "x ceil",
+        "vs 1 part",
         "cpu us/d"
     );
-    let cpu = |us: Option<f64>| us.map_or_else(|| "-".to_owned(), |us| format!("{us:.1}"));
-    let ceiling = rows.iter().find(|row| row.partitions.is_none());
-    let one = rows.iter().find(|row| row.partitions == Some(1));
-    let ratio = |a: f64, b: Option<f64>| {
-        b.map_or_else(|| "-".to_owned(), |b| format!("{:.2}", a / b.max(1e-9)))
+    let figure = |value: Option<f64>, decimals: usize| {
+        value.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
     };
-    for row in rows {
-        println!(
-            "{:<44} {:>10.0} {:>8.2} {:>8} {:>10} {:>8} {:>10.0} {:>8.2} {:>10} {:>8}",
-            row.name,
-            row.single.donations_per_s,
-            ms(&row.single.latency_us, 0.99),
-            ratio(
-                row.single.donations_per_s,
-                ceiling.map(|c| c.single.donations_per_s)
-            ),
-            if row.partitions.is_some() {
-                ratio(
-                    row.single.donations_per_s,
-                    one.map(|o| o.single.donations_per_s),
-                )
-            } else {
-                "-".to_owned()
-            },
-            cpu(row.single_cpu_us),
-            row.batch.donations_per_s,
-            ms(&row.batch.latency_us, 0.99),
-            ratio(
-                row.batch.donations_per_s,
-                ceiling.map(|c| c.batch.donations_per_s)
-            ),
-            cpu(row.batch_cpu_us),
-        );
-        let errors = row.single.errors + row.batch.errors;
+    for server in partition_servers() {
+        let mut line = format!("{:<44}", server_name(server));
+        for kind in [PhaseKind::Single, PhaseKind::Batch] {
+            let (low, high) = summary.range(server, kind);
+            let against_one = server.and_then(|_| summary.ratio(server, Some(1), kind));
+            line.push_str(&format!(
+                " {:>9} {:>15} {:>7} {:>7} {:>9} {:>8}",
+                figure(summary.rate(server, kind), 0),
+                format!("{low:.0}-{high:.0}"),
+                figure(summary.p99_ms(server, kind), 2),
+                figure(summary.ratio(server, None, kind), 2),
+                figure(against_one, 2),
+                figure(summary.cpu_us(server, kind), 1),
+            ));
+        }
+        println!("{line}");
+        let errors = summary.errors(server);
         if errors > 0 {
             println!("       {errors} requests not accepted");
         }
     }
+    print_partition_targets(&summary);
+}
+
+fn print_partition_targets(summary: &PartitionSummary<'_>) {
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    let find = |p: u32| rows.iter().find(|row| row.partitions == Some(p));
-    if let (Some(one), Some(eight), Some(many)) = (one, find(8), find(64)) {
-        let of_one = |row: &PartitionRow| {
-            (row.single.donations_per_s / one.single.donations_per_s.max(1e-9))
-                .min(row.batch.donations_per_s / one.batch.donations_per_s.max(1e-9))
-        };
+    let of_one = |partitions: u32| {
+        let single = summary.ratio(Some(partitions), Some(1), PhaseKind::Single);
+        let batch = summary.ratio(Some(partitions), Some(1), PhaseKind::Batch);
+        single.zip(batch).map(|(s, b)| s.min(b))
+    };
+    if let Some(eight) = of_one(8) {
         println!(
-            "target: 8 partitions within 10% of 1 (single and batch): {:.2}x, {}",
-            of_one(eight),
-            verdict(of_one(eight) >= 0.9)
+            "target: 8 partitions within 10% of 1 (single and batch): {eight:.2}x, {}",
+            verdict(eight >= 0.9)
         );
+    }
+    if let Some(many) = of_one(64) {
         println!(
-            "target: 64 partitions within 20% of 1: {:.2}x, {}",
-            of_one(many),
-            verdict(of_one(many) >= 0.8)
+            "target: 64 partitions within 20% of 1: {many:.2}x, {}",
+            verdict(many >= 0.8)
         );
-        if let Some(ceiling) = ceiling {
-            let share = eight.single.donations_per_s / ceiling.single.donations_per_s.max(1e-9);
-            let p99 = ms(&eight.single.latency_us, 0.99);
-            println!(
-                "target: single donations at 8 partitions >= 70% of the ceiling with p99 <= 20 ms: {:.0}%, p99 {p99:.2} ms, {}",
-                share * 100.0,
-                verdict(share >= 0.7 && p99 <= 20.0)
-            );
-        }
+    }
+    let share = summary.ratio(Some(8), None, PhaseKind::Single);
+    let p99 = summary.p99_ms(Some(8), PhaseKind::Single);
+    if let Some((share, p99)) = share.zip(p99) {
         println!(
-            "target: batches of {BATCH_ITEMS} >= 1,000,000 donations/s (8 partitions): {:.0}/s, {}",
-            eight.batch.donations_per_s,
-            verdict(eight.batch.donations_per_s >= 1_000_000.0)
+            "target: single donations at 8 partitions >= 70% of the ceiling with p99 <= 20 ms: {:.0}%, p99 {p99:.2} ms, {}",
+            share * 100.0,
+            verdict(share >= 0.7 && p99 <= 20.0)
+        );
+    }
+    if let Some(batch) = summary.rate(Some(8), PhaseKind::Batch) {
+        println!(
+            "target: batches of {BATCH_ITEMS} >= 1,000,000 donations/s (8 partitions): {batch:.0}/s, {}",
+            verdict(batch >= 1_000_000.0)
         );
     }
 }
@@ -640,7 +735,7 @@ fn main() -> anyhow::Result<()> {
     })?;
     drop(server);
     let partitions = if runs("partitions") {
-        Some(runtime.block_on(partition_rows(duration))?)
+        Some(runtime.block_on(partition_rounds(duration, partition_round_count()))?)
     } else {
         None
     };
@@ -655,6 +750,15 @@ fn main() -> anyhow::Result<()> {
         print_partition_rows(partitions);
     }
     Ok(())
+}
+
+/// `TALLY_BENCH_ROUNDS`: the rounds of the partitions table (default 3).
+fn partition_round_count() -> usize {
+    std::env::var("TALLY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&rounds| rounds > 0)
+        .unwrap_or(3)
 }
 
 /// The single, batch and freshness rows.

@@ -1,7 +1,7 @@
 //! A running pool of pipeline workers takes partitions on and gives them up while the others
 //! keep running: a partition given up has its last checkpoint committed and is applied no
 //! further; the partitions kept are never restarted; one taken on again resumes from its
-//! checkpoint; every donation is counted once.
+//! checkpoint; every donation is counted once. A worker's partitions share checkpoint rounds.
 
 mod support;
 
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use support::pipeline::{DataDir, donation};
 use tally_pipeline::event::DonationEvent;
 use tally_pipeline::log::{Offset, PartitionId};
-use tally_pipeline::runner::{Pipeline, PipelineError};
+use tally_pipeline::runner::{Pipeline, PipelineConfig, PipelineError};
 
 const PARTITIONS: u32 = 4;
 /// Bound on waiting for the workers to apply what the log holds; reaching it fails the test.
@@ -145,4 +145,106 @@ fn a_pool_with_no_partitions_waits_and_stops_when_told() {
     let pool = pipeline.start_pool().expect("workers start");
     assert!(pool.partitions().is_empty());
     assert!(pool.stop().is_empty());
+}
+
+/// `count` donations whose payment refs all land in `partition`, numbered from `from` on.
+fn donations_in(
+    pipeline: &Pipeline,
+    partition: PartitionId,
+    from: u64,
+    count: usize,
+) -> Vec<DonationEvent> {
+    (from..)
+        .map(|i| donation(&format!("pay-{i}"), "meals", 100, 1_795_546_800_000, 1))
+        .filter(|event| {
+            pipeline
+                .log()
+                .partition_for_key(event.payment_ref.as_bytes())
+                == partition
+        })
+        .take(count)
+        .collect()
+}
+
+/// Waits, within a bound, until partition `partition`'s committed checkpoint reaches `offset`;
+/// false if the bound passed first.
+fn wait_committed(
+    pipeline: &Pipeline,
+    partition: PartitionId,
+    offset: Offset,
+    bound: Duration,
+) -> bool {
+    let deadline = Instant::now() + bound;
+    let mut changes = pipeline.read_model().subscribe();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    loop {
+        let committed = pipeline
+            .store()
+            .meta(partition)
+            .unwrap()
+            .map_or(0, |meta| meta.scalars.next_offset);
+        if committed >= offset {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        let _ = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_millis(50), changes.changed()).await
+        });
+    }
+}
+
+#[test]
+fn a_due_checkpoint_takes_every_changed_partition_of_its_worker_along() {
+    // One worker, no interval that could fall due during the test: only a partition's record
+    // count makes a checkpoint due. Partition 0 gets one record, never enough on its own; its
+    // checkpoint must ride along with partition 1's rounds.
+    const RECORDS_PER_CHECKPOINT: u64 = 5;
+    let root = tempfile::tempdir().expect("temp dir");
+    let dir = DataDir::new(root.path(), PARTITIONS);
+    let log = dir.open_log();
+    let config = PipelineConfig {
+        checkpoint_records_max: RECORDS_PER_CHECKPOINT,
+        checkpoint_interval: Duration::from_secs(3600),
+        caught_up_checkpoint_interval: Duration::from_secs(3600),
+        workers: 1,
+        ..PipelineConfig::default()
+    };
+    let pipeline = dir.pipeline_with(log.clone(), config);
+    let mut pool = pipeline.start_pool().expect("workers start");
+    pool.take(load(&pipeline, &[0, 1]));
+
+    let lone = donations_in(&pipeline, 0, 0, 1);
+    let (_, lone_offset) = dir.append(&log, &lone)[0];
+    let mut next_ref = 1_000;
+    let mut appended = 1;
+    let mut rode_along = false;
+    // The worker may read partition 0 just before its record is there and partition 1 just
+    // after, so the first round can miss it; the next round of partition 1 cannot.
+    for _ in 0..3 {
+        let batch = donations_in(&pipeline, 1, next_ref, RECORDS_PER_CHECKPOINT as usize);
+        next_ref += 10_000;
+        appended += batch.len() as u64;
+        let end_of_1 = dir.append(&log, &batch).last().expect("appended").1 + 1;
+        assert!(
+            wait_committed(&pipeline, 1, end_of_1, APPLY_WAIT),
+            "partition 1's own checkpoint was not committed"
+        );
+        if wait_committed(&pipeline, 0, lone_offset + 1, Duration::ZERO) {
+            rode_along = true;
+            break;
+        }
+    }
+    assert!(
+        rode_along,
+        "partition 0's changes waited for a checkpoint of its own instead of sharing partition 1's round"
+    );
+    let summaries = pool.stop();
+    assert_eq!(summaries.len(), 2);
+    let total = pipeline.read_model().campaign_total("meals");
+    assert_eq!(total.donations, appended);
 }

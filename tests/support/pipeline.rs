@@ -77,14 +77,19 @@ impl DataDir {
 
     /// A pipeline over this directory's log and state.
     pub fn pipeline(&self, log: Arc<EmbeddedLog>, checkpoint_records_max: u64) -> Pipeline {
-        let (store, _notes) =
-            CheckpointStore::open(&self.state_dir(), self.partitions).expect("open state");
         let config = PipelineConfig {
             checkpoint_records_max,
             checkpoint_interval: Duration::from_secs(3600),
             read_batch_records: 97,
             ..PipelineConfig::default()
         };
+        self.pipeline_with(log, config)
+    }
+
+    /// A pipeline over this directory's state with `config`.
+    pub fn pipeline_with(&self, log: Arc<EmbeddedLog>, config: PipelineConfig) -> Pipeline {
+        let (store, _notes) =
+            CheckpointStore::open(&self.state_dir(), self.partitions).expect("open state");
         let log: Arc<dyn Log> = log;
         Pipeline::new(
             log,

@@ -739,9 +739,7 @@ impl<'a> Worker<'a> {
                     }
                 }
             }
-            let due: Vec<usize> = (0..self.runs.len())
-                .filter(|&at| self.runs[at].commit_due(self.following()))
-                .collect();
+            let due = self.due_for_round();
             self.commit(&due);
             if !self.following() {
                 if self.runs.iter().all(|run| run.caught_up) {
@@ -753,6 +751,22 @@ impl<'a> Worker<'a> {
                 self.wait_for_records();
             }
         }
+    }
+
+    /// The runs whose checkpoints go into this round: none while no run's checkpoint is due;
+    /// once one is, every run with changes to commit rides along, so a worker's partitions share
+    /// one round (one sync) per interval instead of each paying its own at its own time.
+    fn due_for_round(&self) -> Vec<usize> {
+        let following = self.following();
+        if !self.runs.iter().any(|run| run.commit_due(following)) {
+            return Vec::new();
+        }
+        (0..self.runs.len())
+            .filter(|&at| {
+                let run = &self.runs[at];
+                run.commit_due(following) || run.applied_since_commit > 0
+            })
+            .collect()
     }
 
     /// Commits the checkpoints of the runs at `due` in one round. Following, a failure of the
