@@ -96,6 +96,15 @@ pub struct WindowBucket {
 }
 
 impl WindowBucket {
+    /// Appends the bucket's canonical encoding (the bytes `codec::encode` gives), written
+    /// directly rather than through serde: see [`AmountHistogram::encode_canonical_into`].
+    pub fn encode_canonical_into(&self, buffer: &mut Vec<u8>) {
+        for field in [self.count, self.sum_cents, self.min_cents, self.max_cents] {
+            buffer.extend_from_slice(&field.to_le_bytes());
+        }
+        self.histogram.encode_canonical_into(buffer);
+    }
+
     pub fn add(&mut self, amount_cents: u64) {
         self.min_cents = if self.count == 0 {
             amount_cents

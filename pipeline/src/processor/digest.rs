@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+use crate::operators::event_time_windows::WindowBucket;
 use crate::support::codec;
 
 const ELEMENT_SEED: u64 = 0x7461_6c6c_795f_6467; // "tally_dg"
@@ -37,6 +38,21 @@ pub fn element_hash_with<K: Serialize + ?Sized, V: Serialize + ?Sized>(
     buffer.push(kind);
     codec::encode_into(buffer, key);
     codec::encode_into(buffer, value);
+    xxh3_64_with_seed(buffer, ELEMENT_SEED)
+}
+
+/// `element_hash(kind::WINDOW_BUCKET, key, bucket)` (a `BucketKey` or its borrowed form), encoding into `buffer` (cleared first)
+/// with the bucket's direct canonical encoder: a bucket's whole histogram is hashed whenever it
+/// changes, so this runs for every changed bucket of every checkpoint round.
+pub fn bucket_hash_with<K: Serialize + ?Sized>(
+    buffer: &mut Vec<u8>,
+    key: &K,
+    bucket: &WindowBucket,
+) -> u64 {
+    buffer.clear();
+    buffer.push(kind::WINDOW_BUCKET);
+    codec::encode_into(buffer, key);
+    bucket.encode_canonical_into(buffer);
     xxh3_64_with_seed(buffer, ELEMENT_SEED)
 }
 
@@ -92,6 +108,29 @@ pub fn replace(component: &mut u64, old: Option<u64>, new: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operators::event_time_windows::{BucketKey, Granularity};
+
+    #[test]
+    fn a_bucket_hashes_as_its_serde_encoding_does() {
+        let key = BucketKey {
+            campaign_id: "meals".to_owned(),
+            granularity: Granularity::Hour,
+            start_ms: 1_795_546_800_000,
+        };
+        let mut bucket = WindowBucket::default();
+        let mut buffer = Vec::new();
+        assert_eq!(
+            bucket_hash_with(&mut buffer, &key, &bucket),
+            element_hash(kind::WINDOW_BUCKET, &key, &bucket)
+        );
+        for amount in [100, 100, 37, 5_000_000, 12_345, 1, u64::from(u32::MAX)] {
+            bucket.add(amount);
+            assert_eq!(
+                bucket_hash_with(&mut buffer, &key, &bucket),
+                element_hash(kind::WINDOW_BUCKET, &key, &bucket)
+            );
+        }
+    }
 
     #[test]
     fn order_does_not_matter_and_replacement_is_exact() {

@@ -310,7 +310,7 @@ impl PartitionState {
         }
         let mut encoded = Vec::new();
         for (key, bucket) in buckets.iter() {
-            let hash = digest::element_hash_with(&mut encoded, kind::WINDOW_BUCKET, &key, bucket);
+            let hash = digest::bucket_hash_with(&mut encoded, &key, bucket);
             digest::replace(&mut state.digest.windows, None, hash);
             state.bucket_hashes.insert_ref(key, hash);
         }
@@ -612,9 +612,10 @@ impl PartitionState {
         }
         self.windows.roll_up(self.watermark.current());
         let windows = self.windows.take_changes();
+        let mut encoded = Vec::new();
         for (key, _) in &windows.deltas {
             let bucket = self.windows.get(key).expect("a changed bucket is held");
-            let hash = element_hash(kind::WINDOW_BUCKET, key, bucket);
+            let hash = digest::bucket_hash_with(&mut encoded, key, bucket);
             let old = self.bucket_hashes.insert(key, hash);
             digest::replace(&mut self.digest.windows, old, hash);
         }
