@@ -464,8 +464,9 @@ async fn partition_rounds(duration: Duration, rounds: usize) -> anyhow::Result<V
     let mut all = Vec::new();
     for round in 0..rounds {
         let mut results = Vec::new();
+        let servers = partition_servers().count();
         for (index, server) in partition_servers().enumerate() {
-            let seed = 40 + 10 * (round * 4 + index) as u64;
+            let seed = 40 + 10 * (round * servers + index) as u64;
             let result = match server {
                 Some(partitions) => {
                     let dir = tempfile::tempdir()?;

@@ -26,24 +26,10 @@ pub fn element_hash<K: Serialize + ?Sized, V: Serialize + ?Sized>(
     xxh3_64_with_seed(&bytes, ELEMENT_SEED)
 }
 
-/// [`element_hash`], encoding into `buffer` (cleared first) instead of a new allocation: for
-/// hashing many elements in a row.
-pub fn element_hash_with<K: Serialize + ?Sized, V: Serialize + ?Sized>(
-    buffer: &mut Vec<u8>,
-    kind: u8,
-    key: &K,
-    value: &V,
-) -> u64 {
-    buffer.clear();
-    buffer.push(kind);
-    codec::encode_into(buffer, key);
-    codec::encode_into(buffer, value);
-    xxh3_64_with_seed(buffer, ELEMENT_SEED)
-}
-
-/// `element_hash(kind::WINDOW_BUCKET, key, bucket)` (a `BucketKey` or its borrowed form), encoding into `buffer` (cleared first)
-/// with the bucket's direct canonical encoder: a bucket's whole histogram is hashed whenever it
-/// changes, so this runs for every changed bucket of every checkpoint round.
+/// `element_hash(kind::WINDOW_BUCKET, key, bucket)` for a `BucketKey` or its borrowed form,
+/// encoding into `buffer` (cleared first) with the bucket's direct canonical encoder: a bucket's
+/// whole histogram is hashed whenever it changes, so this runs for every changed bucket of every
+/// checkpoint round.
 pub fn bucket_hash_with<K: Serialize + ?Sized>(
     buffer: &mut Vec<u8>,
     key: &K,
