@@ -59,6 +59,14 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((ticks(11)? + ticks(12)?) / USER_HZ)
 }
 
+/// The `tally` binary the bench runs: this build's, or `TALLY_BENCH_TALLY` when set (another
+/// build's binary, to compare two builds on one machine in runs one after the other).
+fn tally_binary() -> std::ffi::OsString {
+    std::env::var_os("TALLY_BENCH_TALLY")
+        .filter(|path| !path.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tally").into())
+}
+
 /// Starts `tally serve` on a fresh `data_dir` and waits until it listens; with
 /// `TALLY_BENCH_PARTITIONS=N`, on a log of N partitions (default: the server's).
 pub fn start_server(data_dir: &Path) -> anyhow::Result<Server> {
@@ -72,7 +80,7 @@ pub fn start_server(data_dir: &Path) -> anyhow::Result<Server> {
 
 /// [`start_server`] with more `serve` arguments (`--log`, `--owns`, …).
 pub fn start_server_with(data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Server> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+    let mut child = Command::new(tally_binary())
         .arg("--data-dir")
         .arg(data_dir)
         .args(["serve", "--listen", "127.0.0.1:0"])

@@ -17,12 +17,18 @@
 //! within the read timeout is answered 408 `body_timeout`. Both answers close the connection:
 //! the unread rest of the body is not worth draining.
 //!
-//! [`value`], [`batch`] and [`typed`] parse it while refusing an object that names a key twice:
-//! serde_json would keep the last value, so `"amount_cents":100,"amount_cents":999999` would
-//! record 999999 while a reader of the body (or a log line) sees 100. One pass builds the value
-//! and notes the first repeated key of each item.
+//! [`value`], [`item`], [`batch`] and [`typed`] parse it while refusing an object that names a
+//! key twice: serde_json would keep the last value, so `"amount_cents":100,"amount_cents":999999`
+//! would record 999999 while a reader of the body (or a log line) sees 100. One pass builds the
+//! value and notes the first repeated key of each item.
+//!
+//! A donation is parsed for the common case first: [`item`] and [`batch`] take the fields a
+//! route expects, and an item that is a flat object of only those fields, each given once as a
+//! string or a whole number, comes out as [`Item::Plain`], its values in the fields' order,
+//! with no JSON value built. Anything else comes out as [`Item::Value`], as before; the parse
+//! turns into it at the first key that does not fit, in the same pass.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +38,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
 use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+use tally_pipeline::event::validate::PlainValue;
 use tokio::sync::Semaphore;
 
 /// The largest body read in the callback class: a donation callback's limit (16 KiB), which
@@ -287,11 +294,46 @@ pub enum BodyError {
     },
 }
 
-/// One item of a batch, and the first key it repeats (the item is refused then).
+/// One item of a body: a flat object of the fields a route expects (see the module doc), or any
+/// other JSON value with the first key it repeats (the item is refused then).
 #[derive(Debug, Clone, PartialEq)]
-pub struct BatchItem {
-    pub value: Value,
-    pub repeated_key: Option<String>,
+pub enum Item {
+    /// The values of `fields`, in their order, `None` where absent.
+    Plain {
+        fields: &'static [&'static str],
+        values: Vec<Option<PlainValue>>,
+    },
+    Value {
+        value: Value,
+        repeated_key: Option<String>,
+    },
+}
+
+impl Item {
+    /// The item as a JSON value, and the first key it repeats: the same as [`value`] would give.
+    pub fn into_value(self) -> (Value, Option<String>) {
+        match self {
+            Item::Plain { fields, values } => (Value::Object(plain_object(fields, values)), None),
+            Item::Value {
+                value,
+                repeated_key,
+            } => (value, repeated_key),
+        }
+    }
+}
+
+fn plain_object(fields: &[&str], values: Vec<Option<PlainValue>>) -> Map<String, Value> {
+    fields
+        .iter()
+        .zip(values)
+        .filter_map(|(field, value)| {
+            let value = match value? {
+                PlainValue::Text(text) => Value::String(text),
+                PlainValue::Unsigned(number) => Value::Number(number.into()),
+            };
+            Some(((*field).to_owned(), value))
+        })
+        .collect()
 }
 
 /// Any JSON value, with no key repeated in any object.
@@ -304,11 +346,24 @@ pub fn value(bytes: &[u8]) -> Result<Value, BodyError> {
     }
 }
 
-/// A JSON array, each item with the first key it repeats: an item is refused on its own.
-pub fn batch(bytes: &[u8]) -> Result<Vec<BatchItem>, BodyError> {
+/// One item (see [`Item`]) expected to hold `fields`: a body that is not JSON is refused, one that
+/// repeats a key is not (the caller says so, as it does for an item of a batch).
+pub fn item(bytes: &[u8], fields: &'static [&'static str]) -> Result<Item, BodyError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let item = ItemSeed { fields }
+        .deserialize(&mut deserializer)
+        .and_then(|item| deserializer.end().map(|()| item))
+        .map_err(BodyError::NotJson)?;
+    Ok(item)
+}
+
+/// A JSON array, each item expected to hold `fields` (see [`Item`]) and with the first key it
+/// repeats: an item is refused on its own.
+pub fn batch(bytes: &[u8], fields: &'static [&'static str]) -> Result<Vec<Item>, BodyError> {
     let mut repeated = None;
     let mut items = Vec::new();
-    let value = parse(bytes, &mut repeated, Some(&mut items)).map_err(BodyError::NotJson)?;
+    let value =
+        parse(bytes, &mut repeated, Some((&mut items, fields))).map_err(BodyError::NotJson)?;
     match (value, repeated) {
         (Value::Array(_), _) => Ok(items),
         (_, Some(key)) => Err(BodyError::RepeatedKey(key)),
@@ -354,7 +409,7 @@ fn field_of(message: &str, path: &str) -> Option<String> {
 fn parse(
     bytes: &[u8],
     repeated: &mut Option<String>,
-    items: Option<&mut Vec<BatchItem>>,
+    items: Option<BatchItems<'_>>,
 ) -> Result<Value, serde_json::Error> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = Walk { repeated, items }.deserialize(&mut deserializer)?;
@@ -362,12 +417,15 @@ fn parse(
     Ok(value)
 }
 
+/// Where a batch's items go, and the fields each is expected to hold.
+type BatchItems<'a> = (&'a mut Vec<Item>, &'static [&'static str]);
+
 /// Builds a JSON value, noting in `repeated` the first key an object in it names twice (the
 /// later value is dropped). With `items`, the value is the top level of a batch: each element of
-/// an array there is noted on its own.
+/// an array there is parsed on its own, as an [`Item`].
 struct Walk<'a> {
     repeated: &'a mut Option<String>,
-    items: Option<&'a mut Vec<BatchItem>>,
+    items: Option<BatchItems<'a>>,
 }
 
 impl<'a> Walk<'a> {
@@ -433,34 +491,239 @@ impl<'de> Visitor<'de> for Walk<'_> {
                     elements.push(element);
                 }
             }
-            Some(items) => loop {
-                let mut repeated_key = None;
-                let Some(value) = seq.next_element_seed(Walk::nested(&mut repeated_key))? else {
-                    break;
-                };
+            Some((items, fields)) => {
                 // The items are the batch; the array itself is not kept twice.
-                items.push(BatchItem {
-                    value,
-                    repeated_key,
-                });
-            },
+                while let Some(item) = seq.next_element_seed(ItemSeed { fields })? {
+                    items.push(item);
+                }
+            }
         }
         Ok(Value::Array(elements))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
-        let mut keys = HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            let value = map.next_value_seed(Walk::nested(&mut *self.repeated))?;
-            if keys.contains(&key) {
-                self.repeated.get_or_insert(key);
-                continue;
-            }
-            keys.insert(key.clone());
-            object.insert(key, value);
-        }
+        fill_object(&mut map, &mut object, self.repeated)?;
         Ok(Value::Object(object))
+    }
+}
+
+/// Reads the rest of an object into `object`, which holds the keys read so far: a key it holds
+/// already is noted in `repeated` and its later value dropped.
+fn fill_object<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    object: &mut Map<String, Value>,
+    repeated: &mut Option<String>,
+) -> Result<(), A::Error> {
+    while let Some(key) = map.next_key::<String>()? {
+        let value = map.next_value_seed(Walk::nested(&mut *repeated))?;
+        add_entry(object, repeated, key, value);
+    }
+    Ok(())
+}
+
+fn add_entry(
+    object: &mut Map<String, Value>,
+    repeated: &mut Option<String>,
+    key: String,
+    value: Value,
+) {
+    if object.contains_key(&key) {
+        repeated.get_or_insert(key);
+    } else {
+        object.insert(key, value);
+    }
+}
+
+/// Parses one [`Item`] expected to hold `fields`.
+struct ItemSeed {
+    fields: &'static [&'static str],
+}
+
+impl<'de> DeserializeSeed<'de> for ItemSeed {
+    type Value = Item;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Item, D::Error> {
+        let mut repeated_key = None;
+        let visitor = ItemVisitor {
+            fields: self.fields,
+            repeated: &mut repeated_key,
+        };
+        match deserializer.deserialize_any(visitor)? {
+            Ok(plain) => Ok(plain),
+            Err(value) => Ok(Item::Value {
+                value,
+                repeated_key,
+            }),
+        }
+    }
+}
+
+/// An item: [`Item::Plain`] while every key is one of `fields`, given once, with a plain value;
+/// from the first one that is not, the rest is read as [`Walk`] reads it, and the value is
+/// handed back (`Err`) for the seed to pair with `repeated`.
+struct ItemVisitor<'a> {
+    fields: &'static [&'static str],
+    repeated: &'a mut Option<String>,
+}
+
+impl<'de> Visitor<'de> for ItemVisitor<'_> {
+    type Value = Result<Item, Value>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+        Walk::nested(self.repeated).visit_bool(value).map(Err)
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        Walk::nested(self.repeated).visit_i64(value).map(Err)
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        Walk::nested(self.repeated).visit_u64(value).map(Err)
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+        Walk::nested(self.repeated).visit_f64(value).map(Err)
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Walk::nested(self.repeated).visit_str(value).map(Err)
+    }
+
+    fn visit_string<E: de::Error>(self, value: String) -> Result<Self::Value, E> {
+        Walk::nested(self.repeated).visit_string(value).map(Err)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Walk::nested(self.repeated).visit_unit().map(Err)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Walk::nested(self.repeated).visit_seq(seq).map(Err)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut values: Vec<Option<PlainValue>> = vec![None; self.fields.len()];
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let slot = self.fields.iter().position(|field| *field == key);
+            let fits = slot.filter(|&slot| values[slot].is_none());
+            let value = match fits {
+                Some(slot) => match map.next_value_seed(FieldSeed(&mut *self.repeated))? {
+                    Ok(plain) => {
+                        values[slot] = Some(plain);
+                        continue;
+                    }
+                    Err(value) => value,
+                },
+                None => map.next_value_seed(Walk::nested(&mut *self.repeated))?,
+            };
+            // The first key that does not fit: from here on, a JSON value.
+            let mut object = plain_object(self.fields, values);
+            add_entry(&mut object, self.repeated, key.into_owned(), value);
+            fill_object(&mut map, &mut object, self.repeated)?;
+            return Ok(Err(Value::Object(object)));
+        }
+        Ok(Ok(Item::Plain {
+            fields: self.fields,
+            values,
+        }))
+    }
+}
+
+/// An object's key, borrowed from the body where it has no escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a key")
+    }
+
+    fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(value))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(value.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, value: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(value))
+    }
+}
+
+/// A field's value: plain (a string, a whole number from 0 to `u64::MAX`) or, handed back as
+/// `Err`, any other JSON value, read as [`Walk`] reads it.
+struct FieldSeed<'a>(&'a mut Option<String>);
+
+impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = Result<PlainValue, Value>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldSeed<'_> {
+    type Value = Result<PlainValue, Value>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+        Walk::nested(self.0).visit_bool(value).map(Err)
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        Walk::nested(self.0).visit_i64(value).map(Err)
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        Ok(Ok(PlainValue::Unsigned(value)))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+        Walk::nested(self.0).visit_f64(value).map(Err)
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(Ok(PlainValue::Text(value.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, value: String) -> Result<Self::Value, E> {
+        Ok(Ok(PlainValue::Text(value)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Walk::nested(self.0).visit_unit().map(Err)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Walk::nested(self.0).visit_seq(seq).map(Err)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Walk::nested(self.0).visit_map(map).map(Err)
     }
 }
 
@@ -526,17 +789,180 @@ mod tests {
     #[test]
     fn a_batch_notes_each_items_repeat_on_its_own() {
         let body = br#"[{"a":1},{"b":1,"b":2,"c":1,"c":2},7,{"d":{"e":1,"e":1}}]"#;
-        let items = batch(body).unwrap();
-        let keys: Vec<Option<&str>> = items.iter().map(|i| i.repeated_key.as_deref()).collect();
+        let items: Vec<(Value, Option<String>)> = batch(body, &[])
+            .unwrap()
+            .into_iter()
+            .map(Item::into_value)
+            .collect();
+        let keys: Vec<Option<&str>> = items.iter().map(|(_, key)| key.as_deref()).collect();
         assert_eq!(keys, [None, Some("b"), None, Some("e")]);
-        assert_eq!(items[0].value, json!({"a": 1}));
-        assert_eq!(items[2].value, json!(7));
-        assert!(matches!(batch(br#"{"a":1}"#), Err(BodyError::NotAnArray)));
+        assert_eq!(items[0].0, json!({"a": 1}));
+        assert_eq!(items[2].0, json!(7));
         assert!(matches!(
-            batch(br#"{"a":1,"a":2}"#),
+            batch(br#"{"a":1}"#, &[]),
+            Err(BodyError::NotAnArray)
+        ));
+        assert!(matches!(
+            batch(br#"{"a":1,"a":2}"#, &[]),
             Err(BodyError::RepeatedKey(key)) if key == "a"
         ));
-        assert!(matches!(batch(b"[{"), Err(BodyError::NotJson(_))));
+        assert!(matches!(batch(b"[{", &[]), Err(BodyError::NotJson(_))));
+    }
+
+    const FIELDS: &[&str] = &["name", "cents"];
+
+    fn plain(name: &str, cents: Option<u64>) -> Item {
+        Item::Plain {
+            fields: FIELDS,
+            values: vec![
+                Some(PlainValue::Text(name.to_owned())),
+                cents.map(PlainValue::Unsigned),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_flat_object_of_the_expected_fields_is_plain_and_anything_else_a_value() {
+        let body = br#"[{"cents":5,"name":"a"},{"name":"b\u0021"},{"name":"c","tip":1},
+            {"name":"d","cents":-1},{"name":"e","name":"f"},{"name":null},{"na\u006de":"g"}]"#;
+        let items = batch(body, FIELDS).unwrap();
+        assert_eq!(items[0], plain("a", Some(5)));
+        assert_eq!(items[1], plain("b!", None));
+        assert_eq!(items[6], plain("g", None));
+        let values: Vec<(Value, Option<String>)> =
+            items[2..6].iter().cloned().map(Item::into_value).collect();
+        assert_eq!(
+            values,
+            [
+                (json!({"name": "c", "tip": 1}), None),
+                (json!({"name": "d", "cents": -1}), None),
+                (json!({"name": "e"}), Some("name".to_owned())),
+                (json!({"name": null}), None),
+            ]
+        );
+        assert_eq!(
+            item(br#"{"name":"a","cents":5}"#, FIELDS).unwrap(),
+            plain("a", Some(5))
+        );
+        assert!(matches!(
+            item(br#"{"name":"a"} x"#, FIELDS),
+            Err(BodyError::NotJson(_))
+        ));
+    }
+
+    /// Bodies built from a few keys and values, in every order a small generator makes: objects
+    /// that switch from plain to a value at any key, with repeats, nesting and escapes.
+    fn generated_bodies() -> Vec<String> {
+        let keys = [
+            "payment_ref",
+            "order_id",
+            "user_id",
+            "campaign_id",
+            "amount_cents",
+            "currency",
+            "paid_at",
+            "amount",
+            "paym\\u0065nt_ref",
+        ];
+        let values = [
+            r#""pay_1""#,
+            r#""ord_1""#,
+            r#""usr_1""#,
+            r#""meals""#,
+            "100",
+            "0",
+            "10000001",
+            "-5",
+            "2.5",
+            "1e3",
+            "18446744073709551615",
+            r#""USD""#,
+            r#""usd""#,
+            r#""2026-11-24T18:30:00Z""#,
+            r#""2099-01-01T00:00:00Z""#,
+            r#""a b""#,
+            r#""""#,
+            "null",
+            "true",
+            "[1,{\"x\":1,\"x\":2}]",
+            r#"{"y":1,"y":2}"#,
+        ];
+        let good = [
+            ("payment_ref", 0),
+            ("order_id", 1),
+            ("user_id", 2),
+            ("campaign_id", 3),
+            ("amount_cents", 4),
+            ("currency", 11),
+            ("paid_at", 13),
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = |bound: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 33) as usize) % bound
+        };
+        let mut bodies = Vec::new();
+        for _ in 0..4000 {
+            let mut entries: Vec<String> = good
+                .iter()
+                .map(|(key, value)| format!("\"{key}\":{}", values[*value]))
+                .collect();
+            for _ in 0..next(3) {
+                let at = next(entries.len() + 1);
+                let key = keys[next(keys.len())];
+                let entry = format!("\"{key}\":{}", values[next(values.len())]);
+                if next(2) == 0 && at < entries.len() {
+                    entries[at] = entry;
+                } else {
+                    entries.insert(at, entry);
+                }
+            }
+            if next(4) == 0 && !entries.is_empty() {
+                entries.remove(next(entries.len()));
+            }
+            bodies.push(format!("{{{}}}", entries.join(",")));
+        }
+        bodies
+    }
+
+    #[test]
+    fn a_plain_item_is_the_same_value_and_the_same_donation_as_the_value_path_makes() {
+        use tally_pipeline::event::validate::{
+            DONATION_FIELDS, DonationLimits, accept_plain_donation, validate_donation,
+        };
+        const NOW_MS: i64 = 1_795_546_800_000; // 2026-11-24T19:00:00Z
+        let limits = DonationLimits::default();
+        let (mut plain_accepted, mut plain_handed_back, mut values) = (0, 0, 0);
+        for body in generated_bodies() {
+            let mut repeated = None;
+            let expected = parse(body.as_bytes(), &mut repeated, None).unwrap();
+            let item = item(body.as_bytes(), DONATION_FIELDS).unwrap();
+            assert_eq!(
+                item.clone().into_value(),
+                (expected.clone(), repeated),
+                "{body}"
+            );
+            let Item::Plain { values: fields, .. } = item else {
+                values += 1;
+                continue;
+            };
+            let by_value = validate_donation(&expected, &limits, NOW_MS);
+            match accept_plain_donation(fields.clone(), &limits, NOW_MS) {
+                Ok(input) => {
+                    plain_accepted += 1;
+                    assert_eq!(Ok(input), by_value, "{body}");
+                }
+                Err(handed_back) => {
+                    plain_handed_back += 1;
+                    assert_eq!(handed_back, fields, "{body}");
+                    assert!(by_value.is_err(), "{body}: {by_value:?}");
+                }
+            }
+        }
+        // The generator reaches every path.
+        assert!(plain_accepted > 100 && plain_handed_back > 100 && values > 100);
     }
 
     #[derive(Debug, Deserialize)]

@@ -66,14 +66,15 @@ async fn post_refund_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<axum::Json<RefundBatchOutcome>, ApiError> {
-    let (_admitted, items) = context.batch_items(&headers, body).await?;
+    // Refunds are few: every item is read as a JSON value, checked field by field.
+    let (_admitted, items) = context.batch_items(&headers, body, &[]).await?;
     let now_ms = context.clock.now_ms();
     let mut rejected = Vec::new();
     let mut to_append: Vec<(usize, RefundEvent)> = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
-        let checked = match item.repeated_key {
-            Some(key) => Err(ApiError::from(BodyError::RepeatedKey(key))),
-            None => match validate_refund(&item.value, &context.limits.donation, now_ms) {
+        let checked = match item.into_value() {
+            (_, Some(key)) => Err(ApiError::from(BodyError::RepeatedKey(key))),
+            (value, None) => match validate_refund(&value, &context.limits.donation, now_ms) {
                 Err(rejection) => Err(ApiError::from(rejection)),
                 Ok(refund) => context.check_refund(&refund).await.map(|()| refund),
             },

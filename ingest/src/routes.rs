@@ -20,12 +20,15 @@ use tally_api::signature::{self, SIGNATURE_HEADER, SigningSecret};
 use tally_api::views::{Accepted, BatchOutcome, BatchRejection, BatchResult};
 use tally_pipeline::campaigns::{CampaignRegistry, CampaignStatus};
 use tally_pipeline::clock::Clock;
-use tally_pipeline::event::validate::{DonationInput, DonationLimits, validate_donation};
+use tally_pipeline::clock::UnixMillis;
+use tally_pipeline::event::validate::{
+    DONATION_FIELDS, DonationInput, DonationLimits, accept_plain_donation, validate_donation,
+};
 use tally_pipeline::event::{DonationEvent, envelope};
 use tally_pipeline::log::{KeyedRecord, Log, Offset, PartitionId, append_keyed};
 use tally_pipeline::runner::DonationIndexes;
 
-use crate::body::{self, BodyError, BodyReads, CALLBACK_BODY_BYTES_MAX};
+use crate::body::{self, BodyError, BodyReads, CALLBACK_BODY_BYTES_MAX, Item};
 use crate::rate_limit::RateLimiter;
 
 /// Bounds on what one request may carry.
@@ -95,7 +98,32 @@ enum Admission {
     Append(DonationEvent),
     /// Its payment is already recorded (a retry for a campaign that closed since): answer with
     /// where it is, append nothing.
-    AlreadyRecorded(PartitionId, Offset),
+    AlreadyRecorded {
+        payment_ref: String,
+        partition: PartitionId,
+        offset: Offset,
+    },
+}
+
+/// The donation an item holds: taken the plain way when it is plain and passes (see
+/// [`accept_plain_donation`]), else checked field by field from its JSON value, which names
+/// what is wrong.
+fn donation_input(
+    item: Item,
+    limits: &DonationLimits,
+    now_ms: UnixMillis,
+) -> Result<DonationInput, ApiError> {
+    let item = match item {
+        Item::Plain { fields, values } => match accept_plain_donation(values, limits, now_ms) {
+            Ok(input) => return Ok(input),
+            Err(values) => Item::Plain { fields, values },
+        },
+        other => other,
+    };
+    match item.into_value() {
+        (_, Some(key)) => Err(BodyError::RepeatedKey(key).into()),
+        (value, None) => validate_donation(&value, limits, now_ms).map_err(ApiError::from),
+    }
 }
 
 async fn post_donation(
@@ -107,8 +135,8 @@ async fn post_donation(
         .authenticated_body(&headers, body, context.limits.body_bytes_max)
         .await?;
     let _admitted = context.admit_work().await?;
-    let value = body::value(&bytes)?;
-    let input = validate_donation(&value, &context.limits.donation, context.clock.now_ms())?;
+    let item = body::item(&bytes, DONATION_FIELDS)?;
+    let input = donation_input(item, &context.limits.donation, context.clock.now_ms())?;
     if let Err(retry) = context.rate_limiter.check(&input.user_id) {
         context.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
         return Err(retry.into());
@@ -116,8 +144,10 @@ async fn post_donation(
     let payment_ref = input.payment_ref.clone();
     let _intake = context.intake.read().await;
     let (partition, offset) = match context.admit(input).await? {
-        Admission::AlreadyRecorded(partition, offset) => (partition, offset),
-        Admission::Append(event) => context.append(vec![event]).await?[0],
+        Admission::AlreadyRecorded {
+            partition, offset, ..
+        } => (partition, offset),
+        Admission::Append(event) => context.append(std::slice::from_ref(&event)).await?[0],
     };
     let accepted = Accepted {
         status: "accepted".to_owned(),
@@ -133,19 +163,14 @@ async fn post_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<axum::Json<BatchOutcome>, ApiError> {
-    let (_admitted, items) = context.batch_items(&headers, body).await?;
+    let (_admitted, items) = context.batch_items(&headers, body, DONATION_FIELDS).await?;
     let now_ms = context.clock.now_ms();
     let mut rejected = Vec::new();
     let mut results = Vec::new();
     let mut to_append: Vec<(usize, DonationEvent)> = Vec::new();
     let _intake = context.intake.read().await;
     for (index, item) in items.into_iter().enumerate() {
-        let validated = match item.repeated_key {
-            Some(key) => Err(ApiError::from(BodyError::RepeatedKey(key))),
-            None => validate_donation(&item.value, &context.limits.donation, now_ms)
-                .map_err(ApiError::from),
-        };
-        let admitted = match validated {
+        let admitted = match donation_input(item, &context.limits.donation, now_ms) {
             Err(error) => Err(error),
             Ok(input) => match context.rate_limiter.check(&input.user_id) {
                 Err(retry) => {
@@ -157,12 +182,13 @@ async fn post_batch(
         };
         match admitted {
             Ok(Admission::Append(event)) => to_append.push((index, event)),
-            Ok(Admission::AlreadyRecorded(partition, offset)) => results.push(BatchResult {
+            Ok(Admission::AlreadyRecorded {
+                payment_ref,
+                partition,
+                offset,
+            }) => results.push(BatchResult {
                 index,
-                payment_ref: item.value["payment_ref"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
+                payment_ref,
                 partition,
                 offset,
             }),
@@ -175,13 +201,11 @@ async fn post_batch(
         }
     }
     let (indexes, events): (Vec<usize>, Vec<DonationEvent>) = to_append.into_iter().unzip();
-    let refs: Vec<String> = events.iter().map(|e| e.payment_ref.clone()).collect();
-    let placements = context.append(events).await?;
-    for ((index, payment_ref), (partition, offset)) in indexes.into_iter().zip(refs).zip(placements)
-    {
+    let placements = context.append(&events).await?;
+    for ((index, event), (partition, offset)) in indexes.into_iter().zip(events).zip(placements) {
         results.push(BatchResult {
             index,
-            payment_ref,
+            payment_ref: event.payment_ref,
             partition,
             offset,
         });
@@ -201,12 +225,13 @@ impl IngestContext {
         &self,
         headers: &HeaderMap,
         body: Body,
-    ) -> Result<(tokio::sync::SemaphorePermit<'_>, Vec<body::BatchItem>), ApiError> {
+        fields: &'static [&'static str],
+    ) -> Result<(tokio::sync::SemaphorePermit<'_>, Vec<Item>), ApiError> {
         let bytes = self
             .authenticated_body(headers, body, self.limits.batch_bytes_max)
             .await?;
         let admitted = self.admit_work().await?;
-        let items = body::batch(&bytes)?;
+        let items = body::batch(&bytes, fields)?;
         self.check_batch_size(items.len())?;
         Ok((admitted, items))
     }
@@ -269,8 +294,12 @@ impl IngestContext {
             ));
         };
         if campaign.status != CampaignStatus::Open {
-            if let Some(placement) = self.recorded_placement(&input.payment_ref).await? {
-                return Ok(Admission::AlreadyRecorded(placement.0, placement.1));
+            if let Some((partition, offset)) = self.recorded_placement(&input.payment_ref).await? {
+                return Ok(Admission::AlreadyRecorded {
+                    payment_ref: input.payment_ref,
+                    partition,
+                    offset,
+                });
             }
             return Err(ApiError::unprocessable(
                 "campaign_closed",
@@ -293,8 +322,9 @@ impl IngestContext {
                 ),
             ));
         }
-        let currency = campaign.definition.currency.clone();
-        Ok(Admission::Append(input.into_event(Some(&currency))?))
+        Ok(Admission::Append(
+            input.into_event(Some(&campaign.definition.currency))?,
+        ))
     }
 
     /// Where a payment's donation is recorded, if it is. A log or node that cannot tell is an
@@ -326,7 +356,7 @@ impl IngestContext {
     /// Appends events durably; their placements in order.
     async fn append(
         &self,
-        events: Vec<DonationEvent>,
+        events: &[DonationEvent],
     ) -> Result<Vec<(PartitionId, Offset)>, ApiError> {
         let records = events.iter().map(envelope::keyed_record).collect();
         self.append_records(records).await

@@ -3,6 +3,11 @@
 //! Input is checked field by field from a parsed JSON value, so that every rejection names the
 //! field and says what is wrong with it — including wrong JSON types such as `"200"`, `2.5`,
 //! `-1` or `1e30` for an amount, which a typed deserializer would only report vaguely.
+//!
+//! [`accept_plain_donation`] is the fast way in for the common case: a flat object whose fields
+//! were parsed straight into strings and whole numbers, with no JSON value built. It runs the
+//! same checks and accepts exactly what [`validate_donation`] accepts; anything it does not
+//! accept it hands back, for `validate_donation` to name what is wrong.
 
 use serde_json::{Map, Value};
 
@@ -18,6 +23,9 @@ pub const CAMPAIGN_ID_CHARS_MAX: usize = 64;
 pub const AMOUNT_CENTS_MAX_DEFAULT: u64 = 10_000_000;
 /// How far in the future `paid_at` may be, to absorb clock skew between us and the payer.
 pub const PAID_AT_FUTURE_SKEW_MS_DEFAULT: i64 = 5 * 60 * 1000;
+
+/// A donation's fields, in the order [`accept_plain_donation`] takes their values.
+pub const DONATION_FIELDS: &[&str] = &FIELDS;
 
 const FIELDS: [&str; 7] = [
     "payment_ref",
@@ -127,6 +135,103 @@ impl DonationInput {
     }
 }
 
+/// A value of a flat object's field, of one of the two kinds a donation's fields take: a string,
+/// or a whole number from 0 to `u64::MAX` (what `serde_json` parses as unsigned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlainValue {
+    Text(String),
+    Unsigned(u64),
+}
+
+impl PlainValue {
+    fn text(slot: &Option<PlainValue>) -> Option<&str> {
+        match slot {
+            Some(PlainValue::Text(text)) => Some(text),
+            _ => None,
+        }
+    }
+
+    fn take_text(slot: &mut Option<PlainValue>) -> String {
+        match slot.take() {
+            Some(PlainValue::Text(text)) => text,
+            other => unreachable!("a field checked as text is {other:?}"),
+        }
+    }
+}
+
+/// The donation whose fields are `fields` — a flat object's values in the order of
+/// [`DONATION_FIELDS`], each given at most once, `None` where absent — at wall-clock time
+/// `now_ms`, when every field has the kind it must have and passes its check: the same
+/// [`DonationInput`] that [`validate_donation`] makes of that object. Anything else is handed
+/// back as it came, for `validate_donation` to say what is wrong.
+pub fn accept_plain_donation(
+    mut fields: Vec<Option<PlainValue>>,
+    limits: &DonationLimits,
+    now_ms: UnixMillis,
+) -> Result<DonationInput, Vec<Option<PlainValue>>> {
+    let Some((amount_cents, paid_at)) = check_plain(&fields, limits, now_ms) else {
+        return Err(fields);
+    };
+    let currency = fields[5]
+        .is_some()
+        .then(|| PlainValue::take_text(&mut fields[5]));
+    Ok(DonationInput {
+        payment_ref: PlainValue::take_text(&mut fields[0]),
+        order_id: PlainValue::take_text(&mut fields[1]),
+        user_id: PlainValue::take_text(&mut fields[2]),
+        campaign_id: PlainValue::take_text(&mut fields[3]),
+        amount_cents,
+        currency,
+        paid_at,
+    })
+}
+
+/// The amount and the time of plain donation fields that pass every check of
+/// [`validate_donation`], by the same functions; `None` if any does not.
+fn check_plain(
+    fields: &[Option<PlainValue>],
+    limits: &DonationLimits,
+    now_ms: UnixMillis,
+) -> Option<(u64, EventTime)> {
+    let [
+        payment_ref,
+        order_id,
+        user_id,
+        campaign_id,
+        amount,
+        currency,
+        paid_at,
+    ] = fields
+    else {
+        return None;
+    };
+    for (field, slot) in [
+        ("payment_ref", payment_ref),
+        ("order_id", order_id),
+        ("user_id", user_id),
+    ] {
+        check_reference(field, PlainValue::text(slot)?).ok()?;
+    }
+    check_campaign_id_text(PlainValue::text(campaign_id)?).ok()?;
+    let Some(PlainValue::Unsigned(cents)) = *amount else {
+        return None;
+    };
+    check_amount_cents(cents, limits.amount_cents_max).ok()?;
+    match currency {
+        None => {}
+        Some(PlainValue::Text(code)) if is_iso_4217(code) => {}
+        Some(_) => return None,
+    }
+    let paid_at = timestamp_text(
+        "paid_at",
+        PlainValue::text(paid_at)?,
+        now_ms,
+        limits.paid_at_future_skew_ms,
+    )
+    .ok()?;
+    Some((cents, paid_at))
+}
+
 /// Validates one donation given as a JSON value, at wall-clock time `now_ms`.
 pub fn validate_donation(
     value: &Value,
@@ -194,8 +299,14 @@ fn string<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a str, Re
 
 pub(crate) fn reference(object: &Map<String, Value>, field: &str) -> Result<String, Rejection> {
     let text = string(object, field)?;
+    check_reference(field, text)?;
+    Ok(text.to_owned())
+}
+
+/// Checks a `payment_ref`, `order_id` or `user_id`.
+fn check_reference(field: &str, text: &str) -> Result<(), Rejection> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
-    check_token(field, text, REFERENCE_CHARS_MAX, allowed, "[A-Za-z0-9._:-]")
+    check_token_text(field, text, REFERENCE_CHARS_MAX, allowed, "[A-Za-z0-9._:-]")
 }
 
 fn campaign_id(object: &Map<String, Value>) -> Result<String, Rejection> {
@@ -204,8 +315,13 @@ fn campaign_id(object: &Map<String, Value>) -> Result<String, Rejection> {
 
 /// Checks a `campaign_id`, in a donation or in a campaign's definition alike.
 pub fn check_campaign_id(text: &str) -> Result<String, Rejection> {
+    check_campaign_id_text(text)?;
+    Ok(text.to_owned())
+}
+
+fn check_campaign_id_text(text: &str) -> Result<(), Rejection> {
     let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-');
-    check_token(
+    check_token_text(
         "campaign_id",
         text,
         CAMPAIGN_ID_CHARS_MAX,
@@ -222,6 +338,17 @@ pub fn check_token(
     allowed: impl Fn(char) -> bool,
     alphabet: &str,
 ) -> Result<String, Rejection> {
+    check_token_text(field, text, chars_max, allowed, alphabet)?;
+    Ok(text.to_owned())
+}
+
+fn check_token_text(
+    field: &str,
+    text: &str,
+    chars_max: usize,
+    allowed: impl Fn(char) -> bool,
+    alphabet: &str,
+) -> Result<(), Rejection> {
     let length = text.chars().count();
     if length == 0 || length > chars_max {
         return Err(Rejection::invalid(
@@ -235,7 +362,7 @@ pub fn check_token(
             format!("may only contain {alphabet}, found {bad:?}"),
         ));
     }
-    Ok(text.to_owned())
+    Ok(())
 }
 
 pub(crate) fn amount_cents(
@@ -252,11 +379,7 @@ pub(crate) fn amount_cents(
         ));
     };
     match number.as_u64() {
-        Some(cents) if (1..=amount_cents_max).contains(&cents) => Ok(cents),
-        Some(cents) => Err(Rejection::invalid(
-            FIELD,
-            format!("{}, got {cents}", range()),
-        )),
+        Some(cents) => check_amount_cents(cents, amount_cents_max),
         None if number.is_i64() => Err(Rejection::invalid(
             FIELD,
             format!("{}, got {number}", range()),
@@ -268,6 +391,18 @@ pub(crate) fn amount_cents(
                 range()
             ),
         )),
+    }
+}
+
+/// Checks a whole amount against its range.
+fn check_amount_cents(cents: u64, amount_cents_max: u64) -> Result<u64, Rejection> {
+    if (1..=amount_cents_max).contains(&cents) {
+        Ok(cents)
+    } else {
+        Err(Rejection::invalid(
+            "amount_cents",
+            format!("must be an integer from 1 to {amount_cents_max}, got {cents}"),
+        ))
     }
 }
 
@@ -304,7 +439,16 @@ pub(crate) fn timestamp(
     now_ms: UnixMillis,
     future_skew_ms: i64,
 ) -> Result<EventTime, Rejection> {
-    let text = string(object, field)?;
+    timestamp_text(field, string(object, field)?, now_ms, future_skew_ms)
+}
+
+/// Checks a field's text as [`timestamp`] does.
+fn timestamp_text(
+    field: &str,
+    text: &str,
+    now_ms: UnixMillis,
+    future_skew_ms: i64,
+) -> Result<EventTime, Rejection> {
     let time = EventTime::parse_rfc3339(text).map_err(|_| {
         Rejection::invalid(
             field,
