@@ -21,7 +21,7 @@ use support::pipeline::donation;
 use tally_pipeline::checkpoint::CheckpointStore;
 use tally_pipeline::clock::SystemClock;
 use tally_pipeline::event::envelope;
-use tally_pipeline::log::partition::PartitionConfig;
+use tally_pipeline::log::partition::{PartitionConfig, SpareMaking};
 use tally_pipeline::log::{
     EmbeddedLog, EmbeddedLogOptions, KeyedRecord, Log, Offset, PartitionId, append_keyed,
 };
@@ -72,6 +72,8 @@ fn open_log_with(storage: &Arc<dyn Storage>, partitions: u32) -> Result<Arc<Embe
             segment_bytes_max: 4096,
             index_interval_bytes: 512,
             write_ahead_file_bytes_max: 6000,
+            // Spares made on the writer's thread: the same operations every run.
+            spare_making: SpareMaking::Inline,
             ..PartitionConfig::default()
         },
         storage: Arc::clone(storage),

@@ -14,6 +14,7 @@ use support::pipeline::donation;
 use tally_pipeline::checkpoint::CheckpointStore;
 use tally_pipeline::clock::SystemClock;
 use tally_pipeline::event::envelope;
+use tally_pipeline::log::partition::{PartitionConfig, SpareMaking};
 use tally_pipeline::log::{EmbeddedLog, EmbeddedLogOptions, KeyedRecord, Log, LogError, Offset};
 use tally_pipeline::read_model::ReadModel;
 use tally_pipeline::runner::{Pipeline, PipelineConfig, RunMode};
@@ -24,6 +25,11 @@ fn open_log(storage: &Arc<dyn Storage>) -> Arc<EmbeddedLog> {
     let witnesses = CheckpointStore::witnesses(&**storage, &PathBuf::from("/data/state")).unwrap();
     let options = EmbeddedLogOptions {
         partition_count: 1,
+        // Spares made on the writer's thread: the same operations every run.
+        partition: PartitionConfig {
+            spare_making: SpareMaking::Inline,
+            ..PartitionConfig::default()
+        },
         storage: Arc::clone(storage),
         witnesses,
         ..EmbeddedLogOptions::default()

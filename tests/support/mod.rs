@@ -16,13 +16,15 @@ use tally_pipeline::log::{
     EmbeddedLog, EmbeddedLogOptions, KeyedRecord, LogRecord, Offset, PartitionId,
 };
 
-/// Options with tiny segments so that tests cross segment boundaries.
+/// Options with tiny segments and write-ahead files so that tests cross segment boundaries
+/// and write-ahead rotations, into spares made on the writer's side thread.
 pub fn small_segment_options(partition_count: u32) -> EmbeddedLogOptions {
     EmbeddedLogOptions {
         partition_count,
         partition: PartitionConfig {
             segment_bytes_max: 2048,
             index_interval_bytes: 256,
+            write_ahead_file_bytes_max: 64 * 1024,
             ..PartitionConfig::default()
         },
         ..EmbeddedLogOptions::default()

@@ -14,6 +14,7 @@ use super::segment::{
 };
 use super::{LogError, LogRecord, Offset, PartitionId, Witness};
 use crate::support::storage::{Storage, StorageFile};
+pub use crate::support::write_ahead::SpareMaking;
 
 /// Tunables of one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub struct PartitionConfig {
     /// The writer starts a new write-ahead file once the current one holds this many bytes
     /// (see `write_ahead`); the old one is removed once the segments it covers are synced.
     pub write_ahead_file_bytes_max: u64,
+    /// Where the next write-ahead file is made ahead of need (see `write_ahead::SpareFile`).
+    pub spare_making: SpareMaking,
 }
 
 impl Default for PartitionConfig {
@@ -44,6 +47,7 @@ impl Default for PartitionConfig {
             frame_bytes_target: 64 * 1024,
             queued_requests_max: 4096,
             write_ahead_file_bytes_max: 64 * 1024 * 1024,
+            spare_making: SpareMaking::Background,
         }
     }
 }

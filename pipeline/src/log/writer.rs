@@ -10,7 +10,10 @@
 //!
 //! Once the write-ahead file reaches its bound the writer starts the next one and hands the old
 //! one, with the segments written meanwhile, to a flusher thread, which syncs those segments and
-//! then removes the file. Only one flush is in flight: the next rotation waits for it.
+//! then removes the file. Only one flush is in flight: the next rotation waits for it. The next
+//! file is made ahead, zero-filled at its full size by a thread of its own
+//! ([`write_ahead::SpareFile`]), so a round's sync writes the entry's pages and no inode; the
+//! first file of a run grows as it is written, and is left for a spare as soon as one is made.
 //!
 //! A full disk is an operating condition: what the round wrote is cut off again, its appends get
 //! a retryable error, and the next round simply tries again. Any other failed write, and any
@@ -48,6 +51,12 @@ const PARTITION_ROUND_BYTES_MAX: usize = FRAME_BODY_BYTES_MAX - 64;
 /// disk that keeps failing.
 const RECOVERY_PAUSE_MIN: Duration = Duration::from_millis(100);
 const RECOVERY_PAUSE_MAX: Duration = Duration::from_secs(2);
+
+/// The log's spare write-ahead file is `log.spare` in its write-ahead directory.
+const SPARE_NAME: &str = "log";
+
+/// A spare is started once the current write-ahead file holds this fraction of its bound.
+const SPARE_AFTER_FRACTION: u64 = 64;
 
 struct AppendRequest {
     partition: PartitionId,
@@ -107,6 +116,13 @@ impl LogWriter {
                 }
             })
             .collect();
+        let spare = write_ahead::SpareFile::new(
+            Arc::clone(&setup.storage),
+            &write_ahead_dir,
+            SPARE_NAME,
+            setup.config.write_ahead_file_bytes_max,
+            setup.config.spare_making,
+        )?;
         let (requests, receiver) = mpsc::channel(setup.config.queued_requests_max);
         let writer = Writer {
             write_ahead_dir,
@@ -121,8 +137,10 @@ impl LogWriter {
                 file,
                 position: write_ahead::WRITE_AHEAD_HEADER_BYTES,
                 written: BTreeMap::new(),
+                preallocated: false,
             },
             flush_in_flight: None,
+            spare,
             round: 0,
             entry: EntryBuilder::default(),
             failure: None,
@@ -219,6 +237,8 @@ struct WriteAheadFile {
     position: u64,
     /// Each segment a round wrote to while this file was current, by path.
     written: BTreeMap<PathBuf, Arc<dyn StorageFile>>,
+    /// Made ahead at its full size (a spare), so a sync writes the entry's pages alone.
+    preallocated: bool,
 }
 
 /// Why a round failed.
@@ -267,6 +287,8 @@ struct Writer {
     write_ahead: WriteAheadFile,
     /// The flusher of the last write-ahead file, while it runs.
     flush_in_flight: Option<JoinHandle<Result<(), LogError>>>,
+    /// The next write-ahead file, made ahead at its full size.
+    spare: write_ahead::SpareFile,
     round: u64,
     entry: EntryBuilder,
     /// Set once a write or sync failed, until the log is recovered from disk.
@@ -312,6 +334,14 @@ impl Writer {
     fn commit(&mut self, mut round: Vec<AppendRequest>) {
         // Each partition's requests together, in the order they came.
         round.sort_by_key(|request| request.partition);
+        // Before the round rather than after the last: nothing of the writer's runs on between
+        // an acknowledgement and the next round.
+        if self.failure.is_none()
+            && self.rotation_due()
+            && let Err(error) = self.rotate()
+        {
+            self.failed(RoundFailure::Fatal(error));
+        }
         let result = match self.recover_if_failed() {
             Err(error) => Err(error),
             Ok(()) => self
@@ -328,12 +358,25 @@ impl Writer {
                 }
             }
         }
-        if self.failure.is_none()
-            && self.write_ahead.position >= self.config.write_ahead_file_bytes_max
-            && let Err(error) = self.rotate()
-        {
-            self.failed(RoundFailure::Fatal(error));
+    }
+
+    /// Whether the next round should go to a new write-ahead file: this one is full, or it grows
+    /// as it is written while a spare is made and the last flush is done. Past a sixty-fourth of
+    /// its bound, the spare that follows it is started.
+    fn rotation_due(&mut self) -> bool {
+        let bound = self.config.write_ahead_file_bytes_max;
+        let position = self.write_ahead.position;
+        if position >= bound {
+            return true;
         }
+        if position >= bound / SPARE_AFTER_FRACTION {
+            self.spare.start_making();
+        }
+        let flushed = self
+            .flush_in_flight
+            .as_ref()
+            .is_none_or(JoinHandle::is_finished);
+        !self.write_ahead.preallocated && flushed && self.spare.is_ready()
     }
 
     /// What a failed round's requests are told; a fatal failure also fails the log.
@@ -410,6 +453,7 @@ impl Writer {
             if !is_out_of_space(&error) {
                 return Err(RoundFailure::Fatal(error));
             }
+            wal.preallocated = false;
             wal.file
                 .set_len(wal.position)
                 .and_then(|()| wal.file.sync_data())
@@ -582,13 +626,22 @@ impl Writer {
         Ok(())
     }
 
-    /// Starts the next write-ahead file and hands the current one to a flusher, after the one
-    /// before it is done.
+    /// Starts the next write-ahead file (the spare, if it is made) and hands the current one to
+    /// a flusher, after the one before it is done.
     fn rotate(&mut self) -> Result<(), LogError> {
         self.wait_for_flush()?;
         let sequence = self.write_ahead.sequence + 1;
-        let (path, file) =
-            write_ahead::create_file(&*self.storage, &self.write_ahead_dir, sequence)?;
+        let (path, file, preallocated) = match self.spare.take() {
+            Some(spare) => {
+                let (path, file) = self.spare.install(spare, &self.write_ahead_dir, sequence)?;
+                (path, file, true)
+            }
+            None => {
+                let (path, file) =
+                    write_ahead::create_file(&*self.storage, &self.write_ahead_dir, sequence)?;
+                (path, file, false)
+            }
+        };
         let done = std::mem::replace(
             &mut self.write_ahead,
             WriteAheadFile {
@@ -597,6 +650,7 @@ impl Writer {
                 file,
                 position: write_ahead::WRITE_AHEAD_HEADER_BYTES,
                 written: BTreeMap::new(),
+                preallocated,
             },
         );
         let storage = Arc::clone(&self.storage);
@@ -725,6 +779,7 @@ impl Writer {
             file,
             position: write_ahead::WRITE_AHEAD_HEADER_BYTES,
             written: BTreeMap::new(),
+            preallocated: false,
         };
         Ok(())
     }
@@ -733,6 +788,7 @@ impl Writer {
     /// closed cleanly has nothing to replay. A failure here only leaves the files for the next
     /// open to replay.
     fn close(mut self) {
+        self.spare.discard();
         let flushed = self.wait_for_flush();
         if self.failure.is_some() || flushed.is_err() {
             return;
