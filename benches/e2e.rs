@@ -14,10 +14,17 @@
 //! the lean client's. Between them, the lean client again on a fresh server, sending the load
 //! generator's traffic mix (its bodies, in the order it plans them, closed loop, every 2xx
 //! counted as the load generator counts them), so the table shows how much of the difference
-//! is the traffic the server is given and how much is the client.
+//! is the traffic the server is given and how much is the client. The three run in rounds
+//! (`TALLY_BENCH_ROUNDS`, default 2), and each row shows the cores the client and the server used
+//! in the middle of it and their CPU time per donation; the target is judged on the median.
 //!
 //! Run: `cargo bench --bench e2e [FILTER]`: FILTER (optional) keeps the groups whose name
 //! (cells, limit) contains it. `TALLY_BENCH_SECONDS` sets each cell's duration (default 10).
+
+/// The allocator `tally-loadgen` (and `tally serve`) runs with: the load generator's engine runs
+/// in this process, so its CPU per request is the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "support/closed_loop.rs"]
 #[allow(dead_code)]
@@ -67,8 +74,19 @@ fn main() -> anyhow::Result<()> {
         print_cells(&runtime, duration)?;
     }
     if runs("limit") {
-        let limit = runtime.block_on(limit(duration))?;
-        print_limit(&limit);
+        let rounds = std::env::var("TALLY_BENCH_ROUNDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .filter(|&rounds: &usize| rounds > 0)
+            .unwrap_or(2);
+        print_limit_header(rounds, duration);
+        let mut results = Vec::with_capacity(rounds);
+        for round in 1..=rounds {
+            let result = runtime.block_on(limit_round(round, duration))?;
+            print_limit_round(round, &result);
+            results.push(result);
+        }
+        print_limit_summary(&results);
     }
     Ok(())
 }
@@ -99,12 +117,50 @@ const LIMIT_CONNECTIONS: usize = 64;
 /// The load generator is offered this much more than the lean client achieved.
 const LIMIT_OVERLOAD: f64 = 1.5;
 
-/// The limit group's rows.
-struct Limit {
-    lean: closed_loop::Phase,
-    lean_over_mix: closed_loop::Phase,
+/// One client's run in a round of the limit group, with the CPU the client (this process) and
+/// the server used in the middle of it.
+struct LimitRow {
+    donations_per_s: f64,
+    client_cores: Option<f64>,
+    server_cores: Option<f64>,
+}
+
+impl LimitRow {
+    /// CPU microseconds per donation of `cores`.
+    fn us_per_donation(&self, cores: Option<f64>) -> Option<f64> {
+        cores
+            .filter(|_| self.donations_per_s > 0.0)
+            .map(|cores| cores / self.donations_per_s * 1e6)
+    }
+}
+
+/// One round of the limit group: the three clients, each on a fresh server.
+struct LimitRound {
+    lean: LimitRow,
+    lean_over_mix: LimitRow,
     offered: f64,
-    loadgen: Report,
+    loadgen: LimitRow,
+    report: Report,
+}
+
+/// Samples this process and the server `server_pid` over the middle of a phase of `duration`:
+/// from a second in to a second before its end.
+fn cpu_window(server_pid: u32, duration: Duration) -> machine::CpuWindow {
+    let skip = Duration::from_secs(1).min(duration / 4);
+    let window = duration
+        .saturating_sub(skip * 2)
+        .max(Duration::from_millis(100));
+    machine::CpuWindow::start(vec![std::process::id(), server_pid], skip, window)
+}
+
+/// The row of a phase that achieved `donations_per_s`, with the cores `window` saw.
+fn limit_row(donations_per_s: f64, window: machine::CpuWindow) -> LimitRow {
+    let cores = window.cores();
+    LimitRow {
+        donations_per_s,
+        client_cores: cores[0],
+        server_cores: cores[1],
+    }
 }
 
 /// The bodies of the load generator's traffic mix (donations, resends, conflicting resends,
@@ -130,89 +186,170 @@ fn mix_bodies(donations: usize, run_id: &str) -> (Vec<String>, Vec<Vec<u8>>) {
     (campaigns, bodies)
 }
 
-async fn limit(duration: Duration) -> anyhow::Result<Limit> {
+async fn limit_round(round: usize, duration: Duration) -> anyhow::Result<LimitRound> {
     let lean = {
         let data_dir = tempfile::tempdir()?;
         let process = server::start_server(data_dir.path())?;
         server::create_campaigns(&process.base, &["bench"]).await?;
-        closed_loop::closed_loop(&process.base, LIMIT_CONNECTIONS, 1, duration, 70).await
+        let window = cpu_window(process.pid(), duration);
+        let phase = closed_loop::closed_loop(
+            &process.base,
+            LIMIT_CONNECTIONS,
+            1,
+            duration,
+            70 + round as u64,
+        )
+        .await;
+        limit_row(phase.donations_per_s, window)
     };
     let lean_over_mix = {
         let wanted = (lean.donations_per_s * duration.as_secs_f64() * LIMIT_OVERLOAD) as usize;
-        let (campaigns, bodies) = mix_bodies(wanted, "e2emix");
+        let (campaigns, bodies) = mix_bodies(wanted, &format!("e2emix{round}"));
         let data_dir = tempfile::tempdir()?;
         let process = server::start_server(data_dir.path())?;
         server::create_campaigns(&process.base, &campaigns).await?;
-        closed_loop::closed_loop_over(
+        let window = cpu_window(process.pid(), duration);
+        let phase = closed_loop::closed_loop_over(
             &process.base,
             LIMIT_CONNECTIONS,
             duration,
             std::sync::Arc::new(bodies),
         )
-        .await
+        .await;
+        limit_row(phase.donations_per_s, window)
     };
     // A checkout is about 1.13 donations (resends and bursts): offer checkouts accordingly.
     let offered = lean.donations_per_s * LIMIT_OVERLOAD / 1.13;
     let data_dir = tempfile::tempdir()?;
     let process = server::start_server(data_dir.path())?;
-    let loadgen = run_cell(
+    let window = cpu_window(process.pid(), duration);
+    let report = run_cell(
         std::slice::from_ref(&process.base),
         1,
         offered,
         duration,
-        "e2e-limit".to_owned(),
+        format!("e2e-limit{round}"),
     )
     .await?;
     drop(process);
-    Ok(Limit {
+    Ok(LimitRound {
         lean,
         lean_over_mix,
         offered,
-        loadgen,
+        loadgen: limit_row(report.achieved_donations_per_s, window),
+        report,
     })
 }
 
-fn print_limit(limit: &Limit) {
+fn print_limit_header(rounds: usize, duration: Duration) {
     println!();
     println!(
-        "limit: single donations at {LIMIT_CONNECTIONS} connections, each client on a fresh tally serve"
+        "limit: single donations at {LIMIT_CONNECTIONS} connections, each client on a fresh tally serve; {rounds} rounds of the three clients"
     );
     println!(
-        "{:<58} {:>12} {:>9} {:>9}",
-        "client", "achieved/s", "x lean", "verified"
+        "cores: CPU seconds per second from {:.1} s into a phase to {:.1} s before its end (client: this process, the load generator's engine runs in it)",
+        Duration::from_secs(1).min(duration / 4).as_secs_f64(),
+        Duration::from_secs(1).min(duration / 4).as_secs_f64()
     );
     println!(
-        "{:<58} {:>12.0} {:>9} {:>9}",
-        "serve bench's lean client, closed loop", limit.lean.donations_per_s, "1.00", "-"
+        "{:<5} {:<52} {:>11} {:>7} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "round",
+        "client",
+        "achieved/s",
+        "x lean",
+        "client c",
+        "server c",
+        "client us",
+        "server us",
+        "verified"
     );
+}
+
+fn print_limit_row(round: usize, name: &str, row: &LimitRow, lean: f64, verified: &str) {
+    let cores = |c: Option<f64>| c.map_or("-".to_owned(), |c| format!("{c:.2}"));
+    let micros = |m: Option<f64>| m.map_or("-".to_owned(), |m| format!("{m:.1}"));
     println!(
-        "{:<58} {:>12.0} {:>9.2} {:>9}",
+        "{:<5} {:<52} {:>11.0} {:>7.2} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        round,
+        name,
+        row.donations_per_s,
+        row.donations_per_s / lean.max(1e-9),
+        cores(row.client_cores),
+        cores(row.server_cores),
+        micros(row.us_per_donation(row.client_cores)),
+        micros(row.us_per_donation(row.server_cores)),
+        verified
+    );
+}
+
+fn print_limit_round(round: usize, limit: &LimitRound) {
+    let lean = limit.lean.donations_per_s;
+    print_limit_row(
+        round,
+        "serve bench's lean client, closed loop",
+        &limit.lean,
+        lean,
+        "-",
+    );
+    print_limit_row(
+        round,
         "lean client, the load generator's mix, closed loop",
-        limit.lean_over_mix.donations_per_s,
-        limit.lean_over_mix.donations_per_s / limit.lean.donations_per_s.max(1e-9),
-        "-"
+        &limit.lean_over_mix,
+        lean,
+        "-",
     );
-    let share = limit.loadgen.achieved_donations_per_s / limit.lean.donations_per_s.max(1e-9);
-    let share_of_mix =
-        limit.loadgen.achieved_donations_per_s / limit.lean_over_mix.donations_per_s.max(1e-9);
-    println!(
-        "{:<58} {:>12.0} {:>9.2} {:>9}",
-        format!(
-            "tally-loadgen, realistic mix, offered {:.0} checkouts/s",
+    print_limit_row(
+        round,
+        &format!(
+            "tally-loadgen, realistic mix, offered {:.0}/s",
             limit.offered
         ),
-        limit.loadgen.achieved_donations_per_s,
-        share,
-        verified(&limit.loadgen)
+        &limit.loadgen,
+        lean,
+        verified(&limit.report),
     );
-    print_mismatches(&limit.loadgen);
+    print_mismatches(&limit.report);
+}
+
+/// The median of `values` (the mean of the middle two when there is an even number).
+fn median(mut values: Vec<f64>) -> f64 {
+    assert!(!values.is_empty(), "a median of no values");
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
+}
+
+fn print_limit_summary(rounds: &[LimitRound]) {
+    let ratio = |of: fn(&LimitRound) -> &LimitRow, to: fn(&LimitRound) -> &LimitRow| {
+        median(
+            rounds
+                .iter()
+                .map(|r| of(r).donations_per_s / to(r).donations_per_s.max(1e-9))
+                .collect(),
+        )
+    };
+    let share = ratio(|r| &r.loadgen, |r| &r.lean);
+    let share_of_mix = ratio(|r| &r.loadgen, |r| &r.lean_over_mix);
+    let mix = ratio(|r| &r.lean_over_mix, |r| &r.lean);
+    let all_passed = rounds
+        .iter()
+        .all(|r| r.report.verification.as_ref().is_some_and(|v| v.passed));
     println!(
-        "target: the load generator within 10% of the lean client: {:.2}x, {}",
-        share,
-        if share >= 0.9 { "met" } else { "NOT met" }
+        "medians over {} rounds: the mix against the lean client {mix:.2}x; the load generator against the lean client {share:.2}x, against the lean client on the same mix {share_of_mix:.2}x (how much of the gap is the client, not the traffic)",
+        rounds.len()
     );
     println!(
-        "the load generator against the lean client on the same mix: {share_of_mix:.2}x (how much of the gap is the client, not the traffic)"
+        "target: the load generator within 10% of the lean client (median): {share:.2}x, {}; verification {}",
+        if share >= 0.9 { "met" } else { "NOT met" },
+        if all_passed {
+            "passed in every round"
+        } else {
+            "FAILED in a round"
+        }
     );
 }
 

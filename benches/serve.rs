@@ -205,7 +205,7 @@ async fn contention(base: &str, server_pid: u32, duration: Duration) -> Vec<Cont
         ("widest stats loopers alone", false, true),
         ("single donations + widest stats loopers", true, true),
     ] {
-        let cpu_before = server::cpu_seconds(server_pid);
+        let cpu_before = machine::process_cpu_seconds(server_pid);
         let started = Instant::now();
         let loopers = query.then(|| StatsLoopers::start(base, STATS_LOOPERS));
         let donations = if donate {
@@ -229,7 +229,7 @@ async fn contention(base: &str, server_pid: u32, duration: Duration) -> Vec<Cont
         };
         let seconds = started.elapsed().as_secs_f64();
         let server_cores = cpu_before
-            .zip(server::cpu_seconds(server_pid))
+            .zip(machine::process_cpu_seconds(server_pid))
             .map(|(before, after)| (after - before) / seconds);
         rows.push(ContentionRow {
             name,

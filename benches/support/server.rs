@@ -44,21 +44,6 @@ impl Server {
     }
 }
 
-/// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`): 100 on Linux, whatever the
-/// kernel's own tick rate.
-const USER_HZ: f64 = 100.0;
-
-/// CPU seconds (user and system, all threads) process `pid` has used, from `/proc`; `None`
-/// where there is no `/proc`.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces: state is the
-    // first, utime the 12th and stime the 13th.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
-    Some((ticks(11)? + ticks(12)?) / USER_HZ)
-}
-
 /// The `tally` binary the bench runs: this build's, or `TALLY_BENCH_TALLY` when set (another
 /// build's binary, to compare two builds on one machine in runs one after the other).
 fn tally_binary() -> std::ffi::OsString {
