@@ -143,10 +143,16 @@ struct LimitRound {
     report: Report,
 }
 
+/// How much of a phase of `duration` the CPU window leaves out at each end: a second, or a
+/// quarter of a short phase.
+fn cpu_window_margin(duration: Duration) -> Duration {
+    Duration::from_secs(1).min(duration / 4)
+}
+
 /// Samples this process and the server `server_pid` over the middle of a phase of `duration`:
-/// from a second in to a second before its end.
+/// from [`cpu_window_margin`] in to as long before its end.
 fn cpu_window(server_pid: u32, duration: Duration) -> machine::CpuWindow {
-    let skip = Duration::from_secs(1).min(duration / 4);
+    let skip = cpu_window_margin(duration);
     let window = duration
         .saturating_sub(skip * 2)
         .max(Duration::from_millis(100));
@@ -247,9 +253,8 @@ fn print_limit_header(rounds: usize, duration: Duration) {
         "limit: single donations at {LIMIT_CONNECTIONS} connections, each client on a fresh tally serve; {rounds} rounds of the three clients"
     );
     println!(
-        "cores: CPU seconds per second from {:.1} s into a phase to {:.1} s before its end (client: this process, the load generator's engine runs in it)",
-        Duration::from_secs(1).min(duration / 4).as_secs_f64(),
-        Duration::from_secs(1).min(duration / 4).as_secs_f64()
+        "cores: CPU seconds per second from {margin:.1} s into a phase to {margin:.1} s before its end (client: this process, the load generator's engine runs in it)",
+        margin = cpu_window_margin(duration).as_secs_f64()
     );
     println!(
         "{:<5} {:<52} {:>11} {:>7} {:>8} {:>8} {:>9} {:>9} {:>9}",
